@@ -1,0 +1,143 @@
+//! Direct algorithms: every rank exchanges with every peer in one round, the
+//! latency-optimal choice for small messages. all_reduce receives all peers' inputs
+//! and reduces them in rank order, so every rank computes bitwise the same result.
+//! Also point-to-point send/recv and the dissemination barrier.
+
+use super::{Buf, Call, Op, Region, Schedule};
+use crate::reduce::ReduceOp;
+
+pub(super) fn all_reduce(c: &Call) -> Schedule {
+    let mut s = Schedule::default();
+    let (n, r, b) = (c.nranks, c.rank, c.bytes());
+    let out = Region::new(Buf::Output, 0, b);
+    let slot = |p: usize| Region::new(Buf::Scratch, p * b, b);
+    s.scratch = n * b;
+    let own = c.own(0, b);
+    for k in 1..n {
+        s.sliced(b, c.chunk, |o, l| Op::Send {
+            peer: (r + k) % n,
+            src: own.sub(o, l),
+        });
+    }
+    for k in 1..n {
+        let from = (r + n - k) % n;
+        s.sliced(b, c.chunk, |o, l| Op::Recv {
+            peer: from,
+            dst: slot(from).sub(o, l),
+        });
+    }
+    // In place, our own input must survive until it is reduced: park it in its slot.
+    let mine = if c.in_place {
+        s.push(Op::Copy {
+            src: own,
+            dst: slot(r),
+        });
+        slot(r)
+    } else {
+        own
+    };
+    let input_of = |p: usize| if p == r { mine } else { slot(p) };
+    s.push(Op::Copy {
+        src: input_of(0),
+        dst: out,
+    });
+    for p in 1..n {
+        s.push(Op::Reduce {
+            src: input_of(p),
+            dst: out,
+        });
+    }
+    if c.op == ReduceOp::Avg {
+        s.push(Op::FinishAvg { dst: out });
+    }
+    s
+}
+
+pub(super) fn all_gather(c: &Call) -> Schedule {
+    let mut s = Schedule::default();
+    let (n, r, b) = (c.nranks, c.rank, c.bytes());
+    let out = |p: usize| Region::new(Buf::Output, p * b, b);
+    let own = if c.in_place {
+        out(r)
+    } else {
+        Region::new(Buf::Input, 0, b)
+    };
+    if !c.in_place {
+        s.push(Op::Copy {
+            src: own,
+            dst: out(r),
+        });
+    }
+    for k in 1..n {
+        s.sliced(b, c.chunk, |o, l| Op::Send {
+            peer: (r + k) % n,
+            src: own.sub(o, l),
+        });
+    }
+    for k in 1..n {
+        let from = (r + n - k) % n;
+        s.sliced(b, c.chunk, |o, l| Op::Recv {
+            peer: from,
+            dst: out(from).sub(o, l),
+        });
+    }
+    s
+}
+
+/// `send_to` gets `Input`; `Output` comes from `recv_from`; a rank talking to itself copies.
+pub(super) fn send_recv(c: &Call) -> Schedule {
+    let mut s = Schedule::default();
+    let b = c.bytes();
+    let (input, output) = (
+        Region::new(Buf::Input, 0, b),
+        Region::new(Buf::Output, 0, b),
+    );
+    match (c.send_to, c.recv_from) {
+        (Some(to), Some(from)) if to == c.rank && from == c.rank => {
+            s.push(Op::Copy {
+                src: input,
+                dst: output,
+            });
+        }
+        (to, from) => {
+            if let Some(to) = to {
+                s.sliced(b, c.chunk, |o, l| Op::Send {
+                    peer: to,
+                    src: input.sub(o, l),
+                });
+            }
+            if let Some(from) = from {
+                s.sliced(b, c.chunk, |o, l| Op::Recv {
+                    peer: from,
+                    dst: output.sub(o, l),
+                });
+            }
+        }
+    }
+    s
+}
+
+/// Dissemination barrier: in round k, send a byte to rank + 2^k and wait for one from
+/// rank - 2^k; after ceil(log2 n) rounds every rank has heard from every other.
+/// Scratch byte k receives round k's token, which round k+1 forwards.
+pub(super) fn barrier(c: &Call) -> Schedule {
+    let mut s = Schedule::default();
+    let n = c.nranks;
+    let rounds = usize::BITS as usize - (n.max(1) - 1).leading_zeros() as usize;
+    s.scratch = rounds + 1;
+    let byte = |i: usize| Region::new(Buf::Scratch, i, 1);
+    for k in 0..rounds {
+        let d = 1usize << k;
+        // Round 0 sends the spare byte at the end; later rounds forward what arrived.
+        let src = if k == 0 { byte(rounds) } else { byte(k - 1) };
+        s.push(Op::Send {
+            peer: (c.rank + d) % n,
+            src,
+        });
+        s.push(Op::Recv {
+            peer: (c.rank + n - d) % n,
+            dst: byte(k),
+        });
+    }
+    s
+}

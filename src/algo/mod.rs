@@ -1,0 +1,227 @@
+//! Algorithms turn one collective call into this rank's [`Schedule`]: a program of
+//! sends, receives, receive-and-reduce, copies and local reductions over byte
+//! regions. They never touch a link or a device; the executor (`exec`) runs the
+//! program, overlapping whatever the regions let it overlap.
+//!
+//! Contract between ranks: for every pair of ranks, the sequence of sends one
+//! schedules to the other equals, in order and length, the receives the other
+//! schedules from it.
+
+mod chain;
+mod direct;
+mod pairwise;
+mod ring;
+
+use crate::config::{Algorithm, Collective};
+use crate::element::DataType;
+use crate::error::{Error, Result};
+use crate::reduce::ReduceOp;
+
+/// Which buffer a region lies in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Buf {
+    /// The caller's send buffer (never used by in-place calls).
+    Input,
+    /// The caller's receive buffer.
+    Output,
+    /// Library-owned scratch space of `Schedule::scratch` bytes.
+    Scratch,
+}
+
+/// A byte range of one buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Region {
+    pub buf: Buf,
+    pub off: usize,
+    pub len: usize,
+}
+
+impl Region {
+    pub(crate) fn new(buf: Buf, off: usize, len: usize) -> Region {
+        Region { buf, off, len }
+    }
+
+    /// Do the two regions share a byte?
+    pub(crate) fn overlaps(&self, o: &Region) -> bool {
+        self.buf == o.buf && self.off < o.off + o.len && o.off < self.off + self.len
+    }
+
+    /// Bytes `[from, from+len)` of this region.
+    pub(crate) fn sub(&self, from: usize, len: usize) -> Region {
+        debug_assert!(from + len <= self.len);
+        Region::new(self.buf, self.off + from, len)
+    }
+}
+
+/// One step of a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Send `src` to `peer`.
+    Send { peer: usize, src: Region },
+    /// Receive `dst.len` bytes from `peer` into `dst`.
+    Recv { peer: usize, dst: Region },
+    /// Receive `dst.len` bytes from `peer` and store `acc op incoming` into `dst`
+    /// (`acc` has the same length; it may be `dst` itself).
+    RecvReduce {
+        peer: usize,
+        acc: Region,
+        dst: Region,
+    },
+    /// Copy `src` to `dst` (same length, no overlap).
+    Copy { src: Region, dst: Region },
+    /// `dst = dst op src` locally.
+    Reduce { src: Region, dst: Region },
+    /// Second half of `Avg`: divide `dst` by the number of ranks.
+    FinishAvg { dst: Region },
+}
+
+impl Op {
+    /// (regions read, regions written).
+    pub(crate) fn access(&self) -> ([Option<Region>; 2], Option<Region>) {
+        match *self {
+            Op::Send { src, .. } => ([Some(src), None], None),
+            Op::Recv { dst, .. } => ([None, None], Some(dst)),
+            Op::RecvReduce { acc, dst, .. } => ([Some(acc), None], Some(dst)),
+            Op::Copy { src, dst } => ([Some(src), None], Some(dst)),
+            Op::Reduce { src, dst } => ([Some(src), Some(dst)], Some(dst)),
+            Op::FinishAvg { dst } => ([Some(dst), None], Some(dst)),
+        }
+    }
+}
+
+/// A rank's program for one call.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Schedule {
+    pub ops: Vec<Op>,
+    /// Scratch bytes the program uses.
+    pub scratch: usize,
+}
+
+impl Schedule {
+    /// Appends `op`, dropping empty transfers (both ends drop them alike).
+    pub(crate) fn push(&mut self, op: Op) {
+        let len = match op {
+            Op::Send { src, .. } => src.len,
+            Op::Recv { dst, .. } | Op::RecvReduce { dst, .. } => dst.len,
+            Op::Copy { src, dst } | Op::Reduce { src, dst } => {
+                if src == dst {
+                    0
+                } else {
+                    dst.len
+                }
+            }
+            Op::FinishAvg { dst } => dst.len,
+        };
+        if len > 0 {
+            self.ops.push(op);
+        }
+    }
+
+    /// Pushes `make(piece)` for each chunk-sized, element-aligned piece of `[0, len)`.
+    pub(crate) fn sliced(
+        &mut self,
+        len: usize,
+        chunk: usize,
+        mut make: impl FnMut(usize, usize) -> Op,
+    ) {
+        let mut off = 0;
+        while off < len {
+            let n = chunk.min(len - off);
+            self.push(make(off, n));
+            off += n;
+        }
+    }
+}
+
+/// Everything an algorithm needs to know about a call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call {
+    pub coll: Collective,
+    pub dtype: DataType,
+    pub op: ReduceOp,
+    /// Elements, in the collective's own sense (per rank block for gather/scatter/all-to-all).
+    pub count: usize,
+    pub root: usize,
+    /// Peers of point-to-point calls: (send to, receive from).
+    pub send_to: Option<usize>,
+    pub recv_from: Option<usize>,
+    pub rank: usize,
+    pub nranks: usize,
+    pub in_place: bool,
+    /// Pipelining unit in bytes (a multiple of the element size).
+    pub chunk: usize,
+}
+
+impl Call {
+    pub(crate) fn esize(&self) -> usize {
+        self.dtype.size()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.count * self.esize()
+    }
+
+    /// The caller's own contribution: `Input`, or where in-place calls keep it in `Output`.
+    pub(crate) fn own(&self, off: usize, len: usize) -> Region {
+        if self.in_place {
+            Region::new(Buf::Output, off, len)
+        } else {
+            Region::new(Buf::Input, off, len)
+        }
+    }
+}
+
+/// Byte range `[start, end)` of block `b` when `count` elements are cut into `parts`
+/// blocks as evenly as element boundaries allow.
+pub(crate) fn block(count: usize, parts: usize, b: usize, esize: usize) -> (usize, usize) {
+    let base = count / parts;
+    let extra = count % parts;
+    let start = b * base + b.min(extra);
+    let len = base + usize::from(b < extra);
+    (start * esize, (start + len) * esize)
+}
+
+/// Builds this rank's schedule for `call` with `algo`.
+pub(crate) fn build(call: &Call, algo: Algorithm) -> Result<Schedule> {
+    use Algorithm::*;
+    use Collective::*;
+    let s = match (call.coll, algo) {
+        (AllReduce, Ring) => ring::all_reduce(call),
+        (AllReduce, Direct) => direct::all_reduce(call),
+        (AllGather, Ring) => ring::all_gather(call),
+        (AllGather, Direct) => direct::all_gather(call),
+        (ReduceScatter, Ring) => ring::reduce_scatter(call),
+        (Broadcast, Chain) => chain::broadcast(call),
+        (Reduce, Chain) => chain::reduce(call),
+        (AllToAll, Pairwise) => pairwise::all_to_all(call),
+        (SendRecv, Direct) => direct::send_recv(call),
+        (Barrier, Direct) => direct::barrier(call),
+        (c, a) => {
+            return Err(Error::invalid(format!(
+                "algorithm {a} does not implement {c} (check MIXCCL_ALGO)"
+            )))
+        }
+    };
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_cover_the_range_evenly() {
+        for count in [0usize, 1, 7, 1031] {
+            for parts in 1..=8 {
+                let mut next = 0;
+                for b in 0..parts {
+                    let (s, e) = block(count, parts, b, 4);
+                    assert_eq!(s, next);
+                    assert!(e - s <= 4 * (count / parts + 1));
+                    next = e;
+                }
+                assert_eq!(next, count * 4);
+            }
+        }
+    }
+}

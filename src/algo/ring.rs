@@ -1,0 +1,168 @@
+//! Ring algorithms. Data is cut into `nranks` blocks; in each of `nranks - 1` steps
+//! every rank sends one block to `rank + 1` and receives one from `rank - 1`. Each
+//! block is further cut into chunks, so a chunk moves on as soon as it has arrived
+//! (and been reduced): the executor overlaps the steps.
+//!
+//! all_reduce = reduce-scatter (rank r ends owning block r+1) + all-gather.
+//! Bytes sent per rank: 2 (n-1)/n x size for all_reduce, (n-1)/n x total for the others.
+
+use super::{block, Buf, Call, Op, Region, Schedule};
+use crate::reduce::ReduceOp;
+
+fn ring_peers(c: &Call) -> (usize, usize) {
+    let n = c.nranks;
+    ((c.rank + 1) % n, (c.rank + n - 1) % n)
+}
+
+/// Block index `rank - k` modulo n (k may exceed n).
+fn back(c: &Call, k: usize) -> usize {
+    let n = c.nranks;
+    (c.rank + n * (k / n + 1) - k) % n
+}
+
+pub(super) fn all_reduce(c: &Call) -> Schedule {
+    let mut s = Schedule::default();
+    let (n, e, bytes) = (c.nranks, c.esize(), c.bytes());
+    let out = |off, len| Region::new(Buf::Output, off, len);
+    if n == 1 {
+        s.push(Op::Copy {
+            src: c.own(0, bytes),
+            dst: out(0, bytes),
+        });
+        return s;
+    }
+    let (next, prev) = ring_peers(c);
+    let blk = |b: usize| block(c.count, n, b, e);
+    // Reduce-scatter: step k sends block r-k, receives and reduces block r-k-1.
+    for k in 0..n - 1 {
+        let (ss, se) = blk(back(c, k));
+        let src = if k == 0 {
+            c.own(ss, se - ss)
+        } else {
+            out(ss, se - ss)
+        };
+        s.sliced(se - ss, c.chunk, |o, l| Op::Send {
+            peer: next,
+            src: src.sub(o, l),
+        });
+        let (rs, re) = blk(back(c, k + 1));
+        let (acc, dst) = (c.own(rs, re - rs), out(rs, re - rs));
+        s.sliced(re - rs, c.chunk, |o, l| Op::RecvReduce {
+            peer: prev,
+            acc: acc.sub(o, l),
+            dst: dst.sub(o, l),
+        });
+    }
+    let owned = (c.rank + 1) % n;
+    if c.op == ReduceOp::Avg {
+        let (os, oe) = blk(owned);
+        s.push(Op::FinishAvg {
+            dst: out(os, oe - os),
+        });
+    }
+    // All-gather: step k sends block r+1-k, receives block r-k.
+    for k in 0..n - 1 {
+        let (ss, se) = blk((owned + n - k % n) % n);
+        s.sliced(se - ss, c.chunk, |o, l| Op::Send {
+            peer: next,
+            src: out(ss + o, l),
+        });
+        let (rs, re) = blk(back(c, k));
+        s.sliced(re - rs, c.chunk, |o, l| Op::Recv {
+            peer: prev,
+            dst: out(rs + o, l),
+        });
+    }
+    s
+}
+
+pub(super) fn all_gather(c: &Call) -> Schedule {
+    let mut s = Schedule::default();
+    let (n, b) = (c.nranks, c.bytes());
+    let out = |blk: usize| Region::new(Buf::Output, blk * b, b);
+    if !c.in_place {
+        s.push(Op::Copy {
+            src: Region::new(Buf::Input, 0, b),
+            dst: out(c.rank),
+        });
+    }
+    if n == 1 {
+        return s;
+    }
+    let (next, prev) = ring_peers(c);
+    for k in 0..n - 1 {
+        let sb = back(c, k);
+        let src = if k == 0 && !c.in_place {
+            Region::new(Buf::Input, 0, b)
+        } else {
+            out(sb)
+        };
+        s.sliced(b, c.chunk, |o, l| Op::Send {
+            peer: next,
+            src: src.sub(o, l),
+        });
+        let dst = out(back(c, k + 1));
+        s.sliced(b, c.chunk, |o, l| Op::Recv {
+            peer: prev,
+            dst: dst.sub(o, l),
+        });
+    }
+    s
+}
+
+pub(super) fn reduce_scatter(c: &Call) -> Schedule {
+    let mut s = Schedule::default();
+    let (n, b) = (c.nranks, c.bytes());
+    // Partial sums live in the caller's buffer when in place, else in scratch.
+    let partial = if c.in_place {
+        Buf::Output
+    } else {
+        Buf::Scratch
+    };
+    let own = |blk: usize| c.own(blk * b, b);
+    let final_dst = if c.in_place {
+        Region::new(Buf::Output, c.rank * b, b)
+    } else {
+        Region::new(Buf::Output, 0, b)
+    };
+    if n == 1 {
+        s.push(Op::Copy {
+            src: own(0),
+            dst: final_dst,
+        });
+    } else {
+        if !c.in_place {
+            s.scratch = n * b;
+        }
+        let (next, prev) = ring_peers(c);
+        // Step k sends block r-k-1 and receives block r-k-2, so rank r ends with block r.
+        for k in 0..n - 1 {
+            let sb = back(c, k + 1);
+            let src = if k == 0 {
+                own(sb)
+            } else {
+                Region::new(partial, sb * b, b)
+            };
+            s.sliced(b, c.chunk, |o, l| Op::Send {
+                peer: next,
+                src: src.sub(o, l),
+            });
+            let rb = back(c, k + 2);
+            let dst = if k == n - 2 {
+                final_dst
+            } else {
+                Region::new(partial, rb * b, b)
+            };
+            let acc = own(rb);
+            s.sliced(b, c.chunk, |o, l| Op::RecvReduce {
+                peer: prev,
+                acc: acc.sub(o, l),
+                dst: dst.sub(o, l),
+            });
+        }
+    }
+    if c.op == ReduceOp::Avg {
+        s.push(Op::FinishAvg { dst: final_dst });
+    }
+    s
+}

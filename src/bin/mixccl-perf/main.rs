@@ -1,0 +1,94 @@
+//! mixccl-perf: nccl-tests' benchmark for mixccl. Same flags (`-b -e -f -i -n -w
+//! -c -o -d -r`), same table (size, count, type, redop, root, then time, algbw,
+//! busbw and #wrong out-of-place and in-place), plus `--np N` to start N local
+//! ranks itself and `-J FILE` for JSON.
+//!
+//! Modules: `args` (flags), `launch` (`--np`), `run` (rows and aggregation over
+//! ranks), `bench` (one phase of one collective on one rank), `report` (table and
+//! JSON). Results are checked against `mixccl::verify`, never the library's kernels.
+//!
+//! Exit codes: 0 when every row is right (or checking is off), 1 on wrong results
+//! or any error, 2 on a usage error.
+
+mod args;
+mod bench;
+mod launch;
+mod report;
+mod run;
+
+use args::{Args, Command, USAGE};
+use mixccl::Communicator;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let args = match args::parse(&argv) {
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Run(a)) => a,
+        Err(e) => {
+            eprintln!("mixccl-perf: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match args.np {
+        Some(np) => launch::launch(np, &args.child_args),
+        None => run_rank(&args),
+    }
+}
+
+/// Joins the job from the environment and runs the benchmark as one of its ranks.
+fn run_rank(args: &Args) -> ExitCode {
+    let mut comm = match Communicator::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mixccl-perf: cannot join the job: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (rank, nranks) = (comm.rank(), comm.nranks());
+    if bench::has_root(args.collective) && args.root >= nranks {
+        if rank == 0 {
+            eprintln!(
+                "mixccl-perf: root {} is not a rank of this {nranks}-rank job\n\n{USAGE}",
+                args.root
+            );
+        }
+        return ExitCode::from(2);
+    }
+    let rows = match run::run(&mut comm, args) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("mixccl-perf: rank {rank}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    drop(comm);
+
+    if rank == 0 {
+        if let Some(path) = &args.json {
+            let text = serde_json::to_string_pretty(&report::json(args, nranks, &rows))
+                .expect("the report is plain JSON values");
+            if let Err(e) = std::fs::write(path, text + "\n") {
+                eprintln!("mixccl-perf: cannot write {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let wrong: Vec<_> = rows.iter().filter(|r| r.wrong() > 0).collect();
+    if wrong.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    if rank == 0 {
+        eprintln!("mixccl-perf: wrong results in {} row(s):", wrong.len());
+        for r in wrong {
+            eprintln!("  {}", report::describe_wrong(args.collective.name(), r));
+        }
+    }
+    ExitCode::from(1)
+}

@@ -1,0 +1,289 @@
+//! Bootstrap: the unique id, the root rendezvous that hands out the address table,
+//! and [`join`], which takes a rank from "I have an id" to "I have links to every
+//! peer". Nothing here runs a collective.
+//!
+//! Wire (all integers little-endian): a rank sends the root
+//! `"MXHELLO\0" version:u16 token:[16] rank:u32 nranks:u32 len:u32 info:[len]`;
+//! once all ranks are in, the root answers each with
+//! `"MXTABLE\0" nranks:u32 (len:u32 info:[len])*`, or at its deadline with
+//! `"MXFAIL\0\0" count:u32 missing:u32* len:u32 reason:[len]`. Every length is
+//! bounded before anything is allocated.
+
+pub mod launcher;
+pub(crate) use launcher::LaunchEnv;
+pub(crate) mod root;
+pub mod unique_id;
+
+use crate::config::Config;
+use crate::debug::log_info;
+use crate::error::{Error, Result};
+use crate::transport::tcp::{self, MeshSpec, TcpLink};
+use crate::UniqueId;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Version of every mixccl wire format; peers with another version are refused.
+pub(crate) const PROTOCOL_VERSION: u16 = 1;
+
+pub(crate) const HELLO_MAGIC: &[u8; 8] = b"MXHELLO\0";
+pub(crate) const TABLE_MAGIC: &[u8; 8] = b"MXTABLE\0";
+pub(crate) const FAIL_MAGIC: &[u8; 8] = b"MXFAIL\0\0";
+pub(crate) const HELLO_HEADER: usize = 8 + 2 + 16 + 4 + 4 + 4;
+/// Upper bound on one rank's info blob; anything longer is refused.
+pub(crate) const MAX_INFO: usize = 4096;
+/// Upper bound on the number of ranks a communicator can have.
+pub(crate) const MAX_RANKS: usize = 1 << 20;
+
+/// What each rank publishes about itself through the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RankInfo {
+    /// Where the rank accepts data connections.
+    pub listen: SocketAddr,
+    /// Its `MIXCCL_NSOCKS`, which must agree across ranks.
+    pub nsocks: u16,
+    /// Its host name, for logs.
+    pub host: String,
+}
+
+impl RankInfo {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64);
+        match self.listen.ip() {
+            IpAddr::V4(ip) => {
+                b.push(4);
+                b.extend_from_slice(&ip.octets());
+                b.extend_from_slice(&[0; 12]);
+            }
+            IpAddr::V6(ip) => {
+                b.push(6);
+                b.extend_from_slice(&ip.octets());
+            }
+        }
+        b.extend_from_slice(&self.listen.port().to_le_bytes());
+        b.extend_from_slice(&self.nsocks.to_le_bytes());
+        let host = &self.host.as_bytes()[..self.host.len().min(255)];
+        b.push(host.len() as u8);
+        b.extend_from_slice(host);
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> std::result::Result<RankInfo, String> {
+        if b.len() < 22 {
+            return Err(format!("rank info of {} bytes is too short", b.len()));
+        }
+        let ip = match b[0] {
+            4 => IpAddr::V4(Ipv4Addr::new(b[1], b[2], b[3], b[4])),
+            6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&b[1..17]).expect("16"))),
+            f => return Err(format!("unknown address family {f}")),
+        };
+        let port = u16::from_le_bytes([b[17], b[18]]);
+        let nsocks = u16::from_le_bytes([b[19], b[20]]);
+        let hl = b[21] as usize;
+        let host = b.get(22..22 + hl).ok_or("truncated host name")?;
+        Ok(RankInfo {
+            listen: SocketAddr::new(ip, port),
+            nsocks,
+            host: String::from_utf8_lossy(host).into_owned(),
+        })
+    }
+}
+
+/// This machine's host name.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Reads exactly `buf.len()` bytes or fails once `deadline` passes.
+pub(crate) fn read_exact_by(
+    s: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        s.set_read_timeout(Some(left))?;
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(k) => got += k,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"))
+}
+
+/// Sends our hello to the root and waits for the table (or the root's verdict).
+fn rendezvous(
+    id: &UniqueId,
+    rank: usize,
+    nranks: usize,
+    info: &[u8],
+    timeout: Duration,
+) -> Result<Vec<RankInfo>> {
+    let root = id.root_addr();
+    let start = Instant::now();
+    let mut s = tcp::connect_retry(root, start + timeout).map_err(|e| match e {
+        Error::Timeout { after, .. } => Error::Timeout {
+            op: format!("init: reaching the bootstrap root at {root}"),
+            waiting_for: vec![],
+            after,
+        },
+        e => e,
+    })?;
+    let mut hello = Vec::with_capacity(HELLO_HEADER + info.len());
+    hello.extend_from_slice(HELLO_MAGIC);
+    hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    hello.extend_from_slice(&id.token());
+    hello.extend_from_slice(&(rank as u32).to_le_bytes());
+    hello.extend_from_slice(&(nranks as u32).to_le_bytes());
+    hello.extend_from_slice(&(info.len() as u32).to_le_bytes());
+    hello.extend_from_slice(info);
+    s.set_write_timeout(Some(timeout))
+        .and_then(|_| s.write_all(&hello))
+        .map_err(|e| {
+            Error::io(
+                format!("sending the hello to the bootstrap root at {root}"),
+                e,
+            )
+        })?;
+    // The root gives up `timeout` after the first hello; allow it time to say so.
+    let deadline = Instant::now() + timeout + Duration::from_secs(5);
+    let lost = |e: std::io::Error| -> Error {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            Error::Timeout {
+                op: format!("init: waiting for the address table from the root at {root}"),
+                waiting_for: vec![],
+                after: start.elapsed(),
+            }
+        } else {
+            Error::Bootstrap(format!("the root at {root} closed the connection before sending the table ({e}); was this rank refused? (wrong rank, nranks or a duplicate rank)"))
+        }
+    };
+    let mut head = [0u8; 12];
+    read_exact_by(&mut s, &mut head, deadline).map_err(lost)?;
+    let count = u32_at(&head, 8) as usize;
+    if &head[..8] == FAIL_MAGIC {
+        if count > MAX_RANKS {
+            return Err(Error::Bootstrap(
+                "root sent an oversized failure report".into(),
+            ));
+        }
+        let mut body = vec![0u8; 4 * count + 4];
+        read_exact_by(&mut s, &mut body, deadline).map_err(lost)?;
+        let missing: Vec<usize> = (0..count).map(|i| u32_at(&body, 4 * i) as usize).collect();
+        return Err(Error::Timeout {
+            op: "init: rendezvous (these ranks never joined)".into(),
+            waiting_for: missing,
+            after: start.elapsed(),
+        });
+    }
+    if &head[..8] != TABLE_MAGIC || count != nranks {
+        return Err(Error::Bootstrap(format!(
+            "root at {root} sent an invalid table header (nranks {count}, expected {nranks})"
+        )));
+    }
+    let mut table = Vec::with_capacity(nranks);
+    for r in 0..nranks {
+        let mut len = [0u8; 4];
+        read_exact_by(&mut s, &mut len, deadline).map_err(lost)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_INFO {
+            return Err(Error::Bootstrap(format!(
+                "root sent {len} bytes of info for rank {r}"
+            )));
+        }
+        let mut blob = vec![0u8; len];
+        read_exact_by(&mut s, &mut blob, deadline).map_err(lost)?;
+        table.push(
+            RankInfo::decode(&blob)
+                .map_err(|why| Error::Bootstrap(format!("bad info for rank {r}: {why}")))?,
+        );
+    }
+    Ok(table)
+}
+
+/// Takes rank `rank` of `nranks` from a unique id to a link with every peer.
+pub(crate) fn join(
+    rank: usize,
+    nranks: usize,
+    id: &UniqueId,
+    config: &Config,
+) -> Result<Vec<Option<TcpLink>>> {
+    let start = Instant::now();
+    let local_ip = match config.socket_ifname.as_deref() {
+        Some(spec) => tcp::pick_interface(Some(spec))?,
+        None => tcp::local_ip_towards(id.root_addr())?,
+    };
+    let listener = TcpListener::bind(SocketAddr::new(local_ip, 0))
+        .map_err(|e| Error::io(format!("binding a data listener on {local_ip}"), e))?;
+    let listen = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the data listener address", e))?;
+    let info = RankInfo {
+        listen,
+        nsocks: config.nsocks as u16,
+        host: hostname(),
+    };
+    let table = rendezvous(id, rank, nranks, &info.encode(), config.timeout)?;
+    if let Some((r, other)) = table
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.nsocks != info.nsocks)
+    {
+        return Err(Error::invalid(format!(
+            "rank {r} uses MIXCCL_NSOCKS={} but rank {rank} uses {}; set it the same on every rank",
+            other.nsocks, info.nsocks
+        )));
+    }
+    log_info!(
+        Some(rank),
+        "bootstrap done in {:.1} ms: {nranks} ranks, listening on {listen}",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    let addrs: Vec<SocketAddr> = table.iter().map(|t| t.listen).collect();
+    tcp::connect_mesh(
+        &MeshSpec {
+            rank,
+            addrs: &addrs,
+            token: id.token(),
+            nsocks: config.nsocks,
+            socket_buffer: config.socket_buffer,
+            deadline: Instant::now() + config.timeout,
+        },
+        listener,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_info_round_trips() {
+        for addr in ["10.0.0.7:4000", "[::1]:5"] {
+            let i = RankInfo {
+                listen: addr.parse().unwrap(),
+                nsocks: 3,
+                host: "node-1".into(),
+            };
+            assert_eq!(RankInfo::decode(&i.encode()).unwrap(), i);
+        }
+        assert!(RankInfo::decode(&[4, 1, 2]).is_err());
+    }
+}

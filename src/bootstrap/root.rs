@@ -1,0 +1,356 @@
+//! The root rendezvous: a thread that admits each rank's hello (magic, version,
+//! token, rank in range, no duplicate), then sends every rank the address table.
+//! Strangers are closed and logged; if ranks are missing at the deadline (timeout
+//! after the first hello), every joined rank is told which ones.
+
+use crate::bootstrap::{
+    FAIL_MAGIC, HELLO_HEADER, HELLO_MAGIC, MAX_INFO, MAX_RANKS, PROTOCOL_VERSION, TABLE_MAGIC,
+};
+use crate::debug::{log_info, log_warn};
+use crate::error::{Error, Result};
+use crate::sys;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// Most connections whose hello is still arriving; more are closed at once.
+const MAX_PENDING: usize = 1024;
+/// How long a connection may take to deliver its hello.
+const HELLO_GRACE: Duration = Duration::from_secs(10);
+
+/// Binds `addr` and serves one rendezvous on a background thread; returns the bound address.
+pub(crate) fn spawn(addr: SocketAddr, token: [u8; 16], timeout: Duration) -> Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| Error::io(format!("binding the bootstrap root on {addr}"), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the root address", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("making the root listener non-blocking", e))?;
+    std::thread::Builder::new()
+        .name("mixccl-root".into())
+        .spawn(move || Root::new(token, timeout).serve(listener))
+        .map_err(|e| Error::io("starting the bootstrap root thread", e))?;
+    log_info!(None, "bootstrap root listening on {bound}");
+    Ok(bound)
+}
+
+struct Pending {
+    stream: TcpStream,
+    from: SocketAddr,
+    buf: Vec<u8>,
+    since: Instant,
+}
+
+struct Joined {
+    stream: TcpStream,
+    info: Vec<u8>,
+}
+
+struct Root {
+    token: [u8; 16],
+    timeout: Duration,
+    nranks: Option<usize>,
+    joined: Vec<Option<Joined>>,
+}
+
+/// What the root makes of a complete hello.
+#[derive(Debug)]
+struct Hello {
+    rank: usize,
+    nranks: usize,
+    info: Vec<u8>,
+}
+
+/// Parses a hello from `buf`: `Ok(None)` if more bytes are needed.
+fn parse_hello(buf: &[u8], token: &[u8; 16]) -> std::result::Result<Option<Hello>, String> {
+    if buf.len() < HELLO_HEADER {
+        if !HELLO_MAGIC.starts_with(&buf[..buf.len().min(8)]) {
+            return Err("bad magic".into());
+        }
+        return Ok(None);
+    }
+    if &buf[..8] != HELLO_MAGIC {
+        return Err("bad magic".into());
+    }
+    let version = u16::from_le_bytes([buf[8], buf[9]]);
+    if version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {version}, expected {PROTOCOL_VERSION}"
+        ));
+    }
+    if &buf[10..26] != token {
+        return Err("wrong token (not this communicator)".into());
+    }
+    let u32at = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().expect("4 bytes")) as usize;
+    let (rank, nranks, len) = (u32at(26), u32at(30), u32at(34));
+    if nranks == 0 || nranks > MAX_RANKS {
+        return Err(format!("nranks {nranks} out of range"));
+    }
+    if rank >= nranks {
+        return Err(format!("rank {rank} >= nranks {nranks}"));
+    }
+    if len > MAX_INFO {
+        return Err(format!("info of {len} bytes exceeds {MAX_INFO}"));
+    }
+    if buf.len() < HELLO_HEADER + len {
+        return Ok(None);
+    }
+    Ok(Some(Hello {
+        rank,
+        nranks,
+        info: buf[HELLO_HEADER..HELLO_HEADER + len].to_vec(),
+    }))
+}
+
+impl Root {
+    fn new(token: [u8; 16], timeout: Duration) -> Root {
+        Root {
+            token,
+            timeout,
+            nranks: None,
+            joined: Vec::new(),
+        }
+    }
+
+    fn missing(&self) -> Vec<usize> {
+        (0..self.nranks.unwrap_or(0))
+            .filter(|r| self.joined[*r].is_none())
+            .collect()
+    }
+
+    fn serve(mut self, listener: TcpListener) {
+        let mut deadline = Instant::now() + self.timeout;
+        let mut pending: Vec<Pending> = Vec::new();
+        loop {
+            if self.nranks.is_some() && self.missing().is_empty() {
+                self.send_table();
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.send_failure();
+                return;
+            }
+            let mut fds = vec![sys::pollfd(listener.as_raw_fd(), libc::POLLIN)];
+            fds.extend(
+                pending
+                    .iter()
+                    .map(|p| sys::pollfd(p.stream.as_raw_fd(), libc::POLLIN)),
+            );
+            let wait = (deadline - now).min(Duration::from_millis(500));
+            if let Err(e) = sys::poll(&mut fds, wait) {
+                log_warn!(None, "bootstrap root: poll failed: {e}");
+                return;
+            }
+            self.accept(&listener, &mut pending);
+            let mut i = 0;
+            while i < pending.len() {
+                match self.progress(&mut pending[i]) {
+                    Ok(None) if pending[i].since.elapsed() < HELLO_GRACE => i += 1,
+                    Ok(None) => {
+                        let p = pending.swap_remove(i);
+                        log_warn!(
+                            None,
+                            "bootstrap root: closed {}: no complete hello within {HELLO_GRACE:?}",
+                            p.from
+                        );
+                    }
+                    Ok(Some(hello)) => {
+                        let p = pending.swap_remove(i);
+                        if let Err(why) = self.admit(p.stream, hello, &mut deadline) {
+                            log_warn!(None, "bootstrap root: refused {}: {why}", p.from);
+                        }
+                    }
+                    Err(why) => {
+                        let p = pending.swap_remove(i);
+                        log_warn!(None, "bootstrap root: closed {}: {why}", p.from);
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept(&self, listener: &TcpListener, pending: &mut Vec<Pending>) {
+        loop {
+            match listener.accept() {
+                Ok((stream, from)) => {
+                    if pending.len() >= MAX_PENDING || stream.set_nonblocking(true).is_err() {
+                        log_warn!(
+                            None,
+                            "bootstrap root: dropped {from}: too many pending connections"
+                        );
+                        continue;
+                    }
+                    pending.push(Pending {
+                        stream,
+                        from,
+                        buf: Vec::new(),
+                        since: Instant::now(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn progress(&self, p: &mut Pending) -> std::result::Result<Option<Hello>, String> {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let want = match parse_hello(&p.buf, &self.token)? {
+                Some(h) => return Ok(Some(h)),
+                None if p.buf.len() < HELLO_HEADER => HELLO_HEADER - p.buf.len(),
+                None => {
+                    HELLO_HEADER + u32::from_le_bytes(p.buf[34..38].try_into().expect("4")) as usize
+                        - p.buf.len()
+                }
+            };
+            let take = want.min(chunk.len());
+            match p.stream.read(&mut chunk[..take]) {
+                Ok(0) => return Err("closed before completing its hello".into()),
+                Ok(k) => p.buf.extend_from_slice(&chunk[..k]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
+        }
+    }
+
+    fn admit(
+        &mut self,
+        stream: TcpStream,
+        h: Hello,
+        deadline: &mut Instant,
+    ) -> std::result::Result<(), String> {
+        match self.nranks {
+            None => {
+                self.nranks = Some(h.nranks);
+                self.joined = (0..h.nranks).map(|_| None).collect();
+                // The clock for missing ranks starts with the first rank that arrives.
+                *deadline = Instant::now() + self.timeout;
+            }
+            Some(n) if n != h.nranks => {
+                return Err(format!(
+                    "rank {} says nranks {}, earlier ranks said {n}",
+                    h.rank, h.nranks
+                ))
+            }
+            Some(_) => {}
+        }
+        if self.joined[h.rank].is_some() {
+            return Err(format!("rank {} already joined (duplicate rank)", h.rank));
+        }
+        log_info!(
+            None,
+            "bootstrap root: rank {} of {} joined",
+            h.rank,
+            h.nranks
+        );
+        self.joined[h.rank] = Some(Joined {
+            stream,
+            info: h.info,
+        });
+        Ok(())
+    }
+
+    fn broadcast(&mut self, msg: &[u8]) {
+        for (r, j) in self.joined.iter_mut().enumerate() {
+            if let Some(j) = j {
+                let sent = j
+                    .stream
+                    .set_nonblocking(false)
+                    .and_then(|_| j.stream.set_write_timeout(Some(self.timeout)))
+                    .and_then(|_| j.stream.write_all(msg));
+                if let Err(e) = sent {
+                    log_warn!(None, "bootstrap root: could not send to rank {r}: {e}");
+                }
+            }
+        }
+    }
+
+    fn send_table(&mut self) {
+        let n = self.joined.len();
+        let mut msg = Vec::with_capacity(12 + n * 64);
+        msg.extend_from_slice(TABLE_MAGIC);
+        msg.extend_from_slice(&(n as u32).to_le_bytes());
+        for j in self.joined.iter().flatten() {
+            msg.extend_from_slice(&(j.info.len() as u32).to_le_bytes());
+            msg.extend_from_slice(&j.info);
+        }
+        self.broadcast(&msg);
+        log_info!(None, "bootstrap root: sent the table to {n} ranks");
+    }
+
+    fn send_failure(&mut self) {
+        let missing = self.missing();
+        if self.nranks.is_none() {
+            log_warn!(
+                None,
+                "bootstrap root: no rank joined within {:?}; giving up",
+                self.timeout
+            );
+            return;
+        }
+        log_warn!(
+            None,
+            "bootstrap root: ranks {missing:?} did not join within {:?}",
+            self.timeout
+        );
+        let reason = format!("ranks {missing:?} did not join");
+        let mut msg = Vec::new();
+        msg.extend_from_slice(FAIL_MAGIC);
+        msg.extend_from_slice(&(missing.len() as u32).to_le_bytes());
+        for r in &missing {
+            msg.extend_from_slice(&(*r as u32).to_le_bytes());
+        }
+        msg.extend_from_slice(&(reason.len() as u32).to_le_bytes());
+        msg.extend_from_slice(reason.as_bytes());
+        self.broadcast(&msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(token: [u8; 16], rank: u32, nranks: u32, info: &[u8]) -> Vec<u8> {
+        let mut b = HELLO_MAGIC.to_vec();
+        b.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        b.extend_from_slice(&token);
+        b.extend_from_slice(&rank.to_le_bytes());
+        b.extend_from_slice(&nranks.to_le_bytes());
+        b.extend_from_slice(&(info.len() as u32).to_le_bytes());
+        b.extend_from_slice(info);
+        b
+    }
+
+    #[test]
+    fn hello_parsing_checks_every_field() {
+        let t = [9u8; 16];
+        let ok = hello(t, 1, 4, b"abc");
+        assert!(parse_hello(&ok[..10], &t).unwrap().is_none());
+        assert!(parse_hello(&ok[..HELLO_HEADER + 1], &t).unwrap().is_none());
+        let h = parse_hello(&ok, &t).unwrap().unwrap();
+        assert_eq!((h.rank, h.nranks, h.info.as_slice()), (1, 4, &b"abc"[..]));
+        assert!(parse_hello(b"GET / HTTP/1.1\r\n", &t).is_err());
+        assert!(parse_hello(&hello([8; 16], 1, 4, b""), &t)
+            .unwrap_err()
+            .contains("token"));
+        assert!(parse_hello(&hello(t, 4, 4, b""), &t)
+            .unwrap_err()
+            .contains("rank 4"));
+        assert!(parse_hello(&hello(t, 0, 0, b""), &t).is_err());
+        let mut big = hello(t, 0, 2, b"");
+        big[34..38].copy_from_slice(&(1u32 << 30).to_le_bytes());
+        assert!(parse_hello(&big, &t).unwrap_err().contains("exceeds"));
+    }
+}

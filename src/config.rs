@@ -1,0 +1,385 @@
+//! Every tunable of mixccl in one place, each with its `MIXCCL_*` environment
+//! variable and default, like NCCL's `param.h`. [`Config::describe`] lists them
+//! all; `Communicator::init` prints that list once under `MIXCCL_DEBUG=INFO`.
+
+use crate::debug::DebugLevel;
+use crate::error::{Error, Result};
+use std::time::Duration;
+
+/// A collective operation, as named in `MIXCCL_ALGO` and in logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Collective {
+    /// `all_reduce`.
+    AllReduce,
+    /// `all_gather`.
+    AllGather,
+    /// `broadcast`.
+    Broadcast,
+    /// `reduce`.
+    Reduce,
+    /// `reduce_scatter`.
+    ReduceScatter,
+    /// `all_to_all`.
+    AllToAll,
+    /// `send` / `recv` / `send_recv`.
+    SendRecv,
+    /// `barrier`.
+    Barrier,
+}
+
+impl Collective {
+    /// Every collective.
+    pub const ALL: [Collective; 8] = [
+        Collective::AllReduce,
+        Collective::AllGather,
+        Collective::Broadcast,
+        Collective::Reduce,
+        Collective::ReduceScatter,
+        Collective::AllToAll,
+        Collective::SendRecv,
+        Collective::Barrier,
+    ];
+
+    /// Lower-case name without separators (`allreduce`, `reducescatter`, ...), as nccl-tests spells them.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Collective::AllReduce => "allreduce",
+            Collective::AllGather => "allgather",
+            Collective::Broadcast => "broadcast",
+            Collective::Reduce => "reduce",
+            Collective::ReduceScatter => "reducescatter",
+            Collective::AllToAll => "alltoall",
+            Collective::SendRecv => "sendrecv",
+            Collective::Barrier => "barrier",
+        }
+    }
+
+    /// Parses a name, ignoring case, `_` and `-` (`all_reduce`, `AllReduce`, `all-reduce`).
+    pub fn parse(s: &str) -> Option<Collective> {
+        let key: String = s
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        Collective::ALL.into_iter().find(|c| c.name() == key)
+    }
+}
+
+impl std::fmt::Display for Collective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An algorithm a collective can run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Algorithm {
+    /// Ring: reduce-scatter then all-gather, chunked and pipelined; bandwidth-optimal.
+    Ring,
+    /// Direct: every rank exchanges with every peer in one step; latency-optimal for small messages.
+    Direct,
+    /// Chain: a pipelined path from (or to) the root; used by broadcast and reduce.
+    Chain,
+    /// Pairwise exchange: step k sends to rank+k and receives from rank-k; used by all-to-all.
+    Pairwise,
+}
+
+impl Algorithm {
+    /// Lower-case name as used in `MIXCCL_ALGO`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Algorithm::Ring => "ring",
+            Algorithm::Direct => "direct",
+            Algorithm::Chain => "chain",
+            Algorithm::Pairwise => "pairwise",
+        }
+    }
+
+    /// Parses a name as printed by [`Algorithm::name`].
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        [
+            Algorithm::Ring,
+            Algorithm::Direct,
+            Algorithm::Chain,
+            Algorithm::Pairwise,
+        ]
+        .into_iter()
+        .find(|a| a.name().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A forced algorithm choice per collective, parsed from `MIXCCL_ALGO`
+/// (`ring` for all, or `allreduce:direct;allgather:ring`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlgoOverride {
+    /// `(None, algo)` applies to every collective; `(Some(c), algo)` to `c` only. Later entries win.
+    pub rules: Vec<(Option<Collective>, Algorithm)>,
+}
+
+impl AlgoOverride {
+    /// Parses the `MIXCCL_ALGO` syntax.
+    pub fn parse(s: &str) -> Result<AlgoOverride> {
+        let mut rules = Vec::new();
+        for part in s.split([';', ',']).map(str::trim).filter(|p| !p.is_empty()) {
+            let (coll, algo) = match part.split_once(':') {
+                Some((c, a)) => {
+                    let c = Collective::parse(c.trim()).ok_or_else(|| {
+                        Error::invalid(format!("MIXCCL_ALGO: unknown collective {c:?} in {s:?}"))
+                    })?;
+                    (Some(c), a)
+                }
+                None => (None, part),
+            };
+            let algo = Algorithm::parse(algo).ok_or_else(|| {
+                Error::invalid(format!(
+                    "MIXCCL_ALGO: unknown algorithm {algo:?} in {s:?} (ring, direct, chain, pairwise)"
+                ))
+            })?;
+            rules.push((coll, algo));
+        }
+        Ok(AlgoOverride { rules })
+    }
+
+    /// The forced algorithm for `coll`, if any.
+    pub fn get(&self, coll: Collective) -> Option<Algorithm> {
+        self.rules
+            .iter()
+            .rev()
+            .find(|(c, _)| c.is_none() || *c == Some(coll))
+            .map(|(_, a)| *a)
+    }
+}
+
+/// Every tunable of a communicator.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bound on every blocking wait without progress (`MIXCCL_TIMEOUT`, seconds; default 300).
+    pub timeout: Duration,
+    /// Pipelining unit of the algorithms in bytes (`MIXCCL_CHUNK_SIZE`; default 512 KiB).
+    pub chunk_bytes: usize,
+    /// TCP sockets per peer; a large message is spread across them (`MIXCCL_NSOCKS`; default 2).
+    pub nsocks: usize,
+    /// Network interface for sockets, NCCL_SOCKET_IFNAME syntax: a prefix list, `^` to exclude,
+    /// `=` for exact names (`MIXCCL_SOCKET_IFNAME`; default: the route to the root, else the
+    /// first non-loopback interface).
+    pub socket_ifname: Option<String>,
+    /// SO_SNDBUF/SO_RCVBUF in bytes; 0 keeps the kernel's autotuning (`MIXCCL_SOCKET_BUFFER`; default 0).
+    pub socket_buffer: usize,
+    /// Messages up to this many bytes per rank use the direct (latency) algorithms
+    /// (`MIXCCL_DIRECT_MAX_BYTES`; default 16 KiB).
+    pub direct_max_bytes: usize,
+    /// Forced algorithms (`MIXCCL_ALGO`, e.g. `allreduce:ring;allgather:direct`).
+    pub algo: AlgoOverride,
+    /// Log level (`MIXCCL_DEBUG` = WARN, INFO or TRACE; default WARN).
+    pub debug: DebugLevel,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            timeout: Duration::from_secs(300),
+            chunk_bytes: 512 << 10,
+            nsocks: 2,
+            socket_ifname: None,
+            socket_buffer: 0,
+            direct_max_bytes: 16 << 10,
+            algo: AlgoOverride::default(),
+            debug: DebugLevel::Warn,
+        }
+    }
+}
+
+/// Parses a byte count with an optional K/M/G suffix (powers of 1024).
+pub fn parse_bytes(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last()?.to_ascii_uppercase() {
+        'K' => (&s[..s.len() - 1], 1usize << 10),
+        'M' => (&s[..s.len() - 1], 1 << 20),
+        'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(mul)
+}
+
+impl Config {
+    /// The defaults, overridden by any `MIXCCL_*` variables in the process environment.
+    pub fn from_env() -> Result<Config> {
+        Config::default().with_env(|k| std::env::var(k).ok())
+    }
+
+    /// Applies the `MIXCCL_*` variables that `get` returns (testable without touching the process env).
+    pub fn with_env(mut self, get: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        fn bad(var: &str, v: &str, want: &str) -> Error {
+            Error::invalid(format!("{var}={v:?}: expected {want}"))
+        }
+        if let Some(v) = get("MIXCCL_TIMEOUT") {
+            let secs: f64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| *s > 0.0 && s.is_finite())
+                .ok_or_else(|| bad("MIXCCL_TIMEOUT", &v, "a positive number of seconds"))?;
+            self.timeout = Duration::from_secs_f64(secs);
+        }
+        if let Some(v) = get("MIXCCL_CHUNK_SIZE") {
+            self.chunk_bytes = parse_bytes(&v)
+                .filter(|b| *b >= 64)
+                .ok_or_else(|| bad("MIXCCL_CHUNK_SIZE", &v, "a size of at least 64 bytes"))?;
+        }
+        if let Some(v) = get("MIXCCL_NSOCKS") {
+            self.nsocks = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| bad("MIXCCL_NSOCKS", &v, "an integer in 1..=64"))?;
+        }
+        if let Some(v) = get("MIXCCL_SOCKET_IFNAME") {
+            self.socket_ifname = Some(v).filter(|s| !s.trim().is_empty());
+        }
+        if let Some(v) = get("MIXCCL_SOCKET_BUFFER") {
+            self.socket_buffer =
+                parse_bytes(&v).ok_or_else(|| bad("MIXCCL_SOCKET_BUFFER", &v, "a size"))?;
+        }
+        if let Some(v) = get("MIXCCL_DIRECT_MAX_BYTES") {
+            self.direct_max_bytes =
+                parse_bytes(&v).ok_or_else(|| bad("MIXCCL_DIRECT_MAX_BYTES", &v, "a size"))?;
+        }
+        if let Some(v) = get("MIXCCL_ALGO") {
+            self.algo = AlgoOverride::parse(&v)?;
+        }
+        if let Some(v) = get("MIXCCL_DEBUG") {
+            self.debug = DebugLevel::parse(&v)
+                .ok_or_else(|| bad("MIXCCL_DEBUG", &v, "WARN, INFO or TRACE"))?;
+        }
+        Ok(self)
+    }
+
+    /// Checks the values a caller may have set by hand.
+    pub fn validate(&self) -> Result<()> {
+        if self.timeout.is_zero() {
+            return Err(Error::invalid("config.timeout must be positive"));
+        }
+        if self.chunk_bytes < 64 {
+            return Err(Error::invalid(format!(
+                "config.chunk_bytes = {} is below the minimum of 64",
+                self.chunk_bytes
+            )));
+        }
+        if !(1..=64).contains(&self.nsocks) {
+            return Err(Error::invalid(format!(
+                "config.nsocks = {} is outside 1..=64",
+                self.nsocks
+            )));
+        }
+        Ok(())
+    }
+
+    /// One line per tunable: env name, value, meaning.
+    pub fn describe(&self) -> Vec<String> {
+        let algo = if self.algo.rules.is_empty() {
+            "auto".to_string()
+        } else {
+            self.algo
+                .rules
+                .iter()
+                .map(|(c, a)| match c {
+                    Some(c) => format!("{c}:{a}"),
+                    None => a.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(";")
+        };
+        vec![
+            format!(
+                "MIXCCL_TIMEOUT={} (seconds, bound on every wait)",
+                self.timeout.as_secs_f64()
+            ),
+            format!(
+                "MIXCCL_CHUNK_SIZE={} (bytes, pipelining unit)",
+                self.chunk_bytes
+            ),
+            format!("MIXCCL_NSOCKS={} (TCP sockets per peer)", self.nsocks),
+            format!(
+                "MIXCCL_SOCKET_IFNAME={} (interface for sockets)",
+                self.socket_ifname.as_deref().unwrap_or("auto")
+            ),
+            format!(
+                "MIXCCL_SOCKET_BUFFER={} (bytes, 0 = kernel autotuning)",
+                self.socket_buffer
+            ),
+            format!(
+                "MIXCCL_DIRECT_MAX_BYTES={} (direct algorithms up to this size)",
+                self.direct_max_bytes
+            ),
+            format!("MIXCCL_ALGO={algo} (forced algorithms)"),
+            format!("MIXCCL_DEBUG={} (log level)", self.debug.name()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn env_overrides_defaults() {
+        let c = Config::default()
+            .with_env(env(&[
+                ("MIXCCL_TIMEOUT", "2.5"),
+                ("MIXCCL_CHUNK_SIZE", "1M"),
+                ("MIXCCL_NSOCKS", "4"),
+                ("MIXCCL_ALGO", "allreduce:direct; ring"),
+                ("MIXCCL_DEBUG", "info"),
+            ]))
+            .unwrap();
+        assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!(c.chunk_bytes, 1 << 20);
+        assert_eq!(c.nsocks, 4);
+        assert_eq!(c.algo.get(Collective::AllReduce), Some(Algorithm::Ring));
+        assert_eq!(c.debug, DebugLevel::Info);
+        let c = Config::default()
+            .with_env(env(&[("MIXCCL_ALGO", "ring;all_reduce:direct")]))
+            .unwrap();
+        assert_eq!(c.algo.get(Collective::AllReduce), Some(Algorithm::Direct));
+        assert_eq!(c.algo.get(Collective::AllGather), Some(Algorithm::Ring));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("MIXCCL_TIMEOUT", "-1"),
+            ("MIXCCL_NSOCKS", "0"),
+            ("MIXCCL_CHUNK_SIZE", "abc"),
+            ("MIXCCL_ALGO", "allreduce:fastest"),
+            ("MIXCCL_DEBUG", "LOUD"),
+        ] {
+            let e = Config::default().with_env(env(&[(k, v)])).unwrap_err();
+            assert!(e.to_string().contains(k), "{e}");
+        }
+    }
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_bytes("8"), Some(8));
+        assert_eq!(parse_bytes("4K"), Some(4096));
+        assert_eq!(parse_bytes("256M"), Some(256 << 20));
+        assert_eq!(parse_bytes("1g"), Some(1 << 30));
+        assert_eq!(parse_bytes("x"), None);
+    }
+}

@@ -1,0 +1,87 @@
+//! The one error type of the library. Every variant names what went wrong:
+//! the rank, the peer, the sizes or the data type involved.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Result alias used across mixccl.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in mixccl.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// A caller passed something unusable (rank out of range, buffer too small, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// A unique id whose bytes or text do not decode (wrong magic, version, checksum, length).
+    #[error("invalid unique id: {0}")]
+    InvalidUniqueId(String),
+
+    /// A bounded wait expired. `waiting_for` lists the ranks that did not answer
+    /// (empty when the bootstrap root itself is unreachable).
+    #[error("timed out after {after:?} during {op}, waiting for rank(s) {waiting_for:?}")]
+    Timeout {
+        /// What was being done, e.g. "init: rendezvous" or "all_reduce #12".
+        op: String,
+        /// The ranks that were waited on.
+        waiting_for: Vec<usize>,
+        /// How long was waited without progress.
+        after: Duration,
+    },
+
+    /// A peer closed its connection or died.
+    #[error("peer rank {rank} lost: {reason}")]
+    PeerLost {
+        /// The rank that is gone.
+        rank: usize,
+        /// What the transport saw (EOF, connection reset, ...).
+        reason: String,
+    },
+
+    /// Ranks called different collectives, or the same one with different arguments.
+    #[error("mismatched calls: rank {rank} called {theirs} but rank {peer} called {ours}")]
+    Mismatch {
+        /// The rank reporting.
+        rank: usize,
+        /// What that rank called.
+        theirs: String,
+        /// The other rank.
+        peer: usize,
+        /// What the other rank called.
+        ours: String,
+    },
+
+    /// The bootstrap protocol failed (a peer sent a bad table, the root refused, ...).
+    #[error("bootstrap failed: {0}")]
+    Bootstrap(String),
+
+    /// An operating-system call failed.
+    #[error("I/O error during {context}: {source}")]
+    Io {
+        /// What was being done, naming the peer or address where there is one.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
+    /// The communicator was aborted; it accepts no further calls.
+    #[error("communicator aborted")]
+    Aborted,
+}
+
+impl Error {
+    /// Wraps an `io::Error` with a sentence saying what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+}

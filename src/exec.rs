@@ -1,0 +1,362 @@
+//! The executor: runs one rank's [`Schedule`] over its links.
+//!
+//! Ops run as soon as the ops they depend on have finished; dependencies come from
+//! program order and region overlap (read-after-write, write-after-read,
+//! write-after-write), so algorithms only state what moves where. Per link, the
+//! k-th send (or receive) goes on lane `k % lanes`, and each lane runs its ops in
+//! order. One thread drives everything with non-blocking calls and sleeps in
+//! `poll` when nothing can move; a wait that sees no progress for `timeout`
+//! becomes `Error::Timeout` naming the peers waited on.
+//!
+//! Received data to reduce lands in a small per-lane staging buffer and is reduced
+//! into place while later bytes are still in flight, so reduction overlaps transfer.
+
+use crate::algo::{Buf, Op, Region, Schedule};
+use crate::element::DataType;
+use crate::error::{Error, Result};
+use crate::reduce::{self, ReduceOp};
+use crate::sys;
+use crate::transport::{Direction, Link};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Bytes of staging per lane for receive-and-reduce (fits in L2 with its destination).
+const STAGING_BYTES: usize = 256 << 10;
+/// Longest single sleep, so an abort is noticed quickly.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// The caller's buffers and the library's scratch for one call.
+pub(crate) struct Buffers<'a> {
+    pub input: &'a [u8],
+    pub output: &'a mut [u8],
+    pub scratch: &'a mut [u8],
+}
+
+impl Buffers<'_> {
+    fn get(&self, r: Region) -> &[u8] {
+        let b: &[u8] = match r.buf {
+            Buf::Input => self.input,
+            Buf::Output => self.output,
+            Buf::Scratch => self.scratch,
+        };
+        &b[r.off..r.off + r.len]
+    }
+
+    fn get_mut(&mut self, r: Region) -> &mut [u8] {
+        let b: &mut [u8] = match r.buf {
+            Buf::Input => unreachable!("schedules never write the input buffer"),
+            Buf::Output => self.output,
+            Buf::Scratch => self.scratch,
+        };
+        &mut b[r.off..r.off + r.len]
+    }
+
+    /// `src` for reading and `dst` for writing at once; they must not overlap.
+    fn pair(&mut self, src: Region, dst: Region) -> (&[u8], &mut [u8]) {
+        debug_assert!(!src.overlaps(&dst));
+        if src.buf == dst.buf {
+            let whole: &mut [u8] = match dst.buf {
+                Buf::Output => self.output,
+                Buf::Scratch => self.scratch,
+                Buf::Input => unreachable!("schedules never write the input buffer"),
+            };
+            if src.off < dst.off {
+                let (a, b) = whole.split_at_mut(dst.off);
+                (&a[src.off..src.off + src.len], &mut b[..dst.len])
+            } else {
+                let (a, b) = whole.split_at_mut(src.off);
+                (&b[..src.len], &mut a[dst.off..dst.off + dst.len])
+            }
+        } else {
+            let (s, d): (&[u8], &mut [u8]) = match (src.buf, dst.buf) {
+                (Buf::Input, Buf::Output) => (self.input, self.output),
+                (Buf::Input, Buf::Scratch) => (self.input, self.scratch),
+                (Buf::Output, Buf::Scratch) => (self.output, self.scratch),
+                (Buf::Scratch, Buf::Output) => (self.scratch, self.output),
+                _ => unreachable!("schedules never write the input buffer"),
+            };
+            (
+                &s[src.off..src.off + src.len],
+                &mut d[dst.off..dst.off + dst.len],
+            )
+        }
+    }
+}
+
+/// Per-call facts the executor needs.
+pub(crate) struct Context<'a> {
+    pub dtype: DataType,
+    pub op: ReduceOp,
+    pub nranks: usize,
+    pub timeout: Duration,
+    /// Names the call in errors, e.g. "all_reduce #12".
+    pub label: &'a str,
+    pub abort: &'a AtomicBool,
+}
+
+/// Reusable per-communicator executor memory.
+#[derive(Default)]
+pub(crate) struct Workspace {
+    staging: Vec<Vec<u64>>,
+}
+
+/// One ordered stream of ops on a (peer, direction, lane).
+struct Lane {
+    peer: usize,
+    lane: usize,
+    dir: Direction,
+    ops: Vec<usize>,
+    next: usize,
+    /// Bytes of the current op done (for receive-and-reduce: bytes reduced).
+    done: usize,
+    /// Received bytes waiting in staging (less than one element).
+    staged: usize,
+    staging: usize,
+}
+
+fn dependencies(ops: &[Op]) -> (Vec<u32>, Vec<Vec<u32>>) {
+    let mut waits = vec![0u32; ops.len()];
+    let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); ops.len()];
+    let access: Vec<_> = ops.iter().map(Op::access).collect();
+    for j in 0..ops.len() {
+        let (rj, wj) = &access[j];
+        for i in 0..j {
+            let (ri, wi) = &access[i];
+            let hit = |a: &Option<Region>, b: &Option<Region>| matches!((a, b), (Some(a), Some(b)) if a.overlaps(b));
+            let conflict =
+                rj.iter().any(|r| hit(wi, r)) || hit(wi, wj) || ri.iter().any(|r| hit(r, wj));
+            if conflict {
+                waits[j] += 1;
+                dependents[i].push(j as u32);
+            }
+        }
+    }
+    (waits, dependents)
+}
+
+/// Runs `schedule` to completion.
+pub(crate) fn run(
+    schedule: &Schedule,
+    bufs: &mut Buffers<'_>,
+    links: &mut [Option<Box<dyn Link>>],
+    ws: &mut Workspace,
+    cx: &Context<'_>,
+) -> Result<()> {
+    let ops = &schedule.ops;
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let (mut waits, dependents) = dependencies(ops);
+    let esize = cx.dtype.size();
+
+    // Assign transfers to lanes: per (peer, direction), the k-th op goes on lane k % lanes.
+    let mut lanes: Vec<Lane> = Vec::new();
+    let mut lane_index = std::collections::HashMap::new();
+    let mut counters = std::collections::HashMap::new();
+    let mut local = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let (peer, dir) = match *op {
+            Op::Send { peer, .. } => (peer, Direction::Send),
+            Op::Recv { peer, .. } | Op::RecvReduce { peer, .. } => (peer, Direction::Recv),
+            _ => {
+                local.push(i);
+                continue;
+            }
+        };
+        let link = links
+            .get(peer)
+            .and_then(|l| l.as_ref())
+            .ok_or_else(|| Error::invalid(format!("{}: no link to rank {peer}", cx.label)))?;
+        let k = counters
+            .entry((peer, dir == Direction::Send))
+            .or_insert(0usize);
+        let lane = *k % link.lanes();
+        *k += 1;
+        let idx = *lane_index
+            .entry((peer, dir == Direction::Send, lane))
+            .or_insert_with(|| {
+                lanes.push(Lane {
+                    peer,
+                    lane,
+                    dir,
+                    ops: Vec::new(),
+                    next: 0,
+                    done: 0,
+                    staged: 0,
+                    staging: usize::MAX,
+                });
+                lanes.len() - 1
+            });
+        lanes[idx].ops.push(i);
+    }
+    // Staging buffers for lanes that receive-and-reduce.
+    let mut nstaging = 0;
+    for l in lanes.iter_mut() {
+        if l.ops
+            .iter()
+            .any(|&i| matches!(ops[i], Op::RecvReduce { .. }))
+        {
+            l.staging = nstaging;
+            nstaging += 1;
+        }
+    }
+    while ws.staging.len() < nstaging {
+        ws.staging.push(vec![0u64; STAGING_BYTES / 8]);
+    }
+
+    let mut finished = 0usize;
+    let mut ready_local: Vec<usize> = local.iter().copied().filter(|&i| waits[i] == 0).collect();
+    let mut last_progress = Instant::now();
+    let mut pollfds: Vec<libc::pollfd> = Vec::new();
+    let mut doorbells: Vec<bool> = Vec::new();
+
+    let complete = |i: usize, waits: &mut Vec<u32>, ready_local: &mut Vec<usize>| {
+        for &d in &dependents[i] {
+            let d = d as usize;
+            waits[d] -= 1;
+            if waits[d] == 0
+                && matches!(
+                    ops[d],
+                    Op::Copy { .. } | Op::Reduce { .. } | Op::FinishAvg { .. }
+                )
+            {
+                ready_local.push(d);
+            }
+        }
+    };
+
+    while finished < ops.len() {
+        let mut progressed = false;
+        while let Some(i) = ready_local.pop() {
+            match ops[i] {
+                Op::Copy { src, dst } => {
+                    let (s, d) = bufs.pair(src, dst);
+                    d.copy_from_slice(s);
+                }
+                Op::Reduce { src, dst } => {
+                    let (s, d) = bufs.pair(src, dst);
+                    reduce::reduce_bytes(cx.dtype, cx.op, d, s);
+                }
+                Op::FinishAvg { dst } => reduce::finish_avg(cx.dtype, bufs.get_mut(dst), cx.nranks),
+                _ => unreachable!("only local ops are queued here"),
+            }
+            finished += 1;
+            progressed = true;
+            complete(i, &mut waits, &mut ready_local);
+        }
+        for l in lanes.iter_mut() {
+            while l.next < l.ops.len() {
+                let i = l.ops[l.next];
+                if waits[i] != 0 {
+                    break;
+                }
+                let link = links[l.peer].as_mut().expect("checked above");
+                let moved = match ops[i] {
+                    Op::Send { src, .. } => {
+                        let n = link.send_some(l.lane, &bufs.get(src)[l.done..])?;
+                        l.done += n;
+                        n
+                    }
+                    Op::Recv { dst, .. } => {
+                        let n = link.recv_some(l.lane, &mut bufs.get_mut(dst)[l.done..])?;
+                        l.done += n;
+                        n
+                    }
+                    Op::RecvReduce { acc, dst, .. } => {
+                        let stage = bytemuck::cast_slice_mut::<u64, u8>(&mut ws.staging[l.staging]);
+                        let want = (dst.len - l.done - l.staged).min(stage.len() - l.staged);
+                        let n = link.recv_some(l.lane, &mut stage[l.staged..l.staged + want])?;
+                        let have = l.staged + n;
+                        let whole = have - have % esize;
+                        if whole > 0 {
+                            let piece = dst.sub(l.done, whole);
+                            if acc != dst {
+                                let (a, d) = bufs.pair(acc.sub(l.done, whole), piece);
+                                d.copy_from_slice(a);
+                            }
+                            reduce::reduce_bytes(
+                                cx.dtype,
+                                cx.op,
+                                bufs.get_mut(piece),
+                                &stage[..whole],
+                            );
+                            stage.copy_within(whole..have, 0);
+                        }
+                        l.staged = have - whole;
+                        l.done += whole;
+                        n
+                    }
+                    _ => unreachable!("only transfers are on lanes"),
+                };
+                if moved > 0 {
+                    progressed = true;
+                }
+                let len = match ops[i] {
+                    Op::Send { src, .. } => src.len,
+                    Op::Recv { dst, .. } | Op::RecvReduce { dst, .. } => dst.len,
+                    _ => unreachable!(),
+                };
+                if l.done == len {
+                    l.next += 1;
+                    l.done = 0;
+                    finished += 1;
+                    complete(i, &mut waits, &mut ready_local);
+                } else if moved == 0 {
+                    break;
+                }
+            }
+        }
+        if finished == ops.len() {
+            break;
+        }
+        if cx.abort.load(Ordering::Relaxed) {
+            return Err(Error::Aborted);
+        }
+        let now = Instant::now();
+        if progressed || !ready_local.is_empty() {
+            last_progress = now;
+            continue;
+        }
+        // Nothing moved: sleep until a lane that could move becomes ready.
+        pollfds.clear();
+        doorbells.clear();
+        let mut waiting_for = Vec::new();
+        for l in &lanes {
+            if l.next < l.ops.len() && waits[l.ops[l.next]] == 0 {
+                let h = links[l.peer]
+                    .as_ref()
+                    .expect("checked above")
+                    .wait_handle(l.lane, l.dir);
+                pollfds.push(sys::pollfd(h.fd, h.events));
+                doorbells.push(h.doorbell);
+                waiting_for.push(l.peer);
+            }
+        }
+        waiting_for.sort_unstable();
+        waiting_for.dedup();
+        if pollfds.is_empty() {
+            return Err(Error::Bootstrap(format!(
+                "{}: internal error: schedule cannot progress ({finished} of {} ops done)",
+                cx.label,
+                ops.len()
+            )));
+        }
+        let idle = now - last_progress;
+        if idle >= cx.timeout {
+            return Err(Error::Timeout {
+                op: cx.label.to_string(),
+                waiting_for,
+                after: idle,
+            });
+        }
+        sys::poll(&mut pollfds, (cx.timeout - idle).min(MAX_SLEEP))
+            .map_err(|e| Error::io(format!("{}: poll", cx.label), e))?;
+        for (p, &bell) in pollfds.iter().zip(&doorbells) {
+            if bell && p.revents != 0 {
+                // A doorbell fd is the link's own eventfd; drain through a fresh read.
+                sys::drain_eventfd(p.fd);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! mixccl: collective communication for clusters of mixed GPUs.
+//!
+//! One communicator spans ranks on any vendor's devices or host memory; bytes move
+//! over the best transport between each pair of ranks; every wait is bounded, so a
+//! dead or misbehaving peer becomes an [`Error`] instead of a hang.
+//!
+//! Data flows one way: a call on [`Communicator`] is turned into a per-rank
+//! schedule by an algorithm (`algo`, chosen by `plan`), which the executor (`exec`)
+//! runs over point-to-point links (`transport`), reducing with typed kernels
+//! (`reduce`). `bootstrap` builds the links at init.
+//!
+//! ```no_run
+//! use mixccl::{Communicator, ReduceOp};
+//! let mut comm = Communicator::from_env()?;
+//! let mut grads = vec![1.0f32; 1024];
+//! comm.all_reduce_in_place(&mut grads, ReduceOp::Sum)?;
+//! # Ok::<(), mixccl::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod algo;
+mod bootstrap;
+mod comm;
+mod config;
+mod debug;
+mod element;
+mod error;
+mod exec;
+mod plan;
+pub mod reduce;
+mod sys;
+pub mod transport;
+pub mod verify;
+
+pub use bootstrap::launcher::{LaunchEnv, Rendezvous};
+pub use bootstrap::unique_id::UniqueId;
+pub use comm::{AbortHandle, Communicator};
+pub use config::{AlgoOverride, Algorithm, Collective, Config};
+pub use debug::DebugLevel;
+pub use element::{DataType, Element};
+pub use error::{Error, Result};
+pub use reduce::ReduceOp;

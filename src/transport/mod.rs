@@ -1,0 +1,57 @@
+//! Transports: a [`Link`] moves bytes between this rank and one peer, nothing else.
+//! It never knows which collective it serves.
+//!
+//! A link has one or more *lanes*: independent, ordered byte streams (one TCP socket
+//! each). Both ends see the same sequence of messages per link, and the executor puts
+//! message `k` on lane `k % lanes`, so a long message split into chunks spreads over
+//! all lanes. Every call is non-blocking; [`Link::wait_handle`] says which descriptor
+//! to poll, so one thread drives all links of a rank with bounded waits.
+
+pub mod mem;
+pub mod tcp;
+
+use crate::error::Result;
+use std::os::fd::RawFd;
+
+/// Which way bytes flow on a lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Towards the peer.
+    Send,
+    /// From the peer.
+    Recv,
+}
+
+/// A descriptor to poll while waiting for a lane to make progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitHandle {
+    /// The descriptor.
+    pub fd: RawFd,
+    /// `libc::POLLIN` or `libc::POLLOUT`.
+    pub events: i16,
+    /// The descriptor is an eventfd doorbell that must be drained after it fires.
+    pub doorbell: bool,
+}
+
+/// A point-to-point connection to one peer rank.
+pub trait Link: Send {
+    /// The peer's rank.
+    fn peer(&self) -> usize;
+
+    /// Number of independent ordered byte streams to the peer (at least 1).
+    fn lanes(&self) -> usize;
+
+    /// Writes a prefix of `buf` to `lane` without blocking; `Ok(0)` means "not now".
+    /// Errors are `Error::PeerLost` or `Error::Io` naming the peer.
+    fn send_some(&mut self, lane: usize, buf: &[u8]) -> Result<usize>;
+
+    /// Reads up to `buf.len()` bytes from `lane` without blocking; `Ok(0)` means "not now".
+    /// A closed peer is `Error::PeerLost`.
+    fn recv_some(&mut self, lane: usize, buf: &mut [u8]) -> Result<usize>;
+
+    /// What to poll until `lane` may make progress in `dir`.
+    fn wait_handle(&self, lane: usize, dir: Direction) -> WaitHandle;
+
+    /// Short name of the transport for logs (`tcp`, `mem`, ...).
+    fn kind(&self) -> &'static str;
+}

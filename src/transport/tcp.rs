@@ -1,0 +1,529 @@
+//! TCP transport: `nsocks` sockets per peer (one lane each), TCP_NODELAY,
+//! optional fixed socket buffers, non-blocking I/O without SIGPIPE. Also the
+//! interface choice (`MIXCCL_SOCKET_IFNAME`, NCCL_SOCKET_IFNAME syntax) and the
+//! handshake that admits only this communicator's ranks to a listener.
+
+use crate::debug::{log_info, log_warn};
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::transport::{Direction, Link, WaitHandle};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// A link to one peer over `nsocks` TCP sockets.
+pub struct TcpLink {
+    peer: usize,
+    socks: Vec<TcpStream>,
+}
+
+impl TcpLink {
+    fn fail(&self, what: &str, e: io::Error) -> Error {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof => Error::PeerLost {
+                rank: self.peer,
+                reason: format!("{what}: {e}"),
+            },
+            _ => Error::io(format!("{what} peer rank {}", self.peer), e),
+        }
+    }
+}
+
+impl Link for TcpLink {
+    fn peer(&self) -> usize {
+        self.peer
+    }
+
+    fn lanes(&self) -> usize {
+        self.socks.len()
+    }
+
+    fn send_some(&mut self, lane: usize, buf: &[u8]) -> Result<usize> {
+        sys::send_nosignal(self.socks[lane].as_raw_fd(), buf).map_err(|e| self.fail("send to", e))
+    }
+
+    fn recv_some(&mut self, lane: usize, buf: &mut [u8]) -> Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        match sys::recv_nowait(self.socks[lane].as_raw_fd(), buf) {
+            Ok(Some(0)) => Err(Error::PeerLost {
+                rank: self.peer,
+                reason: "connection closed (EOF)".into(),
+            }),
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Ok(0),
+            Err(e) => Err(self.fail("recv from", e)),
+        }
+    }
+
+    fn wait_handle(&self, lane: usize, dir: Direction) -> WaitHandle {
+        WaitHandle {
+            fd: self.socks[lane].as_raw_fd(),
+            events: match dir {
+                Direction::Send => libc::POLLOUT,
+                Direction::Recv => libc::POLLIN,
+            },
+            doorbell: false,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "tcp"
+    }
+}
+
+/// Does interface `name` match an NCCL_SOCKET_IFNAME-style spec?
+/// `eth,ib` = prefixes, `^docker` = all but these prefixes, `=eth0` = exact names.
+pub(crate) fn ifname_matches(spec: &str, name: &str) -> bool {
+    let (exclude, rest) = match spec.strip_prefix('^') {
+        Some(r) => (true, r),
+        None => (false, spec),
+    };
+    let (exact, rest) = match rest.strip_prefix('=') {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    let hit = rest
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .any(|p| {
+            if exact {
+                name == p
+            } else {
+                name.starts_with(p)
+            }
+        });
+    hit != exclude
+}
+
+/// The address to listen on: the first address of an interface matching `spec`, or
+/// without a spec the first non-loopback, non-docker interface that is up (IPv4
+/// first), else loopback.
+pub fn pick_interface(spec: Option<&str>) -> Result<IpAddr> {
+    let ifs = sys::interfaces().map_err(|e| Error::io("listing network interfaces", e))?;
+    let ok = |i: &&sys::InterfaceAddr| match spec {
+        Some(s) => i.up && ifname_matches(s, &i.name),
+        None => {
+            i.up && !i.loopback && !i.name.starts_with("docker") && !i.name.starts_with("virbr")
+        }
+    };
+    let pick = ifs.iter().filter(ok).find(|i| i.ip.is_ipv4()).or_else(|| {
+        ifs.iter()
+            .filter(ok)
+            .find(|i| !i.ip.is_unicast_link_local_v6())
+    });
+    match (pick, spec) {
+        (Some(i), _) => Ok(i.ip),
+        (None, None) => Ok(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        (None, Some(s)) => Err(Error::invalid(format!(
+            "MIXCCL_SOCKET_IFNAME={s:?} matches no interface that is up (have: {})",
+            ifs.iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+trait LinkLocal {
+    fn is_unicast_link_local_v6(&self) -> bool;
+}
+impl LinkLocal for IpAddr {
+    fn is_unicast_link_local_v6(&self) -> bool {
+        matches!(self, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+    }
+}
+
+/// The local address the kernel would use to reach `dest` (a UDP connect sends nothing).
+pub(crate) fn local_ip_towards(dest: SocketAddr) -> Result<IpAddr> {
+    let any: SocketAddr = if dest.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let sock = UdpSocket::bind(any).map_err(|e| Error::io("binding a probe socket", e))?;
+    sock.connect(dest)
+        .map_err(|e| Error::io(format!("finding the route to {dest}"), e))?;
+    Ok(sock
+        .local_addr()
+        .map_err(|e| Error::io("reading the probe socket address", e))?
+        .ip())
+}
+
+/// Applies the per-socket settings: TCP_NODELAY, optional fixed buffers, non-blocking.
+pub(crate) fn tune_socket(s: &TcpStream, buffer: usize) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    if buffer > 0 {
+        let b = buffer.min(i32::MAX as usize) as i32;
+        // SO_*BUFFORCE exceeds net.core.{w,r}mem_max when privileged; fall back otherwise.
+        if sys::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, b).is_err() {
+            sys::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_SNDBUF, b)?;
+        }
+        if sys::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, b).is_err() {
+            sys::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF, b)?;
+        }
+    }
+    s.set_nonblocking(true)
+}
+
+const DATA_MAGIC: &[u8; 8] = b"MXDATA\0\0";
+const DATA_HELLO_LEN: usize = 8 + 2 + 16 + 4 + 4 + 2 + 2;
+
+/// The first bytes on every data connection: who is calling, for which lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DataHello {
+    token: [u8; 16],
+    from: u32,
+    to: u32,
+    lane: u16,
+    lanes: u16,
+}
+
+impl DataHello {
+    fn encode(&self) -> [u8; DATA_HELLO_LEN] {
+        let mut b = [0u8; DATA_HELLO_LEN];
+        b[0..8].copy_from_slice(DATA_MAGIC);
+        b[8..10].copy_from_slice(&crate::bootstrap::PROTOCOL_VERSION.to_le_bytes());
+        b[10..26].copy_from_slice(&self.token);
+        b[26..30].copy_from_slice(&self.from.to_le_bytes());
+        b[30..34].copy_from_slice(&self.to.to_le_bytes());
+        b[34..36].copy_from_slice(&self.lane.to_le_bytes());
+        b[36..38].copy_from_slice(&self.lanes.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8; DATA_HELLO_LEN]) -> std::result::Result<DataHello, String> {
+        if &b[0..8] != DATA_MAGIC {
+            return Err("bad magic".into());
+        }
+        let v = u16::from_le_bytes([b[8], b[9]]);
+        if v != crate::bootstrap::PROTOCOL_VERSION {
+            return Err(format!("protocol version {v}"));
+        }
+        let u32at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        Ok(DataHello {
+            token: b[10..26].try_into().expect("16 bytes"),
+            from: u32at(26),
+            to: u32at(30),
+            lane: u16::from_le_bytes([b[34], b[35]]),
+            lanes: u16::from_le_bytes([b[36], b[37]]),
+        })
+    }
+}
+
+/// What a rank needs to join the data mesh.
+pub(crate) struct MeshSpec<'a> {
+    pub rank: usize,
+    pub addrs: &'a [SocketAddr],
+    pub token: [u8; 16],
+    pub nsocks: usize,
+    pub socket_buffer: usize,
+    pub deadline: Instant,
+}
+
+/// Connects `nsocks` sockets to every lower rank and accepts them from every higher
+/// rank on `listener`. Connections that fail the handshake are closed and logged;
+/// ranks still missing at the deadline are named in `Error::Timeout`.
+pub(crate) fn connect_mesh(
+    spec: &MeshSpec<'_>,
+    listener: TcpListener,
+) -> Result<Vec<Option<TcpLink>>> {
+    let n = spec.addrs.len();
+    let me = spec.rank;
+    let mut socks: Vec<Vec<Option<TcpStream>>> = (0..n)
+        .map(|_| (0..spec.nsocks).map(|_| None).collect())
+        .collect();
+    for (peer, lanes) in socks.iter_mut().enumerate().take(me) {
+        for (lane, slot) in lanes.iter_mut().enumerate() {
+            let mut s = connect_retry(spec.addrs[peer], spec.deadline).map_err(|e| match e {
+                Error::Timeout { after, .. } => Error::Timeout {
+                    op: format!("init: connecting to rank {peer} at {}", spec.addrs[peer]),
+                    waiting_for: vec![peer],
+                    after,
+                },
+                e => e,
+            })?;
+            let hello = DataHello {
+                token: spec.token,
+                from: me as u32,
+                to: peer as u32,
+                lane: lane as u16,
+                lanes: spec.nsocks as u16,
+            };
+            s.set_write_timeout(Some(remaining(spec.deadline)))
+                .and_then(|_| s.write_all(&hello.encode()))
+                .map_err(|e| Error::io(format!("sending the handshake to rank {peer}"), e))?;
+            tune_socket(&s, spec.socket_buffer)
+                .map_err(|e| Error::io(format!("configuring the socket to rank {peer}"), e))?;
+            *slot = Some(s);
+        }
+    }
+    accept_peers(spec, &listener, &mut socks)?;
+    Ok(socks
+        .into_iter()
+        .enumerate()
+        .map(|(peer, lanes)| {
+            (peer != me).then(|| TcpLink {
+                peer,
+                socks: lanes
+                    .into_iter()
+                    .map(|s| s.expect("every lane connected"))
+                    .collect(),
+            })
+        })
+        .collect())
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
+
+/// Connects to `addr`, retrying refused connections (the listener may not be up yet)
+/// until `deadline`.
+pub(crate) fn connect_retry(addr: SocketAddr, deadline: Instant) -> Result<TcpStream> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout {
+                op: format!("connecting to {addr}"),
+                waiting_for: vec![],
+                after: start.elapsed(),
+            });
+        }
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(Error::io(format!("connecting to {addr}"), e)),
+        }
+    }
+}
+
+/// A connection whose handshake is still arriving.
+struct Pending {
+    stream: TcpStream,
+    from: SocketAddr,
+    buf: Vec<u8>,
+}
+
+fn accept_peers(
+    spec: &MeshSpec<'_>,
+    listener: &TcpListener,
+    socks: &mut [Vec<Option<TcpStream>>],
+) -> Result<()> {
+    let me = spec.rank;
+    let n = spec.addrs.len();
+    let missing = |socks: &[Vec<Option<TcpStream>>]| -> Vec<usize> {
+        (me + 1..n)
+            .filter(|p| socks[*p].iter().any(Option::is_none))
+            .collect()
+    };
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("making the listener non-blocking", e))?;
+    let start = Instant::now();
+    let mut pending: Vec<Pending> = Vec::new();
+    loop {
+        let left = missing(socks);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= spec.deadline {
+            return Err(Error::Timeout {
+                op: "init: waiting for connections from higher ranks".into(),
+                waiting_for: left,
+                after: start.elapsed(),
+            });
+        }
+        let mut fds = vec![sys::pollfd(listener.as_raw_fd(), libc::POLLIN)];
+        fds.extend(
+            pending
+                .iter()
+                .map(|p| sys::pollfd(p.stream.as_raw_fd(), libc::POLLIN)),
+        );
+        sys::poll(
+            &mut fds,
+            remaining(spec.deadline).min(Duration::from_millis(200)),
+        )
+        .map_err(|e| Error::io("polling the listener", e))?;
+        loop {
+            match listener.accept() {
+                Ok((stream, from)) => {
+                    if pending.len() >= 1024 {
+                        log_warn!(
+                            Some(me),
+                            "dropping connection from {from}: too many pending handshakes"
+                        );
+                        continue;
+                    }
+                    stream
+                        .set_nonblocking(true)
+                        .map_err(|e| Error::io("configuring an accepted socket", e))?;
+                    pending.push(Pending {
+                        stream,
+                        from,
+                        buf: Vec::with_capacity(DATA_HELLO_LEN),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("accepting a connection", e)),
+            }
+        }
+        let mut i = 0;
+        while i < pending.len() {
+            match read_hello(&mut pending[i]) {
+                Ok(None) => i += 1,
+                Ok(Some(hello)) => {
+                    let p = pending.swap_remove(i);
+                    match admit(spec, &hello, socks) {
+                        Ok(()) => {
+                            tune_socket(&p.stream, spec.socket_buffer).map_err(|e| {
+                                Error::io(
+                                    format!("configuring the socket from rank {}", hello.from),
+                                    e,
+                                )
+                            })?;
+                            socks[hello.from as usize][hello.lane as usize] = Some(p.stream);
+                        }
+                        Err(why) => {
+                            log_warn!(Some(me), "rejected connection from {}: {why}", p.from)
+                        }
+                    }
+                }
+                Err(why) => {
+                    let p = pending.swap_remove(i);
+                    log_warn!(Some(me), "rejected connection from {}: {why}", p.from);
+                }
+            }
+        }
+    }
+}
+
+fn read_hello(p: &mut Pending) -> std::result::Result<Option<DataHello>, String> {
+    let mut chunk = [0u8; DATA_HELLO_LEN];
+    let want = DATA_HELLO_LEN - p.buf.len();
+    match p.stream.read(&mut chunk[..want]) {
+        Ok(0) => Err("closed before completing the handshake".into()),
+        Ok(k) => {
+            p.buf.extend_from_slice(&chunk[..k]);
+            if p.buf.len() < DATA_HELLO_LEN {
+                return Ok(None);
+            }
+            let b: &[u8; DATA_HELLO_LEN] = p.buf[..].try_into().expect("full hello");
+            DataHello::decode(b).map(Some)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(format!("read failed: {e}")),
+    }
+}
+
+fn admit(
+    spec: &MeshSpec<'_>,
+    h: &DataHello,
+    socks: &[Vec<Option<TcpStream>>],
+) -> std::result::Result<(), String> {
+    let n = spec.addrs.len();
+    if h.token != spec.token {
+        return Err("wrong communicator token".into());
+    }
+    if h.to as usize != spec.rank {
+        return Err(format!(
+            "addressed to rank {}, this is rank {}",
+            h.to, spec.rank
+        ));
+    }
+    let from = h.from as usize;
+    if from >= n || from <= spec.rank {
+        return Err(format!(
+            "claims rank {from}, expected one of {}..{n}",
+            spec.rank + 1
+        ));
+    }
+    if h.lanes as usize != spec.nsocks {
+        return Err(format!(
+            "rank {from} uses MIXCCL_NSOCKS={} but this rank uses {}",
+            h.lanes, spec.nsocks
+        ));
+    }
+    if h.lane as usize >= spec.nsocks {
+        return Err(format!("lane {} out of range", h.lane));
+    }
+    if socks[from][h.lane as usize].is_some() {
+        return Err(format!(
+            "duplicate connection for rank {from} lane {}",
+            h.lane
+        ));
+    }
+    log_info!(
+        Some(spec.rank),
+        "connected rank {from} lane {} over tcp",
+        h.lane
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifname_spec_syntax() {
+        assert!(ifname_matches("eth", "eth0"));
+        assert!(ifname_matches("ib,eth", "eth1"));
+        assert!(!ifname_matches("ib", "eth0"));
+        assert!(ifname_matches("^docker", "eth0"));
+        assert!(!ifname_matches("^docker,lo", "lo"));
+        assert!(ifname_matches("=lo", "lo"));
+        assert!(!ifname_matches("=eth", "eth0"));
+        assert!(!ifname_matches("^=eth0", "eth0"));
+    }
+
+    #[test]
+    fn loopback_is_found_by_name() {
+        assert!(pick_interface(Some("lo")).unwrap().is_loopback());
+        assert!(pick_interface(Some("=no-such-if")).is_err());
+    }
+
+    #[test]
+    fn data_hello_round_trips() {
+        let h = DataHello {
+            token: [3; 16],
+            from: 5,
+            to: 2,
+            lane: 1,
+            lanes: 2,
+        };
+        assert_eq!(DataHello::decode(&h.encode()).unwrap(), h);
+        let mut b = h.encode();
+        b[0] = b'X';
+        assert!(DataHello::decode(&b).is_err());
+    }
+}
