@@ -277,6 +277,7 @@ impl Communicator {
             op: call.op,
             nranks: self.nranks,
             timeout: self.config.timeout,
+            spin: self.config.spin,
             label: &label,
             abort: &self.abort,
         };

@@ -174,6 +174,9 @@ pub struct Config {
     /// Messages up to this many bytes per rank use the direct (latency) algorithms
     /// (`MIXCCL_DIRECT_MAX_BYTES`; default 16 KiB).
     pub direct_max_bytes: usize,
+    /// How long a waiting rank polls (yielding the core) before it sleeps
+    /// (`MIXCCL_SPIN_US`, microseconds; default 100).
+    pub spin: Duration,
     /// Forced algorithms (`MIXCCL_ALGO`, e.g. `allreduce:ring;allgather:direct`).
     pub algo: AlgoOverride,
     /// Log level (`MIXCCL_DEBUG` = WARN, INFO or TRACE; default WARN).
@@ -189,6 +192,7 @@ impl Default for Config {
             socket_ifname: None,
             socket_buffer: 0,
             direct_max_bytes: 16 << 10,
+            spin: Duration::from_micros(100),
             algo: AlgoOverride::default(),
             debug: DebugLevel::Warn,
         }
@@ -250,6 +254,13 @@ impl Config {
         if let Some(v) = get("MIXCCL_DIRECT_MAX_BYTES") {
             self.direct_max_bytes =
                 parse_bytes(&v).ok_or_else(|| bad("MIXCCL_DIRECT_MAX_BYTES", &v, "a size"))?;
+        }
+        if let Some(v) = get("MIXCCL_SPIN_US") {
+            let us: u64 = v
+                .trim()
+                .parse()
+                .map_err(|_| bad("MIXCCL_SPIN_US", &v, "microseconds"))?;
+            self.spin = Duration::from_micros(us);
         }
         if let Some(v) = get("MIXCCL_ALGO") {
             self.algo = AlgoOverride::parse(&v)?;
@@ -318,6 +329,7 @@ impl Config {
                 "MIXCCL_DIRECT_MAX_BYTES={} (direct algorithms up to this size)",
                 self.direct_max_bytes
             ),
+            format!("MIXCCL_SPIN_US={} (poll before sleeping)", self.spin.as_micros()),
             format!("MIXCCL_ALGO={algo} (forced algorithms)"),
             format!("MIXCCL_DEBUG={} (log level)", self.debug.name()),
         ]

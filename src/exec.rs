@@ -89,6 +89,8 @@ pub(crate) struct Context<'a> {
     pub op: ReduceOp,
     pub nranks: usize,
     pub timeout: Duration,
+    /// How long to poll without sleeping before blocking.
+    pub spin: Duration,
     /// Names the call in errors, e.g. "all_reduce #12".
     pub label: &'a str,
     pub abort: &'a AtomicBool,
@@ -349,8 +351,14 @@ pub(crate) fn run(
                 after: idle,
             });
         }
-        sys::poll(&mut pollfds, (cx.timeout - idle).min(MAX_SLEEP))
-            .map_err(|e| Error::io(format!("{}: poll", cx.label), e))?;
+        // Spin (yielding the core) for a short while before sleeping: a wake-up from
+        // poll costs tens of microseconds when ranks outnumber cores.
+        let spinning = idle < cx.spin;
+        let wait = if spinning { Duration::ZERO } else { (cx.timeout - idle).min(MAX_SLEEP) };
+        let ready = sys::poll(&mut pollfds, wait).map_err(|e| Error::io(format!("{}: poll", cx.label), e))?;
+        if ready == 0 && spinning {
+            std::thread::yield_now();
+        }
         for (p, &bell) in pollfds.iter().zip(&doorbells) {
             if bell && p.revents != 0 {
                 // A doorbell fd is the link's own eventfd; drain through a fresh read.
