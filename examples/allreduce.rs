@@ -22,16 +22,24 @@ fn run(comm: &mut Communicator) -> mixccl::Result<Vec<f32>> {
 }
 
 fn main() -> mixccl::Result<()> {
-    let launched = ["MIXCCL_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"]
-        .iter()
-        .any(|k| std::env::var_os(k).is_some());
+    let launched = [
+        "MIXCCL_RANK",
+        "RANK",
+        "OMPI_COMM_WORLD_RANK",
+        "SLURM_PROCID",
+    ]
+    .iter()
+    .any(|k| std::env::var_os(k).is_some());
     if launched {
         let mut comm = Communicator::from_env()?;
         let v = run(&mut comm)?;
         println!("rank {} of {}: {:?}", comm.rank(), comm.nranks(), v);
         return Ok(());
     }
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(4);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(4);
     let id = UniqueId::bind("127.0.0.1:0".parse().expect("loopback address"))?;
     let results = std::thread::scope(|s| {
         let ranks: Vec<_> = (0..n)
@@ -42,7 +50,10 @@ fn main() -> mixccl::Result<()> {
                 })
             })
             .collect();
-        ranks.into_iter().map(|h| h.join().expect("rank thread panicked")).collect::<Vec<_>>()
+        ranks
+            .into_iter()
+            .map(|h| h.join().expect("rank thread panicked"))
+            .collect::<Vec<_>>()
     });
     for (rank, v) in results.into_iter().enumerate() {
         println!("rank {rank} of {n}: {:?}", v?);

@@ -31,6 +31,19 @@ pub struct Communicator {
     abort: Arc<AtomicBool>,
 }
 
+/// Names a call in errors; formatted only when an error needs it.
+struct CallLabel {
+    coll: Collective,
+    seq: u64,
+    rank: usize,
+}
+
+impl std::fmt::Display for CallLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} #{} on rank {}", self.coll, self.seq, self.rank)
+    }
+}
+
 /// Aborts a communicator from another thread: in-flight and later calls fail with
 /// `Error::Aborted`.
 #[derive(Clone, Debug)]
@@ -265,7 +278,11 @@ impl Communicator {
         if self.scratch.len() < words {
             self.scratch.resize(words, 0);
         }
-        let label = format!("{} #{} on rank {}", call.coll, self.seq, self.rank);
+        let label = CallLabel {
+            coll: call.coll,
+            seq: self.seq,
+            rank: self.rank,
+        };
         let mut bufs = Buffers {
             input,
             output,

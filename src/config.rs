@@ -329,7 +329,10 @@ impl Config {
                 "MIXCCL_DIRECT_MAX_BYTES={} (direct algorithms up to this size)",
                 self.direct_max_bytes
             ),
-            format!("MIXCCL_SPIN_US={} (poll before sleeping)", self.spin.as_micros()),
+            format!(
+                "MIXCCL_SPIN_US={} (poll before sleeping)",
+                self.spin.as_micros()
+            ),
             format!("MIXCCL_ALGO={algo} (forced algorithms)"),
             format!("MIXCCL_DEBUG={} (log level)", self.debug.name()),
         ]

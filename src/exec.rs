@@ -91,8 +91,8 @@ pub(crate) struct Context<'a> {
     pub timeout: Duration,
     /// How long to poll without sleeping before blocking.
     pub spin: Duration,
-    /// Names the call in errors, e.g. "all_reduce #12".
-    pub label: &'a str,
+    /// Names the call in errors, e.g. "allreduce #12 on rank 3" (formatted only on error).
+    pub label: &'a dyn std::fmt::Display,
     pub abort: &'a AtomicBool,
 }
 
@@ -153,8 +153,9 @@ pub(crate) fn run(
 
     // Assign transfers to lanes: per (peer, direction), the k-th op goes on lane k % lanes.
     let mut lanes: Vec<Lane> = Vec::new();
-    let mut lane_index = std::collections::HashMap::new();
-    let mut counters = std::collections::HashMap::new();
+    // Per (peer, direction): ops seen so far; per (peer, direction, lane): index in `lanes`.
+    let mut counters = vec![0usize; 2 * links.len()];
+    let mut lane_of: Vec<Vec<usize>> = vec![Vec::new(); 2 * links.len()];
     let mut local = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let (peer, dir) = match *op {
@@ -169,27 +170,27 @@ pub(crate) fn run(
             .get(peer)
             .and_then(|l| l.as_ref())
             .ok_or_else(|| Error::invalid(format!("{}: no link to rank {peer}", cx.label)))?;
-        let k = counters
-            .entry((peer, dir == Direction::Send))
-            .or_insert(0usize);
-        let lane = *k % link.lanes();
-        *k += 1;
-        let idx = *lane_index
-            .entry((peer, dir == Direction::Send, lane))
-            .or_insert_with(|| {
-                lanes.push(Lane {
-                    peer,
-                    lane,
-                    dir,
-                    ops: Vec::new(),
-                    next: 0,
-                    done: 0,
-                    staged: 0,
-                    staging: usize::MAX,
-                });
-                lanes.len() - 1
+        let key = 2 * peer + usize::from(dir == Direction::Send);
+        let lane = counters[key] % link.lanes();
+        counters[key] += 1;
+        let slots = &mut lane_of[key];
+        if slots.len() <= lane {
+            slots.resize(lane + 1, usize::MAX);
+        }
+        if slots[lane] == usize::MAX {
+            slots[lane] = lanes.len();
+            lanes.push(Lane {
+                peer,
+                lane,
+                dir,
+                ops: Vec::new(),
+                next: 0,
+                done: 0,
+                staged: 0,
+                staging: usize::MAX,
             });
-        lanes[idx].ops.push(i);
+        }
+        lanes[slots[lane]].ops.push(i);
     }
     // Staging buffers for lanes that receive-and-reduce.
     let mut nstaging = 0;
@@ -346,7 +347,7 @@ pub(crate) fn run(
         let idle = now - last_progress;
         if idle >= cx.timeout {
             return Err(Error::Timeout {
-                op: cx.label.to_string(),
+                op: format!("{}", cx.label),
                 waiting_for,
                 after: idle,
             });
@@ -354,8 +355,13 @@ pub(crate) fn run(
         // Spin (yielding the core) for a short while before sleeping: a wake-up from
         // poll costs tens of microseconds when ranks outnumber cores.
         let spinning = idle < cx.spin;
-        let wait = if spinning { Duration::ZERO } else { (cx.timeout - idle).min(MAX_SLEEP) };
-        let ready = sys::poll(&mut pollfds, wait).map_err(|e| Error::io(format!("{}: poll", cx.label), e))?;
+        let wait = if spinning {
+            Duration::ZERO
+        } else {
+            (cx.timeout - idle).min(MAX_SLEEP)
+        };
+        let ready = sys::poll(&mut pollfds, wait)
+            .map_err(|e| Error::io(format!("{}: poll", cx.label), e))?;
         if ready == 0 && spinning {
             std::thread::yield_now();
         }
