@@ -108,14 +108,32 @@ impl Algorithm {
     }
 }
 
+impl Algorithm {
+    /// Does this algorithm implement `coll`? (The table `algo::build` dispatches on.)
+    pub const fn implements(self, coll: Collective) -> bool {
+        use Algorithm::*;
+        use Collective::*;
+        matches!(
+            (coll, self),
+            (AllReduce, Ring | Direct)
+                | (AllGather, Ring | Direct)
+                | (ReduceScatter, Ring)
+                | (Broadcast | Reduce, Chain)
+                | (AllToAll, Pairwise)
+                | (SendRecv | Barrier, Direct)
+        )
+    }
+}
+
 impl std::fmt::Display for Algorithm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
 }
 
-/// A forced algorithm choice per collective, parsed from `MIXCCL_ALGO`
-/// (`ring` for all, or `allreduce:direct;allgather:ring`).
+/// A forced algorithm choice per collective, parsed from `MIXCCL_ALGO`:
+/// `allreduce:direct;allgather:ring`, or a bare `ring`, which applies to every
+/// collective that ring implements and leaves the others to the planner.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AlgoOverride {
     /// `(None, algo)` applies to every collective; `(Some(c), algo)` to `c` only. Later entries win.
@@ -141,6 +159,13 @@ impl AlgoOverride {
                     "MIXCCL_ALGO: unknown algorithm {algo:?} in {s:?} (ring, direct, chain, pairwise)"
                 ))
             })?;
+            if let Some(c) = coll {
+                if !algo.implements(c) {
+                    return Err(Error::invalid(format!(
+                        "MIXCCL_ALGO: {algo} does not implement {c} (in {s:?})"
+                    )));
+                }
+            }
             rules.push((coll, algo));
         }
         Ok(AlgoOverride { rules })
@@ -151,7 +176,7 @@ impl AlgoOverride {
         self.rules
             .iter()
             .rev()
-            .find(|(c, _)| c.is_none() || *c == Some(coll))
+            .find(|(c, a)| *c == Some(coll) || (c.is_none() && a.implements(coll)))
             .map(|(_, a)| *a)
     }
 }
@@ -171,7 +196,8 @@ pub struct Config {
     pub socket_ifname: Option<String>,
     /// SO_SNDBUF/SO_RCVBUF in bytes; 0 keeps the kernel's autotuning (`MIXCCL_SOCKET_BUFFER`; default 0).
     pub socket_buffer: usize,
-    /// Messages up to this many bytes per rank use the direct (latency) algorithms
+    /// all_reduce messages up to this many bytes per rank, and all_gather results up to
+    /// this many bytes in total, use the direct (latency) algorithms
     /// (`MIXCCL_DIRECT_MAX_BYTES`; default 16 KiB).
     pub direct_max_bytes: usize,
     /// How long a waiting rank polls (yielding the core) before it sleeps
@@ -292,6 +318,25 @@ impl Config {
         Ok(())
     }
 
+    /// The settings every rank must share, one `NAME=value` line each: they shape the
+    /// schedules and the wire, so ranks that differ would desynchronise.
+    pub(crate) fn must_agree(&self) -> String {
+        let algo = self
+            .algo
+            .rules
+            .iter()
+            .map(|(c, a)| c.map_or_else(|| a.to_string(), |c| format!("{c}:{a}")))
+            .collect::<Vec<_>>()
+            .join(";");
+        format!(
+            "MIXCCL_NSOCKS={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_ALGO={}",
+            self.nsocks,
+            self.chunk_bytes,
+            self.direct_max_bytes,
+            if algo.is_empty() { "auto" } else { &algo }
+        )
+    }
+
     /// One line per tunable: env name, value, meaning.
     pub fn describe(&self) -> Vec<String> {
         let algo = if self.algo.rules.is_empty() {
@@ -373,6 +418,31 @@ mod tests {
             .unwrap();
         assert_eq!(c.algo.get(Collective::AllReduce), Some(Algorithm::Direct));
         assert_eq!(c.algo.get(Collective::AllGather), Some(Algorithm::Ring));
+        // A bare algorithm leaves collectives it does not implement to the planner.
+        assert_eq!(c.algo.get(Collective::Broadcast), None);
+        assert_eq!(c.algo.get(Collective::Barrier), None);
+    }
+
+    #[test]
+    fn forced_algorithms_must_implement_their_collective() {
+        let e = AlgoOverride::parse("broadcast:ring").unwrap_err();
+        assert!(
+            e.to_string().contains("ring does not implement broadcast"),
+            "{e}"
+        );
+        for coll in Collective::ALL {
+            assert!(
+                [
+                    Algorithm::Ring,
+                    Algorithm::Direct,
+                    Algorithm::Chain,
+                    Algorithm::Pairwise
+                ]
+                .iter()
+                .any(|a| a.implements(coll)),
+                "{coll} has no algorithm"
+            );
+        }
     }
 
     #[test]

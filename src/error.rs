@@ -66,6 +66,10 @@ pub enum Error {
         source: Arc<std::io::Error>,
     },
 
+    /// A broken invariant inside mixccl (a bug): please report it with the message.
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// The communicator was aborted; it accepts no further calls.
     #[error("communicator aborted")]
     Aborted,

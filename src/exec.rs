@@ -338,8 +338,8 @@ pub(crate) fn run(
         waiting_for.sort_unstable();
         waiting_for.dedup();
         if pollfds.is_empty() {
-            return Err(Error::Bootstrap(format!(
-                "{}: internal error: schedule cannot progress ({finished} of {} ops done)",
+            return Err(Error::Internal(format!(
+                "{}: schedule cannot progress ({finished} of {} ops done)",
                 cx.label,
                 ops.len()
             )));

@@ -79,3 +79,29 @@ fn forced_algorithms_agree() {
         }
     }
 }
+
+/// No rank leaves a barrier before every rank has entered it. Ranks enter at staggered
+/// times (in both orders) and record when they entered and left.
+#[test]
+fn barrier_waits_for_every_rank() {
+    use std::time::{Duration, Instant};
+    for n in [2, 3, 5, 6, 7, 8, 13, 16] {
+        for reverse in [false, true] {
+            let times = with_ranks(n, test_config(), |comm| {
+                let r = comm.rank();
+                let slot = if reverse { n - 1 - r } else { r };
+                std::thread::sleep(Duration::from_millis(3 * slot as u64));
+                let entered = Instant::now();
+                comm.barrier().expect("barrier");
+                (entered, Instant::now())
+            });
+            let last_in = times.iter().map(|t| t.0).max().unwrap();
+            for (r, (_, left)) in times.iter().enumerate() {
+                assert!(
+                    *left >= last_in,
+                    "{n} ranks: rank {r} left the barrier before the last rank entered"
+                );
+            }
+        }
+    }
+}

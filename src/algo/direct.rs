@@ -118,26 +118,29 @@ pub(super) fn send_recv(c: &Call) -> Schedule {
 }
 
 /// Dissemination barrier: in round k, send a byte to rank + 2^k and wait for one from
-/// rank - 2^k; after ceil(log2 n) rounds every rank has heard from every other.
-/// Scratch byte k receives round k's token, which round k+1 forwards.
+/// rank - 2^k; after ceil(log2 n) rounds every rank has heard, directly or through
+/// others, from every other. Round k+1 may only send after *all* earlier rounds'
+/// bytes arrived: each received byte is folded into an accumulator byte (a local
+/// reduce), and every round sends the accumulator, so the executor orders each send
+/// after every earlier receive.
 pub(super) fn barrier(c: &Call) -> Schedule {
     let mut s = Schedule::default();
     let n = c.nranks;
     let rounds = usize::BITS as usize - (n.max(1) - 1).leading_zeros() as usize;
     s.scratch = rounds + 1;
-    let byte = |i: usize| Region::new(Buf::Scratch, i, 1);
+    let acc = Region::new(Buf::Scratch, rounds, 1);
     for k in 0..rounds {
         let d = 1usize << k;
-        // Round 0 sends the spare byte at the end; later rounds forward what arrived.
-        let src = if k == 0 { byte(rounds) } else { byte(k - 1) };
+        let got = Region::new(Buf::Scratch, k, 1);
         s.push(Op::Send {
             peer: (c.rank + d) % n,
-            src,
+            src: acc,
         });
         s.push(Op::Recv {
             peer: (c.rank + n - d) % n,
-            dst: byte(k),
+            dst: got,
         });
+        s.push(Op::Reduce { src: got, dst: acc });
     }
     s
 }

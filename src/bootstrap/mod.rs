@@ -40,10 +40,11 @@ pub(crate) const MAX_RANKS: usize = 1 << 20;
 pub(crate) struct RankInfo {
     /// Where the rank accepts data connections.
     pub listen: SocketAddr,
-    /// Its `MIXCCL_NSOCKS`, which must agree across ranks.
-    pub nsocks: u16,
     /// Its host name, for logs.
     pub host: String,
+    /// The settings that must agree across ranks, as `NAME=value` lines
+    /// (`Config::must_agree`): schedules built from different values would desynchronise.
+    pub agree: String,
 }
 
 impl RankInfo {
@@ -61,15 +62,16 @@ impl RankInfo {
             }
         }
         b.extend_from_slice(&self.listen.port().to_le_bytes());
-        b.extend_from_slice(&self.nsocks.to_le_bytes());
-        let host = &self.host.as_bytes()[..self.host.len().min(255)];
-        b.push(host.len() as u8);
-        b.extend_from_slice(host);
+        for text in [&self.host, &self.agree] {
+            let t = &text.as_bytes()[..text.len().min(1024)];
+            b.extend_from_slice(&(t.len() as u16).to_le_bytes());
+            b.extend_from_slice(t);
+        }
         b
     }
 
     pub(crate) fn decode(b: &[u8]) -> std::result::Result<RankInfo, String> {
-        if b.len() < 22 {
+        if b.len() < 21 {
             return Err(format!("rank info of {} bytes is too short", b.len()));
         }
         let ip = match b[0] {
@@ -78,15 +80,44 @@ impl RankInfo {
             f => return Err(format!("unknown address family {f}")),
         };
         let port = u16::from_le_bytes([b[17], b[18]]);
-        let nsocks = u16::from_le_bytes([b[19], b[20]]);
-        let hl = b[21] as usize;
-        let host = b.get(22..22 + hl).ok_or("truncated host name")?;
+        let mut at = 19;
+        let mut text = || -> std::result::Result<String, String> {
+            let len = b.get(at..at + 2).ok_or("truncated rank info")?;
+            let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+            let t = b.get(at + 2..at + 2 + len).ok_or("truncated rank info")?;
+            at += 2 + len;
+            Ok(String::from_utf8_lossy(t).into_owned())
+        };
+        let host = text()?;
+        let agree = text()?;
         Ok(RankInfo {
             listen: SocketAddr::new(ip, port),
-            nsocks,
-            host: String::from_utf8_lossy(host).into_owned(),
+            host,
+            agree,
         })
     }
+}
+
+/// Fails if any rank's must-agree settings differ from ours, naming the variable,
+/// both ranks and both values.
+fn check_agreement(rank: usize, ours: &str, table: &[RankInfo]) -> Result<()> {
+    for (r, t) in table.iter().enumerate() {
+        if t.agree == ours {
+            continue;
+        }
+        let theirs: Vec<&str> = t.agree.lines().collect();
+        let diff = ours
+            .lines()
+            .zip(theirs.iter().chain(std::iter::repeat(&"?")))
+            .find(|(a, b)| a != *b)
+            .map(|(a, b)| format!("rank {rank} has {a} but rank {r} has {b}"))
+            .unwrap_or_else(|| format!("rank {r} sent settings {:?}", t.agree));
+        return Err(Error::invalid(format!(
+            "settings must be the same on every rank: {diff} (host {})",
+            t.host
+        )));
+    }
+    Ok(())
 }
 
 /// This machine's host name.
@@ -237,20 +268,11 @@ pub(crate) fn join(
         .map_err(|e| Error::io("reading the data listener address", e))?;
     let info = RankInfo {
         listen,
-        nsocks: config.nsocks as u16,
         host: hostname(),
+        agree: config.must_agree(),
     };
     let table = rendezvous(id, rank, nranks, &info.encode(), config.timeout)?;
-    if let Some((r, other)) = table
-        .iter()
-        .enumerate()
-        .find(|(_, t)| t.nsocks != info.nsocks)
-    {
-        return Err(Error::invalid(format!(
-            "rank {r} uses MIXCCL_NSOCKS={} but rank {rank} uses {}; set it the same on every rank",
-            other.nsocks, info.nsocks
-        )));
-    }
+    check_agreement(rank, &info.agree, &table)?;
     log_info!(
         Some(rank),
         "bootstrap done in {:.1} ms: {nranks} ranks, listening on {listen}",
@@ -279,11 +301,28 @@ mod tests {
         for addr in ["10.0.0.7:4000", "[::1]:5"] {
             let i = RankInfo {
                 listen: addr.parse().unwrap(),
-                nsocks: 3,
                 host: "node-1".into(),
+                agree: "MIXCCL_NSOCKS=2\nMIXCCL_ALGO=auto".into(),
             };
             assert_eq!(RankInfo::decode(&i.encode()).unwrap(), i);
         }
         assert!(RankInfo::decode(&[4, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn disagreeing_settings_are_named() {
+        let info = |agree: &str| RankInfo {
+            listen: "127.0.0.1:1".parse().unwrap(),
+            host: "h".into(),
+            agree: agree.into(),
+        };
+        let ours = "MIXCCL_NSOCKS=2\nMIXCCL_CHUNK_SIZE=512";
+        let table = [info(ours), info("MIXCCL_NSOCKS=2\nMIXCCL_CHUNK_SIZE=64")];
+        let e = check_agreement(0, ours, &table).unwrap_err().to_string();
+        assert!(
+            e.contains("rank 0 has MIXCCL_CHUNK_SIZE=512 but rank 1 has MIXCCL_CHUNK_SIZE=64"),
+            "{e}"
+        );
+        assert!(check_agreement(0, ours, &table[..1]).is_ok());
     }
 }
