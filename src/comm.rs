@@ -187,6 +187,9 @@ impl Communicator {
     /// `nranks` communicators in this process joined by in-memory links: for tests and
     /// for running many ranks as threads. Entry `r` is rank `r`.
     pub fn in_process(nranks: usize, config: Config) -> Result<Vec<Communicator>> {
+        if nranks == 0 {
+            return Err(Error::invalid("nranks must be at least 1"));
+        }
         let lanes = config.nsocks;
         mem::mesh(nranks, lanes, 4 << 20)?
             .into_iter()

@@ -1,0 +1,515 @@
+//! Ranks as separate processes over TCP loopback, through the `mixccl-perf` binary:
+//! every collective at 2, 3 and 4 ranks via `--np`, checked through its JSON report
+//! (every row present, zero wrong elements out of place and in place); a launch
+//! without `--np` where the test starts each rank itself with `MIXCCL_ROOT`; and a
+//! job that loses a rank to SIGKILL, whose survivors must fail promptly naming it.
+
+use mixccl::{DataType, ReduceOp};
+use serde_json::Value;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PERF: &str = env!("CARGO_BIN_EXE_mixccl-perf");
+
+/// Wall-clock bound on one `--np` run; a run that takes longer is killed and fails.
+const RUN_LIMIT: Duration = Duration::from_secs(150);
+
+/// `mixccl-perf` with a clean `MIXCCL_*` environment and a bounded timeout.
+fn perf(timeout_s: u32) -> Command {
+    let mut cmd = Command::new(PERF);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("MIXCCL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("MIXCCL_TIMEOUT", timeout_s.to_string());
+    cmd
+}
+
+/// A child whose stdout and stderr are collected as they arrive; killed on drop.
+struct Proc {
+    child: Child,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn collect(
+    mut r: impl Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(k) = r.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..k]));
+        }
+    })
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start mixccl-perf");
+        let out = Arc::new(Mutex::new(String::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), out.clone()),
+            collect(child.stderr.take().unwrap(), err.clone()),
+        ];
+        Proc {
+            child,
+            out,
+            err,
+            readers,
+        }
+    }
+
+    /// Waits until `deadline`; None (after killing it) if it is still running then.
+    fn wait_until(&mut self, deadline: Instant) -> Option<ExitStatus> {
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn is_reducing(coll: &str) -> bool {
+    matches!(coll, "allreduce" | "reduce" | "reducescatter")
+}
+
+fn has_root(coll: &str) -> bool {
+    matches!(coll, "broadcast" | "reduce")
+}
+
+/// Per-rank blocks the size column covers (nccl-tests: all ranks' data for these).
+fn blocks(coll: &str, np: usize) -> usize {
+    match coll {
+        "allgather" | "reducescatter" | "alltoall" => np,
+        _ => 1,
+    }
+}
+
+/// One `mixccl-perf` invocation's size sweep and coverage.
+struct Sweep {
+    min: usize,
+    max: usize,
+    factor: usize,
+    dtypes: Vec<DataType>,
+    /// `None`: `-o all`.
+    op: Option<ReduceOp>,
+    root: usize,
+}
+
+impl Sweep {
+    fn args(&self) -> Vec<String> {
+        let dtype = if self.dtypes.len() == DataType::ALL.len() {
+            "all".to_string()
+        } else {
+            assert_eq!(self.dtypes.len(), 1);
+            self.dtypes[0].name().to_string()
+        };
+        let op = self.op.map_or("all", |o| o.name()).to_string();
+        [
+            "-b",
+            &self.min.to_string(),
+            "-e",
+            &self.max.to_string(),
+            "-f",
+            &self.factor.to_string(),
+            "-d",
+            &dtype,
+            "-o",
+            &op,
+            "-r",
+            &self.root.to_string(),
+            "-n",
+            "1",
+            "-w",
+            "0",
+            "-c",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// `(size, count, type, redop)` of every row the run must print, in order: sizes
+    /// from min times factor up to max (0 is followed by 1), each rounded down to
+    /// whole per-rank elements, repeats removed; per dtype, per op for reductions.
+    fn expected_rows(&self, coll: &str, np: usize) -> Vec<(usize, usize, String, String)> {
+        let mut requested = Vec::new();
+        let mut s = self.min;
+        while s <= self.max {
+            requested.push(s);
+            s = if s == 0 { 1 } else { s * self.factor };
+        }
+        let ops: Vec<String> = match (is_reducing(coll), self.op) {
+            (false, _) => vec!["none".into()],
+            (true, Some(op)) => vec![op.name().into()],
+            (true, None) => ReduceOp::ALL.iter().map(|o| o.name().into()).collect(),
+        };
+        let mut rows = Vec::new();
+        for dt in &self.dtypes {
+            for op in &ops {
+                let unit = dt.size() * blocks(coll, np);
+                let mut sizes: Vec<(usize, usize)> = requested
+                    .iter()
+                    .map(|s| (s / unit * unit, s / unit))
+                    .collect();
+                sizes.dedup();
+                rows.extend(
+                    sizes
+                        .into_iter()
+                        .map(|(size, count)| (size, count, dt.name().to_string(), op.clone())),
+                );
+            }
+        }
+        rows
+    }
+}
+
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `mixccl-perf <coll> --np <np> <sweep> -J <file>` and checks the JSON report.
+/// Returns the report's rows.
+fn run_np(coll: &str, np: usize, sweep: &Sweep) -> Vec<Value> {
+    let json: PathBuf = std::env::temp_dir().join(format!(
+        "mixccl-tcp-processes-{}-{}.json",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_file(&json);
+    let mut cmd = perf(60);
+    cmd.arg(coll)
+        .args(["--np", &np.to_string()])
+        .args(sweep.args())
+        .arg("-J")
+        .arg(&json);
+    let what = format!("{coll} --np {np} {}", sweep.args().join(" "));
+    let start = Instant::now();
+    let mut p = Proc::spawn(cmd);
+    let status = p.wait_until(start + RUN_LIMIT);
+    let (stdout, stderr) = (p.stdout(), p.stderr());
+    let status = status.unwrap_or_else(|| {
+        panic!("{what}: still running after {RUN_LIMIT:?}\nstdout:\n{stdout}\nstderr:\n{stderr}")
+    });
+    assert!(
+        status.success(),
+        "{what}: {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("# Out of bounds values : 0 OK"),
+        "{what}: no OK summary\n{stdout}"
+    );
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|e| panic!("{what}: no JSON report at {}: {e}", json.display()));
+    let _ = std::fs::remove_file(&json);
+    let report: Value = serde_json::from_str(&text).expect("the report is JSON");
+
+    assert_eq!(report["collective"], coll, "{what}");
+    assert_eq!(report["nranks"], np, "{what}");
+    assert_eq!(report["check"], true, "{what}");
+    assert_eq!(report["out_of_bounds"], 0, "{what}");
+    let rows = report["rows"].as_array().expect("rows").clone();
+    let expected = sweep.expected_rows(coll, np);
+    let got: Vec<(usize, usize, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["size"].as_u64().expect("size") as usize,
+                r["count"].as_u64().expect("count") as usize,
+                r["type"].as_str().expect("type").to_string(),
+                r["redop"].as_str().expect("redop").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got, expected,
+        "{what}: rows differ from the requested sweep"
+    );
+    let root = if has_root(coll) {
+        sweep.root as i64
+    } else {
+        -1
+    };
+    for r in &rows {
+        let row = format!("{what}: row {r}");
+        assert_eq!(r["root"], root, "{row}");
+        // Checking was on: every phase reports a count of wrong elements, and it is 0.
+        assert_eq!(r["out_of_place"]["wrong"], 0, "{row}");
+        if coll == "sendrecv" {
+            assert!(r["in_place"].is_null(), "{row}");
+        } else {
+            assert_eq!(r["in_place"]["wrong"], 0, "{row}");
+        }
+        let t = r["out_of_place"]["time_us"].as_f64().expect("time");
+        assert!(t.is_finite() && t >= 0.0, "{row}");
+    }
+    rows
+}
+
+/// Every data type and op over a geometric sweep from 0; every type and op at a
+/// per-rank count that is odd for every element size; and a count of 2^20 + 3 f32
+/// elements (2^21 + 7 bf16) per rank, float and bfloat16 over every op.
+fn check_collective(coll: &str) {
+    for np in [2, 3, 4] {
+        let b = blocks(coll, np);
+        run_np(
+            coll,
+            np,
+            &Sweep {
+                min: 0,
+                max: 256 << 10,
+                factor: 8,
+                dtypes: DataType::ALL.to_vec(),
+                op: None,
+                root: 0,
+            },
+        );
+        // 8255 = 0b10_0000_0011_1111: odd count for 1-, 2-, 4- and 8-byte types (8255,
+        // 4127, 2063, 1031 elements per rank), above the direct algorithms' limit.
+        let odd = 8255 * b;
+        let rows = run_np(
+            coll,
+            np,
+            &Sweep {
+                min: odd,
+                max: odd,
+                factor: 2,
+                dtypes: DataType::ALL.to_vec(),
+                op: None,
+                root: np - 1,
+            },
+        );
+        assert!(rows
+            .iter()
+            .any(|r| r["count"] == 1031 && r["type"] == "double"));
+        // 4 * (2^20 + 3) + 3 bytes: 2^20 + 3 floats, 2^21 + 7 bfloat16s per rank.
+        let large = (4 * ((1 << 20) + 3) + 3) * b;
+        for (dtype, op, count) in [
+            (DataType::F32, None, (1 << 20) + 3),
+            (DataType::BF16, None, (1 << 21) + 7),
+        ] {
+            let rows = run_np(
+                coll,
+                np,
+                &Sweep {
+                    min: large,
+                    max: large,
+                    factor: 2,
+                    dtypes: vec![dtype],
+                    op,
+                    root: 1,
+                },
+            );
+            assert!(rows.iter().all(|r| r["count"] == count), "{rows:?}");
+        }
+    }
+}
+
+#[test]
+fn allreduce_processes() {
+    check_collective("allreduce");
+}
+
+#[test]
+fn allgather_processes() {
+    check_collective("allgather");
+}
+
+#[test]
+fn broadcast_processes() {
+    check_collective("broadcast");
+}
+
+#[test]
+fn reduce_processes() {
+    check_collective("reduce");
+}
+
+#[test]
+fn reducescatter_processes() {
+    check_collective("reducescatter");
+}
+
+#[test]
+fn alltoall_processes() {
+    check_collective("alltoall");
+}
+
+#[test]
+fn sendrecv_processes() {
+    check_collective("sendrecv");
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// Starts rank `rank` of `n` as a launcher script would: `MIXCCL_RANK`,
+/// `MIXCCL_NRANKS`, `MIXCCL_ROOT`, no `--np`.
+fn manual_rank(rank: usize, n: usize, port: u16, timeout_s: u32, args: &[&str]) -> Proc {
+    let mut cmd = perf(timeout_s);
+    cmd.args(args)
+        .env("MIXCCL_RANK", rank.to_string())
+        .env("MIXCCL_NRANKS", n.to_string())
+        .env("MIXCCL_ROOT", format!("127.0.0.1:{port}"))
+        .env("MIXCCL_JOB_ID", format!("tcp-processes-{port}"));
+    Proc::spawn(cmd)
+}
+
+#[test]
+fn ranks_started_without_np() {
+    let n = 3;
+    let port = free_port();
+    let args = [
+        "allreduce",
+        "-b",
+        "0",
+        "-e",
+        "64K",
+        "-f",
+        "4",
+        "-d",
+        "int32",
+        "-o",
+        "all",
+        "-n",
+        "2",
+        "-w",
+        "1",
+    ];
+    let mut ranks: Vec<Proc> = (0..n).map(|r| manual_rank(r, n, port, 30, &args)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (r, p) in ranks.iter_mut().enumerate() {
+        let status = p.wait_until(deadline);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "rank {r}: {status:?}\nstdout:\n{}\nstderr:\n{}",
+            p.stdout(),
+            p.stderr()
+        );
+    }
+    let out = ranks[0].stdout();
+    assert!(out.contains("# mixccl-perf allreduce: nranks 3,"), "{out}");
+    // 0, 1, 4, ..., 64K requested; 0 and 1 byte both round to 0 int32s: 9 sizes x 5 ops.
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("int32"))
+        .collect();
+    assert_eq!(rows.len(), 9 * 5, "{out}");
+    assert!(
+        rows.iter()
+            .any(|l| l.split_whitespace().next() == Some("65536")),
+        "{out}"
+    );
+    assert!(out.contains("# Out of bounds values : 0 OK"), "{out}");
+    for (r, p) in ranks.iter().enumerate().skip(1) {
+        assert!(
+            !p.stdout().contains("Out of bounds"),
+            "rank {r} printed the table too"
+        );
+    }
+}
+
+#[test]
+fn a_killed_rank_is_named_by_the_survivors() {
+    let n = 3;
+    let timeout = 5;
+    let port = free_port();
+    let args = [
+        "allreduce",
+        "-b",
+        "4K",
+        "-e",
+        "4K",
+        "-n",
+        "100000000",
+        "-w",
+        "0",
+        "-c",
+        "0",
+    ];
+    let mut ranks: Vec<Proc> = (0..n)
+        .map(|r| manual_rank(r, n, port, timeout, &args))
+        .collect();
+    // Wait for rank 0's header: the job is joined and running.
+    let joined = Instant::now() + Duration::from_secs(30);
+    while !ranks[0].stdout().contains("# mixccl-perf allreduce") {
+        assert!(
+            Instant::now() < joined,
+            "the job never started: {}",
+            ranks[0].stderr()
+        );
+        for (r, p) in ranks.iter_mut().enumerate() {
+            if let Ok(Some(s)) = p.child.try_wait() {
+                panic!("rank {r} exited early with {s}: {}", p.stderr());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    ranks[2].child.kill().expect("kill rank 2");
+    let killed = Instant::now();
+    let _ = ranks[2].child.wait();
+    let deadline = killed + Duration::from_secs(timeout as u64 + 5);
+    for (r, p) in ranks.iter_mut().enumerate().take(2) {
+        let status = p.wait_until(deadline);
+        let err = p.stderr();
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "rank {r} still running {:?} after rank 2 died: {err}",
+                killed.elapsed()
+            )
+        });
+        assert!(!status.success(), "rank {r} exited 0 after losing rank 2");
+        assert!(
+            err.contains("peer rank 2") || err.contains("waiting for rank(s) [2]"),
+            "rank {r} does not name rank 2: {err}"
+        );
+    }
+}
