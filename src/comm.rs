@@ -29,6 +29,27 @@ pub struct Communicator {
     seq: u64,
     failed: Option<Error>,
     abort: Arc<AtomicBool>,
+    /// The address this rank's TCP listener used (None for in-process links).
+    local_ip: Option<std::net::IpAddr>,
+}
+
+/// One transfer of a [`Communicator::group`] call.
+#[derive(Debug)]
+pub enum Transfer<'a> {
+    /// Send `buf` to rank `peer`.
+    Send {
+        /// Destination rank.
+        peer: usize,
+        /// Bytes to send.
+        buf: &'a [u8],
+    },
+    /// Receive `buf.len()` bytes from rank `peer`.
+    Recv {
+        /// Source rank.
+        peer: usize,
+        /// Where the bytes land.
+        buf: &'a mut [u8],
+    },
 }
 
 /// Names a call in errors; formatted only when an error needs it.
@@ -79,11 +100,14 @@ impl Communicator {
         for line in config.describe() {
             log_info!(Some(rank), "config {line}");
         }
-        let links = bootstrap::join(rank, nranks, id, &config)?
+        let (links, local_ip) = bootstrap::join(rank, nranks, id, &config)?;
+        let links = links
             .into_iter()
             .map(|l| l.map(|l| Box::new(l) as Box<dyn Link>))
             .collect();
-        Communicator::with_links(rank, links, config)
+        let mut comm = Communicator::with_links(rank, links, config)?;
+        comm.local_ip = Some(local_ip);
+        Ok(comm)
     }
 
     /// Joins a job described by the environment: `MIXCCL_RANK`/`MIXCCL_NRANKS` with
@@ -181,6 +205,7 @@ impl Communicator {
             seq: 0,
             failed: None,
             abort: Arc::new(AtomicBool::new(false)),
+            local_ip: None,
         })
     }
 
@@ -245,8 +270,6 @@ impl Communicator {
             op,
             count,
             root,
-            send_to: None,
-            recv_from: None,
             rank: self.rank,
             nranks: self.nranks,
             in_place,
@@ -256,6 +279,44 @@ impl Communicator {
 
     /// Plans and runs `call` over `input` (empty when in place) and `output`.
     fn run(&mut self, call: Call, input: &[u8], output: &mut [u8]) -> Result<()> {
+        let algo = plan::choose(&self.config, call.coll, call.bytes(), self.nranks);
+        let schedule = algo::build(&call, algo)?;
+        log_trace!(
+            Some(self.rank),
+            "{} #{}: {} x {} {} root {} via {algo}: {} ops",
+            call.coll,
+            self.seq + 1,
+            call.count,
+            call.dtype,
+            call.op,
+            call.root,
+            schedule.ops.len()
+        );
+        self.run_schedule(
+            call.coll,
+            call.dtype,
+            call.op,
+            schedule,
+            input,
+            output,
+            &[],
+            &mut [],
+        )
+    }
+
+    /// Runs a schedule through the executor, with the error latch and abort flag.
+    #[allow(clippy::too_many_arguments)]
+    fn run_schedule<'g>(
+        &mut self,
+        coll: Collective,
+        dtype: DataType,
+        op: ReduceOp,
+        schedule: algo::Schedule,
+        input: &[u8],
+        output: &mut [u8],
+        group_in: &[&'g [u8]],
+        group_out: &mut [&'g mut [u8]],
+    ) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -264,25 +325,12 @@ impl Communicator {
             return Err(Error::Aborted);
         }
         self.seq += 1;
-        let algo = plan::choose(&self.config, call.coll, call.bytes(), self.nranks);
-        let schedule = algo::build(&call, algo)?;
-        log_trace!(
-            Some(self.rank),
-            "{} #{}: {} x {} {} root {} via {algo}: {} ops",
-            call.coll,
-            self.seq,
-            call.count,
-            call.dtype,
-            call.op,
-            call.root,
-            schedule.ops.len()
-        );
         let words = schedule.scratch.div_ceil(8);
         if self.scratch.len() < words {
             self.scratch.resize(words, 0);
         }
         let label = CallLabel {
-            coll: call.coll,
+            coll,
             seq: self.seq,
             rank: self.rank,
         };
@@ -291,10 +339,12 @@ impl Communicator {
             output,
             scratch: &mut bytemuck::cast_slice_mut::<u64, u8>(&mut self.scratch)
                 [..schedule.scratch],
+            group_in,
+            group_out,
         };
         let cx = Context {
-            dtype: call.dtype,
-            op: call.op,
+            dtype,
+            op,
             nranks: self.nranks,
             timeout: self.config.timeout,
             spin: self.config.spin,
@@ -315,6 +365,221 @@ impl Communicator {
         result
     }
 
+    /// Elements in `bytes` bytes of `dtype`, or an error naming the buffer.
+    fn elems(&self, what: &str, buf: &str, dtype: DataType, bytes: usize) -> Result<usize> {
+        if bytes % dtype.size() != 0 {
+            return Err(Error::invalid(format!(
+                "{what} on rank {}: {buf} has {bytes} bytes, not a whole number of {dtype} elements",
+                self.rank
+            )));
+        }
+        Ok(bytes / dtype.size())
+    }
+
+    fn same_len(&self, what: &str, dtype: DataType, send: &[u8], recv: &[u8]) -> Result<()> {
+        if send.len() != recv.len() {
+            return Err(Error::invalid(format!(
+                "{what} rank {}: send has {} elements but recv has {}",
+                self.rank,
+                send.len() / dtype.size(),
+                recv.len() / dtype.size()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Byte-level all-reduce of `dtype` elements; `send: None` means in place in `recv`.
+    /// The typed methods and the C ABI call this.
+    pub fn all_reduce_raw(
+        &mut self,
+        dtype: DataType,
+        op: ReduceOp,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+    ) -> Result<()> {
+        let count = self.elems("all_reduce", "recv", dtype, recv.len())?;
+        if let Some(send) = send {
+            self.same_len("all_reduce on", dtype, send, recv)?;
+        }
+        let call = self.call(Collective::AllReduce, dtype, op, count, 0, send.is_none());
+        self.run(call, send.unwrap_or(&[]), recv)
+    }
+
+    /// Byte-level all-gather: `recv` holds `nranks` blocks of `send`'s size; `send: None`
+    /// means this rank's block is already in place in `recv`.
+    pub fn all_gather_raw(
+        &mut self,
+        dtype: DataType,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+    ) -> Result<()> {
+        let total = self.elems("all_gather", "recv", dtype, recv.len())?;
+        let count = match send {
+            Some(send) => {
+                let count = self.elems("all_gather", "send", dtype, send.len())?;
+                if Some(total) != count.checked_mul(self.nranks) {
+                    return Err(Error::invalid(format!(
+                        "all_gather on rank {}: recv has {total} elements, expected nranks ({}) x send ({count})",
+                        self.rank, self.nranks
+                    )));
+                }
+                count
+            }
+            None => self.blocks("all_gather_in_place", total)?,
+        };
+        let call = self.call(
+            Collective::AllGather,
+            dtype,
+            ReduceOp::Sum,
+            count,
+            0,
+            send.is_none(),
+        );
+        self.run(call, send.unwrap_or(&[]), recv)
+    }
+
+    /// Byte-level broadcast of `recv.len()` bytes from `root`; `send` is read on the root
+    /// only (`None` there means in place).
+    pub fn broadcast_raw(
+        &mut self,
+        dtype: DataType,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        root: usize,
+    ) -> Result<()> {
+        check_rank("broadcast root", root, self.nranks)?;
+        let count = self.elems("broadcast", "recv", dtype, recv.len())?;
+        if let (Some(send), true) = (send, self.rank == root) {
+            self.same_len("broadcast on root", dtype, send, recv)?;
+        }
+        let call = self.call(
+            Collective::Broadcast,
+            dtype,
+            ReduceOp::Sum,
+            count,
+            root,
+            send.is_none(),
+        );
+        self.run(call, send.unwrap_or(&[]), recv)
+    }
+
+    /// Byte-level reduce to `root`. Out of place, `recv` is written on the root only (may
+    /// be empty elsewhere); `send: None` reduces `recv` in place (non-root buffers are read only).
+    pub fn reduce_raw(
+        &mut self,
+        dtype: DataType,
+        op: ReduceOp,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        root: usize,
+    ) -> Result<()> {
+        check_rank("reduce root", root, self.nranks)?;
+        let count = match send {
+            Some(send) => {
+                if self.rank == root {
+                    self.same_len("reduce on root", dtype, send, recv)?;
+                }
+                self.elems("reduce", "send", dtype, send.len())?
+            }
+            None => self.elems("reduce", "buffer", dtype, recv.len())?,
+        };
+        let call = self.call(Collective::Reduce, dtype, op, count, root, send.is_none());
+        self.run(call, send.unwrap_or(&[]), recv)
+    }
+
+    /// Byte-level reduce-scatter. Out of place, `send` holds `nranks` blocks of `recv`'s
+    /// size; with `send: None`, `recv` holds all blocks and the result lands in block `rank`.
+    pub fn reduce_scatter_raw(
+        &mut self,
+        dtype: DataType,
+        op: ReduceOp,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+    ) -> Result<()> {
+        let recv_elems = self.elems("reduce_scatter", "recv", dtype, recv.len())?;
+        let count = match send {
+            Some(send) => {
+                let total = self.elems("reduce_scatter", "send", dtype, send.len())?;
+                if Some(total) != recv_elems.checked_mul(self.nranks) {
+                    return Err(Error::invalid(format!(
+                        "reduce_scatter on rank {}: send has {total} elements, expected nranks ({}) x recv ({recv_elems})",
+                        self.rank, self.nranks
+                    )));
+                }
+                recv_elems
+            }
+            None => self.blocks("reduce_scatter_in_place", recv_elems)?,
+        };
+        let call = self.call(
+            Collective::ReduceScatter,
+            dtype,
+            op,
+            count,
+            0,
+            send.is_none(),
+        );
+        self.run(call, send.unwrap_or(&[]), recv)
+    }
+
+    /// Byte-level all-to-all over `nranks` equal blocks; `send: None` means in place.
+    pub fn all_to_all_raw(
+        &mut self,
+        dtype: DataType,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+    ) -> Result<()> {
+        let total = self.elems("all_to_all", "recv", dtype, recv.len())?;
+        if let Some(send) = send {
+            self.same_len("all_to_all on", dtype, send, recv)?;
+        }
+        let count = self.blocks("all_to_all", total)?;
+        let call = self.call(
+            Collective::AllToAll,
+            dtype,
+            ReduceOp::Sum,
+            count,
+            0,
+            send.is_none(),
+        );
+        self.run(call, send.unwrap_or(&[]), recv)
+    }
+
+    /// Runs every send and receive in `transfers` together, like sends and receives
+    /// between `ncclGroupStart` and `ncclGroupEnd`: any pattern completes without deadlock
+    /// as long as every rank posts matching transfers. Several transfers to one peer are
+    /// matched in order; a send to and a receive from this rank itself become a copy.
+    pub fn group(&mut self, transfers: Vec<Transfer<'_>>) -> Result<()> {
+        let mut ins: Vec<&[u8]> = Vec::new();
+        let mut outs: Vec<&mut [u8]> = Vec::new();
+        let mut plan = Vec::with_capacity(transfers.len());
+        for t in transfers {
+            match t {
+                Transfer::Send { peer, buf } => {
+                    check_rank("send peer", peer, self.nranks)?;
+                    plan.push((true, peer, ins.len(), buf.len()));
+                    ins.push(buf);
+                }
+                Transfer::Recv { peer, buf } => {
+                    check_rank("recv peer", peer, self.nranks)?;
+                    plan.push((false, peer, outs.len(), buf.len()));
+                    outs.push(buf);
+                }
+            }
+        }
+        let chunk = self.config.chunk_bytes;
+        let schedule = algo::group(self.rank, chunk, &plan)?;
+        self.run_schedule(
+            Collective::SendRecv,
+            DataType::U8,
+            ReduceOp::Sum,
+            schedule,
+            &[],
+            &mut [],
+            &ins,
+            &mut outs,
+        )
+    }
+
     /// `recv[i] = op over ranks of send[i]`; `recv.len()` must equal `send.len()`.
     pub fn all_reduce<T: Element>(
         &mut self,
@@ -322,50 +587,24 @@ impl Communicator {
         recv: &mut [T],
         op: ReduceOp,
     ) -> Result<()> {
-        if send.len() != recv.len() {
-            return Err(Error::invalid(format!(
-                "all_reduce on rank {}: send has {} elements but recv has {}",
-                self.rank,
-                send.len(),
-                recv.len()
-            )));
-        }
-        let call = self.call(Collective::AllReduce, T::DTYPE, op, send.len(), 0, false);
-        self.run(
-            call,
-            bytemuck::cast_slice(send),
+        self.all_reduce_raw(
+            T::DTYPE,
+            op,
+            Some(bytemuck::cast_slice(send)),
             bytemuck::cast_slice_mut(recv),
         )
     }
 
     /// In-place [`Communicator::all_reduce`].
     pub fn all_reduce_in_place<T: Element>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<()> {
-        let call = self.call(Collective::AllReduce, T::DTYPE, op, buf.len(), 0, true);
-        self.run(call, &[], bytemuck::cast_slice_mut(buf))
+        self.all_reduce_raw(T::DTYPE, op, None, bytemuck::cast_slice_mut(buf))
     }
 
     /// Gathers every rank's `send` into `recv` in rank order; `recv.len() == nranks * send.len()`.
     pub fn all_gather<T: Element>(&mut self, send: &[T], recv: &mut [T]) -> Result<()> {
-        if Some(recv.len()) != send.len().checked_mul(self.nranks) {
-            return Err(Error::invalid(format!(
-                "all_gather on rank {}: recv has {} elements, expected nranks ({}) x send ({})",
-                self.rank,
-                recv.len(),
-                self.nranks,
-                send.len()
-            )));
-        }
-        let call = self.call(
-            Collective::AllGather,
+        self.all_gather_raw(
             T::DTYPE,
-            ReduceOp::Sum,
-            send.len(),
-            0,
-            false,
-        );
-        self.run(
-            call,
-            bytemuck::cast_slice(send),
+            Some(bytemuck::cast_slice(send)),
             bytemuck::cast_slice_mut(recv),
         )
     }
@@ -373,16 +612,7 @@ impl Communicator {
     /// In-place all-gather: `buf` holds `nranks` blocks and this rank's block is
     /// already at `buf[rank * count..][..count]`.
     pub fn all_gather_in_place<T: Element>(&mut self, buf: &mut [T]) -> Result<()> {
-        let count = self.blocks("all_gather_in_place", buf.len())?;
-        let call = self.call(
-            Collective::AllGather,
-            T::DTYPE,
-            ReduceOp::Sum,
-            count,
-            0,
-            true,
-        );
-        self.run(call, &[], bytemuck::cast_slice_mut(buf))
+        self.all_gather_raw(T::DTYPE, None, bytemuck::cast_slice_mut(buf))
     }
 
     fn blocks(&self, what: &str, len: usize) -> Result<usize> {
@@ -398,41 +628,17 @@ impl Communicator {
     /// Copies `root`'s `send` into every rank's `recv`; `send` is read on the root only
     /// (others may pass an empty slice) and must there be as long as `recv`.
     pub fn broadcast<T: Element>(&mut self, send: &[T], recv: &mut [T], root: usize) -> Result<()> {
-        check_rank("broadcast root", root, self.nranks)?;
-        if self.rank == root && send.len() != recv.len() {
-            return Err(Error::invalid(format!(
-                "broadcast on root rank {root}: send has {} elements but recv has {}",
-                send.len(),
-                recv.len()
-            )));
-        }
-        let call = self.call(
-            Collective::Broadcast,
+        self.broadcast_raw(
             T::DTYPE,
-            ReduceOp::Sum,
-            recv.len(),
-            root,
-            false,
-        );
-        self.run(
-            call,
-            bytemuck::cast_slice(send),
+            Some(bytemuck::cast_slice(send)),
             bytemuck::cast_slice_mut(recv),
+            root,
         )
     }
 
     /// In-place broadcast from `root`.
     pub fn broadcast_in_place<T: Element>(&mut self, buf: &mut [T], root: usize) -> Result<()> {
-        check_rank("broadcast root", root, self.nranks)?;
-        let call = self.call(
-            Collective::Broadcast,
-            T::DTYPE,
-            ReduceOp::Sum,
-            buf.len(),
-            root,
-            true,
-        );
-        self.run(call, &[], bytemuck::cast_slice_mut(buf))
+        self.broadcast_raw(T::DTYPE, None, bytemuck::cast_slice_mut(buf), root)
     }
 
     /// Reduces every rank's `send` into `recv` on `root`; `recv` is written on the root
@@ -444,19 +650,12 @@ impl Communicator {
         op: ReduceOp,
         root: usize,
     ) -> Result<()> {
-        check_rank("reduce root", root, self.nranks)?;
-        if self.rank == root && send.len() != recv.len() {
-            return Err(Error::invalid(format!(
-                "reduce on root rank {root}: send has {} elements but recv has {}",
-                send.len(),
-                recv.len()
-            )));
-        }
-        let call = self.call(Collective::Reduce, T::DTYPE, op, send.len(), root, false);
-        self.run(
-            call,
-            bytemuck::cast_slice(send),
+        self.reduce_raw(
+            T::DTYPE,
+            op,
+            Some(bytemuck::cast_slice(send)),
             bytemuck::cast_slice_mut(recv),
+            root,
         )
     }
 
@@ -467,9 +666,7 @@ impl Communicator {
         op: ReduceOp,
         root: usize,
     ) -> Result<()> {
-        check_rank("reduce root", root, self.nranks)?;
-        let call = self.call(Collective::Reduce, T::DTYPE, op, buf.len(), root, true);
-        self.run(call, &[], bytemuck::cast_slice_mut(buf))
+        self.reduce_raw(T::DTYPE, op, None, bytemuck::cast_slice_mut(buf), root)
     }
 
     /// Reduces `send` (`nranks * recv.len()` elements) over ranks and leaves block
@@ -480,26 +677,10 @@ impl Communicator {
         recv: &mut [T],
         op: ReduceOp,
     ) -> Result<()> {
-        if Some(send.len()) != recv.len().checked_mul(self.nranks) {
-            return Err(Error::invalid(format!(
-                "reduce_scatter on rank {}: send has {} elements, expected nranks ({}) x recv ({})",
-                self.rank,
-                send.len(),
-                self.nranks,
-                recv.len()
-            )));
-        }
-        let call = self.call(
-            Collective::ReduceScatter,
+        self.reduce_scatter_raw(
             T::DTYPE,
             op,
-            recv.len(),
-            0,
-            false,
-        );
-        self.run(
-            call,
-            bytemuck::cast_slice(send),
+            Some(bytemuck::cast_slice(send)),
             bytemuck::cast_slice_mut(recv),
         )
     }
@@ -510,101 +691,51 @@ impl Communicator {
         buf: &mut [T],
         op: ReduceOp,
     ) -> Result<()> {
-        let count = self.blocks("reduce_scatter_in_place", buf.len())?;
-        let call = self.call(Collective::ReduceScatter, T::DTYPE, op, count, 0, true);
-        self.run(call, &[], bytemuck::cast_slice_mut(buf))
+        self.reduce_scatter_raw(T::DTYPE, op, None, bytemuck::cast_slice_mut(buf))
     }
 
     /// Block `j` of `send` goes to rank `j`; block `j` of `recv` comes from rank `j`.
     /// Both hold `nranks` blocks of equal size.
     pub fn all_to_all<T: Element>(&mut self, send: &[T], recv: &mut [T]) -> Result<()> {
-        if send.len() != recv.len() {
-            return Err(Error::invalid(format!(
-                "all_to_all on rank {}: send has {} elements but recv has {}",
-                self.rank,
-                send.len(),
-                recv.len()
-            )));
-        }
-        let count = self.blocks("all_to_all", send.len())?;
-        let call = self.call(
-            Collective::AllToAll,
+        self.all_to_all_raw(
             T::DTYPE,
-            ReduceOp::Sum,
-            count,
-            0,
-            false,
-        );
-        self.run(
-            call,
-            bytemuck::cast_slice(send),
+            Some(bytemuck::cast_slice(send)),
             bytemuck::cast_slice_mut(recv),
         )
     }
 
     /// In-place all-to-all.
     pub fn all_to_all_in_place<T: Element>(&mut self, buf: &mut [T]) -> Result<()> {
-        let count = self.blocks("all_to_all_in_place", buf.len())?;
-        let call = self.call(
-            Collective::AllToAll,
-            T::DTYPE,
-            ReduceOp::Sum,
-            count,
-            0,
-            true,
-        );
-        self.run(call, &[], bytemuck::cast_slice_mut(buf))
+        self.all_to_all_raw(T::DTYPE, None, bytemuck::cast_slice_mut(buf))
     }
 
-    fn p2p<T: Element>(
-        &mut self,
-        send: Option<(&[T], usize)>,
-        recv: Option<(&mut [T], usize)>,
-    ) -> Result<()> {
-        let mut call = self.call(Collective::SendRecv, T::DTYPE, ReduceOp::Sum, 0, 0, false);
-        if let Some((buf, to)) = &send {
-            check_rank("send peer", *to, self.nranks)?;
-            call.send_to = Some(*to);
-            call.count = buf.len();
-        }
-        if let Some((buf, from)) = &recv {
-            check_rank("recv peer", *from, self.nranks)?;
-            call.recv_from = Some(*from);
-            if send.is_some() && buf.len() != call.count {
-                return Err(Error::invalid(format!(
-                    "send_recv on rank {}: send has {} elements but recv has {}",
-                    self.rank,
-                    call.count,
-                    buf.len()
-                )));
-            }
-            call.count = buf.len();
-        }
-        let self_only = |p: Option<usize>| p == Some(self.rank);
-        if (self_only(call.send_to) || self_only(call.recv_from))
-            && !(self_only(call.send_to) && self_only(call.recv_from))
-        {
+    fn no_self(&self, what: &str, peer: usize) -> Result<()> {
+        check_rank(&format!("{what} peer"), peer, self.nranks)?;
+        if peer == self.rank {
             return Err(Error::invalid(format!(
-                "rank {} cannot send to or receive from itself except in a send_recv with itself",
+                "rank {} cannot {what} itself outside a send_recv or group with itself",
                 self.rank
             )));
         }
-        let input: &[u8] = send.map_or(&[], |(b, _)| bytemuck::cast_slice(b));
-        let output: &mut [u8] = match recv {
-            Some((b, _)) => bytemuck::cast_slice_mut(b),
-            None => &mut [],
-        };
-        self.run(call, input, output)
+        Ok(())
     }
 
     /// Sends `buf` to `peer`, which must call [`Communicator::recv`] with the same length.
     pub fn send<T: Element>(&mut self, buf: &[T], peer: usize) -> Result<()> {
-        self.p2p::<T>(Some((buf, peer)), None)
+        self.no_self("send to", peer)?;
+        self.group(vec![Transfer::Send {
+            peer,
+            buf: bytemuck::cast_slice(buf),
+        }])
     }
 
     /// Receives `buf.len()` elements from `peer`.
     pub fn recv<T: Element>(&mut self, buf: &mut [T], peer: usize) -> Result<()> {
-        self.p2p::<T>(None, Some((buf, peer)))
+        self.no_self("receive from", peer)?;
+        self.group(vec![Transfer::Recv {
+            peer,
+            buf: bytemuck::cast_slice_mut(buf),
+        }])
     }
 
     /// Sends `send` to rank `to` while receiving `recv` (same length) from rank `from`,
@@ -616,7 +747,74 @@ impl Communicator {
         recv: &mut [T],
         from: usize,
     ) -> Result<()> {
-        self.p2p(Some((send, to)), Some((recv, from)))
+        if send.len() != recv.len() {
+            return Err(Error::invalid(format!(
+                "send_recv on rank {}: send has {} elements but recv has {}",
+                self.rank,
+                send.len(),
+                recv.len()
+            )));
+        }
+        self.group(vec![
+            Transfer::Send {
+                peer: to,
+                buf: bytemuck::cast_slice(send),
+            },
+            Transfer::Recv {
+                peer: from,
+                buf: bytemuck::cast_slice_mut(recv),
+            },
+        ])
+    }
+
+    /// Splits this communicator like `ncclCommSplit`: ranks passing the same `color` form
+    /// a new communicator, ordered by `key` and then by rank here; `color: None`
+    /// (NCCL_SPLIT_NOCOLOR) takes part but joins nothing and gets `Ok(None)`. Every
+    /// rank must call it. The new communicators connect over TCP with this one's config.
+    pub fn split(&mut self, color: Option<u32>, key: i64) -> Result<Option<Communicator>> {
+        let mine = [color.map_or(-1, i64::from), key];
+        let mut all = vec![0i64; 2 * self.nranks];
+        self.all_gather(&mine, &mut all)?;
+        let Some(color) = color else { return Ok(None) };
+        let mut members: Vec<(i64, usize)> = (0..self.nranks)
+            .filter(|&r| all[2 * r] == i64::from(color))
+            .map(|r| (all[2 * r + 1], r))
+            .collect();
+        members.sort_unstable();
+        let new_rank = members
+            .iter()
+            .position(|m| m.1 == self.rank)
+            .expect("this rank has its own color");
+        let leader = members[0].1;
+        // The leader starts the new communicator's root; the others learn its id from it.
+        let mut id_bytes = [0u8; UniqueId::BYTES];
+        if self.rank == leader {
+            let ip = self
+                .local_ip
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+            let id = UniqueId::bind_with(std::net::SocketAddr::new(ip, 0), &self.config)?;
+            id_bytes = *id.as_bytes();
+            let sends = members[1..]
+                .iter()
+                .map(|m| Transfer::Send {
+                    peer: m.1,
+                    buf: &id_bytes[..],
+                })
+                .collect();
+            self.group(sends)?;
+        } else {
+            self.group(vec![Transfer::Recv {
+                peer: leader,
+                buf: &mut id_bytes[..],
+            }])?;
+        }
+        let id = UniqueId::from_bytes(&id_bytes)?;
+        log_info!(
+            Some(self.rank),
+            "split: color {color} -> rank {new_rank} of {}",
+            members.len()
+        );
+        Communicator::init(new_rank, members.len(), &id, self.config.clone()).map(Some)
     }
 
     /// Returns once every rank has entered the barrier.

@@ -26,27 +26,33 @@ const STAGING_BYTES: usize = 256 << 10;
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// The caller's buffers and the library's scratch for one call.
-pub(crate) struct Buffers<'a> {
+pub(crate) struct Buffers<'a, 'g> {
     pub input: &'a [u8],
     pub output: &'a mut [u8],
     pub scratch: &'a mut [u8],
+    /// Send and receive buffers of a group call.
+    pub group_in: &'a [&'g [u8]],
+    pub group_out: &'a mut [&'g mut [u8]],
 }
 
-impl Buffers<'_> {
+impl Buffers<'_, '_> {
     fn get(&self, r: Region) -> &[u8] {
         let b: &[u8] = match r.buf {
             Buf::Input => self.input,
             Buf::Output => self.output,
             Buf::Scratch => self.scratch,
+            Buf::GroupIn(i) => self.group_in[i as usize],
+            Buf::GroupOut(i) => self.group_out[i as usize],
         };
         &b[r.off..r.off + r.len]
     }
 
     fn get_mut(&mut self, r: Region) -> &mut [u8] {
         let b: &mut [u8] = match r.buf {
-            Buf::Input => unreachable!("schedules never write the input buffer"),
+            Buf::Input | Buf::GroupIn(_) => unreachable!("schedules never write send buffers"),
             Buf::Output => self.output,
             Buf::Scratch => self.scratch,
+            Buf::GroupOut(i) => self.group_out[i as usize],
         };
         &mut b[r.off..r.off + r.len]
     }
@@ -58,7 +64,8 @@ impl Buffers<'_> {
             let whole: &mut [u8] = match dst.buf {
                 Buf::Output => self.output,
                 Buf::Scratch => self.scratch,
-                Buf::Input => unreachable!("schedules never write the input buffer"),
+                Buf::GroupOut(i) => self.group_out[i as usize],
+                Buf::Input | Buf::GroupIn(_) => unreachable!("schedules never write send buffers"),
             };
             if src.off < dst.off {
                 let (a, b) = whole.split_at_mut(dst.off);
@@ -73,7 +80,10 @@ impl Buffers<'_> {
                 (Buf::Input, Buf::Scratch) => (self.input, self.scratch),
                 (Buf::Output, Buf::Scratch) => (self.output, self.scratch),
                 (Buf::Scratch, Buf::Output) => (self.scratch, self.output),
-                _ => unreachable!("schedules never write the input buffer"),
+                (Buf::GroupIn(i), Buf::GroupOut(j)) => {
+                    (self.group_in[i as usize], self.group_out[j as usize])
+                }
+                _ => unreachable!("no schedule pairs these buffers"),
             };
             (
                 &s[src.off..src.off + src.len],
@@ -139,7 +149,7 @@ fn dependencies(ops: &[Op]) -> (Vec<u32>, Vec<Vec<u32>>) {
 /// Runs `schedule` to completion.
 pub(crate) fn run(
     schedule: &Schedule,
-    bufs: &mut Buffers<'_>,
+    bufs: &mut Buffers<'_, '_>,
     links: &mut [Option<Box<dyn Link>>],
     ws: &mut Workspace,
     cx: &Context<'_>,

@@ -34,7 +34,7 @@ pub mod verify;
 
 pub use bootstrap::launcher::{LaunchEnv, Rendezvous};
 pub use bootstrap::unique_id::UniqueId;
-pub use comm::{AbortHandle, Communicator};
+pub use comm::{AbortHandle, Communicator, Transfer};
 pub use config::{AlgoOverride, Algorithm, Collective, Config};
 pub use debug::DebugLevel;
 pub use element::{DataType, Element};

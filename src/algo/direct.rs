@@ -1,7 +1,7 @@
 //! Direct algorithms: every rank exchanges with every peer in one round, the
 //! latency-optimal choice for small messages. all_reduce receives all peers' inputs
 //! and reduces them in rank order, so every rank computes bitwise the same result.
-//! Also point-to-point send/recv and the dissemination barrier.
+//! Also the dissemination barrier. (Point-to-point groups are `algo::group`.)
 
 use super::{Buf, Call, Op, Region, Schedule};
 use crate::reduce::ReduceOp;
@@ -80,39 +80,6 @@ pub(super) fn all_gather(c: &Call) -> Schedule {
             peer: from,
             dst: out(from).sub(o, l),
         });
-    }
-    s
-}
-
-/// `send_to` gets `Input`; `Output` comes from `recv_from`; a rank talking to itself copies.
-pub(super) fn send_recv(c: &Call) -> Schedule {
-    let mut s = Schedule::default();
-    let b = c.bytes();
-    let (input, output) = (
-        Region::new(Buf::Input, 0, b),
-        Region::new(Buf::Output, 0, b),
-    );
-    match (c.send_to, c.recv_from) {
-        (Some(to), Some(from)) if to == c.rank && from == c.rank => {
-            s.push(Op::Copy {
-                src: input,
-                dst: output,
-            });
-        }
-        (to, from) => {
-            if let Some(to) = to {
-                s.sliced(b, c.chunk, |o, l| Op::Send {
-                    peer: to,
-                    src: input.sub(o, l),
-                });
-            }
-            if let Some(from) = from {
-                s.sliced(b, c.chunk, |o, l| Op::Recv {
-                    peer: from,
-                    dst: output.sub(o, l),
-                });
-            }
-        }
     }
     s
 }

@@ -26,6 +26,10 @@ pub(crate) enum Buf {
     Output,
     /// Library-owned scratch space of `Schedule::scratch` bytes.
     Scratch,
+    /// Send buffer `i` of a group call.
+    GroupIn(u16),
+    /// Receive buffer `i` of a group call.
+    GroupOut(u16),
 }
 
 /// A byte range of one buffer.
@@ -142,9 +146,6 @@ pub(crate) struct Call {
     /// Elements, in the collective's own sense (per rank block for gather/scatter/all-to-all).
     pub count: usize,
     pub root: usize,
-    /// Peers of point-to-point calls: (send to, receive from).
-    pub send_to: Option<usize>,
-    pub recv_from: Option<usize>,
     pub rank: usize,
     pub nranks: usize,
     pub in_place: bool,
@@ -181,6 +182,61 @@ pub(crate) fn block(count: usize, parts: usize, b: usize, esize: usize) -> (usiz
     (start * esize, (start + len) * esize)
 }
 
+/// The schedule of a group of point-to-point transfers: `(is_send, peer, buffer index,
+/// bytes)` in call order. Every transfer is posted at once, so any pattern whose
+/// transfers match across ranks completes; transfers with this rank itself pair up
+/// in order (k-th send with k-th receive) and become copies.
+pub(crate) fn group(
+    rank: usize,
+    chunk: usize,
+    transfers: &[(bool, usize, usize, usize)],
+) -> Result<Schedule> {
+    let mut s = Schedule::default();
+    let self_sends: Vec<_> = transfers.iter().filter(|t| t.0 && t.1 == rank).collect();
+    let self_recvs: Vec<_> = transfers.iter().filter(|t| !t.0 && t.1 == rank).collect();
+    if self_sends.len() != self_recvs.len() {
+        return Err(Error::invalid(format!(
+            "rank {rank} posts {} sends to itself but {} receives from itself",
+            self_sends.len(),
+            self_recvs.len()
+        )));
+    }
+    for (snd, rcv) in self_sends.iter().zip(&self_recvs) {
+        if snd.3 != rcv.3 {
+            return Err(Error::invalid(format!(
+                "rank {rank} sends {} bytes to itself but receives {} bytes from itself",
+                snd.3, rcv.3
+            )));
+        }
+        s.push(Op::Copy {
+            src: Region::new(Buf::GroupIn(snd.2 as u16), 0, snd.3),
+            dst: Region::new(Buf::GroupOut(rcv.2 as u16), 0, rcv.3),
+        });
+    }
+    for &(is_send, peer, i, len) in transfers.iter().filter(|t| t.1 != rank) {
+        if i > u16::MAX as usize {
+            return Err(Error::invalid(format!(
+                "a group holds at most {} transfers per direction",
+                u16::MAX
+            )));
+        }
+        if is_send {
+            let src = Region::new(Buf::GroupIn(i as u16), 0, len);
+            s.sliced(len, chunk, |o, l| Op::Send {
+                peer,
+                src: src.sub(o, l),
+            });
+        } else {
+            let dst = Region::new(Buf::GroupOut(i as u16), 0, len);
+            s.sliced(len, chunk, |o, l| Op::Recv {
+                peer,
+                dst: dst.sub(o, l),
+            });
+        }
+    }
+    Ok(s)
+}
+
 /// Builds this rank's schedule for `call` with `algo`.
 pub(crate) fn build(call: &Call, algo: Algorithm) -> Result<Schedule> {
     use Algorithm::*;
@@ -194,7 +250,6 @@ pub(crate) fn build(call: &Call, algo: Algorithm) -> Result<Schedule> {
         (Broadcast, Chain) => chain::broadcast(call),
         (Reduce, Chain) => chain::reduce(call),
         (AllToAll, Pairwise) => pairwise::all_to_all(call),
-        (SendRecv, Direct) => direct::send_recv(call),
         (Barrier, Direct) => direct::barrier(call),
         (c, a) => {
             return Err(Error::invalid(format!(

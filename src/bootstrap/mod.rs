@@ -255,7 +255,7 @@ pub(crate) fn join(
     nranks: usize,
     id: &UniqueId,
     config: &Config,
-) -> Result<Vec<Option<TcpLink>>> {
+) -> Result<(Vec<Option<TcpLink>>, IpAddr)> {
     let start = Instant::now();
     let local_ip = match config.socket_ifname.as_deref() {
         Some(spec) => tcp::pick_interface(Some(spec))?,
@@ -279,7 +279,7 @@ pub(crate) fn join(
         start.elapsed().as_secs_f64() * 1e3
     );
     let addrs: Vec<SocketAddr> = table.iter().map(|t| t.listen).collect();
-    tcp::connect_mesh(
+    let links = tcp::connect_mesh(
         &MeshSpec {
             rank,
             addrs: &addrs,
@@ -289,7 +289,8 @@ pub(crate) fn join(
             deadline: Instant::now() + config.timeout,
         },
         listener,
-    )
+    )?;
+    Ok((links, local_ip))
 }
 
 #[cfg(test)]
