@@ -101,10 +101,6 @@ impl Communicator {
             log_info!(Some(rank), "config {line}");
         }
         let (links, local_ip) = bootstrap::join(rank, nranks, id, &config)?;
-        let links = links
-            .into_iter()
-            .map(|l| l.map(|l| Box::new(l) as Box<dyn Link>))
-            .collect();
         let mut comm = Communicator::with_links(rank, links, config)?;
         comm.local_ip = Some(local_ip);
         Ok(comm)

@@ -200,6 +200,11 @@ pub struct Config {
     /// this many bytes in total, use the direct (latency) algorithms
     /// (`MIXCCL_DIRECT_MAX_BYTES`; default 16 KiB).
     pub direct_max_bytes: usize,
+    /// Use TCP even between ranks on the same host (`MIXCCL_SHM_DISABLE=1`; default 0).
+    pub shm_disable: bool,
+    /// Bytes of each shared-memory ring, per direction and peer (`MIXCCL_SHM_BUFFER`;
+    /// default 4 MiB; rounded up to 64).
+    pub shm_buffer: usize,
     /// How long a waiting rank polls (yielding the core) before it sleeps
     /// (`MIXCCL_SPIN_US`, microseconds; default 100).
     pub spin: Duration,
@@ -219,6 +224,8 @@ impl Default for Config {
             socket_buffer: 0,
             direct_max_bytes: 16 << 10,
             spin: Duration::from_micros(100),
+            shm_disable: false,
+            shm_buffer: 4 << 20,
             algo: AlgoOverride::default(),
             debug: DebugLevel::Warn,
         }
@@ -281,6 +288,19 @@ impl Config {
             self.direct_max_bytes =
                 parse_bytes(&v).ok_or_else(|| bad("MIXCCL_DIRECT_MAX_BYTES", &v, "a size"))?;
         }
+        if let Some(v) = get("MIXCCL_SHM_DISABLE") {
+            self.shm_disable = match v.trim() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" | "" => false,
+                _ => return Err(bad("MIXCCL_SHM_DISABLE", &v, "0 or 1")),
+            };
+        }
+        if let Some(v) = get("MIXCCL_SHM_BUFFER") {
+            self.shm_buffer = parse_bytes(&v)
+                .filter(|b| (4096..=1 << 30).contains(b))
+                .map(|b| b.div_ceil(64) * 64)
+                .ok_or_else(|| bad("MIXCCL_SHM_BUFFER", &v, "a size from 4K to 1G"))?;
+        }
         if let Some(v) = get("MIXCCL_SPIN_US") {
             let us: u64 = v
                 .trim()
@@ -329,8 +349,9 @@ impl Config {
             .collect::<Vec<_>>()
             .join(";");
         format!(
-            "MIXCCL_NSOCKS={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_ALGO={}",
+            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_ALGO={}",
             self.nsocks,
+            u8::from(self.shm_disable),
             self.chunk_bytes,
             self.direct_max_bytes,
             if algo.is_empty() { "auto" } else { &algo }

@@ -222,6 +222,7 @@ pub(crate) fn run(
     let mut last_progress = Instant::now();
     let mut pollfds: Vec<libc::pollfd> = Vec::new();
     let mut doorbells: Vec<bool> = Vec::new();
+    let mut handles = Vec::new();
 
     let complete = |i: usize, waits: &mut Vec<u32>, ready_local: &mut Vec<usize>| {
         for &d in &dependents[i] {
@@ -333,17 +334,21 @@ pub(crate) fn run(
         // Nothing moved: sleep until a lane that could move becomes ready.
         pollfds.clear();
         doorbells.clear();
+        handles.clear();
         let mut waiting_for = Vec::new();
         for l in &lanes {
             if l.next < l.ops.len() && waits[l.ops[l.next]] == 0 {
-                let h = links[l.peer]
-                    .as_ref()
-                    .expect("checked above")
-                    .wait_handle(l.lane, l.dir);
-                pollfds.push(sys::pollfd(h.fd, h.events));
-                doorbells.push(h.doorbell);
+                links[l.peer].as_ref().expect("checked above").wait_handles(
+                    l.lane,
+                    l.dir,
+                    &mut handles,
+                );
                 waiting_for.push(l.peer);
             }
+        }
+        for h in &handles {
+            pollfds.push(sys::pollfd(h.fd, h.events));
+            doorbells.push(h.doorbell);
         }
         waiting_for.sort_unstable();
         waiting_for.dedup();

@@ -107,6 +107,11 @@ impl EventFd {
         Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
+    /// Wraps an eventfd received from another process.
+    pub(crate) fn from_owned(fd: OwnedFd) -> EventFd {
+        EventFd(fd)
+    }
+
     /// Wakes whoever polls this descriptor.
     pub(crate) fn ring(&self) {
         let one: u64 = 1;
@@ -183,4 +188,141 @@ pub(crate) fn drain_eventfd(fd: RawFd) {
     let mut v: u64 = 0;
     // `v` is a valid 8-byte buffer; the fd is non-blocking, so this never waits.
     let _ = syscall!(read(fd, (&mut v as *mut u64).cast(), 8));
+}
+
+/// Sends `data` with the descriptors `fds` attached (SCM_RIGHTS) on a Unix socket.
+pub(crate) fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let fd_bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call,
+    // and the control buffer is large enough for one cmsg of `fd_bytes` (CMSG_SPACE).
+    let msg = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr(),
+            libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+            fds.len(),
+        );
+        msg
+    };
+    let n = syscall!(sendmsg(sock, &msg, libc::MSG_NOSIGNAL))?;
+    if (n as usize) != data.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg"));
+    }
+    Ok(())
+}
+
+/// Receives up to `buf.len()` bytes and up to `max_fds` descriptors (SCM_RIGHTS).
+/// Returns the byte count and the descriptors, owned.
+pub(crate) fn recv_with_fds(
+    sock: RawFd,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let fd_bytes = max_fds * std::mem::size_of::<RawFd>();
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut fds = Vec::new();
+    // SAFETY: as in send_with_fds; the kernel writes at most `space` control bytes, and
+    // each received descriptor is fresh and owned by this process from here on.
+    // SAFETY: msghdr is plain data; the pointers set here outlive the recvmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = syscall!(recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC))? as usize;
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for k in 0..payload / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(k))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok((n, fds))
+    }
+}
+
+/// An anonymous shared memory file (memfd) of `len` bytes: never has a name in
+/// /dev/shm, so nothing is left behind whatever happens to the process.
+pub(crate) fn memfd(name: &str, len: usize) -> io::Result<OwnedFd> {
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // `cname` is a valid NUL-terminated string for the call.
+    let fd = syscall!(memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC))?;
+    // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    syscall!(ftruncate(fd.as_raw_fd(), len as libc::off_t))?;
+    Ok(fd)
+}
+
+/// A shared, read-write mapping of a whole file; unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct SharedMap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; all access goes through atomics or the
+// single-producer/single-consumer protocol of transport::shm.
+unsafe impl Send for SharedMap {}
+
+impl SharedMap {
+    /// Maps `len` bytes of `fd` shared.
+    pub(crate) fn new(fd: &OwnedFd, len: usize) -> io::Result<SharedMap> {
+        // SAFETY: a fresh MAP_SHARED mapping of a file we own; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedMap {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Start of the mapping.
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned; nothing uses them afterwards.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
 }

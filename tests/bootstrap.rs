@@ -19,10 +19,12 @@ fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// TCP between the threads (shared memory would otherwise carry same-host ranks).
 fn config(timeout_s: u64, nsocks: usize) -> Config {
     Config {
         timeout: Duration::from_secs(timeout_s),
         nsocks,
+        shm_disable: true,
         ..Config::default()
     }
 }

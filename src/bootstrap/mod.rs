@@ -9,6 +9,7 @@
 //! `"MXFAIL\0\0" count:u32 missing:u32* len:u32 reason:[len]`. Every length is
 //! bounded before anything is allocated.
 
+pub(crate) mod host;
 pub mod launcher;
 pub(crate) use launcher::LaunchEnv;
 pub(crate) mod root;
@@ -17,7 +18,9 @@ pub mod unique_id;
 use crate::config::Config;
 use crate::debug::log_info;
 use crate::error::{Error, Result};
-use crate::transport::tcp::{self, MeshSpec, TcpLink};
+use crate::transport::shm::{self, ShmSpec};
+use crate::transport::tcp::{self, MeshSpec};
+use crate::transport::{Link, Links};
 use crate::UniqueId;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -40,7 +43,7 @@ pub(crate) const MAX_RANKS: usize = 1 << 20;
 pub(crate) struct RankInfo {
     /// Where the rank accepts data connections.
     pub listen: SocketAddr,
-    /// Its host name, for logs.
+    /// Its host identity (`host::host_id`): equal ids share memory.
     pub host: String,
     /// The settings that must agree across ranks, as `NAME=value` lines
     /// (`Config::must_agree`): schedules built from different values would desynchronise.
@@ -118,13 +121,6 @@ fn check_agreement(rank: usize, ours: &str, table: &[RankInfo]) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// This machine's host name.
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Reads exactly `buf.len()` bytes or fails once `deadline` passes.
@@ -255,7 +251,7 @@ pub(crate) fn join(
     nranks: usize,
     id: &UniqueId,
     config: &Config,
-) -> Result<(Vec<Option<TcpLink>>, IpAddr)> {
+) -> Result<(Links, IpAddr)> {
     let start = Instant::now();
     let local_ip = match config.socket_ifname.as_deref() {
         Some(spec) => tcp::pick_interface(Some(spec))?,
@@ -266,30 +262,69 @@ pub(crate) fn join(
     let listen = listener
         .local_addr()
         .map_err(|e| Error::io("reading the data listener address", e))?;
+    // Bound before the rendezvous, so peers that learn we exist can reach us.
+    let shm_listener = if config.shm_disable {
+        None
+    } else {
+        Some(shm::listen(&id.token(), rank)?)
+    };
     let info = RankInfo {
         listen,
-        host: hostname(),
+        host: host::host_id(),
         agree: config.must_agree(),
     };
     let table = rendezvous(id, rank, nranks, &info.encode(), config.timeout)?;
     check_agreement(rank, &info.agree, &table)?;
     log_info!(
         Some(rank),
-        "bootstrap done in {:.1} ms: {nranks} ranks, listening on {listen}",
-        start.elapsed().as_secs_f64() * 1e3
+        "bootstrap done in {:.1} ms: {nranks} ranks, listening on {listen}, host {}",
+        start.elapsed().as_secs_f64() * 1e3,
+        info.host
     );
+    let same_host: Vec<bool> = table
+        .iter()
+        .enumerate()
+        .map(|(p, t)| p != rank && shm_listener.is_some() && t.host == info.host)
+        .collect();
+    let deadline = Instant::now() + config.timeout;
     let addrs: Vec<SocketAddr> = table.iter().map(|t| t.listen).collect();
-    let links = tcp::connect_mesh(
+    let use_tcp: Vec<bool> = (0..nranks).map(|p| p != rank && !same_host[p]).collect();
+    let tcp_links = tcp::connect_mesh(
         &MeshSpec {
             rank,
             addrs: &addrs,
+            use_tcp: &use_tcp,
             token: id.token(),
             nsocks: config.nsocks,
             socket_buffer: config.socket_buffer,
-            deadline: Instant::now() + config.timeout,
+            deadline,
         },
         listener,
     )?;
+    let mut shm_links = match &shm_listener {
+        Some(l) => shm::connect_host_peers(
+            &ShmSpec {
+                rank,
+                token: id.token(),
+                same_host: &same_host,
+                capacity: config.shm_buffer,
+                deadline,
+            },
+            l,
+        )?,
+        None => Vec::new(),
+    };
+    let links = tcp_links
+        .into_iter()
+        .enumerate()
+        .map(
+            |(p, t)| match (t, shm_links.get_mut(p).and_then(Option::take)) {
+                (_, Some(s)) => Some(Box::new(s) as Box<dyn Link>),
+                (Some(t), None) => Some(Box::new(t) as Box<dyn Link>),
+                (None, None) => None,
+            },
+        )
+        .collect();
     Ok((links, local_ip))
 }
 

@@ -125,12 +125,12 @@ impl Link for MemLink {
         Ok(n)
     }
 
-    fn wait_handle(&self, _lane: usize, _dir: Direction) -> WaitHandle {
-        WaitHandle {
+    fn wait_handles(&self, _lane: usize, _dir: Direction, out: &mut Vec<WaitHandle>) {
+        out.push(WaitHandle {
             fd: self.my_bell.as_raw_fd(),
             events: libc::POLLIN,
             doorbell: true,
-        }
+        });
     }
 
     fn kind(&self) -> &'static str {

@@ -8,10 +8,14 @@
 //! to poll, so one thread drives all links of a rank with bounded waits.
 
 pub mod mem;
+pub mod shm;
 pub mod tcp;
 
 use crate::error::Result;
 use std::os::fd::RawFd;
+
+/// A rank's links, indexed by peer rank (`None` for itself).
+pub type Links = Vec<Option<Box<dyn Link>>>;
 
 /// Which way bytes flow on a lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +53,9 @@ pub trait Link: Send {
     /// A closed peer is `Error::PeerLost`.
     fn recv_some(&mut self, lane: usize, buf: &mut [u8]) -> Result<usize>;
 
-    /// What to poll until `lane` may make progress in `dir`.
-    fn wait_handle(&self, lane: usize, dir: Direction) -> WaitHandle;
+    /// Appends what to poll until `lane` may make progress in `dir` (a doorbell, a
+    /// socket, a liveness channel).
+    fn wait_handles(&self, lane: usize, dir: Direction, out: &mut Vec<WaitHandle>);
 
     /// Short name of the transport for logs (`tcp`, `mem`, ...).
     fn kind(&self) -> &'static str;

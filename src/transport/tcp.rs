@@ -61,15 +61,15 @@ impl Link for TcpLink {
         }
     }
 
-    fn wait_handle(&self, lane: usize, dir: Direction) -> WaitHandle {
-        WaitHandle {
+    fn wait_handles(&self, lane: usize, dir: Direction, out: &mut Vec<WaitHandle>) {
+        out.push(WaitHandle {
             fd: self.socks[lane].as_raw_fd(),
             events: match dir {
                 Direction::Send => libc::POLLOUT,
                 Direction::Recv => libc::POLLIN,
             },
             doorbell: false,
-        }
+        });
     }
 
     fn kind(&self) -> &'static str {
@@ -221,6 +221,8 @@ impl DataHello {
 pub(crate) struct MeshSpec<'a> {
     pub rank: usize,
     pub addrs: &'a [SocketAddr],
+    /// `use_tcp[p]`: rank p is reached over TCP (others use another transport).
+    pub use_tcp: &'a [bool],
     pub token: [u8; 16],
     pub nsocks: usize,
     pub socket_buffer: usize,
@@ -239,7 +241,12 @@ pub(crate) fn connect_mesh(
     let mut socks: Vec<Vec<Option<TcpStream>>> = (0..n)
         .map(|_| (0..spec.nsocks).map(|_| None).collect())
         .collect();
-    for (peer, lanes) in socks.iter_mut().enumerate().take(me) {
+    for (peer, lanes) in socks
+        .iter_mut()
+        .enumerate()
+        .take(me)
+        .filter(|(p, _)| spec.use_tcp[*p])
+    {
         for (lane, slot) in lanes.iter_mut().enumerate() {
             let mut s = connect_retry(spec.addrs[peer], spec.deadline).map_err(|e| match e {
                 Error::Timeout { after, .. } => Error::Timeout {
@@ -269,7 +276,7 @@ pub(crate) fn connect_mesh(
         .into_iter()
         .enumerate()
         .map(|(peer, lanes)| {
-            (peer != me).then(|| TcpLink {
+            (spec.use_tcp[peer]).then(|| TcpLink {
                 peer,
                 socks: lanes
                     .into_iter()
@@ -335,7 +342,7 @@ fn accept_peers(
     let n = spec.addrs.len();
     let missing = |socks: &[Vec<Option<TcpStream>>]| -> Vec<usize> {
         (me + 1..n)
-            .filter(|p| socks[*p].iter().any(Option::is_none))
+            .filter(|p| spec.use_tcp[*p] && socks[*p].iter().any(Option::is_none))
             .collect()
     };
     listener
@@ -461,7 +468,7 @@ fn admit(
         ));
     }
     let from = h.from as usize;
-    if from >= n || from <= spec.rank {
+    if from >= n || from <= spec.rank || !spec.use_tcp[from] {
         return Err(format!(
             "claims rank {from}, expected one of {}..{n}",
             spec.rank + 1

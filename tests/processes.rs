@@ -1,8 +1,11 @@
-//! Ranks as separate processes over TCP loopback, through the `mixccl-perf` binary:
-//! every collective at 2, 3 and 4 ranks via `--np`, checked through its JSON report
-//! (every row present, zero wrong elements out of place and in place); a launch
-//! without `--np` where the test starts each rank itself with `MIXCCL_ROOT`; and a
-//! job that loses a rank to SIGKILL, whose survivors must fail promptly naming it.
+//! Ranks as separate processes, through the `mixccl-perf` binary, over TCP loopback
+//! (`MIXCCL_SHM_DISABLE=1`; 2, 3 and 4 ranks) and over shared memory (the default
+//! inside a host; 2, 5 and 8 ranks): every collective via `--np`, checked through its
+//! JSON report (every row present, zero wrong elements out of place and in place); a
+//! launch without `--np` where the test starts each rank itself with `MIXCCL_ROOT`;
+//! jobs that lose a rank to SIGKILL or fail with an error, whose survivors must fail
+//! promptly naming the cause; and no shared-memory object left in /dev/shm after a
+//! normal run, an error or a SIGKILL.
 
 use mixccl::{DataType, ReduceOp};
 use serde_json::Value;
@@ -210,11 +213,44 @@ impl Sweep {
     }
 }
 
+/// Entries of /dev/shm that could be mixccl's (Open MPI's own segments, which other
+/// tests may create meanwhile, are left out).
+fn dev_shm() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    !n.starts_with("vader_segment")
+                        && !n.starts_with("sm_segment")
+                        && !n.contains("ompi")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Fails if /dev/shm gained entries since `before`.
+fn assert_no_new_shm(before: &std::collections::BTreeSet<String>, when: &str) {
+    let after = dev_shm();
+    let new: Vec<_> = after.difference(before).collect();
+    assert!(new.is_empty(), "{when}: left in /dev/shm: {new:?}");
+}
+
+/// Which transport the ranks use between each other (all ranks share this host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// `MIXCCL_SHM_DISABLE=1`: TCP over loopback.
+    Tcp,
+    /// The default inside a host: shared memory.
+    Shm,
+}
+
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `mixccl-perf <coll> --np <np> <sweep> -J <file>` and checks the JSON report.
 /// Returns the report's rows.
-fn run_np(coll: &str, np: usize, sweep: &Sweep) -> Vec<Value> {
+fn run_np(coll: &str, np: usize, sweep: &Sweep, link: Transport) -> Vec<Value> {
     let json: PathBuf = std::env::temp_dir().join(format!(
         "mixccl-tcp-processes-{}-{}.json",
         std::process::id(),
@@ -222,12 +258,15 @@ fn run_np(coll: &str, np: usize, sweep: &Sweep) -> Vec<Value> {
     ));
     let _ = std::fs::remove_file(&json);
     let mut cmd = perf(60);
+    if link == Transport::Tcp {
+        cmd.env("MIXCCL_SHM_DISABLE", "1");
+    }
     cmd.arg(coll)
         .args(["--np", &np.to_string()])
         .args(sweep.args())
         .arg("-J")
         .arg(&json);
-    let what = format!("{coll} --np {np} {}", sweep.args().join(" "));
+    let what = format!("{coll} --np {np} {} over {link:?}", sweep.args().join(" "));
     let start = Instant::now();
     let mut p = Proc::spawn(cmd);
     let status = p.wait_until(start + RUN_LIMIT);
@@ -293,8 +332,13 @@ fn run_np(coll: &str, np: usize, sweep: &Sweep) -> Vec<Value> {
 /// Every data type and op over a geometric sweep from 0; every type and op at a
 /// per-rank count that is odd for every element size; and a count of 2^20 + 3 f32
 /// elements (2^21 + 7 bf16) per rank, float and bfloat16 over every op.
-fn check_collective(coll: &str) {
-    for np in [2, 3, 4] {
+fn check_collective(coll: &str, link: Transport) {
+    let nps: &[usize] = match link {
+        Transport::Tcp => &[2, 3, 4],
+        Transport::Shm => &[2, 5, 8],
+    };
+    let shm_before = dev_shm();
+    for &np in nps {
         let b = blocks(coll, np);
         run_np(
             coll,
@@ -307,6 +351,7 @@ fn check_collective(coll: &str) {
                 op: None,
                 root: 0,
             },
+            link,
         );
         // 8255 = 0b10_0000_0011_1111: odd count for 1-, 2-, 4- and 8-byte types (8255,
         // 4127, 2063, 1031 elements per rank), above the direct algorithms' limit.
@@ -322,6 +367,7 @@ fn check_collective(coll: &str) {
                 op: None,
                 root: np - 1,
             },
+            link,
         );
         assert!(rows
             .iter()
@@ -343,45 +389,82 @@ fn check_collective(coll: &str) {
                     op,
                     root: 1,
                 },
+                link,
             );
             assert!(rows.iter().all(|r| r["count"] == count), "{rows:?}");
         }
     }
+    assert_no_new_shm(&shm_before, coll);
 }
 
 #[test]
 fn allreduce_processes() {
-    check_collective("allreduce");
+    check_collective("allreduce", Transport::Tcp);
+}
+
+#[test]
+fn allreduce_processes_shm() {
+    check_collective("allreduce", Transport::Shm);
 }
 
 #[test]
 fn allgather_processes() {
-    check_collective("allgather");
+    check_collective("allgather", Transport::Tcp);
+}
+
+#[test]
+fn allgather_processes_shm() {
+    check_collective("allgather", Transport::Shm);
 }
 
 #[test]
 fn broadcast_processes() {
-    check_collective("broadcast");
+    check_collective("broadcast", Transport::Tcp);
+}
+
+#[test]
+fn broadcast_processes_shm() {
+    check_collective("broadcast", Transport::Shm);
 }
 
 #[test]
 fn reduce_processes() {
-    check_collective("reduce");
+    check_collective("reduce", Transport::Tcp);
+}
+
+#[test]
+fn reduce_processes_shm() {
+    check_collective("reduce", Transport::Shm);
 }
 
 #[test]
 fn reducescatter_processes() {
-    check_collective("reducescatter");
+    check_collective("reducescatter", Transport::Tcp);
+}
+
+#[test]
+fn reducescatter_processes_shm() {
+    check_collective("reducescatter", Transport::Shm);
 }
 
 #[test]
 fn alltoall_processes() {
-    check_collective("alltoall");
+    check_collective("alltoall", Transport::Tcp);
+}
+
+#[test]
+fn alltoall_processes_shm() {
+    check_collective("alltoall", Transport::Shm);
 }
 
 #[test]
 fn sendrecv_processes() {
-    check_collective("sendrecv");
+    check_collective("sendrecv", Transport::Tcp);
+}
+
+#[test]
+fn sendrecv_processes_shm() {
+    check_collective("sendrecv", Transport::Shm);
 }
 
 /// A loopback port that was free a moment ago.
@@ -392,8 +475,18 @@ fn free_port() -> u16 {
 
 /// Starts rank `rank` of `n` as a launcher script would: `MIXCCL_RANK`,
 /// `MIXCCL_NRANKS`, `MIXCCL_ROOT`, no `--np`.
-fn manual_rank(rank: usize, n: usize, port: u16, timeout_s: u32, args: &[&str]) -> Proc {
+fn manual_rank(
+    rank: usize,
+    n: usize,
+    port: u16,
+    timeout_s: u32,
+    args: &[&str],
+    link: Transport,
+) -> Proc {
     let mut cmd = perf(timeout_s);
+    if link == Transport::Tcp {
+        cmd.env("MIXCCL_SHM_DISABLE", "1");
+    }
     cmd.args(args)
         .env("MIXCCL_RANK", rank.to_string())
         .env("MIXCCL_NRANKS", n.to_string())
@@ -423,7 +516,9 @@ fn ranks_started_without_np() {
         "-w",
         "1",
     ];
-    let mut ranks: Vec<Proc> = (0..n).map(|r| manual_rank(r, n, port, 30, &args)).collect();
+    let mut ranks: Vec<Proc> = (0..n)
+        .map(|r| manual_rank(r, n, port, 30, &args, Transport::Tcp))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     for (r, p) in ranks.iter_mut().enumerate() {
         let status = p.wait_until(deadline);
@@ -458,6 +553,16 @@ fn ranks_started_without_np() {
 
 #[test]
 fn a_killed_rank_is_named_by_the_survivors() {
+    killed_rank_is_named(Transport::Tcp);
+}
+
+#[test]
+fn a_killed_shm_rank_is_named_by_the_survivors() {
+    killed_rank_is_named(Transport::Shm);
+}
+
+fn killed_rank_is_named(link: Transport) {
+    let shm_before = dev_shm();
     let n = 3;
     let timeout = 5;
     let port = free_port();
@@ -475,7 +580,7 @@ fn a_killed_rank_is_named_by_the_survivors() {
         "0",
     ];
     let mut ranks: Vec<Proc> = (0..n)
-        .map(|r| manual_rank(r, n, port, timeout, &args))
+        .map(|r| manual_rank(r, n, port, timeout, &args, link))
         .collect();
     // Wait for rank 0's header: the job is joined and running.
     let joined = Instant::now() + Duration::from_secs(30);
@@ -512,4 +617,39 @@ fn a_killed_rank_is_named_by_the_survivors() {
             "rank {r} does not name rank 2: {err}"
         );
     }
+    assert_no_new_shm(&shm_before, "after SIGKILL");
+}
+
+/// Ranks whose calls disagree (rank 1 moves twice the bytes) fail instead of hanging,
+/// at least one with a mixccl error, and leave nothing in /dev/shm. (Naming the
+/// mismatch itself needs per-call headers: the reliability issue.)
+#[test]
+fn mismatched_calls_fail_with_an_error_and_clean_up() {
+    let shm_before = dev_shm();
+    let port = free_port();
+    let timeout = 2;
+    let mut ranks: Vec<Proc> = (0..2)
+        .map(|r| {
+            let size = if r == 0 { "64K" } else { "128K" };
+            let args = ["allreduce", "-b", size, "-e", size, "-n", "3", "-w", "0"];
+            manual_rank(r, 2, port, timeout, &args, Transport::Shm)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut errors = String::new();
+    for (r, p) in ranks.iter_mut().enumerate() {
+        let status = p
+            .wait_until(deadline)
+            .unwrap_or_else(|| panic!("rank {r} hangs: {}", p.stderr()));
+        assert!(
+            !status.success(),
+            "rank {r} succeeded despite mismatched calls"
+        );
+        errors += &p.stderr();
+    }
+    assert!(
+        errors.contains("mixccl-perf: rank"),
+        "no rank printed an error: {errors}"
+    );
+    assert_no_new_shm(&shm_before, "after an error");
 }

@@ -1,0 +1,436 @@
+//! Shared-memory transport for peers on the same host.
+//!
+//! Per pair of ranks, the lower rank creates one memfd holding two single-producer,
+//! single-consumer byte rings (one per direction) and two eventfd doorbells, and
+//! hands all three to the higher rank over a Unix socket in the abstract namespace
+//! (SCM_RIGHTS). Nothing ever has a name in /dev/shm, so a normal exit, an error
+//! and a SIGKILL all leave nothing behind. The Unix socket stays open as a liveness
+//! channel: when the peer process dies, it reads EOF, which becomes `PeerLost`.
+//!
+//! Ring protocol: `tail` is written only by the producer, `head` only by the
+//! consumer; data is published with a release store of `tail` and freed with a
+//! release store of `head`. After moving bytes a side rings the other's doorbell;
+//! a waiting side polls its doorbell (the executor spins briefly first).
+
+use crate::debug::{log_info, log_warn};
+use crate::error::{Error, Result};
+use crate::sys::{self, EventFd, SharedMap};
+use crate::transport::{Direction, Link, WaitHandle};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const HEADER: usize = 128;
+const HELLO_MAGIC: &[u8; 8] = b"MXSHM\0\0\0";
+const HELLO_LEN: usize = 8 + 2 + 16 + 4 + 4 + 8;
+/// How often an idle side checks that its peer process is still there.
+const LIVENESS_EVERY: Duration = Duration::from_millis(2);
+
+/// The control words at the start of each ring, one cache line each side.
+#[repr(C, align(64))]
+struct RingHeader {
+    /// Bytes consumed so far (written by the consumer).
+    head: AtomicU64,
+    /// Set when either side drops its end.
+    closed: AtomicU32,
+    _pad: [u8; 52],
+    /// Bytes produced so far (written by the producer).
+    tail: AtomicU64,
+    _pad2: [u8; 56],
+}
+
+const _: () = assert!(std::mem::size_of::<RingHeader>() == HEADER);
+
+/// One direction: header plus `cap` data bytes inside the shared mapping.
+struct Ring {
+    hdr: *const RingHeader,
+    data: *mut u8,
+    cap: usize,
+}
+
+impl Ring {
+    /// # Safety
+    /// `base` must point at `HEADER + cap` bytes of a live shared mapping, 64-aligned.
+    unsafe fn at(base: *mut u8, cap: usize) -> Ring {
+        Ring {
+            hdr: base as *const RingHeader,
+            data: base.add(HEADER),
+            cap,
+        }
+    }
+
+    fn hdr(&self) -> &RingHeader {
+        // SAFETY: `hdr` points into the mapping the link owns for its whole life.
+        unsafe { &*self.hdr }
+    }
+
+    /// Copies `len` bytes between the ring at stream position `pos` and `buf`.
+    fn copy(&self, pos: u64, buf: *mut u8, len: usize, into_ring: bool) {
+        let at = (pos % self.cap as u64) as usize;
+        let first = len.min(self.cap - at);
+        // SAFETY: [at, at+first) and [0, len-first) lie inside the ring's data area; the
+        // SPSC protocol guarantees the other side does not touch these bytes now.
+        unsafe {
+            if into_ring {
+                std::ptr::copy_nonoverlapping(buf, self.data.add(at), first);
+                std::ptr::copy_nonoverlapping(buf.add(first), self.data, len - first);
+            } else {
+                std::ptr::copy_nonoverlapping(self.data.add(at), buf, first);
+                std::ptr::copy_nonoverlapping(self.data, buf.add(first), len - first);
+            }
+        }
+    }
+}
+
+/// A link to a peer on the same host through shared memory.
+pub struct ShmLink {
+    peer: usize,
+    tx: Ring,
+    rx: Ring,
+    my_bell: EventFd,
+    peer_bell: EventFd,
+    alive: UnixStream,
+    last_check: Instant,
+    // Keeps the rings mapped; declared last so it is dropped after them.
+    _map: SharedMap,
+}
+
+// SAFETY: the raw pointers refer into `_map`, which the link owns and moves with it.
+unsafe impl Send for ShmLink {}
+
+impl ShmLink {
+    fn new(
+        peer: usize,
+        map: SharedMap,
+        cap: usize,
+        lower: bool,
+        my_bell: EventFd,
+        peer_bell: EventFd,
+        alive: UnixStream,
+    ) -> ShmLink {
+        // SAFETY: the mapping holds two rings of HEADER + cap bytes each; cap is a
+        // multiple of 64, so both headers are 64-aligned (mmap is page-aligned).
+        let (a, b) = unsafe {
+            (
+                Ring::at(map.ptr(), cap),
+                Ring::at(map.ptr().add(HEADER + cap), cap),
+            )
+        };
+        let (tx, rx) = if lower { (a, b) } else { (b, a) };
+        ShmLink {
+            peer,
+            tx,
+            rx,
+            my_bell,
+            peer_bell,
+            alive,
+            last_check: Instant::now(),
+            _map: map,
+        }
+    }
+
+    fn lost(&self, why: &str) -> Error {
+        Error::PeerLost {
+            rank: self.peer,
+            reason: format!("shared-memory peer {why}"),
+        }
+    }
+
+    /// Errors if the peer has closed its end or its process is gone (rate-limited).
+    fn check_alive(&mut self, ring_closed: bool) -> Result<()> {
+        if ring_closed {
+            return Err(self.lost("closed its link"));
+        }
+        if self.last_check.elapsed() < LIVENESS_EVERY {
+            return Ok(());
+        }
+        self.last_check = Instant::now();
+        let mut b = [0u8; 1];
+        match sys::recv_nowait(self.alive.as_raw_fd(), &mut b) {
+            Ok(Some(0)) => Err(self.lost("process exited (liveness socket closed)")),
+            Err(e) => Err(self.lost(&format!("liveness socket failed: {e}"))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Link for ShmLink {
+    fn peer(&self) -> usize {
+        self.peer
+    }
+
+    fn lanes(&self) -> usize {
+        1
+    }
+
+    fn send_some(&mut self, _lane: usize, buf: &[u8]) -> Result<usize> {
+        let h = self.tx.hdr();
+        let tail = h.tail.load(Ordering::Relaxed);
+        let head = h.head.load(Ordering::Acquire);
+        let free = self.tx.cap - (tail - head) as usize;
+        let n = buf.len().min(free);
+        if n == 0 {
+            let closed = h.closed.load(Ordering::Acquire) != 0;
+            self.check_alive(closed)?;
+            return Ok(0);
+        }
+        self.tx.copy(tail, buf.as_ptr() as *mut u8, n, true);
+        self.tx.hdr().tail.store(tail + n as u64, Ordering::Release);
+        self.peer_bell.ring();
+        Ok(n)
+    }
+
+    fn recv_some(&mut self, _lane: usize, buf: &mut [u8]) -> Result<usize> {
+        let h = self.rx.hdr();
+        let head = h.head.load(Ordering::Relaxed);
+        let tail = h.tail.load(Ordering::Acquire);
+        let n = buf.len().min((tail - head) as usize);
+        if n == 0 {
+            if !buf.is_empty() {
+                let closed = h.closed.load(Ordering::Acquire) != 0;
+                self.check_alive(closed)?;
+            }
+            return Ok(0);
+        }
+        self.rx.copy(head, buf.as_mut_ptr(), n, false);
+        self.rx.hdr().head.store(head + n as u64, Ordering::Release);
+        self.peer_bell.ring();
+        Ok(n)
+    }
+
+    fn wait_handles(&self, _lane: usize, _dir: Direction, out: &mut Vec<WaitHandle>) {
+        out.push(WaitHandle {
+            fd: self.my_bell.as_raw_fd(),
+            events: libc::POLLIN,
+            doorbell: true,
+        });
+        out.push(WaitHandle {
+            fd: self.alive.as_raw_fd(),
+            events: libc::POLLIN,
+            doorbell: false,
+        });
+    }
+
+    fn kind(&self) -> &'static str {
+        "shm"
+    }
+}
+
+impl Drop for ShmLink {
+    fn drop(&mut self) {
+        self.tx.hdr().closed.store(1, Ordering::Release);
+        self.rx.hdr().closed.store(1, Ordering::Release);
+        self.peer_bell.ring();
+    }
+}
+
+/// The abstract Unix socket name of `rank`'s shm listener for the communicator `token`.
+fn listener_name(token: &[u8; 16], rank: usize) -> Vec<u8> {
+    let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    format!("mixccl/{hex}/{rank}").into_bytes()
+}
+
+/// Binds this rank's shm listener (abstract namespace: per network namespace, gone
+/// with the process).
+pub(crate) fn listen(token: &[u8; 16], rank: usize) -> Result<UnixListener> {
+    let addr = UnixAddr::from_abstract_name(listener_name(token, rank))
+        .map_err(|e| Error::io("naming the shared-memory listener", e))?;
+    UnixListener::bind_addr(&addr).map_err(|e| {
+        Error::io(
+            format!(
+                "binding the shared-memory listener of rank {rank} (is rank {rank} running twice?)"
+            ),
+            e,
+        )
+    })
+}
+
+/// What a rank needs to build its shm links.
+pub(crate) struct ShmSpec<'a> {
+    pub rank: usize,
+    pub token: [u8; 16],
+    /// `same_host[p]`: rank p is reached through shared memory.
+    pub same_host: &'a [bool],
+    /// Ring bytes per direction (a multiple of 64).
+    pub capacity: usize,
+    pub deadline: Instant,
+}
+
+fn hello(spec: &ShmSpec<'_>, to: usize) -> [u8; HELLO_LEN] {
+    let mut b = [0u8; HELLO_LEN];
+    b[0..8].copy_from_slice(HELLO_MAGIC);
+    b[8..10].copy_from_slice(&crate::bootstrap::PROTOCOL_VERSION.to_le_bytes());
+    b[10..26].copy_from_slice(&spec.token);
+    b[26..30].copy_from_slice(&(spec.rank as u32).to_le_bytes());
+    b[30..34].copy_from_slice(&(to as u32).to_le_bytes());
+    b[34..42].copy_from_slice(&(spec.capacity as u64).to_le_bytes());
+    b
+}
+
+/// Creates the shared region for `peer` (> this rank) and sends it over.
+fn offer(spec: &ShmSpec<'_>, peer: usize) -> Result<ShmLink> {
+    let cap = spec.capacity;
+    let ctx = |what: &str| format!("{what} for the shared-memory link to rank {peer}");
+    let fd = sys::memfd("mixccl", 2 * (HEADER + cap))
+        .map_err(|e| Error::io(ctx("creating memory"), e))?;
+    let map =
+        SharedMap::new(&fd, 2 * (HEADER + cap)).map_err(|e| Error::io(ctx("mapping memory"), e))?;
+    let (mine, theirs) = match (EventFd::new(), EventFd::new()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return Err(Error::io(ctx("creating doorbells"), e)),
+    };
+    let addr = UnixAddr::from_abstract_name(listener_name(&spec.token, peer))
+        .map_err(|e| Error::io(ctx("naming the listener"), e))?;
+    let mut pause = Duration::from_millis(1);
+    let sock = loop {
+        match UnixStream::connect_addr(&addr) {
+            Ok(s) => break s,
+            Err(e)
+                if Instant::now() < spec.deadline
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                    ) =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) if Instant::now() >= spec.deadline => {
+                log_warn!(Some(spec.rank), "shm connect to rank {peer}: {e}");
+                return Err(Error::Timeout {
+                    op: format!("init: connecting shared memory to rank {peer}"),
+                    waiting_for: vec![peer],
+                    after: Duration::ZERO,
+                });
+            }
+            Err(e) => return Err(Error::io(ctx("connecting"), e)),
+        }
+    };
+    sys::send_with_fds(
+        sock.as_raw_fd(),
+        &hello(spec, peer),
+        &[fd.as_raw_fd(), mine.as_raw_fd(), theirs.as_raw_fd()],
+    )
+    .map_err(|e| Error::io(ctx("sending the region"), e))?;
+    log_info!(
+        Some(spec.rank),
+        "connected rank {peer} over shm ({cap} B rings)"
+    );
+    Ok(ShmLink::new(peer, map, cap, true, mine, theirs, sock))
+}
+
+/// Reads and checks one offer on an accepted connection.
+fn take_offer(
+    spec: &ShmSpec<'_>,
+    mut sock: UnixStream,
+    have: &[Option<ShmLink>],
+) -> std::result::Result<ShmLink, String> {
+    sock.set_read_timeout(Some(
+        spec.deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), Duration::from_secs(5)),
+    ))
+    .map_err(|e| e.to_string())?;
+    let mut b = [0u8; HELLO_LEN];
+    let (n, mut fds) =
+        sys::recv_with_fds(sock.as_raw_fd(), &mut b, 3).map_err(|e| format!("read failed: {e}"))?;
+    if n < HELLO_LEN {
+        sock.read_exact(&mut b[n..])
+            .map_err(|e| format!("short hello: {e}"))?;
+    }
+    if &b[0..8] != HELLO_MAGIC
+        || u16::from_le_bytes([b[8], b[9]]) != crate::bootstrap::PROTOCOL_VERSION
+    {
+        return Err("bad magic or version".into());
+    }
+    if b[10..26] != spec.token {
+        return Err("wrong communicator token".into());
+    }
+    let from = u32::from_le_bytes(b[26..30].try_into().expect("4")) as usize;
+    let to = u32::from_le_bytes(b[30..34].try_into().expect("4")) as usize;
+    let cap = u64::from_le_bytes(b[34..42].try_into().expect("8")) as usize;
+    if to != spec.rank || from >= spec.rank || !spec.same_host.get(from).copied().unwrap_or(false) {
+        return Err(format!("unexpected offer from rank {from} to rank {to}"));
+    }
+    if have[from].is_some() {
+        return Err(format!("duplicate offer from rank {from}"));
+    }
+    if cap == 0 || cap % 64 != 0 || cap > 1 << 30 || fds.len() != 3 {
+        return Err(format!("bad ring size {cap} or {} descriptors", fds.len()));
+    }
+    let theirs = EventFd::from_owned(fds.pop().expect("3 fds"));
+    let mine = EventFd::from_owned(fds.pop().expect("3 fds"));
+    let fd: OwnedFd = fds.pop().expect("3 fds");
+    // The region must be as large as the rings it claims to hold.
+    let len = 2 * (HEADER + cap);
+    let stat_len = std::fs::File::from(fd.try_clone().map_err(|e| e.to_string())?)
+        .metadata()
+        .map_err(|e| e.to_string())?
+        .len() as usize;
+    if stat_len < len {
+        return Err(format!("region of {stat_len} bytes is smaller than {len}"));
+    }
+    let map = SharedMap::new(&fd, len).map_err(|e| format!("mapping failed: {e}"))?;
+    log_info!(
+        Some(spec.rank),
+        "connected rank {from} over shm ({cap} B rings)"
+    );
+    Ok(ShmLink::new(from, map, cap, false, theirs, mine, sock))
+}
+
+/// Builds shm links to every same-host peer: offers regions to higher ranks, accepts
+/// offers from lower ones on `listener`. Bad offers are closed and logged.
+pub(crate) fn connect_host_peers(
+    spec: &ShmSpec<'_>,
+    listener: &UnixListener,
+) -> Result<Vec<Option<ShmLink>>> {
+    let n = spec.same_host.len();
+    let mut links: Vec<Option<ShmLink>> = (0..n).map(|_| None).collect();
+    for (peer, slot) in links.iter_mut().enumerate().skip(spec.rank + 1) {
+        if spec.same_host[peer] {
+            *slot = Some(offer(spec, peer)?);
+        }
+    }
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("shm listener", e))?;
+    let start = Instant::now();
+    loop {
+        let missing: Vec<usize> = (0..spec.rank)
+            .filter(|&p| spec.same_host[p] && links[p].is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(links);
+        }
+        if Instant::now() >= spec.deadline {
+            return Err(Error::Timeout {
+                op: "init: waiting for shared-memory offers".into(),
+                waiting_for: missing,
+                after: start.elapsed(),
+            });
+        }
+        match listener.accept() {
+            Ok((sock, _)) => {
+                let _ = sock.set_nonblocking(false);
+                match take_offer(spec, sock, &links) {
+                    Ok(link) => {
+                        let p = link.peer;
+                        links[p] = Some(link);
+                    }
+                    Err(why) => log_warn!(Some(spec.rank), "rejected a shared-memory offer: {why}"),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut fds = [sys::pollfd(listener.as_raw_fd(), libc::POLLIN)];
+                let left = spec.deadline.saturating_duration_since(Instant::now());
+                sys::poll(&mut fds, left.min(Duration::from_millis(100)))
+                    .map_err(|e| Error::io("polling the shm listener", e))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("accepting a shared-memory connection", e)),
+        }
+    }
+}
