@@ -203,7 +203,7 @@ pub struct Config {
     /// Use TCP even between ranks on the same host (`MIXCCL_SHM_DISABLE=1`; default 0).
     pub shm_disable: bool,
     /// Bytes of each shared-memory ring, per direction and peer (`MIXCCL_SHM_BUFFER`;
-    /// default 4 MiB; rounded up to 64).
+    /// default 1 MiB; rounded up to 64).
     pub shm_buffer: usize,
     /// How long a waiting rank polls (yielding the core) before it sleeps
     /// (`MIXCCL_SPIN_US`, microseconds; default 100).
@@ -225,7 +225,7 @@ impl Default for Config {
             direct_max_bytes: 16 << 10,
             spin: Duration::from_micros(100),
             shm_disable: false,
-            shm_buffer: 4 << 20,
+            shm_buffer: 1 << 20,
             algo: AlgoOverride::default(),
             debug: DebugLevel::Warn,
         }

@@ -331,7 +331,15 @@ pub(crate) fn run(
             last_progress = now;
             continue;
         }
-        // Nothing moved: sleep until a lane that could move becomes ready.
+        // Nothing moved. For a short while, yield the core and sweep again: a wake-up
+        // through poll costs tens of microseconds when ranks outnumber cores, and a
+        // sweep of shared-memory lanes is a few loads.
+        let idle = now - last_progress;
+        if idle < cx.spin {
+            std::thread::yield_now();
+            continue;
+        }
+        // Then sleep until a lane that could move becomes ready.
         pollfds.clear();
         doorbells.clear();
         handles.clear();
@@ -359,7 +367,6 @@ pub(crate) fn run(
                 ops.len()
             )));
         }
-        let idle = now - last_progress;
         if idle >= cx.timeout {
             return Err(Error::Timeout {
                 op: format!("{}", cx.label),
@@ -367,19 +374,8 @@ pub(crate) fn run(
                 after: idle,
             });
         }
-        // Spin (yielding the core) for a short while before sleeping: a wake-up from
-        // poll costs tens of microseconds when ranks outnumber cores.
-        let spinning = idle < cx.spin;
-        let wait = if spinning {
-            Duration::ZERO
-        } else {
-            (cx.timeout - idle).min(MAX_SLEEP)
-        };
-        let ready = sys::poll(&mut pollfds, wait)
+        sys::poll(&mut pollfds, (cx.timeout - idle).min(MAX_SLEEP))
             .map_err(|e| Error::io(format!("{}: poll", cx.label), e))?;
-        if ready == 0 && spinning {
-            std::thread::yield_now();
-        }
         for (p, &bell) in pollfds.iter().zip(&doorbells) {
             if bell && p.revents != 0 {
                 // A doorbell fd is the link's own eventfd; drain through a fresh read.

@@ -8,9 +8,11 @@
 //! channel: when the peer process dies, it reads EOF, which becomes `PeerLost`.
 //!
 //! Ring protocol: `tail` is written only by the producer, `head` only by the
-//! consumer; data is published with a release store of `tail` and freed with a
-//! release store of `head`. After moving bytes a side rings the other's doorbell;
-//! a waiting side polls its doorbell (the executor spins briefly first).
+//! consumer; data is published with a store of `tail` and freed with a store of
+//! `head`. A side rings the other's doorbell only when the other may be asleep on
+//! this ring: the producer when the ring was empty before its write, the consumer
+//! when it was full before its read (a waiting side always saw exactly that state
+//! last). A waiting side polls its doorbell; the executor spins briefly first.
 
 use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
@@ -178,8 +180,12 @@ impl Link for ShmLink {
             return Ok(0);
         }
         self.tx.copy(tail, buf.as_ptr() as *mut u8, n, true);
-        self.tx.hdr().tail.store(tail + n as u64, Ordering::Release);
-        self.peer_bell.ring();
+        self.tx.hdr().tail.store(tail + n as u64, Ordering::SeqCst);
+        // The consumer can only be asleep on this ring if it last saw it empty, and then
+        // it cannot have moved `head` past our old tail: ring only in that case.
+        if self.tx.hdr().head.load(Ordering::SeqCst) == tail {
+            self.peer_bell.ring();
+        }
         Ok(n)
     }
 
@@ -196,8 +202,11 @@ impl Link for ShmLink {
             return Ok(0);
         }
         self.rx.copy(head, buf.as_mut_ptr(), n, false);
-        self.rx.hdr().head.store(head + n as u64, Ordering::Release);
-        self.peer_bell.ring();
+        self.rx.hdr().head.store(head + n as u64, Ordering::SeqCst);
+        // The producer only waits on a full ring; wake it only if it was full.
+        if self.rx.hdr().tail.load(Ordering::SeqCst) - head == self.rx.cap as u64 {
+            self.peer_bell.ring();
+        }
         Ok(n)
     }
 
