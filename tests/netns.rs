@@ -123,7 +123,7 @@ fn two_hosts_mix_shared_memory_and_tcp() {
                 err.contains(&format!("rank {rank} -> rank {same} via shm")),
                 "{coll} rank {rank}: {err}"
             );
-            for other in [(rank + 2) % 4, (rank + 2) % 4 ^ 1] {
+            for other in [(rank + 2) % 4, ((rank + 2) % 4) ^ 1] {
                 assert!(
                     err.contains(&format!("rank {rank} -> rank {other} via tcp")),
                     "{coll} rank {rank}: {err}"
