@@ -240,6 +240,14 @@ impl Communicator {
         &self.config
     }
 
+    /// The transport to each peer (`"shm"`, `"tcp"`, `"mem"`; `None` for this rank).
+    pub fn link_kinds(&self) -> Vec<Option<&'static str>> {
+        self.links
+            .iter()
+            .map(|l| l.as_ref().map(|l| l.kind()))
+            .collect()
+    }
+
     /// A handle that aborts this communicator from any thread.
     pub fn abort_handle(&self) -> AbortHandle {
         AbortHandle(self.abort.clone())

@@ -205,6 +205,9 @@ pub struct Config {
     /// Bytes of each shared-memory ring, per direction and peer (`MIXCCL_SHM_BUFFER`;
     /// default 1 MiB; rounded up to 64).
     pub shm_buffer: usize,
+    /// Reduce received data straight out of the shared-memory ring instead of copying
+    /// it to a staging buffer first (`MIXCCL_SHM_ZEROCOPY`; default 1).
+    pub shm_zero_copy: bool,
     /// How long a waiting rank polls (yielding the core) before it sleeps
     /// (`MIXCCL_SPIN_US`, microseconds; default 100).
     pub spin: Duration,
@@ -226,6 +229,7 @@ impl Default for Config {
             spin: Duration::from_micros(100),
             shm_disable: false,
             shm_buffer: 1 << 20,
+            shm_zero_copy: true,
             algo: AlgoOverride::default(),
             debug: DebugLevel::Warn,
         }
@@ -293,6 +297,13 @@ impl Config {
                 "1" | "true" | "yes" => true,
                 "0" | "false" | "no" | "" => false,
                 _ => return Err(bad("MIXCCL_SHM_DISABLE", &v, "0 or 1")),
+            };
+        }
+        if let Some(v) = get("MIXCCL_SHM_ZEROCOPY") {
+            self.shm_zero_copy = match v.trim() {
+                "1" | "true" | "yes" | "" => true,
+                "0" | "false" | "no" => false,
+                _ => return Err(bad("MIXCCL_SHM_ZEROCOPY", &v, "0 or 1")),
             };
         }
         if let Some(v) = get("MIXCCL_SHM_BUFFER") {

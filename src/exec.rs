@@ -146,6 +146,21 @@ fn dependencies(ops: &[Op]) -> (Vec<u32>, Vec<Vec<u32>>) {
     (waits, dependents)
 }
 
+/// `dst = acc op incoming` for one piece of a receive-and-reduce.
+fn reduce_into(
+    bufs: &mut Buffers<'_, '_>,
+    cx: &Context<'_>,
+    acc: Region,
+    dst: Region,
+    incoming: &[u8],
+) {
+    if acc != dst {
+        let (a, d) = bufs.pair(acc, dst);
+        d.copy_from_slice(a);
+    }
+    reduce::reduce_bytes(cx.dtype, cx.op, bufs.get_mut(dst), incoming);
+}
+
 /// Runs `schedule` to completion.
 pub(crate) fn run(
     schedule: &Schedule,
@@ -277,28 +292,59 @@ pub(crate) fn run(
                         n
                     }
                     Op::RecvReduce { acc, dst, .. } => {
-                        let stage = bytemuck::cast_slice_mut::<u64, u8>(&mut ws.staging[l.staging]);
-                        let want = (dst.len - l.done - l.staged).min(stage.len() - l.staged);
-                        let n = link.recv_some(l.lane, &mut stage[l.staged..l.staged + want])?;
-                        let have = l.staged + n;
-                        let whole = have - have % esize;
-                        if whole > 0 {
-                            let piece = dst.sub(l.done, whole);
-                            if acc != dst {
-                                let (a, d) = bufs.pair(acc.sub(l.done, whole), piece);
-                                d.copy_from_slice(a);
+                        // Reduce straight out of the link's buffer where it offers one
+                        // (shared memory); whole elements only.
+                        let mut seen = 0;
+                        let direct = if l.staged == 0 {
+                            let done = l.done;
+                            link.recv_with(l.lane, dst.len - done, &mut |view: &[u8]| {
+                                seen = view.len();
+                                let whole = view.len() - view.len() % esize;
+                                if whole > 0 {
+                                    reduce_into(
+                                        bufs,
+                                        cx,
+                                        acc.sub(done, whole),
+                                        dst.sub(done, whole),
+                                        &view[..whole],
+                                    );
+                                }
+                                whole
+                            })?
+                        } else {
+                            None
+                        };
+                        match direct {
+                            Some(n) if n > 0 || seen == 0 => {
+                                l.done += n;
+                                n
                             }
-                            reduce::reduce_bytes(
-                                cx.dtype,
-                                cx.op,
-                                bufs.get_mut(piece),
-                                &stage[..whole],
-                            );
-                            stage.copy_within(whole..have, 0);
+                            // No view, or only part of an element before the ring wraps:
+                            // receive into staging and reduce from there.
+                            _ => {
+                                let stage =
+                                    bytemuck::cast_slice_mut::<u64, u8>(&mut ws.staging[l.staging]);
+                                let want =
+                                    (dst.len - l.done - l.staged).min(stage.len() - l.staged);
+                                let n =
+                                    link.recv_some(l.lane, &mut stage[l.staged..l.staged + want])?;
+                                let have = l.staged + n;
+                                let whole = have - have % esize;
+                                if whole > 0 {
+                                    reduce_into(
+                                        bufs,
+                                        cx,
+                                        acc.sub(l.done, whole),
+                                        dst.sub(l.done, whole),
+                                        &stage[..whole],
+                                    );
+                                    stage.copy_within(whole..have, 0);
+                                }
+                                l.staged = have - whole;
+                                l.done += whole;
+                                n
+                            }
                         }
-                        l.staged = have - whole;
-                        l.done += whole;
-                        n
                     }
                     _ => unreachable!("only transfers are on lanes"),
                 };

@@ -308,6 +308,7 @@ pub(crate) fn join(
                 token: id.token(),
                 same_host: &same_host,
                 capacity: config.shm_buffer,
+                zero_copy: config.shm_zero_copy,
                 deadline,
             },
             l,

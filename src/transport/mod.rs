@@ -53,6 +53,20 @@ pub trait Link: Send {
     /// A closed peer is `Error::PeerLost`.
     fn recv_some(&mut self, lane: usize, buf: &mut [u8]) -> Result<usize>;
 
+    /// Zero-copy receive: where the link can show received bytes in place, calls `f`
+    /// with a contiguous run of up to `max` of them on `lane` and consumes as many as
+    /// `f` returns (`f` may be called with an empty slice when nothing has arrived).
+    /// `Ok(None)` means the link cannot, and the caller uses `recv_some`.
+    fn recv_with(
+        &mut self,
+        lane: usize,
+        max: usize,
+        f: &mut dyn FnMut(&[u8]) -> usize,
+    ) -> Result<Option<usize>> {
+        let _ = (lane, max, f);
+        Ok(None)
+    }
+
     /// Appends what to poll until `lane` may make progress in `dir` (a doorbell, a
     /// socket, a liveness channel).
     fn wait_handles(&self, lane: usize, dir: Direction, out: &mut Vec<WaitHandle>);

@@ -96,6 +96,7 @@ pub struct ShmLink {
     peer_bell: EventFd,
     alive: UnixStream,
     last_check: Instant,
+    zero_copy: bool,
     // Keeps the rings mapped; declared last so it is dropped after them.
     _map: SharedMap,
 }
@@ -130,6 +131,7 @@ impl ShmLink {
             peer_bell,
             alive,
             last_check: Instant::now(),
+            zero_copy: true,
             _map: map,
         }
     }
@@ -210,6 +212,44 @@ impl Link for ShmLink {
         Ok(n)
     }
 
+    fn recv_with(
+        &mut self,
+        _lane: usize,
+        max: usize,
+        f: &mut dyn FnMut(&[u8]) -> usize,
+    ) -> Result<Option<usize>> {
+        if !self.zero_copy {
+            return Ok(None);
+        }
+        if !self.zero_copy {
+            return Ok(None);
+        }
+        let h = self.rx.hdr();
+        let head = h.head.load(Ordering::Relaxed);
+        let tail = h.tail.load(Ordering::Acquire);
+        let at = (head % self.rx.cap as u64) as usize;
+        let n = max.min((tail - head) as usize).min(self.rx.cap - at);
+        if n == 0 && max > 0 {
+            let closed = h.closed.load(Ordering::Acquire) != 0;
+            self.check_alive(closed)?;
+        }
+        // SAFETY: [at, at+n) lies in the data area and holds published bytes that the
+        // producer will not touch until `head` moves past them, which happens below.
+        let view = unsafe { std::slice::from_raw_parts(self.rx.data.add(at), n) };
+        let used = f(view).min(n);
+        if used > 0 {
+            self.rx
+                .hdr()
+                .head
+                .store(head + used as u64, Ordering::SeqCst);
+            // As in recv_some: wake the producer only if the ring was full.
+            if self.rx.hdr().tail.load(Ordering::SeqCst) - head == self.rx.cap as u64 {
+                self.peer_bell.ring();
+            }
+        }
+        Ok(Some(used))
+    }
+
     fn wait_handles(&self, _lane: usize, _dir: Direction, out: &mut Vec<WaitHandle>) {
         out.push(WaitHandle {
             fd: self.my_bell.as_raw_fd(),
@@ -265,6 +305,8 @@ pub(crate) struct ShmSpec<'a> {
     pub same_host: &'a [bool],
     /// Ring bytes per direction (a multiple of 64).
     pub capacity: usize,
+    /// Offer `recv_with` (zero-copy reduction out of the ring).
+    pub zero_copy: bool,
     pub deadline: Instant,
 }
 
@@ -328,7 +370,9 @@ fn offer(spec: &ShmSpec<'_>, peer: usize) -> Result<ShmLink> {
         Some(spec.rank),
         "connected rank {peer} over shm ({cap} B rings)"
     );
-    Ok(ShmLink::new(peer, map, cap, true, mine, theirs, sock))
+    let mut link = ShmLink::new(peer, map, cap, true, mine, theirs, sock);
+    link.zero_copy = spec.zero_copy;
+    Ok(link)
 }
 
 /// Reads and checks one offer on an accepted connection.
@@ -387,7 +431,9 @@ fn take_offer(
         Some(spec.rank),
         "connected rank {from} over shm ({cap} B rings)"
     );
-    Ok(ShmLink::new(from, map, cap, false, theirs, mine, sock))
+    let mut link = ShmLink::new(from, map, cap, false, theirs, mine, sock);
+    link.zero_copy = spec.zero_copy;
+    Ok(link)
 }
 
 /// Builds shm links to every same-host peer: offers regions to higher ranks, accepts
