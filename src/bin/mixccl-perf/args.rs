@@ -23,6 +23,9 @@ usage: mixccl-perf <allreduce|allgather|broadcast|reduce|reducescatter|alltoall|
       --np <n>               start n local ranks; otherwise join the job described by the
                              environment (MIXCCL_RANK/NRANKS + MIXCCL_UNIQUE_ID or MIXCCL_ROOT,
                              torchrun, Open MPI, Slurm)
+      --bind <block|none>    with --np: pin rank r to CPU r*ncpus/n of the CPUs this process
+                             may use, so neighbouring ranks share a core when ranks outnumber
+                             cores (default block); none leaves placement to the kernel
   -h, --help                 this text";
 
 /// How sizes grow from `--minbytes` to `--maxbytes`.
@@ -63,6 +66,8 @@ pub struct Args {
     pub np: Option<usize>,
     /// The arguments without `--np`, for the ranks a launcher starts.
     pub child_args: Vec<String>,
+    /// `--bind`: pin the ranks `--np` starts to CPUs.
+    pub bind: bool,
 }
 
 /// What the command line asks for.
@@ -109,6 +114,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
     let mut root = 0;
     let mut json = None;
     let mut np = None;
+    let mut bind = true;
     let mut child_args = Vec::new();
 
     let mut i = 0;
@@ -154,6 +160,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
             "r" | "root" => 'r',
             "J" | "json" => 'J',
             "np" => 'N',
+            "bind" => 'B',
             _ => return Err(format!("unknown flag {arg:?}")),
         };
         let consumed_next = inline.is_none();
@@ -207,6 +214,14 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
                 np = Some(parse_count(flag, &value, 1)?);
                 continue;
             }
+            'B' => {
+                bind = match value.as_str() {
+                    "block" => true,
+                    "none" => false,
+                    _ => return Err(format!("{flag} {value:?}: expected block or none")),
+                };
+                continue;
+            }
             _ => unreachable!("every key is matched above"),
         }
         child_args.push(arg.clone());
@@ -247,6 +262,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         json,
         np,
         child_args,
+        bind,
     }))
 }
 
@@ -272,6 +288,18 @@ mod tests {
         assert_eq!(a.ops, vec![ReduceOp::Sum]);
         assert_eq!(a.dtypes, vec![DataType::F32]);
         assert_eq!((a.root, a.json.clone(), a.np), (0, None, None));
+    }
+
+    #[test]
+    fn bind_is_a_launcher_flag() {
+        let a = args("allreduce --np 4 -b 8").unwrap();
+        assert!(a.bind);
+        let a = args("allreduce --np 4 --bind none -b 8").unwrap();
+        assert!(!a.bind);
+        assert_eq!(a.child_args, vec!["-b", "8"]);
+        assert!(args("allreduce --np 4 --bind spread")
+            .unwrap_err()
+            .contains("block or none"));
     }
 
     #[test]

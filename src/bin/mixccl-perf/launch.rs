@@ -51,6 +51,49 @@ fn die_with_parent(cmd: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_cmd: &mut Command) {}
 
+/// The CPUs this process may run on (empty if unknown).
+#[cfg(target_os = "linux")]
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allowed_cpus() -> Vec<usize> {
+    Vec::new()
+}
+
+/// Makes the child run on `cpu` only, like `mpirun --bind-to core`. With more ranks
+/// than cores, block placement keeps ring neighbours on one core, where a rank that
+/// waits yields straight to the one it waits for, instead of migrating between cores.
+#[cfg(target_os = "linux")]
+fn pin_to(cmd: &mut Command, cpu: usize) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only fills a stack cpu_set_t and calls
+    // sched_setaffinity, which is async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_to(_cmd: &mut Command, _cpu: usize) {}
+
 fn kill_all(children: &mut [Option<Child>]) -> Vec<usize> {
     let mut killed = Vec::new();
     for (rank, slot) in children.iter_mut().enumerate() {
@@ -64,8 +107,8 @@ fn kill_all(children: &mut [Option<Child>]) -> Vec<usize> {
 }
 
 /// Runs `np` ranks of this program with `child_args`; the process's exit code.
-pub fn launch(np: usize, child_args: &[String]) -> ExitCode {
-    match launch_ranks(np, child_args) {
+pub fn launch(np: usize, child_args: &[String], bind: bool) -> ExitCode {
+    match launch_ranks(np, child_args, bind) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(msg) => {
@@ -76,7 +119,8 @@ pub fn launch(np: usize, child_args: &[String]) -> ExitCode {
 }
 
 /// Ok(true) when every rank exited 0.
-fn launch_ranks(np: usize, child_args: &[String]) -> Result<bool, String> {
+fn launch_ranks(np: usize, child_args: &[String], bind: bool) -> Result<bool, String> {
+    let cpus = if bind { allowed_cpus() } else { Vec::new() };
     let addr = "127.0.0.1:0".parse().expect("a literal socket address");
     let id = UniqueId::bind(addr).map_err(|e| format!("cannot start the rendezvous: {e}"))?;
     // Display is the hex form `MIXCCL_UNIQUE_ID` takes.
@@ -91,6 +135,9 @@ fn launch_ranks(np: usize, child_args: &[String]) -> Result<bool, String> {
             // A root address from the caller's environment would compete with the id.
             .env_remove("MIXCCL_ROOT");
         die_with_parent(&mut cmd);
+        if !cpus.is_empty() {
+            pin_to(&mut cmd, cpus[rank * cpus.len() / np]);
+        }
         match cmd.spawn() {
             Ok(child) => children.push(Some(child)),
             Err(e) => {

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         }
     };
     match args.np {
-        Some(np) => launch::launch(np, &args.child_args),
+        Some(np) => launch::launch(np, &args.child_args, args.bind),
         None => run_rank(&args),
     }
 }
