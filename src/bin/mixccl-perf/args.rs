@@ -296,7 +296,7 @@ mod tests {
         assert!(a.bind);
         let a = args("allreduce --np 4 --bind none -b 8").unwrap();
         assert!(!a.bind);
-        assert_eq!(a.child_args, vec!["-b", "8"]);
+        assert_eq!(a.child_args, vec!["allreduce", "-b", "8"]);
         assert!(args("allreduce --np 4 --bind spread")
             .unwrap_err()
             .contains("block or none"));
