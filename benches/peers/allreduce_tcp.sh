@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One sitting, interleaved reps: mixccl-perf (TCP loopback) vs Open MPI forced to TCP
+# One sitting, interleaved reps: mixccl-perf (TCP loopback: MIXCCL_SHM_DISABLE=1) vs Open MPI forced to TCP
 # vs torch.distributed gloo, all-reduce float sum, 4 ranks, 8 B .. 256 MiB x4.
 # Needs: cargo build --release; openmpi-bin libopenmpi-dev; /tmp/venv-torch with torch
 # (see ../shared/baseline/README.md). Raw outputs go to $OUT (default /tmp/mixccl-peers).
@@ -12,7 +12,7 @@ BASE=$(cd ../shared/baseline 2>/dev/null && pwd)
 mpicc -O2 -o /tmp/mpi_allreduce_bench "$BASE/mpi_allreduce_bench.c"
 for r in $(seq "$REPS"); do
   echo "== rep $r mixccl"
-  ./target/release/mixccl-perf allreduce --np "$NP" -b 8 -e "$MAX" -f 4 -n 20 -w 5 \
+  MIXCCL_SHM_DISABLE=1 ./target/release/mixccl-perf allreduce --np "$NP" -b 8 -e "$MAX" -f 4 -n 20 -w 5 \
     > "$OUT/mixccl_np${NP}_rep$r.txt" 2>&1; tail -2 "$OUT/mixccl_np${NP}_rep$r.txt" | head -1
   echo "== rep $r mpi-tcp"
   timeout 900 mpirun --allow-run-as-root --oversubscribe --mca oob_tcp_if_include lo \
