@@ -15,7 +15,10 @@ for r in $(seq "$REPS"); do
   for coll in allreduce allgather; do
     echo "== rep $r mixccl $coll"
     ./target/release/mixccl-perf $coll --np "$NP" -b 8 -e "$MAX" -f 4 -n 20 -w 5 \
-      > "$OUT/mixccl_${coll}_np${NP}_rep$r.txt" 2>&1; tail -2 "$OUT/mixccl_${coll}_np${NP}_rep$r.txt" | head -1
+      > "$OUT/mixccl_${coll}_np${NP}_rep$r.txt" 2>&1
+    # x4 from 8 B stops at 128 MiB; the baseline harness appends MAX, so do we.
+    ./target/release/mixccl-perf $coll --np "$NP" -b "$MAX" -e "$MAX" -n 20 -w 5 \
+      >> "$OUT/mixccl_${coll}_np${NP}_rep$r.txt" 2>&1; tail -2 "$OUT/mixccl_${coll}_np${NP}_rep$r.txt" | head -1
   done
   echo "== rep $r mpi-shm (both)"
   timeout 900 mpirun --allow-run-as-root --oversubscribe --mca oob_tcp_if_include lo -np "$NP" \
