@@ -1,5 +1,23 @@
-//! C ABI of mixccl: `libmixccl.so` / `libmixccl.a` exporting the `nccl*` functions
-//! declared in `include/nccl.h`. This crate is a building stub until the C ABI issue
-//! fills it; it links the Rust crate so the workspace layout is final.
+//! C ABI of mixccl: `libmixccl.so` / `libmixccl.a` exporting the functions that
+//! `include/nccl.h` (as `nccl*` and `pnccl*`) and `include/mixccl.h` declare.
+//!
+//! Data flows one way: an export in `api` (or `ext`) catches panics and turns the
+//! result into an `ncclResult_t` (`status`); it validates its integer and pointer
+//! arguments into Rust values (`cast` is the only place raw pointers become
+//! references or slices); collectives become a [`coll::CollCall`], run at once or
+//! recorded by `group` until the outermost `ncclGroupEnd`; both end in the
+//! `mixccl::Communicator` that `comm::Shared` owns.
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
-pub use mixccl;
+mod api;
+mod cast;
+mod coll;
+mod comm;
+mod env;
+mod ext;
+mod group;
+mod memory;
+mod redop;
+mod status;

@@ -1,0 +1,493 @@
+//! The exported `nccl*` functions, one per declaration of `include/nccl.h`, in its
+//! order. [`nccl_api!`] defines each once and exports it twice: as `ncclX` and as the
+//! profiling alias `pncclX` (NCCL's PMPI-style names), both calling the same body.
+//!
+//! Every body runs inside `status::guard` (no panic crosses the boundary; a failure
+//! becomes its `ncclResult_t` and this thread's last error). Enum parameters arrive as
+//! `c_int` and are validated, since an out-of-range value in a Rust enum would be
+//! undefined behaviour.
+#![allow(non_snake_case)]
+
+use crate::cast::{self, CommPtr, NcclConfig, NcclUniqueId};
+use crate::coll::{dtype_of, Args, CollCall, Kind, P2p};
+use crate::comm;
+use crate::group::{self, Pending};
+use crate::memory;
+use crate::redop::Scalar;
+use crate::status::{error_string, guard, guard_value, last_error, Failure};
+use std::ffi::{c_char, c_int, c_void};
+
+/// `NCCL_VERSION_CODE` of `include/nccl.h`.
+const VERSION_CODE: c_int = 22105;
+
+/// `cudaStream_t`: never dereferenced (every call completes before it returns).
+type Stream = *mut c_void;
+
+/// Defines each function once, exported as `$name` and as `p$name`.
+macro_rules! nccl_api {
+    ($(
+        $(#[doc = $doc:literal])*
+        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block
+    )*) => {
+        $(
+            $(#[doc = $doc])*
+            ///
+            /// # Safety
+            /// Pointer arguments follow `include/nccl.h`: NULL where it allows NULL,
+            /// otherwise valid for the sizes the other arguments give, until the call
+            /// (or the group holding it) returns.
+            #[no_mangle]
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret $body
+        )*
+
+        /// The `pnccl*` profiling aliases: same functions, names prefixed with `p`.
+        pub mod profiling {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[doc = concat!(
+                    "`p", stringify!($name), "`: alias of [`", stringify!($name),
+                    "`](super::", stringify!($name), ")."
+                )]
+                ///
+                /// # Safety
+                /// As for the function it aliases.
+                #[export_name = concat!("p", stringify!($name))]
+                #[allow(clippy::too_many_arguments)]
+                pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+                    // SAFETY: same contract as the function this aliases.
+                    unsafe { super::$name($($arg),*) }
+                }
+            )*
+        }
+    };
+}
+
+/// A collective: validated now, then run or recorded for the group.
+fn collective(what: &str, kind: Kind, comm: CommPtr, a: Args) -> c_int {
+    guard(what, || {
+        group::submit(|| {
+            let c = cast::comm(comm)?;
+            let call = CollCall::new(kind, &c, a)?;
+            Ok((c, Pending::Coll(call)))
+        })
+    })
+}
+
+/// A send (`send`) or receive: validated now, then run or recorded for the group.
+fn p2p(
+    what: &str,
+    send: bool,
+    buf: *const c_void,
+    count: usize,
+    dtype: c_int,
+    peer: c_int,
+    comm: CommPtr,
+) -> c_int {
+    guard(what, || {
+        group::submit(|| {
+            let c = cast::comm(comm)?;
+            let t = P2p::new(send, &c, buf, count, dtype, peer)?;
+            Ok((c, Pending::P2p(t)))
+        })
+    })
+}
+
+fn init_rank_config(
+    what: &str,
+    out: *mut CommPtr,
+    nranks: c_int,
+    id: NcclUniqueId,
+    rank: c_int,
+    config: *const NcclConfig,
+) -> c_int {
+    guard(what, || {
+        cast::write(out, "comm", std::ptr::null_mut())?;
+        // blocking = 0 (non-blocking) is accepted: calls still complete before returning.
+        cast::read_config(config)?;
+        let shared = comm::init_rank(nranks, &id.bytes(), rank)?;
+        cast::write(out, "comm", cast::new_handle(shared))
+    })
+}
+
+nccl_api! {
+    /// Allocates 64-byte-aligned host memory.
+    fn ncclMemAlloc(ptr: *mut *mut c_void, size: usize) -> c_int {
+        guard("ncclMemAlloc", || {
+            cast::write(ptr, "ptr", std::ptr::null_mut())?;
+            cast::write(ptr, "ptr", memory::alloc(size)?)
+        })
+    }
+
+    /// Frees memory from ncclMemAlloc (NULL is a no-op).
+    fn ncclMemFree(ptr: *mut c_void) -> c_int {
+        guard("ncclMemFree", || {
+            // SAFETY: nccl.h: ptr is NULL or came from ncclMemAlloc.
+            unsafe { memory::free(ptr) };
+            Ok(())
+        })
+    }
+
+    /// Stores NCCL_VERSION_CODE.
+    fn ncclGetVersion(version: *mut c_int) -> c_int {
+        guard("ncclGetVersion", || cast::write(version, "version", VERSION_CODE))
+    }
+
+    /// Starts a rendezvous root in this process and describes it.
+    fn ncclGetUniqueId(unique_id: *mut NcclUniqueId) -> c_int {
+        guard("ncclGetUniqueId", || {
+            if unique_id.is_null() {
+                return Err(Failure::invalid("uniqueId is NULL"));
+            }
+            let id = comm::new_unique_id()?;
+            cast::write(unique_id, "uniqueId", NcclUniqueId::from_bytes(id.as_bytes()))
+        })
+    }
+
+    /// Joins a communicator with a configuration (NULL: defaults).
+    fn ncclCommInitRankConfig(
+        comm: *mut CommPtr,
+        nranks: c_int,
+        comm_id: NcclUniqueId,
+        rank: c_int,
+        config: *mut NcclConfig,
+    ) -> c_int {
+        init_rank_config("ncclCommInitRankConfig", comm, nranks, comm_id, rank, config)
+    }
+
+    /// Joins a communicator.
+    fn ncclCommInitRank(
+        comm: *mut CommPtr,
+        nranks: c_int,
+        comm_id: NcclUniqueId,
+        rank: c_int,
+    ) -> c_int {
+        init_rank_config("ncclCommInitRank", comm, nranks, comm_id, rank, std::ptr::null())
+    }
+
+    /// `ndev` ranks in this process, joined in memory.
+    fn ncclCommInitAll(comm: *mut CommPtr, ndev: c_int, devlist: *const c_int) -> c_int {
+        guard("ncclCommInitAll", || {
+            if comm.is_null() {
+                return Err(Failure::invalid("comm is NULL"));
+            }
+            let n = usize::try_from(ndev)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| Failure::invalid(format!("ndev = {ndev}: must be at least 1")))?;
+            let devices = cast::read_array(devlist, n).unwrap_or_else(|| (0..ndev).collect());
+            let comms = comm::init_all(&devices)?;
+            cast::write_array(comm, "comm", comms.into_iter().map(cast::new_handle).collect())
+        })
+    }
+
+    /// Marks the communicator finalized (all its calls have completed already).
+    fn ncclCommFinalize(comm: CommPtr) -> c_int {
+        guard("ncclCommFinalize", || {
+            cast::comm(comm)?.finalize();
+            Ok(())
+        })
+    }
+
+    /// Frees the communicator (NULL is a no-op).
+    fn ncclCommDestroy(comm: CommPtr) -> c_int {
+        guard("ncclCommDestroy", || cast::take_handle(comm).map(drop))
+    }
+
+    /// Stops calls in flight on other threads and frees the communicator.
+    fn ncclCommAbort(comm: CommPtr) -> c_int {
+        guard("ncclCommAbort", || {
+            if let Some(shared) = cast::take_handle(comm)? {
+                shared.abort();
+            }
+            Ok(())
+        })
+    }
+
+    /// Splits the communicator by color, ordered by key.
+    fn ncclCommSplit(
+        comm: CommPtr,
+        color: c_int,
+        key: c_int,
+        newcomm: *mut CommPtr,
+        config: *mut NcclConfig,
+    ) -> c_int {
+        guard("ncclCommSplit", || {
+            cast::write(newcomm, "newcomm", std::ptr::null_mut())?;
+            cast::read_config(config)?;
+            let child = cast::comm(comm)?.split(color, key)?;
+            cast::write(newcomm, "newcomm", child.map_or(std::ptr::null_mut(), cast::new_handle))
+        })
+    }
+
+    /// A static string for each result code.
+    fn ncclGetErrorString(result: c_int) -> *const c_char {
+        error_string(result).as_ptr()
+    }
+
+    /// This thread's last error, else the error that stopped `comm`, else "".
+    fn ncclGetLastError(comm: CommPtr) -> *const c_char {
+        guard_value(c"".as_ptr(), || {
+            last_error()
+                .or_else(|| cast::comm(comm).ok().and_then(|c| c.stopped_message()))
+                .unwrap_or(c"".as_ptr())
+        })
+    }
+
+    /// ncclSuccess, or the code of the error that stopped the communicator.
+    fn ncclCommGetAsyncError(comm: CommPtr, async_error: *mut c_int) -> c_int {
+        guard("ncclCommGetAsyncError", || {
+            let code = cast::comm(comm)?.async_code();
+            cast::write(async_error, "asyncError", code)
+        })
+    }
+
+    /// Number of ranks.
+    fn ncclCommCount(comm: CommPtr, count: *mut c_int) -> c_int {
+        guard("ncclCommCount", || {
+            let n = cast::comm(comm)?.nranks;
+            cast::write(count, "count", n as c_int)
+        })
+    }
+
+    /// The device index given at init (0 for ncclCommInitRank).
+    fn ncclCommCuDevice(comm: CommPtr, device: *mut c_int) -> c_int {
+        guard("ncclCommCuDevice", || {
+            let d = cast::comm(comm)?.device;
+            cast::write(device, "device", d)
+        })
+    }
+
+    /// This rank.
+    fn ncclCommUserRank(comm: CommPtr, rank: *mut c_int) -> c_int {
+        guard("ncclCommUserRank", || {
+            let r = cast::comm(comm)?.rank;
+            cast::write(rank, "rank", r as c_int)
+        })
+    }
+
+    /// Accepted for compatibility: host buffers need no registration.
+    fn ncclCommRegister(
+        comm: CommPtr,
+        buff: *mut c_void,
+        size: usize,
+        handle: *mut *mut c_void,
+    ) -> c_int {
+        guard("ncclCommRegister", || {
+            let _ = size;
+            cast::comm(comm)?;
+            cast::write(handle, "handle", memory::register_handle(buff))
+        })
+    }
+
+    /// Accepted for compatibility.
+    fn ncclCommDeregister(comm: CommPtr, handle: *mut c_void) -> c_int {
+        guard("ncclCommDeregister", || {
+            cast::comm(comm)?;
+            if handle.is_null() {
+                return Err(Failure::invalid("handle is NULL"));
+            }
+            Ok(())
+        })
+    }
+
+    /// An op that multiplies each input by the scalar, then sums.
+    fn ncclRedOpCreatePreMulSum(
+        op: *mut c_int,
+        scalar: *mut c_void,
+        datatype: c_int,
+        residence: c_int,
+        comm: CommPtr,
+    ) -> c_int {
+        guard("ncclRedOpCreatePreMulSum", || {
+            let c = cast::comm(comm)?;
+            let dtype = dtype_of(datatype)?;
+            if op.is_null() {
+                return Err(Failure::invalid("op is NULL"));
+            }
+            let scalar = match residence {
+                // ncclScalarDevice: read while each call runs.
+                0 if !scalar.is_null() => Scalar::At(scalar as usize),
+                // ncclScalarHostImmediate: read now.
+                1 => Scalar::Value(cast::read_bytes::<8>(scalar, dtype.size())?),
+                0 => return Err(Failure::invalid("scalar is NULL")),
+                r => {
+                    return Err(Failure::invalid(format!(
+                        "residence {r} is not an ncclScalarResidence_t (0 or 1)"
+                    )))
+                }
+            };
+            let id = c
+                .ops
+                .lock()
+                .map_err(|_| Failure::internal("op table poisoned"))?
+                .create(dtype, scalar)?;
+            cast::write(op, "op", id)
+        })
+    }
+
+    /// Destroys an op from ncclRedOpCreatePreMulSum.
+    fn ncclRedOpDestroy(op: c_int, comm: CommPtr) -> c_int {
+        guard("ncclRedOpDestroy", || {
+            cast::comm(comm)?
+                .ops
+                .lock()
+                .map_err(|_| Failure::internal("op table poisoned"))?
+                .destroy(op)
+        })
+    }
+
+    /// Reduces to `root`.
+    fn ncclReduce(
+        sendbuff: *const c_void,
+        recvbuff: *mut c_void,
+        count: usize,
+        datatype: c_int,
+        op: c_int,
+        root: c_int,
+        comm: CommPtr,
+        stream: Stream,
+    ) -> c_int {
+        let _ = stream;
+        let a = Args { send: sendbuff, recv: recvbuff, count, dtype: datatype, op, root };
+        collective("ncclReduce", Kind::Reduce, comm, a)
+    }
+
+    /// In-place broadcast (deprecated in NCCL).
+    fn ncclBcast(
+        buff: *mut c_void,
+        count: usize,
+        datatype: c_int,
+        root: c_int,
+        comm: CommPtr,
+        stream: Stream,
+    ) -> c_int {
+        let _ = stream;
+        let a = Args { send: buff, recv: buff, count, dtype: datatype, op: 0, root };
+        collective("ncclBcast", Kind::Broadcast, comm, a)
+    }
+
+    /// Broadcasts from `root`.
+    fn ncclBroadcast(
+        sendbuff: *const c_void,
+        recvbuff: *mut c_void,
+        count: usize,
+        datatype: c_int,
+        root: c_int,
+        comm: CommPtr,
+        stream: Stream,
+    ) -> c_int {
+        let _ = stream;
+        let a = Args { send: sendbuff, recv: recvbuff, count, dtype: datatype, op: 0, root };
+        collective("ncclBroadcast", Kind::Broadcast, comm, a)
+    }
+
+    /// Reduces across all ranks.
+    fn ncclAllReduce(
+        sendbuff: *const c_void,
+        recvbuff: *mut c_void,
+        count: usize,
+        datatype: c_int,
+        op: c_int,
+        comm: CommPtr,
+        stream: Stream,
+    ) -> c_int {
+        let _ = stream;
+        let a = Args { send: sendbuff, recv: recvbuff, count, dtype: datatype, op, root: 0 };
+        collective("ncclAllReduce", Kind::AllReduce, comm, a)
+    }
+
+    /// Reduces, leaving block `rank` of the result here.
+    fn ncclReduceScatter(
+        sendbuff: *const c_void,
+        recvbuff: *mut c_void,
+        recvcount: usize,
+        datatype: c_int,
+        op: c_int,
+        comm: CommPtr,
+        stream: Stream,
+    ) -> c_int {
+        let _ = stream;
+        let a = Args {
+            send: sendbuff,
+            recv: recvbuff,
+            count: recvcount,
+            dtype: datatype,
+            op,
+            root: 0,
+        };
+        collective("ncclReduceScatter", Kind::ReduceScatter, comm, a)
+    }
+
+    /// Gathers every rank's block in rank order.
+    fn ncclAllGather(
+        sendbuff: *const c_void,
+        recvbuff: *mut c_void,
+        sendcount: usize,
+        datatype: c_int,
+        comm: CommPtr,
+        stream: Stream,
+    ) -> c_int {
+        let _ = stream;
+        let a = Args {
+            send: sendbuff,
+            recv: recvbuff,
+            count: sendcount,
+            dtype: datatype,
+            op: 0,
+            root: 0,
+        };
+        collective("ncclAllGather", Kind::AllGather, comm, a)
+    }
+
+    /// Block j of sendbuff goes to rank j.
+    fn ncclAlltoAll(
+        sendbuff: *const c_void,
+        recvbuff: *mut c_void,
+        count: usize,
+        datatype: c_int,
+        comm: CommPtr,
+        stream: Stream,
+    ) -> c_int {
+        let _ = stream;
+        let a = Args { send: sendbuff, recv: recvbuff, count, dtype: datatype, op: 0, root: 0 };
+        collective("ncclAlltoAll", Kind::AllToAll, comm, a)
+    }
+
+    /// Sends `count` elements to `peer`.
+    fn ncclSend(
+        sendbuff: *const c_void,
+        count: usize,
+        datatype: c_int,
+        peer: c_int,
+        comm: CommPtr,
+        stream: Stream,
+    ) -> c_int {
+        let _ = stream;
+        p2p("ncclSend", true, sendbuff, count, datatype, peer, comm)
+    }
+
+    /// Receives `count` elements from `peer`.
+    fn ncclRecv(
+        recvbuff: *mut c_void,
+        count: usize,
+        datatype: c_int,
+        peer: c_int,
+        comm: CommPtr,
+        stream: Stream,
+    ) -> c_int {
+        let _ = stream;
+        p2p("ncclRecv", false, recvbuff, count, datatype, peer, comm)
+    }
+
+    /// Opens a group (groups nest).
+    fn ncclGroupStart() -> c_int {
+        guard("ncclGroupStart", group::start)
+    }
+
+    /// Closes a group; the outermost runs what was recorded.
+    fn ncclGroupEnd() -> c_int {
+        guard("ncclGroupEnd", group::end)
+    }
+}

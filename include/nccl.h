@@ -1,0 +1,336 @@
+/*
+ * nccl.h -- mixccl's rendering of the NCCL C API, implemented by libmixccl.so.
+ *
+ * Written by hand as the contract of the library: same names, enum values, types and
+ * signatures as NVIDIA's nccl.h of the version below, so a program or framework
+ * written against NCCL builds and runs unchanged. Every function is also exported
+ * with a `p` prefix (pncclAllReduce, ...), as NCCL does for profilers.
+ *
+ * What differs from NCCL (host buffers; see README.md, "C ABI"):
+ *  - Buffers are host memory. Every call completes before it returns, whatever the
+ *    stream argument (the stream is never touched and may be NULL).
+ *  - ncclResult_t has ncclTimeout = 8 (as current upstream nccl.h). mixccl returns
+ *    ncclTimeout when a peer stays silent past MIXCCL_TIMEOUT, ncclRemoteError when a
+ *    peer is lost (connection closed or reset), ncclInvalidUsage for mismatched calls
+ *    and for a communicator the application aborted, ncclInvalidArgument for bad
+ *    arguments (ncclGetLastError says which), ncclSystemError for failed system calls
+ *    and bootstrap failures, ncclInternalError for bugs. Calls never return
+ *    ncclInProgress: a config with blocking = 0 is accepted and runs blocking.
+ *  - ncclSend/ncclRecv and collectives between ncclGroupStart and ncclGroupEnd run at
+ *    the outermost ncclGroupEnd: per communicator, the collectives first in call
+ *    order, then all sends and receives together (so any pattern completes). Buffers
+ *    must stay valid until ncclGroupEnd returns. A group that spans several
+ *    communicators runs each communicator on its own thread, so one thread can drive
+ *    all ranks of ncclCommInitAll.
+ *  - Outside a group a call blocks until its peers take part: the ranks of
+ *    ncclCommInitAll need a thread each (or one group for all of them).
+ *    ncclCommInitRank and ncclCommSplit run at once even inside a group, so one
+ *    thread cannot initialise several ranks that way: use ncclCommInitAll.
+ *  - ncclCommCuDevice reports the device given at init: devlist[i] (or i) for
+ *    ncclCommInitAll, the parent's for ncclCommSplit, 0 for ncclCommInitRank.
+ *  - ncclMemAlloc is 64-byte aligned host memory; ncclCommRegister is a no-op.
+ *  - ncclRedOpCreatePreMulSum: the collective scales a copy of its input by the
+ *    scalar, then sums (one extra pass and one temporary buffer per call).
+ *
+ * Include cuda_runtime.h (if at all) before this header: cudaStream_t is declared
+ * here as an opaque pointer unless a CUDA header already did.
+ */
+#ifndef NCCL_H_
+#define NCCL_H_
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define NCCL_MAJOR 2
+#define NCCL_MINOR 21
+#define NCCL_PATCH 5
+#define NCCL_SUFFIX ""
+
+#define NCCL_VERSION_CODE 22105
+#define NCCL_VERSION(X, Y, Z) \
+  (((X) <= 2 && (Y) <= 8) ? (X) * 1000 + (Y) * 100 + (Z) : (X) * 10000 + (Y) * 100 + (Z))
+
+/* Defined by mixccl's nccl.h only, so code can tell the two apart. */
+#define NCCL_MIXCCL 1
+
+#if !defined(CUDART_VERSION) && !defined(__CUDA_RUNTIME_H__) && !defined(__DRIVER_TYPES_H__)
+typedef struct CUstream_st* cudaStream_t;
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Opaque handle to a communicator. */
+typedef struct ncclComm* ncclComm_t;
+#define NCCL_COMM_NULL NULL
+
+#define NCCL_UNIQUE_ID_BYTES 128
+typedef struct {
+  char internal[NCCL_UNIQUE_ID_BYTES];
+} ncclUniqueId;
+
+/* Error type. */
+typedef enum {
+  ncclSuccess = 0,
+  ncclUnhandledCudaError = 1,
+  ncclSystemError = 2,
+  ncclInternalError = 3,
+  ncclInvalidArgument = 4,
+  ncclInvalidUsage = 5,
+  ncclRemoteError = 6,
+  ncclInProgress = 7,
+  ncclTimeout = 8,
+  ncclNumResults = 9
+} ncclResult_t;
+
+#define NCCL_CONFIG_UNDEF_INT INT_MIN
+#define NCCL_CONFIG_UNDEF_PTR NULL
+#define NCCL_SPLIT_NOCOLOR -1
+
+/* Communicator configuration (layout of NCCL 2.21). mixccl checks size, magic and
+ * blocking (0, 1 or undefined) and ignores the other fields. */
+typedef struct ncclConfig_v21700 {
+  /* attributes that users should never touch. */
+  size_t size;
+  unsigned int magic;
+  unsigned int version;
+  /* attributes that users are able to customize. */
+  int blocking;
+  int cgaClusterSize;
+  int minCTAs;
+  int maxCTAs;
+  const char* netName;
+  int splitShare;
+} ncclConfig_t;
+
+/* Every ncclConfig_t must start from this initializer. */
+#define NCCL_CONFIG_INITIALIZER {                     \
+  sizeof(ncclConfig_t),         /* size */           \
+  0xcafebeef,                   /* magic */          \
+  NCCL_VERSION_CODE,            /* version */        \
+  NCCL_CONFIG_UNDEF_INT,        /* blocking */       \
+  NCCL_CONFIG_UNDEF_INT,        /* cgaClusterSize */ \
+  NCCL_CONFIG_UNDEF_INT,        /* minCTAs */        \
+  NCCL_CONFIG_UNDEF_INT,        /* maxCTAs */        \
+  NCCL_CONFIG_UNDEF_PTR,        /* netName */        \
+  NCCL_CONFIG_UNDEF_INT         /* splitShare */     \
+}
+
+/* Host memory, 64-byte aligned; free with ncclMemFree. */
+ncclResult_t  ncclMemAlloc(void** ptr, size_t size);
+ncclResult_t pncclMemAlloc(void** ptr, size_t size);
+
+ncclResult_t  ncclMemFree(void* ptr);
+ncclResult_t pncclMemFree(void* ptr);
+
+/* Stores NCCL_VERSION_CODE of this library in *version. */
+ncclResult_t  ncclGetVersion(int* version);
+ncclResult_t pncclGetVersion(int* version);
+
+/* Starts the rendezvous for a new communicator in this process and describes it in
+ * *uniqueId (root address and a secret token). Call it once, on one rank, and share
+ * the 128 bytes with every rank (MPI_Bcast, a file, ...). The interface is
+ * MIXCCL_SOCKET_IFNAME, else NCCL_SOCKET_IFNAME, else the first non-loopback one. */
+ncclResult_t  ncclGetUniqueId(ncclUniqueId* uniqueId);
+ncclResult_t pncclGetUniqueId(ncclUniqueId* uniqueId);
+
+/* Joins communicator commId as rank of nranks; returns once every rank has joined
+ * (or fails with ncclTimeout naming the missing ranks in ncclGetLastError). config may
+ * be NULL. */
+ncclResult_t  ncclCommInitRankConfig(ncclComm_t* comm, int nranks, ncclUniqueId commId, int rank, ncclConfig_t* config);
+ncclResult_t pncclCommInitRankConfig(ncclComm_t* comm, int nranks, ncclUniqueId commId, int rank, ncclConfig_t* config);
+
+ncclResult_t  ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId commId, int rank);
+ncclResult_t pncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId commId, int rank);
+
+/* ndev ranks in this process, joined in memory; comm[i] is rank i. devlist may be NULL.
+ * Drive each rank from its own thread, or issue all ranks' calls in one group. */
+ncclResult_t  ncclCommInitAll(ncclComm_t* comm, int ndev, const int* devlist);
+ncclResult_t pncclCommInitAll(ncclComm_t* comm, int ndev, const int* devlist);
+
+/* Every call has completed when it returns, so finalize only marks the communicator:
+ * later calls other than destroy fail with ncclInvalidUsage. */
+ncclResult_t  ncclCommFinalize(ncclComm_t comm);
+ncclResult_t pncclCommFinalize(ncclComm_t comm);
+
+/* Frees the communicator (NULL is a no-op). A handle used after destroy or abort is
+ * reported as ncclInvalidUsage, unless a newer communicator took over its address. */
+ncclResult_t  ncclCommDestroy(ncclComm_t comm);
+ncclResult_t pncclCommDestroy(ncclComm_t comm);
+
+/* Stops the communicator's calls in flight on other threads (they return
+ * ncclInvalidUsage within about 100 ms) and frees it (NULL is a no-op). */
+ncclResult_t  ncclCommAbort(ncclComm_t comm);
+ncclResult_t pncclCommAbort(ncclComm_t comm);
+
+/* Ranks with the same color form a new communicator, ordered by key then by rank;
+ * NCCL_SPLIT_NOCOLOR sets *newcomm to NULL. Every rank must call it. config may be
+ * NULL (inherit). */
+ncclResult_t  ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm, ncclConfig_t* config);
+ncclResult_t pncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm, ncclConfig_t* config);
+
+/* A static string for each result code. */
+const char*  ncclGetErrorString(ncclResult_t result);
+const char* pncclGetErrorString(ncclResult_t result);
+
+/* The message of the last error on the calling thread; if it has none, the error that
+ * stopped comm (if any); else "". Valid until the thread's next error. */
+const char*  ncclGetLastError(ncclComm_t comm);
+const char* pncclGetLastError(ncclComm_t comm);
+
+/* ncclSuccess, or the code of the error that stopped the communicator. Never blocks. */
+ncclResult_t  ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyncError);
+ncclResult_t pncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyncError);
+
+ncclResult_t  ncclCommCount(const ncclComm_t comm, int* count);
+ncclResult_t pncclCommCount(const ncclComm_t comm, int* count);
+
+ncclResult_t  ncclCommCuDevice(const ncclComm_t comm, int* device);
+ncclResult_t pncclCommCuDevice(const ncclComm_t comm, int* device);
+
+ncclResult_t  ncclCommUserRank(const ncclComm_t comm, int* rank);
+ncclResult_t pncclCommUserRank(const ncclComm_t comm, int* rank);
+
+/* Accepted for compatibility; host buffers need no registration. */
+ncclResult_t  ncclCommRegister(const ncclComm_t comm, void* buff, size_t size, void** handle);
+ncclResult_t pncclCommRegister(const ncclComm_t comm, void* buff, size_t size, void** handle);
+
+ncclResult_t  ncclCommDeregister(const ncclComm_t comm, void* handle);
+ncclResult_t pncclCommDeregister(const ncclComm_t comm, void* handle);
+
+/* Reduction operation selector. */
+typedef enum { ncclNumOps_dummy = 5 } ncclRedOp_dummy_t;
+typedef enum {
+  ncclSum = 0,
+  ncclProd = 1,
+  ncclMax = 2,
+  ncclMin = 3,
+  ncclAvg = 4,
+  /* The number of built-in ops, and the least value of an op from ncclRedOpCreate*. */
+  ncclNumOps = 5,
+  /* The largest valid value for ncclRedOp_t. */
+  ncclMaxRedOp = 0x7fffffff >> (32 - 8 * sizeof(ncclRedOp_dummy_t))
+} ncclRedOp_t;
+
+/* Data types. */
+typedef enum {
+  ncclInt8 = 0,
+  ncclChar = 0,
+  ncclUint8 = 1,
+  ncclInt32 = 2,
+  ncclInt = 2,
+  ncclUint32 = 3,
+  ncclInt64 = 4,
+  ncclUint64 = 5,
+  ncclFloat16 = 6,
+  ncclHalf = 6,
+  ncclFloat32 = 7,
+  ncclFloat = 7,
+  ncclFloat64 = 8,
+  ncclDouble = 8,
+  ncclBfloat16 = 9,
+  ncclNumTypes = 10
+} ncclDataType_t;
+
+/* Where the scalar of ncclRedOpCreatePreMulSum lives. */
+typedef enum {
+  /* Read while each collective runs (any host memory that stays valid). */
+  ncclScalarDevice = 0,
+  /* Read once, before ncclRedOpCreatePreMulSum returns. */
+  ncclScalarHostImmediate = 1
+} ncclScalarResidence_t;
+
+/* An op that multiplies each input by *scalar (of type datatype), then sums. Valid for
+ * comm and datatype only; free with ncclRedOpDestroy. */
+ncclResult_t  ncclRedOpCreatePreMulSum(ncclRedOp_t* op, void* scalar, ncclDataType_t datatype, ncclScalarResidence_t residence, ncclComm_t comm);
+ncclResult_t pncclRedOpCreatePreMulSum(ncclRedOp_t* op, void* scalar, ncclDataType_t datatype, ncclScalarResidence_t residence, ncclComm_t comm);
+
+ncclResult_t  ncclRedOpDestroy(ncclRedOp_t op, ncclComm_t comm);
+ncclResult_t pncclRedOpDestroy(ncclRedOp_t op, ncclComm_t comm);
+
+/*
+ * Collectives. Each rank of the communicator calls the same ones in the same order.
+ * Out-of-range datatype, op, root or peer values, NULL buffers with count > 0 and
+ * partially overlapping buffers return ncclInvalidArgument before any data moves; the
+ * communicator stays usable.
+ */
+
+/* recvbuff may be NULL except on root. In place if sendbuff == recvbuff. */
+ncclResult_t  ncclReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
+    ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream);
+ncclResult_t pncclReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
+    ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream);
+
+/* (deprecated) In-place broadcast. */
+ncclResult_t  ncclBcast(void* buff, size_t count, ncclDataType_t datatype, int root,
+    ncclComm_t comm, cudaStream_t stream);
+ncclResult_t pncclBcast(void* buff, size_t count, ncclDataType_t datatype, int root,
+    ncclComm_t comm, cudaStream_t stream);
+
+/* sendbuff is read on root only. In place if sendbuff == recvbuff. */
+ncclResult_t  ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, int root,
+    ncclComm_t comm, cudaStream_t stream);
+ncclResult_t pncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, int root,
+    ncclComm_t comm, cudaStream_t stream);
+
+/* In place if sendbuff == recvbuff. */
+ncclResult_t  ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count,
+    ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream);
+ncclResult_t pncclAllReduce(const void* sendbuff, void* recvbuff, size_t count,
+    ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream);
+
+/* sendbuff holds nranks*recvcount elements. In place if
+ * recvbuff == sendbuff + rank*recvcount elements. */
+ncclResult_t  ncclReduceScatter(const void* sendbuff, void* recvbuff,
+    size_t recvcount, ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm,
+    cudaStream_t stream);
+ncclResult_t pncclReduceScatter(const void* sendbuff, void* recvbuff,
+    size_t recvcount, ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm,
+    cudaStream_t stream);
+
+/* recvbuff holds nranks*sendcount elements. In place if
+ * sendbuff == recvbuff + rank*sendcount elements. */
+ncclResult_t  ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount,
+    ncclDataType_t datatype, ncclComm_t comm, cudaStream_t stream);
+ncclResult_t pncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount,
+    ncclDataType_t datatype, ncclComm_t comm, cudaStream_t stream);
+
+/* Block j (count elements) of sendbuff goes to rank j; block i of recvbuff comes from
+ * rank i. In place if sendbuff == recvbuff. */
+ncclResult_t  ncclAlltoAll(const void* sendbuff, void* recvbuff, size_t count,
+    ncclDataType_t datatype, ncclComm_t comm, cudaStream_t stream);
+ncclResult_t pncclAlltoAll(const void* sendbuff, void* recvbuff, size_t count,
+    ncclDataType_t datatype, ncclComm_t comm, cudaStream_t stream);
+
+/*
+ * Point-to-point. Outside a group each call blocks until the peer takes part; between
+ * ncclGroupStart and ncclGroupEnd they all run together at ncclGroupEnd.
+ */
+ncclResult_t  ncclSend(const void* sendbuff, size_t count, ncclDataType_t datatype, int peer,
+    ncclComm_t comm, cudaStream_t stream);
+ncclResult_t pncclSend(const void* sendbuff, size_t count, ncclDataType_t datatype, int peer,
+    ncclComm_t comm, cudaStream_t stream);
+
+ncclResult_t  ncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, int peer,
+    ncclComm_t comm, cudaStream_t stream);
+ncclResult_t pncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, int peer,
+    ncclComm_t comm, cudaStream_t stream);
+
+/*
+ * Groups nest (per thread); the outermost ncclGroupEnd runs what was recorded and
+ * returns its first error. If a call inside the group failed, ncclGroupEnd runs
+ * nothing and returns that call's error.
+ */
+ncclResult_t  ncclGroupStart(void);
+ncclResult_t pncclGroupStart(void);
+
+ncclResult_t  ncclGroupEnd(void);
+ncclResult_t pncclGroupEnd(void);
+
+#ifdef __cplusplus
+} /* end extern "C" */
+#endif
+
+#endif /* NCCL_H_ */
