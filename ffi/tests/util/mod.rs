@@ -22,18 +22,32 @@ pub fn repo() -> PathBuf {
 }
 
 /// The directory with the libmixccl.so and libmixccl.a of this build profile: the
-/// test executable lives in `<target>/<profile>/deps/`.
+/// test executable lives in `<target>/<profile>/deps/`. A test build (`cargo test`,
+/// `cargo nextest run`) does not always produce the cdylib and staticlib there, so
+/// this asks cargo to build them first (a no-op when they are fresh; cargo's lock
+/// serialises concurrent test processes, so none sees a half-written library).
 pub fn profile_dir() -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test executable in <target>/<profile>/deps")
         .to_path_buf();
+    BUILT.get_or_init(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "mixccl-ffi", "--lib"])
+            .current_dir(repo());
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build -p mixccl-ffi");
+        assert!(status.success(), "cargo build -p mixccl-ffi failed");
+    });
     for lib in ["libmixccl.so", "libmixccl.a"] {
         assert!(
             dir.join(lib).is_file(),
-            "{} not found next to the test executable; build it with cargo test -p mixccl-ffi",
+            "{} not found after cargo build -p mixccl-ffi",
             dir.join(lib).display()
         );
     }
