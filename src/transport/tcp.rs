@@ -293,8 +293,8 @@ fn remaining(deadline: Instant) -> Duration {
         .max(Duration::from_millis(1))
 }
 
-/// Connects to `addr`, retrying refused connections (the listener may not be up yet)
-/// until `deadline`.
+/// Connects to `addr`, retrying refused or reset connections (the listener may not be
+/// up yet, or its backlog may be full) until `deadline`.
 pub(crate) fn connect_retry(addr: SocketAddr, deadline: Instant) -> Result<TcpStream> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
@@ -313,6 +313,8 @@ pub(crate) fn connect_retry(addr: SocketAddr, deadline: Instant) -> Result<TcpSt
                 if matches!(
                     e.kind(),
                     io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::WouldBlock
                         | io::ErrorKind::Interrupted
