@@ -146,6 +146,9 @@ fn dependencies(ops: &[Op]) -> (Vec<u32>, Vec<Vec<u32>>) {
     (waits, dependents)
 }
 
+/// Bytes per step of an out-of-place receive-and-reduce.
+const REDUCE_BLOCK: usize = 16 << 10;
+
 /// `dst = acc op incoming` for one piece of a receive-and-reduce.
 fn reduce_into(
     bufs: &mut Buffers<'_, '_>,
@@ -154,11 +157,18 @@ fn reduce_into(
     dst: Region,
     incoming: &[u8],
 ) {
-    if acc != dst {
-        let (a, d) = bufs.pair(acc, dst);
-        d.copy_from_slice(a);
+    if acc == dst {
+        reduce::reduce_bytes(cx.dtype, cx.op, bufs.get_mut(dst), incoming);
+        return;
     }
-    reduce::reduce_bytes(cx.dtype, cx.op, bufs.get_mut(dst), incoming);
+    // Copy `acc` and reduce into `dst` a block at a time, so the block stays in L1
+    // between the two passes.
+    let (a, d) = bufs.pair(acc, dst);
+    let block = REDUCE_BLOCK - REDUCE_BLOCK % cx.dtype.size();
+    for ((a, d), x) in a.chunks(block).zip(d.chunks_mut(block)).zip(incoming.chunks(block)) {
+        d.copy_from_slice(a);
+        reduce::reduce_bytes(cx.dtype, cx.op, d, x);
+    }
 }
 
 /// Runs `schedule` to completion.

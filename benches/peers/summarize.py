@@ -28,12 +28,15 @@ def parse(path):
             size = int(f[0])
         except ValueError:
             continue
-        if len(f) >= 13:  # mixccl-perf: size count type redop root t a b w t a b w
-            out[coll + " oop"][size] = (float(f[5]), float(f[7]))
-            if f[9] != "N/A":
-                out[coll + " ip"][size] = (float(f[9]), float(f[11]))
-        elif len(f) >= 6:
-            out[coll][size] = (float(f[2]), float(f[4]))
+        try:
+            if len(f) >= 13:  # mixccl-perf: size count type redop root t a b w t a b w
+                out[coll + " oop"][size] = (float(f[5]), float(f[7]))
+                if f[9] != "N/A":
+                    out[coll + " ip"][size] = (float(f[9]), float(f[11]))
+            elif len(f) >= 6:
+                out[coll][size] = (float(f[2]), float(f[4]))
+        except ValueError:
+            continue  # a launcher's message, not a row
     return out
 
 def main(d):
