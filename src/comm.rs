@@ -4,7 +4,7 @@
 
 use crate::algo::{self, Call};
 use crate::bootstrap::{self, launcher::Rendezvous, root, LaunchEnv};
-use crate::config::{Collective, Config};
+use crate::config::{Algorithm, Collective, Config};
 use crate::debug::{log_info, log_trace};
 use crate::element::{DataType, Element};
 use crate::error::{Error, Result};
@@ -31,6 +31,8 @@ pub struct Communicator {
     abort: Arc<AtomicBool>,
     /// The address this rank's TCP listener used (None for in-process links).
     local_ip: Option<std::net::IpAddr>,
+    /// What the planner may use beyond links (agreed by all ranks at init).
+    caps: plan::Capabilities,
 }
 
 /// One transfer of a [`Communicator::group`] call.
@@ -103,6 +105,7 @@ impl Communicator {
         let (links, local_ip) = bootstrap::join(rank, nranks, id, &config)?;
         let mut comm = Communicator::with_links(rank, links, config)?;
         comm.local_ip = Some(local_ip);
+        comm.caps.host_read = comm.probe_host_read()?;
         Ok(comm)
     }
 
@@ -202,6 +205,7 @@ impl Communicator {
             failed: None,
             abort: Arc::new(AtomicBool::new(false)),
             local_ip: None,
+            caps: plan::Capabilities::default(),
         })
     }
 
@@ -283,7 +287,19 @@ impl Communicator {
 
     /// Plans and runs `call` over `input` (empty when in place) and `output`.
     fn run(&mut self, call: Call, input: &[u8], output: &mut [u8]) -> Result<()> {
-        let algo = plan::choose(&self.config, call.coll, call.bytes(), self.nranks);
+        let algo = plan::choose(
+            &self.config,
+            self.caps,
+            call.coll,
+            call.bytes(),
+            self.nranks,
+        );
+        if algo == Algorithm::HostRead && !self.caps.host_read {
+            return Err(Error::invalid(
+                "MIXCCL_ALGO forces cma, but not every rank can read every other's memory \
+                 (needs all ranks on one host over shared memory, and process_vm_readv allowed)",
+            ));
+        }
         let schedule = algo::build(&call, algo)?;
         log_trace!(
             Some(self.rank),
@@ -350,6 +366,7 @@ impl Communicator {
             dtype,
             op,
             nranks: self.nranks,
+            rank: self.rank,
             timeout: self.config.timeout,
             spin: self.config.spin,
             label: &label,
@@ -367,6 +384,58 @@ impl Communicator {
             self.failed = Some(e.clone());
         }
         result
+    }
+
+    /// Can every rank read every other's memory directly? All ranks must agree, so this
+    /// is collective: first whether every rank is eligible (all peers over shared
+    /// memory, `MIXCCL_SHM_CMA` on), then a real read of a word each peer publishes.
+    fn probe_host_read(&mut self) -> Result<bool> {
+        // MIXCCL_SHM_CMA is a must-agree setting, so every rank returns here alike.
+        if !self.config.shm_cma {
+            return Ok(false);
+        }
+        let eligible = self.nranks > 1 && self.links.iter().flatten().all(|l| l.kind() == "shm");
+        let mut ok = [u8::from(eligible)];
+        self.all_reduce_in_place(&mut ok, ReduceOp::Min)?;
+        if ok[0] == 0 {
+            return Ok(false);
+        }
+        let magic = |r: usize| 0x6d69_7863_636c_0000u64 | r as u64;
+        let word = [magic(self.rank)];
+        let mine = (word.as_ptr() as u64).to_le_bytes();
+        let mut theirs = vec![[0u8; 8]; self.nranks];
+        let mut t: Vec<Transfer> = Vec::new();
+        for (p, slot) in theirs
+            .iter_mut()
+            .enumerate()
+            .filter(|(p, _)| *p != self.rank)
+        {
+            t.push(Transfer::Send {
+                peer: p,
+                buf: &mine,
+            });
+            t.push(Transfer::Recv { peer: p, buf: slot });
+        }
+        self.group(t)?;
+        let mut good = true;
+        for (p, addr) in theirs.iter().enumerate().filter(|(p, _)| *p != self.rank) {
+            let mut got = [0u8; 8];
+            let read = self.links[p]
+                .as_mut()
+                .map(|l| l.read_remote(u64::from_le_bytes(*addr), &mut got))
+                .unwrap_or(Ok(false));
+            good &= matches!(read, Ok(true)) && u64::from_le_bytes(got) == magic(p);
+        }
+        let mut ok = [u8::from(good)];
+        // `word` must stay alive until every peer has read it: this all-reduce is after.
+        self.all_reduce_in_place(&mut ok, ReduceOp::Min)?;
+        std::hint::black_box(&word);
+        log_info!(
+            Some(self.rank),
+            "cross-memory reads between ranks: {}",
+            if ok[0] == 1 { "on" } else { "off" }
+        );
+        Ok(ok[0] == 1)
     }
 
     /// Elements in `bytes` bytes of `dtype`, or an error naming the buffer.

@@ -82,6 +82,9 @@ pub enum Algorithm {
     Chain,
     /// Pairwise exchange: step k sends to rank+k and receives from rank-k; used by all-to-all.
     Pairwise,
+    /// Every rank reads its peers' buffers directly (cross-memory attach): all ranks on
+    /// one host, shared-memory links; used by all-gather.
+    HostRead,
 }
 
 impl Algorithm {
@@ -92,6 +95,7 @@ impl Algorithm {
             Algorithm::Direct => "direct",
             Algorithm::Chain => "chain",
             Algorithm::Pairwise => "pairwise",
+            Algorithm::HostRead => "cma",
         }
     }
 
@@ -102,6 +106,7 @@ impl Algorithm {
             Algorithm::Direct,
             Algorithm::Chain,
             Algorithm::Pairwise,
+            Algorithm::HostRead,
         ]
         .into_iter()
         .find(|a| a.name().eq_ignore_ascii_case(s.trim()))
@@ -116,7 +121,7 @@ impl Algorithm {
         matches!(
             (coll, self),
             (AllReduce, Ring | Direct)
-                | (AllGather, Ring | Direct)
+                | (AllGather, Ring | Direct | HostRead)
                 | (ReduceScatter, Ring)
                 | (Broadcast | Reduce, Chain)
                 | (AllToAll, Pairwise)
@@ -156,7 +161,7 @@ impl AlgoOverride {
             };
             let algo = Algorithm::parse(algo).ok_or_else(|| {
                 Error::invalid(format!(
-                    "MIXCCL_ALGO: unknown algorithm {algo:?} in {s:?} (ring, direct, chain, pairwise)"
+                    "MIXCCL_ALGO: unknown algorithm {algo:?} in {s:?} (ring, direct, chain, pairwise, cma)"
                 ))
             })?;
             if let Some(c) = coll {
@@ -208,6 +213,11 @@ pub struct Config {
     /// Reduce received data straight out of the shared-memory ring instead of copying
     /// it to a staging buffer first (`MIXCCL_SHM_ZEROCOPY`; default 1).
     pub shm_zero_copy: bool,
+    /// Let ranks on one host read each other's buffers directly (process_vm_readv) when
+    /// every rank is on one host and the kernel allows it; all-gather then copies each
+    /// byte once (`MIXCCL_SHM_CMA`; default 0: on the 2-core test machine the ring over
+    /// shared memory measured faster, see docs/algorithms.md).
+    pub shm_cma: bool,
     /// How long a waiting rank polls (yielding the core) before it sleeps
     /// (`MIXCCL_SPIN_US`, microseconds; default 100).
     pub spin: Duration,
@@ -230,6 +240,7 @@ impl Default for Config {
             shm_disable: false,
             shm_buffer: 1 << 20,
             shm_zero_copy: true,
+            shm_cma: false,
             algo: AlgoOverride::default(),
             debug: DebugLevel::Warn,
         }
@@ -306,6 +317,13 @@ impl Config {
                 _ => return Err(bad("MIXCCL_SHM_ZEROCOPY", &v, "0 or 1")),
             };
         }
+        if let Some(v) = get("MIXCCL_SHM_CMA") {
+            self.shm_cma = match v.trim() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" | "" => false,
+                _ => return Err(bad("MIXCCL_SHM_CMA", &v, "0 or 1")),
+            };
+        }
         if let Some(v) = get("MIXCCL_SHM_BUFFER") {
             self.shm_buffer = parse_bytes(&v)
                 .filter(|b| (4096..=1 << 30).contains(b))
@@ -360,9 +378,10 @@ impl Config {
             .collect::<Vec<_>>()
             .join(";");
         format!(
-            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_ALGO={}",
+            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_SHM_CMA={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_ALGO={}",
             self.nsocks,
             u8::from(self.shm_disable),
+            u8::from(self.shm_cma),
             self.chunk_bytes,
             self.direct_max_bytes,
             if algo.is_empty() { "auto" } else { &algo }

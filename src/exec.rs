@@ -98,6 +98,8 @@ pub(crate) struct Context<'a> {
     pub dtype: DataType,
     pub op: ReduceOp,
     pub nranks: usize,
+    /// This rank (for error messages).
+    pub rank: usize,
     pub timeout: Duration,
     /// How long to poll without sleeping before blocking.
     pub spin: Duration,
@@ -165,7 +167,11 @@ fn reduce_into(
     // between the two passes.
     let (a, d) = bufs.pair(acc, dst);
     let block = REDUCE_BLOCK - REDUCE_BLOCK % cx.dtype.size();
-    for ((a, d), x) in a.chunks(block).zip(d.chunks_mut(block)).zip(incoming.chunks(block)) {
+    for ((a, d), x) in a
+        .chunks(block)
+        .zip(d.chunks_mut(block))
+        .zip(incoming.chunks(block))
+    {
         d.copy_from_slice(a);
         reduce::reduce_bytes(cx.dtype, cx.op, d, x);
     }
@@ -256,7 +262,11 @@ pub(crate) fn run(
             if waits[d] == 0
                 && matches!(
                     ops[d],
-                    Op::Copy { .. } | Op::Reduce { .. } | Op::FinishAvg { .. }
+                    Op::Copy { .. }
+                        | Op::Reduce { .. }
+                        | Op::FinishAvg { .. }
+                        | Op::Describe { .. }
+                        | Op::PeerRead { .. }
                 )
             {
                 ready_local.push(d);
@@ -277,6 +287,43 @@ pub(crate) fn run(
                     reduce::reduce_bytes(cx.dtype, cx.op, d, s);
                 }
                 Op::FinishAvg { dst } => reduce::finish_avg(cx.dtype, bufs.get_mut(dst), cx.nranks),
+                Op::Describe { src, dst } => {
+                    let at = bufs.get(src).as_ptr() as u64;
+                    let d = bufs.get_mut(dst);
+                    d[..8].copy_from_slice(&at.to_le_bytes());
+                    d[8..16].copy_from_slice(&(src.len as u64).to_le_bytes());
+                }
+                Op::PeerRead {
+                    peer,
+                    desc,
+                    offset,
+                    dst,
+                } => {
+                    let d = bufs.get(desc);
+                    let at = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
+                    let len = u64::from_le_bytes(d[8..16].try_into().expect("8 bytes")) as usize;
+                    // Never read past what the peer described: a mismatch is an error.
+                    if offset.checked_add(dst.len).map_or(true, |end| end > len) {
+                        return Err(Error::Mismatch {
+                            rank: cx.rank,
+                            theirs: format!(
+                                "{} with {} bytes to read at offset {offset}",
+                                cx.label, dst.len
+                            ),
+                            peer,
+                            ours: format!("a buffer of {len} bytes"),
+                        });
+                    }
+                    let link = links[peer].as_mut().ok_or_else(|| {
+                        Error::Internal(format!("{}: no link to rank {peer}", cx.label))
+                    })?;
+                    if !link.read_remote(at + offset as u64, bufs.get_mut(dst))? {
+                        return Err(Error::Internal(format!(
+                            "{}: the link to rank {peer} cannot read remote memory",
+                            cx.label
+                        )));
+                    }
+                }
                 _ => unreachable!("only local ops are queued here"),
             }
             finished += 1;

@@ -328,3 +328,43 @@ impl Drop for SharedMap {
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
+
+/// Copies `dst.len()` bytes from address `addr` of process `pid` into `dst`
+/// (cross-memory attach, process_vm_readv): one copy, no intermediate buffer.
+pub(crate) fn read_process(pid: i32, addr: u64, dst: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < dst.len() {
+        let local = libc::iovec {
+            iov_base: dst[done..].as_mut_ptr().cast(),
+            iov_len: dst.len() - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr as usize + done) as *mut libc::c_void,
+            iov_len: dst.len() - done,
+        };
+        // `local` covers writable memory we own; the kernel checks `remote` against
+        // the other process's address space and fails (EFAULT/EPERM) rather than fault.
+        let n = syscall!(process_vm_readv(pid, &local, 1, &remote, 1, 0))? as usize;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// The process id at the other end of a Unix socket (SO_PEERCRED).
+pub(crate) fn peer_pid(fd: RawFd) -> io::Result<i32> {
+    // SAFETY: ucred is plain data.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // `cred` and `len` are valid out-parameters of the sizes given.
+    syscall!(getsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_PEERCRED,
+        (&mut cred as *mut libc::ucred).cast(),
+        &mut len
+    ))?;
+    Ok(cred.pid)
+}

@@ -54,3 +54,66 @@ fn shared_memory_between_threads_survives_misaligned_rings() {
         assert!(errs.is_empty(), "{n} ranks: {errs:?}");
     }
 }
+
+/// With MIXCCL_SHM_CMA on, all-gather reads peers' buffers directly (the cma
+/// algorithm); results must match element by element, in and out of place.
+#[test]
+fn all_gather_by_cross_memory_reads() {
+    for n in [2, 3, 5] {
+        let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let config = Config {
+            timeout: Duration::from_secs(30),
+            shm_cma: true,
+            algo: mixccl::AlgoOverride::parse("allgather:cma").unwrap(),
+            ..Config::default()
+        };
+        let errs: Vec<String> = std::thread::scope(|s| {
+            let ranks: Vec<_> = (0..n)
+                .map(|rank| {
+                    let config = config.clone();
+                    s.spawn(move || {
+                        let mut comm = Communicator::init(rank, n, &id, config).expect("init");
+                        let mut errs = Vec::new();
+                        for count in [0usize, 1, 7, 1031, (1 << 20) + 3] {
+                            for in_place in [false, true] {
+                                errs.extend(util::check_all_gather::<f32>(
+                                    &mut comm, count, in_place,
+                                ));
+                                errs.extend(util::check_all_gather::<u8>(
+                                    &mut comm, count, in_place,
+                                ));
+                                errs.extend(util::check_all_gather::<half::f16>(
+                                    &mut comm, count, in_place,
+                                ));
+                            }
+                        }
+                        errs
+                    })
+                })
+                .collect();
+            ranks
+                .into_iter()
+                .flat_map(|h| h.join().expect("rank thread"))
+                .collect()
+        });
+        assert!(errs.is_empty(), "{n} ranks: {errs:?}");
+    }
+}
+
+/// Forcing cma where a rank is not on shared memory is a clear error, not a hang.
+#[test]
+fn forced_cma_without_shared_memory_is_an_error() {
+    let config = Config {
+        algo: mixccl::AlgoOverride::parse("allgather:cma").unwrap(),
+        ..util::test_config()
+    };
+    let errs = util::with_ranks(2, config, |comm| {
+        let mut out = vec![0f32; 2 * 300_000];
+        comm.all_gather(&vec![1f32; 300_000], &mut out)
+            .unwrap_err()
+            .to_string()
+    });
+    for e in errs {
+        assert!(e.contains("cma"), "{e}");
+    }
+}

@@ -9,6 +9,7 @@
 
 mod chain;
 mod direct;
+mod host;
 mod pairwise;
 mod ring;
 
@@ -77,6 +78,17 @@ pub(crate) enum Op {
     Reduce { src: Region, dst: Region },
     /// Second half of `Avg`: divide `dst` by the number of ranks.
     FinishAvg { dst: Region },
+    /// Write where `src` lives in this process (address and length, 16 bytes LE) into
+    /// `dst`, for a peer to read it directly.
+    Describe { src: Region, dst: Region },
+    /// Read `dst.len` bytes of `peer`'s memory, starting `offset` bytes into the region
+    /// its 16-byte description `desc` names, straight into `dst` (cross-memory attach).
+    PeerRead {
+        peer: usize,
+        desc: Region,
+        offset: usize,
+        dst: Region,
+    },
 }
 
 impl Op {
@@ -89,6 +101,8 @@ impl Op {
             Op::Copy { src, dst } => ([Some(src), None], Some(dst)),
             Op::Reduce { src, dst } => ([Some(src), Some(dst)], Some(dst)),
             Op::FinishAvg { dst } => ([Some(dst), None], Some(dst)),
+            Op::Describe { src, dst } => ([Some(src), None], Some(dst)),
+            Op::PeerRead { desc, dst, .. } => ([Some(desc), None], Some(dst)),
         }
     }
 }
@@ -115,6 +129,8 @@ impl Schedule {
                 }
             }
             Op::FinishAvg { dst } => dst.len,
+            Op::Describe { dst, .. } => dst.len,
+            Op::PeerRead { dst, .. } => dst.len,
         };
         if len > 0 {
             self.ops.push(op);
@@ -246,6 +262,7 @@ pub(crate) fn build(call: &Call, algo: Algorithm) -> Result<Schedule> {
         (AllReduce, Direct) => direct::all_reduce(call),
         (AllGather, Ring) => ring::all_gather(call),
         (AllGather, Direct) => direct::all_gather(call),
+        (AllGather, HostRead) => host::all_gather(call),
         (ReduceScatter, Ring) => ring::reduce_scatter(call),
         (Broadcast, Chain) => chain::broadcast(call),
         (Reduce, Chain) => chain::reduce(call),

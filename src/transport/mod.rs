@@ -67,6 +67,13 @@ pub trait Link: Send {
         Ok(None)
     }
 
+    /// Copies `dst.len()` bytes at address `addr` of the peer's memory into `dst` (single
+    /// copy, cross-memory attach). `Ok(false)`: this link cannot.
+    fn read_remote(&mut self, addr: u64, dst: &mut [u8]) -> Result<bool> {
+        let _ = (addr, dst);
+        Ok(false)
+    }
+
     /// Appends what to poll until `lane` may make progress in `dir` (a doorbell, a
     /// socket, a liveness channel).
     fn wait_handles(&self, lane: usize, dir: Direction, out: &mut Vec<WaitHandle>);

@@ -97,6 +97,8 @@ pub struct ShmLink {
     alive: UnixStream,
     last_check: Instant,
     zero_copy: bool,
+    /// The peer's process id (SO_PEERCRED), for cross-memory reads.
+    peer_pid: Option<i32>,
     // Keeps the rings mapped; declared last so it is dropped after them.
     _map: SharedMap,
 }
@@ -132,6 +134,7 @@ impl ShmLink {
             alive,
             last_check: Instant::now(),
             zero_copy: true,
+            peer_pid: None,
             _map: map,
         }
     }
@@ -248,6 +251,20 @@ impl Link for ShmLink {
             }
         }
         Ok(Some(used))
+    }
+
+    fn read_remote(&mut self, addr: u64, dst: &mut [u8]) -> Result<bool> {
+        let Some(pid) = self.peer_pid else {
+            return Ok(false);
+        };
+        sys::read_process(pid, addr, dst).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => self.lost("process exited during a cross-memory read"),
+            _ => Error::io(
+                format!("reading {} bytes of rank {}'s memory", dst.len(), self.peer),
+                e,
+            ),
+        })?;
+        Ok(true)
     }
 
     fn wait_handles(&self, _lane: usize, _dir: Direction, out: &mut Vec<WaitHandle>) {
@@ -372,6 +389,7 @@ fn offer(spec: &ShmSpec<'_>, peer: usize) -> Result<ShmLink> {
     );
     let mut link = ShmLink::new(peer, map, cap, true, mine, theirs, sock);
     link.zero_copy = spec.zero_copy;
+    link.peer_pid = sys::peer_pid(link.alive.as_raw_fd()).ok();
     Ok(link)
 }
 
@@ -433,6 +451,7 @@ fn take_offer(
     );
     let mut link = ShmLink::new(from, map, cap, false, theirs, mine, sock);
     link.zero_copy = spec.zero_copy;
+    link.peer_pid = sys::peer_pid(link.alive.as_raw_fd()).ok();
     Ok(link)
 }
 
