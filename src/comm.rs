@@ -449,6 +449,29 @@ impl Communicator {
         Ok(bytes / dtype.size())
     }
 
+    /// Elements per block of a call whose `whole` buffer holds `nranks` blocks and whose
+    /// other buffer, if any (`None` in place), holds one: (name, bytes) of each.
+    fn block_count(
+        &self,
+        what: &str,
+        dtype: DataType,
+        whole: (&str, usize),
+        block: Option<(&str, usize)>,
+    ) -> Result<usize> {
+        let total = self.elems(what, whole.0, dtype, whole.1)?;
+        let Some((name, bytes)) = block else {
+            return self.blocks(&format!("{what}_in_place"), total);
+        };
+        let count = self.elems(what, name, dtype, bytes)?;
+        if Some(total) != count.checked_mul(self.nranks) {
+            return Err(Error::invalid(format!(
+                "{what} on rank {}: {} has {total} elements, expected nranks ({}) x {name} ({count})",
+                self.rank, whole.0, self.nranks
+            )));
+        }
+        Ok(count)
+    }
+
     fn same_len(&self, what: &str, dtype: DataType, send: &[u8], recv: &[u8]) -> Result<()> {
         if send.len() != recv.len() {
             return Err(Error::invalid(format!(
@@ -486,20 +509,12 @@ impl Communicator {
         send: Option<&[u8]>,
         recv: &mut [u8],
     ) -> Result<()> {
-        let total = self.elems("all_gather", "recv", dtype, recv.len())?;
-        let count = match send {
-            Some(send) => {
-                let count = self.elems("all_gather", "send", dtype, send.len())?;
-                if Some(total) != count.checked_mul(self.nranks) {
-                    return Err(Error::invalid(format!(
-                        "all_gather on rank {}: recv has {total} elements, expected nranks ({}) x send ({count})",
-                        self.rank, self.nranks
-                    )));
-                }
-                count
-            }
-            None => self.blocks("all_gather_in_place", total)?,
-        };
+        let count = self.block_count(
+            "all_gather",
+            dtype,
+            ("recv", recv.len()),
+            send.map(|s| ("send", s.len())),
+        )?;
         let call = self.call(
             Collective::AllGather,
             dtype,
@@ -569,19 +584,14 @@ impl Communicator {
         send: Option<&[u8]>,
         recv: &mut [u8],
     ) -> Result<()> {
-        let recv_elems = self.elems("reduce_scatter", "recv", dtype, recv.len())?;
         let count = match send {
-            Some(send) => {
-                let total = self.elems("reduce_scatter", "send", dtype, send.len())?;
-                if Some(total) != recv_elems.checked_mul(self.nranks) {
-                    return Err(Error::invalid(format!(
-                        "reduce_scatter on rank {}: send has {total} elements, expected nranks ({}) x recv ({recv_elems})",
-                        self.rank, self.nranks
-                    )));
-                }
-                recv_elems
-            }
-            None => self.blocks("reduce_scatter_in_place", recv_elems)?,
+            Some(send) => self.block_count(
+                "reduce_scatter",
+                dtype,
+                ("send", send.len()),
+                Some(("recv", recv.len())),
+            )?,
+            None => self.block_count("reduce_scatter", dtype, ("recv", recv.len()), None)?,
         };
         let call = self.call(
             Collective::ReduceScatter,

@@ -42,24 +42,8 @@ fn tcp_ranks<R: Send>(
     config: Config,
     f: impl Fn(&mut Communicator) -> R + Sync,
 ) -> Vec<R> {
-    let id = root(&config);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|rank| {
-                let (f, id, config) = (&f, &id, config.clone());
-                s.spawn(move || {
-                    let mut comm = Communicator::init(rank, n, id, config)
-                        .unwrap_or_else(|e| panic!("init of rank {rank} of {n}: {e}"));
-                    assert_eq!((comm.rank(), comm.nranks()), (rank, n));
-                    f(&mut comm)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("rank thread panicked"))
-            .collect()
-    })
+    assert!(config.shm_disable, "these tests are about TCP");
+    bootstrapped_ranks(n, config, f)
 }
 
 /// all_reduce (f32 Sum, i64 Max) at `reduce_counts`; every other collective at `counts`.

@@ -1,17 +1,22 @@
 //! The shared-memory transport between ranks that are threads of one process (the
 //! same code path as between processes): odd element sizes and one-byte barrier
 //! messages misalign the rings' positions, so elements straddle the ring's wrap
-//! point and receive-and-reduce must fall back from zero-copy to staging.
+//! point and receive-and-reduce must fall back from zero-copy to staging. Also the
+//! optional cross-memory all-gather.
 
 mod util;
 
-use mixccl::{Communicator, Config, ReduceOp, UniqueId};
+use mixccl::{Config, ReduceOp};
 use std::time::Duration;
+use util::bootstrapped_ranks;
+
+fn flat(errs: Vec<Vec<String>>) -> Vec<String> {
+    errs.into_iter().flatten().collect()
+}
 
 #[test]
 fn shared_memory_between_threads_survives_misaligned_rings() {
     for n in [2, 3, 4] {
-        let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         // Small rings wrap often.
         let config = Config {
             timeout: Duration::from_secs(30),
@@ -19,38 +24,25 @@ fn shared_memory_between_threads_survives_misaligned_rings() {
             chunk_bytes: 1000,
             ..Config::default()
         };
-        let errs: Vec<String> = std::thread::scope(|s| {
-            let ranks: Vec<_> = (0..n)
-                .map(|rank| {
-                    let config = config.clone();
-                    s.spawn(move || {
-                        let mut comm = Communicator::init(rank, n, &id, config).expect("init");
-                        for (p, kind) in comm.link_kinds().iter().enumerate() {
-                            assert_eq!(*kind, (p != rank).then_some("shm"), "rank {rank} to {p}");
-                        }
-                        let mut errs = Vec::new();
-                        for count in [1usize, 7, 1031, 5003] {
-                            comm.barrier().expect("barrier");
-                            for op in ReduceOp::ALL {
-                                errs.extend(util::check_all_reduce::<f64>(
-                                    &mut comm, op, count, false,
-                                ));
-                                errs.extend(util::check_reduce_scatter::<half::bf16>(
-                                    &mut comm, op, count, true,
-                                ));
-                                errs.extend(util::check_reduce::<i32>(&mut comm, op, count, false));
-                            }
-                            errs.extend(util::check_all_gather::<u8>(&mut comm, count, false));
-                        }
-                        errs
-                    })
-                })
-                .collect();
-            ranks
-                .into_iter()
-                .flat_map(|h| h.join().expect("rank thread"))
-                .collect()
-        });
+        let errs = flat(bootstrapped_ranks(n, config, |comm| {
+            let rank = comm.rank();
+            for (p, kind) in comm.link_kinds().iter().enumerate() {
+                assert_eq!(*kind, (p != rank).then_some("shm"), "rank {rank} to {p}");
+            }
+            let mut errs = Vec::new();
+            for count in [1usize, 7, 1031, 5003] {
+                comm.barrier().expect("barrier");
+                for op in ReduceOp::ALL {
+                    errs.extend(util::check_all_reduce::<f64>(comm, op, count, false));
+                    errs.extend(util::check_reduce_scatter::<half::bf16>(
+                        comm, op, count, true,
+                    ));
+                    errs.extend(util::check_reduce::<i32>(comm, op, count, false));
+                }
+                errs.extend(util::check_all_gather::<u8>(comm, count, false));
+            }
+            errs
+        }));
         assert!(errs.is_empty(), "{n} ranks: {errs:?}");
     }
 }
@@ -60,42 +52,23 @@ fn shared_memory_between_threads_survives_misaligned_rings() {
 #[test]
 fn all_gather_by_cross_memory_reads() {
     for n in [2, 3, 5] {
-        let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let config = Config {
             timeout: Duration::from_secs(30),
             shm_cma: true,
             algo: mixccl::AlgoOverride::parse("allgather:cma").unwrap(),
             ..Config::default()
         };
-        let errs: Vec<String> = std::thread::scope(|s| {
-            let ranks: Vec<_> = (0..n)
-                .map(|rank| {
-                    let config = config.clone();
-                    s.spawn(move || {
-                        let mut comm = Communicator::init(rank, n, &id, config).expect("init");
-                        let mut errs = Vec::new();
-                        for count in [0usize, 1, 7, 1031, (1 << 20) + 3] {
-                            for in_place in [false, true] {
-                                errs.extend(util::check_all_gather::<f32>(
-                                    &mut comm, count, in_place,
-                                ));
-                                errs.extend(util::check_all_gather::<u8>(
-                                    &mut comm, count, in_place,
-                                ));
-                                errs.extend(util::check_all_gather::<half::f16>(
-                                    &mut comm, count, in_place,
-                                ));
-                            }
-                        }
-                        errs
-                    })
-                })
-                .collect();
-            ranks
-                .into_iter()
-                .flat_map(|h| h.join().expect("rank thread"))
-                .collect()
-        });
+        let errs = flat(bootstrapped_ranks(n, config, |comm| {
+            let mut errs = Vec::new();
+            for count in [0usize, 1, 7, 1031, (1 << 20) + 3] {
+                for in_place in [false, true] {
+                    errs.extend(util::check_all_gather::<f32>(comm, count, in_place));
+                    errs.extend(util::check_all_gather::<u8>(comm, count, in_place));
+                    errs.extend(util::check_all_gather::<half::f16>(comm, count, in_place));
+                }
+            }
+            errs
+        }));
         assert!(errs.is_empty(), "{n} ranks: {errs:?}");
     }
 }

@@ -2,7 +2,7 @@
 //! against `mixccl::verify` element by element.
 #![allow(dead_code)]
 
-use mixccl::{verify, Communicator, Config, DataType, Element, ReduceOp};
+use mixccl::{verify, Communicator, Config, DataType, Element, ReduceOp, UniqueId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -33,6 +33,36 @@ pub fn with_ranks<R: Send>(
             .map(|mut c| {
                 let f = &f;
                 s.spawn(move || f(&mut c))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank thread panicked"))
+            .collect()
+    })
+}
+
+/// Runs `f` on `n` ranks that are threads joined through a real bootstrap (a root on
+/// loopback, `Communicator::init`): TCP between them with `shm_disable`, shared memory
+/// otherwise. Returns per-rank results.
+pub fn bootstrapped_ranks<R: Send>(
+    n: usize,
+    config: Config,
+    f: impl Fn(&mut Communicator) -> R + Sync,
+) -> Vec<R> {
+    let id = UniqueId::bind_with("127.0.0.1:0".parse().unwrap(), &config)
+        .expect("bind the bootstrap root");
+    assert!(id.root_addr().ip().is_loopback(), "{id:?}");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|rank| {
+                let (f, id, config) = (&f, &id, config.clone());
+                s.spawn(move || {
+                    let mut comm = Communicator::init(rank, n, id, config)
+                        .unwrap_or_else(|e| panic!("init of rank {rank} of {n}: {e}"));
+                    assert_eq!((comm.rank(), comm.nranks()), (rank, n));
+                    f(&mut comm)
+                })
             })
             .collect();
         handles
