@@ -285,6 +285,22 @@ impl Communicator {
         }
     }
 
+    /// Builds the call for a byte-level collective (`send: None` = in place) and runs it.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &mut self,
+        coll: Collective,
+        dtype: DataType,
+        op: ReduceOp,
+        count: usize,
+        root: usize,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+    ) -> Result<()> {
+        let call = self.call(coll, dtype, op, count, root, send.is_none());
+        self.run(call, send.unwrap_or(&[]), recv)
+    }
+
     /// Plans and runs `call` over `input` (empty when in place) and `output`.
     fn run(&mut self, call: Call, input: &[u8], output: &mut [u8]) -> Result<()> {
         let algo = plan::choose(
@@ -497,8 +513,7 @@ impl Communicator {
         if let Some(send) = send {
             self.same_len("all_reduce on", dtype, send, recv)?;
         }
-        let call = self.call(Collective::AllReduce, dtype, op, count, 0, send.is_none());
-        self.run(call, send.unwrap_or(&[]), recv)
+        self.launch(Collective::AllReduce, dtype, op, count, 0, send, recv)
     }
 
     /// Byte-level all-gather: `recv` holds `nranks` blocks of `send`'s size; `send: None`
@@ -515,15 +530,15 @@ impl Communicator {
             ("recv", recv.len()),
             send.map(|s| ("send", s.len())),
         )?;
-        let call = self.call(
+        self.launch(
             Collective::AllGather,
             dtype,
             ReduceOp::Sum,
             count,
             0,
-            send.is_none(),
-        );
-        self.run(call, send.unwrap_or(&[]), recv)
+            send,
+            recv,
+        )
     }
 
     /// Byte-level broadcast of `recv.len()` bytes from `root`; `send` is read on the root
@@ -540,15 +555,15 @@ impl Communicator {
         if let (Some(send), true) = (send, self.rank == root) {
             self.same_len("broadcast on root", dtype, send, recv)?;
         }
-        let call = self.call(
+        self.launch(
             Collective::Broadcast,
             dtype,
             ReduceOp::Sum,
             count,
             root,
-            send.is_none(),
-        );
-        self.run(call, send.unwrap_or(&[]), recv)
+            send,
+            recv,
+        )
     }
 
     /// Byte-level reduce to `root`. Out of place, `recv` is written on the root only (may
@@ -571,8 +586,7 @@ impl Communicator {
             }
             None => self.elems("reduce", "buffer", dtype, recv.len())?,
         };
-        let call = self.call(Collective::Reduce, dtype, op, count, root, send.is_none());
-        self.run(call, send.unwrap_or(&[]), recv)
+        self.launch(Collective::Reduce, dtype, op, count, root, send, recv)
     }
 
     /// Byte-level reduce-scatter. Out of place, `send` holds `nranks` blocks of `recv`'s
@@ -593,15 +607,7 @@ impl Communicator {
             )?,
             None => self.block_count("reduce_scatter", dtype, ("recv", recv.len()), None)?,
         };
-        let call = self.call(
-            Collective::ReduceScatter,
-            dtype,
-            op,
-            count,
-            0,
-            send.is_none(),
-        );
-        self.run(call, send.unwrap_or(&[]), recv)
+        self.launch(Collective::ReduceScatter, dtype, op, count, 0, send, recv)
     }
 
     /// Byte-level all-to-all over `nranks` equal blocks; `send: None` means in place.
@@ -616,15 +622,15 @@ impl Communicator {
             self.same_len("all_to_all on", dtype, send, recv)?;
         }
         let count = self.blocks("all_to_all", total)?;
-        let call = self.call(
+        self.launch(
             Collective::AllToAll,
             dtype,
             ReduceOp::Sum,
             count,
             0,
-            send.is_none(),
-        );
-        self.run(call, send.unwrap_or(&[]), recv)
+            send,
+            recv,
+        )
     }
 
     /// Runs every send and receive in `transfers` together, like sends and receives
