@@ -57,17 +57,7 @@ pub(super) fn all_gather(c: &Call) -> Schedule {
     let mut s = Schedule::default();
     let (n, r, b) = (c.nranks, c.rank, c.bytes());
     let out = |p: usize| Region::new(Buf::Output, p * b, b);
-    let own = if c.in_place {
-        out(r)
-    } else {
-        Region::new(Buf::Input, 0, b)
-    };
-    if !c.in_place {
-        s.push(Op::Copy {
-            src: own,
-            dst: out(r),
-        });
-    }
+    let own = super::own_block_in_place(c, &mut s);
     for k in 1..n {
         s.sliced(b, c.chunk, |o, l| Op::Send {
             peer: (r + k) % n,

@@ -188,6 +188,23 @@ impl Call {
     }
 }
 
+/// The all-gather prologue shared by every algorithm: this rank's block (`Input`, or
+/// its place in `Output` when in place), copied into `Output` block `rank` when it is
+/// not already there. Returns where the block is read from.
+pub(crate) fn own_block_in_place(c: &Call, s: &mut Schedule) -> Region {
+    let b = c.bytes();
+    let placed = Region::new(Buf::Output, c.rank * b, b);
+    if c.in_place {
+        return placed;
+    }
+    let own = Region::new(Buf::Input, 0, b);
+    s.push(Op::Copy {
+        src: own,
+        dst: placed,
+    });
+    own
+}
+
 /// Byte range `[start, end)` of block `b` when `count` elements are cut into `parts`
 /// blocks as evenly as element boundaries allow.
 pub(crate) fn block(count: usize, parts: usize, b: usize, esize: usize) -> (usize, usize) {

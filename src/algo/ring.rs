@@ -80,23 +80,14 @@ pub(super) fn all_gather(c: &Call) -> Schedule {
     let mut s = Schedule::default();
     let (n, b) = (c.nranks, c.bytes());
     let out = |blk: usize| Region::new(Buf::Output, blk * b, b);
-    if !c.in_place {
-        s.push(Op::Copy {
-            src: Region::new(Buf::Input, 0, b),
-            dst: out(c.rank),
-        });
-    }
+    let own = super::own_block_in_place(c, &mut s);
     if n == 1 {
         return s;
     }
     let (next, prev) = ring_peers(c);
     for k in 0..n - 1 {
-        let sb = back(c, k);
-        let src = if k == 0 && !c.in_place {
-            Region::new(Buf::Input, 0, b)
-        } else {
-            out(sb)
-        };
+        // Step 0 forwards this rank's own block straight from where it is read.
+        let src = if k == 0 { own } else { out(back(c, k)) };
         s.sliced(b, c.chunk, |o, l| Op::Send {
             peer: next,
             src: src.sub(o, l),
