@@ -66,6 +66,16 @@ pub enum Error {
         source: Arc<std::io::Error>,
     },
 
+    /// A device runtime (CUDA, HIP, MUSA, ACL, CNRT) is missing, lacks a symbol, or
+    /// failed a call; the message names the call, the vendor's code and its own text.
+    #[error("{vendor}: {message}")]
+    Device {
+        /// The runtime: "cuda", "hip", "musa", "acl" or "cnrt".
+        vendor: &'static str,
+        /// What failed and why.
+        message: String,
+    },
+
     /// A broken invariant inside mixccl (a bug): please report it with the message.
     #[error("internal error: {0}")]
     Internal(String),

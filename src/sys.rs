@@ -368,3 +368,18 @@ pub(crate) fn peer_pid(fd: RawFd) -> io::Result<i32> {
     ))?;
     Ok(cred.pid)
 }
+
+/// Can this process read `[addr, addr + len)`? Checked on the first and last byte
+/// with process_vm_readv on itself, which fails with EFAULT instead of faulting on
+/// unmapped or PROT_NONE memory.
+pub(crate) fn readable(addr: usize, len: usize) -> bool {
+    if len == 0 {
+        return true;
+    }
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let mut byte = [0u8; 1];
+    [addr, addr + (len - 1)]
+        .iter()
+        .all(|a| read_process(pid, *a as u64, &mut byte).is_ok())
+}

@@ -68,6 +68,8 @@ pub(crate) fn code_of(e: &mixccl::Error) -> c_int {
         Mismatch { .. } | Aborted => code::INVALID_USAGE,
         Bootstrap(_) | Io { .. } => code::SYSTEM_ERROR,
         Internal(_) => code::INTERNAL_ERROR,
+        // NCCL reports a failed CUDA call as ncclUnhandledCudaError; so does every vendor.
+        Device { .. } => code::UNHANDLED_CUDA_ERROR,
         // The enum may grow; an unknown error is still an error.
         #[allow(unreachable_patterns)]
         _ => code::INTERNAL_ERROR,
@@ -87,7 +89,7 @@ impl From<mixccl::Error> for Failure {
 pub(crate) fn error_string(c: c_int) -> &'static CStr {
     match c {
         code::SUCCESS => c"no error",
-        code::UNHANDLED_CUDA_ERROR => c"unhandled cuda error (mixccl uses no CUDA; see ncclGetLastError)",
+        code::UNHANDLED_CUDA_ERROR => c"unhandled device runtime error (CUDA, HIP, MUSA, ACL or CNRT call failed; see ncclGetLastError)",
         code::SYSTEM_ERROR => c"unhandled system error (a system call or the bootstrap failed; see ncclGetLastError)",
         code::INTERNAL_ERROR => c"internal error - please report this issue to the mixccl developers with ncclGetLastError's message",
         code::INVALID_ARGUMENT => c"invalid argument (ncclGetLastError says which)",
