@@ -33,6 +33,8 @@ pub struct Communicator {
     local_ip: Option<std::net::IpAddr>,
     /// What the planner may use beyond links (agreed by all ranks at init).
     caps: plan::Capabilities,
+    /// Host staging buffers for device memory, kept between calls (`stage`).
+    pub(crate) staging: crate::stage::Staging,
 }
 
 /// One transfer of a [`Communicator::group`] call.
@@ -206,6 +208,7 @@ impl Communicator {
             abort: Arc::new(AtomicBool::new(false)),
             local_ip: None,
             caps: plan::Capabilities::default(),
+            staging: Default::default(),
         })
     }
 
@@ -285,9 +288,27 @@ impl Communicator {
         }
     }
 
-    /// Builds the call for a byte-level collective (`send: None` = in place) and runs it.
+    /// Elements per piece when a call of `count` elements is split (see
+    /// `Config::pipeline_bytes`): only element-wise collectives, only above the limit.
+    pub(crate) fn piece_elems(
+        &self,
+        coll: Collective,
+        dtype: DataType,
+        count: usize,
+    ) -> Option<usize> {
+        let elementwise = matches!(
+            coll,
+            Collective::AllReduce | Collective::Broadcast | Collective::Reduce
+        );
+        let piece = (self.config.pipeline_bytes / dtype.size()).max(1);
+        (elementwise && self.config.pipeline_bytes > 0 && count > piece).then_some(piece)
+    }
+
+    /// Builds the call for a byte-level collective (`send: None` = in place) and runs
+    /// it, as consecutive pieces when [`Communicator::piece_elems`] says so. Every rank
+    /// splits alike, whatever memory its buffers are in.
     #[allow(clippy::too_many_arguments)]
-    fn launch(
+    pub(crate) fn launch(
         &mut self,
         coll: Collective,
         dtype: DataType,
@@ -297,8 +318,27 @@ impl Communicator {
         send: Option<&[u8]>,
         recv: &mut [u8],
     ) -> Result<()> {
-        let call = self.call(coll, dtype, op, count, root, send.is_none());
-        self.run(call, send.unwrap_or(&[]), recv)
+        let Some(piece) = self.piece_elems(coll, dtype, count) else {
+            let call = self.call(coll, dtype, op, count, root, send.is_none());
+            return self.run(call, send.unwrap_or(&[]), recv);
+        };
+        let e = dtype.size();
+        let mut start = 0;
+        while start < count {
+            let n = piece.min(count - start);
+            let r = start * e..(start + n) * e;
+            // Buffers a rank does not use (a non-root's send of broadcast, recv of
+            // reduce) may be shorter: it gets an empty piece.
+            let input = send.and_then(|s| s.get(r.clone())).unwrap_or(&[]);
+            let output = match recv.get_mut(r) {
+                Some(o) => o,
+                None => &mut [],
+            };
+            let call = self.call(coll, dtype, op, n, root, send.is_none());
+            self.run(call, input, output)?;
+            start += n;
+        }
+        Ok(())
     }
 
     /// Plans and runs `call` over `input` (empty when in place) and `output`.
@@ -488,16 +528,97 @@ impl Communicator {
         Ok(count)
     }
 
-    fn same_len(&self, what: &str, dtype: DataType, send: &[u8], recv: &[u8]) -> Result<()> {
-        if send.len() != recv.len() {
+    fn same_len(&self, what: &str, dtype: DataType, send: usize, recv: usize) -> Result<()> {
+        if send != recv {
             return Err(Error::invalid(format!(
                 "{what} rank {}: send has {} elements but recv has {}",
                 self.rank,
-                send.len() / dtype.size(),
-                recv.len() / dtype.size()
+                send / dtype.size(),
+                recv / dtype.size()
             )));
         }
         Ok(())
+    }
+
+    /// Validates a byte-level collective's buffer lengths (`send: None` = in place)
+    /// and root, and returns its element count (per block for the block collectives).
+    pub(crate) fn count_of(
+        &self,
+        coll: Collective,
+        dtype: DataType,
+        root: usize,
+        send: Option<usize>,
+        recv: usize,
+    ) -> Result<usize> {
+        match coll {
+            Collective::AllReduce => {
+                let count = self.elems("all_reduce", "recv", dtype, recv)?;
+                if let Some(send) = send {
+                    self.same_len("all_reduce on", dtype, send, recv)?;
+                }
+                Ok(count)
+            }
+            Collective::AllGather => self.block_count(
+                "all_gather",
+                dtype,
+                ("recv", recv),
+                send.map(|s| ("send", s)),
+            ),
+            Collective::Broadcast => {
+                check_rank("broadcast root", root, self.nranks)?;
+                let count = self.elems("broadcast", "recv", dtype, recv)?;
+                if let (Some(send), true) = (send, self.rank == root) {
+                    self.same_len("broadcast on root", dtype, send, recv)?;
+                }
+                Ok(count)
+            }
+            Collective::Reduce => {
+                check_rank("reduce root", root, self.nranks)?;
+                match send {
+                    Some(send) => {
+                        if self.rank == root {
+                            self.same_len("reduce on root", dtype, send, recv)?;
+                        }
+                        self.elems("reduce", "send", dtype, send)
+                    }
+                    None => self.elems("reduce", "buffer", dtype, recv),
+                }
+            }
+            Collective::ReduceScatter => match send {
+                Some(send) => self.block_count(
+                    "reduce_scatter",
+                    dtype,
+                    ("send", send),
+                    Some(("recv", recv)),
+                ),
+                None => self.block_count("reduce_scatter", dtype, ("recv", recv), None),
+            },
+            Collective::AllToAll => {
+                let total = self.elems("all_to_all", "recv", dtype, recv)?;
+                if let Some(send) = send {
+                    self.same_len("all_to_all on", dtype, send, recv)?;
+                }
+                self.blocks("all_to_all", total)
+            }
+            Collective::SendRecv | Collective::Barrier => {
+                Err(Error::Internal(format!("count_of called for {coll}")))
+            }
+        }
+    }
+
+    /// Validates and runs a byte-level collective (`send: None` = in place).
+    #[allow(clippy::too_many_arguments)]
+    fn raw(
+        &mut self,
+        coll: Collective,
+        dtype: DataType,
+        op: ReduceOp,
+        root: usize,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+    ) -> Result<()> {
+        let count = self.count_of(coll, dtype, root, send.map(<[u8]>::len), recv.len())?;
+        self.launch(coll, dtype, op, count, root, send, recv)
     }
 
     /// Byte-level all-reduce of `dtype` elements; `send: None` means in place in `recv`.
@@ -509,11 +630,7 @@ impl Communicator {
         send: Option<&[u8]>,
         recv: &mut [u8],
     ) -> Result<()> {
-        let count = self.elems("all_reduce", "recv", dtype, recv.len())?;
-        if let Some(send) = send {
-            self.same_len("all_reduce on", dtype, send, recv)?;
-        }
-        self.launch(Collective::AllReduce, dtype, op, count, 0, send, recv)
+        self.raw(Collective::AllReduce, dtype, op, 0, send, recv)
     }
 
     /// Byte-level all-gather: `recv` holds `nranks` blocks of `send`'s size; `send: None`
@@ -524,21 +641,7 @@ impl Communicator {
         send: Option<&[u8]>,
         recv: &mut [u8],
     ) -> Result<()> {
-        let count = self.block_count(
-            "all_gather",
-            dtype,
-            ("recv", recv.len()),
-            send.map(|s| ("send", s.len())),
-        )?;
-        self.launch(
-            Collective::AllGather,
-            dtype,
-            ReduceOp::Sum,
-            count,
-            0,
-            send,
-            recv,
-        )
+        self.raw(Collective::AllGather, dtype, ReduceOp::Sum, 0, send, recv)
     }
 
     /// Byte-level broadcast of `recv.len()` bytes from `root`; `send` is read on the root
@@ -550,16 +653,10 @@ impl Communicator {
         recv: &mut [u8],
         root: usize,
     ) -> Result<()> {
-        check_rank("broadcast root", root, self.nranks)?;
-        let count = self.elems("broadcast", "recv", dtype, recv.len())?;
-        if let (Some(send), true) = (send, self.rank == root) {
-            self.same_len("broadcast on root", dtype, send, recv)?;
-        }
-        self.launch(
+        self.raw(
             Collective::Broadcast,
             dtype,
             ReduceOp::Sum,
-            count,
             root,
             send,
             recv,
@@ -576,17 +673,7 @@ impl Communicator {
         recv: &mut [u8],
         root: usize,
     ) -> Result<()> {
-        check_rank("reduce root", root, self.nranks)?;
-        let count = match send {
-            Some(send) => {
-                if self.rank == root {
-                    self.same_len("reduce on root", dtype, send, recv)?;
-                }
-                self.elems("reduce", "send", dtype, send.len())?
-            }
-            None => self.elems("reduce", "buffer", dtype, recv.len())?,
-        };
-        self.launch(Collective::Reduce, dtype, op, count, root, send, recv)
+        self.raw(Collective::Reduce, dtype, op, root, send, recv)
     }
 
     /// Byte-level reduce-scatter. Out of place, `send` holds `nranks` blocks of `recv`'s
@@ -598,16 +685,7 @@ impl Communicator {
         send: Option<&[u8]>,
         recv: &mut [u8],
     ) -> Result<()> {
-        let count = match send {
-            Some(send) => self.block_count(
-                "reduce_scatter",
-                dtype,
-                ("send", send.len()),
-                Some(("recv", recv.len())),
-            )?,
-            None => self.block_count("reduce_scatter", dtype, ("recv", recv.len()), None)?,
-        };
-        self.launch(Collective::ReduceScatter, dtype, op, count, 0, send, recv)
+        self.raw(Collective::ReduceScatter, dtype, op, 0, send, recv)
     }
 
     /// Byte-level all-to-all over `nranks` equal blocks; `send: None` means in place.
@@ -617,20 +695,7 @@ impl Communicator {
         send: Option<&[u8]>,
         recv: &mut [u8],
     ) -> Result<()> {
-        let total = self.elems("all_to_all", "recv", dtype, recv.len())?;
-        if let Some(send) = send {
-            self.same_len("all_to_all on", dtype, send, recv)?;
-        }
-        let count = self.blocks("all_to_all", total)?;
-        self.launch(
-            Collective::AllToAll,
-            dtype,
-            ReduceOp::Sum,
-            count,
-            0,
-            send,
-            recv,
-        )
+        self.raw(Collective::AllToAll, dtype, ReduceOp::Sum, 0, send, recv)
     }
 
     /// Runs every send and receive in `transfers` together, like sends and receives

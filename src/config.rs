@@ -205,6 +205,11 @@ pub struct Config {
     /// this many bytes in total, use the direct (latency) algorithms
     /// (`MIXCCL_DIRECT_MAX_BYTES`; default 16 KiB).
     pub direct_max_bytes: usize,
+    /// all_reduce, broadcast and reduce larger than this run as a sequence of calls
+    /// of at most this many bytes, on every rank alike, so a rank whose buffers are in
+    /// device memory can copy piece k+1 to the host while piece k is on the wire
+    /// (`MIXCCL_PIPELINE_BYTES`; default 8 MiB; 0 = never split).
+    pub pipeline_bytes: usize,
     /// Use TCP even between ranks on the same host (`MIXCCL_SHM_DISABLE=1`; default 0).
     pub shm_disable: bool,
     /// Bytes of each shared-memory ring, per direction and peer (`MIXCCL_SHM_BUFFER`;
@@ -236,6 +241,7 @@ impl Default for Config {
             socket_ifname: None,
             socket_buffer: 0,
             direct_max_bytes: 16 << 10,
+            pipeline_bytes: 8 << 20,
             spin: Duration::from_micros(100),
             shm_disable: false,
             shm_buffer: 1 << 20,
@@ -302,6 +308,10 @@ impl Config {
         if let Some(v) = get("MIXCCL_DIRECT_MAX_BYTES") {
             self.direct_max_bytes =
                 parse_bytes(&v).ok_or_else(|| bad("MIXCCL_DIRECT_MAX_BYTES", &v, "a size"))?;
+        }
+        if let Some(v) = get("MIXCCL_PIPELINE_BYTES") {
+            self.pipeline_bytes =
+                parse_bytes(&v).ok_or_else(|| bad("MIXCCL_PIPELINE_BYTES", &v, "a size"))?;
         }
         if let Some(v) = get("MIXCCL_SHM_DISABLE") {
             self.shm_disable = match v.trim() {
@@ -378,12 +388,13 @@ impl Config {
             .collect::<Vec<_>>()
             .join(";");
         format!(
-            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_SHM_CMA={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_ALGO={}",
+            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_SHM_CMA={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_PIPELINE_BYTES={}\nMIXCCL_ALGO={}",
             self.nsocks,
             u8::from(self.shm_disable),
             u8::from(self.shm_cma),
             self.chunk_bytes,
             self.direct_max_bytes,
+            self.pipeline_bytes,
             if algo.is_empty() { "auto" } else { &algo }
         )
     }
@@ -424,6 +435,10 @@ impl Config {
             format!(
                 "MIXCCL_DIRECT_MAX_BYTES={} (direct algorithms up to this size)",
                 self.direct_max_bytes
+            ),
+            format!(
+                "MIXCCL_PIPELINE_BYTES={} (largest piece of a split all_reduce/broadcast/reduce)",
+                self.pipeline_bytes
             ),
             format!(
                 "MIXCCL_SPIN_US={} (poll before sleeping)",
