@@ -1,6 +1,7 @@
 //! Command-line flags: nccl-tests' names and defaults, parsed by hand. Owns the
 //! [`Args`] every other module reads; knows nothing about communicators.
 
+use mixccl::device::Vendor;
 use mixccl::{Collective, DataType, ReduceOp};
 use std::path::PathBuf;
 
@@ -23,9 +24,13 @@ usage: mixccl-perf <allreduce|allgather|broadcast|reduce|reducescatter|alltoall|
       --np <n>               start n local ranks; otherwise join the job described by the
                              environment (MIXCCL_RANK/NRANKS + MIXCCL_UNIQUE_ID or MIXCCL_ROOT,
                              torchrun, Open MPI, Slurm)
-      --bind <block|none>    with --np: pin rank r to CPU r*ncpus/n of the CPUs this process
-                             may use, so neighbouring ranks share a core when ranks outnumber
-                             cores (default block); none leaves placement to the kernel
+      --device <host|cuda|hip|musa|acl|cnrt>
+                             put the buffers in this runtime's memory on the current device
+                             (default host); device buffers are staged through pinned memory
+      --bind <block|none>    with --np: pin rank r to CPUs r*ncpus/n .. (r+1)*ncpus/n of the
+                             CPUs this process may use (at least one), so neighbouring ranks
+                             share a core when ranks outnumber cores (default block); none
+                             leaves placement to the kernel
   -h, --help                 this text";
 
 /// How sizes grow from `--minbytes` to `--maxbytes`.
@@ -68,6 +73,8 @@ pub struct Args {
     pub child_args: Vec<String>,
     /// `--bind`: pin the ranks `--np` starts to CPUs.
     pub bind: bool,
+    /// `--device`: the runtime whose memory holds the buffers (None: host memory).
+    pub device: Option<Vendor>,
 }
 
 /// What the command line asks for.
@@ -115,6 +122,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
     let mut json = None;
     let mut np = None;
     let mut bind = true;
+    let mut device = None;
     let mut child_args = Vec::new();
 
     let mut i = 0;
@@ -161,6 +169,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
             "J" | "json" => 'J',
             "np" => 'N',
             "bind" => 'B',
+            "device" => 'D',
             _ => return Err(format!("unknown flag {arg:?}")),
         };
         let consumed_next = inline.is_none();
@@ -214,6 +223,15 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
                 np = Some(parse_count(flag, &value, 1)?);
                 continue;
             }
+            'D' => {
+                device = if value.eq_ignore_ascii_case("host") {
+                    None
+                } else {
+                    Some(Vendor::parse(&value).ok_or_else(|| {
+                        format!("{flag} {value:?}: expected host, cuda, hip, musa, acl or cnrt")
+                    })?)
+                }
+            }
             'B' => {
                 bind = match value.as_str() {
                     "block" => true,
@@ -263,6 +281,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         np,
         child_args,
         bind,
+        device,
     }))
 }
 

@@ -3,8 +3,9 @@
 //! one phase (out-of-place or in-place) on this rank. Cross-rank aggregation and
 //! printing live in `run` and `report`.
 
+use mixccl::device::{DeviceMemory, Vendor};
 use mixccl::verify::{count_wrong, expected_reduce, fill, input_value};
-use mixccl::{Collective, Communicator, Element, ReduceOp, Result};
+use mixccl::{Collective, Communicator, Element, ReduceOp, Result, TransferMem};
 use std::time::Instant;
 
 /// Whether the collective reduces (and so has a meaningful `redop` column).
@@ -77,6 +78,8 @@ pub struct Call {
     pub warmup: usize,
     /// Whether to check the result.
     pub check: bool,
+    /// The runtime whose device memory holds the buffers (None: host vectors).
+    pub device: Option<Vendor>,
 }
 
 /// What one phase measured on this rank.
@@ -102,10 +105,12 @@ struct Bench<'a, T> {
     nranks: usize,
     send: Vec<T>,
     recv: Vec<T>,
+    /// With `--device`: device copies of `send` and `recv`, which the calls use.
+    device: Option<(DeviceMemory, DeviceMemory)>,
 }
 
 impl<'a, T: Element> Bench<'a, T> {
-    fn new(comm: &'a mut Communicator, call: Call, in_place: bool) -> Self {
+    fn new(comm: &'a mut Communicator, call: Call, in_place: bool) -> Result<Self> {
         let (rank, nranks, count) = (comm.rank(), comm.nranks(), call.count);
         let blocks = blocks_per_size(call.collective, nranks);
         let (send_len, recv_len) = match call.collective {
@@ -119,7 +124,14 @@ impl<'a, T: Element> Bench<'a, T> {
         } else {
             (vec![zero; send_len], vec![zero; recv_len])
         };
-        Bench {
+        let device = match call.device {
+            Some(v) => Some((
+                DeviceMemory::new(v, None, std::mem::size_of_val(&send[..]))?,
+                DeviceMemory::new(v, None, std::mem::size_of_val(&recv[..]))?,
+            )),
+            None => None,
+        };
+        Ok(Bench {
             comm,
             call,
             in_place,
@@ -127,7 +139,52 @@ impl<'a, T: Element> Bench<'a, T> {
             nranks,
             send,
             recv,
+            device,
+        })
+    }
+
+    /// With `--device`: copies the host vectors' contents to the device buffers.
+    fn upload(&mut self) -> Result<()> {
+        if let Some((s, r)) = &mut self.device {
+            s.mem().write_from(bytemuck::cast_slice(&self.send))?;
+            r.mem().write_from(bytemuck::cast_slice(&self.recv))?;
         }
+        Ok(())
+    }
+
+    /// With `--device`: copies the device result into the host vector for checking.
+    fn download(&mut self) -> Result<()> {
+        if let Some((_, r)) = &mut self.device {
+            r.mem()
+                .read_into(bytemuck::cast_slice_mut(&mut self.recv))?;
+        }
+        Ok(())
+    }
+
+    /// One call on the device buffers.
+    fn run_device(&mut self) -> Result<()> {
+        let Call { op, root, .. } = self.call;
+        let (rank, n) = (self.rank, self.nranks);
+        let Some((s, r)) = &mut self.device else {
+            return Ok(());
+        };
+        let (send, recv) = (s.mem(), r.mem());
+        let coll = self.call.collective;
+        if coll == Collective::SendRecv {
+            return self.comm.group_mem(&[
+                TransferMem::Send {
+                    peer: (rank + 1) % n,
+                    buf: send,
+                },
+                TransferMem::Recv {
+                    peer: (rank + n - 1) % n,
+                    buf: recv,
+                },
+            ]);
+        }
+        let send = (!self.in_place).then_some(send);
+        self.comm
+            .collective_mem(coll, T::DTYPE, op, root, send, recv)
     }
 
     /// The op that shapes the input data: the reduction op, or `Sum` (exact data).
@@ -161,6 +218,9 @@ impl<'a, T: Element> Bench<'a, T> {
     }
 
     fn run_once(&mut self) -> Result<()> {
+        if self.device.is_some() {
+            return self.run_device();
+        }
         let Call { op, root, .. } = self.call;
         let (rank, n) = (self.rank, self.nranks);
         let comm = &mut *self.comm;
@@ -235,8 +295,9 @@ pub fn run_phase<T: Element>(
     call: Call,
     in_place: bool,
 ) -> Result<PhaseResult> {
-    let mut b = Bench::<T>::new(comm, call, in_place);
+    let mut b = Bench::<T>::new(comm, call, in_place)?;
     b.fill();
+    b.upload()?;
     for _ in 0..call.warmup {
         b.run_once()?;
     }
@@ -248,7 +309,9 @@ pub fn run_phase<T: Element>(
     let seconds = start.elapsed().as_secs_f64() / call.iters.max(1) as f64;
     let wrong = if call.check {
         b.fill();
+        b.upload()?;
         b.run_once()?;
+        b.download()?;
         Some(b.wrong())
     } else {
         None

@@ -71,18 +71,24 @@ fn allowed_cpus() -> Vec<usize> {
     Vec::new()
 }
 
-/// Makes the child run on `cpu` only, like `mpirun --bind-to core`. With more ranks
-/// than cores, block placement keeps ring neighbours on one core, where a rank that
-/// waits yields straight to the one it waits for, instead of migrating between cores.
+/// Makes the child run on `cpus` only, like `mpirun --bind-to core` (one core per
+/// rank when ranks outnumber cores) or `--map-by slot:PE=k` (a block of k cores per
+/// rank otherwise, room for a rank's helper threads: device staging, runtime
+/// threads). With more ranks than cores, block placement keeps ring neighbours on
+/// one core, where a rank that waits yields straight to the one it waits for.
 #[cfg(target_os = "linux")]
-fn pin_to(cmd: &mut Command, cpu: usize) {
+fn pin_to(cmd: &mut Command, cpus: &[usize]) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: between fork and exec the closure only fills a stack cpu_set_t and calls
-    // sched_setaffinity, which is async-signal-safe; it allocates nothing.
+    // SAFETY: cpu_set_t is plain data, zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: `cpu` comes from sched_getaffinity, so it is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: between fork and exec the closure only calls sched_setaffinity on a
+    // copied cpu_set_t, which is async-signal-safe; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
             if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -92,7 +98,7 @@ fn pin_to(cmd: &mut Command, cpu: usize) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn pin_to(_cmd: &mut Command, _cpu: usize) {}
+fn pin_to(_cmd: &mut Command, _cpus: &[usize]) {}
 
 fn kill_all(children: &mut [Option<Child>]) -> Vec<usize> {
     let mut killed = Vec::new();
@@ -136,7 +142,9 @@ fn launch_ranks(np: usize, child_args: &[String], bind: bool) -> Result<bool, St
             .env_remove("MIXCCL_ROOT");
         die_with_parent(&mut cmd);
         if !cpus.is_empty() {
-            pin_to(&mut cmd, cpus[rank * cpus.len() / np]);
+            let first = rank * cpus.len() / np;
+            let end = ((rank + 1) * cpus.len() / np).max(first + 1);
+            pin_to(&mut cmd, &cpus[first..end]);
         }
         match cmd.spawn() {
             Ok(child) => children.push(Some(child)),

@@ -149,7 +149,7 @@ pub fn header(args: &Args, nranks: usize) -> String {
     };
     [
         format!(
-            "# mixccl-perf {}: nranks {nranks}, minBytes {}, maxBytes {}, step: {}, warmup iters: {}, iters: {}, check: {}",
+            "# mixccl-perf {}: nranks {nranks}, minBytes {}, maxBytes {}, step: {}, warmup iters: {}, iters: {}, check: {}, memory: {}",
             args.collective,
             args.min_bytes,
             args.max_bytes,
@@ -157,6 +157,7 @@ pub fn header(args: &Args, nranks: usize) -> String {
             args.warmup,
             args.iters,
             u8::from(args.check),
+            args.device.map_or("host", |v| v.name()),
         ),
         "#".to_string(),
         format!("{:<52}{:^32}{:^32}", "#", "out-of-place", "in-place")

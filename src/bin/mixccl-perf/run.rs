@@ -115,6 +115,7 @@ fn run_row(
         iters: args.iters,
         warmup: args.warmup,
         check: args.check,
+        device: args.device,
     };
     let factor = bench::bus_factor(coll, n);
     let mut phase = |in_place: bool| -> Result<Phase> {
