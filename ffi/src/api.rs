@@ -76,6 +76,7 @@ fn collective(what: &str, kind: Kind, comm: CommPtr, a: Args) -> c_int {
 }
 
 /// A send (`send`) or receive: validated now, then run or recorded for the group.
+#[allow(clippy::too_many_arguments)]
 fn p2p(
     what: &str,
     send: bool,
@@ -84,11 +85,12 @@ fn p2p(
     dtype: c_int,
     peer: c_int,
     comm: CommPtr,
+    stream: Stream,
 ) -> c_int {
     guard(what, || {
         group::submit(|| {
             let c = cast::comm(comm)?;
-            let t = P2p::new(send, &c, buf, count, dtype, peer)?;
+            let t = P2p::new(send, &c, buf, count, dtype, peer, stream as usize)?;
             Ok((c, Pending::P2p(t)))
         })
     })
@@ -112,11 +114,12 @@ fn init_rank_config(
 }
 
 nccl_api! {
-    /// Allocates 64-byte-aligned host memory.
+    /// Allocates on the current device of the loaded device runtime, else
+    /// 64-byte-aligned host memory.
     fn ncclMemAlloc(ptr: *mut *mut c_void, size: usize) -> c_int {
         guard("ncclMemAlloc", || {
             cast::write(ptr, "ptr", std::ptr::null_mut())?;
-            cast::write(ptr, "ptr", memory::alloc(size)?)
+            cast::write(ptr, "ptr", memory::alloc_for_nccl(size)?)
         })
     }
 
@@ -124,8 +127,7 @@ nccl_api! {
     fn ncclMemFree(ptr: *mut c_void) -> c_int {
         guard("ncclMemFree", || {
             // SAFETY: nccl.h: ptr is NULL or came from ncclMemAlloc.
-            unsafe { memory::free(ptr) };
-            Ok(())
+            unsafe { memory::free_for_nccl(ptr) }
         })
     }
 
@@ -349,8 +351,7 @@ nccl_api! {
         comm: CommPtr,
         stream: Stream,
     ) -> c_int {
-        let _ = stream;
-        let a = Args { send: sendbuff, recv: recvbuff, count, dtype: datatype, op, root };
+        let a = Args { send: sendbuff, recv: recvbuff, count, dtype: datatype, op, root, stream: stream as usize };
         collective("ncclReduce", Kind::Reduce, comm, a)
     }
 
@@ -363,8 +364,7 @@ nccl_api! {
         comm: CommPtr,
         stream: Stream,
     ) -> c_int {
-        let _ = stream;
-        let a = Args { send: buff, recv: buff, count, dtype: datatype, op: 0, root };
+        let a = Args { send: buff, recv: buff, count, dtype: datatype, op: 0, root, stream: stream as usize };
         collective("ncclBcast", Kind::Broadcast, comm, a)
     }
 
@@ -378,8 +378,7 @@ nccl_api! {
         comm: CommPtr,
         stream: Stream,
     ) -> c_int {
-        let _ = stream;
-        let a = Args { send: sendbuff, recv: recvbuff, count, dtype: datatype, op: 0, root };
+        let a = Args { send: sendbuff, recv: recvbuff, count, dtype: datatype, op: 0, root, stream: stream as usize };
         collective("ncclBroadcast", Kind::Broadcast, comm, a)
     }
 
@@ -393,8 +392,7 @@ nccl_api! {
         comm: CommPtr,
         stream: Stream,
     ) -> c_int {
-        let _ = stream;
-        let a = Args { send: sendbuff, recv: recvbuff, count, dtype: datatype, op, root: 0 };
+        let a = Args { send: sendbuff, recv: recvbuff, count, dtype: datatype, op, root: 0, stream: stream as usize };
         collective("ncclAllReduce", Kind::AllReduce, comm, a)
     }
 
@@ -408,7 +406,6 @@ nccl_api! {
         comm: CommPtr,
         stream: Stream,
     ) -> c_int {
-        let _ = stream;
         let a = Args {
             send: sendbuff,
             recv: recvbuff,
@@ -416,6 +413,7 @@ nccl_api! {
             dtype: datatype,
             op,
             root: 0,
+            stream: stream as usize,
         };
         collective("ncclReduceScatter", Kind::ReduceScatter, comm, a)
     }
@@ -429,7 +427,6 @@ nccl_api! {
         comm: CommPtr,
         stream: Stream,
     ) -> c_int {
-        let _ = stream;
         let a = Args {
             send: sendbuff,
             recv: recvbuff,
@@ -437,6 +434,7 @@ nccl_api! {
             dtype: datatype,
             op: 0,
             root: 0,
+            stream: stream as usize,
         };
         collective("ncclAllGather", Kind::AllGather, comm, a)
     }
@@ -450,8 +448,7 @@ nccl_api! {
         comm: CommPtr,
         stream: Stream,
     ) -> c_int {
-        let _ = stream;
-        let a = Args { send: sendbuff, recv: recvbuff, count, dtype: datatype, op: 0, root: 0 };
+        let a = Args { send: sendbuff, recv: recvbuff, count, dtype: datatype, op: 0, root: 0, stream: stream as usize };
         collective("ncclAlltoAll", Kind::AllToAll, comm, a)
     }
 
@@ -464,8 +461,7 @@ nccl_api! {
         comm: CommPtr,
         stream: Stream,
     ) -> c_int {
-        let _ = stream;
-        p2p("ncclSend", true, sendbuff, count, datatype, peer, comm)
+        p2p("ncclSend", true, sendbuff, count, datatype, peer, comm, stream)
     }
 
     /// Receives `count` elements from `peer`.
@@ -477,8 +473,7 @@ nccl_api! {
         comm: CommPtr,
         stream: Stream,
     ) -> c_int {
-        let _ = stream;
-        p2p("ncclRecv", false, recvbuff, count, datatype, peer, comm)
+        p2p("ncclRecv", false, recvbuff, count, datatype, peer, comm, stream)
     }
 
     /// Opens a group (groups nest).

@@ -14,6 +14,7 @@
 
 use crate::comm::Shared;
 use crate::status::{Failure, Outcome};
+use mixccl::MemRef;
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -183,6 +184,15 @@ impl RawBuf {
 
     /// The empty buffer.
     pub const EMPTY: RawBuf = RawBuf { addr: 0, len: 0 };
+
+    /// The buffer as a [`MemRef`], its memory kind (host, or a loaded device
+    /// runtime's memory) looked up now. An address that is neither readable host
+    /// memory nor claimed by a runtime is an error naming it.
+    pub fn mem(self) -> Outcome<MemRef> {
+        // SAFETY: the address came from an exported function's caller, who keeps the
+        // buffer valid and untouched until the call (or its group) returns (nccl.h).
+        Ok(unsafe { MemRef::new(self.addr as *const u8, self.len) }?)
+    }
 
     /// `len` bytes starting `offset` bytes in; must lie inside `self`.
     pub fn sub(self, offset: usize, len: usize) -> RawBuf {

@@ -14,7 +14,8 @@ use crate::cast::RawBuf;
 use crate::comm::Shared;
 use crate::redop::{scaled_copy, OpSpec};
 use crate::status::{Failure, Outcome};
-use mixccl::{Communicator, DataType, ReduceOp, Transfer};
+use mixccl::device::MemoryKind;
+use mixccl::{Collective, Communicator, DataType, MemRef, ReduceOp, Transfer, TransferMem};
 use std::ffi::{c_int, c_void};
 
 /// Which collective.
@@ -47,6 +48,8 @@ pub(crate) struct Args {
     pub dtype: c_int,
     pub op: c_int,
     pub root: c_int,
+    /// The caller's stream (`cudaStream_t` or another vendor's); 0 is the default.
+    pub stream: usize,
 }
 
 /// A validated collective call.
@@ -62,6 +65,8 @@ pub(crate) struct CollCall {
     send: Option<RawBuf>,
     /// What it writes; in place, the whole buffer it reads and writes.
     recv: RawBuf,
+    /// The caller's stream, waited for before the call reads its buffers.
+    stream: usize,
 }
 
 /// The data type for C's integer.
@@ -187,6 +192,7 @@ impl CollCall {
             nranks,
             send,
             recv,
+            stream: a.stream,
         })
     }
 
@@ -202,11 +208,60 @@ impl CollCall {
         }
     }
 
-    /// Runs the call (blocking) on `comm`.
+    /// The collective this call runs.
+    fn collective(&self) -> Collective {
+        match self.kind {
+            Kind::AllReduce => Collective::AllReduce,
+            Kind::Broadcast => Collective::Broadcast,
+            Kind::Reduce => Collective::Reduce,
+            Kind::AllGather => Collective::AllGather,
+            Kind::ReduceScatter => Collective::ReduceScatter,
+            Kind::AllToAll => Collective::AllToAll,
+        }
+    }
+
+    /// Runs the call (blocking) on `comm`: waits for the caller's stream, then runs
+    /// on host memory directly or stages device memory through the host.
     ///
     /// The caller's buffers must still be valid (nccl.h: until the call, or the
     /// group holding it, returns).
     pub fn run(&self, comm: &mut Communicator) -> Outcome {
+        let send = self.send.map(RawBuf::mem).transpose()?;
+        let recv = self.recv.mem()?;
+        let bufs: Vec<MemRef> = send.into_iter().chain([recv]).collect();
+        mixccl::device::wait_stream(self.stream, &bufs)?;
+        if !bufs.iter().any(MemRef::is_device) {
+            return self.run_host(comm);
+        }
+        let (op, scaled) = match self.op {
+            OpSpec::Builtin(op) => (op, None),
+            OpSpec::PreMulSum(scalar) => {
+                // Scale a host copy of the input; the call then sums it into `recv`
+                // (in place: into the in-place output).
+                let src = send.unwrap_or(recv);
+                let mut host = vec![0u8; src.len()];
+                src.read_into(&mut host)?;
+                (ReduceOp::Sum, Some(scaled_copy(self.dtype, &host, scalar)?))
+            }
+        };
+        let (send, recv) = match &scaled {
+            None => (send, recv),
+            Some(s) => (
+                // SAFETY: our own vector, alive until the call below returns.
+                Some(unsafe { MemRef::with_kind(s.as_ptr(), s.len(), MemoryKind::Host) }),
+                if send.is_some() {
+                    recv
+                } else {
+                    self.in_place_output().mem()?
+                },
+            ),
+        };
+        comm.collective_mem(self.collective(), self.dtype, op, self.root, send, recv)?;
+        Ok(())
+    }
+
+    /// [`CollCall::run`] for host buffers: slices and the byte-level calls.
+    fn run_host(&self, comm: &mut Communicator) -> Outcome {
         let scaled: Vec<u8>;
         let (op, input, output) = match self.op {
             OpSpec::Builtin(op) => {
@@ -251,6 +306,8 @@ pub(crate) struct P2p {
     pub send: bool,
     pub peer: usize,
     pub buf: RawBuf,
+    /// The caller's stream, waited for before the transfer reads its buffer.
+    pub stream: usize,
 }
 
 impl P2p {
@@ -262,12 +319,18 @@ impl P2p {
         count: usize,
         dtype: c_int,
         peer: c_int,
+        stream: usize,
     ) -> Outcome<P2p> {
         let dtype = dtype_of(dtype)?;
         let peer = rank_of("peer", peer, comm.nranks)?;
         let len = bytes(count, dtype, 1)?;
         let buf = RawBuf::new(buf, len, if send { "sendbuff" } else { "recvbuff" })?;
-        Ok(P2p { send, peer, buf })
+        Ok(P2p {
+            send,
+            peer,
+            buf,
+            stream,
+        })
     }
 }
 
@@ -279,6 +342,25 @@ pub(crate) fn run_p2p(comm: &mut Communicator, p2p: &[P2p]) -> Outcome {
         return Ok(());
     }
     check_disjoint(p2p)?;
+    let mems = p2p
+        .iter()
+        .map(|t| t.buf.mem())
+        .collect::<Outcome<Vec<MemRef>>>()?;
+    for (t, m) in p2p.iter().zip(&mems) {
+        mixccl::device::wait_stream(t.stream, std::slice::from_ref(m))?;
+    }
+    if mems.iter().any(MemRef::is_device) {
+        let transfers: Vec<TransferMem> = p2p
+            .iter()
+            .zip(mems)
+            .map(|(t, buf)| match t.send {
+                true => TransferMem::Send { peer: t.peer, buf },
+                false => TransferMem::Recv { peer: t.peer, buf },
+            })
+            .collect();
+        comm.group_mem(&transfers)?;
+        return Ok(());
+    }
     let transfers = p2p
         .iter()
         .map(|t| {
@@ -329,6 +411,7 @@ mod tests {
             send,
             peer: 0,
             buf: RawBuf { addr, len },
+            stream: 0,
         }
     }
 
@@ -354,6 +437,7 @@ mod tests {
             dtype: 7,
             op: 0,
             root: 0,
+            stream: 0,
         }
     }
 

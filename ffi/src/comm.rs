@@ -135,7 +135,18 @@ pub(crate) fn init_rank(nranks: c_int, id: &[u8; 128], rank: c_int) -> Outcome<A
     let (nranks, rank) = ranks(nranks, rank)?;
     let id = UniqueId::from_bytes(id)?;
     let comm = Communicator::init(rank, nranks, &id, config_from_env()?)?;
-    Ok(Shared::new(comm, 0))
+    Ok(Shared::new(comm, current_device()))
+}
+
+/// The calling thread's current device in the first loaded device runtime (what
+/// `cudaGetDevice` gives a CUDA user), 0 without one: `ncclCommCuDevice`'s answer
+/// for communicators made without a device list.
+pub(crate) fn current_device() -> c_int {
+    mixccl::device::Runtimes::global()
+        .loaded()
+        .next()
+        .and_then(|d| d.current_device().ok())
+        .unwrap_or(0)
 }
 
 /// `ncclCommInitAll`: `devices.len()` ranks in this process.
@@ -152,7 +163,7 @@ pub(crate) fn init_all(devices: &[c_int]) -> Outcome<Vec<Arc<Shared>>> {
 pub(crate) fn init_from_env() -> Outcome<Arc<Shared>> {
     let env = mixccl::LaunchEnv::from_env()?;
     let comm = Communicator::from_launch_env(&env, config_from_env()?)?;
-    Ok(Shared::new(comm, 0))
+    Ok(Shared::new(comm, current_device()))
 }
 
 #[cfg(test)]
