@@ -6,9 +6,17 @@
  * written against NCCL builds and runs unchanged. Every function is also exported
  * with a `p` prefix (pncclAllReduce, ...), as NCCL does for profilers.
  *
- * What differs from NCCL (host buffers; see README.md, "C ABI"):
- *  - Buffers are host memory. Every call completes before it returns, whatever the
- *    stream argument (the stream is never touched and may be NULL).
+ * What differs from NCCL (see README.md, "C ABI" and "Device memory"):
+ *  - Buffers may be host memory or device memory of any vendor runtime mixccl can
+ *    load (CUDA, HIP, MUSA, ACL, CNRT); each call finds out which, per buffer, and
+ *    ranks of one communicator may use different vendors. Calls are HOST-SYNCHRONOUS:
+ *    a call first waits for the work already queued on `stream` (cudaStream_t or the
+ *    vendor's equivalent; NULL is the default stream), then runs the collective,
+ *    writes the result into the device buffer and returns. Nothing is left queued on
+ *    the stream, so work queued after the call sees the result. Stream-ordered
+ *    completion (returning before the collective ends) is later work.
+ *  - Device buffers move through pinned host memory (all_reduce, broadcast and
+ *    reduce pipelined in pieces of MIXCCL_PIPELINE_BYTES).
  *  - ncclResult_t has ncclTimeout = 8 (as current upstream nccl.h). mixccl returns
  *    ncclTimeout when a peer stays silent past MIXCCL_TIMEOUT, ncclRemoteError when a
  *    peer is lost (connection closed or reset), ncclInvalidUsage for mismatched calls
@@ -27,8 +35,10 @@
  *    ncclCommInitRank and ncclCommSplit run at once even inside a group, so one
  *    thread cannot initialise several ranks that way: use ncclCommInitAll.
  *  - ncclCommCuDevice reports the device given at init: devlist[i] (or i) for
- *    ncclCommInitAll, the parent's for ncclCommSplit, 0 for ncclCommInitRank.
- *  - ncclMemAlloc is 64-byte aligned host memory; ncclCommRegister is a no-op.
+ *    ncclCommInitAll, the parent's for ncclCommSplit, and for ncclCommInitRank the
+ *    caller's current device in the first loaded runtime (0 without one).
+ *  - ncclMemAlloc allocates on the current device of the first loaded runtime
+ *    (CUDA first), else 64-byte aligned host memory; ncclCommRegister is a no-op.
  *  - ncclRedOpCreatePreMulSum: the collective scales a copy of its input by the
  *    scalar, then sums (one extra pass and one temporary buffer per call).
  *
