@@ -9,6 +9,7 @@ use crate::debug::{log_info, log_trace};
 use crate::element::{DataType, Element};
 use crate::error::{Error, Result};
 use crate::exec::{self, Buffers, Context, Workspace};
+use crate::header::{self, CallHeader};
 use crate::plan;
 use crate::reduce::ReduceOp;
 use crate::transport::{mem, Link};
@@ -33,6 +34,10 @@ pub struct Communicator {
     local_ip: Option<std::net::IpAddr>,
     /// What the planner may use beyond links (agreed by all ranks at init).
     caps: plan::Capabilities,
+    /// Call headers sent and received (see `exec::HEADER_SLOT`).
+    header_buf: Vec<u8>,
+    /// Point-to-point calls so far, per peer (see `exec::Context::p2p_seq`).
+    p2p_seq: std::cell::RefCell<Vec<u64>>,
     /// Host staging buffers for device memory, kept between calls (`stage`).
     pub(crate) staging: crate::stage::Staging,
 }
@@ -54,6 +59,17 @@ pub enum Transfer<'a> {
         /// Where the bytes land.
         buf: &'a mut [u8],
     },
+}
+
+/// What a call's header says about it.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    coll: Collective,
+    dtype: DataType,
+    op: ReduceOp,
+    count: usize,
+    root: usize,
+    algo: &'static str,
 }
 
 /// Names a call in errors; formatted only when an error needs it.
@@ -208,6 +224,8 @@ impl Communicator {
             abort: Arc::new(AtomicBool::new(false)),
             local_ip: None,
             caps: plan::Capabilities::default(),
+            header_buf: Vec::new(),
+            p2p_seq: Default::default(),
             staging: Default::default(),
         })
     }
@@ -368,25 +386,22 @@ impl Communicator {
             call.root,
             schedule.ops.len()
         );
-        self.run_schedule(
-            call.coll,
-            call.dtype,
-            call.op,
-            schedule,
-            input,
-            output,
-            &[],
-            &mut [],
-        )
+        let meta = Meta {
+            coll: call.coll,
+            dtype: call.dtype,
+            op: call.op,
+            count: call.count,
+            root: call.root,
+            algo: algo.name(),
+        };
+        self.run_schedule(meta, schedule, input, output, &[], &mut [])
     }
 
     /// Runs a schedule through the executor, with the error latch and abort flag.
     #[allow(clippy::too_many_arguments)]
     fn run_schedule<'g>(
         &mut self,
-        coll: Collective,
-        dtype: DataType,
-        op: ReduceOp,
+        meta: Meta,
         schedule: algo::Schedule,
         input: &[u8],
         output: &mut [u8],
@@ -400,16 +415,25 @@ impl Communicator {
             self.failed = Some(Error::Aborted);
             return Err(Error::Aborted);
         }
-        self.seq += 1;
+        // Point-to-point calls need not be made by every rank: they are counted per
+        // peer (exec's p2p_seq), not in the collective sequence.
+        let p2p = meta.coll == Collective::SendRecv;
+        if !p2p {
+            self.seq += 1;
+        }
         let words = schedule.scratch.div_ceil(8);
         if self.scratch.len() < words {
             self.scratch.resize(words, 0);
         }
         let label = CallLabel {
-            coll,
+            coll: meta.coll,
             seq: self.seq,
             rank: self.rank,
         };
+        let header_len = exec::HEADER_SLOT * self.nranks;
+        if self.header_buf.len() < header_len {
+            self.header_buf.resize(header_len, 0);
+        }
         let mut bufs = Buffers {
             input,
             output,
@@ -417,16 +441,31 @@ impl Communicator {
                 [..schedule.scratch],
             group_in,
             group_out,
+            header: &mut self.header_buf[..header_len],
         };
+        let header = self.config.check_calls.then(|| CallHeader {
+            seq: self.seq,
+            coll: meta.coll,
+            dtype: meta.dtype,
+            op: meta.op,
+            count: meta.count as u64,
+            root: meta.root as u32,
+            algo: header::fnv32(meta.algo),
+            bytes_to_you: 0,
+            bytes_from_you: 0,
+        });
         let cx = Context {
-            dtype,
-            op,
+            dtype: meta.dtype,
+            op: meta.op,
             nranks: self.nranks,
             rank: self.rank,
             timeout: self.config.timeout,
             spin: self.config.spin,
             label: &label,
             abort: &self.abort,
+            header,
+            algo: meta.algo,
+            p2p_seq: p2p.then_some(&self.p2p_seq),
         };
         let result = exec::run(
             &schedule,
@@ -722,16 +761,15 @@ impl Communicator {
         }
         let chunk = self.config.chunk_bytes;
         let schedule = algo::group(self.rank, chunk, &plan)?;
-        self.run_schedule(
-            Collective::SendRecv,
-            DataType::U8,
-            ReduceOp::Sum,
-            schedule,
-            &[],
-            &mut [],
-            &ins,
-            &mut outs,
-        )
+        let meta = Meta {
+            coll: Collective::SendRecv,
+            dtype: DataType::U8,
+            op: ReduceOp::Sum,
+            count: 0,
+            root: 0,
+            algo: "group",
+        };
+        self.run_schedule(meta, schedule, &[], &mut [], &ins, &mut outs)
     }
 
     /// `recv[i] = op over ranks of send[i]`; `recv.len()` must equal `send.len()`.

@@ -210,6 +210,11 @@ pub struct Config {
     /// device memory can copy piece k+1 to the host while piece k is on the wire
     /// (`MIXCCL_PIPELINE_BYTES`; default 8 MiB; 0 = never split).
     pub pipeline_bytes: usize,
+    /// Send a header (sequence number, collective, type, op, count, root, algorithm,
+    /// bytes) ahead of each call's data to every peer, so mismatched calls become
+    /// `Error::Mismatch` instead of a hang or wrong data (`MIXCCL_CHECK_CALLS`;
+    /// default 1).
+    pub check_calls: bool,
     /// Use TCP even between ranks on the same host (`MIXCCL_SHM_DISABLE=1`; default 0).
     pub shm_disable: bool,
     /// Bytes of each shared-memory ring, per direction and peer (`MIXCCL_SHM_BUFFER`;
@@ -242,6 +247,7 @@ impl Default for Config {
             socket_buffer: 0,
             direct_max_bytes: 16 << 10,
             pipeline_bytes: 8 << 20,
+            check_calls: true,
             spin: Duration::from_micros(100),
             shm_disable: false,
             shm_buffer: 1 << 20,
@@ -308,6 +314,13 @@ impl Config {
         if let Some(v) = get("MIXCCL_DIRECT_MAX_BYTES") {
             self.direct_max_bytes =
                 parse_bytes(&v).ok_or_else(|| bad("MIXCCL_DIRECT_MAX_BYTES", &v, "a size"))?;
+        }
+        if let Some(v) = get("MIXCCL_CHECK_CALLS") {
+            self.check_calls = match v.trim() {
+                "1" | "true" | "yes" | "" => true,
+                "0" | "false" | "no" => false,
+                _ => return Err(bad("MIXCCL_CHECK_CALLS", &v, "0 or 1")),
+            };
         }
         if let Some(v) = get("MIXCCL_PIPELINE_BYTES") {
             self.pipeline_bytes =
@@ -388,13 +401,14 @@ impl Config {
             .collect::<Vec<_>>()
             .join(";");
         format!(
-            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_SHM_CMA={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_PIPELINE_BYTES={}\nMIXCCL_ALGO={}",
+            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_SHM_CMA={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_PIPELINE_BYTES={}\nMIXCCL_CHECK_CALLS={}\nMIXCCL_ALGO={}",
             self.nsocks,
             u8::from(self.shm_disable),
             u8::from(self.shm_cma),
             self.chunk_bytes,
             self.direct_max_bytes,
             self.pipeline_bytes,
+            u8::from(self.check_calls),
             if algo.is_empty() { "auto" } else { &algo }
         )
     }
@@ -439,6 +453,10 @@ impl Config {
             format!(
                 "MIXCCL_PIPELINE_BYTES={} (largest piece of a split all_reduce/broadcast/reduce)",
                 self.pipeline_bytes
+            ),
+            format!(
+                "MIXCCL_CHECK_CALLS={} (per-call headers: mismatched calls are errors)",
+                u8::from(self.check_calls)
             ),
             format!(
                 "MIXCCL_SPIN_US={} (poll before sleeping)",

@@ -14,6 +14,7 @@
 use crate::algo::{Buf, Op, Region, Schedule};
 use crate::element::DataType;
 use crate::error::{Error, Result};
+use crate::header::{decode_control, encode_control, CallHeader, HEADER_BYTES};
 use crate::reduce::{self, ReduceOp};
 use crate::sys;
 use crate::transport::{Direction, Link};
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant};
 
 /// Bytes of staging per lane for receive-and-reduce (fits in L2 with its destination).
 const STAGING_BYTES: usize = 256 << 10;
+/// How long a rank that lost a peer waits for that peer's mismatch report.
+const CONTROL_GRACE: Duration = Duration::from_millis(100);
 /// Longest single sleep, so an abort is noticed quickly.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
@@ -33,7 +36,12 @@ pub(crate) struct Buffers<'a, 'g> {
     /// Send and receive buffers of a group call.
     pub group_in: &'a [&'g [u8]],
     pub group_out: &'a mut [&'g mut [u8]],
+    /// Call headers, [`HEADER_SLOT`] bytes per peer (see `Buf::Header`).
+    pub header: &'a mut [u8],
 }
+
+/// Bytes of `Buffers::header` per peer: the header sent, then the one received.
+pub(crate) const HEADER_SLOT: usize = 2 * HEADER_BYTES;
 
 impl Buffers<'_, '_> {
     fn get(&self, r: Region) -> &[u8] {
@@ -43,6 +51,7 @@ impl Buffers<'_, '_> {
             Buf::Scratch => self.scratch,
             Buf::GroupIn(i) => self.group_in[i as usize],
             Buf::GroupOut(i) => self.group_out[i as usize],
+            Buf::Header => self.header,
         };
         &b[r.off..r.off + r.len]
     }
@@ -53,6 +62,7 @@ impl Buffers<'_, '_> {
             Buf::Output => self.output,
             Buf::Scratch => self.scratch,
             Buf::GroupOut(i) => self.group_out[i as usize],
+            Buf::Header => self.header,
         };
         &mut b[r.off..r.off + r.len]
     }
@@ -65,6 +75,7 @@ impl Buffers<'_, '_> {
                 Buf::Output => self.output,
                 Buf::Scratch => self.scratch,
                 Buf::GroupOut(i) => self.group_out[i as usize],
+                Buf::Header => self.header,
                 Buf::Input | Buf::GroupIn(_) => unreachable!("schedules never write send buffers"),
             };
             if src.off < dst.off {
@@ -106,6 +117,15 @@ pub(crate) struct Context<'a> {
     /// Names the call in errors, e.g. "allreduce #12 on rank 3" (formatted only on error).
     pub label: &'a dyn std::fmt::Display,
     pub abort: &'a AtomicBool,
+    /// This rank's call, sent ahead of the data to every peer it sends to and
+    /// checked against what every peer it receives from sent (None: no headers).
+    pub header: Option<CallHeader>,
+    /// The algorithm's name, for mismatch messages.
+    pub algo: &'a str,
+    /// Point-to-point calls are not collective: their headers carry, per peer, how
+    /// many earlier point-to-point calls exchanged data with it (`p2p_seq[p]`)
+    /// instead of the collective sequence number. Updated here.
+    pub p2p_seq: Option<&'a std::cell::RefCell<Vec<u64>>>,
 }
 
 /// Reusable per-communicator executor memory.
@@ -177,7 +197,8 @@ fn reduce_into(
     }
 }
 
-/// Runs `schedule` to completion.
+/// Runs `schedule` to completion, behind per-call headers when `cx.header` is set.
+/// A mismatch found here is reported to every peer on the control channels.
 pub(crate) fn run(
     schedule: &Schedule,
     bufs: &mut Buffers<'_, '_>,
@@ -185,7 +206,140 @@ pub(crate) fn run(
     ws: &mut Workspace,
     cx: &Context<'_>,
 ) -> Result<()> {
-    let ops = &schedule.ops;
+    let Some(mine) = cx.header else {
+        return run_ops(&schedule.ops, 0, bufs, links, ws, cx);
+    };
+    // Bytes this call sends to and expects from each peer.
+    let n = links.len();
+    let (mut to, mut from) = (vec![None::<u64>; n], vec![None::<u64>; n]);
+    for op in &schedule.ops {
+        match *op {
+            Op::Send { peer, src } => *to[peer].get_or_insert(0) += src.len as u64,
+            Op::Recv { peer, dst } | Op::RecvReduce { peer, dst, .. } => {
+                *from[peer].get_or_insert(0) += dst.len as u64
+            }
+            _ => {}
+        }
+    }
+    let mut ops = Vec::with_capacity(schedule.ops.len() + 2 * n);
+    let mut p2p = cx.p2p_seq.map(|c| c.borrow_mut());
+    if let Some(seq) = p2p.as_deref_mut() {
+        seq.resize(n, 0);
+    }
+    let mut expected_seq = vec![mine.seq; n];
+    // Headers go both ways between every pair that exchanges data in either
+    // direction, so a rank that only sends (a broadcast root) checks too.
+    for p in (0..n).filter(|&p| to[p].is_some() || from[p].is_some()) {
+        if let Some(seq) = p2p.as_deref_mut() {
+            expected_seq[p] = seq[p];
+            seq[p] += 1;
+        }
+        let at = p * HEADER_SLOT;
+        let h = CallHeader {
+            bytes_to_you: to[p].unwrap_or(0),
+            bytes_from_you: from[p].unwrap_or(0),
+            seq: expected_seq[p],
+            ..mine
+        };
+        bufs.header[at..at + HEADER_BYTES].copy_from_slice(&h.encode());
+        ops.push(Op::Send {
+            peer: p,
+            src: Region::new(Buf::Header, at, HEADER_BYTES),
+        });
+        ops.push(Op::Recv {
+            peer: p,
+            dst: Region::new(Buf::Header, at + HEADER_BYTES, HEADER_BYTES),
+        });
+    }
+    drop(p2p);
+    let nheader = ops.len();
+    ops.extend_from_slice(&schedule.ops);
+    let mut result = run_ops(&ops, nheader, bufs, links, ws, cx);
+    if let Err(Error::PeerLost { .. }) = &result {
+        // A peer that found a mismatch reports it, then may close its links: its
+        // report (on another channel) can trail the close. Prefer the report.
+        let until = Instant::now() + CONTROL_GRACE;
+        loop {
+            if let Err(e @ Error::Mismatch { .. }) = control_error(links) {
+                result = Err(e);
+                break;
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    if let Err(e @ Error::Mismatch { .. }) = &result {
+        // Everyone stops with the same report, also ranks that never talk to the culprit.
+        if let Some(msg) = encode_control(e) {
+            for l in links.iter_mut().flatten() {
+                let _ = l.send_control(&msg);
+            }
+        }
+    }
+    result
+}
+
+/// Checks the header received from `peer` against the one this rank sent it.
+fn check_header(bufs: &Buffers<'_, '_>, peer: usize, cx: &Context<'_>) -> Result<()> {
+    let at = peer * HEADER_SLOT;
+    let Some(mine) = CallHeader::decode(&bufs.header[at..at + HEADER_BYTES]) else {
+        return Err(Error::Internal("own call header does not decode".into()));
+    };
+    let ours = format!(
+        "{} sending {} bytes, expecting {}",
+        mine.describe(Some(cx.algo)),
+        mine.bytes_to_you,
+        mine.bytes_from_you
+    );
+    let Some(theirs) = CallHeader::decode(&bufs.header[at + HEADER_BYTES..at + 2 * HEADER_BYTES])
+    else {
+        return Err(Error::Mismatch {
+            rank: cx.rank,
+            theirs: ours,
+            peer,
+            ours: "something that is not a mixccl call (unrecognised header bytes)".into(),
+        });
+    };
+    match mine.conflict(&theirs) {
+        None => Ok(()),
+        Some(what) => Err(Error::Mismatch {
+            rank: cx.rank,
+            theirs: ours,
+            peer,
+            ours: format!(
+                "{} sending {} bytes, expecting {} (differs in {what})",
+                theirs.describe(None),
+                theirs.bytes_to_you,
+                theirs.bytes_from_you
+            ),
+        }),
+    }
+}
+
+/// An error a peer reported on its control channel, or its death, if either came.
+fn control_error(links: &mut [Option<Box<dyn Link>>]) -> Result<()> {
+    for (p, l) in links.iter_mut().enumerate() {
+        if let Some(l) = l {
+            if let Some(msg) = l.recv_control()? {
+                return Err(decode_control(p, &msg));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `ops`, whose first `nheader` are header transfers (each received header is
+/// checked against the one sent to that peer).
+fn run_ops(
+    ops: &[Op],
+    nheader: usize,
+    bufs: &mut Buffers<'_, '_>,
+    links: &mut [Option<Box<dyn Link>>],
+    ws: &mut Workspace,
+    cx: &Context<'_>,
+) -> Result<()> {
     if ops.is_empty() {
         return Ok(());
     }
@@ -414,6 +568,9 @@ pub(crate) fn run(
                     _ => unreachable!(),
                 };
                 if l.done == len {
+                    if i < nheader && l.dir == Direction::Recv {
+                        check_header(bufs, l.peer, cx)?;
+                    }
                     l.next += 1;
                     l.done = 0;
                     finished += 1;
@@ -442,10 +599,14 @@ pub(crate) fn run(
             std::thread::yield_now();
             continue;
         }
-        // Then sleep until a lane that could move becomes ready.
+        // Before sleeping: has a peer reported an error, or died, anywhere?
+        control_error(links)?;
+        // Then sleep until a lane that could move becomes ready, or a control
+        // channel speaks.
         pollfds.clear();
         doorbells.clear();
         handles.clear();
+        handles.extend(links.iter().flatten().filter_map(|l| l.control_handle()));
         let mut waiting_for = Vec::new();
         for l in &lanes {
             if l.next < l.ops.len() && waits[l.ops[l.next]] == 0 {

@@ -27,6 +27,7 @@ pub mod device;
 mod element;
 mod error;
 mod exec;
+mod header;
 mod plan;
 pub mod reduce;
 mod stage;

@@ -621,8 +621,7 @@ fn killed_rank_is_named(link: Transport) {
 }
 
 /// Ranks whose calls disagree (rank 1 moves twice the bytes) fail instead of hanging,
-/// at least one with a mixccl error, and leave nothing in /dev/shm. (Naming the
-/// mismatch itself needs per-call headers: the reliability issue.)
+/// each naming the mismatch (per-call headers), and leave nothing in /dev/shm.
 #[test]
 fn mismatched_calls_fail_with_an_error_and_clean_up() {
     let shm_before = dev_shm();
@@ -645,7 +644,12 @@ fn mismatched_calls_fail_with_an_error_and_clean_up() {
             !status.success(),
             "rank {r} succeeded despite mismatched calls"
         );
-        errors += &p.stderr();
+        let err = p.stderr();
+        assert!(
+            err.contains("mismatched calls") && err.contains("16384") && err.contains("32768"),
+            "rank {r} does not name both calls: {err}"
+        );
+        errors += &err;
     }
     assert!(
         errors.contains("mixccl-perf: rank"),

@@ -31,6 +31,9 @@ pub(crate) enum Buf {
     GroupIn(u16),
     /// Receive buffer `i` of a group call.
     GroupOut(u16),
+    /// Per-call headers (the executor's, not the algorithms'): for peer p, the
+    /// header sent at `96p`, the one received at `96p + 48`.
+    Header,
 }
 
 /// A byte range of one buffer.

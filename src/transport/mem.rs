@@ -4,6 +4,7 @@
 //! process; it behaves like a socket (bounded buffer, partial writes, EOF on drop).
 
 use crate::error::{Error, Result};
+use crate::header::GOODBYE;
 use crate::sys::EventFd;
 use crate::transport::{Direction, Link, WaitHandle};
 use std::collections::VecDeque;
@@ -26,7 +27,15 @@ pub struct MemLink {
     rx: Vec<Arc<Pipe>>,
     my_bell: Arc<EventFd>,
     peer_bell: Arc<EventFd>,
+    /// Control messages to the peer, and from it.
+    ctl_tx: ControlQueue,
+    ctl_rx: ControlQueue,
+    /// The peer closed its link after saying goodbye.
+    bye: bool,
 }
+
+/// Control messages from one rank to another.
+type ControlQueue = Arc<Mutex<VecDeque<Vec<u8>>>>;
 
 /// Builds a full mesh of in-process links for `nranks` ranks with `lanes` lanes per
 /// link and `capacity` bytes of buffer per lane and direction. Entry `r` holds rank
@@ -52,6 +61,10 @@ pub fn mesh(nranks: usize, lanes: usize, capacity: usize) -> Result<Vec<Vec<Opti
                 .collect()
         })
         .collect();
+    // ctl[a][b]: control messages from a to b.
+    let ctl: Vec<Vec<ControlQueue>> = (0..nranks)
+        .map(|_| (0..nranks).map(|_| Arc::default()).collect())
+        .collect();
     Ok((0..nranks)
         .map(|me| {
             (0..nranks)
@@ -63,6 +76,9 @@ pub fn mesh(nranks: usize, lanes: usize, capacity: usize) -> Result<Vec<Vec<Opti
                         rx: pipes[peer][me].clone(),
                         my_bell: bells[me].clone(),
                         peer_bell: bells[peer].clone(),
+                        ctl_tx: ctl[me][peer].clone(),
+                        ctl_rx: ctl[peer][me].clone(),
+                        bye: false,
                     })
                 })
                 .collect()
@@ -125,6 +141,48 @@ impl Link for MemLink {
         Ok(n)
     }
 
+    fn send_control(&mut self, msg: &[u8]) -> Result<bool> {
+        self.ctl_tx
+            .lock()
+            .expect("control queue poisoned")
+            .push_back(msg.to_vec());
+        self.peer_bell.ring();
+        Ok(true)
+    }
+
+    fn recv_control(&mut self) -> Result<Option<Vec<u8>>> {
+        // Closed is read first: a peer queues its goodbye before closing, so a close
+        // seen here has its goodbye already queued below.
+        let closed = self.rx.iter().any(|p| p.closed.load(Ordering::Acquire));
+        loop {
+            let msg = self
+                .ctl_rx
+                .lock()
+                .expect("control queue poisoned")
+                .pop_front();
+            match msg {
+                Some(m) if m == GOODBYE => self.bye = true,
+                Some(m) => return Ok(Some(m)),
+                None => break,
+            }
+        }
+        if closed && !self.bye {
+            return Err(Error::PeerLost {
+                rank: self.peer,
+                reason: "in-process peer closed its link without saying goodbye".into(),
+            });
+        }
+        Ok(None)
+    }
+
+    fn control_handle(&self) -> Option<WaitHandle> {
+        Some(WaitHandle {
+            fd: self.my_bell.as_raw_fd(),
+            events: libc::POLLIN,
+            doorbell: true,
+        })
+    }
+
     fn wait_handles(&self, _lane: usize, _dir: Direction, out: &mut Vec<WaitHandle>) {
         out.push(WaitHandle {
             fd: self.my_bell.as_raw_fd(),
@@ -140,6 +198,7 @@ impl Link for MemLink {
 
 impl Drop for MemLink {
     fn drop(&mut self) {
+        let _ = self.send_control(GOODBYE);
         for p in self.tx.iter().chain(&self.rx) {
             p.closed.store(true, Ordering::Release);
         }

@@ -74,6 +74,25 @@ pub trait Link: Send {
         Ok(false)
     }
 
+    /// Sends a control message (see `header`) outside the lanes' byte streams: best
+    /// effort, never blocks. `Ok(false)`: this link has no control channel.
+    fn send_control(&mut self, msg: &[u8]) -> Result<bool> {
+        let _ = msg;
+        Ok(false)
+    }
+
+    /// A control message from the peer if a whole one has arrived, never blocking.
+    /// `Err(PeerLost)` when the peer's end closed without saying goodbye (its process
+    /// died); after a goodbye (a normal close) this is `Ok(None)`.
+    fn recv_control(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// What to poll for control messages and for the peer's death, if anything.
+    fn control_handle(&self) -> Option<WaitHandle> {
+        None
+    }
+
     /// Appends what to poll until `lane` may make progress in `dir` (a doorbell, a
     /// socket, a liveness channel).
     fn wait_handles(&self, lane: usize, dir: Direction, out: &mut Vec<WaitHandle>);

@@ -16,8 +16,10 @@
 
 use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
+use crate::header::{ControlFrames, GOODBYE};
 use crate::sys::{self, EventFd, SharedMap};
 use crate::transport::{Direction, Link, WaitHandle};
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
@@ -95,6 +97,12 @@ pub struct ShmLink {
     my_bell: EventFd,
     peer_bell: EventFd,
     alive: UnixStream,
+    /// Control messages arriving on `alive`, the end of it, and whether the peer
+    /// said goodbye before closing.
+    ctl: ControlFrames,
+    ctl_pending: VecDeque<Vec<u8>>,
+    ctl_eof: bool,
+    bye: bool,
     last_check: Instant,
     zero_copy: bool,
     /// The peer's process id (SO_PEERCRED), for cross-memory reads.
@@ -132,6 +140,10 @@ impl ShmLink {
             my_bell,
             peer_bell,
             alive,
+            ctl: ControlFrames::default(),
+            ctl_pending: VecDeque::new(),
+            ctl_eof: false,
+            bye: false,
             last_check: Instant::now(),
             zero_copy: true,
             peer_pid: None,
@@ -155,12 +167,33 @@ impl ShmLink {
             return Ok(());
         }
         self.last_check = Instant::now();
-        let mut b = [0u8; 1];
-        match sys::recv_nowait(self.alive.as_raw_fd(), &mut b) {
-            Ok(Some(0)) => Err(self.lost("process exited (liveness socket closed)")),
-            Err(e) => Err(self.lost(&format!("liveness socket failed: {e}"))),
-            _ => Ok(()),
+        self.pump()?;
+        if self.ctl_eof {
+            return Err(self.lost("process exited (liveness socket closed)"));
         }
+        Ok(())
+    }
+
+    /// Reads what has arrived on the liveness socket: control messages (kept in
+    /// order, goodbye noted) or its end.
+    fn pump(&mut self) -> Result<()> {
+        let mut b = [0u8; 512];
+        while !self.ctl_eof {
+            match sys::recv_nowait(self.alive.as_raw_fd(), &mut b) {
+                Ok(Some(0)) => self.ctl_eof = true,
+                Ok(Some(n)) => self.ctl.feed(&b[..n]),
+                Ok(None) => break,
+                Err(e) => return Err(self.lost(&format!("liveness socket failed: {e}"))),
+            }
+        }
+        while let Some(m) = self.ctl.next() {
+            if m == GOODBYE {
+                self.bye = true;
+            } else {
+                self.ctl_pending.push_back(m);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -267,6 +300,31 @@ impl Link for ShmLink {
         Ok(true)
     }
 
+    fn send_control(&mut self, msg: &[u8]) -> Result<bool> {
+        // Best effort: a few bytes on an idle socket; a peer that is gone is not news.
+        let _ = sys::send_nosignal(self.alive.as_raw_fd(), &ControlFrames::frame(msg));
+        Ok(true)
+    }
+
+    fn recv_control(&mut self) -> Result<Option<Vec<u8>>> {
+        self.pump()?;
+        if let Some(m) = self.ctl_pending.pop_front() {
+            return Ok(Some(m));
+        }
+        if self.ctl_eof && !self.bye {
+            return Err(self.lost("process exited (liveness socket closed)"));
+        }
+        Ok(None)
+    }
+
+    fn control_handle(&self) -> Option<WaitHandle> {
+        Some(WaitHandle {
+            fd: self.alive.as_raw_fd(),
+            events: libc::POLLIN,
+            doorbell: false,
+        })
+    }
+
     fn wait_handles(&self, _lane: usize, _dir: Direction, out: &mut Vec<WaitHandle>) {
         out.push(WaitHandle {
             fd: self.my_bell.as_raw_fd(),
@@ -287,6 +345,7 @@ impl Link for ShmLink {
 
 impl Drop for ShmLink {
     fn drop(&mut self) {
+        let _ = self.send_control(GOODBYE);
         self.tx.hdr().closed.store(1, Ordering::Release);
         self.rx.hdr().closed.store(1, Ordering::Release);
         self.peer_bell.ring();

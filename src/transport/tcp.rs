@@ -5,6 +5,7 @@
 
 use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
+use crate::header::{ControlFrames, GOODBYE};
 use crate::sys;
 use crate::transport::{Direction, Link, WaitHandle};
 use std::io::{self, Read, Write};
@@ -12,10 +13,22 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-/// A link to one peer over `nsocks` TCP sockets.
+/// A link to one peer over `nsocks` TCP sockets, plus one more for control
+/// messages (error reports, goodbye; see `header`), which is also how a peer's
+/// death is noticed while no data flows to it.
 pub struct TcpLink {
     peer: usize,
     socks: Vec<TcpStream>,
+    control: TcpStream,
+    ctl: ControlFrames,
+    ctl_eof: bool,
+    bye: bool,
+}
+
+impl Drop for TcpLink {
+    fn drop(&mut self) {
+        let _ = sys::send_nosignal(self.control.as_raw_fd(), &ControlFrames::frame(GOODBYE));
+    }
 }
 
 impl TcpLink {
@@ -59,6 +72,46 @@ impl Link for TcpLink {
             Ok(None) => Ok(0),
             Err(e) => Err(self.fail("recv from", e)),
         }
+    }
+
+    fn send_control(&mut self, msg: &[u8]) -> Result<bool> {
+        // Best effort: a few bytes on an idle socket; a peer that is gone is not news.
+        let _ = sys::send_nosignal(self.control.as_raw_fd(), &ControlFrames::frame(msg));
+        Ok(true)
+    }
+
+    fn recv_control(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut b = [0u8; 512];
+        while !self.ctl_eof {
+            match sys::recv_nowait(self.control.as_raw_fd(), &mut b) {
+                Ok(Some(0)) => self.ctl_eof = true,
+                Ok(Some(n)) => self.ctl.feed(&b[..n]),
+                Ok(None) => break,
+                Err(e) => return Err(self.fail("control channel of", e)),
+            }
+        }
+        while let Some(m) = self.ctl.next() {
+            if m == GOODBYE {
+                self.bye = true;
+            } else {
+                return Ok(Some(m));
+            }
+        }
+        if self.ctl_eof && !self.bye {
+            return Err(Error::PeerLost {
+                rank: self.peer,
+                reason: "control connection closed without a goodbye (process died?)".into(),
+            });
+        }
+        Ok(None)
+    }
+
+    fn control_handle(&self) -> Option<WaitHandle> {
+        Some(WaitHandle {
+            fd: self.control.as_raw_fd(),
+            events: libc::POLLIN,
+            doorbell: false,
+        })
     }
 
     fn wait_handles(&self, lane: usize, dir: Direction, out: &mut Vec<WaitHandle>) {
@@ -229,6 +282,13 @@ pub(crate) struct MeshSpec<'a> {
     pub deadline: Instant,
 }
 
+impl MeshSpec<'_> {
+    /// Sockets per peer: the data lanes and the control connection.
+    fn sockets(&self) -> usize {
+        self.nsocks + 1
+    }
+}
+
 /// Connects `nsocks` sockets to every lower rank and accepts them from every higher
 /// rank on `listener`. Connections that fail the handshake are closed and logged;
 /// ranks still missing at the deadline are named in `Error::Timeout`.
@@ -239,7 +299,7 @@ pub(crate) fn connect_mesh(
     let n = spec.addrs.len();
     let me = spec.rank;
     let mut socks: Vec<Vec<Option<TcpStream>>> = (0..n)
-        .map(|_| (0..spec.nsocks).map(|_| None).collect())
+        .map(|_| (0..spec.sockets()).map(|_| None).collect())
         .collect();
     for (peer, lanes) in socks
         .iter_mut()
@@ -261,7 +321,7 @@ pub(crate) fn connect_mesh(
                 from: me as u32,
                 to: peer as u32,
                 lane: lane as u16,
-                lanes: spec.nsocks as u16,
+                lanes: spec.sockets() as u16,
             };
             s.set_write_timeout(Some(remaining(spec.deadline)))
                 .and_then(|_| s.write_all(&hello.encode()))
@@ -276,12 +336,20 @@ pub(crate) fn connect_mesh(
         .into_iter()
         .enumerate()
         .map(|(peer, lanes)| {
-            (spec.use_tcp[peer]).then(|| TcpLink {
-                peer,
-                socks: lanes
+            (spec.use_tcp[peer]).then(|| {
+                let mut socks: Vec<TcpStream> = lanes
                     .into_iter()
                     .map(|s| s.expect("every lane connected"))
-                    .collect(),
+                    .collect();
+                let control = socks.pop().expect("sockets() is nsocks + 1");
+                TcpLink {
+                    peer,
+                    socks,
+                    control,
+                    ctl: ControlFrames::default(),
+                    ctl_eof: false,
+                    bye: false,
+                }
             })
         })
         .collect())
@@ -476,13 +544,14 @@ fn admit(
             spec.rank + 1
         ));
     }
-    if h.lanes as usize != spec.nsocks {
+    if h.lanes as usize != spec.sockets() {
         return Err(format!(
             "rank {from} uses MIXCCL_NSOCKS={} but this rank uses {}",
-            h.lanes, spec.nsocks
+            usize::from(h.lanes).saturating_sub(1),
+            spec.nsocks
         ));
     }
-    if h.lane as usize >= spec.nsocks {
+    if h.lane as usize >= spec.sockets() {
         return Err(format!("lane {} out of range", h.lane));
     }
     if socks[from][h.lane as usize].is_some() {
