@@ -657,3 +657,22 @@ fn mismatched_calls_fail_with_an_error_and_clean_up() {
     );
     assert_no_new_shm(&shm_before, "after an error");
 }
+
+/// A short soak: random collectives, types, ops, sizes, roots and in-place, over
+/// 4 processes, every result checked (the full 10 000-call run is in the notes).
+#[test]
+fn soak_of_random_checked_calls() {
+    let out = perf(60)
+        .args([
+            "soak", "--np", "4", "-n", "200", "-e", "256K", "--seed", "7",
+        ])
+        .output()
+        .expect("run mixccl-perf soak");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("200 random checked calls on 4 ranks"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(": 0 wrong elements"), "{text}");
+}

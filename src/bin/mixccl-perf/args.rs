@@ -8,6 +8,9 @@ use std::path::PathBuf;
 /// Printed for `-h` (stdout) and for any usage error (stderr).
 pub const USAGE: &str = "\
 usage: mixccl-perf <allreduce|allgather|broadcast|reduce|reducescatter|alltoall|sendrecv> [flags]
+       mixccl-perf soak [-n calls] [-e maxbytes] [--seed s] [--np n] [--device d]
+                             random collectives, types, ops, sizes (log-uniform up to -e
+                             bytes per rank), roots and in-place, every result checked
 
   -b, --minbytes <size>      smallest size (default 32M); sizes take K, M, G suffixes
   -e, --maxbytes <size>      largest size (default 32M)
@@ -27,6 +30,7 @@ usage: mixccl-perf <allreduce|allgather|broadcast|reduce|reducescatter|alltoall|
       --device <host|cuda|hip|musa|acl|cnrt>
                              put the buffers in this runtime's memory on the current device
                              (default host); device buffers are staged through pinned memory
+      --seed <n>             soak: the random sequence (default 1; equal on every rank)
       --bind <block|none>    with --np: pin rank r to CPUs r*ncpus/n .. (r+1)*ncpus/n of the
                              CPUs this process may use (at least one), so neighbouring ranks
                              share a core when ranks outnumber cores (default block); none
@@ -75,6 +79,10 @@ pub struct Args {
     pub bind: bool,
     /// `--device`: the runtime whose memory holds the buffers (None: host memory).
     pub device: Option<Vendor>,
+    /// `soak` instead of a collective: `iters` random checked calls.
+    pub soak: bool,
+    /// `--seed`: the soak's random sequence.
+    pub seed: u64,
 }
 
 /// What the command line asks for.
@@ -123,6 +131,8 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
     let mut np = None;
     let mut bind = true;
     let mut device = None;
+    let mut soak = false;
+    let mut seed = 1u64;
     let mut child_args = Vec::new();
 
     let mut i = 0;
@@ -147,6 +157,12 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
             if collective.is_some() {
                 return Err(format!("unexpected argument {arg:?}"));
             }
+            if arg == "soak" {
+                soak = true;
+                collective = Some(Collective::AllReduce);
+                child_args.push(arg.clone());
+                continue;
+            }
             collective = Some(
                 Collective::parse(arg)
                     .filter(|c| *c != Collective::Barrier)
@@ -170,6 +186,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
             "np" => 'N',
             "bind" => 'B',
             "device" => 'D',
+            "seed" => 'S',
             _ => return Err(format!("unknown flag {arg:?}")),
         };
         let consumed_next = inline.is_none();
@@ -223,6 +240,12 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
                 np = Some(parse_count(flag, &value, 1)?);
                 continue;
             }
+            'S' => {
+                seed = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{flag} {value:?}: expected an integer"))?
+            }
             'D' => {
                 device = if value.eq_ignore_ascii_case("host") {
                     None
@@ -249,6 +272,10 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
     }
 
     let collective = collective.ok_or("missing the collective to run")?;
+    if soak {
+        // Soak sizes run from 0 to -e; -b does not apply.
+        min_bytes = 0;
+    }
     if min_bytes > max_bytes {
         return Err(format!(
             "minbytes ({min_bytes}) is larger than maxbytes ({max_bytes})"
@@ -282,6 +309,8 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         child_args,
         bind,
         device,
+        soak,
+        seed,
     }))
 }
 

@@ -5,7 +5,7 @@
 //!
 //! Modules: `args` (flags), `launch` (`--np`), `run` (rows and aggregation over
 //! ranks), `bench` (one phase of one collective on one rank), `report` (table and
-//! JSON). Results are checked against `mixccl::verify`, never the library's kernels.
+//! JSON), `soak` (random checked calls). Results are checked against `mixccl::verify`, never the library's kernels.
 //!
 //! Exit codes: 0 when every row is right (or checking is off), 1 on wrong results
 //! or any error, 2 on a usage error.
@@ -15,6 +15,7 @@ mod bench;
 mod launch;
 mod report;
 mod run;
+mod soak;
 
 use args::{Args, Command, USAGE};
 use mixccl::Communicator;
@@ -52,6 +53,16 @@ fn run_rank(args: &Args) -> ExitCode {
         }
     };
     let (rank, nranks) = (comm.rank(), comm.nranks());
+    if args.soak {
+        return match soak::run(&mut comm, args) {
+            Ok(0) => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("mixccl-perf: rank {rank}: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if bench::has_root(args.collective) && args.root >= nranks {
         if rank == 0 {
             eprintln!(

@@ -85,6 +85,7 @@ macro_rules! with_element {
         }
     };
 }
+pub(crate) use with_element;
 
 /// The slowest rank's time and the sum of wrong elements over ranks. An all-gather
 /// rather than reductions, so the verdict does not rest on the reduction kernels.
