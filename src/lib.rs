@@ -27,6 +27,8 @@ pub mod device;
 mod element;
 mod error;
 mod exec;
+#[cfg(test)]
+mod fuzz;
 mod header;
 mod plan;
 pub mod reduce;

@@ -347,6 +347,18 @@ mod tests {
     }
 
     #[test]
+    fn rank_info_decoding_survives_mutated_input() {
+        let i = RankInfo {
+            listen: "10.0.0.7:4000".parse().unwrap(),
+            host: "node-1".into(),
+            agree: "MIXCCL_NSOCKS=2".into(),
+        };
+        crate::fuzz::mutations(&i.encode(), 30_000, |b| {
+            let _ = RankInfo::decode(b);
+        });
+    }
+
+    #[test]
     fn disagreeing_settings_are_named() {
         let info = |agree: &str| RankInfo {
             listen: "127.0.0.1:1".parse().unwrap(),

@@ -353,4 +353,17 @@ mod tests {
         big[34..38].copy_from_slice(&(1u32 << 30).to_le_bytes());
         assert!(parse_hello(&big, &t).unwrap_err().contains("exceeds"));
     }
+
+    #[test]
+    fn hello_parsing_survives_mutated_input() {
+        let t = [9u8; 16];
+        let mut parsed = 0;
+        crate::fuzz::mutations(&hello(t, 1, 4, b"listen=1.2.3.4"), 30_000, |b| {
+            if let Ok(Some(h)) = parse_hello(b, &t) {
+                assert!(h.rank < h.nranks && h.info.len() <= b.len());
+                parsed += 1;
+            }
+        });
+        assert!(parsed > 0, "the valid hello must parse");
+    }
 }

@@ -603,5 +603,10 @@ mod tests {
         let mut b = h.encode();
         b[0] = b'X';
         assert!(DataHello::decode(&b).is_err());
+        crate::fuzz::mutations(&h.encode(), 30_000, |b| {
+            if let Ok(b) = <&[u8; DATA_HELLO_LEN]>::try_from(b) {
+                let _ = DataHello::decode(b);
+            }
+        });
     }
 }
