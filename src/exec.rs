@@ -256,13 +256,22 @@ pub(crate) fn run(
     ops.extend_from_slice(&schedule.ops);
     let mut result = run_ops(&ops, nheader, bufs, links, ws, cx);
     if let Err(Error::PeerLost { .. }) = &result {
-        // A peer that found a mismatch reports it, then may close its links: its
-        // report (on another channel) can trail the close. Prefer the report.
+        // A peer that failed reports why, then may close its links: its report (on
+        // another channel) can trail the close. Prefer the report, which names the
+        // first cause (a mismatch, or the rank that died first).
         let until = Instant::now() + CONTROL_GRACE;
         loop {
-            if let Err(e @ Error::Mismatch { .. }) = control_error(links) {
-                result = Err(e);
-                break;
+            match control_report(links) {
+                Some(e @ Error::Mismatch { .. }) => {
+                    result = Err(e);
+                    break;
+                }
+                Some(e @ Error::PeerLost { .. }) if !matches!(e, Error::PeerLost { rank, .. } if rank == cx.rank) =>
+                {
+                    result = Err(e);
+                    break;
+                }
+                _ => {}
             }
             if Instant::now() >= until {
                 break;
@@ -270,7 +279,7 @@ pub(crate) fn run(
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    if let Err(e @ Error::Mismatch { .. }) = &result {
+    if let Err(e @ (Error::Mismatch { .. } | Error::PeerLost { .. })) = &result {
         // Everyone stops with the same report, also ranks that never talk to the culprit.
         if let Some(msg) = encode_control(e) {
             for l in links.iter_mut().flatten() {
@@ -318,16 +327,34 @@ fn check_header(bufs: &Buffers<'_, '_>, peer: usize, cx: &Context<'_>) -> Result
     }
 }
 
-/// An error a peer reported on its control channel, or its death, if either came.
+/// An error a peer reported on its control channel, else a peer's death (its control
+/// channel closed without a goodbye), if either came.
 fn control_error(links: &mut [Option<Box<dyn Link>>]) -> Result<()> {
+    let mut dead = None;
     for (p, l) in links.iter_mut().enumerate() {
         if let Some(l) = l {
-            if let Some(msg) = l.recv_control()? {
-                return Err(decode_control(p, &msg));
+            match l.recv_control() {
+                Ok(Some(msg)) => return Err(decode_control(p, &msg)),
+                Ok(None) => {}
+                Err(e) => {
+                    dead.get_or_insert(e);
+                }
             }
         }
     }
-    Ok(())
+    dead.map_or(Ok(()), Err)
+}
+
+/// Only what peers reported on their control channels (not deaths seen here).
+fn control_report(links: &mut [Option<Box<dyn Link>>]) -> Option<Error> {
+    for (p, l) in links.iter_mut().enumerate() {
+        if let Some(l) = l {
+            if let Ok(Some(msg)) = l.recv_control() {
+                return Some(decode_control(p, &msg));
+            }
+        }
+    }
+    None
 }
 
 /// Runs `ops`, whose first `nheader` are header transfers (each received header is

@@ -163,18 +163,10 @@ fn rooted(c: Collective) -> bool {
     matches!(c, Collective::Broadcast | Collective::Reduce)
 }
 
-/// A control message: an error every rank should report. Only `Mismatch` travels
-/// (other failures each rank sees for itself: a dead peer closes its control channel).
+/// A control message: an error every rank should report. Mismatches travel, and so
+/// does a lost peer, so ranks that then lose the reporting rank in turn (it exits)
+/// still name the rank that died first.
 pub(crate) fn encode_control(e: &Error) -> Option<Vec<u8>> {
-    let Error::Mismatch {
-        rank,
-        theirs,
-        peer,
-        ours,
-    } = e
-    else {
-        return None;
-    };
     let text = |s: &str| {
         let mut end = s.len().min(MAX_TEXT);
         while !s.is_char_boundary(end) {
@@ -186,11 +178,28 @@ pub(crate) fn encode_control(e: &Error) -> Option<Vec<u8>> {
         v
     };
     let mut m = CONTROL_MAGIC.to_vec();
-    m.push(1);
-    m.extend_from_slice(&(*rank as u32).to_le_bytes());
-    m.extend_from_slice(&(*peer as u32).to_le_bytes());
-    m.extend(text(theirs));
-    m.extend(text(ours));
+    match e {
+        Error::Mismatch {
+            rank,
+            theirs,
+            peer,
+            ours,
+        } => {
+            m.push(1);
+            m.extend_from_slice(&(*rank as u32).to_le_bytes());
+            m.extend_from_slice(&(*peer as u32).to_le_bytes());
+            m.extend(text(theirs));
+            m.extend(text(ours));
+        }
+        Error::PeerLost { rank, reason } => {
+            m.push(2);
+            m.extend_from_slice(&(*rank as u32).to_le_bytes());
+            m.extend_from_slice(&0u32.to_le_bytes());
+            m.extend(text(reason));
+            m.extend(text(""));
+        }
+        _ => return None,
+    }
     Some(m)
 }
 
@@ -201,7 +210,7 @@ pub(crate) fn decode_control(from: usize, m: &[u8]) -> Error {
         rank: from,
         reason: format!("sent a malformed control message ({} bytes)", m.len()),
     };
-    if m.len() > MAX_CONTROL || m.len() < 13 || m[0..4] != CONTROL_MAGIC || m[4] != 1 {
+    if m.len() > MAX_CONTROL || m.len() < 13 || m[0..4] != CONTROL_MAGIC {
         return bad();
     }
     let rank = u32::from_le_bytes(m[5..9].try_into().expect("4 bytes")) as usize;
@@ -216,12 +225,16 @@ pub(crate) fn decode_control(from: usize, m: &[u8]) -> Error {
         at += 2 + len;
         Some(s)
     };
-    match (text(), text()) {
-        (Some(theirs), Some(ours)) => Error::Mismatch {
+    match (m[4], text(), text()) {
+        (1, Some(theirs), Some(ours)) => Error::Mismatch {
             rank,
             theirs,
             peer,
             ours,
+        },
+        (2, Some(reason), Some(_)) => Error::PeerLost {
+            rank,
+            reason: format!("{reason} (reported by rank {from})"),
         },
         _ => bad(),
     }
@@ -334,6 +347,15 @@ mod tests {
         let got = decode_control(3, &f.next().unwrap());
         assert_eq!(got.to_string(), e.to_string());
         assert!(encode_control(&Error::Aborted).is_none());
+        let lost = Error::PeerLost {
+            rank: 3,
+            reason: "connection closed (EOF)".into(),
+        };
+        let got = decode_control(2, &encode_control(&lost).unwrap());
+        assert!(
+            matches!(&got, Error::PeerLost { rank: 3, reason } if reason.contains("reported by rank 2")),
+            "{got:?}"
+        );
     }
 
     /// Mutated headers and control messages never panic the decoders.

@@ -52,7 +52,8 @@ fn cycle(tcp: bool) {
     };
     let sums = bootstrapped_ranks(4, config, |comm| {
         let mut v = [comm.rank() as u32 + 1; 33];
-        comm.all_reduce_in_place(&mut v, ReduceOp::Sum).expect("all_reduce");
+        comm.all_reduce_in_place(&mut v, ReduceOp::Sum)
+            .expect("all_reduce");
         v
     });
     for v in sums {
@@ -91,12 +92,18 @@ fn init_destroy_cycles_leak_nothing() {
         before.rss_kib,
         after.rss_kib
     );
-    assert!(after.fds <= before.fds, "fds leaked: {before:?} -> {after:?}");
+    assert!(
+        after.fds <= before.fds,
+        "fds leaked: {before:?} -> {after:?}"
+    );
     assert!(
         after.threads <= before.threads,
         "threads leaked: {before:?} -> {after:?}"
     );
-    assert!(after.shm <= before.shm, "shm leaked: {before:?} -> {after:?}");
+    assert!(
+        after.shm <= before.shm,
+        "shm leaked: {before:?} -> {after:?}"
+    );
     // Allocator noise is a few MiB at most; a per-cycle leak of even 16 KiB would
     // show as 3 MiB over 200 cycles and 16 MiB over a thousand.
     assert!(
