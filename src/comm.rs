@@ -34,6 +34,8 @@ pub struct Communicator {
     local_ip: Option<std::net::IpAddr>,
     /// What the planner may use beyond links (agreed by all ranks at init).
     caps: plan::Capabilities,
+    /// Listeners and peers' addresses kept from init, for `shrink`.
+    rejoin: Option<bootstrap::Rejoin>,
     /// Call headers sent and received (see `exec::HEADER_SLOT`).
     header_buf: Vec<u8>,
     /// Point-to-point calls so far, per peer (see `exec::Context::p2p_seq`).
@@ -120,10 +122,49 @@ impl Communicator {
         for line in config.describe() {
             log_info!(Some(rank), "config {line}");
         }
-        let (links, local_ip) = bootstrap::join(rank, nranks, id, &config)?;
+        let (links, local_ip, rejoin) = bootstrap::join(rank, nranks, id, &config)?;
         let mut comm = Communicator::with_links(rank, links, config)?;
         comm.local_ip = Some(local_ip);
+        comm.rejoin = Some(rejoin);
         comm.caps.host_read = comm.probe_host_read()?;
+        Ok(comm)
+    }
+
+    /// A communicator of every rank but `excluded`, like `ncclCommShrink`: no new
+    /// unique id and no rendezvous; the survivors reconnect through the listeners
+    /// kept from init and renumber in rank order. Usable right after `PeerLost`
+    /// (this communicator's links are not reused). Every survivor must call it with
+    /// the same list; communicators not made by `init` (in-process, custom links)
+    /// cannot shrink.
+    pub fn shrink(&mut self, excluded: &[usize]) -> Result<Communicator> {
+        let mut excluded = excluded.to_vec();
+        excluded.sort_unstable();
+        excluded.dedup();
+        for &r in &excluded {
+            check_rank("shrink: excluded rank", r, self.nranks)?;
+        }
+        if excluded.contains(&self.rank) {
+            return Err(Error::invalid(format!(
+                "shrink: rank {} excludes itself; only survivors call shrink",
+                self.rank
+            )));
+        }
+        let rejoin = self.rejoin.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "shrink needs a communicator made by init: in-process and custom links \
+                 cannot reconnect",
+            )
+        })?;
+        let (rank, links, child) = rejoin.shrink(self.rank, &excluded, &self.config)?;
+        log_info!(
+            Some(self.rank),
+            "shrink: rank {} -> rank {rank} of {} (excluded {excluded:?})",
+            self.rank,
+            links.len()
+        );
+        let mut comm = Communicator::with_links(rank, links, self.config.clone())?;
+        comm.local_ip = self.local_ip;
+        comm.rejoin = Some(child);
         Ok(comm)
     }
 
@@ -224,6 +265,7 @@ impl Communicator {
             abort: Arc::new(AtomicBool::new(false)),
             local_ip: None,
             caps: plan::Capabilities::default(),
+            rejoin: None,
             header_buf: Vec::new(),
             p2p_seq: Default::default(),
             staging: Default::default(),

@@ -190,3 +190,69 @@ fn mismatched_point_to_point_sizes_are_reported() {
         assert!(matches!(r, Err(Error::Mismatch { .. })), "{r:?}");
     }
 }
+
+/// After a rank is lost mid-job, the survivors shrink (no new unique id) and run a
+/// correct all-reduce among themselves; over shared memory and over TCP.
+#[test]
+fn survivors_shrink_and_carry_on() {
+    for tcp in [false, true] {
+        let config = Config {
+            timeout: Duration::from_secs(20),
+            shm_disable: tcp,
+            ..Config::default()
+        };
+        let results = util::bootstrapped_ranks(4, config, |comm| {
+            let mut v = vec![1.0f32; 100_000];
+            comm.all_reduce_in_place(&mut v, ReduceOp::Sum).unwrap();
+            if comm.rank() == 2 {
+                // Rank 2 leaves: its communicator is gone mid-job.
+                return None;
+            }
+            // The others' next call fails, naming rank 2.
+            let err = comm
+                .all_reduce_in_place(&mut v, ReduceOp::Sum)
+                .expect_err("rank 2 is gone");
+            assert!(
+                matches!(err, Error::PeerLost { rank: 2, .. }),
+                "rank {}: {err:?}",
+                comm.rank()
+            );
+            let mut small = comm.shrink(&[2]).expect("shrink");
+            assert_eq!(small.nranks(), 3);
+            let mut w: Vec<f32> = (0..1031).map(|i| (i + small.rank()) as f32).collect();
+            small.all_reduce_in_place(&mut w, ReduceOp::Sum).unwrap();
+            Some((small.rank(), w))
+        });
+        let mut seen = Vec::new();
+        for r in results.into_iter().flatten() {
+            let (rank, w) = r;
+            seen.push(rank);
+            for (i, x) in w.iter().enumerate() {
+                assert_eq!(
+                    *x,
+                    (3 * i + 3) as f32,
+                    "tcp={tcp} new rank {rank} element {i}"
+                );
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, [0, 1, 2], "tcp={tcp}");
+    }
+}
+
+#[test]
+fn shrink_arguments_are_checked() {
+    let results = util::bootstrapped_ranks(2, config(), |comm| {
+        let me = comm.rank();
+        (
+            comm.shrink(&[me]).map(|_| ()).unwrap_err().to_string(),
+            comm.shrink(&[7]).map(|_| ()).unwrap_err().to_string(),
+        )
+    });
+    for (a, b) in results {
+        assert!(a.contains("excludes itself"), "{a}");
+        assert!(b.contains("out of range"), "{b}");
+    }
+    let mut comms = Communicator::in_process(2, config()).unwrap();
+    assert!(comms[0].shrink(&[1]).is_err());
+}

@@ -24,6 +24,8 @@ use crate::transport::{Link, Links};
 use crate::UniqueId;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Version of every mixccl wire format; peers with another version are refused.
@@ -251,7 +253,7 @@ pub(crate) fn join(
     nranks: usize,
     id: &UniqueId,
     config: &Config,
-) -> Result<(Links, IpAddr)> {
+) -> Result<(Links, IpAddr, Rejoin)> {
     let start = Instant::now();
     let local_ip = match config.socket_ifname.as_deref() {
         Some(spec) => tcp::pick_interface(Some(spec))?,
@@ -281,52 +283,136 @@ pub(crate) fn join(
         start.elapsed().as_secs_f64() * 1e3,
         info.host
     );
-    let same_host: Vec<bool> = table
-        .iter()
-        .enumerate()
-        .map(|(p, t)| p != rank && shm_listener.is_some() && t.host == info.host)
-        .collect();
-    let deadline = Instant::now() + config.timeout;
-    let addrs: Vec<SocketAddr> = table.iter().map(|t| t.listen).collect();
-    let use_tcp: Vec<bool> = (0..nranks).map(|p| p != rank && !same_host[p]).collect();
-    let tcp_links = tcp::connect_mesh(
-        &MeshSpec {
-            rank,
-            addrs: &addrs,
-            use_tcp: &use_tcp,
-            token: id.token(),
-            nsocks: config.nsocks,
-            socket_buffer: config.socket_buffer,
-            deadline,
-        },
-        listener,
-    )?;
-    let mut shm_links = match &shm_listener {
-        Some(l) => shm::connect_host_peers(
-            &ShmSpec {
+    let rejoin = Rejoin {
+        listener: Arc::new(listener),
+        shm_listener: shm_listener.map(Arc::new),
+        table,
+        host: info.host,
+        token: id.token(),
+        name_token: id.token(),
+        names: (0..nranks).collect(),
+        generation: 0,
+    };
+    let links = rejoin.mesh(rank, config)?;
+    Ok((links, local_ip, rejoin))
+}
+
+/// What a rank keeps after init so the survivors of a failure can build a smaller
+/// communicator without a new rendezvous (`Communicator::shrink`): its listeners
+/// (kept open; they admit only this job's token) and every rank's bootstrap info.
+pub(crate) struct Rejoin {
+    listener: Arc<TcpListener>,
+    shm_listener: Option<Arc<UnixListener>>,
+    /// Rank info of this communicator's ranks, by rank.
+    table: Vec<RankInfo>,
+    host: String,
+    /// This communicator's token (new connections must carry it).
+    token: [u8; 16],
+    /// The first communicator's token and ranks, which name the shm listeners.
+    name_token: [u8; 16],
+    names: Vec<usize>,
+    /// How many shrinks led here.
+    generation: u64,
+}
+
+impl Rejoin {
+    /// Connects this communicator's links: TCP to other hosts, shm inside this one.
+    fn mesh(&self, rank: usize, config: &Config) -> Result<Links> {
+        let nranks = self.table.len();
+        let same_host: Vec<bool> = self
+            .table
+            .iter()
+            .enumerate()
+            .map(|(p, t)| p != rank && self.shm_listener.is_some() && t.host == self.host)
+            .collect();
+        let deadline = Instant::now() + config.timeout;
+        let addrs: Vec<SocketAddr> = self.table.iter().map(|t| t.listen).collect();
+        let use_tcp: Vec<bool> = (0..nranks).map(|p| p != rank && !same_host[p]).collect();
+        let tcp_links = tcp::connect_mesh(
+            &MeshSpec {
                 rank,
-                token: id.token(),
-                same_host: &same_host,
-                capacity: config.shm_buffer,
-                zero_copy: config.shm_zero_copy,
+                addrs: &addrs,
+                use_tcp: &use_tcp,
+                token: self.token,
+                nsocks: config.nsocks,
+                socket_buffer: config.socket_buffer,
                 deadline,
             },
-            l,
-        )?,
-        None => Vec::new(),
-    };
-    let links = tcp_links
-        .into_iter()
-        .enumerate()
-        .map(
-            |(p, t)| match (t, shm_links.get_mut(p).and_then(Option::take)) {
-                (_, Some(s)) => Some(Box::new(s) as Box<dyn Link>),
-                (Some(t), None) => Some(Box::new(t) as Box<dyn Link>),
-                (None, None) => None,
-            },
-        )
-        .collect();
-    Ok((links, local_ip))
+            &self.listener,
+        )?;
+        let mut shm_links = match &self.shm_listener {
+            Some(l) => shm::connect_host_peers(
+                &ShmSpec {
+                    rank,
+                    token: self.token,
+                    name_token: self.name_token,
+                    names: &self.names,
+                    same_host: &same_host,
+                    capacity: config.shm_buffer,
+                    zero_copy: config.shm_zero_copy,
+                    deadline,
+                },
+                l,
+            )?,
+            None => Vec::new(),
+        };
+        Ok(tcp_links
+            .into_iter()
+            .enumerate()
+            .map(
+                |(p, t)| match (t, shm_links.get_mut(p).and_then(Option::take)) {
+                    (_, Some(s)) => Some(Box::new(s) as Box<dyn Link>),
+                    (Some(t), None) => Some(Box::new(t) as Box<dyn Link>),
+                    (None, None) => None,
+                },
+            )
+            .collect())
+    }
+
+    /// The links and rejoin state of the communicator of every rank but `excluded`
+    /// (sorted, without `rank`), in which `rank` becomes its index among the
+    /// survivors. Every survivor must call this with the same list.
+    pub(crate) fn shrink(
+        &self,
+        rank: usize,
+        excluded: &[usize],
+        config: &Config,
+    ) -> Result<(usize, Links, Rejoin)> {
+        let survivors: Vec<usize> = (0..self.table.len())
+            .filter(|r| !excluded.contains(r))
+            .collect();
+        let new_rank = survivors
+            .iter()
+            .position(|&r| r == rank)
+            .ok_or_else(|| Error::invalid(format!("rank {rank} cannot shrink itself out")))?;
+        // A token of its own, so no connection of the parent can be taken for one of
+        // the child; equal on every survivor.
+        let mut seed = self.token.to_vec();
+        seed.extend_from_slice(&(self.generation + 1).to_le_bytes());
+        for r in excluded {
+            seed.extend_from_slice(&(*r as u64).to_le_bytes());
+        }
+        let fnv = |salt: u64| {
+            seed.iter().fold(0xcbf2_9ce4_8422_2325u64 ^ salt, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            })
+        };
+        let mut token = [0u8; 16];
+        token[..8].copy_from_slice(&fnv(1).to_le_bytes());
+        token[8..].copy_from_slice(&fnv(2).to_le_bytes());
+        let child = Rejoin {
+            listener: self.listener.clone(),
+            shm_listener: self.shm_listener.clone(),
+            table: survivors.iter().map(|&r| self.table[r].clone()).collect(),
+            host: self.host.clone(),
+            token,
+            name_token: self.name_token,
+            names: survivors.iter().map(|&r| self.names[r]).collect(),
+            generation: self.generation + 1,
+        };
+        let links = child.mesh(new_rank, config)?;
+        Ok((new_rank, links, child))
+    }
 }
 
 #[cfg(test)]

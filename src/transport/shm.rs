@@ -377,6 +377,10 @@ pub(crate) fn listen(token: &[u8; 16], rank: usize) -> Result<UnixListener> {
 pub(crate) struct ShmSpec<'a> {
     pub rank: usize,
     pub token: [u8; 16],
+    /// The token and ranks the peers' listeners are named by (those of the first
+    /// communicator of these processes: a shrunk one reuses its listeners).
+    pub name_token: [u8; 16],
+    pub names: &'a [usize],
     /// `same_host[p]`: rank p is reached through shared memory.
     pub same_host: &'a [bool],
     /// Ring bytes per direction (a multiple of 64).
@@ -409,7 +413,7 @@ fn offer(spec: &ShmSpec<'_>, peer: usize) -> Result<ShmLink> {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return Err(Error::io(ctx("creating doorbells"), e)),
     };
-    let addr = UnixAddr::from_abstract_name(listener_name(&spec.token, peer))
+    let addr = UnixAddr::from_abstract_name(listener_name(&spec.name_token, spec.names[peer]))
         .map_err(|e| Error::io(ctx("naming the listener"), e))?;
     let mut pause = Duration::from_millis(1);
     let sock = loop {

@@ -294,7 +294,7 @@ impl MeshSpec<'_> {
 /// ranks still missing at the deadline are named in `Error::Timeout`.
 pub(crate) fn connect_mesh(
     spec: &MeshSpec<'_>,
-    listener: TcpListener,
+    listener: &TcpListener,
 ) -> Result<Vec<Option<TcpLink>>> {
     let n = spec.addrs.len();
     let me = spec.rank;
@@ -331,7 +331,7 @@ pub(crate) fn connect_mesh(
             *slot = Some(s);
         }
     }
-    accept_peers(spec, &listener, &mut socks)?;
+    accept_peers(spec, listener, &mut socks)?;
     Ok(socks
         .into_iter()
         .enumerate()
