@@ -181,6 +181,18 @@ ncclResult_t pncclCommAbort(ncclComm_t comm);
 ncclResult_t  ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm, ncclConfig_t* config);
 ncclResult_t pncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm, ncclConfig_t* config);
 
+/* A communicator of every rank but the excludeRanksCount ranks in excludeRanksList
+ * (from NCCL 2.27), usable after a peer was lost: no new unique id, the survivors
+ * reconnect and renumber in rank order. Every survivor must call it with the same
+ * list. shrinkFlags: NCCL_SHRINK_DEFAULT or NCCL_SHRINK_ABORT (the parent's calls in
+ * flight are aborted first); config may be NULL (inherit). */
+#define NCCL_SHRINK_DEFAULT 0x00
+#define NCCL_SHRINK_ABORT 0x01
+ncclResult_t  ncclCommShrink(ncclComm_t comm, int* excludeRanksList, int excludeRanksCount,
+    ncclComm_t* newcomm, ncclConfig_t* config, int shrinkFlags);
+ncclResult_t pncclCommShrink(ncclComm_t comm, int* excludeRanksList, int excludeRanksCount,
+    ncclComm_t* newcomm, ncclConfig_t* config, int shrinkFlags);
+
 /* A static string for each result code. */
 const char*  ncclGetErrorString(ncclResult_t result);
 const char* pncclGetErrorString(ncclResult_t result);

@@ -223,6 +223,36 @@ nccl_api! {
         })
     }
 
+    /// The survivors' communicator, without a new unique id.
+    fn ncclCommShrink(
+        comm: CommPtr,
+        exclude_ranks_list: *mut c_int,
+        exclude_ranks_count: c_int,
+        newcomm: *mut CommPtr,
+        config: *mut NcclConfig,
+        shrink_flags: c_int,
+    ) -> c_int {
+        guard("ncclCommShrink", || {
+            cast::write(newcomm, "newcomm", std::ptr::null_mut())?;
+            cast::read_config(config)?;
+            let excluded = cast::int_list(exclude_ranks_list, exclude_ranks_count, "excludeRanksList")?;
+            let excluded = excluded
+                .into_iter()
+                .map(|r| {
+                    usize::try_from(r)
+                        .map_err(|_| Failure::invalid(format!("excludeRanksList holds rank {r}")))
+                })
+                .collect::<crate::status::Outcome<Vec<usize>>>()?;
+            if shrink_flags & !1 != 0 {
+                return Err(Failure::invalid(format!(
+                    "shrinkFlags {shrink_flags:#x}: expected NCCL_SHRINK_DEFAULT or NCCL_SHRINK_ABORT"
+                )));
+            }
+            let child = cast::comm(comm)?.shrink(&excluded, shrink_flags & 1 != 0)?;
+            cast::write(newcomm, "newcomm", cast::new_handle(child))
+        })
+    }
+
     /// A static string for each result code.
     fn ncclGetErrorString(result: c_int) -> *const c_char {
         error_string(result).as_ptr()

@@ -107,6 +107,25 @@ pub(crate) fn read<T: Copy>(ptr: *const T, what: &str) -> Outcome<T> {
     Ok(unsafe { ptr.read_unaligned() })
 }
 
+/// Copies a caller's array of `count` ints (NULL is fine when count is 0).
+pub(crate) fn int_list(ptr: *const c_int, count: c_int, what: &str) -> Outcome<Vec<c_int>> {
+    let n = usize::try_from(count)
+        .map_err(|_| Failure::invalid(format!("{what}: count {count} is negative")))?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if ptr.is_null() {
+        return Err(Failure::invalid(format!("{what} is NULL with {n} entries")));
+    }
+    if n > 1 << 24 {
+        return Err(Failure::invalid(format!(
+            "{what}: {n} entries is more than any job has ranks"
+        )));
+    }
+    // SAFETY: non-null; nccl.h requires the array to hold `count` ints.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, n) }.to_vec())
+}
+
 /// Stores `values` in the array a caller passed (`ncclCommInitAll`'s `comm`).
 pub(crate) fn write_array<T>(out: *mut T, what: &str, values: Vec<T>) -> Outcome {
     if out.is_null() {

@@ -88,6 +88,18 @@ impl Shared {
         self.finalized.store(true, Ordering::SeqCst);
     }
 
+    /// Shrinks like `ncclCommShrink` (works on a communicator stopped by an error).
+    pub fn shrink(&self, excluded: &[usize], abort_first: bool) -> Outcome<Arc<Shared>> {
+        if abort_first {
+            self.abort();
+        }
+        let mut comm = self.comm.lock().map_err(|_| {
+            Failure::internal("the communicator was poisoned by a panic in an earlier call")
+        })?;
+        let child = comm.shrink(excluded)?;
+        Ok(Shared::new(child, self.device))
+    }
+
     /// Splits like `ncclCommSplit`; every rank must call it.
     pub fn split(&self, color: c_int, key: c_int) -> Outcome<Option<Arc<Shared>>> {
         let color = match color {

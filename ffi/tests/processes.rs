@@ -150,9 +150,13 @@ fn lost_and_silent_peers_map_to_nccl_codes() {
         &dir,
         &["-std=c99", "-pedantic"],
     );
-    for (mode, text) in [("lost", "remote process exited"), ("silent", "timed out")] {
+    for (mode, text, n) in [
+        ("lost", "remote process exited", 2),
+        ("silent", "timed out", 2),
+        ("shrink", "shrunk to 2 ranks, allreduce 3", 3),
+    ] {
         let id_file = dir.join(format!("id-{mode}"));
-        let cmds = (0..2)
+        let cmds = (0..n)
             .map(|r| {
                 let mut c = Command::new(&exe);
                 base_env(&mut c)
