@@ -186,6 +186,29 @@ impl AlgoOverride {
     }
 }
 
+/// Which transport carries traffic between hosts (`MIXCCL_NET`, like `NCCL_NET`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetTransport {
+    /// RDMA where both ends have an active port on the same fabric, else TCP.
+    #[default]
+    Auto,
+    /// RDMA to every peer on another host; init fails where it cannot (`IB`).
+    Ib,
+    /// TCP only; libibverbs is not even loaded (`Socket`).
+    Socket,
+}
+
+impl NetTransport {
+    /// The `MIXCCL_NET` spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            NetTransport::Auto => "auto",
+            NetTransport::Ib => "IB",
+            NetTransport::Socket => "Socket",
+        }
+    }
+}
+
 /// Every tunable of a communicator.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -235,6 +258,20 @@ pub struct Config {
     pub algo: AlgoOverride,
     /// Log level (`MIXCCL_DEBUG` = WARN, INFO or TRACE; default WARN).
     pub debug: DebugLevel,
+    /// Transport between hosts (`MIXCCL_NET` = IB or Socket; default: RDMA where possible).
+    pub net: NetTransport,
+    /// RDMA devices and ports, NCCL_IB_HCA syntax: `mlx5_0:1,mlx5_1`, `^` to exclude,
+    /// `=` for exact names (`MIXCCL_IB_HCA`; default: the first active port).
+    pub ib_hca: Option<String>,
+    /// GID index for RoCE addressing (`MIXCCL_IB_GID_INDEX`; default 0).
+    pub ib_gid_index: u8,
+    /// RDMA queue pairs (lanes) per peer (`MIXCCL_IB_QPS`, 1..=64; default 2).
+    pub ib_qps: usize,
+    /// Registered staging per RDMA lane and direction, in 8 slots
+    /// (`MIXCCL_IB_BUFFER`; default 1 MiB; 32K to 1G).
+    pub ib_buffer: usize,
+    /// libibverbs to load (`MIXCCL_IBVERBS_LIB`; default `libibverbs.so.1`).
+    pub ibverbs_lib: Option<String>,
 }
 
 impl Default for Config {
@@ -255,6 +292,12 @@ impl Default for Config {
             shm_cma: false,
             algo: AlgoOverride::default(),
             debug: DebugLevel::Warn,
+            net: NetTransport::Auto,
+            ib_hca: None,
+            ib_gid_index: 0,
+            ib_qps: 2,
+            ib_buffer: 1 << 20,
+            ibverbs_lib: None,
         }
     }
 }
@@ -367,6 +410,39 @@ impl Config {
             self.debug = DebugLevel::parse(&v)
                 .ok_or_else(|| bad("MIXCCL_DEBUG", &v, "WARN, INFO or TRACE"))?;
         }
+        if let Some(v) = get("MIXCCL_NET") {
+            self.net = match v.trim().to_ascii_uppercase().as_str() {
+                "" | "AUTO" => NetTransport::Auto,
+                "IB" => NetTransport::Ib,
+                "SOCKET" => NetTransport::Socket,
+                _ => return Err(bad("MIXCCL_NET", &v, "IB or Socket")),
+            };
+        }
+        if let Some(v) = get("MIXCCL_IB_HCA") {
+            self.ib_hca = Some(v).filter(|s| !s.trim().is_empty());
+        }
+        if let Some(v) = get("MIXCCL_IB_GID_INDEX") {
+            self.ib_gid_index = v
+                .trim()
+                .parse()
+                .map_err(|_| bad("MIXCCL_IB_GID_INDEX", &v, "an integer in 0..=255"))?;
+        }
+        if let Some(v) = get("MIXCCL_IB_QPS") {
+            self.ib_qps = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| bad("MIXCCL_IB_QPS", &v, "an integer in 1..=64"))?;
+        }
+        if let Some(v) = get("MIXCCL_IB_BUFFER") {
+            self.ib_buffer = parse_bytes(&v)
+                .filter(|b| (32 << 10..=1 << 30).contains(b))
+                .ok_or_else(|| bad("MIXCCL_IB_BUFFER", &v, "a size from 32K to 1G"))?;
+        }
+        if let Some(v) = get("MIXCCL_IBVERBS_LIB") {
+            self.ibverbs_lib = Some(v).filter(|s| !s.trim().is_empty());
+        }
         Ok(self)
     }
 
@@ -387,6 +463,12 @@ impl Config {
                 self.nsocks
             )));
         }
+        if !(1..=64).contains(&self.ib_qps) || !(32 << 10..=1 << 30).contains(&self.ib_buffer) {
+            return Err(Error::invalid(format!(
+                "config.ib_qps = {} (1..=64) or config.ib_buffer = {} (32K..=1G) is out of range",
+                self.ib_qps, self.ib_buffer
+            )));
+        }
         Ok(())
     }
 
@@ -401,7 +483,7 @@ impl Config {
             .collect::<Vec<_>>()
             .join(";");
         format!(
-            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_SHM_CMA={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_PIPELINE_BYTES={}\nMIXCCL_CHECK_CALLS={}\nMIXCCL_ALGO={}",
+            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_SHM_CMA={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_PIPELINE_BYTES={}\nMIXCCL_CHECK_CALLS={}\nMIXCCL_ALGO={}\nMIXCCL_NET={}",
             self.nsocks,
             u8::from(self.shm_disable),
             u8::from(self.shm_cma),
@@ -409,7 +491,9 @@ impl Config {
             self.direct_max_bytes,
             self.pipeline_bytes,
             u8::from(self.check_calls),
-            if algo.is_empty() { "auto" } else { &algo }
+            if algo.is_empty() { "auto" } else { &algo },
+            // Auto and IB both negotiate per peer over TCP; Socket does not.
+            if self.net == NetTransport::Socket { "Socket" } else { "IB-or-auto" }
         )
     }
 
@@ -464,6 +548,21 @@ impl Config {
             ),
             format!("MIXCCL_ALGO={algo} (forced algorithms)"),
             format!("MIXCCL_DEBUG={} (log level)", self.debug.name()),
+            format!("MIXCCL_NET={} (transport between hosts)", self.net.name()),
+            format!(
+                "MIXCCL_IB_HCA={} (RDMA devices and ports)",
+                self.ib_hca.as_deref().unwrap_or("auto")
+            ),
+            format!("MIXCCL_IB_GID_INDEX={} (RoCE GID index)", self.ib_gid_index),
+            format!("MIXCCL_IB_QPS={} (RDMA queue pairs per peer)", self.ib_qps),
+            format!(
+                "MIXCCL_IB_BUFFER={} (bytes of RDMA staging per lane and direction)",
+                self.ib_buffer
+            ),
+            format!(
+                "MIXCCL_IBVERBS_LIB={} (libibverbs to load)",
+                self.ibverbs_lib.as_deref().unwrap_or("libibverbs.so.1")
+            ),
         ]
     }
 }
@@ -537,10 +636,37 @@ mod tests {
             ("MIXCCL_CHUNK_SIZE", "abc"),
             ("MIXCCL_ALGO", "allreduce:fastest"),
             ("MIXCCL_DEBUG", "LOUD"),
+            ("MIXCCL_NET", "carrier-pigeon"),
+            ("MIXCCL_IB_QPS", "0"),
+            ("MIXCCL_IB_GID_INDEX", "256"),
+            ("MIXCCL_IB_BUFFER", "1K"),
         ] {
             let e = Config::default().with_env(env(&[(k, v)])).unwrap_err();
             assert!(e.to_string().contains(k), "{e}");
         }
+    }
+
+    #[test]
+    fn rdma_settings_parse() {
+        let c = Config::default()
+            .with_env(env(&[
+                ("MIXCCL_NET", "ib"),
+                ("MIXCCL_IB_HCA", "^mlx5_2"),
+                ("MIXCCL_IB_GID_INDEX", "3"),
+                ("MIXCCL_IB_QPS", "4"),
+                ("MIXCCL_IB_BUFFER", "256K"),
+                ("MIXCCL_IBVERBS_LIB", "/opt/lib/libibverbs.so.1"),
+            ]))
+            .unwrap();
+        assert_eq!(c.net, NetTransport::Ib);
+        assert_eq!(c.ib_hca.as_deref(), Some("^mlx5_2"));
+        assert_eq!((c.ib_gid_index, c.ib_qps, c.ib_buffer), (3, 4, 256 << 10));
+        assert_eq!(c.ibverbs_lib.as_deref(), Some("/opt/lib/libibverbs.so.1"));
+        let s = Config::default()
+            .with_env(env(&[("MIXCCL_NET", "Socket")]))
+            .unwrap();
+        assert_eq!(s.net, NetTransport::Socket);
+        assert!(s.must_agree().contains("MIXCCL_NET=Socket"));
     }
 
     #[test]

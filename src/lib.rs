@@ -40,7 +40,7 @@ pub mod verify;
 pub use bootstrap::launcher::{LaunchEnv, Rendezvous};
 pub use bootstrap::unique_id::UniqueId;
 pub use comm::{AbortHandle, Communicator, Transfer};
-pub use config::{AlgoOverride, Algorithm, Collective, Config};
+pub use config::{AlgoOverride, Algorithm, Collective, Config, NetTransport};
 pub use debug::DebugLevel;
 pub use device::MemRef;
 pub use element::{DataType, Element};
