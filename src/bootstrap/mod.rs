@@ -18,6 +18,7 @@ pub mod unique_id;
 use crate::config::Config;
 use crate::debug::log_info;
 use crate::error::{Error, Result};
+use crate::transport::rdma::{self, RdmaSpec};
 use crate::transport::shm::{self, ShmSpec};
 use crate::transport::tcp::{self, MeshSpec};
 use crate::transport::{Link, Links};
@@ -255,6 +256,8 @@ pub(crate) fn join(
     config: &Config,
 ) -> Result<(Links, IpAddr, Rejoin)> {
     let start = Instant::now();
+    // MIXCCL_NET=IB on a rank without RDMA fails here, before anyone waits for it.
+    rdma::require(config)?;
     let local_ip = match config.socket_ifname.as_deref() {
         Some(spec) => tcp::pick_interface(Some(spec))?,
         None => tcp::local_ip_towards(id.root_addr())?,
@@ -340,6 +343,17 @@ impl Rejoin {
             },
             &self.listener,
         )?;
+        // Peers on other hosts move to RDMA where both ends can (negotiated over TCP).
+        let host_peer: Vec<bool> = self.table.iter().map(|t| t.host == self.host).collect();
+        let mut net_links = rdma::upgrade(
+            &RdmaSpec {
+                rank,
+                same_host: &host_peer,
+                config,
+                deadline,
+            },
+            tcp_links,
+        )?;
         let mut shm_links = match &self.shm_listener {
             Some(l) => shm::connect_host_peers(
                 &ShmSpec {
@@ -356,16 +370,11 @@ impl Rejoin {
             )?,
             None => Vec::new(),
         };
-        Ok(tcp_links
-            .into_iter()
-            .enumerate()
-            .map(
-                |(p, t)| match (t, shm_links.get_mut(p).and_then(Option::take)) {
-                    (_, Some(s)) => Some(Box::new(s) as Box<dyn Link>),
-                    (Some(t), None) => Some(Box::new(t) as Box<dyn Link>),
-                    (None, None) => None,
-                },
-            )
+        Ok((0..nranks)
+            .map(|p| match shm_links.get_mut(p).and_then(Option::take) {
+                Some(s) => Some(Box::new(s) as Box<dyn Link>),
+                None => net_links.get_mut(p).and_then(Option::take),
+            })
             .collect())
     }
 

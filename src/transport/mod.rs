@@ -8,6 +8,7 @@
 //! to poll, so one thread drives all links of a rank with bounded waits.
 
 pub mod mem;
+pub(crate) mod rdma;
 pub mod shm;
 pub mod tcp;
 

@@ -32,6 +32,16 @@ impl Drop for TcpLink {
 }
 
 impl TcpLink {
+    /// The socket of `lane`, for a transport that negotiates over it (rdma).
+    pub(crate) fn socket(&self, lane: usize) -> Option<&TcpStream> {
+        self.socks.get(lane)
+    }
+
+    /// Gives up the sockets (rdma keeps lane 0 as its liveness channel).
+    pub(crate) fn into_sockets(mut self) -> Vec<TcpStream> {
+        std::mem::take(&mut self.socks)
+    }
+
     fn fail(&self, what: &str, e: io::Error) -> Error {
         match e.kind() {
             io::ErrorKind::ConnectionReset
