@@ -200,6 +200,21 @@ impl<V: Verbs> RdmaLink<V> {
         })
     }
 
+    /// The verbs underneath (to connect the queue pairs after the negotiation).
+    pub(crate) fn verbs_mut(&mut self) -> &mut V {
+        &mut self.verbs
+    }
+
+    /// The verbs underneath, read-only.
+    pub(crate) fn verbs(&self) -> &V {
+        &self.verbs
+    }
+
+    /// Sets the connection whose EOF means the peer process is gone.
+    pub(crate) fn set_alive(&mut self, alive: Option<TcpStream>) {
+        self.alive = alive;
+    }
+
     /// Latches and returns an error: after one, the queue pairs are in an unknown state.
     fn fail(&mut self, e: Error) -> Error {
         self.failed.get_or_insert(e).clone()

@@ -61,7 +61,7 @@ fn probe(config: &Config) -> std::result::Result<Port, String> {
 
 fn unavailable(why: &str) -> Error {
     Error::io(
-        "MIXCCL_NET=IB",
+        "choosing the transport between hosts (MIXCCL_NET=IB)",
         io::Error::new(
             io::ErrorKind::Unsupported,
             format!(
@@ -166,10 +166,16 @@ pub(crate) fn upgrade(
     let mut mine = Vec::with_capacity(peers.len());
     for &p in &peers {
         let (v, msg) = match &port {
-            Ok(port) => match HcaVerbs::create(port.clone(), cfg.ib_qps, SLOTS, slot_bytes) {
-                Ok(v) => {
-                    let offer = Message::Offer(v.offer());
-                    (Some(v), offer)
+            // The link posts its receives now, in INIT, so that none is missing
+            // when the peer's first write arrives.
+            Ok(port) => match HcaVerbs::create(port.clone(), cfg.ib_qps, SLOTS, slot_bytes)
+                .map_err(|e| Error::io(format!("creating queue pairs for rank {p}"), e))
+                .and_then(|v| {
+                    RdmaLink::new(p, v, cfg.ib_qps, SLOTS, slot_bytes, None, port.name.clone())
+                }) {
+                Ok(link) => {
+                    let offer = Message::Offer(link.verbs().offer());
+                    (Some(link), offer)
                 }
                 Err(e) => (
                     None,
@@ -194,7 +200,7 @@ pub(crate) fn upgrade(
         let mut verdict = decide(rank, p, &msg, &theirs);
         if verdict == Verdict::Rdma {
             if let (Some(v), Message::Offer(o)) = (v.as_mut(), &theirs) {
-                if let Err(e) = v.connect(o) {
+                if let Err(e) = v.verbs_mut().connect(o) {
                     verdict = Verdict::Tcp(format!("connecting queue pairs on rank {rank}: {e}"));
                 }
             }
@@ -218,10 +224,13 @@ pub(crate) fn upgrade(
             verdict = Verdict::Tcp(format!("rank {p} could not connect its queue pairs"));
         }
         match (verdict, v, &port, &msg, &theirs) {
-            (Verdict::Rdma, Some(v), Ok(port), Message::Offer(a), Message::Offer(b)) => {
-                let alive = tcp[p].take().map(TcpLink::into_sockets);
+            (Verdict::Rdma, Some(mut link), Ok(port), Message::Offer(a), Message::Offer(b)) => {
                 drop(s);
-                let alive = alive.and_then(|socks| socks.into_iter().next());
+                link.set_alive(
+                    tcp[p]
+                        .take()
+                        .and_then(|t| t.into_sockets().into_iter().next()),
+                );
                 log_info!(
                     Some(rank),
                     "rank {rank} -> rank {p} via rdma: {}, {}, {} QPs, MTU {} B",
@@ -230,15 +239,6 @@ pub(crate) fn upgrade(
                     cfg.ib_qps,
                     128u32 << a.mtu.min(b.mtu)
                 );
-                let link = RdmaLink::new(
-                    p,
-                    v,
-                    cfg.ib_qps,
-                    SLOTS,
-                    slot_bytes,
-                    alive,
-                    port.name.clone(),
-                )?;
                 out[p] = Some(Box::new(link));
             }
             (Verdict::Tcp(why) | Verdict::Mismatch(why), ..) => {
