@@ -351,6 +351,60 @@ fn fake_verbs_links_run_collectives() {
     }
 }
 
+/// Calls `name(arg)` in the loaded fake library at `lib`.
+fn fake_call(lib: &std::path::Path, name: &std::ffi::CStr, arg: libc::c_long) {
+    let path = std::ffi::CString::new(lib.to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: NUL-terminated strings; the library is already loaded (RTLD_NOLOAD
+    // returns its handle) and exports `name` as `void name(long)`.
+    unsafe {
+        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
+        assert!(!h.is_null());
+        let f = libc::dlsym(h, name.as_ptr());
+        assert!(!f.is_null(), "{name:?}");
+        let f: extern "C" fn(libc::c_long) = std::mem::transmute(f);
+        f(arg);
+    }
+}
+
+/// A port going down (an async event) fails every link on it as `PeerLost`,
+/// naming the peer, the device and the event.
+#[test]
+fn fake_verbs_port_down_is_peer_lost() {
+    let Some(lib) = fake_lib("port") else { return };
+    let mut r: Vec<_> = two_ranks(&fake_config(&lib), false)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    fake_call(&lib, c"fake_ibv_port_down", 0);
+    let start = Instant::now();
+    for (rank, peer) in [(0, 1), (1, 0)] {
+        let l = r[rank][peer].as_mut().unwrap();
+        let e = loop {
+            match l.recv_some(1, &mut [0u8; 16]) {
+                Ok(0) => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(5),
+                        "rank {rank} never noticed"
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(n) => panic!("{n} bytes from nowhere"),
+                Err(e) => break e,
+            }
+        };
+        match &e {
+            Error::PeerLost { rank: p, reason } => {
+                assert_eq!(*p, peer);
+                assert!(
+                    reason.contains("IBV_EVENT_PORT_ERR") && reason.contains("fake_0:1"),
+                    "{reason}"
+                );
+            }
+            e => panic!("{e}"),
+        }
+    }
+}
+
 /// An error completion becomes `PeerLost` naming the peer and the verbs status on
 /// the rank that saw it; its peer learns through the control connection.
 #[test]
@@ -360,17 +414,7 @@ fn fake_verbs_error_completion_is_peer_lost_on_both_ranks() {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let path = std::ffi::CString::new(lib.to_string_lossy().as_bytes()).unwrap();
-    // SAFETY: the path is NUL-terminated; the library is already loaded (this
-    // returns the same handle) and exports fake_ibv_fail_after(long).
-    unsafe {
-        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
-        assert!(!h.is_null());
-        let f = libc::dlsym(h, c"fake_ibv_fail_after".as_ptr());
-        assert!(!f.is_null());
-        let f: extern "C" fn(libc::c_long) = std::mem::transmute(f);
-        f(0);
-    }
+    fake_call(&lib, c"fake_ibv_fail_after", 0);
     let mut b = r.pop().unwrap();
     let mut a = r.pop().unwrap();
     let x = a[1].as_mut().unwrap();
