@@ -37,11 +37,6 @@ impl TcpLink {
         self.socks.get(lane)
     }
 
-    /// Gives up the sockets (rdma keeps lane 0 as its liveness channel).
-    pub(crate) fn into_sockets(mut self) -> Vec<TcpStream> {
-        std::mem::take(&mut self.socks)
-    }
-
     fn fail(&self, what: &str, e: io::Error) -> Error {
         match e.kind() {
             io::ErrorKind::ConnectionReset

@@ -19,16 +19,13 @@ use crate::error::{Error, Result};
 use crate::transport::rdma::ibv::wc_status_name;
 use crate::transport::{Direction, Link, WaitHandle};
 use std::io;
-use std::net::TcpStream;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 /// Immediate data of a credit return: top bit set, count in the low bits.
 pub(crate) const CREDIT_BIT: u32 = 1 << 31;
-/// How often an idle link checks its peer's liveness socket and device events.
+/// How often an idle link checks for device events (port down).
 const CHECK_EVERY: Duration = Duration::from_millis(2);
-/// After the liveness socket reads EOF, time for writes already on the wire to land.
-const EOF_GRACE: Duration = Duration::from_millis(20);
 
 /// One work completion, as the protocol needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -142,10 +139,10 @@ pub struct RdmaLink<V: Verbs> {
     slot_bytes: usize,
     lanes: Vec<Lane>,
     comps: Vec<Completion>,
-    /// The TCP connection the link was negotiated on: EOF means the peer is gone.
-    alive: Option<TcpStream>,
+    /// The TCP link this one replaced, kept for its control channel (error
+    /// reports, goodbye, and so the death of the peer's process).
+    control: Option<Box<dyn Link>>,
     last_check: Instant,
-    eof_at: Option<Instant>,
     armed: bool,
     failed: Option<Error>,
     /// Device and port, for logs.
@@ -161,7 +158,7 @@ impl<V: Verbs> RdmaLink<V> {
         lanes: usize,
         slots: usize,
         slot_bytes: usize,
-        alive: Option<TcpStream>,
+        control: Option<Box<dyn Link>>,
         label: String,
     ) -> Result<Self> {
         for lane in 0..lanes {
@@ -191,9 +188,8 @@ impl<V: Verbs> RdmaLink<V> {
                 lanes
             ],
             comps: Vec::with_capacity(64),
-            alive,
+            control,
             last_check: Instant::now(),
-            eof_at: None,
             armed: false,
             failed: None,
             label,
@@ -210,9 +206,9 @@ impl<V: Verbs> RdmaLink<V> {
         &self.verbs
     }
 
-    /// Sets the connection whose EOF means the peer process is gone.
-    pub(crate) fn set_alive(&mut self, alive: Option<TcpStream>) {
-        self.alive = alive;
+    /// Sets the link whose control channel this one uses.
+    pub(crate) fn set_control(&mut self, control: Box<dyn Link>) {
+        self.control = Some(control);
     }
 
     /// Latches and returns an error: after one, the queue pairs are in an unknown state.
@@ -295,7 +291,6 @@ impl<V: Verbs> RdmaLink<V> {
         outcome?;
         if any {
             self.armed = false;
-            self.eof_at = None;
         }
         Ok(any)
     }
@@ -371,11 +366,11 @@ impl<V: Verbs> RdmaLink<V> {
         Ok(())
     }
 
-    /// Nothing could move: check the peer and the device (rate-limited), and arm
+    /// Nothing could move: check the device (rate-limited), and arm
     /// the completion channel. Returns true if the caller should try once more
     /// (completions arrived while arming).
     fn idle(&mut self) -> Result<bool> {
-        if self.last_check.elapsed() >= CHECK_EVERY || self.eof_at.is_some() {
+        if self.last_check.elapsed() >= CHECK_EVERY {
             self.last_check = Instant::now();
             if let Some(why) = self.verbs.fatal() {
                 let e = Error::PeerLost {
@@ -384,7 +379,6 @@ impl<V: Verbs> RdmaLink<V> {
                 };
                 return Err(self.fail(e));
             }
-            self.check_alive()?;
         }
         if self.armed {
             return Ok(false);
@@ -395,33 +389,6 @@ impl<V: Verbs> RdmaLink<V> {
         self.armed = true;
         // A completion that landed before the request raises no event: look again.
         self.progress()
-    }
-
-    fn check_alive(&mut self) -> Result<()> {
-        let Some(s) = &self.alive else {
-            return Ok(());
-        };
-        let mut b = [0u8; 16];
-        let eof = match crate::sys::recv_nowait(s.as_raw_fd(), &mut b) {
-            Ok(Some(0)) => true,
-            Ok(_) => false,
-            Err(e) => {
-                return Err(self.fail(Error::PeerLost {
-                    rank: self.peer,
-                    reason: format!("RDMA control socket failed: {e}"),
-                }))
-            }
-        };
-        if eof {
-            let since = *self.eof_at.get_or_insert_with(Instant::now);
-            if since.elapsed() >= EOF_GRACE {
-                return Err(self.fail(Error::PeerLost {
-                    rank: self.peer,
-                    reason: "process exited (RDMA control socket closed)".into(),
-                }));
-            }
-        }
-        Ok(())
     }
 
     /// Returns freed slots to the peer, if a credit write may be posted.
@@ -532,13 +499,24 @@ impl<V: Verbs> Link for RdmaLink<V> {
             events: libc::POLLIN,
             doorbell: false,
         });
-        if let Some(s) = &self.alive {
-            out.push(WaitHandle {
-                fd: s.as_raw_fd(),
-                events: libc::POLLIN,
-                doorbell: false,
-            });
+    }
+
+    fn send_control(&mut self, msg: &[u8]) -> Result<bool> {
+        match &mut self.control {
+            Some(c) => c.send_control(msg),
+            None => Ok(false),
         }
+    }
+
+    fn recv_control(&mut self) -> Result<Option<Vec<u8>>> {
+        match &mut self.control {
+            Some(c) => c.recv_control(),
+            None => Ok(None),
+        }
+    }
+
+    fn control_handle(&self) -> Option<WaitHandle> {
+        self.control.as_ref().and_then(|c| c.control_handle())
     }
 
     fn kind(&self) -> &'static str {
@@ -556,6 +534,7 @@ pub(crate) mod fake {
     use super::*;
     use crate::sys::EventFd;
     use std::collections::VecDeque;
+    use std::os::fd::AsRawFd;
     use std::sync::{Arc, Mutex};
 
     #[derive(Default)]
@@ -942,27 +921,22 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_control_socket_is_peer_lost_after_the_grace() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        let (a, _b) = pair(1, 2, 16);
-        let mut a = RdmaLink::new(3, a, 1, 2, 16, Some(s), "fake:1".into()).unwrap();
-        assert_eq!(a.recv_some(0, &mut [0u8; 4]).unwrap(), 0);
-        drop(c);
-        let start = Instant::now();
-        let e = loop {
-            match a.recv_some(0, &mut [0u8; 4]) {
-                Ok(0) => std::thread::sleep(Duration::from_millis(1)),
-                Ok(n) => panic!("{n} bytes from nowhere"),
-                Err(e) => break e,
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "EOF never reported"
-            );
-        };
-        assert!(matches!(e, Error::PeerLost { rank: 3, .. }), "{e}");
-        assert!(start.elapsed() >= EOF_GRACE);
+    fn control_messages_go_through_the_kept_link() {
+        let mut mem = crate::transport::mem::mesh(2, 1, 1024).unwrap();
+        let c1 = mem[1][0].take().unwrap();
+        let c0 = mem[0][1].take().unwrap();
+        let (a, b) = pair(1, 2, 16);
+        let mut a = RdmaLink::new(1, a, 1, 2, 16, Some(Box::new(c0)), "fake:1".into()).unwrap();
+        let mut b = RdmaLink::new(0, b, 1, 2, 16, None, "fake:1".into()).unwrap();
+        assert!(b.control_handle().is_none());
+        assert!(!b.send_control(b"x").unwrap());
+        b.set_control(Box::new(c1));
+        assert!(a.control_handle().is_some());
+        assert!(a.send_control(b"report").unwrap());
+        assert_eq!(b.recv_control().unwrap().as_deref(), Some(&b"report"[..]));
+        assert_eq!(b.recv_control().unwrap(), None);
+        // A normal close says goodbye: no error on the other side.
+        drop(a);
+        assert_eq!(b.recv_control().unwrap(), None);
     }
 }

@@ -11,10 +11,10 @@
 //! an offer (port, fabric, queue pairs) or a decline (why not), and both apply
 //! the same rule to the same two messages: RDMA when both offered on the same
 //! fabric, else the TCP link stays. `MIXCCL_NET=IB` turns every "else" into an
-//! error; `MIXCCL_NET=Socket` skips all of this. After an upgrade the TCP
-//! connection stays open as the liveness channel, like the shm transport's
-//! Unix socket: a peer process that dies is `PeerLost` at once instead of after
-//! the verbs retry timeout.
+//! error; `MIXCCL_NET=Socket` skips all of this. After an upgrade the replaced
+//! TCP link is kept for its control channel (error reports, goodbye): a peer
+//! process that dies is `PeerLost` at once instead of after the verbs retry
+//! timeout. Its data sockets stay idle.
 
 mod hca;
 mod ibv;
@@ -226,11 +226,9 @@ pub(crate) fn upgrade(
         match (verdict, v, &port, &msg, &theirs) {
             (Verdict::Rdma, Some(mut link), Ok(port), Message::Offer(a), Message::Offer(b)) => {
                 drop(s);
-                link.set_alive(
-                    tcp[p]
-                        .take()
-                        .and_then(|t| t.into_sockets().into_iter().next()),
-                );
+                if let Some(t) = tcp[p].take() {
+                    link.set_control(Box::new(t));
+                }
                 log_info!(
                     Some(rank),
                     "rank {rank} -> rank {p} via rdma: {}, {}, {} QPs, MTU {} B",
