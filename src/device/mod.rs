@@ -12,9 +12,13 @@
 //! - [`MemRef`]: a caller's buffer by address and kind, as the staged collectives
 //!   (`Communicator::*_mem`) take them.
 
+mod acl;
+mod cnrt;
 mod cuda;
+mod hip;
 mod host;
 mod loader;
+mod musa;
 
 pub use host::HostMemory;
 
@@ -386,10 +390,10 @@ fn within(
 fn open(vendor: Vendor) -> Result<Box<dyn Device>> {
     match vendor {
         Vendor::Cuda => Ok(Box::new(cuda::Cuda::open()?)),
-        other => Err(Error::Device {
-            vendor: other.name(),
-            message: "no shim for this runtime yet".into(),
-        }),
+        Vendor::Hip => Ok(Box::new(hip::Hip::open()?)),
+        Vendor::Musa => Ok(Box::new(musa::Musa::open()?)),
+        Vendor::Acl => Ok(Box::new(acl::Acl::open()?)),
+        Vendor::Cnrt => Ok(Box::new(cnrt::Cnrt::open()?)),
     }
 }
 
