@@ -7,7 +7,19 @@
  * are bump-allocated and recorded, so a copy that runs past an allocation's end, a
  * device pointer passed where host memory belongs, or a freed pointer aborts the
  * process with a message naming the call. Pinned host allocations are recorded too.
- * All state is behind one mutex, so ranks on several threads can share a stub. */
+ * All state is behind one mutex, so ranks on several threads can share a stub.
+ *
+ * Every function and variable here is static, so each stub library has its own
+ * arena (its own memfd, mapped wherever the kernel puts it) and claims only the
+ * pointers it handed out; several stubs load side by side into one process. A host
+ * pointer is also checked to be readable, so another stub's device pointer passed
+ * as host memory is reported instead of faulting inside a copy.
+ *
+ * Freed device ranges are released (MADV_REMOVE) and reused by later allocations of
+ * at most their size, so a long test does not run out of arena.
+ *
+ * STUB_FAIL=call1,call2 makes the named calls fail with the vendor's error code
+ * (each stub decides which code), for error-path tests. */
 #ifndef STUB_DEVMEM_H
 #define STUB_DEVMEM_H
 #define _GNU_SOURCE
@@ -17,18 +29,23 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define DEV_ARENA (1ull << 31) /* 2 GiB of address space, sparse */
 #define MAX_ALLOCS 4096
 
-struct dev_alloc { uintptr_t base; size_t size; int device; int live; int pinned; };
+struct dev_alloc { uintptr_t base; size_t size; int device; int live; int pinned; size_t span; };
+/* A released device range [base, base + span) that a later allocation may reuse. */
+struct dev_hole { uintptr_t base; size_t span; };
 
 static pthread_mutex_t dm_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned char *dm_view;  /* PROT_NONE: what callers see */
 static unsigned char *dm_alias; /* read-write: what the stub copies through */
 static size_t dm_next;
 static struct dev_alloc dm_allocs[MAX_ALLOCS];
+static struct dev_hole dm_holes[MAX_ALLOCS];
+static int dm_nholes;
 static const char *dm_name = "stub";
 
 static void dm_die(const char *call, const char *what, const void *p) {
@@ -66,7 +83,7 @@ static struct dev_alloc *dm_find(const void *p) {
 static struct dev_alloc *dm_record(uintptr_t base, size_t size, int device, int pinned) {
     for (int i = 0; i < MAX_ALLOCS; i++) {
         if (!dm_allocs[i].live) {
-            dm_allocs[i] = (struct dev_alloc){base, size, device, 1, pinned};
+            dm_allocs[i] = (struct dev_alloc){base, size, device, 1, pinned, 0};
             return &dm_allocs[i];
         }
     }
@@ -79,10 +96,22 @@ static void *dm_alloc(size_t size, int device) {
     pthread_mutex_lock(&dm_lock);
     size_t rounded = (size + 4095) & ~(size_t)4095;
     if (rounded == 0) rounded = 4096;
-    if (dm_next + rounded > DEV_ARENA) { pthread_mutex_unlock(&dm_lock); return NULL; }
-    uintptr_t base = (uintptr_t)dm_view + dm_next;
-    dm_next += rounded + 4096; /* a guard page between allocations */
-    dm_record(base, size, device, 0);
+    int best = -1;
+    for (int i = 0; i < dm_nholes; i++)
+        if (dm_holes[i].span >= rounded && (best < 0 || dm_holes[i].span < dm_holes[best].span)) best = i;
+    uintptr_t base;
+    size_t span;
+    if (best >= 0) {
+        base = dm_holes[best].base;
+        span = dm_holes[best].span;
+        dm_holes[best] = dm_holes[--dm_nholes];
+    } else {
+        if (size > DEV_ARENA || dm_next + rounded > DEV_ARENA) { pthread_mutex_unlock(&dm_lock); return NULL; }
+        base = (uintptr_t)dm_view + dm_next;
+        span = rounded;
+        dm_next += rounded + 4096; /* a guard page between allocations */
+    }
+    dm_record(base, size, device, 0)->span = span;
     pthread_mutex_unlock(&dm_lock);
     return (void *)base;
 }
@@ -92,6 +121,11 @@ static int dm_free(const char *call, void *p, int pinned) {
     struct dev_alloc *d = dm_find(p);
     if (!d || d->base != (uintptr_t)p || d->pinned != pinned) dm_die(call, "not a live allocation of this kind", p);
     d->live = 0;
+    if (!pinned) {
+        unsigned char *alias = dm_alias + (d->base - (uintptr_t)dm_view);
+        madvise(alias, d->span, MADV_REMOVE); /* give the pages back; reads see zeros */
+        if (dm_nholes < MAX_ALLOCS) dm_holes[dm_nholes++] = (struct dev_hole){d->base, d->span};
+    }
     pthread_mutex_unlock(&dm_lock);
     if (pinned) free(p);
     return 0;
@@ -116,11 +150,51 @@ static unsigned char *dm_dev_range(const char *call, const void *p, size_t n) {
     return dm_alias + ((uintptr_t)p - (uintptr_t)dm_view);
 }
 
-/* Checks [p, p+n) is host memory (not in the device arena). */
+/* Can this process read the byte at p? (process_vm_readv fails with EFAULT on
+ * unmapped or PROT_NONE memory, such as another stub's device arena.) */
+static int dm_readable(const void *p) {
+    unsigned char b;
+    struct iovec local = {&b, 1}, remote = {(void *)p, 1};
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == 1;
+}
+
+/* Checks [p, p+n) is host memory (not in the device arena, readable). */
 static void dm_host_range(const char *call, const void *p, size_t n) {
     if (dm_is_device(p) || (n && dm_is_device((const char *)p + n - 1)))
         dm_die(call, "host pointer expected, got a device pointer", p);
     if (n && !p) dm_die(call, "NULL host pointer", p);
+    if (n && (!dm_readable(p) || !dm_readable((const char *)p + n - 1)))
+        dm_die(call, "host pointer expected, got memory the process cannot read "
+                     "(another runtime's device memory?)", p);
+}
+
+/* Is [p, p+n) inside one live pinned allocation of this stub? */
+__attribute__((unused)) static int dm_is_pinned(const void *p, size_t n) {
+    pthread_mutex_lock(&dm_lock);
+    struct dev_alloc *d = dm_find(p);
+    int pinned = d && d->pinned && (uintptr_t)p + n <= d->base + (d->size ? d->size : 1);
+    pthread_mutex_unlock(&dm_lock);
+    return pinned;
+}
+
+/* Is `call` listed in STUB_FAIL (comma-separated)? */
+__attribute__((unused)) static int dm_fail(const char *call) {
+    const char *list = getenv("STUB_FAIL");
+    size_t n = strlen(call);
+    for (const char *s = list; s && *s;) {
+        const char *end = strchr(s, ',');
+        size_t len = end ? (size_t)(end - s) : strlen(s);
+        if (len == n && strncmp(s, call, n) == 0) return 1;
+        s = end ? end + 1 : NULL;
+    }
+    return 0;
+}
+
+/* The device count from environment variable `var` (default 2, 1..16). */
+__attribute__((unused)) static int dm_ndevices(const char *var) {
+    const char *s = getenv(var);
+    int n = s ? atoi(s) : 2;
+    return n < 1 ? 1 : n > 16 ? 16 : n;
 }
 
 /* A queued copy: run when its stream is synchronised, so a caller that reads the
