@@ -13,10 +13,9 @@ mod util;
 use mixccl::device::{DeviceMemory, MemoryKind, Runtimes, Vendor};
 use mixccl::{verify, Collective, Communicator, Config, DataType, Element, MemRef, ReduceOp};
 use mixccl::{Error, TransferMem};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Once;
-use util::{expected_vec, fail, sentinel, test_config, with_ranks};
+use util::{build_stub, expected_vec, fail, sentinel, test_config, with_ranks};
 
 /// The stub runtimes, by vendor: source file stem and library variable.
 const STUBS: [(Vendor, &str); 5] = [
@@ -26,23 +25,6 @@ const STUBS: [(Vendor, &str); 5] = [
     (Vendor::Acl, "acl"),
     (Vendor::Cnrt, "cnrt"),
 ];
-
-/// Compiles `tests/stubs/<name>_stub.c` into `dir/lib<name>_stub.so`.
-fn build_stub(dir: &Path, name: &str) -> PathBuf {
-    let stubs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stubs");
-    let out = dir.join(format!("lib{name}_stub.so"));
-    let status = Command::new("cc")
-        .args([
-            "-O1", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-pthread",
-        ])
-        .arg("-o")
-        .arg(&out)
-        .arg(stubs.join(format!("{name}_stub.c")))
-        .status()
-        .expect("run cc (the stub runtimes need a C compiler)");
-    assert!(status.success(), "building {name}_stub.c failed");
-    out
-}
 
 /// Builds every stub and points mixccl at them, once per process, then checks that
 /// all five runtimes loaded.
@@ -57,7 +39,7 @@ fn setup() {
         // ROCm 6 behaviour where plain host memory is "unregistered", not an error.
         std::env::set_var("STUB_HIP_UNREGISTERED", "1");
         for (vendor, name) in STUBS {
-            std::env::set_var(vendor.lib_env(), build_stub(&dir, name));
+            std::env::set_var(vendor.lib_env(), build_stub(&dir, name, "", &[]));
         }
         let rt = Runtimes::global();
         for (vendor, _) in STUBS {

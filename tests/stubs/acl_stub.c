@@ -151,8 +151,10 @@ aclError aclrtDestroyStream(aclrtStream s) {
 aclError aclrtSynchronizeStream(aclrtStream s) {
     need_device("aclrtSynchronizeStream");
     struct dm_stream *st = stream_here("aclrtSynchronizeStream", s);
-    if (dm_fail("aclrtSynchronizeStream"))
+    if (dm_fail("aclrtSynchronizeStream")) {
+        dm_discard(st);
         return fail(ACL_ERROR_RT_AICORE_EXCEPTION, "%s", "EZ9999: aicore exception (stub fault injection)");
+    }
     dm_sync(st);
     return ACL_SUCCESS;
 }

@@ -112,7 +112,10 @@ cnrtRet_t cnrtQueueDestroy(cnrtQueue_t q) {
 
 cnrtRet_t cnrtQueueSync(cnrtQueue_t q) {
     struct dm_stream *st = dm_stream_of("cnrtQueueSync", q);
-    if (dm_fail("cnrtQueueSync")) return cnrtErrorQueue;
+    if (dm_fail("cnrtQueueSync")) {
+        dm_discard(st);
+        return cnrtErrorQueue;
+    }
     dm_sync(st);
     return cnrtSuccess;
 }

@@ -140,7 +140,10 @@ hipError_t hipStreamDestroy(hipStream_t s) {
 
 hipError_t hipStreamSynchronize(hipStream_t s) {
     struct dm_stream *st = dm_stream_of("hipStreamSynchronize", s);
-    if (dm_fail("hipStreamSynchronize")) return hipErrorLaunchFailure;
+    if (dm_fail("hipStreamSynchronize")) {
+        dm_discard(st);
+        return hipErrorLaunchFailure;
+    }
     dm_sync(st);
     return hipSuccess;
 }

@@ -92,7 +92,10 @@ musaError_t musaStreamDestroy(musaStream_t s) {
 
 musaError_t musaStreamSynchronize(musaStream_t s) {
     struct dm_stream *st = dm_stream_of("musaStreamSynchronize", s);
-    if (dm_fail("musaStreamSynchronize")) return musaErrorLaunchFailure;
+    if (dm_fail("musaStreamSynchronize")) {
+        dm_discard(st);
+        return musaErrorLaunchFailure;
+    }
     dm_sync(st);
     return musaSuccess;
 }

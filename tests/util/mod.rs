@@ -384,3 +384,27 @@ macro_rules! for_each_type {
         v
     }};
 }
+
+/// Compiles the stub runtime `tests/stubs/<name>_stub.c` with the system C compiler
+/// into `dir/lib<name>_stub<suffix>.so` (`extra`: more flags, such as `-DOMIT_...`).
+pub fn build_stub(
+    dir: &std::path::Path,
+    name: &str,
+    suffix: &str,
+    extra: &[&str],
+) -> std::path::PathBuf {
+    let stubs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stubs");
+    let out = dir.join(format!("lib{name}_stub{suffix}.so"));
+    let status = std::process::Command::new("cc")
+        .args([
+            "-O1", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-pthread",
+        ])
+        .args(extra)
+        .arg("-o")
+        .arg(&out)
+        .arg(stubs.join(format!("{name}_stub.c")))
+        .status()
+        .expect("run cc (the stub runtimes need a C compiler)");
+    assert!(status.success(), "building {name}_stub.c {extra:?} failed");
+    out
+}
