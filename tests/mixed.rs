@@ -715,3 +715,29 @@ fn mixed_buffer_past_its_allocation_end_is_rejected() {
         assert_eq!(m.kind(), MemoryKind::Device { vendor, index: 0 });
     }
 }
+
+/// C callers free device memory with their own runtime, unseen by mixccl, and the
+/// runtime hands the address out again, possibly for a larger allocation: the cached
+/// range of the old allocation must not make the new buffer "run past its end".
+#[test]
+fn mixed_address_reused_after_a_free_mixccl_did_not_see() {
+    setup();
+    for vendor in [Vendor::Cuda, Vendor::Hip, Vendor::Cnrt] {
+        let dev = Runtimes::global().get(vendor).unwrap();
+        let a = dev.alloc_device(0, 1).expect("allocate 1 byte");
+        // SAFETY: only located.
+        let m = unsafe { MemRef::new(a as *const u8, 1) }.expect("locate the 1-byte buffer");
+        assert!(m.is_device());
+        // SAFETY: `a` came from alloc_device and is not used again.
+        unsafe { dev.free_device(0, a) }.expect("free");
+        let b = dev.alloc_device(0, 4).expect("allocate 4 bytes");
+        assert_eq!(a, b, "{vendor}: the stub reuses the freed address");
+        // SAFETY: only located.
+        let m = unsafe { MemRef::new(b as *const u8, 4) }
+            .unwrap_or_else(|e| panic!("{vendor}: the reused address: {e}"));
+        assert_eq!(m.kind(), MemoryKind::Device { vendor, index: 0 });
+        Runtimes::global().forget(b);
+        // SAFETY: as above.
+        unsafe { dev.free_device(0, b) }.expect("free");
+    }
+}

@@ -318,16 +318,22 @@ impl Runtimes {
         let end = ptr
             .checked_add(len)
             .ok_or_else(|| Error::invalid(format!("buffer {ptr:#x} + {len} bytes wraps around")))?;
-        if let Some((base, (aend, vendor, index))) = self
+        let cached = self
             .ranges
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .range(..=ptr)
             .next_back()
-            .map(|(b, v)| (*b, *v))
-        {
+            .map(|(_, v)| *v);
+        if let Some((aend, vendor, index)) = cached {
+            if ptr < aend && end <= aend {
+                return Ok(MemoryKind::Device { vendor, index });
+            }
             if ptr < aend {
-                return within(ptr, end, base, aend, vendor, index);
+                // Too short: the allocation may have been freed by its owner (C callers
+                // free with their runtime, unseen here) and its address reused by a
+                // larger one. Ask the runtimes again.
+                self.forget(ptr);
             }
         }
         for d in self.loaded() {
