@@ -482,47 +482,48 @@ impl Communicator {
     /// does for host slices: device sends are copied to the host first, device
     /// receives written back after.
     pub fn group_mem(&mut self, transfers: &[TransferMem]) -> Result<()> {
-        let mut host: Vec<Vec<u8>> = Vec::new();
+        // Pinned by the buffer's own runtime: some (CANN before 8) fail copies to
+        // host memory they did not allocate.
+        let mut host: Vec<Option<HostMemory>> = Vec::with_capacity(transfers.len());
         for t in transfers {
-            match t {
-                TransferMem::Send { buf, .. } if buf.is_device() => {
-                    let mut v = vec![0u8; buf.len()];
-                    self.copy_in(*buf, &mut v)?;
-                    host.push(v);
-                }
-                TransferMem::Recv { buf, .. } if buf.is_device() => host.push(vec![0u8; buf.len()]),
-                _ => host.push(Vec::new()),
+            let (TransferMem::Send { buf, .. } | TransferMem::Recv { buf, .. }) = t;
+            let Some(dev) = device_of(buf)? else {
+                host.push(None);
+                continue;
+            };
+            let mut h = HostMemory::new(buf.len(), Some(dev))?;
+            if matches!(t, TransferMem::Send { .. }) {
+                self.copy_in(*buf, &mut h.as_mut_slice()[..buf.len()])?;
             }
+            host.push(Some(h));
         }
         let mut list = Vec::with_capacity(transfers.len());
         for (t, h) in transfers.iter().zip(host.iter_mut()) {
-            list.push(match *t {
-                TransferMem::Send { peer, buf } => crate::Transfer::Send {
+            list.push(match (*t, h) {
+                (TransferMem::Send { peer, buf }, Some(h)) => crate::Transfer::Send {
                     peer,
-                    buf: if buf.is_device() {
-                        h.as_slice()
-                    } else {
-                        // SAFETY: host send buffer, read only for the call.
-                        unsafe { host_piece(&buf, 0, buf.len()) }
-                    },
+                    buf: &h.as_mut_slice()[..buf.len()],
                 },
-                TransferMem::Recv { peer, buf } => crate::Transfer::Recv {
+                (TransferMem::Send { peer, buf }, None) => crate::Transfer::Send {
                     peer,
-                    buf: if buf.is_device() {
-                        h.as_mut_slice()
-                    } else {
-                        // SAFETY: host recv buffer, exclusively ours for the call.
-                        unsafe { host_piece_mut(&buf, 0, buf.len()) }
-                    },
+                    // SAFETY: host send buffer, read only for the call.
+                    buf: unsafe { host_piece(&buf, 0, buf.len()) },
+                },
+                (TransferMem::Recv { peer, buf }, Some(h)) => crate::Transfer::Recv {
+                    peer,
+                    buf: &mut h.as_mut_slice()[..buf.len()],
+                },
+                (TransferMem::Recv { peer, buf }, None) => crate::Transfer::Recv {
+                    peer,
+                    // SAFETY: host recv buffer, exclusively ours for the call.
+                    buf: unsafe { host_piece_mut(&buf, 0, buf.len()) },
                 },
             });
         }
         self.group(list)?;
-        for (t, h) in transfers.iter().zip(&host) {
-            if let TransferMem::Recv { buf, .. } = t {
-                if buf.is_device() {
-                    self.copy_out(*buf, h)?;
-                }
+        for (t, h) in transfers.iter().zip(host.iter_mut()) {
+            if let (TransferMem::Recv { buf, .. }, Some(h)) = (t, h) {
+                self.copy_out(*buf, &h.as_mut_slice()[..buf.len()])?;
             }
         }
         Ok(())
