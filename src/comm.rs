@@ -122,11 +122,12 @@ impl Communicator {
         for line in config.describe() {
             log_info!(Some(rank), "config {line}");
         }
-        let (links, local_ip, rejoin) = bootstrap::join(rank, nranks, id, &config)?;
+        let (links, local_ip, rejoin, probes) = bootstrap::join(rank, nranks, id, &config)?;
         let mut comm = Communicator::with_links(rank, links, config)?;
         comm.local_ip = Some(local_ip);
         comm.rejoin = Some(rejoin);
         comm.caps.host_read = comm.probe_host_read()?;
+        crate::topo::establish(&mut comm, probes)?;
         Ok(comm)
     }
 
@@ -162,7 +163,10 @@ impl Communicator {
             self.rank,
             links.len()
         );
-        let mut comm = Communicator::with_links(rank, links, self.config.clone())?;
+        // The survivors keep the parent's model, restricted to them (equal everywhere).
+        let topo = self.topology().map(|t| t.without(&excluded)).transpose()?;
+        let mut comm =
+            Communicator::with_links_and_topology(rank, links, self.config.clone(), topo)?;
         comm.local_ip = self.local_ip;
         comm.rejoin = Some(child);
         Ok(comm)
@@ -216,6 +220,17 @@ impl Communicator {
         links: Vec<Option<Box<dyn Link>>>,
         config: Config,
     ) -> Result<Self> {
+        Communicator::with_links_and_topology(rank, links, config, None)
+    }
+
+    /// [`Communicator::with_links`] planning with `topo` (None: `MIXCCL_TOPO_FILE` or
+    /// one host).
+    fn with_links_and_topology(
+        rank: usize,
+        links: Vec<Option<Box<dyn Link>>>,
+        config: Config,
+        topo: Option<crate::topo::Topology>,
+    ) -> Result<Self> {
         let nranks = links.len();
         if nranks == 0 {
             return Err(Error::invalid("nranks must be at least 1"));
@@ -253,6 +268,16 @@ impl Communicator {
                 l.lanes()
             );
         }
+        let class = match links.iter().flatten().next().map(|l| l.kind()) {
+            Some("shm") => crate::topo::LinkClass::Shm,
+            Some("tcp") => crate::topo::LinkClass::Tcp,
+            _ => crate::topo::LinkClass::Mem,
+        };
+        let mut caps = plan::Capabilities::default();
+        caps.set_topology(match topo {
+            Some(t) => t,
+            None => crate::topo::for_links(nranks, class, &config)?,
+        });
         Ok(Communicator {
             rank,
             nranks,
@@ -264,7 +289,7 @@ impl Communicator {
             failed: None,
             abort: Arc::new(AtomicBool::new(false)),
             local_ip: None,
-            caps: plan::Capabilities::default(),
+            caps,
             rejoin: None,
             header_buf: Vec::new(),
             p2p_seq: Default::default(),
@@ -313,6 +338,16 @@ impl Communicator {
             .iter()
             .map(|l| l.as_ref().map(|l| l.kind()))
             .collect()
+    }
+
+    /// The topology model this communicator plans with.
+    pub fn topology(&self) -> Option<&crate::topo::Topology> {
+        self.caps.topo.as_deref()
+    }
+
+    /// Replaces the model the planner uses (init, once every rank holds the same one).
+    pub(crate) fn set_topology(&mut self, t: crate::topo::Topology) {
+        self.caps.set_topology(t);
     }
 
     /// A handle that aborts this communicator from any thread.
@@ -405,7 +440,7 @@ impl Communicator {
     fn run(&mut self, call: Call, input: &[u8], output: &mut [u8]) -> Result<()> {
         let algo = plan::choose(
             &self.config,
-            self.caps,
+            &self.caps,
             call.coll,
             call.bytes(),
             self.nranks,
@@ -416,7 +451,7 @@ impl Communicator {
                  (needs all ranks on one host over shared memory, and process_vm_readv allowed)",
             ));
         }
-        let schedule = algo::build(&call, algo)?;
+        let schedule = algo::build(&call, algo, &self.caps.hosts)?;
         log_trace!(
             Some(self.rank),
             "{} #{}: {} x {} {} root {} via {algo}: {} ops",

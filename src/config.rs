@@ -85,9 +85,26 @@ pub enum Algorithm {
     /// Every rank reads its peers' buffers directly (cross-memory attach): all ranks on
     /// one host, shared-memory links; used by all-gather.
     HostRead,
+    /// Trees: NCCL's double binary tree for all-reduce, a pipelined binary tree for
+    /// broadcast and reduce; latency O(log n).
+    Tree,
+    /// Hierarchical: inside each host, across hosts on one ring per local rank index,
+    /// inside each host again; used by all-reduce, all-gather and reduce-scatter.
+    Hier,
 }
 
 impl Algorithm {
+    /// Every algorithm.
+    pub const ALL: [Algorithm; 7] = [
+        Algorithm::Ring,
+        Algorithm::Direct,
+        Algorithm::Chain,
+        Algorithm::Pairwise,
+        Algorithm::HostRead,
+        Algorithm::Tree,
+        Algorithm::Hier,
+    ];
+
     /// Lower-case name as used in `MIXCCL_ALGO`.
     pub const fn name(self) -> &'static str {
         match self {
@@ -96,20 +113,16 @@ impl Algorithm {
             Algorithm::Chain => "chain",
             Algorithm::Pairwise => "pairwise",
             Algorithm::HostRead => "cma",
+            Algorithm::Tree => "tree",
+            Algorithm::Hier => "hier",
         }
     }
 
     /// Parses a name as printed by [`Algorithm::name`].
     pub fn parse(s: &str) -> Option<Algorithm> {
-        [
-            Algorithm::Ring,
-            Algorithm::Direct,
-            Algorithm::Chain,
-            Algorithm::Pairwise,
-            Algorithm::HostRead,
-        ]
-        .into_iter()
-        .find(|a| a.name().eq_ignore_ascii_case(s.trim()))
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(s.trim()))
     }
 }
 
@@ -120,10 +133,10 @@ impl Algorithm {
         use Collective::*;
         matches!(
             (coll, self),
-            (AllReduce, Ring | Direct)
-                | (AllGather, Ring | Direct | HostRead)
-                | (ReduceScatter, Ring)
-                | (Broadcast | Reduce, Chain)
+            (AllReduce, Ring | Direct | Tree | Hier)
+                | (AllGather, Ring | Direct | HostRead | Hier)
+                | (ReduceScatter, Ring | Hier)
+                | (Broadcast | Reduce, Chain | Tree)
                 | (AllToAll, Pairwise)
                 | (SendRecv | Barrier, Direct)
         )
@@ -161,7 +174,7 @@ impl AlgoOverride {
             };
             let algo = Algorithm::parse(algo).ok_or_else(|| {
                 Error::invalid(format!(
-                    "MIXCCL_ALGO: unknown algorithm {algo:?} in {s:?} (ring, direct, chain, pairwise, cma)"
+                    "MIXCCL_ALGO: unknown algorithm {algo:?} in {s:?} (ring, direct, chain, pairwise, cma, tree, hier)"
                 ))
             })?;
             if let Some(c) = coll {
@@ -256,6 +269,14 @@ pub struct Config {
     pub spin: Duration,
     /// Forced algorithms (`MIXCCL_ALGO`, e.g. `allreduce:ring;allgather:direct`).
     pub algo: AlgoOverride,
+    /// Load the topology model from this JSON file instead of probing
+    /// (`MIXCCL_TOPO_FILE`, like NCCL_TOPO_FILE; default: probe).
+    pub topo_file: Option<std::path::PathBuf>,
+    /// Rank 0 writes the model as JSON here after init (`MIXCCL_TOPO_DUMP_FILE`).
+    pub topo_dump_file: Option<std::path::PathBuf>,
+    /// Refine the probed link costs with a short measurement at init
+    /// (`MIXCCL_TOPO_PROBE`; default 1; 0 keeps the probe's figures).
+    pub topo_probe: bool,
     /// Log level (`MIXCCL_DEBUG` = WARN, INFO or TRACE; default WARN).
     pub debug: DebugLevel,
     /// Transport between hosts (`MIXCCL_NET` = IB or Socket; default: RDMA where possible).
@@ -291,6 +312,9 @@ impl Default for Config {
             shm_zero_copy: true,
             shm_cma: false,
             algo: AlgoOverride::default(),
+            topo_file: None,
+            topo_dump_file: None,
+            topo_probe: true,
             debug: DebugLevel::Warn,
             net: NetTransport::Auto,
             ib_hca: None,
@@ -406,6 +430,22 @@ impl Config {
         if let Some(v) = get("MIXCCL_ALGO") {
             self.algo = AlgoOverride::parse(&v)?;
         }
+        let path = |v: String| {
+            Some(std::path::PathBuf::from(v.trim())).filter(|p| !p.as_os_str().is_empty())
+        };
+        if let Some(v) = get("MIXCCL_TOPO_FILE") {
+            self.topo_file = path(v);
+        }
+        if let Some(v) = get("MIXCCL_TOPO_DUMP_FILE") {
+            self.topo_dump_file = path(v);
+        }
+        if let Some(v) = get("MIXCCL_TOPO_PROBE") {
+            self.topo_probe = match v.trim() {
+                "1" | "true" | "yes" | "" => true,
+                "0" | "false" | "no" => false,
+                _ => return Err(bad("MIXCCL_TOPO_PROBE", &v, "0 or 1")),
+            };
+        }
         if let Some(v) = get("MIXCCL_DEBUG") {
             self.debug = DebugLevel::parse(&v)
                 .ok_or_else(|| bad("MIXCCL_DEBUG", &v, "WARN, INFO or TRACE"))?;
@@ -483,7 +523,7 @@ impl Config {
             .collect::<Vec<_>>()
             .join(";");
         format!(
-            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_SHM_CMA={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_PIPELINE_BYTES={}\nMIXCCL_CHECK_CALLS={}\nMIXCCL_ALGO={}\nMIXCCL_NET={}",
+            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_SHM_CMA={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_PIPELINE_BYTES={}\nMIXCCL_CHECK_CALLS={}\nMIXCCL_ALGO={}\nMIXCCL_NET={}\nMIXCCL_TOPO_PROBE={}\nMIXCCL_TOPO_FILE={}",
             self.nsocks,
             u8::from(self.shm_disable),
             u8::from(self.shm_cma),
@@ -493,7 +533,9 @@ impl Config {
             u8::from(self.check_calls),
             if algo.is_empty() { "auto" } else { &algo },
             // Auto and IB both negotiate per peer over TCP; Socket does not.
-            if self.net == NetTransport::Socket { "Socket" } else { "IB-or-auto" }
+            if self.net == NetTransport::Socket { "Socket" } else { "IB-or-auto" },
+            u8::from(self.topo_probe),
+            if self.topo_file.is_some() { "set" } else { "unset" }
         )
     }
 
@@ -547,6 +589,22 @@ impl Config {
                 self.spin.as_micros()
             ),
             format!("MIXCCL_ALGO={algo} (forced algorithms)"),
+            format!(
+                "MIXCCL_TOPO_FILE={} (topology model to load instead of probing)",
+                self.topo_file
+                    .as_ref()
+                    .map_or("unset".into(), |p| p.display().to_string())
+            ),
+            format!(
+                "MIXCCL_TOPO_DUMP_FILE={} (where rank 0 writes the model)",
+                self.topo_dump_file
+                    .as_ref()
+                    .map_or("unset".into(), |p| p.display().to_string())
+            ),
+            format!(
+                "MIXCCL_TOPO_PROBE={} (measure link costs at init)",
+                u8::from(self.topo_probe)
+            ),
             format!("MIXCCL_DEBUG={} (log level)", self.debug.name()),
             format!("MIXCCL_NET={} (transport between hosts)", self.net.name()),
             format!(

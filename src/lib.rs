@@ -7,7 +7,8 @@
 //! Data flows one way: a call on [`Communicator`] is turned into a per-rank
 //! schedule by an algorithm (`algo`, chosen by `plan`), which the executor (`exec`)
 //! runs over point-to-point links (`transport`), reducing with typed kernels
-//! (`reduce`). `bootstrap` builds the links at init.
+//! (`reduce`). `bootstrap` builds the links at init; `topo` models the hosts and
+//! link costs the planner weighs.
 //!
 //! ```no_run
 //! use mixccl::{Communicator, ReduceOp};
@@ -34,6 +35,7 @@ mod plan;
 pub mod reduce;
 mod stage;
 mod sys;
+pub mod topo;
 pub mod transport;
 pub mod verify;
 
@@ -47,3 +49,4 @@ pub use element::{DataType, Element};
 pub use error::{Error, Result};
 pub use reduce::ReduceOp;
 pub use stage::TransferMem;
+pub use topo::Topology;

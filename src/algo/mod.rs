@@ -9,9 +9,11 @@
 
 mod chain;
 mod direct;
+mod hier;
 mod host;
 mod pairwise;
 mod ring;
+pub(crate) mod tree;
 
 use crate::config::{Algorithm, Collective};
 use crate::element::DataType;
@@ -273,13 +275,40 @@ pub(crate) fn group(
     Ok(s)
 }
 
-/// Builds this rank's schedule for `call` with `algo`.
-pub(crate) fn build(call: &Call, algo: Algorithm) -> Result<Schedule> {
+/// Builds this rank's schedule for `call` with `algo`. `hosts` lists the ranks of
+/// each host (the hierarchical algorithms' layout); every rank on exactly one.
+pub(crate) fn build(call: &Call, algo: Algorithm, hosts: &[Vec<usize>]) -> Result<Schedule> {
     use Algorithm::*;
     use Collective::*;
+    if algo == Hier {
+        let mut seen = vec![false; call.nranks];
+        for &r in hosts.iter().flatten() {
+            match seen.get_mut(r) {
+                Some(x) if !*x => *x = true,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "the topology does not describe {} ranks (rank {r})",
+                        call.nranks
+                    )))
+                }
+            }
+        }
+        if seen.iter().any(|x| !x) || hosts.iter().any(Vec::is_empty) {
+            return Err(Error::invalid(format!(
+                "the topology does not place all {} ranks",
+                call.nranks
+            )));
+        }
+    }
     let s = match (call.coll, algo) {
         (AllReduce, Ring) => ring::all_reduce(call),
         (AllReduce, Direct) => direct::all_reduce(call),
+        (AllReduce, Tree) => tree::all_reduce(call),
+        (AllReduce, Hier) => hier::all_reduce(call, hosts),
+        (AllGather, Hier) => hier::all_gather(call, hosts),
+        (ReduceScatter, Hier) => hier::reduce_scatter(call, hosts),
+        (Broadcast, Tree) => tree::broadcast(call),
+        (Reduce, Tree) => tree::reduce(call),
         (AllGather, Ring) => ring::all_gather(call),
         (AllGather, Direct) => direct::all_gather(call),
         (AllGather, HostRead) => host::all_gather(call),

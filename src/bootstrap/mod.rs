@@ -18,6 +18,7 @@ pub mod unique_id;
 use crate::config::Config;
 use crate::debug::log_info;
 use crate::error::{Error, Result};
+use crate::topo::RankProbe;
 use crate::transport::rdma::{self, RdmaSpec};
 use crate::transport::shm::{self, ShmSpec};
 use crate::transport::tcp::{self, MeshSpec};
@@ -51,6 +52,8 @@ pub(crate) struct RankInfo {
     /// The settings that must agree across ranks, as `NAME=value` lines
     /// (`Config::must_agree`): schedules built from different values would desynchronise.
     pub agree: String,
+    /// Its topology probe as compact JSON (`topo::RankProbe`); empty from older peers.
+    pub probe: String,
 }
 
 impl RankInfo {
@@ -68,8 +71,8 @@ impl RankInfo {
             }
         }
         b.extend_from_slice(&self.listen.port().to_le_bytes());
-        for text in [&self.host, &self.agree] {
-            let t = &text.as_bytes()[..text.len().min(1024)];
+        for (text, max) in [(&self.host, 1024), (&self.agree, 1024), (&self.probe, 2000)] {
+            let t = &text.as_bytes()[..text.len().min(max)];
             b.extend_from_slice(&(t.len() as u16).to_le_bytes());
             b.extend_from_slice(t);
         }
@@ -88,6 +91,9 @@ impl RankInfo {
         let port = u16::from_le_bytes([b[17], b[18]]);
         let mut at = 19;
         let mut text = || -> std::result::Result<String, String> {
+            if at == b.len() {
+                return Ok(String::new());
+            }
             let len = b.get(at..at + 2).ok_or("truncated rank info")?;
             let len = u16::from_le_bytes([len[0], len[1]]) as usize;
             let t = b.get(at + 2..at + 2 + len).ok_or("truncated rank info")?;
@@ -96,10 +102,13 @@ impl RankInfo {
         };
         let host = text()?;
         let agree = text()?;
+        // Absent from peers that predate the topology probe.
+        let probe = text()?;
         Ok(RankInfo {
             listen: SocketAddr::new(ip, port),
             host,
             agree,
+            probe,
         })
     }
 }
@@ -254,7 +263,7 @@ pub(crate) fn join(
     nranks: usize,
     id: &UniqueId,
     config: &Config,
-) -> Result<(Links, IpAddr, Rejoin)> {
+) -> Result<(Links, IpAddr, Rejoin, Vec<RankProbe>)> {
     let start = Instant::now();
     // MIXCCL_NET=IB on a rank without RDMA fails here, before anyone waits for it.
     rdma::require(config)?;
@@ -273,13 +282,29 @@ pub(crate) fn join(
     } else {
         Some(shm::listen(&id.token(), rank)?)
     };
+    let host = host::host_id();
     let info = RankInfo {
         listen,
-        host: host::host_id(),
+        probe: crate::topo::probe::probe(host.clone(), Some(local_ip)).encode(),
+        host,
         agree: config.must_agree(),
     };
     let table = rendezvous(id, rank, nranks, &info.encode(), config.timeout)?;
     check_agreement(rank, &info.agree, &table)?;
+    let probes = table
+        .iter()
+        .enumerate()
+        .map(|(r, t)| {
+            if t.probe.is_empty() {
+                return Ok(RankProbe::bare(&t.host));
+            }
+            let mut p = RankProbe::decode(&t.probe)
+                .map_err(|why| Error::Bootstrap(format!("rank {r}: {why}")))?;
+            // The host identity decides shared memory; the model must follow it.
+            p.host.clone_from(&t.host);
+            Ok(p)
+        })
+        .collect::<Result<Vec<_>>>()?;
     log_info!(
         Some(rank),
         "bootstrap done in {:.1} ms: {nranks} ranks, listening on {listen}, host {}",
@@ -297,7 +322,7 @@ pub(crate) fn join(
         generation: 0,
     };
     let links = rejoin.mesh(rank, config)?;
-    Ok((links, local_ip, rejoin))
+    Ok((links, local_ip, rejoin, probes))
 }
 
 /// What a rank keeps after init so the survivors of a failure can build a smaller
@@ -435,6 +460,7 @@ mod tests {
                 listen: addr.parse().unwrap(),
                 host: "node-1".into(),
                 agree: "MIXCCL_NSOCKS=2\nMIXCCL_ALGO=auto".into(),
+                probe: "{}".into(),
             };
             assert_eq!(RankInfo::decode(&i.encode()).unwrap(), i);
         }
@@ -443,13 +469,18 @@ mod tests {
 
     #[test]
     fn rank_info_decoding_survives_mutated_input() {
+        let probe = crate::topo::probe::probe("node-1".into(), None).encode();
         let i = RankInfo {
             listen: "10.0.0.7:4000".parse().unwrap(),
             host: "node-1".into(),
             agree: "MIXCCL_NSOCKS=2".into(),
+            probe: probe.clone(),
         };
         crate::fuzz::mutations(&i.encode(), 30_000, |b| {
             let _ = RankInfo::decode(b);
+        });
+        crate::fuzz::mutations(probe.as_bytes(), 30_000, |b| {
+            let _ = RankProbe::decode(&String::from_utf8_lossy(b));
         });
     }
 
@@ -459,6 +490,7 @@ mod tests {
             listen: "127.0.0.1:1".parse().unwrap(),
             host: "h".into(),
             agree: agree.into(),
+            probe: String::new(),
         };
         let ours = "MIXCCL_NSOCKS=2\nMIXCCL_CHUNK_SIZE=512";
         let table = [info(ours), info("MIXCCL_NSOCKS=2\nMIXCCL_CHUNK_SIZE=64")];
