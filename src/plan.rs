@@ -329,7 +329,9 @@ fn tree_depth(shape: crate::algo::tree::Shape, n: usize) -> usize {
         .unwrap_or(0)
 }
 
-/// The hierarchical estimate: the three phases one after the other.
+/// The hierarchical estimate: every phase's latency, and the bandwidth of the slower
+/// of the host and network phases (chunks flow from one phase into the next, so they
+/// overlap) plus the pipeline's fill.
 fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
     let hn = t.hosts.len() as f64;
     let nf = t.nranks() as f64;
@@ -341,9 +343,12 @@ fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
         let bw = h.intra.bw_gbs * 1e9;
         // Bytes the busiest rank of the host sends or receives inside it, both intra phases.
         let local = match coll {
-            // Reduce to owners: a non-owner sends S, an owner receives (L-1) S/C; the
-            // finish mirrors it.
-            Collective::AllReduce => 2.0 * s.max((l - 1.0) * s / nch),
+            // Reduce to owners: a rank sends the blocks it does not own (all of S if it
+            // owns none), an owner receives (L-1) S/C; the finish mirrors it.
+            Collective::AllReduce => {
+                let out = if l > nch { s } else { s * (nch - 1.0) / nch };
+                2.0 * out.max((l - 1.0) * s / nch)
+            }
             // Blocks to local peers, then foreign blocks from the owners.
             _ => (l - 1.0) * s / nf + (nf - l) * s / nf * ((l - 1.0) / nch).max(1.0),
         };
@@ -375,7 +380,12 @@ fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
         Collective::AllGather => 0.0,
         _ => s,
     };
-    2.0 * alpha_in + intra + f * (hn - 1.0) * alpha_x + inter + reduced / (REDUCE_GBS * 1e9)
+    let fill = intra.min(inter) / (hn * nch).max(1.0);
+    2.0 * alpha_in
+        + f * (hn - 1.0) * alpha_x
+        + intra.max(inter)
+        + fill
+        + reduced / (REDUCE_GBS * 1e9)
 }
 
 #[cfg(test)]

@@ -35,6 +35,10 @@ usage: mixccl-perf <allreduce|allgather|broadcast|reduce|reducescatter|alltoall|
                              CPUs this process may use (at least one), so neighbouring ranks
                              share a core when ranks outnumber cores (default block); none
                              leaves placement to the kernel
+      --topo                 print the topology model and, per collective, the algorithm
+                             chosen for each size band, then stop (the collective may be
+                             omitted); with MIXCCL_TOPO_FILE and no job in the environment
+                             the file is read without joining a job
   -h, --help                 this text";
 
 /// How sizes grow from `--minbytes` to `--maxbytes`.
@@ -83,6 +87,8 @@ pub struct Args {
     pub soak: bool,
     /// `--seed`: the soak's random sequence.
     pub seed: u64,
+    /// `--topo`: print the model and the planner's choices instead of timing.
+    pub topo: bool,
 }
 
 /// What the command line asks for.
@@ -133,6 +139,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
     let mut device = None;
     let mut soak = false;
     let mut seed = 1u64;
+    let mut topo = false;
     let mut child_args = Vec::new();
 
     let mut i = 0;
@@ -141,6 +148,11 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         i += 1;
         if arg == "-h" || arg == "--help" {
             return Ok(Command::Help);
+        }
+        if arg == "--topo" {
+            topo = true;
+            child_args.push(arg.clone());
+            continue;
         }
         // `--name value`, `--name=value`, `-x value` or `-xvalue`.
         let (name, inline) = if let Some(long) = arg.strip_prefix("--") {
@@ -271,7 +283,11 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         }
     }
 
-    let collective = collective.ok_or("missing the collective to run")?;
+    let collective = match collective {
+        Some(c) => c,
+        None if topo => Collective::AllReduce,
+        None => return Err("missing the collective to run".into()),
+    };
     if soak {
         // Soak sizes run from 0 to -e; -b does not apply.
         min_bytes = 0;
@@ -311,6 +327,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         device,
         soak,
         seed,
+        topo,
     }))
 }
 
@@ -336,6 +353,15 @@ mod tests {
         assert_eq!(a.ops, vec![ReduceOp::Sum]);
         assert_eq!(a.dtypes, vec![DataType::F32]);
         assert_eq!((a.root, a.json.clone(), a.np), (0, None, None));
+    }
+
+    #[test]
+    fn topo_needs_no_collective() {
+        let a = args("--topo").unwrap();
+        assert!(a.topo);
+        assert_eq!(a.child_args, ["--topo"]);
+        assert!(!args("allreduce").unwrap().topo);
+        assert!(args("-b 8").is_err());
     }
 
     #[test]

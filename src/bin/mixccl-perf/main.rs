@@ -39,7 +39,52 @@ fn main() -> ExitCode {
     };
     match args.np {
         Some(np) => launch::launch(np, &args.child_args, args.bind),
+        None if args.topo && offline_topology() => print_file_topology(),
         None => run_rank(&args),
+    }
+}
+
+/// `--topo` with `MIXCCL_TOPO_FILE` and no rank in the environment: read the file.
+fn offline_topology() -> bool {
+    std::env::var_os("MIXCCL_TOPO_FILE").is_some() && mixccl::LaunchEnv::from_env().is_err()
+}
+
+fn print_file_topology() -> ExitCode {
+    let config = match mixccl::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mixccl-perf: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some(path) = config.topo_file.clone() else {
+        return ExitCode::from(1);
+    };
+    match mixccl::Topology::load(&path) {
+        Ok(t) => {
+            print_topology(&t, &config);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mixccl-perf: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The model, then one line per collective: the algorithm per size band.
+fn print_topology(t: &mixccl::Topology, config: &mixccl::Config) {
+    for line in t.describe() {
+        println!("# {line}");
+    }
+    for coll in [
+        mixccl::Collective::AllReduce,
+        mixccl::Collective::AllGather,
+        mixccl::Collective::ReduceScatter,
+        mixccl::Collective::Broadcast,
+        mixccl::Collective::Reduce,
+    ] {
+        println!("{}", mixccl::topo::bands(t, config, coll));
     }
 }
 
@@ -62,6 +107,12 @@ fn run_rank(args: &Args) -> ExitCode {
                 ExitCode::from(1)
             }
         };
+    }
+    if args.topo {
+        if let (0, Some(t)) = (rank, comm.topology()) {
+            print_topology(t, comm.config());
+        }
+        return ExitCode::SUCCESS;
     }
     if bench::has_root(args.collective) && args.root >= nranks {
         if rank == 0 {

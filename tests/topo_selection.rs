@@ -1,0 +1,195 @@
+//! Algorithm selection from JSON topologies this machine does not have (the files in
+//! `tests/topos/`, loaded as `MIXCCL_TOPO_FILE` would load them): the planner's
+//! choice per size band, the `MIXCCL_ALGO` override, and dump/load round trips.
+
+use mixccl::topo::Topology;
+use mixccl::{AlgoOverride, Algorithm, Collective, Config};
+use std::path::Path;
+
+use Algorithm::{Chain, Direct, Hier, Ring, Tree};
+use Collective::{AllGather, AllReduce, Broadcast, Reduce, ReduceScatter};
+
+fn load(name: &str) -> Topology {
+    Topology::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/topos")
+            .join(name),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// `bytes` is the size nccl-tests reports: the buffer, or the total over all blocks.
+fn pick(t: &Topology, coll: Collective, bytes: usize) -> Algorithm {
+    let per_rank = match coll {
+        AllGather | ReduceScatter => bytes / t.nranks(),
+        _ => bytes,
+    };
+    t.choose(&Config::default(), coll, per_rank).0
+}
+
+fn expect(t: &Topology, name: &str, cases: &[(Collective, usize, Algorithm)]) {
+    for &(coll, bytes, want) in cases {
+        assert_eq!(
+            pick(t, coll, bytes),
+            want,
+            "{name}: {coll} of {bytes} bytes\n{}",
+            mixccl::topo::bands(t, &Config::default(), coll)
+        );
+    }
+}
+
+const K: usize = 1 << 10;
+const M: usize = 1 << 20;
+
+#[test]
+fn one_host_of_eight() {
+    let t = load("1x8.json");
+    expect(
+        &t,
+        "1x8",
+        &[
+            (AllReduce, 8, Direct),
+            (AllReduce, 4 * K, Direct),
+            (AllReduce, 32 * K, Tree),
+            (AllReduce, M, Ring),
+            (AllReduce, 256 * M, Ring),
+            (AllGather, 8 * K, Direct),
+            (AllGather, 32 * M, Ring),
+            (ReduceScatter, 32 * M, Ring),
+            (Broadcast, 8, Tree),
+            (Broadcast, 64 * M, Chain),
+            (Reduce, 8, Tree),
+            (Reduce, 64 * M, Chain),
+        ],
+    );
+    // One host: the hierarchical algorithms are never candidates.
+    for coll in [AllReduce, AllGather, ReduceScatter] {
+        assert!(t
+            .estimate(&Config::default(), coll, Hier, 1 << 20)
+            .is_none());
+    }
+}
+
+#[test]
+fn two_hosts_of_four() {
+    let t = load("2x4.json");
+    expect(
+        &t,
+        "2x4",
+        &[
+            (AllReduce, 8, Direct),
+            (AllReduce, 64 * K, Hier),
+            (AllReduce, 32 * M, Hier),
+            (AllGather, 8 * K, Direct),
+            (AllGather, 32 * M, Hier),
+            (ReduceScatter, 32 * M, Hier),
+            (Broadcast, 8, Tree),
+            (Broadcast, 256 * M, Chain),
+        ],
+    );
+}
+
+#[test]
+fn sixteen_hosts_of_eight_with_slow_links() {
+    let t = load("16x8-slow.json");
+    assert_eq!((t.nranks(), t.hosts.len()), (128, 16));
+    expect(
+        &t,
+        "16x8",
+        &[
+            (AllReduce, 8, Direct),
+            (AllReduce, K, Tree),
+            (AllReduce, 8 * K, Tree),
+            (AllReduce, 64 * K, Hier),
+            (AllReduce, 256 * M, Hier),
+            (AllGather, M, Hier),
+            (ReduceScatter, M, Hier),
+            (Broadcast, K, Tree),
+            (Reduce, K, Tree),
+            (Broadcast, 256 * M, Chain),
+        ],
+    );
+}
+
+/// One host's NIC is 10x slower than the others': the planner turns to the
+/// hierarchical algorithms, which cross that NIC with fewer bytes, at sizes where
+/// uniform NICs keep the flat ones.
+#[test]
+fn one_host_with_a_ten_times_slower_nic() {
+    let slow = load("4x4-one-slow-nic.json");
+    let mut uniform = slow.clone();
+    let fast = uniform.hosts[0].net;
+    uniform.hosts[2].net = fast;
+    assert!(slow.hosts[2].net.bw_gbs * 10.0 <= fast.bw_gbs);
+    expect(
+        &slow,
+        "slow nic",
+        &[
+            (AllReduce, 8, Direct),
+            (AllReduce, K, Hier),
+            (AllReduce, 256 * M, Hier),
+            (AllGather, 64 * M, Hier),
+            (ReduceScatter, 64 * M, Hier),
+        ],
+    );
+    expect(
+        &uniform,
+        "uniform",
+        &[
+            (AllReduce, K, Direct),
+            (AllGather, 64 * M, Ring),
+            (ReduceScatter, 64 * M, Ring),
+        ],
+    );
+    // The flat ring crosses the slow NIC with 2(n-1)/n of the buffer: its estimate
+    // triples (the uniform ring is bound by shared memory, not the NICs).
+    let c = Config::default();
+    let ring = |t: &Topology| t.estimate(&c, AllReduce, Ring, 64 * M).unwrap();
+    assert!(ring(&slow) > 2.0 * ring(&uniform));
+}
+
+#[test]
+fn mixccl_algo_overrides_the_model() {
+    let t = load("16x8-slow.json");
+    let c = Config {
+        algo: AlgoOverride::parse("allreduce:ring;broadcast:chain").unwrap(),
+        ..Config::default()
+    };
+    for bytes in [8, 64 * K, 256 * M] {
+        assert_eq!(t.choose(&c, AllReduce, bytes).0, Ring);
+        assert_eq!(t.choose(&c, Broadcast, bytes).0, Chain);
+    }
+    assert_eq!(t.choose(&c, AllGather, M).0, Hier);
+    for bad in ["allreduce:hyper", "broadcast:hier", "reducescatter:tree"] {
+        let e = Config::default()
+            .with_env(|k| (k == "MIXCCL_ALGO").then(|| bad.to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("MIXCCL_ALGO"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn dumps_load_back_identically() {
+    for name in [
+        "1x8.json",
+        "2x4.json",
+        "16x8-slow.json",
+        "4x4-one-slow-nic.json",
+    ] {
+        let t = load(name);
+        let back = Topology::from_json(&t.to_json()).unwrap();
+        assert_eq!(back, t, "{name}");
+        assert_eq!(back.fingerprint(), t.fingerprint(), "{name}");
+        for coll in [AllReduce, AllGather, Broadcast] {
+            assert_eq!(
+                mixccl::topo::bands(&back, &Config::default(), coll),
+                mixccl::topo::bands(&t, &Config::default(), coll)
+            );
+        }
+    }
+    // Different costs, different fingerprints: ranks that disagree are caught.
+    let a = load("2x4.json");
+    let mut b = a.clone();
+    b.hosts[1].net.bw_gbs *= 2.0;
+    assert_ne!(a.fingerprint(), b.fingerprint());
+}
