@@ -237,8 +237,8 @@ pub struct Config {
     pub socket_ifname: Option<String>,
     /// SO_SNDBUF/SO_RCVBUF in bytes; 0 keeps the kernel's autotuning (`MIXCCL_SOCKET_BUFFER`; default 0).
     pub socket_buffer: usize,
-    /// all_reduce messages up to this many bytes per rank, and all_gather results up to
-    /// this many bytes in total, use the direct (latency) algorithms
+    /// The planner weighs the direct (latency) algorithms for all_reduce messages up to
+    /// this many bytes per rank and all_gather results up to this many bytes in total
     /// (`MIXCCL_DIRECT_MAX_BYTES`; default 16 KiB).
     pub direct_max_bytes: usize,
     /// all_reduce, broadcast and reduce larger than this run as a sequence of calls
@@ -573,7 +573,7 @@ impl Config {
                 self.socket_buffer
             ),
             format!(
-                "MIXCCL_DIRECT_MAX_BYTES={} (direct algorithms up to this size)",
+                "MIXCCL_DIRECT_MAX_BYTES={} (direct algorithms considered up to this size)",
                 self.direct_max_bytes
             ),
             format!(
