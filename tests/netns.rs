@@ -34,7 +34,14 @@ impl Hosts {
         let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
         let net = 20 + (pid * 7 + k) % 200;
-        let pid = format!("{pid}{}", if k == 0 { String::new() } else { format!("x{k}") });
+        let pid = format!(
+            "{pid}{}",
+            if k == 0 {
+                String::new()
+            } else {
+                format!("x{k}")
+            }
+        );
         let ns = [format!("mxa{pid}"), format!("mxb{pid}")];
         let ip_of = |h: u32| format!("10.231.{net}.{h}");
         let hosts = Hosts {
