@@ -34,10 +34,13 @@ run() {
   grep -v '^#' "$OUT/$name.txt" | grep -v '^$' || cat "$OUT/$name.r"*.txt
 }
 "$NETNS" test 3 > "$OUT/link.txt" 2>&1; grep tcpbw "$OUT/link.txt"
-ARGS=(allreduce -b 8 -e "$MAX" -f 4 -n "$ITERS" -w 1 -c 0)
-run auto "" "${ARGS[@]}"
-for a in ring hier tree direct; do
-  run $a "allreduce:$a" "${ARGS[@]}"
+# Small sizes: many iterations (the 2-core machine is noisy); large sizes: few.
+SMALL=(allreduce -b 8 -e 512K -f 2 -n "${SMALL_ITERS:-40}" -w 5 -c 0)
+LARGE=(allreduce -b 1M -e "$MAX" -f 2 -n "$ITERS" -w 1 -c 0)
+for a in auto ring hier tree direct; do
+  algo="allreduce:$a"; [ $a = auto ] && algo=""
+  run small_$a "$algo" "${SMALL[@]}"
+  [ $a = direct ] || run large_$a "$algo" "${LARGE[@]}"
 done
 # Open MPI: 2 ranks per namespace, TCP between them, shared memory inside each.
 mpicc -O2 -o /tmp/mpi_allreduce_bench "$HERE/../../../shared/baseline/mpi_allreduce_bench.c" 2>/dev/null ||
@@ -47,3 +50,9 @@ ip netns exec ccl-a unshare --uts sh -c "hostname ccl-a; mpirun --allow-run-as-r
     --mca oob_tcp_if_include 10.200.0.0/24 --mca btl tcp,vader,self --mca btl_tcp_if_include 10.200.0.0/24 \
     /tmp/mpi_allreduce_bench 8 $MAX $ITERS 1 allreduce" > "$OUT/mpi.txt" 2>&1
 echo "== Open MPI 4 ranks (2 per namespace)"; cat "$OUT/mpi.txt"
+# The same with idle ranks yielding the core (4 busy-polling ranks share 2 cores here).
+ip netns exec ccl-a unshare --uts sh -c "hostname ccl-a; mpirun --allow-run-as-root --oversubscribe \
+    --host ccl-a:2,ccl-b:2 -np 4 --bind-to none --mca plm_rsh_agent $(dirname "$NETNS")/netns_rsh_agent.sh \
+    --mca oob_tcp_if_include 10.200.0.0/24 --mca btl tcp,vader,self --mca btl_tcp_if_include 10.200.0.0/24 \
+    --mca mpi_yield_when_idle 1 /tmp/mpi_allreduce_bench 8 $MAX $ITERS 1 allreduce" > "$OUT/mpi_yield.txt" 2>&1
+echo "== Open MPI 4 ranks (2 per namespace), mpi_yield_when_idle 1"; cat "$OUT/mpi_yield.txt"
