@@ -254,12 +254,17 @@ pub(crate) fn estimate(
         }
         (AllReduce, Tree) => {
             let mut depth = 0usize;
-            for shape in crate::algo::tree::double_tree(n) {
+            let trees = if bytes <= crate::algo::tree::SINGLE_TREE_MAX_BYTES {
+                1
+            } else {
+                2
+            };
+            for shape in crate::algo::tree::double_tree(n).into_iter().take(trees) {
                 for r in 0..n {
                     let (parent, _) = shape.links(n, r);
                     if let Some(p) = parent {
-                        load.add(r, p, s / 2.0);
-                        load.add(p, r, s / 2.0);
+                        load.add(r, p, s / trees as f64);
+                        load.add(p, r, s / trees as f64);
                     }
                 }
                 depth = depth.max(tree_depth(shape, n));

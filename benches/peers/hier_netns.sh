@@ -3,6 +3,7 @@
 # shaped by tbf): mixccl allreduce with the automatic choice and with each forced
 # algorithm, then Open MPI across the same namespaces (4 ranks, 2 per "host").
 # Usage: hier_netns.sh [RATE=1gbit] [MAX=256M] [ITERS=3]   (root; outputs under $OUT)
+#        REPS=3 hier_netns.sh            small sizes only, every algorithm 3 times in turn
 set -u
 RATE=${1:-1gbit}; MAX=${2:-256M}; ITERS=${3:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -34,6 +35,17 @@ run() {
   grep -v '^#' "$OUT/$name.txt" | grep -v '^$' || cat "$OUT/$name.r"*.txt
 }
 "$NETNS" test 3 > "$OUT/link.txt" 2>&1; grep tcpbw "$OUT/link.txt"
+# REPS=k: only small sizes (8 B .. SMALL_MAX), each algorithm k times in turn
+# (auto, ring, hier, tree, direct, auto, ...), to see through the machine's noise.
+if [ -n "${REPS:-}" ]; then
+  for k in $(seq "$REPS"); do
+    for a in auto ring hier tree direct; do
+      algo="allreduce:$a"; [ $a = auto ] && algo=""
+      run rep${k}_$a "$algo" allreduce -b 8 -e "${SMALL_MAX:-4K}" -f 8 -n "${SMALL_ITERS:-200}" -w 20 -c 0
+    done
+  done
+  exit 0
+fi
 # Small sizes: many iterations (the 2-core machine is noisy); large sizes: few.
 SMALL=(allreduce -b 8 -e 512K -f 2 -n "${SMALL_ITERS:-40}" -w 5 -c 0)
 LARGE=(allreduce -b 1M -e "$MAX" -f 2 -n "$ITERS" -w 1 -c 0)

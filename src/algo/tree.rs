@@ -104,7 +104,12 @@ fn pieces(start: usize, end: usize, chunk: usize) -> Vec<(usize, usize)> {
     v
 }
 
-/// Double binary tree all_reduce: tree t reduces and broadcasts half t of the buffer.
+/// Up to this many bytes all_reduce uses only the first tree: the second would double
+/// the messages without shortening the path, and small calls are message-bound.
+pub(crate) const SINGLE_TREE_MAX_BYTES: usize = 4 << 10;
+
+/// Double binary tree all_reduce: tree t reduces and broadcasts half t of the buffer
+/// (the whole buffer goes up tree 0 at or below [`SINGLE_TREE_MAX_BYTES`]).
 pub(super) fn all_reduce(c: &Call) -> Schedule {
     let mut s = Schedule::default();
     let (n, e, bytes) = (c.nranks, c.esize(), c.bytes());
@@ -117,9 +122,13 @@ pub(super) fn all_reduce(c: &Call) -> Schedule {
         return s;
     }
     let trees = double_tree(n).map(|t| t.links(n, c.rank));
+    let parts = if bytes <= SINGLE_TREE_MAX_BYTES { 1 } else { 2 };
     let halves: Vec<Vec<(usize, usize)>> = (0..2)
         .map(|t| {
-            let (a, b) = block(c.count, 2, t, e);
+            if t >= parts {
+                return Vec::new();
+            }
+            let (a, b) = block(c.count, parts, t, e);
             pieces(a, b, c.chunk)
         })
         .collect();
