@@ -192,7 +192,8 @@ fn four_ranks(hosts: &Hosts, port: u16, args: &[&str], env: &[(&str, &str)]) -> 
 /// The topology across two emulated hosts: every rank probes, measures and agrees on
 /// two hosts of two ranks (shared memory inside, TCP across, measured); rank 0 dumps
 /// the model; and the tree and hierarchical algorithms, forced, give right results
-/// over the mix of shared memory and TCP.
+/// over the mix of shared memory and TCP (every dtype; every op is the in-memory
+/// tests' job).
 #[test]
 fn two_hosts_topology_and_new_algorithms() {
     assert!(
@@ -218,8 +219,8 @@ fn two_hosts_topology_and_new_algorithms() {
             &hosts,
             port,
             &[
-                coll, "-b", "0", "-e", "1M", "-f", "16", "-d", "all", "-o", "all", "-n", "1", "-w",
-                "0",
+                coll, "-b", "0", "-e", "256K", "-f", "16", "-d", "all", "-o", "sum", "-n", "1",
+                "-w", "0",
             ],
             &env,
         );

@@ -4,6 +4,8 @@
 # algorithm, then Open MPI across the same namespaces (4 ranks, 2 per "host").
 # Usage: hier_netns.sh [RATE=1gbit] [MAX=256M] [ITERS=3]   (root; outputs under $OUT)
 #        REPS=3 hier_netns.sh            small sizes only, every algorithm 3 times in turn
+#        SKIP_SMALL=1 SKIP_MPI=1 LARGE_MIN=32M ALGOS="auto ring" hier_netns.sh 1gbit 32M 5
+#                                        one size, chosen algorithms, no Open MPI
 set -u
 RATE=${1:-1gbit}; MAX=${2:-256M}; ITERS=${3:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -48,12 +50,13 @@ if [ -n "${REPS:-}" ]; then
 fi
 # Small sizes: many iterations (the 2-core machine is noisy); large sizes: few.
 SMALL=(allreduce -b 8 -e 512K -f 2 -n "${SMALL_ITERS:-40}" -w 5 -c 0)
-LARGE=(allreduce -b 1M -e "$MAX" -f 2 -n "$ITERS" -w 1 -c 0)
-for a in auto ring hier tree direct; do
+LARGE=(allreduce -b "${LARGE_MIN:-1M}" -e "$MAX" -f 2 -n "$ITERS" -w 1 -c 0)
+for a in ${ALGOS:-auto ring hier tree direct}; do
   algo="allreduce:$a"; [ $a = auto ] && algo=""
-  run small_$a "$algo" "${SMALL[@]}"
+  [ -n "${SKIP_SMALL:-}" ] || run small_$a "$algo" "${SMALL[@]}"
   [ $a = direct ] || run large_$a "$algo" "${LARGE[@]}"
 done
+[ -z "${SKIP_MPI:-}" ] || exit 0
 # Open MPI: 2 ranks per namespace, TCP between them, shared memory inside each.
 mpicc -O2 -o /tmp/mpi_allreduce_bench "$HERE/../../../shared/baseline/mpi_allreduce_bench.c" 2>/dev/null ||
   mpicc -O2 -o /tmp/mpi_allreduce_bench /work/shared/baseline/mpi_allreduce_bench.c
