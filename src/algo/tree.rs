@@ -174,23 +174,35 @@ pub(super) fn all_reduce(c: &Call) -> Schedule {
     s
 }
 
-/// Pipelined binary-tree broadcast from the root: each chunk is received from the
-/// parent and forwarded to the (at most two) children at once.
+/// Pipelined binary-tree broadcast: the root hands each chunk to rank 0 (unless it
+/// is rank 0), whose tree forwards it: every rank receives it from its parent and
+/// sends it to its (at most two) children at once. The tree does not depend on the
+/// root, so ranks that disagree on the root still exchange call headers with their
+/// tree neighbours and the mismatch is reported instead of a hang.
 pub(super) fn broadcast(c: &Call) -> Schedule {
     let mut s = Schedule::default();
-    let (n, b) = (c.nranks, c.bytes());
+    let (n, b, r, root) = (c.nranks, c.bytes(), c.rank, c.root);
     let out = Region::new(Buf::Output, 0, b);
-    let (parent, kids) = Shape::Rooted(c.root).links(n, c.rank);
-    let src = if parent.is_none() {
-        let own = c.own(0, b);
-        if !c.in_place {
-            s.push(Op::Copy { src: own, dst: out });
-        }
-        own
-    } else {
-        out
-    };
+    let own = c.own(0, b);
+    if r == root && !c.in_place {
+        s.push(Op::Copy { src: own, dst: out });
+    }
+    let (parent, kids) = Shape::Rooted(0).links(n, r);
+    // Rank 0 forwards the root's data: its own, or what the root sent it.
+    let src = if r == 0 && root == 0 { own } else { out };
     for (o, l) in pieces(0, b, c.chunk) {
+        if root != 0 && r == root {
+            s.push(Op::Send {
+                peer: 0,
+                src: own.sub(o, l),
+            });
+        }
+        if root != 0 && r == 0 {
+            s.push(Op::Recv {
+                peer: root,
+                dst: out.sub(o, l),
+            });
+        }
         if let Some(p) = parent {
             s.push(Op::Recv {
                 peer: p,
@@ -207,16 +219,17 @@ pub(super) fn broadcast(c: &Call) -> Schedule {
     s
 }
 
-/// Pipelined binary-tree reduce to the root: each chunk is reduced with the
-/// children's partial sums and passed to the parent. Ranks other than the root keep
-/// partial sums in scratch: their buffers are input only.
+/// Pipelined binary-tree reduce: each chunk is reduced up the tree rooted at rank 0
+/// with the children's partial sums, and rank 0 hands the result to the root (unless
+/// it is the root). Ranks other than the root keep partial sums in scratch: their
+/// buffers are input only. As for broadcast, the tree does not depend on the root.
 pub(super) fn reduce(c: &Call) -> Schedule {
     let mut s = Schedule::default();
-    let (n, b) = (c.nranks, c.bytes());
-    let (parent, kids) = Shape::Rooted(c.root).links(n, c.rank);
+    let (n, b, r, root) = (c.nranks, c.bytes(), c.rank, c.root);
+    let (parent, kids) = Shape::Rooted(0).links(n, r);
     let own = c.own(0, b);
     let out = Region::new(Buf::Output, 0, b);
-    let dst = if parent.is_none() {
+    let dst = if parent.is_none() && root == 0 {
         out
     } else if kids.is_empty() {
         own
@@ -237,17 +250,27 @@ pub(super) fn reduce(c: &Call) -> Schedule {
                 peer: p,
                 src: dst.sub(o, l),
             }),
-            None => {
+            None if root == 0 => {
                 if kids.is_empty() {
                     s.push(Op::Copy {
                         src: own.sub(o, l),
                         dst: out.sub(o, l),
                     });
                 }
-                if c.op == ReduceOp::Avg {
-                    s.push(Op::FinishAvg { dst: out.sub(o, l) });
-                }
             }
+            None => s.push(Op::Send {
+                peer: root,
+                src: dst.sub(o, l),
+            }),
+        }
+        if root != 0 && r == root {
+            s.push(Op::Recv {
+                peer: 0,
+                dst: out.sub(o, l),
+            });
+        }
+        if r == root && c.op == ReduceOp::Avg {
+            s.push(Op::FinishAvg { dst: out.sub(o, l) });
         }
     }
     s
