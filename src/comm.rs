@@ -271,6 +271,7 @@ impl Communicator {
         let class = match links.iter().flatten().next().map(|l| l.kind()) {
             Some("shm") => crate::topo::LinkClass::Shm,
             Some("tcp") => crate::topo::LinkClass::Tcp,
+            Some("rdma") => crate::topo::LinkClass::Rdma,
             _ => crate::topo::LinkClass::Mem,
         };
         let mut caps = plan::Capabilities::default();
