@@ -464,6 +464,30 @@ impl<V: Verbs> RdmaLink<V> {
     }
 }
 
+/// How long a closing link waits for the peer to take in what was written to it.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl<V: Verbs> Drop for RdmaLink<V> {
+    /// Lingers (bounded) until every write has completed and the peer has returned
+    /// every credit, and our own credit returns have completed: a peer still reading
+    /// our last message returns a credit for it, and that write must find our queue
+    /// pair alive, or the peer's link fails on a job that finished well.
+    fn drop(&mut self) {
+        let until = Instant::now() + LINGER;
+        while self.failed.is_none() && Instant::now() < until {
+            let slots = self.slots;
+            let quiet = self
+                .lanes
+                .iter()
+                .all(|l| l.credits == slots && l.credit_writes == 0 && l.done == l.posted);
+            if quiet || self.progress().is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}
+
 impl<V: Verbs> Link for RdmaLink<V> {
     fn peer(&self) -> usize {
         self.peer
