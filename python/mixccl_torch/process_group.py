@@ -26,11 +26,6 @@ import torch.distributed as dist
 from . import _lib
 from ._lib import MixcclError
 
-try:
-    from torch._C._distributed_c10d import _create_work_from_future
-except ImportError:  # older torch: a Work subclass that wraps the future
-    _create_work_from_future = None
-
 # Store key under which rank 0 publishes the unique id (the store is already
 # prefixed per group by torch).
 UNIQUE_ID_KEY = "mixccl/unique_id"
@@ -44,15 +39,17 @@ def _library():
     return _LIB
 
 
-class _FutureWork(dist._Work if hasattr(dist, "_Work") else object):
-    """A Work that completes with a Future (for torch without _create_work_from_future)."""
+class _Work(dist._Work):
+    """The handle a call returns: completes with the operation's Future. wait()
+    raises the operation's MixcclError (torch's future-wrapping Work would only
+    return, leaving the failure unseen by a synchronous caller)."""
 
     def __init__(self, fut):
         super().__init__()
         self._fut = fut
 
     def wait(self, timeout=None):
-        self._fut.wait()
+        self._fut.wait()  # raises the stored error
         return True
 
     def is_completed(self):
@@ -60,12 +57,6 @@ class _FutureWork(dist._Work if hasattr(dist, "_Work") else object):
 
     def get_future(self):
         return self._fut
-
-
-def _work(fut):
-    if _create_work_from_future is not None:
-        return _create_work_from_future(fut)
-    return _FutureWork(fut)
 
 
 class _Op:
@@ -231,7 +222,7 @@ class ProcessGroupMixccl(dist.ProcessGroup):
             self._coalesced.append(op)
         else:
             self._queue.put(op)
-        return _work(op.future)
+        return _Work(op.future)
 
     def shutdown(self, *args, **kwargs):
         """Drains the queue, stops the worker and destroys the communicator."""
@@ -281,7 +272,7 @@ class ProcessGroupMixccl(dist.ProcessGroup):
         ops, self._coalesced = self._coalesced or [], None
         done = _Op("coalesced", lambda: None, None, [])
         self._queue.put(ops + [done])
-        return _work(done.future)
+        return _Work(done.future)
 
     # -- collectives
 
