@@ -29,7 +29,7 @@ DTYPES = [
     torch.uint8,
     torch.int32,
     torch.int64,
-]
+] + [getattr(torch, name) for name in ("uint32", "uint64") if hasattr(torch, name)]
 OPS = {
     "sum": dist.ReduceOp.SUM,
     "prod": dist.ReduceOp.PRODUCT,
