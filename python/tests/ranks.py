@@ -11,6 +11,7 @@ import sys
 import time
 import traceback
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -281,7 +282,10 @@ def silent_peer(rank, world):
     t = torch.ones(10)
     dist.all_reduce(t)
     if rank == world - 1:
-        time.sleep(float(os.environ["TEST_SILENT_SLEEP"]))
+        # Silent until rank 0 has saved its result (or TEST_SILENT_SLEEP passes).
+        deadline = time.monotonic() + float(os.environ["TEST_SILENT_SLEEP"])
+        while time.monotonic() < deadline and not (OUT.parent / "rank0.pt").exists():
+            time.sleep(0.2)
         return {"error": None, "seconds": 0.0}
     start = time.monotonic()
     try:
@@ -290,6 +294,8 @@ def silent_peer(rank, world):
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}", "seconds": time.monotonic() - start}
 
+
+OUT = None  # this rank's result file (main sets it)
 
 SCENARIOS = {
     "collectives": collectives,
@@ -300,7 +306,9 @@ SCENARIOS = {
 
 
 def main():
+    global OUT
     scenario, backend, rank, world, port, out = sys.argv[1:7]
+    OUT = Path(out)
     rank, world, port = int(rank), int(world), int(port)
     timeout = timedelta(seconds=float(os.environ.get("TEST_PG_TIMEOUT", "60")))
     store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=timeout)
