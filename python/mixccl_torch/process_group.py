@@ -1,0 +1,565 @@
+"""ProcessGroupMixccl: a torch.distributed.ProcessGroup whose collectives run on
+one mixccl communicator.
+
+Owns the communicator and one worker thread per group. Every call is turned into
+an operation (the C calls, then the copy back into non-contiguous outputs) and
+queued; the worker runs operations one at a time in call order, which is the
+order every rank issues them, and completes each operation's torch Future with
+its tensors (or with the MixcclError that stopped it). The caller gets a Work at
+once, so DDP's gradient buckets are reduced while backward goes on.
+
+Every wait is bounded: the store wait for the unique id by the store's timeout,
+each mixccl call by the communicator's timeout (init_process_group's), and a
+failed communicator fails every later call at once.
+"""
+
+import ctypes
+import ipaddress
+import os
+import queue
+import threading
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from . import _lib
+from ._lib import MixcclError
+
+# Store key under which rank 0 publishes the unique id (the store is already
+# prefixed per group by torch).
+UNIQUE_ID_KEY = "mixccl/unique_id"
+_LIB = None
+
+
+def _library():
+    global _LIB
+    if _LIB is None:
+        _LIB = _lib.load()
+    return _LIB
+
+
+class _Work(dist._Work):
+    """The handle a call returns: completes with the operation's Future. wait()
+    raises the operation's MixcclError (torch's future-wrapping Work would only
+    return, leaving the failure unseen by a synchronous caller)."""
+
+    def __init__(self, fut):
+        super().__init__()
+        self._fut = fut
+
+    def wait(self, timeout=None):
+        self._fut.wait()  # raises the stored error
+        return True
+
+    def is_completed(self):
+        return self._fut.done()
+
+    def get_future(self):
+        return self._fut
+
+
+class _Op:
+    """One queued call: `launch` makes the C calls, `finish` copies results back
+    (after the outermost ncclGroupEnd when the op is part of a coalesced group)."""
+
+    __slots__ = ("name", "launch", "finish", "result", "future")
+
+    def __init__(self, name, launch, finish, result):
+        self.name = name
+        self.launch = launch
+        self.finish = finish
+        self.result = result
+        self.future = torch.futures.Future()
+
+
+class _Buffer:
+    """A tensor as mixccl sees it: a contiguous buffer, its nccl datatype and element
+    count. Non-contiguous tensors are staged through a contiguous copy; complex
+    tensors travel as pairs of reals."""
+
+    def __init__(self, tensor):
+        if tensor.device.type != "cpu":
+            raise ValueError(f"mixccl_torch handles CPU tensors only, got {tensor.device}")
+        self.tensor = tensor
+        self.staged = tensor if tensor.is_contiguous() else tensor.contiguous()
+        flat = torch.view_as_real(self.staged) if self.staged.is_complex() else self.staged
+        if flat.dtype not in _lib.DTYPES:
+            raise TypeError(f"mixccl has no datatype for {tensor.dtype}")
+        self.dtype = _lib.DTYPES[flat.dtype]
+        self.count = flat.numel()
+        self.ptr = flat.data_ptr() if self.count else None
+
+    def copy_back(self):
+        if self.staged is not self.tensor:
+            self.tensor.copy_(self.staged)
+
+
+def _op_code(reduce_op, tensor):
+    """nccl op value of a torch ReduceOp, refusing combinations mixccl would get
+    wrong (sums of bools, products of complex numbers)."""
+    kind = getattr(reduce_op, "op", reduce_op)
+    if kind not in _lib.OPS:
+        raise ValueError(f"mixccl_torch does not support ReduceOp {kind}")
+    if tensor.dtype == torch.bool and kind not in (
+        dist.ReduceOp.MAX,
+        dist.ReduceOp.MIN,
+        dist.ReduceOp.PRODUCT,
+    ):
+        raise ValueError(f"ReduceOp {kind} on bool tensors is not supported (use MAX or MIN)")
+    if tensor.is_complex() and kind not in (dist.ReduceOp.SUM, dist.ReduceOp.AVG):
+        raise ValueError(f"ReduceOp {kind} on complex tensors is not supported")
+    return _lib.OPS[kind]
+
+
+def _one(tensors, what):
+    if len(tensors) != 1:
+        raise ValueError(f"mixccl_torch {what} takes exactly one tensor, got {len(tensors)}")
+    return tensors[0]
+
+
+def _loopback(addr):
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return addr == "localhost"
+
+
+class ProcessGroupMixccl(dist.ProcessGroup):
+    """torch.distributed backend "mixccl" (CPU tensors): see the module comment."""
+
+    def __init__(self, store, rank, size, timeout):
+        super().__init__(rank, size)
+        self._rank = rank
+        self._size = size
+        self._timeout = timeout if isinstance(timeout, timedelta) else timedelta(seconds=1800)
+        self._lib = _library()
+        self._comm = ctypes.c_void_p()
+        self._init_comm(store)
+        self._coalesced = None
+        self._queue = queue.SimpleQueue()
+        self._closed = False
+        self._worker = threading.Thread(
+            target=self._run, name=f"mixccl-rank{rank}", daemon=True
+        )
+        self._worker.start()
+
+    # -- setup and teardown
+
+    def _init_comm(self, store):
+        lib = self._lib
+        env = {"MIXCCL_TIMEOUT": str(max(self._timeout.total_seconds(), 0.001))}
+        # With the job's store on loopback every rank is on this host: keep the
+        # rendezvous on loopback too, unless the user chose an interface.
+        if (
+            "MIXCCL_SOCKET_IFNAME" not in os.environ
+            and "NCCL_SOCKET_IFNAME" not in os.environ
+            and _loopback(os.environ.get("MASTER_ADDR", ""))
+        ):
+            env["MIXCCL_SOCKET_IFNAME"] = "lo"
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            uid = _lib.UniqueId()
+            if self._rank == 0:
+                self._check(lib.ncclGetUniqueId(ctypes.byref(uid)), "ncclGetUniqueId", None)
+                store.set(UNIQUE_ID_KEY, ctypes.string_at(ctypes.addressof(uid), 128))
+            else:
+                # Bounded by the store's timeout (init_process_group's).
+                data = store.get(UNIQUE_ID_KEY)
+                uid = _lib.UniqueId.from_buffer_copy(bytes(data))
+            code = lib.ncclCommInitRank(ctypes.byref(self._comm), self._size, uid, self._rank)
+            self._check(code, "ncclCommInitRank", None)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def _check(self, code, call, comm="self"):
+        if code != _lib.SUCCESS:
+            comm = self._comm if comm == "self" else comm
+            name, detail = _lib.describe(self._lib, code, comm)
+            raise MixcclError(
+                f"mixccl rank {self._rank} of {self._size}: {call} failed: {name}: {detail}",
+                code,
+            )
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            ops = item if isinstance(item, list) else [item]
+            try:
+                if isinstance(item, list):
+                    self._check(self._lib.ncclGroupStart(), "ncclGroupStart")
+                    try:
+                        for op in ops:
+                            op.launch()
+                    finally:
+                        self._check(self._lib.ncclGroupEnd(), "ncclGroupEnd")
+                else:
+                    item.launch()
+                for op in ops:
+                    if op.finish is not None:
+                        op.finish()
+            except BaseException as e:  # every waiter must hear of it
+                if not isinstance(e, MixcclError):
+                    e = MixcclError(f"mixccl rank {self._rank} of {self._size}: {e!r}")
+                for op in ops:
+                    op.future.set_exception(e)
+                continue
+            for op in ops:
+                op.future.set_result(op.result)
+
+    def _submit(self, name, launch, finish, result):
+        if self._closed:
+            raise MixcclError(f"mixccl rank {self._rank}: {name} after shutdown")
+        op = _Op(name, launch, finish, result)
+        if self._coalesced is not None:
+            self._coalesced.append(op)
+        else:
+            self._queue.put(op)
+        return _Work(op.future)
+
+    def shutdown(self, *args, **kwargs):
+        """Drains the queue, stops the worker and destroys the communicator."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._worker.join(timeout=self._timeout.total_seconds() + 5)
+        if not self._worker.is_alive() and self._comm:
+            self._lib.ncclCommDestroy(self._comm)
+            self._comm = ctypes.c_void_p()
+
+    def abort(self, *args, **kwargs):
+        """Stops calls in flight (they fail within about 100 ms) and frees the
+        communicator."""
+        self._closed = True
+        if self._comm:
+            self._lib.ncclCommAbort(self._comm)
+            self._comm = ctypes.c_void_p()
+        self._queue.put(None)
+
+    # -- identity
+
+    def getBackendName(self):
+        return "mixccl"
+
+    def __repr__(self):
+        return f"ProcessGroupMixccl(rank={self._rank}, size={self._size})"
+
+    # -- coalescing (batch_isend_irecv, _coalescing_manager): one ncclGroup
+
+    @property
+    def supports_coalescing(self):
+        return True
+
+    def _get_backend(self, device=None):
+        # torch asks the group's backend for a device whether it can coalesce; this
+        # group is its own (and only) backend.
+        return self
+
+    def start_coalescing(self, device=None):
+        if self._coalesced is not None:
+            raise MixcclError(f"mixccl rank {self._rank}: coalescing already started")
+        self._coalesced = []
+
+    def end_coalescing(self, device=None):
+        ops, self._coalesced = self._coalesced or [], None
+        done = _Op("coalesced", lambda: None, None, [])
+        self._queue.put(ops + [done])
+        return _Work(done.future)
+
+    # -- collectives
+
+    def allreduce(self, tensors, opts=None):
+        t = _one(tensors, "allreduce")
+        op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM, t)
+        b = _Buffer(t)
+        comm, lib = self._comm, self._lib
+
+        def launch():
+            self._check(
+                lib.ncclAllReduce(b.ptr, b.ptr, b.count, b.dtype, op, comm, None),
+                "ncclAllReduce",
+            )
+
+        return self._submit("allreduce", launch, b.copy_back, tensors)
+
+    def allreduce_coalesced(self, tensors, opts=None):
+        op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
+        bufs = [(_Buffer(t), _op_code(op, t)) for t in tensors]
+        comm, lib = self._comm, self._lib
+
+        def launch():
+            for b, code in bufs:
+                self._check(
+                    lib.ncclAllReduce(b.ptr, b.ptr, b.count, b.dtype, code, comm, None),
+                    "ncclAllReduce",
+                )
+
+        def finish():
+            for b, _ in bufs:
+                b.copy_back()
+
+        return self._submit("allreduce_coalesced", launch, finish, tensors)
+
+    def broadcast(self, tensors, opts):
+        b = _Buffer(_one(tensors, "broadcast"))
+        root = opts.rootRank
+        comm, lib = self._comm, self._lib
+
+        def launch():
+            self._check(
+                lib.ncclBroadcast(b.ptr, b.ptr, b.count, b.dtype, root, comm, None),
+                "ncclBroadcast",
+            )
+
+        return self._submit("broadcast", launch, b.copy_back, tensors)
+
+    def reduce(self, tensors, opts):
+        t = _one(tensors, "reduce")
+        op = _op_code(opts.reduceOp, t)
+        b = _Buffer(t)
+        root = opts.rootRank
+        comm, lib = self._comm, self._lib
+
+        def launch():
+            self._check(
+                lib.ncclReduce(b.ptr, b.ptr, b.count, b.dtype, op, root, comm, None),
+                "ncclReduce",
+            )
+
+        finish = b.copy_back if self._rank == root else None
+        return self._submit("reduce", launch, finish, tensors)
+
+    def _allgather_base(self, output, input, opts=None):
+        if output.numel() != input.numel() * self._size or output.dtype != input.dtype:
+            raise ValueError(
+                f"allgather output must hold {self._size} x {input.numel()} {input.dtype}"
+            )
+        src, dst = _Buffer(input), _Buffer(output)
+        comm, lib = self._comm, self._lib
+
+        def launch():
+            self._check(
+                lib.ncclAllGather(src.ptr, dst.ptr, src.count, src.dtype, comm, None),
+                "ncclAllGather",
+            )
+
+        return self._submit("allgather", launch, dst.copy_back, [output])
+
+    def allgather(self, output_tensors, input_tensors, opts=None):
+        inp = _one(input_tensors, "allgather")
+        outs = _one(output_tensors, "allgather")
+        if len(outs) != self._size:
+            raise ValueError(f"allgather needs {self._size} output tensors, got {len(outs)}")
+        src = _Buffer(inp)
+        flat = torch.empty((self._size,) + tuple(inp.shape), dtype=inp.dtype)
+        dst = _Buffer(flat)
+        comm, lib = self._comm, self._lib
+
+        def launch():
+            self._check(
+                lib.ncclAllGather(src.ptr, dst.ptr, src.count, src.dtype, comm, None),
+                "ncclAllGather",
+            )
+
+        def finish():
+            for i, o in enumerate(outs):
+                o.copy_(flat[i].view(o.shape))
+
+        return self._submit("allgather", launch, finish, output_tensors)
+
+    def _reduce_scatter_base(self, output, input, opts=None):
+        op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM, input)
+        if input.numel() != output.numel() * self._size or output.dtype != input.dtype:
+            raise ValueError(
+                f"reduce_scatter input must hold {self._size} x {output.numel()} {output.dtype}"
+            )
+        src, dst = _Buffer(input), _Buffer(output)
+        comm, lib = self._comm, self._lib
+
+        def launch():
+            self._check(
+                lib.ncclReduceScatter(src.ptr, dst.ptr, dst.count, dst.dtype, op, comm, None),
+                "ncclReduceScatter",
+            )
+
+        return self._submit("reduce_scatter", launch, dst.copy_back, [output])
+
+    def reduce_scatter(self, output_tensors, input_tensors, opts=None):
+        out = _one(output_tensors, "reduce_scatter")
+        ins = _one(input_tensors, "reduce_scatter")
+        if len(ins) != self._size:
+            raise ValueError(f"reduce_scatter needs {self._size} inputs, got {len(ins)}")
+        flat = torch.stack([i.reshape(out.shape) for i in ins])
+        return self._reduce_scatter_base(out, flat, opts)
+
+    def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts=None):
+        n = self._size
+        if not output_split_sizes and not input_split_sizes:
+            if input.numel() % n or output.numel() != input.numel():
+                raise ValueError(f"alltoall needs equal sizes divisible by {n}")
+            src, dst = _Buffer(input), _Buffer(output)
+            comm, lib = self._comm, self._lib
+
+            def launch():
+                self._check(
+                    lib.ncclAlltoAll(src.ptr, dst.ptr, src.count // n, src.dtype, comm, None),
+                    "ncclAlltoAll",
+                )
+
+            return self._submit("alltoall", launch, dst.copy_back, [output])
+        ins = list(torch.split(input, list(input_split_sizes) or input.shape[0] // n))
+        outs = list(torch.split(output, list(output_split_sizes) or output.shape[0] // n))
+        return self._pairwise("alltoall", outs, ins, [output])
+
+    def alltoall(self, output_tensors, input_tensors, opts=None):
+        return self._pairwise("alltoall", output_tensors, input_tensors, output_tensors)
+
+    def _pairwise(self, name, outs, ins, result):
+        """Send ins[j] to rank j and receive outs[i] from rank i, all in one group."""
+        if len(outs) != self._size or len(ins) != self._size:
+            raise ValueError(f"{name} needs {self._size} input and output tensors")
+        srcs = [_Buffer(t) for t in ins]
+        dsts = [_Buffer(t) for t in outs]
+        comm, lib = self._comm, self._lib
+
+        def launch():
+            self._check(lib.ncclGroupStart(), "ncclGroupStart")
+            try:
+                for peer in range(self._size):
+                    s, d = srcs[peer], dsts[peer]
+                    self._check(
+                        lib.ncclSend(s.ptr, s.count, s.dtype, peer, comm, None), "ncclSend"
+                    )
+                    self._check(
+                        lib.ncclRecv(d.ptr, d.count, d.dtype, peer, comm, None), "ncclRecv"
+                    )
+            finally:
+                self._check(lib.ncclGroupEnd(), "ncclGroupEnd")
+
+        def finish():
+            for d in dsts:
+                d.copy_back()
+
+        return self._submit(name, launch, finish, result)
+
+    def gather(self, output_tensors, input_tensors, opts):
+        inp = _one(input_tensors, "gather")
+        root = opts.rootRank
+        src = _Buffer(inp)
+        dsts = [_Buffer(t) for t in output_tensors[0]] if self._rank == root else []
+        if self._rank == root and len(dsts) != self._size:
+            raise ValueError(f"gather needs {self._size} outputs on the root")
+        comm, lib, me = self._comm, self._lib, self._rank
+
+        def launch():
+            self._check(lib.ncclGroupStart(), "ncclGroupStart")
+            try:
+                if me == root:
+                    for peer, d in enumerate(dsts):
+                        if peer == me:
+                            d.staged.copy_(src.staged.view(d.staged.shape))
+                        else:
+                            self._check(
+                                lib.ncclRecv(d.ptr, d.count, d.dtype, peer, comm, None),
+                                "ncclRecv",
+                            )
+                else:
+                    self._check(
+                        lib.ncclSend(src.ptr, src.count, src.dtype, root, comm, None), "ncclSend"
+                    )
+            finally:
+                self._check(lib.ncclGroupEnd(), "ncclGroupEnd")
+
+        def finish():
+            for d in dsts:
+                d.copy_back()
+
+        return self._submit("gather", launch, finish, output_tensors)
+
+    def scatter(self, output_tensors, input_tensors, opts):
+        out = _one(output_tensors, "scatter")
+        root = opts.rootRank
+        dst = _Buffer(out)
+        srcs = [_Buffer(t) for t in input_tensors[0]] if self._rank == root else []
+        if self._rank == root and len(srcs) != self._size:
+            raise ValueError(f"scatter needs {self._size} inputs on the root")
+        comm, lib, me = self._comm, self._lib, self._rank
+
+        def launch():
+            self._check(lib.ncclGroupStart(), "ncclGroupStart")
+            try:
+                if me == root:
+                    for peer, s in enumerate(srcs):
+                        if peer == me:
+                            dst.staged.copy_(s.staged.view(dst.staged.shape))
+                        else:
+                            self._check(
+                                lib.ncclSend(s.ptr, s.count, s.dtype, peer, comm, None),
+                                "ncclSend",
+                            )
+                else:
+                    self._check(
+                        lib.ncclRecv(dst.ptr, dst.count, dst.dtype, root, comm, None), "ncclRecv"
+                    )
+            finally:
+                self._check(lib.ncclGroupEnd(), "ncclGroupEnd")
+
+        return self._submit("scatter", launch, dst.copy_back, output_tensors)
+
+    def send(self, tensors, dst_rank, tag=0):
+        b = _Buffer(_one(tensors, "send"))
+        comm, lib = self._comm, self._lib
+
+        def launch():
+            self._check(lib.ncclSend(b.ptr, b.count, b.dtype, dst_rank, comm, None), "ncclSend")
+
+        return self._submit("send", launch, None, tensors)
+
+    def recv(self, tensors, src_rank, tag=0):
+        b = _Buffer(_one(tensors, "recv"))
+        comm, lib = self._comm, self._lib
+
+        def launch():
+            self._check(lib.ncclRecv(b.ptr, b.count, b.dtype, src_rank, comm, None), "ncclRecv")
+
+        return self._submit("recv", launch, b.copy_back, tensors)
+
+    def barrier(self, opts=None):
+        token = torch.zeros(1, dtype=torch.uint8)
+        b = _Buffer(token)
+        comm, lib = self._comm, self._lib
+
+        def launch():
+            self._check(
+                lib.ncclAllReduce(b.ptr, b.ptr, 1, b.dtype, _lib.OPS[dist.ReduceOp.MAX], comm, None),
+                "ncclAllReduce (barrier)",
+            )
+
+        return self._submit("barrier", launch, None, [token])
+
+    def gather_single(self, output, input, opts):
+        outs = []
+        if self._rank == opts.rootRank:
+            if not output.is_contiguous():
+                raise ValueError("gather into one tensor needs a contiguous output")
+            outs = list(output.view(self._size, -1).unbind(0))
+        flat = input.reshape(-1) if input.is_contiguous() else input.contiguous().view(-1)
+        return self.gather([outs], [flat], opts)
+
+    # Newer torch calls these names; older releases call the underscored ones.
+    all_gather_single = _allgather_base
+    reduce_scatter_single = _reduce_scatter_base
+    all_to_all_single = alltoall_base
+
+
+def create_process_group(store, rank, size, timeout):
+    """The creator torch.distributed calls for init_process_group("mixccl")."""
+    return ProcessGroupMixccl(store, rank, size, timeout)
