@@ -136,19 +136,17 @@ impl Acl {
     /// Runs `f` with device `index` set on this thread, then sets the thread's
     /// previous device again (a thread that had none keeps `index`, see above).
     fn on_device<T>(&self, index: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let prev = self.thread_device();
-        if prev == Some(index) {
-            return f();
-        }
-        // SAFETY: aclrtSetDevice takes an ordinal by value and validates it.
-        self.check("aclrtSetDevice", unsafe { (self.api.set_device)(index) })?;
-        let out = f();
-        let Some(prev) = prev else { return out };
-        // SAFETY: as above; `prev` was this thread's device a moment ago.
-        let rc = unsafe { (self.api.set_device)(prev) };
-        let out = out?;
-        self.check("aclrtSetDevice (restoring the caller's device)", rc)?;
-        Ok(out)
+        let set = |device: i32, restoring: bool| {
+            // SAFETY: aclrtSetDevice takes an ordinal by value and validates it.
+            let rc = unsafe { (self.api.set_device)(device) };
+            let call = if restoring {
+                "aclrtSetDevice (restoring the caller's device)"
+            } else {
+                "aclrtSetDevice"
+            };
+            self.check(call, rc)
+        };
+        super::switch_device(self.thread_device(), index, set, f)
     }
 }
 

@@ -135,18 +135,17 @@ impl Cnrt {
     /// Runs `f` with device `index` current on this thread, then makes the thread's
     /// previous device current again.
     fn on_device<T>(&self, index: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let prev = self.current_device()?;
-        if prev == index {
-            return f();
-        }
-        // SAFETY: cnrtSetDevice takes an ordinal by value and validates it.
-        self.check("cnrtSetDevice", unsafe { (self.api.set_device)(index) })?;
-        let out = f();
-        // SAFETY: as above; `prev` was this thread's device a moment ago.
-        let rc = unsafe { (self.api.set_device)(prev) };
-        let out = out?;
-        self.check("cnrtSetDevice (restoring the caller's device)", rc)?;
-        Ok(out)
+        let set = |device: i32, restoring: bool| {
+            // SAFETY: cnrtSetDevice takes an ordinal by value and validates it.
+            let rc = unsafe { (self.api.set_device)(device) };
+            let call = if restoring {
+                "cnrtSetDevice (restoring the caller's device)"
+            } else {
+                "cnrtSetDevice"
+            };
+            self.check(call, rc)
+        };
+        super::switch_device(Some(self.current_device()?), index, set, f)
     }
 
     /// Queues a copy in direction `dir` with the runtime's async copy.

@@ -149,20 +149,17 @@ impl Hip {
     /// Runs `f` with device `index` current on this thread, then makes the thread's
     /// previous device current again.
     fn on_device<T>(&self, index: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let mut prev: c_int = 0;
-        // SAFETY: `prev` is a valid out-pointer.
-        self.check("hipGetDevice", unsafe { (self.api.get_device)(&mut prev) })?;
-        if prev == index {
-            return f();
-        }
-        // SAFETY: hipSetDevice takes an ordinal by value and validates it.
-        self.check("hipSetDevice", unsafe { (self.api.set_device)(index) })?;
-        let out = f();
-        // SAFETY: as above; `prev` was this thread's device a moment ago.
-        let rc = unsafe { (self.api.set_device)(prev) };
-        let out = out?;
-        self.check("hipSetDevice (restoring the caller's device)", rc)?;
-        Ok(out)
+        let set = |device: i32, restoring: bool| {
+            // SAFETY: hipSetDevice takes an ordinal by value and validates it.
+            let rc = unsafe { (self.api.set_device)(device) };
+            let call = if restoring {
+                "hipSetDevice (restoring the caller's device)"
+            } else {
+                "hipSetDevice"
+            };
+            self.check(call, rc)
+        };
+        super::switch_device(Some(self.current_device()?), index, set, f)
     }
 }
 

@@ -392,6 +392,29 @@ fn within(
     Ok(MemoryKind::Device { vendor, index })
 }
 
+/// Runs `f` on device `index` for a runtime whose current device is per thread,
+/// then gives the thread back `prev`, its device before (`None`: it had none, which
+/// such runtimes cannot restore). `set(device, restoring)` is the runtime's checked
+/// set-device call. The caller's device is restored even when `f` fails; `f`'s error
+/// wins over a failed restore.
+fn switch_device<T>(
+    prev: Option<i32>,
+    index: i32,
+    set: impl Fn(i32, bool) -> Result<()>,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    if prev == Some(index) {
+        return f();
+    }
+    set(index, false)?;
+    let out = f();
+    let Some(prev) = prev else { return out };
+    let restored = set(prev, true);
+    let out = out?;
+    restored?;
+    Ok(out)
+}
+
 /// Loads `vendor`'s runtime.
 fn open(vendor: Vendor) -> Result<Box<dyn Device>> {
     match vendor {
