@@ -244,6 +244,54 @@ pub(crate) fn decode_control(from: usize, m: &[u8]) -> Error {
 /// a finished rank from a dead one.
 pub(crate) const GOODBYE: &[u8] = b"MXBYE";
 
+/// The receiving end of a control channel on a stream socket (TCP, Unix): whole
+/// messages in order, whether the peer said goodbye, whether the stream ended.
+#[derive(Debug, Default)]
+pub(crate) struct ControlReader {
+    frames: ControlFrames,
+    pending: std::collections::VecDeque<Vec<u8>>,
+    eof: bool,
+    bye: bool,
+}
+
+impl ControlReader {
+    /// Reads what has arrived on `fd` without blocking: messages (kept in order,
+    /// the goodbye noted) or the end of the stream.
+    pub(crate) fn pump(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<()> {
+        let mut b = [0u8; 512];
+        while !self.eof {
+            match crate::sys::recv_nowait(fd, &mut b)? {
+                Some(0) => self.eof = true,
+                Some(n) => self.frames.feed(&b[..n]),
+                None => break,
+            }
+        }
+        while let Some(m) = self.frames.next() {
+            if m == GOODBYE {
+                self.bye = true;
+            } else {
+                self.pending.push_back(m);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next message read so far (never the goodbye).
+    pub(crate) fn next(&mut self) -> Option<Vec<u8>> {
+        self.pending.pop_front()
+    }
+
+    /// Has the stream ended?
+    pub(crate) fn ended(&self) -> bool {
+        self.eof
+    }
+
+    /// Did the stream end without a goodbye (the peer's process died)?
+    pub(crate) fn died(&self) -> bool {
+        self.eof && !self.bye
+    }
+}
+
 /// Length-prefixed framing of control messages on a byte stream (TCP, Unix socket).
 #[derive(Debug, Default)]
 pub(crate) struct ControlFrames {

@@ -16,10 +16,9 @@
 
 use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
-use crate::header::{ControlFrames, GOODBYE};
+use crate::header::{ControlFrames, ControlReader, GOODBYE};
 use crate::sys::{self, EventFd, SharedMap};
 use crate::transport::{Direction, Link, WaitHandle};
-use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
@@ -99,10 +98,7 @@ pub struct ShmLink {
     alive: UnixStream,
     /// Control messages arriving on `alive`, the end of it, and whether the peer
     /// said goodbye before closing.
-    ctl: ControlFrames,
-    ctl_pending: VecDeque<Vec<u8>>,
-    ctl_eof: bool,
-    bye: bool,
+    ctl: ControlReader,
     last_check: Instant,
     zero_copy: bool,
     /// The peer's process id (SO_PEERCRED), for cross-memory reads.
@@ -140,10 +136,7 @@ impl ShmLink {
             my_bell,
             peer_bell,
             alive,
-            ctl: ControlFrames::default(),
-            ctl_pending: VecDeque::new(),
-            ctl_eof: false,
-            bye: false,
+            ctl: ControlReader::default(),
             last_check: Instant::now(),
             zero_copy: true,
             peer_pid: None,
@@ -168,32 +161,18 @@ impl ShmLink {
         }
         self.last_check = Instant::now();
         self.pump()?;
-        if self.ctl_eof {
+        if self.ctl.ended() {
             return Err(self.lost("process exited (liveness socket closed)"));
         }
         Ok(())
     }
 
-    /// Reads what has arrived on the liveness socket: control messages (kept in
-    /// order, goodbye noted) or its end.
+    /// Reads what has arrived on the liveness socket: control messages or its end.
     fn pump(&mut self) -> Result<()> {
-        let mut b = [0u8; 512];
-        while !self.ctl_eof {
-            match sys::recv_nowait(self.alive.as_raw_fd(), &mut b) {
-                Ok(Some(0)) => self.ctl_eof = true,
-                Ok(Some(n)) => self.ctl.feed(&b[..n]),
-                Ok(None) => break,
-                Err(e) => return Err(self.lost(&format!("liveness socket failed: {e}"))),
-            }
-        }
-        while let Some(m) = self.ctl.next() {
-            if m == GOODBYE {
-                self.bye = true;
-            } else {
-                self.ctl_pending.push_back(m);
-            }
-        }
-        Ok(())
+        let fd = self.alive.as_raw_fd();
+        self.ctl
+            .pump(fd)
+            .map_err(|e| self.lost(&format!("liveness socket failed: {e}")))
     }
 }
 
@@ -308,10 +287,10 @@ impl Link for ShmLink {
 
     fn recv_control(&mut self) -> Result<Option<Vec<u8>>> {
         self.pump()?;
-        if let Some(m) = self.ctl_pending.pop_front() {
+        if let Some(m) = self.ctl.next() {
             return Ok(Some(m));
         }
-        if self.ctl_eof && !self.bye {
+        if self.ctl.died() {
             return Err(self.lost("process exited (liveness socket closed)"));
         }
         Ok(None)

@@ -5,7 +5,7 @@
 
 use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
-use crate::header::{ControlFrames, GOODBYE};
+use crate::header::{ControlFrames, ControlReader, GOODBYE};
 use crate::sys;
 use crate::transport::{Direction, Link, WaitHandle};
 use std::io::{self, Read, Write};
@@ -20,9 +20,7 @@ pub struct TcpLink {
     peer: usize,
     socks: Vec<TcpStream>,
     control: TcpStream,
-    ctl: ControlFrames,
-    ctl_eof: bool,
-    bye: bool,
+    ctl: ControlReader,
 }
 
 impl Drop for TcpLink {
@@ -86,23 +84,14 @@ impl Link for TcpLink {
     }
 
     fn recv_control(&mut self) -> Result<Option<Vec<u8>>> {
-        let mut b = [0u8; 512];
-        while !self.ctl_eof {
-            match sys::recv_nowait(self.control.as_raw_fd(), &mut b) {
-                Ok(Some(0)) => self.ctl_eof = true,
-                Ok(Some(n)) => self.ctl.feed(&b[..n]),
-                Ok(None) => break,
-                Err(e) => return Err(self.fail("control channel of", e)),
-            }
+        let fd = self.control.as_raw_fd();
+        if let Err(e) = self.ctl.pump(fd) {
+            return Err(self.fail("control channel of", e));
         }
-        while let Some(m) = self.ctl.next() {
-            if m == GOODBYE {
-                self.bye = true;
-            } else {
-                return Ok(Some(m));
-            }
+        if let Some(m) = self.ctl.next() {
+            return Ok(Some(m));
         }
-        if self.ctl_eof && !self.bye {
+        if self.ctl.died() {
             return Err(Error::PeerLost {
                 rank: self.peer,
                 reason: "control connection closed without a goodbye (process died?)".into(),
@@ -351,9 +340,7 @@ pub(crate) fn connect_mesh(
                     peer,
                     socks,
                     control,
-                    ctl: ControlFrames::default(),
-                    ctl_eof: false,
-                    bye: false,
+                    ctl: ControlReader::default(),
                 }
             })
         })
