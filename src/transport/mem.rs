@@ -123,6 +123,9 @@ impl Link for MemLink {
 
     fn recv_some(&mut self, lane: usize, buf: &mut [u8]) -> Result<usize> {
         let pipe = &self.rx[lane];
+        // Read before the queue: a peer pushes its last bytes before it closes, so a
+        // pipe seen closed here and then found empty has nothing more to come.
+        let closed = pipe.closed.load(Ordering::Acquire);
         let n = {
             let mut q = pipe.bytes.lock().expect("pipe lock poisoned");
             let n = buf.len().min(q.len());
@@ -135,7 +138,7 @@ impl Link for MemLink {
         };
         if n > 0 {
             self.peer_bell.ring();
-        } else if !buf.is_empty() && pipe.closed.load(Ordering::Acquire) {
+        } else if !buf.is_empty() && closed {
             return Err(self.lost());
         }
         Ok(n)

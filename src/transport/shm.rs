@@ -167,6 +167,24 @@ impl ShmLink {
         Ok(())
     }
 
+    /// `check_alive` for a receive that found the ring empty. A peer that wrote its
+    /// last bytes and then exited is not lost until those bytes are read: its stores to
+    /// the ring come before its socket closes, so the ring is looked at again after the
+    /// end was seen.
+    fn check_rx_alive(&mut self) -> Result<()> {
+        let closed = self.rx.hdr().closed.load(Ordering::Acquire) != 0;
+        match self.check_alive(closed) {
+            Err(_) if self.rx_pending() => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Are there published bytes in the receive ring not read yet?
+    fn rx_pending(&self) -> bool {
+        let h = self.rx.hdr();
+        h.tail.load(Ordering::Acquire) != h.head.load(Ordering::Relaxed)
+    }
+
     /// Reads what has arrived on the liveness socket: control messages or its end.
     fn pump(&mut self) -> Result<()> {
         let fd = self.alive.as_raw_fd();
@@ -213,8 +231,7 @@ impl Link for ShmLink {
         let n = buf.len().min((tail - head) as usize);
         if n == 0 {
             if !buf.is_empty() {
-                let closed = h.closed.load(Ordering::Acquire) != 0;
-                self.check_alive(closed)?;
+                self.check_rx_alive()?;
             }
             return Ok(0);
         }
@@ -236,17 +253,13 @@ impl Link for ShmLink {
         if !self.zero_copy {
             return Ok(None);
         }
-        if !self.zero_copy {
-            return Ok(None);
-        }
         let h = self.rx.hdr();
         let head = h.head.load(Ordering::Relaxed);
         let tail = h.tail.load(Ordering::Acquire);
         let at = (head % self.rx.cap as u64) as usize;
         let n = max.min((tail - head) as usize).min(self.rx.cap - at);
         if n == 0 && max > 0 {
-            let closed = h.closed.load(Ordering::Acquire) != 0;
-            self.check_alive(closed)?;
+            self.check_rx_alive()?;
         }
         // SAFETY: [at, at+n) lies in the data area and holds published bytes that the
         // producer will not touch until `head` moves past them, which happens below.
@@ -548,5 +561,53 @@ pub(crate) fn connect_host_peers(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::io("accepting a shared-memory connection", e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair of links between "rank 0" and "rank 1" of this process.
+    fn pair() -> (ShmLink, ShmLink) {
+        let token: [u8; 16] = std::array::from_fn(|i| (std::process::id() as u8) ^ (i as u8 * 37));
+        let spec = move |rank| ShmSpec {
+            rank,
+            token,
+            name_token: token,
+            names: &[0, 1],
+            same_host: &[true, true],
+            capacity: 4096,
+            zero_copy: true,
+            deadline: Instant::now() + Duration::from_secs(10),
+        };
+        let l1 = listen(&token, 1).expect("listener of rank 1");
+        let l0 = listen(&token, 0).expect("listener of rank 0");
+        let one = std::thread::spawn(move || connect_host_peers(&spec(1), &l1));
+        let mut zero = connect_host_peers(&spec(0), &l0).expect("rank 0 links");
+        let mut one = one.join().expect("rank 1 thread").expect("rank 1 links");
+        (zero[1].take().expect("0->1"), one[0].take().expect("1->0"))
+    }
+
+    #[test]
+    fn a_peer_that_wrote_and_left_is_lost_only_once_its_bytes_are_read() {
+        let (mut zero, mut one) = pair();
+        assert_eq!(zero.send_some(0, b"last words").expect("send"), 10);
+        drop(zero);
+        std::thread::sleep(LIVENESS_EVERY * 2);
+        // The end is known (ring closed, goodbye on the socket), but bytes remain.
+        one.check_rx_alive()
+            .expect("bytes left to read: not lost yet");
+        let mut got = [0u8; 10];
+        assert_eq!(one.recv_some(0, &mut got).expect("read the last bytes"), 10);
+        assert_eq!(&got, b"last words");
+        std::thread::sleep(LIVENESS_EVERY * 2);
+        let err = one
+            .recv_some(0, &mut got)
+            .expect_err("nothing more can come");
+        assert!(
+            matches!(err, Error::PeerLost { rank: 0, .. }),
+            "wrong error: {err}"
+        );
     }
 }
