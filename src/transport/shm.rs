@@ -203,18 +203,35 @@ impl Link for ShmLink {
         1
     }
 
-    fn send_some(&mut self, _lane: usize, buf: &[u8]) -> Result<usize> {
+    fn send_some(&mut self, lane: usize, buf: &[u8]) -> Result<usize> {
+        self.send_gather(lane, &[buf])
+    }
+
+    fn send_gather(&mut self, _lane: usize, bufs: &[&[u8]]) -> Result<usize> {
         let h = self.tx.hdr();
         let tail = h.tail.load(Ordering::Relaxed);
         let head = h.head.load(Ordering::Acquire);
-        let free = self.tx.cap - (tail - head) as usize;
-        let n = buf.len().min(free);
-        if n == 0 {
-            let closed = h.closed.load(Ordering::Acquire) != 0;
-            self.check_alive(closed)?;
+        let mut free = self.tx.cap - (tail - head) as usize;
+        if free == 0 || bufs.iter().all(|b| b.is_empty()) {
+            if free == 0 {
+                let closed = h.closed.load(Ordering::Acquire) != 0;
+                self.check_alive(closed)?;
+            }
             return Ok(0);
         }
-        self.tx.copy(tail, buf.as_ptr() as *mut u8, n, true);
+        // Copy as many pieces as fit, then publish them with one store (and at most
+        // one doorbell).
+        let mut n = 0usize;
+        for b in bufs {
+            let k = b.len().min(free);
+            self.tx
+                .copy(tail + n as u64, b.as_ptr() as *mut u8, k, true);
+            n += k;
+            free -= k;
+            if free == 0 {
+                break;
+            }
+        }
         self.tx.hdr().tail.store(tail + n as u64, Ordering::SeqCst);
         // The consumer can only be asleep on this ring if it last saw it empty, and then
         // it cannot have moved `head` past our old tail: ring only in that case.
@@ -570,7 +587,11 @@ mod tests {
 
     /// A connected pair of links between "rank 0" and "rank 1" of this process.
     fn pair() -> (ShmLink, ShmLink) {
-        let token: [u8; 16] = std::array::from_fn(|i| (std::process::id() as u8) ^ (i as u8 * 37));
+        // Listener names are per token: one token per pair, also across test processes.
+        static PAIRS: AtomicU32 = AtomicU32::new(0);
+        let mut token = [0u8; 16];
+        token[..4].copy_from_slice(&std::process::id().to_le_bytes());
+        token[4..8].copy_from_slice(&PAIRS.fetch_add(1, Ordering::Relaxed).to_le_bytes());
         let spec = move |rank| ShmSpec {
             rank,
             token,
@@ -609,5 +630,26 @@ mod tests {
             matches!(err, Error::PeerLost { rank: 0, .. }),
             "wrong error: {err}"
         );
+    }
+
+    #[test]
+    fn gathered_pieces_arrive_in_order_and_stop_where_the_ring_is_full() {
+        let (mut zero, mut one) = pair();
+        let a: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let b: Vec<u8> = (0..2000u32).map(|i| (i * 7) as u8).collect();
+        // 4096-byte ring: all of `a` and the first 1096 bytes of `b` fit.
+        assert_eq!(zero.send_gather(0, &[&a, &[], &b]).expect("send"), 4096);
+        assert_eq!(zero.send_gather(0, &[&b[1096..]]).expect("full"), 0);
+        let mut got = vec![0u8; 5000];
+        let mut have = 0;
+        while have < 4096 {
+            have += one.recv_some(0, &mut got[have..4096]).expect("recv");
+        }
+        assert_eq!(zero.send_gather(0, &[&b[1096..]]).expect("rest"), 904);
+        while have < 5000 {
+            have += one.recv_some(0, &mut got[have..]).expect("recv");
+        }
+        assert_eq!(&got[..3000], &a[..]);
+        assert_eq!(&got[3000..], &b[..]);
     }
 }
