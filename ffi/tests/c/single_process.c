@@ -232,14 +232,25 @@ static void init_checks(void) {
   CHECK(ncclCommAbort(NULL));
   EXPECT(ncclCommFinalize(NULL), ncclInvalidArgument, "comm is NULL");
 
-  /* A one-rank communicator over TCP, non-blocking config (runs blocking). */
+  /* A one-rank communicator over TCP, nonblocking config: poll after each call. */
   {
     ncclConfig_t nb = NCCL_CONFIG_INITIALIZER;
+    ncclResult_t state = ncclInProgress;
+    int polls;
     nb.blocking = 0;
     CHECK(ncclGetUniqueId(&id));
-    CHECK(ncclCommInitRankConfig(&c, 1, id, 0, &nb));
-    CHECK(ncclAllReduce(&x, &y, 1, ncclInt32, ncclProd, c, NULL));
-    if (y != 5) fail("one-rank allreduce: %d", (int)y);
+    EXPECT(ncclCommInitRankConfig(&c, 1, id, 0, &nb), ncclInProgress, "");
+    for (polls = 0; state == ncclInProgress && polls < 30000; polls++) {
+      CHECK(ncclCommGetAsyncError(c, &state));
+      if (state == ncclInProgress) sleep_ms(1);
+    }
+    if (state != ncclSuccess) fail("nonblocking init: state %d", (int)state);
+    EXPECT(ncclAllReduce(&x, &y, 1, ncclInt32, ncclProd, c, NULL), ncclInProgress, "");
+    for (state = ncclInProgress, polls = 0; state == ncclInProgress && polls < 30000; polls++) {
+      CHECK(ncclCommGetAsyncError(c, &state));
+      if (state == ncclInProgress) sleep_ms(1);
+    }
+    if (state != ncclSuccess || y != 5) fail("one-rank allreduce: %d, state %d", (int)y, (int)state);
     CHECK(ncclCommCuDevice(c, &dev));
     if (dev != 0) fail("ncclCommInitRank device %d", dev);
     CHECK(ncclCommFinalize(c));
