@@ -429,6 +429,70 @@ pub(crate) fn init_from_env() -> Outcome<Arc<Shared>> {
 mod tests {
     use super::*;
 
+    /// Polls `ncclCommGetAsyncError`'s answer until it leaves ncclInProgress.
+    fn settle(s: &Shared) -> c_int {
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while s.async_code() == code::IN_PROGRESS && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        s.async_code()
+    }
+
+    #[test]
+    fn a_nonblocking_communicator_is_in_progress_until_its_init_ends() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let s = Shared::start(0, Duration::from_secs(5), "test", move || {
+            // Init ends when the test says so.
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+            let comm = Communicator::in_process(1, mixccl::Config::default())?;
+            Ok(comm.into_iter().next().expect("one rank"))
+        })
+        .unwrap();
+        assert_eq!(s.async_code(), code::IN_PROGRESS);
+        assert_eq!(s.facts().unwrap_err().code, code::INVALID_ARGUMENT);
+        assert_eq!(s.ready().unwrap_err().code, code::INVALID_ARGUMENT);
+        assert_eq!(s.finalize(), Progress::InProgress);
+        tx.send(()).unwrap();
+        assert_eq!(settle(&s), code::SUCCESS);
+        assert_eq!((s.facts().unwrap().rank, s.facts().unwrap().nranks), (0, 1));
+        assert!(s.close().is_ok());
+    }
+
+    #[test]
+    fn a_failed_init_or_job_is_latched_and_later_jobs_still_drain() {
+        let s = Shared::start(0, Duration::from_secs(5), "test", || {
+            Err(Failure::invalid("no such job"))
+        })
+        .unwrap();
+        assert_eq!(settle(&s), code::INVALID_ARGUMENT);
+        assert_eq!(s.facts().unwrap_err().code, code::INVALID_ARGUMENT);
+
+        let s = Shared::start(0, Duration::from_secs(5), "test", || {
+            let comm = Communicator::in_process(1, mixccl::Config::default())?;
+            Ok(comm.into_iter().next().expect("one rank"))
+        })
+        .unwrap();
+        assert_eq!(settle(&s), code::SUCCESS);
+        s.push(|| panic!("a job panics")).unwrap();
+        s.push(|| Err(Failure::usage("second failure"))).unwrap();
+        assert_eq!(settle(&s), code::INTERNAL_ERROR, "the first failure wins");
+        assert_eq!(s.ready().unwrap_err().code, code::INTERNAL_ERROR);
+        assert!(s.close().is_ok());
+    }
+
+    #[test]
+    fn abort_does_not_wait_for_an_init_in_progress() {
+        let s = Shared::start(0, Duration::from_secs(5), "test", || {
+            std::thread::sleep(Duration::from_millis(1500));
+            let comm = Communicator::in_process(1, mixccl::Config::default())?;
+            Ok(comm.into_iter().next().expect("one rank"))
+        })
+        .unwrap();
+        let t = std::time::Instant::now();
+        s.abort_and_close();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+
     #[test]
     fn rank_arguments_are_checked() {
         assert!(ranks(0, 0).is_err());

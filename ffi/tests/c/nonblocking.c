@@ -6,7 +6,7 @@
  *          returns ncclInProgress and is checked element by element after polling;
  *          three calls queued back to back (all-reduce, broadcast, all-gather) and a
  *          grouped ring send/recv complete in order; a nonblocking split; finalize.
- *   lost   the last rank exits after the first all-reduce; the others' next
+ *   lost   the last rank SIGKILLs itself after the first all-reduce; the others' next
  *          all-reduce returns ncclInProgress, then ncclCommGetAsyncError reports
  *          ncclRemoteError; they shrink (nonblocking, inherited) and all-reduce again.
  *   abort  rank 0 only: a communicator whose other rank never comes stays
@@ -16,6 +16,7 @@
  *          progress.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -196,7 +197,7 @@ static void mode_lost(ncclUniqueId id) {
   ncclResult_t state;
   START(ncclAllReduce(&x, &y, 1, ncclFloat, ncclSum, comm, NULL));
   if ((state = wait_state(comm, 60)) != ncclSuccess || y != (float)nranks) fail("first all-reduce %d %g", (int)state, (double)y);
-  if (rank == nranks - 1) _exit(0); /* gone without ncclCommDestroy */
+  if (rank == nranks - 1) kill(getpid(), SIGKILL); /* gone without a word */
   sleep_ms(200);
   START(ncclAllReduce(&x, &y, 1, ncclFloat, ncclSum, comm, NULL));
   if ((state = wait_state(comm, 30)) != ncclRemoteError)
