@@ -49,7 +49,8 @@
  *  - Outside a group a call blocks until its peers take part: the ranks of
  *    ncclCommInitAll need a thread each (or one group for all of them).
  *    ncclCommInitRank and ncclCommSplit run at once even inside a group, so one
- *    thread cannot initialise several ranks that way: use ncclCommInitAll.
+ *    thread cannot initialise several blocking ranks that way: use ncclCommInitAll,
+ *    or nonblocking configs (each init returns ncclInProgress; then poll them all).
  *  - ncclCommCuDevice reports the device given at init: devlist[i] (or i) for
  *    ncclCommInitAll, the parent's for ncclCommSplit, and for ncclCommInitRank the
  *    caller's current device in the first loaded runtime (0 without one).
