@@ -302,7 +302,7 @@ fn job_survives_a_flood(shm: bool) {
     }
     let connections = tally.connections.load(Ordering::Relaxed);
     assert!(
-        connections >= 20,
+        connections >= 10,
         "shm={shm}: the flood made only {connections} connections"
     );
     assert!(
