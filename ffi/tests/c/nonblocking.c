@@ -221,7 +221,24 @@ static void mode_lost(ncclUniqueId id) {
          ncclGetErrorString(ncclRemoteError), n, (double)y);
 }
 
-static void mode_abort(ncclUniqueId id) {
+/* `path` with `suffix`: a file rank 0 creates to tell the others something happened. */
+static void signal_file(const char* path, const char* suffix, int create) {
+  char name[4096];
+  FILE* f;
+  int tries;
+  snprintf(name, sizeof name, "%s%s", path, suffix);
+  if (create) {
+    if (!(f = fopen(name, "w")) || fclose(f) != 0) fail("creating %s", name);
+    return;
+  }
+  for (tries = 0; !(f = fopen(name, "r")); tries++) {
+    if (tries > 6000) fail("no %s after 60 s", name);
+    sleep_ms(10);
+  }
+  fclose(f);
+}
+
+static void mode_abort(ncclUniqueId id, const char* path) {
   ncclUniqueId lonely;
   ncclComm_t c = NULL, comm;
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
@@ -253,9 +270,10 @@ static void mode_abort(ncclUniqueId id) {
     CHECK(ncclCommAbort(comm));
     if (now() - t > 3.0) fail("abort of an all-reduce in progress took %.2f s", now() - t);
     printf("rank 0: abort during an all-reduce returned in %.3f s\n", now() - t);
+    signal_file(path, ".aborted", 1);
   } else {
-    /* Rank 0 aborts about 0.5 s after init; then this all-reduce must fail. */
-    sleep_ms(3000);
+    /* Once rank 0 has aborted, this all-reduce must fail. */
+    signal_file(path, ".aborted", 0);
     START(ncclAllReduce(x, x, BIG, ncclFloat, ncclSum, comm, NULL));
     state = wait_state(comm, 30);
     if (state == ncclInProgress || state == ncclSuccess) fail("rank 1 saw no error after rank 0 aborted: %d", (int)state);
@@ -277,7 +295,7 @@ int main(int argc, char** argv) {
   id = shared_id(path);
   if (strcmp(argv[1], "ok") == 0) mode_ok(id);
   else if (strcmp(argv[1], "lost") == 0) mode_lost(id);
-  else if (strcmp(argv[1], "abort") == 0) mode_abort(id);
+  else if (strcmp(argv[1], "abort") == 0) mode_abort(id, path);
   else fail("unknown mode %s", argv[1]);
   return 0;
 }
