@@ -144,14 +144,36 @@ impl Shared {
         Ok(())
     }
 
-    /// Records the first error that stopped the communicator.
+    /// Records the first error that stopped the communicator: the code first (what
+    /// pollers and `ready` read), then its message.
     fn latch(&self, c: c_int, message: &str) {
-        if self
-            .stopped
-            .set(CString::new(message.replace('\0', " ")).unwrap_or_default())
-            .is_ok()
-        {
-            self.async_code.store(c, Ordering::SeqCst);
+        let c = if c == code::SUCCESS {
+            code::INTERNAL_ERROR
+        } else {
+            c
+        };
+        let first = self
+            .async_code
+            .compare_exchange(code::SUCCESS, c, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if first {
+            let _ = self
+                .stopped
+                .set(CString::new(message.replace('\0', " ")).unwrap_or_default());
+        }
+    }
+
+    /// The latched error as a failure to return, if any.
+    fn latched(&self) -> Option<Failure> {
+        match self.async_code.load(Ordering::SeqCst) {
+            code::SUCCESS => None,
+            c => Some(Failure {
+                code: c,
+                message: self.stopped.get().map_or_else(
+                    || "the communicator was stopped by an error".into(),
+                    |m| m.to_string_lossy().into_owned(),
+                ),
+            }),
         }
     }
 
@@ -161,22 +183,16 @@ impl Shared {
         if let Some(f) = self.facts.get() {
             return Ok(*f);
         }
-        match self.async_code() {
-            code::IN_PROGRESS => Err(Failure::invalid(
-                "the communicator is still being created: poll ncclCommGetAsyncError until \
-                 it returns ncclSuccess before using it",
-            )),
-            c => Err(Failure {
-                code: c,
-                message: format!(
-                    "the communicator could not be created: {}",
-                    self.stopped
-                        .get()
-                        .and_then(|s| s.to_str().ok())
-                        .unwrap_or("")
-                ),
-            }),
+        if let Some(f) = self.latched() {
+            return Err(Failure {
+                code: f.code,
+                message: format!("the communicator could not be created: {}", f.message),
+            });
         }
+        Err(Failure::invalid(
+            "the communicator is still being created: poll ncclCommGetAsyncError until \
+             it returns ncclSuccess before using it",
+        ))
     }
 
     /// Checks that a new call may be made: not finalized, created, not stopped by an
@@ -189,13 +205,10 @@ impl Shared {
                 facts.rank
             )));
         }
-        if let (true, Some(m)) = (self.nonblocking(), self.stopped.get()) {
-            return Err(Failure {
-                code: self.async_code.load(Ordering::SeqCst),
-                message: m.to_string_lossy().into_owned(),
-            });
+        match self.latched() {
+            Some(f) if self.nonblocking() => Err(f),
+            _ => Ok(facts),
         }
-        Ok(facts)
     }
 
     /// Runs `f` on the communicator, holding its lock; latches the communicator's
