@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::header::{ControlFrames, ControlReader, GOODBYE};
 use crate::sys::{self, EventFd, SharedMap};
 use crate::transport::{Direction, Link, WaitHandle};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
@@ -465,25 +465,57 @@ fn offer(spec: &ShmSpec<'_>, peer: usize) -> Result<ShmLink> {
     Ok(link)
 }
 
-/// Reads and checks one offer on an accepted connection.
+/// An accepted connection whose offer has not all arrived yet.
+struct Pending {
+    sock: UnixStream,
+    hello: [u8; HELLO_LEN],
+    have: usize,
+    fds: Vec<OwnedFd>,
+    since: Instant,
+}
+
+/// How long an accepted connection may take to deliver its offer. A real peer sends
+/// the whole offer in one message right after connecting.
+const OFFER_WAIT: Duration = Duration::from_secs(5);
+
+/// At most this many connections wait for their offers at once; beyond it the oldest
+/// is dropped (an intruder cannot make the listener hold unbounded descriptors).
+const MAX_PENDING: usize = 256;
+
+/// Reads what has arrived of `p`'s offer without blocking. `Ok(true)`: all of it.
+fn read_offer(p: &mut Pending) -> std::result::Result<bool, String> {
+    let (n, fds) = match sys::recv_with_fds(p.sock.as_raw_fd(), &mut p.hello[p.have..], 3) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(false),
+        Err(e) => return Err(format!("read failed: {e}")),
+    };
+    if n == 0 {
+        return Err(format!("closed after {} bytes", p.have));
+    }
+    if p.fds.len() + fds.len() > 3 {
+        return Err("more than 3 descriptors".into());
+    }
+    p.fds.extend(fds);
+    p.have += n;
+    Ok(p.have == HELLO_LEN)
+}
+
+/// Checks a whole offer and maps the region it brought.
 fn take_offer(
     spec: &ShmSpec<'_>,
-    mut sock: UnixStream,
+    p: Pending,
     have: &[Option<ShmLink>],
 ) -> std::result::Result<ShmLink, String> {
-    sock.set_read_timeout(Some(
-        spec.deadline
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(1), Duration::from_secs(5)),
-    ))
-    .map_err(|e| e.to_string())?;
-    let mut b = [0u8; HELLO_LEN];
-    let (n, mut fds) =
-        sys::recv_with_fds(sock.as_raw_fd(), &mut b, 3).map_err(|e| format!("read failed: {e}"))?;
-    if n < HELLO_LEN {
-        sock.read_exact(&mut b[n..])
-            .map_err(|e| format!("short hello: {e}"))?;
-    }
+    let Pending {
+        sock,
+        hello: b,
+        mut fds,
+        ..
+    } = p;
+    // The offer's descriptors travel with its bytes; the socket stays open as the
+    // link's liveness channel.
+    let _ = sock.set_nonblocking(false);
     if &b[0..8] != HELLO_MAGIC
         || u16::from_le_bytes([b[8], b[9]]) != crate::bootstrap::PROTOCOL_VERSION
     {
@@ -544,6 +576,7 @@ pub(crate) fn connect_host_peers(
         .set_nonblocking(true)
         .map_err(|e| Error::io("shm listener", e))?;
     let start = Instant::now();
+    let mut pending: Vec<Pending> = Vec::new();
     loop {
         let missing: Vec<usize> = (0..spec.rank)
             .filter(|&p| spec.same_host[p] && links[p].is_none())
@@ -558,25 +591,64 @@ pub(crate) fn connect_host_peers(
                 after: start.elapsed(),
             });
         }
-        match listener.accept() {
-            Ok((sock, _)) => {
-                let _ = sock.set_nonblocking(false);
-                match take_offer(spec, sock, &links) {
+        // Take every waiting connection; none is read until it has something to say,
+        // so silent or slow intruders cannot hold up the real offers.
+        loop {
+            match listener.accept() {
+                Ok((sock, _)) => {
+                    if sock.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if pending.len() >= MAX_PENDING {
+                        pending.remove(0);
+                        log_warn!(Some(spec.rank), "dropped the oldest of {MAX_PENDING} connections waiting to offer shared memory");
+                    }
+                    pending.push(Pending {
+                        sock,
+                        hello: [0u8; HELLO_LEN],
+                        have: 0,
+                        fds: Vec::new(),
+                        since: Instant::now(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("accepting a shared-memory connection", e)),
+            }
+        }
+        let mut fds = vec![sys::pollfd(listener.as_raw_fd(), libc::POLLIN)];
+        fds.extend(
+            pending
+                .iter()
+                .map(|p| sys::pollfd(p.sock.as_raw_fd(), libc::POLLIN)),
+        );
+        let left = spec.deadline.saturating_duration_since(Instant::now());
+        sys::poll(&mut fds, left.min(Duration::from_millis(100)))
+            .map_err(|e| Error::io("polling the shm listener", e))?;
+        let mut k = 0;
+        for f in &fds[1..] {
+            let p = &mut pending[k];
+            let verdict = if f.revents != 0 {
+                read_offer(p)
+            } else if p.since.elapsed() > OFFER_WAIT {
+                Err(format!("no offer after {OFFER_WAIT:?}"))
+            } else {
+                Ok(false)
+            };
+            match verdict {
+                Ok(false) => k += 1,
+                Ok(true) => match take_offer(spec, pending.remove(k), &links) {
                     Ok(link) => {
                         let p = link.peer;
                         links[p] = Some(link);
                     }
                     Err(why) => log_warn!(Some(spec.rank), "rejected a shared-memory offer: {why}"),
+                },
+                Err(why) => {
+                    pending.remove(k);
+                    log_warn!(Some(spec.rank), "rejected a shared-memory offer: {why}");
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut fds = [sys::pollfd(listener.as_raw_fd(), libc::POLLIN)];
-                let left = spec.deadline.saturating_duration_since(Instant::now());
-                sys::poll(&mut fds, left.min(Duration::from_millis(100)))
-                    .map_err(|e| Error::io("polling the shm listener", e))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("accepting a shared-memory connection", e)),
         }
     }
 }
