@@ -168,6 +168,10 @@ fn dependencies(ops: &[Op]) -> (Vec<u32>, Vec<Vec<u32>>) {
     (waits, dependents)
 }
 
+/// Calls that move more bytes than this (sent plus received, this rank) sleep as
+/// soon as nothing moves, whatever `MIXCCL_SPIN_US` says.
+const SPIN_MAX_BYTES: usize = 1 << 20;
+
 /// Sends up to this size that follow each other on a lane are gathered into one.
 const GATHER_BYTES: usize = 16 << 10;
 
@@ -378,6 +382,22 @@ fn run_ops(
     }
     let (mut waits, dependents) = dependencies(ops);
     let esize = cx.dtype.size();
+    // Poll before sleeping only for small calls: there a wake-up is a large part of
+    // the call; in a large one it is not, and polling ranks take the cores that ranks
+    // copying data need when ranks outnumber cores.
+    let moved: usize = ops
+        .iter()
+        .map(|op| match *op {
+            Op::Send { src, .. } => src.len,
+            Op::Recv { dst, .. } | Op::RecvReduce { dst, .. } => dst.len,
+            _ => 0,
+        })
+        .sum();
+    let spin = if moved > SPIN_MAX_BYTES {
+        Duration::ZERO
+    } else {
+        cx.spin
+    };
 
     // Assign transfers to lanes: per (peer, direction), the k-th op goes on lane k % lanes.
     let mut lanes: Vec<Lane> = Vec::new();
@@ -683,7 +703,7 @@ fn run_ops(
         // through poll costs tens of microseconds when ranks outnumber cores, and a
         // sweep of shared-memory lanes is a few loads.
         let idle = now - last_progress;
-        if idle < cx.spin {
+        if idle < spin {
             std::thread::yield_now();
             continue;
         }
