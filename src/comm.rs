@@ -42,6 +42,10 @@ pub struct Communicator {
     p2p_seq: std::cell::RefCell<Vec<u64>>,
     /// Host staging buffers for device memory, kept between calls (`stage`).
     pub(crate) staging: crate::stage::Staging,
+    /// The last call's plan and schedule: a loop of equal calls (the common case)
+    /// plans and builds once. Both are pure functions of the call and of what the
+    /// communicator fixed at init.
+    last_plan: Option<(Call, Algorithm, std::sync::Arc<algo::Schedule>)>,
 }
 
 /// One transfer of a [`Communicator::group`] call.
@@ -295,6 +299,7 @@ impl Communicator {
             header_buf: Vec::new(),
             p2p_seq: Default::default(),
             staging: Default::default(),
+            last_plan: None,
         })
     }
 
@@ -439,6 +444,20 @@ impl Communicator {
 
     /// Plans and runs `call` over `input` (empty when in place) and `output`.
     fn run(&mut self, call: Call, input: &[u8], output: &mut [u8]) -> Result<()> {
+        if let Some((last, algo, schedule)) = &self.last_plan {
+            if *last == call {
+                let (algo, schedule) = (*algo, schedule.clone());
+                let meta = Meta {
+                    coll: call.coll,
+                    dtype: call.dtype,
+                    op: call.op,
+                    count: call.count,
+                    root: call.root,
+                    algo: algo.name(),
+                };
+                return self.run_schedule(meta, &schedule, input, output, &[], &mut []);
+            }
+        }
         let algo = plan::choose(
             &self.config,
             &self.caps,
@@ -472,7 +491,9 @@ impl Communicator {
             root: call.root,
             algo: algo.name(),
         };
-        self.run_schedule(meta, schedule, input, output, &[], &mut [])
+        let schedule = std::sync::Arc::new(schedule);
+        self.last_plan = Some((call, algo, schedule.clone()));
+        self.run_schedule(meta, &schedule, input, output, &[], &mut [])
     }
 
     /// Runs a schedule through the executor, with the error latch and abort flag.
@@ -480,7 +501,7 @@ impl Communicator {
     fn run_schedule<'g>(
         &mut self,
         meta: Meta,
-        schedule: algo::Schedule,
+        schedule: &algo::Schedule,
         input: &[u8],
         output: &mut [u8],
         group_in: &[&'g [u8]],
@@ -546,7 +567,7 @@ impl Communicator {
             p2p_seq: p2p.then_some(&self.p2p_seq),
         };
         let result = exec::run(
-            &schedule,
+            schedule,
             &mut bufs,
             &mut self.links,
             &mut self.workspace,
@@ -847,7 +868,7 @@ impl Communicator {
             root: 0,
             algo: "group",
         };
-        self.run_schedule(meta, schedule, &[], &mut [], &ins, &mut outs)
+        self.run_schedule(meta, &schedule, &[], &mut [], &ins, &mut outs)
     }
 
     /// `recv[i] = op over ranks of send[i]`; `recv.len()` must equal `send.len()`.

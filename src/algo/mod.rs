@@ -159,7 +159,7 @@ impl Schedule {
 }
 
 /// Everything an algorithm needs to know about a call.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Call {
     pub coll: Collective,
     pub dtype: DataType,
