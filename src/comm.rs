@@ -501,7 +501,7 @@ impl Communicator {
     fn run_schedule<'g>(
         &mut self,
         meta: Meta,
-        schedule: &algo::Schedule,
+        schedule: &std::sync::Arc<algo::Schedule>,
         input: &[u8],
         output: &mut [u8],
         group_in: &[&'g [u8]],
@@ -868,7 +868,14 @@ impl Communicator {
             root: 0,
             algo: "group",
         };
-        self.run_schedule(meta, &schedule, &[], &mut [], &ins, &mut outs)
+        self.run_schedule(
+            meta,
+            &std::sync::Arc::new(schedule),
+            &[],
+            &mut [],
+            &ins,
+            &mut outs,
+        )
     }
 
     /// `recv[i] = op over ranks of send[i]`; `recv.len()` must equal `send.len()`.

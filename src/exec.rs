@@ -19,6 +19,7 @@ use crate::reduce::{self, ReduceOp};
 use crate::sys;
 use crate::transport::{Direction, Link};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes of staging per lane for receive-and-reduce (fits in L2 with its destination).
@@ -132,6 +133,33 @@ pub(crate) struct Context<'a> {
 #[derive(Default)]
 pub(crate) struct Workspace {
     staging: Vec<Vec<u64>>,
+    /// What the last schedule run derived from it alone (with or without headers);
+    /// a loop of equal calls (see `Communicator`'s plan memo) prepares once.
+    prepared: Option<(Arc<Schedule>, bool, Prepared)>,
+    /// Per-call copy of `Prepared::waits`.
+    waits: Vec<u32>,
+    ready_local: Vec<usize>,
+}
+
+/// A schedule made ready to run: the header transfers ahead of its ops, each op's
+/// dependencies, and its transfers placed on lanes. A function of the schedule, of
+/// whether headers are on and of the links' lane counts, which never change.
+struct Prepared {
+    ops: Vec<Op>,
+    /// The first `nheader` ops are header transfers.
+    nheader: usize,
+    /// Peers exchanging headers, with the bytes this rank sends to and expects from
+    /// each.
+    peers: Vec<(usize, u64, u64)>,
+    /// Unfinished dependencies per op before anything ran.
+    waits: Vec<u32>,
+    dependents: Vec<Vec<u32>>,
+    lanes: Vec<Lane>,
+    local: Vec<usize>,
+    /// Staging buffers the receive-and-reduce lanes need.
+    nstaging: usize,
+    /// Bytes sent plus received by this rank.
+    moved: usize,
 }
 
 /// One ordered stream of ops on a (peer, direction, lane).
@@ -207,61 +235,177 @@ fn reduce_into(
 /// Runs `schedule` to completion, behind per-call headers when `cx.header` is set.
 /// A mismatch found here is reported to every peer on the control channels.
 pub(crate) fn run(
+    schedule: &Arc<Schedule>,
+    bufs: &mut Buffers<'_, '_>,
+    links: &mut [Option<Box<dyn Link>>],
+    ws: &mut Workspace,
+    cx: &Context<'_>,
+) -> Result<()> {
+    let headers = cx.header.is_some();
+    let mut prepared = match ws.prepared.take() {
+        Some((s, h, p)) if Arc::ptr_eq(&s, schedule) && h == headers => p,
+        _ => prepare(schedule, headers, links, cx)?,
+    };
+    let result = run_prepared(&mut prepared, bufs, links, ws, cx);
+    ws.prepared = Some((schedule.clone(), headers, prepared));
+    result
+}
+
+/// Derives what `run` needs from `schedule` alone (see [`Prepared`]).
+fn prepare(
     schedule: &Schedule,
+    headers: bool,
+    links: &[Option<Box<dyn Link>>],
+    cx: &Context<'_>,
+) -> Result<Prepared> {
+    let n = links.len();
+    let mut ops = Vec::with_capacity(schedule.ops.len() + 2 * n);
+    let mut peers = Vec::new();
+    if headers {
+        // Bytes this call sends to and expects from each peer.
+        let (mut to, mut from) = (vec![None::<u64>; n], vec![None::<u64>; n]);
+        for op in &schedule.ops {
+            match *op {
+                Op::Send { peer, src } => *to[peer].get_or_insert(0) += src.len as u64,
+                Op::Recv { peer, dst } | Op::RecvReduce { peer, dst, .. } => {
+                    *from[peer].get_or_insert(0) += dst.len as u64
+                }
+                _ => {}
+            }
+        }
+        // Headers go both ways between every pair that exchanges data in either
+        // direction, so a rank that only sends (a broadcast root) checks too.
+        for p in (0..n).filter(|&p| to[p].is_some() || from[p].is_some()) {
+            peers.push((p, to[p].unwrap_or(0), from[p].unwrap_or(0)));
+            let at = p * HEADER_SLOT;
+            ops.push(Op::Send {
+                peer: p,
+                src: Region::new(Buf::Header, at, HEADER_BYTES),
+            });
+            ops.push(Op::Recv {
+                peer: p,
+                dst: Region::new(Buf::Header, at + HEADER_BYTES, HEADER_BYTES),
+            });
+        }
+    }
+    let nheader = ops.len();
+    ops.extend_from_slice(&schedule.ops);
+    let (waits, dependents) = dependencies(&ops);
+    let moved = ops
+        .iter()
+        .map(|op| match *op {
+            Op::Send { src, .. } => src.len,
+            Op::Recv { dst, .. } | Op::RecvReduce { dst, .. } => dst.len,
+            _ => 0,
+        })
+        .sum();
+
+    // Assign transfers to lanes: per (peer, direction), the k-th op goes on lane k % lanes.
+    let mut lanes: Vec<Lane> = Vec::new();
+    // Per (peer, direction): ops seen so far; per (peer, direction, lane): index in `lanes`.
+    let mut counters = vec![0usize; 2 * n];
+    let mut lane_of: Vec<Vec<usize>> = vec![Vec::new(); 2 * n];
+    let mut local = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let (peer, dir) = match *op {
+            Op::Send { peer, .. } => (peer, Direction::Send),
+            Op::Recv { peer, .. } | Op::RecvReduce { peer, .. } => (peer, Direction::Recv),
+            _ => {
+                local.push(i);
+                continue;
+            }
+        };
+        let link = links
+            .get(peer)
+            .and_then(|l| l.as_ref())
+            .ok_or_else(|| Error::invalid(format!("{}: no link to rank {peer}", cx.label)))?;
+        let key = 2 * peer + usize::from(dir == Direction::Send);
+        // Headers go first on lane 0 and are not counted, so the first data op follows
+        // its header on the same lane and a small one can travel with it (see below).
+        let lane = if i < nheader {
+            0
+        } else {
+            counters[key] += 1;
+            (counters[key] - 1) % link.lanes()
+        };
+        let slots = &mut lane_of[key];
+        if slots.len() <= lane {
+            slots.resize(lane + 1, usize::MAX);
+        }
+        if slots[lane] == usize::MAX {
+            slots[lane] = lanes.len();
+            lanes.push(Lane {
+                peer,
+                lane,
+                dir,
+                ops: Vec::new(),
+                next: 0,
+                done: 0,
+                staged: 0,
+                staging: usize::MAX,
+            });
+        }
+        lanes[slots[lane]].ops.push(i);
+    }
+    // Staging buffers for lanes that receive-and-reduce.
+    let mut nstaging = 0;
+    for l in lanes.iter_mut() {
+        if l.ops
+            .iter()
+            .any(|&i| matches!(ops[i], Op::RecvReduce { .. }))
+        {
+            l.staging = nstaging;
+            nstaging += 1;
+        }
+    }
+    Ok(Prepared {
+        ops,
+        nheader,
+        peers,
+        waits,
+        dependents,
+        lanes,
+        local,
+        nstaging,
+        moved,
+    })
+}
+
+/// Runs a prepared schedule: this call's headers, then its ops.
+fn run_prepared(
+    prepared: &mut Prepared,
     bufs: &mut Buffers<'_, '_>,
     links: &mut [Option<Box<dyn Link>>],
     ws: &mut Workspace,
     cx: &Context<'_>,
 ) -> Result<()> {
     let Some(mine) = cx.header else {
-        return run_ops(&schedule.ops, 0, bufs, links, ws, cx);
+        return run_ops(prepared, bufs, links, ws, cx);
     };
-    // Bytes this call sends to and expects from each peer.
     let n = links.len();
-    let (mut to, mut from) = (vec![None::<u64>; n], vec![None::<u64>; n]);
-    for op in &schedule.ops {
-        match *op {
-            Op::Send { peer, src } => *to[peer].get_or_insert(0) += src.len as u64,
-            Op::Recv { peer, dst } | Op::RecvReduce { peer, dst, .. } => {
-                *from[peer].get_or_insert(0) += dst.len as u64
-            }
-            _ => {}
-        }
-    }
-    let mut ops = Vec::with_capacity(schedule.ops.len() + 2 * n);
     let mut p2p = cx.p2p_seq.map(|c| c.borrow_mut());
     if let Some(seq) = p2p.as_deref_mut() {
         seq.resize(n, 0);
     }
-    let mut expected_seq = vec![mine.seq; n];
-    // Headers go both ways between every pair that exchanges data in either
-    // direction, so a rank that only sends (a broadcast root) checks too.
-    for p in (0..n).filter(|&p| to[p].is_some() || from[p].is_some()) {
-        if let Some(seq) = p2p.as_deref_mut() {
-            expected_seq[p] = seq[p];
-            seq[p] += 1;
-        }
+    for &(p, to, from) in &prepared.peers {
+        let seq = match p2p.as_deref_mut() {
+            Some(seq) => {
+                seq[p] += 1;
+                seq[p] - 1
+            }
+            None => mine.seq,
+        };
         let at = p * HEADER_SLOT;
         let h = CallHeader {
-            bytes_to_you: to[p].unwrap_or(0),
-            bytes_from_you: from[p].unwrap_or(0),
-            seq: expected_seq[p],
+            bytes_to_you: to,
+            bytes_from_you: from,
+            seq,
             ..mine
         };
         bufs.header[at..at + HEADER_BYTES].copy_from_slice(&h.encode());
-        ops.push(Op::Send {
-            peer: p,
-            src: Region::new(Buf::Header, at, HEADER_BYTES),
-        });
-        ops.push(Op::Recv {
-            peer: p,
-            dst: Region::new(Buf::Header, at + HEADER_BYTES, HEADER_BYTES),
-        });
     }
     drop(p2p);
-    let nheader = ops.len();
-    ops.extend_from_slice(&schedule.ops);
-    let mut result = run_ops(&ops, nheader, bufs, links, ws, cx);
+    let mut result = run_ops(prepared, bufs, links, ws, cx);
     if let Err(Error::PeerLost { .. }) = &result {
         // A peer that failed reports why, then may close its links: its report (on
         // another channel) can trail the close. Prefer the report, which names the
@@ -370,99 +514,51 @@ fn control_report(links: &mut [Option<Box<dyn Link>>]) -> Option<Error> {
 /// Runs `ops`, whose first `nheader` are header transfers (each received header is
 /// checked against the one sent to that peer).
 fn run_ops(
-    ops: &[Op],
-    nheader: usize,
+    prepared: &mut Prepared,
     bufs: &mut Buffers<'_, '_>,
     links: &mut [Option<Box<dyn Link>>],
     ws: &mut Workspace,
     cx: &Context<'_>,
 ) -> Result<()> {
+    let Prepared {
+        ops,
+        nheader,
+        waits: waits0,
+        dependents,
+        lanes,
+        local,
+        nstaging,
+        moved,
+        ..
+    } = prepared;
+    let (ops, nheader, dependents) = (&ops[..], *nheader, &dependents[..]);
     if ops.is_empty() {
         return Ok(());
     }
-    let (mut waits, dependents) = dependencies(ops);
     let esize = cx.dtype.size();
     // Poll before sleeping only for small calls: there a wake-up is a large part of
     // the call; in a large one it is not, and polling ranks take the cores that ranks
     // copying data need when ranks outnumber cores.
-    let moved: usize = ops
-        .iter()
-        .map(|op| match *op {
-            Op::Send { src, .. } => src.len,
-            Op::Recv { dst, .. } | Op::RecvReduce { dst, .. } => dst.len,
-            _ => 0,
-        })
-        .sum();
-    let spin = if moved > SPIN_MAX_BYTES {
+    let spin = if *moved > SPIN_MAX_BYTES {
         Duration::ZERO
     } else {
         cx.spin
     };
-
-    // Assign transfers to lanes: per (peer, direction), the k-th op goes on lane k % lanes.
-    let mut lanes: Vec<Lane> = Vec::new();
-    // Per (peer, direction): ops seen so far; per (peer, direction, lane): index in `lanes`.
-    let mut counters = vec![0usize; 2 * links.len()];
-    let mut lane_of: Vec<Vec<usize>> = vec![Vec::new(); 2 * links.len()];
-    let mut local = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
-        let (peer, dir) = match *op {
-            Op::Send { peer, .. } => (peer, Direction::Send),
-            Op::Recv { peer, .. } | Op::RecvReduce { peer, .. } => (peer, Direction::Recv),
-            _ => {
-                local.push(i);
-                continue;
-            }
-        };
-        let link = links
-            .get(peer)
-            .and_then(|l| l.as_ref())
-            .ok_or_else(|| Error::invalid(format!("{}: no link to rank {peer}", cx.label)))?;
-        let key = 2 * peer + usize::from(dir == Direction::Send);
-        // Headers go first on lane 0 and are not counted, so the first data op follows
-        // its header on the same lane and a small one can travel with it (see below).
-        let lane = if i < nheader {
-            0
-        } else {
-            counters[key] += 1;
-            (counters[key] - 1) % link.lanes()
-        };
-        let slots = &mut lane_of[key];
-        if slots.len() <= lane {
-            slots.resize(lane + 1, usize::MAX);
-        }
-        if slots[lane] == usize::MAX {
-            slots[lane] = lanes.len();
-            lanes.push(Lane {
-                peer,
-                lane,
-                dir,
-                ops: Vec::new(),
-                next: 0,
-                done: 0,
-                staged: 0,
-                staging: usize::MAX,
-            });
-        }
-        lanes[slots[lane]].ops.push(i);
-    }
-    // Staging buffers for lanes that receive-and-reduce.
-    let mut nstaging = 0;
     for l in lanes.iter_mut() {
-        if l.ops
-            .iter()
-            .any(|&i| matches!(ops[i], Op::RecvReduce { .. }))
-        {
-            l.staging = nstaging;
-            nstaging += 1;
-        }
+        l.next = 0;
+        l.done = 0;
+        l.staged = 0;
     }
-    while ws.staging.len() < nstaging {
+    while ws.staging.len() < *nstaging {
         ws.staging.push(vec![0u64; STAGING_BYTES / 8]);
     }
-
+    let mut waits = std::mem::take(&mut ws.waits);
+    waits.clear();
+    waits.extend_from_slice(waits0);
     let mut finished = 0usize;
-    let mut ready_local: Vec<usize> = local.iter().copied().filter(|&i| waits[i] == 0).collect();
+    let mut ready_local = std::mem::take(&mut ws.ready_local);
+    ready_local.clear();
+    ready_local.extend(local.iter().copied().filter(|&i| waits[i] == 0));
     let mut last_progress = Instant::now();
     let mut pollfds: Vec<libc::pollfd> = Vec::new();
     let mut doorbells: Vec<bool> = Vec::new();
@@ -716,7 +812,7 @@ fn run_ops(
         handles.clear();
         handles.extend(links.iter().flatten().filter_map(|l| l.control_handle()));
         let mut waiting_for = Vec::new();
-        for l in &lanes {
+        for l in lanes.iter() {
             if l.next < l.ops.len() && waits[l.ops[l.next]] == 0 {
                 links[l.peer].as_ref().expect("checked above").wait_handles(
                     l.lane,
@@ -755,5 +851,7 @@ fn run_ops(
             }
         }
     }
+    ws.waits = waits;
+    ws.ready_local = ready_local;
     Ok(())
 }
