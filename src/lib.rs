@@ -33,6 +33,7 @@ mod fuzz;
 mod header;
 mod plan;
 pub mod reduce;
+pub mod sim;
 mod stage;
 mod sys;
 pub mod topo;

@@ -83,7 +83,7 @@ fn size_rule(config: &Config, coll: Collective, bytes: usize, nranks: usize) -> 
 }
 
 /// The algorithms the planner weighs for `coll`, in tie-breaking order.
-fn candidates(coll: Collective) -> &'static [Algorithm] {
+pub(crate) fn candidates(coll: Collective) -> &'static [Algorithm] {
     use Algorithm::*;
     match coll {
         Collective::AllReduce => &[Ring, Direct, Tree, Hier],
