@@ -96,8 +96,9 @@ fn mixed_cluster() -> Network {
 fn same_input_same_output() {
     let sim = Simulator::new(mixed_cluster(), Settings::default());
     let sizes = [8, 1 << 20, 48 << 20];
-    let a = serde_json::to_string(&sim.sweep(Collective::AllReduce, &sizes).unwrap()).unwrap();
-    let b = serde_json::to_string(&sim.sweep(Collective::AllReduce, &sizes).unwrap()).unwrap();
+    let algos = sim.algorithms(Collective::AllReduce);
+    let a = serde_json::to_string(&sim.sweep(Collective::AllReduce, &sizes, &algos)).unwrap();
+    let b = serde_json::to_string(&sim.sweep(Collective::AllReduce, &sizes, &algos)).unwrap();
     assert_eq!(a, b);
 }
 
