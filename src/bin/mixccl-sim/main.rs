@@ -30,6 +30,8 @@ Flags:
   --reduce-gbs X                  reduction rate per rank, GB/s (default the planner's 5)
   --no-fold                       simulate every rank even where one period would do
   --max-mem SIZE                  largest memory for one piece's programs (default 6G)
+  --sample-pieces K               simulate K of a call's pieces, add the rest at their mean
+                                  time (approximate; default all)
   -J, --json FILE                 also write the rows as JSON
 The library's MIXCCL_* settings (chunk size, pieces, lanes, call headers) apply as in a run.
 Sizes are nccl-tests' (all_gather: the whole output); data type float, op sum.";
@@ -64,7 +66,8 @@ fn bytes(s: &str) -> Result<usize, String> {
 }
 
 fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.parse().map_err(|_| format!("{flag}: '{v}' is not a number"))
+    v.parse()
+        .map_err(|_| format!("{flag}: '{v}' is not a number"))
 }
 
 fn parse(argv: &[String]) -> Result<Option<Args>, String> {
@@ -128,12 +131,15 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
             "--algos" => {
                 a.algos = Some(
                     v.split(',')
-                        .map(|x| Algorithm::parse(x).ok_or_else(|| format!("unknown algorithm '{x}'")))
+                        .map(|x| {
+                            Algorithm::parse(x).ok_or_else(|| format!("unknown algorithm '{x}'"))
+                        })
                         .collect::<Result<_, _>>()?,
                 )
             }
             "--reduce-gbs" => a.settings.reduce_gbs = number(flag, v)?,
             "--max-mem" => a.settings.max_bytes = bytes(v)?,
+            "--sample-pieces" => a.settings.sample_pieces = Some(number(flag, v)?),
             "-J" | "--json" => a.json = Some(v.clone()),
             "--min-ranks" => a.min_ranks = number(flag, v)?,
             "--max-ranks" => a.max_ranks = number(flag, v)?,
@@ -185,7 +191,10 @@ fn describe(net: &Network) {
     }
     if let Some(p) = net.pod_link {
         let pods = net.pod_of.iter().max().map_or(1, |m| m + 1);
-        println!("# {pods} pods joined by {:.1} us, {:.3} GB/s uplinks", p.alpha_us, p.bw_gbs);
+        println!(
+            "# {pods} pods joined by {:.1} us, {:.3} GB/s uplinks",
+            p.alpha_us, p.bw_gbs
+        );
     }
     if let Some(c) = net.cores {
         println!("# {c} cores per host");
@@ -224,7 +233,10 @@ fn scale(a: &Args) -> Result<(), String> {
     let rph = a.cluster.ranks_per_host.max(1);
     let mut n = a.min_ranks.max(rph);
     let mut all: Vec<Row> = Vec::new();
-    println!("# scale {}: {} ranks per host, {} .. {} ranks", a.name, rph, a.min_ranks, a.max_ranks);
+    println!(
+        "# scale {}: {} ranks per host, {} .. {} ranks",
+        a.name, rph, a.min_ranks, a.max_ranks
+    );
     while n <= a.max_ranks {
         let mut c = a.cluster.clone();
         c.hosts = n / rph;
@@ -312,7 +324,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let r = if args.scale { scale(&args) } else { single(&args) };
+    let r = if args.scale {
+        scale(&args)
+    } else {
+        single(&args)
+    };
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
