@@ -33,6 +33,7 @@ Flags:
   --sample-pieces K               simulate K of a call's pieces, add the rest at their mean
                                   time (approximate; default all)
   -J, --json FILE                 also write the rows as JSON
+  --plan-only                     print the planner's choice per size (and rank count), simulate nothing
 The library's MIXCCL_* settings (chunk size, pieces, lanes, call headers) apply as in a run.
 Sizes are nccl-tests' (all_gather: the whole output); data type float, op sum.";
 
@@ -49,6 +50,7 @@ struct Args {
     max_ranks: usize,
     svg_dir: Option<String>,
     name: String,
+    plan_only: bool,
 }
 
 fn bytes(s: &str) -> Result<usize, String> {
@@ -98,12 +100,17 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
         max_ranks: 16384,
         svg_dir: None,
         name: "cluster".into(),
+        plan_only: false,
     };
     let (mut b, mut e, mut f) = (32usize << 20, 32usize << 20, 2usize);
     let mut slow_gbit = None;
     while let Some(flag) = it.next() {
         if flag == "--no-fold" {
             a.settings.fold = false;
+            continue;
+        }
+        if flag == "--plan-only" {
+            a.plan_only = true;
             continue;
         }
         if flag == "-h" || flag == "--help" {
@@ -205,6 +212,30 @@ fn single(a: &Args) -> Result<(), String> {
     let net = network(a)?;
     describe(&net);
     let sim = Simulator::new(net, a.settings.clone());
+    if a.plan_only {
+        for &size in &a.sizes {
+            // The planner sees one piece: at most MIXCCL_PIPELINE_BYTES of all_reduce.
+            let c = &a.settings.config;
+            let piece = if c.pipeline_bytes > 0 && a.coll == Collective::AllReduce {
+                size.min(c.pipeline_bytes)
+            } else {
+                size
+            };
+            let est: Vec<String> = algorithms(&sim, a)
+                .iter()
+                .filter_map(|&x| {
+                    let t = sim.network().topo.estimate(c, a.coll, x, piece)?;
+                    Some(format!("{x}:{:.1}us", t * 1e6))
+                })
+                .collect();
+            println!(
+                "{size} {} (estimates per piece: {})",
+                sim.planner(a.coll, size),
+                est.join(" ")
+            );
+        }
+        return Ok(());
+    }
     let algos = algorithms(&sim, a);
     println!("# {} on {} ranks (simulated)", a.coll, sim.nranks());
     println!("{}", Row::header(&algos));
@@ -246,6 +277,16 @@ fn scale(a: &Args) -> Result<(), String> {
         }
         let net = c.build().map_err(|e| e.to_string())?;
         let sim = Simulator::new(net, a.settings.clone());
+        if a.plan_only {
+            let picks: Vec<String> = a
+                .sizes
+                .iter()
+                .map(|&s| format!("{}={}", human(s), sim.planner(a.coll, s)))
+                .collect();
+            println!("{n} {}", picks.join(" "));
+            n *= 2;
+            continue;
+        }
         let algos: Vec<Algorithm> = algorithms(&sim, a)
             .into_iter()
             .filter(|x| a.algos.is_some() || algos_wanted.contains(x))
