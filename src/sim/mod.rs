@@ -204,31 +204,38 @@ impl Simulator {
                 coll,
                 Collective::AllReduce | Collective::AllGather | Collective::ReduceScatter
             );
+        let first = self.program(coll, algo, count, 0)?;
+        // The budget holds for the ranks actually built (folded or not).
+        let budget = |ranks: usize, how: &str| {
+            let need = first.footprint().saturating_mul(ranks);
+            if need > self.settings.max_bytes {
+                return Err(Error::invalid(format!(
+                    "simulating {algo} {coll} of {count} elements on {n} ranks needs about {} MiB \
+                     of programs for {ranks} ranks{how} (limit {} MiB)",
+                    need >> 20,
+                    self.settings.max_bytes >> 20
+                )));
+            }
+            Ok(())
+        };
         if let Some(p) = self.net.period().filter(|&p| foldable && p < n && p >= 2) {
-            let first: Vec<Program> = (0..p)
-                .map(|r| self.program(coll, algo, count, r))
-                .collect::<Result<_>>()?;
+            budget(p, " folded")?;
+            let mut folded = vec![first.clone()];
+            for r in 1..p {
+                folded.push(self.program(coll, algo, count, r)?);
+            }
             let mut same = true;
-            for (r, prog) in first.iter().enumerate() {
+            for (r, prog) in folded.iter().enumerate() {
                 if self.program(coll, algo, count, r + p)?.shifted(p, n) != *prog {
                     same = false;
                     break;
                 }
             }
             if same {
-                return Ok(first);
+                return Ok(folded);
             }
         }
-        let first = self.program(coll, algo, count, 0)?;
-        let need = first.footprint().saturating_mul(n);
-        if need > self.settings.max_bytes {
-            return Err(Error::invalid(format!(
-                "simulating {algo} {coll} of {count} elements on {n} ranks needs about {} MiB \
-                 of programs (limit {} MiB); it cannot be folded here",
-                need >> 20,
-                self.settings.max_bytes >> 20
-            )));
-        }
+        budget(n, ", which cannot be folded here")?;
         let mut v = vec![first];
         for r in 1..n {
             v.push(self.program(coll, algo, count, r)?);
