@@ -31,7 +31,7 @@ pub(crate) struct Rates {
     pub reduce: f64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Start(u32),
     Drained { flow: u32, ver: u32 },
@@ -70,6 +70,27 @@ struct RankState {
 enum Task {
     Finish(u32, u32),
     Try(u32, u32),
+}
+
+/// Pending events by time, then by insertion (so equal times run in a fixed order).
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+}
+
+impl Queue {
+    /// Times are non-negative, so their bit patterns order like the numbers.
+    fn push(&mut self, t: f64, e: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse((t.max(0.0).to_bits(), self.seq, e)));
+    }
+
+    fn pop(&mut self) -> Option<(f64, Ev)> {
+        self.heap
+            .pop()
+            .map(|Reverse((t, _, e))| (f64::from_bits(t), e))
+    }
 }
 
 /// What one run of the engine found.
@@ -167,51 +188,18 @@ pub(crate) fn run(net: &Network, progs: &[&Program], start: &[f64], rates: Rates
         });
     }
 
-    let mut heap: BinaryHeap<Reverse<(u64, u64, u64)>> = BinaryHeap::new();
+    let mut queue = Queue::default();
     let mut flows: Vec<Flow> = Vec::new();
     let mut free_flows: Vec<u32> = Vec::new();
     let mut finish = vec![0.0f64; m];
     let mut events = 0u64;
-    // The heap owns event slots; `evs` is reused through `free_ev`.
-    let mut evs_store: Vec<Ev> = Vec::new();
-    let mut evs_free: Vec<u64> = Vec::new();
-    let mut schedule = |heap: &mut BinaryHeap<Reverse<(u64, u64, u64)>>,
-                        store: &mut Vec<Ev>,
-                        freel: &mut Vec<u64>,
-                        seq: &mut u64,
-                        t: f64,
-                        e: Ev| {
-        let slot = match freel.pop() {
-            Some(s) => {
-                store[s as usize] = e;
-                s
-            }
-            None => {
-                store.push(e);
-                (store.len() - 1) as u64
-            }
-        };
-        *seq += 1;
-        heap.push(Reverse((t.max(0.0).to_bits(), *seq, slot)));
-    };
-    let mut seq2 = 0u64;
     for (q, &t) in start.iter().enumerate() {
-        schedule(
-            &mut heap,
-            &mut evs_store,
-            &mut evs_free,
-            &mut seq2,
-            t,
-            Ev::Start(q as u32),
-        );
+        queue.push(t, Ev::Start(q as u32));
     }
     let mut todo: Vec<Task> = Vec::new();
     let mut touched: Vec<u32> = Vec::new();
 
-    while let Some(Reverse((tb, _, slot))) = heap.pop() {
-        let now = f64::from_bits(tb);
-        let ev = evs_store[slot as usize];
-        evs_free.push(slot);
+    while let Some((now, ev)) = queue.pop() {
         events += 1;
         match ev {
             Ev::Start(q) => {
@@ -225,11 +213,7 @@ pub(crate) fn run(net: &Network, progs: &[&Program], start: &[f64], rates: Rates
                     let local = !matches!(op.kind, Kind::Send | Kind::Recv | Kind::RecvReduce);
                     if local && s.waits[i] == 0 {
                         let d = local_time(net, p, q as usize, i, rates);
-                        schedule(
-                            &mut heap,
-                            &mut evs_store,
-                            &mut evs_free,
-                            &mut seq2,
+                        queue.push(
                             now + d,
                             Ev::LocalDone {
                                 rank: q,
@@ -261,17 +245,7 @@ pub(crate) fn run(net: &Network, progs: &[&Program], start: &[f64], rates: Rates
                     }
                     touched.push(r);
                 }
-                rerate(
-                    &mut flows,
-                    &res,
-                    &touched,
-                    now,
-                    &mut heap,
-                    &mut evs_store,
-                    &mut evs_free,
-                    &mut seq2,
-                    &mut schedule,
-                );
+                rerate(&mut flows, &res, &touched, now, &mut queue);
                 let s = &mut st[q as usize];
                 let idx = s.next[lane as usize];
                 let op = progs[q as usize].lanes[lane as usize].ops[idx as usize];
@@ -279,14 +253,7 @@ pub(crate) fn run(net: &Network, progs: &[&Program], start: &[f64], rates: Rates
                 s.next[lane as usize] += 1;
                 let (bq, bl) = s.dest[lane as usize];
                 st[bq as usize].arrived[bl as usize].push_back(now + alpha);
-                schedule(
-                    &mut heap,
-                    &mut evs_store,
-                    &mut evs_free,
-                    &mut seq2,
-                    now + alpha,
-                    Ev::Arrive { rank: bq, lane: bl },
-                );
+                queue.push(now + alpha, Ev::Arrive { rank: bq, lane: bl });
                 todo.push(Task::Finish(q, op));
                 todo.push(Task::Try(q, lane));
             }
@@ -312,14 +279,7 @@ pub(crate) fn run(net: &Network, progs: &[&Program], start: &[f64], rates: Rates
                                 }
                                 _ => {
                                     let d = local_time(net, p, q as usize, j as usize, rates);
-                                    schedule(
-                                        &mut heap,
-                                        &mut evs_store,
-                                        &mut evs_free,
-                                        &mut seq2,
-                                        now + d,
-                                        Ev::LocalDone { rank: q, op: j },
-                                    );
+                                    queue.push(now + d, Ev::LocalDone { rank: q, op: j });
                                 }
                             }
                         }
@@ -400,17 +360,7 @@ pub(crate) fn run(net: &Network, progs: &[&Program], start: &[f64], rates: Rates
                             res[r as usize].flows.push(id);
                             touched.push(r);
                         }
-                        rerate(
-                            &mut flows,
-                            &res,
-                            &touched,
-                            now,
-                            &mut heap,
-                            &mut evs_store,
-                            &mut evs_free,
-                            &mut seq2,
-                            &mut schedule,
-                        );
+                        rerate(&mut flows, &res, &touched, now, &mut queue);
                     } else {
                         match s.arrived[l as usize].front() {
                             Some(&t) if t <= now => {
@@ -447,28 +397,8 @@ fn local_time(net: &Network, p: &Program, q: usize, i: usize, rates: Rates) -> f
 }
 
 /// Recomputes the rate of every flow on the `touched` resources and reschedules
-/// their drain events.
-#[allow(clippy::too_many_arguments)]
-fn rerate<S>(
-    flows: &mut [Flow],
-    res: &[Resource],
-    touched: &[u32],
-    now: f64,
-    heap: &mut BinaryHeap<Reverse<(u64, u64, u64)>>,
-    store: &mut Vec<Ev>,
-    freel: &mut Vec<u64>,
-    seq: &mut u64,
-    schedule: &mut S,
-) where
-    S: FnMut(
-        &mut BinaryHeap<Reverse<(u64, u64, u64)>>,
-        &mut Vec<Ev>,
-        &mut Vec<u64>,
-        &mut u64,
-        f64,
-        Ev,
-    ),
-{
+/// their drain events (an event whose version is stale is dropped when it fires).
+fn rerate(flows: &mut [Flow], res: &[Resource], touched: &[u32], now: f64, queue: &mut Queue) {
     for &r in touched {
         for &fid in &res[r as usize].flows {
             let f = &mut flows[fid as usize];
@@ -484,11 +414,7 @@ fn rerate<S>(
             f.rate = rate;
             f.ver = f.ver.wrapping_add(1);
             let t = now + f.rem / rate;
-            schedule(
-                heap,
-                store,
-                freel,
-                seq,
+            queue.push(
                 t,
                 Ev::Drained {
                     flow: fid,
