@@ -22,8 +22,24 @@
  *    peer is lost (connection closed or reset), ncclInvalidUsage for mismatched calls
  *    and for a communicator the application aborted, ncclInvalidArgument for bad
  *    arguments (ncclGetLastError says which), ncclSystemError for failed system calls
- *    and bootstrap failures, ncclInternalError for bugs. Calls never return
- *    ncclInProgress: a config with blocking = 0 is accepted and runs blocking.
+ *    and bootstrap failures, ncclInternalError for bugs.
+ *  - Nonblocking communicators (config.blocking = 0, as NCCL): ncclCommInitRankConfig,
+ *    ncclCommSplit and ncclCommShrink return ncclInProgress and build the
+ *    communicator on a thread of its own; collectives, ncclSend/ncclRecv, ncclGroupEnd
+ *    and ncclCommFinalize on it return ncclInProgress and run on that thread, in call
+ *    order. Poll ncclCommGetAsyncError(comm, &state) until state leaves
+ *    ncclInProgress: ncclSuccess means every call made so far has finished and its
+ *    data is in place; any other value is the error that stopped the communicator.
+ *    Buffers must stay valid until then. Differences from NCCL: NCCL asks for a poll
+ *    to ncclSuccess before the next call; mixccl also accepts further calls while
+ *    earlier ones are pending and queues them (a call made while init is still in
+ *    progress is refused with ncclInvalidArgument, as in NCCL). ncclCommAbort stops a
+ *    call in flight within about 100 ms but cannot interrupt an init in progress: it
+ *    returns at once and that init ends on its own (at most MIXCCL_TIMEOUT later) and
+ *    frees what it made. ncclCommSplit with NCCL_SPLIT_NOCOLOR takes part in the
+ *    split before it returns (there is no new communicator to poll).
+ *  - Blocking communicators (the default) stay host-synchronous: when a call returns
+ *    ncclSuccess its data is in place; they never return ncclInProgress.
  *  - ncclSend/ncclRecv and collectives between ncclGroupStart and ncclGroupEnd run at
  *    the outermost ncclGroupEnd: per communicator, the collectives first in call
  *    order, then all sends and receives together (so any pattern completes). Buffers
@@ -33,7 +49,8 @@
  *  - Outside a group a call blocks until its peers take part: the ranks of
  *    ncclCommInitAll need a thread each (or one group for all of them).
  *    ncclCommInitRank and ncclCommSplit run at once even inside a group, so one
- *    thread cannot initialise several ranks that way: use ncclCommInitAll.
+ *    thread cannot initialise several blocking ranks that way: use ncclCommInitAll,
+ *    or nonblocking configs (each init returns ncclInProgress; then poll them all).
  *  - ncclCommCuDevice reports the device given at init: devlist[i] (or i) for
  *    ncclCommInitAll, the parent's for ncclCommSplit, and for ncclCommInitRank the
  *    caller's current device in the first loaded runtime (0 without one).
@@ -148,7 +165,9 @@ ncclResult_t pncclGetUniqueId(ncclUniqueId* uniqueId);
 
 /* Joins communicator commId as rank of nranks; returns once every rank has joined
  * (or fails with ncclTimeout naming the missing ranks in ncclGetLastError). config may
- * be NULL. */
+ * be NULL. With config->blocking = 0 it returns ncclInProgress at once with *comm set;
+ * poll ncclCommGetAsyncError(*comm) until ncclSuccess (or the init's error) before
+ * any other call on it (queries and calls return ncclInvalidArgument until then). */
 ncclResult_t  ncclCommInitRankConfig(ncclComm_t* comm, int nranks, ncclUniqueId commId, int rank, ncclConfig_t* config);
 ncclResult_t pncclCommInitRankConfig(ncclComm_t* comm, int nranks, ncclUniqueId commId, int rank, ncclConfig_t* config);
 
@@ -160,24 +179,32 @@ ncclResult_t pncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId commId
 ncclResult_t  ncclCommInitAll(ncclComm_t* comm, int ndev, const int* devlist);
 ncclResult_t pncclCommInitAll(ncclComm_t* comm, int ndev, const int* devlist);
 
-/* Every call has completed when it returns, so finalize only marks the communicator:
- * later calls other than destroy fail with ncclInvalidUsage. */
+/* Marks the communicator finalized: later calls other than destroy fail with
+ * ncclInvalidUsage. A nonblocking communicator with calls still queued returns
+ * ncclInProgress and finishes them; poll ncclCommGetAsyncError. */
 ncclResult_t  ncclCommFinalize(ncclComm_t comm);
 ncclResult_t pncclCommFinalize(ncclComm_t comm);
 
-/* Frees the communicator (NULL is a no-op). A handle used after destroy or abort is
- * reported as ncclInvalidUsage, unless a newer communicator took over its address. */
+/* Frees the communicator (NULL is a no-op). A nonblocking communicator's queued calls
+ * are waited for first, at most MIXCCL_TIMEOUT + 1 s; past that they are aborted and
+ * destroy returns ncclTimeout (the communicator is freed all the same). A handle used
+ * after destroy or abort is reported as ncclInvalidUsage, unless a newer
+ * communicator took over its address. */
 ncclResult_t  ncclCommDestroy(ncclComm_t comm);
 ncclResult_t pncclCommDestroy(ncclComm_t comm);
 
-/* Stops the communicator's calls in flight on other threads (they return
- * ncclInvalidUsage within about 100 ms) and frees it (NULL is a no-op). */
+/* Stops the communicator's calls in flight on other threads or in the background
+ * (they end with ncclInvalidUsage within about 100 ms; a nonblocking communicator's
+ * queued calls are dropped) and frees it (NULL is a no-op). Waits at most 2 s; an
+ * init in progress is not waited for (see the top of this file). */
 ncclResult_t  ncclCommAbort(ncclComm_t comm);
 ncclResult_t pncclCommAbort(ncclComm_t comm);
 
 /* Ranks with the same color form a new communicator, ordered by key then by rank;
  * NCCL_SPLIT_NOCOLOR sets *newcomm to NULL. Every rank must call it. config may be
- * NULL (inherit). */
+ * NULL (inherit, blocking mode included). With a nonblocking config it returns
+ * ncclInProgress and *newcomm is polled like a new communicator; a nonblocking parent
+ * must have no calls pending (ncclInvalidArgument). */
 ncclResult_t  ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm, ncclConfig_t* config);
 ncclResult_t pncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm, ncclConfig_t* config);
 
@@ -185,7 +212,8 @@ ncclResult_t pncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* new
  * (from NCCL 2.27), usable after a peer was lost: no new unique id, the survivors
  * reconnect and renumber in rank order. Every survivor must call it with the same
  * list. shrinkFlags: NCCL_SHRINK_DEFAULT or NCCL_SHRINK_ABORT (the parent's calls in
- * flight are aborted first); config may be NULL (inherit). */
+ * flight are aborted first); config may be NULL (inherit, blocking mode included).
+ * Nonblocking: returns ncclInProgress; poll *newcomm. */
 #define NCCL_SHRINK_DEFAULT 0x00
 #define NCCL_SHRINK_ABORT 0x01
 ncclResult_t  ncclCommShrink(ncclComm_t comm, int* excludeRanksList, int excludeRanksCount,
@@ -202,7 +230,9 @@ const char* pncclGetErrorString(ncclResult_t result);
 const char*  ncclGetLastError(ncclComm_t comm);
 const char* pncclGetLastError(ncclComm_t comm);
 
-/* ncclSuccess, or the code of the error that stopped the communicator. Never blocks. */
+/* The code of the error that stopped the communicator; else ncclInProgress while a
+ * nonblocking communicator has an init or calls queued or running; else ncclSuccess.
+ * Never blocks. */
 ncclResult_t  ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyncError);
 ncclResult_t pncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyncError);
 
@@ -343,7 +373,9 @@ ncclResult_t pncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, in
 /*
  * Groups nest (per thread); the outermost ncclGroupEnd runs what was recorded and
  * returns its first error. If a call inside the group failed, ncclGroupEnd runs
- * nothing and returns that call's error.
+ * nothing and returns that call's error. The calls of nonblocking communicators are
+ * queued on their threads instead, and ncclGroupEnd returns ncclInProgress: poll each
+ * such communicator with ncclCommGetAsyncError.
  */
 ncclResult_t  ncclGroupStart(void);
 ncclResult_t pncclGroupStart(void);

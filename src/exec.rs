@@ -168,6 +168,13 @@ fn dependencies(ops: &[Op]) -> (Vec<u32>, Vec<Vec<u32>>) {
     (waits, dependents)
 }
 
+/// Calls that move more bytes than this (sent plus received, this rank) sleep as
+/// soon as nothing moves, whatever `MIXCCL_SPIN_US` says.
+const SPIN_MAX_BYTES: usize = 1 << 20;
+
+/// Sends up to this size that follow each other on a lane are gathered into one.
+const GATHER_BYTES: usize = 16 << 10;
+
 /// Bytes per step of an out-of-place receive-and-reduce.
 const REDUCE_BLOCK: usize = 16 << 10;
 
@@ -291,22 +298,25 @@ pub(crate) fn run(
 }
 
 /// Checks the header received from `peer` against the one this rank sent it.
+/// Formats nothing unless they differ: this runs for every peer of every call.
 fn check_header(bufs: &Buffers<'_, '_>, peer: usize, cx: &Context<'_>) -> Result<()> {
     let at = peer * HEADER_SLOT;
     let Some(mine) = CallHeader::decode(&bufs.header[at..at + HEADER_BYTES]) else {
         return Err(Error::Internal("own call header does not decode".into()));
     };
-    let ours = format!(
-        "{} sending {} bytes, expecting {}",
-        mine.describe(Some(cx.algo)),
-        mine.bytes_to_you,
-        mine.bytes_from_you
-    );
+    let ours = || {
+        format!(
+            "{} sending {} bytes, expecting {}",
+            mine.describe(Some(cx.algo)),
+            mine.bytes_to_you,
+            mine.bytes_from_you
+        )
+    };
     let Some(theirs) = CallHeader::decode(&bufs.header[at + HEADER_BYTES..at + 2 * HEADER_BYTES])
     else {
         return Err(Error::Mismatch {
             rank: cx.rank,
-            theirs: ours,
+            theirs: ours(),
             peer,
             ours: "something that is not a mixccl call (unrecognised header bytes)".into(),
         });
@@ -315,7 +325,7 @@ fn check_header(bufs: &Buffers<'_, '_>, peer: usize, cx: &Context<'_>) -> Result
         None => Ok(()),
         Some(what) => Err(Error::Mismatch {
             rank: cx.rank,
-            theirs: ours,
+            theirs: ours(),
             peer,
             ours: format!(
                 "{} sending {} bytes, expecting {} (differs in {what})",
@@ -372,6 +382,22 @@ fn run_ops(
     }
     let (mut waits, dependents) = dependencies(ops);
     let esize = cx.dtype.size();
+    // Poll before sleeping only for small calls: there a wake-up is a large part of
+    // the call; in a large one it is not, and polling ranks take the cores that ranks
+    // copying data need when ranks outnumber cores.
+    let moved: usize = ops
+        .iter()
+        .map(|op| match *op {
+            Op::Send { src, .. } => src.len,
+            Op::Recv { dst, .. } | Op::RecvReduce { dst, .. } => dst.len,
+            _ => 0,
+        })
+        .sum();
+    let spin = if moved > SPIN_MAX_BYTES {
+        Duration::ZERO
+    } else {
+        cx.spin
+    };
 
     // Assign transfers to lanes: per (peer, direction), the k-th op goes on lane k % lanes.
     let mut lanes: Vec<Lane> = Vec::new();
@@ -393,8 +419,14 @@ fn run_ops(
             .and_then(|l| l.as_ref())
             .ok_or_else(|| Error::invalid(format!("{}: no link to rank {peer}", cx.label)))?;
         let key = 2 * peer + usize::from(dir == Direction::Send);
-        let lane = counters[key] % link.lanes();
-        counters[key] += 1;
+        // Headers go first on lane 0 and are not counted, so the first data op follows
+        // its header on the same lane and a small one can travel with it (see below).
+        let lane = if i < nheader {
+            0
+        } else {
+            counters[key] += 1;
+            (counters[key] - 1) % link.lanes()
+        };
         let slots = &mut lane_of[key];
         if slots.len() <= lane {
             slots.resize(lane + 1, usize::MAX);
@@ -519,6 +551,53 @@ fn run_ops(
                 }
                 let link = links[l.peer].as_mut().expect("checked above");
                 let moved = match ops[i] {
+                    Op::Send { src, .. } if src.len - l.done <= GATHER_BYTES => {
+                        // Small sends that are ready and follow each other on this lane
+                        // leave in one message (one syscall, one wake-up of the peer).
+                        let mut pieces: [&[u8]; sys::MAX_GATHER] = [&[]; sys::MAX_GATHER];
+                        pieces[0] = &bufs.get(src)[l.done..];
+                        let (mut k, mut total) = (1, pieces[0].len());
+                        for &j in &l.ops[l.next + 1..] {
+                            match ops[j] {
+                                Op::Send { src, .. }
+                                    if k < sys::MAX_GATHER
+                                        && waits[j] == 0
+                                        && total + src.len <= GATHER_BYTES =>
+                                {
+                                    pieces[k] = bufs.get(src);
+                                    k += 1;
+                                    total += src.len;
+                                }
+                                _ => break,
+                            }
+                        }
+                        let n = if k == 1 {
+                            link.send_some(l.lane, pieces[0])?
+                        } else {
+                            link.send_gather(l.lane, &pieces[..k])?
+                        };
+                        // Finish the ops the bytes covered whole, except the last one
+                        // reached, which the common code below finishes (or leaves
+                        // current with its offset).
+                        let mut left = n;
+                        loop {
+                            let j = l.ops[l.next];
+                            let Op::Send { src, .. } = ops[j] else {
+                                unreachable!("only sends are gathered")
+                            };
+                            let take = left.min(src.len - l.done);
+                            l.done += take;
+                            left -= take;
+                            if left == 0 {
+                                break;
+                            }
+                            l.next += 1;
+                            l.done = 0;
+                            finished += 1;
+                            complete(j, &mut waits, &mut ready_local);
+                        }
+                        n
+                    }
                     Op::Send { src, .. } => {
                         let n = link.send_some(l.lane, &bufs.get(src)[l.done..])?;
                         l.done += n;
@@ -589,6 +668,8 @@ fn run_ops(
                 if moved > 0 {
                     progressed = true;
                 }
+                // A gathered send may have moved on to a later op.
+                let i = l.ops[l.next];
                 let len = match ops[i] {
                     Op::Send { src, .. } => src.len,
                     Op::Recv { dst, .. } | Op::RecvReduce { dst, .. } => dst.len,
@@ -622,7 +703,7 @@ fn run_ops(
         // through poll costs tens of microseconds when ranks outnumber cores, and a
         // sweep of shared-memory lanes is a few loads.
         let idle = now - last_progress;
-        if idle < cx.spin {
+        if idle < spin {
             std::thread::yield_now();
             continue;
         }

@@ -61,6 +61,41 @@ pub(crate) fn send_nosignal(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Non-blocking send of the concatenation of `bufs` in one `sendmsg` (at most
+/// [`MAX_GATHER`] pieces are used); as `send_nosignal`, `Ok(0)` means "not now".
+pub(crate) fn send_gather(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_GATHER];
+    let mut n = 0;
+    for b in bufs.iter().filter(|b| !b.is_empty()).take(MAX_GATHER) {
+        iov[n] = libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        };
+        n += 1;
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: a zeroed msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = n as _;
+    // The first `n` iovecs point at readable slices that outlive the call; the kernel
+    // only reads through them.
+    match syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// The most pieces one gathered send takes.
+pub(crate) const MAX_GATHER: usize = 8;
+
 /// Non-blocking receive. `Ok(None)` means nothing is available yet; `Ok(Some(0))` is EOF.
 pub(crate) fn recv_nowait(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     // `buf` is a valid writable slice for its length.

@@ -14,13 +14,13 @@ use crate::comm;
 use crate::group::{self, Pending};
 use crate::memory;
 use crate::redop::Scalar;
-use crate::status::{error_string, guard, guard_value, last_error, Failure};
+use crate::status::{error_string, guard, guard_progress, guard_value, last_error, Failure};
 use std::ffi::{c_char, c_int, c_void};
 
 /// `NCCL_VERSION_CODE` of `include/nccl.h`.
 const VERSION_CODE: c_int = 22105;
 
-/// `cudaStream_t`: never dereferenced (every call completes before it returns).
+/// `cudaStream_t`: waited for before a call reads its buffers, never queued on.
 type Stream = *mut c_void;
 
 /// Defines each function once, exported as `$name` and as `p$name`.
@@ -66,10 +66,10 @@ macro_rules! nccl_api {
 
 /// A collective: validated now, then run or recorded for the group.
 fn collective(what: &str, kind: Kind, comm: CommPtr, a: Args) -> c_int {
-    guard(what, || {
+    guard_progress(what, || {
         group::submit(|| {
             let c = cast::comm(comm)?;
-            let call = CollCall::new(kind, &c, a)?;
+            let call = CollCall::new(kind, &c, c.ready()?, a)?;
             Ok((c, Pending::Coll(call)))
         })
     })
@@ -87,10 +87,10 @@ fn p2p(
     comm: CommPtr,
     stream: Stream,
 ) -> c_int {
-    guard(what, || {
+    guard_progress(what, || {
         group::submit(|| {
             let c = cast::comm(comm)?;
-            let t = P2p::new(send, &c, buf, count, dtype, peer, stream as usize)?;
+            let t = P2p::new(send, c.ready()?, buf, count, dtype, peer, stream as usize)?;
             Ok((c, Pending::P2p(t)))
         })
     })
@@ -104,12 +104,24 @@ fn init_rank_config(
     rank: c_int,
     config: *const NcclConfig,
 ) -> c_int {
-    guard(what, || {
+    guard_progress(what, || {
         cast::write(out, "comm", std::ptr::null_mut())?;
-        // blocking = 0 (non-blocking) is accepted: calls still complete before returning.
-        cast::read_config(config)?;
-        let shared = comm::init_rank(nranks, &id.bytes(), rank)?;
-        cast::write(out, "comm", cast::new_handle(shared))
+        let nonblocking = cast::read_config(config)?.is_some_and(|c| c.blocking == 0);
+        let (shared, progress) = comm::init_rank(nranks, &id.bytes(), rank, nonblocking)?;
+        cast::write(out, "comm", cast::new_handle(shared))?;
+        Ok(progress)
+    })
+}
+
+/// Whether a child made with `config` runs in the background: NULL inherits the
+/// parent's mode (as NCCL), otherwise `blocking = 0` asks for it.
+fn child_nonblocking(
+    parent: &comm::Shared,
+    config: *const NcclConfig,
+) -> crate::status::Outcome<bool> {
+    Ok(match cast::read_config(config)? {
+        None => parent.nonblocking(),
+        Some(c) => c.blocking == 0,
     })
 }
 
@@ -184,24 +196,26 @@ nccl_api! {
         })
     }
 
-    /// Marks the communicator finalized (all its calls have completed already).
+    /// Marks the communicator finalized; ncclInProgress while a nonblocking
+    /// communicator still has queued calls.
     fn ncclCommFinalize(comm: CommPtr) -> c_int {
-        guard("ncclCommFinalize", || {
-            cast::comm(comm)?.finalize();
-            Ok(())
+        guard_progress("ncclCommFinalize", || Ok(cast::comm(comm)?.finalize()))
+    }
+
+    /// Waits (bounded) for queued calls, then frees the communicator (NULL is a no-op).
+    fn ncclCommDestroy(comm: CommPtr) -> c_int {
+        guard("ncclCommDestroy", || match cast::take_handle(comm)? {
+            Some(shared) => shared.close(),
+            None => Ok(()),
         })
     }
 
-    /// Frees the communicator (NULL is a no-op).
-    fn ncclCommDestroy(comm: CommPtr) -> c_int {
-        guard("ncclCommDestroy", || cast::take_handle(comm).map(drop))
-    }
-
-    /// Stops calls in flight on other threads and frees the communicator.
+    /// Stops calls in flight (on other threads or in the background) and frees the
+    /// communicator.
     fn ncclCommAbort(comm: CommPtr) -> c_int {
         guard("ncclCommAbort", || {
             if let Some(shared) = cast::take_handle(comm)? {
-                shared.abort();
+                shared.abort_and_close();
             }
             Ok(())
         })
@@ -215,11 +229,13 @@ nccl_api! {
         newcomm: *mut CommPtr,
         config: *mut NcclConfig,
     ) -> c_int {
-        guard("ncclCommSplit", || {
+        guard_progress("ncclCommSplit", || {
             cast::write(newcomm, "newcomm", std::ptr::null_mut())?;
-            cast::read_config(config)?;
-            let child = cast::comm(comm)?.split(color, key)?;
-            cast::write(newcomm, "newcomm", child.map_or(std::ptr::null_mut(), cast::new_handle))
+            let parent = cast::comm(comm)?;
+            let nonblocking = child_nonblocking(&parent, config)?;
+            let (child, progress) = parent.split(color, key, nonblocking)?;
+            cast::write(newcomm, "newcomm", child.map_or(std::ptr::null_mut(), cast::new_handle))?;
+            Ok(progress)
         })
     }
 
@@ -232,9 +248,10 @@ nccl_api! {
         config: *mut NcclConfig,
         shrink_flags: c_int,
     ) -> c_int {
-        guard("ncclCommShrink", || {
+        guard_progress("ncclCommShrink", || {
             cast::write(newcomm, "newcomm", std::ptr::null_mut())?;
-            cast::read_config(config)?;
+            let parent = cast::comm(comm)?;
+            let nonblocking = child_nonblocking(&parent, config)?;
             let excluded = cast::int_list(exclude_ranks_list, exclude_ranks_count, "excludeRanksList")?;
             let excluded = excluded
                 .into_iter()
@@ -248,8 +265,9 @@ nccl_api! {
                     "shrinkFlags {shrink_flags:#x}: expected NCCL_SHRINK_DEFAULT or NCCL_SHRINK_ABORT"
                 )));
             }
-            let child = cast::comm(comm)?.shrink(&excluded, shrink_flags & 1 != 0)?;
-            cast::write(newcomm, "newcomm", cast::new_handle(child))
+            let (child, progress) = parent.shrink(&excluded, shrink_flags & 1 != 0, nonblocking)?;
+            cast::write(newcomm, "newcomm", cast::new_handle(child))?;
+            Ok(progress)
         })
     }
 
@@ -267,7 +285,8 @@ nccl_api! {
         })
     }
 
-    /// ncclSuccess, or the code of the error that stopped the communicator.
+    /// The code of the error that stopped the communicator, else ncclInProgress while
+    /// a nonblocking communicator has work queued or running, else ncclSuccess.
     fn ncclCommGetAsyncError(comm: CommPtr, async_error: *mut c_int) -> c_int {
         guard("ncclCommGetAsyncError", || {
             let code = cast::comm(comm)?.async_code();
@@ -278,7 +297,7 @@ nccl_api! {
     /// Number of ranks.
     fn ncclCommCount(comm: CommPtr, count: *mut c_int) -> c_int {
         guard("ncclCommCount", || {
-            let n = cast::comm(comm)?.nranks;
+            let n = cast::comm(comm)?.facts()?.nranks;
             cast::write(count, "count", n as c_int)
         })
     }
@@ -286,7 +305,9 @@ nccl_api! {
     /// The device index given at init (0 for ncclCommInitRank).
     fn ncclCommCuDevice(comm: CommPtr, device: *mut c_int) -> c_int {
         guard("ncclCommCuDevice", || {
-            let d = cast::comm(comm)?.device;
+            let c = cast::comm(comm)?;
+            c.facts()?;
+            let d = c.device;
             cast::write(device, "device", d)
         })
     }
@@ -294,7 +315,7 @@ nccl_api! {
     /// This rank.
     fn ncclCommUserRank(comm: CommPtr, rank: *mut c_int) -> c_int {
         guard("ncclCommUserRank", || {
-            let r = cast::comm(comm)?.rank;
+            let r = cast::comm(comm)?.facts()?.rank;
             cast::write(rank, "rank", r as c_int)
         })
     }
@@ -513,6 +534,6 @@ nccl_api! {
 
     /// Closes a group; the outermost runs what was recorded.
     fn ncclGroupEnd() -> c_int {
-        guard("ncclGroupEnd", group::end)
+        guard_progress("ncclGroupEnd", group::end)
     }
 }

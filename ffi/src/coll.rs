@@ -11,7 +11,7 @@
 //! mutable slice over the same bytes.
 
 use crate::cast::RawBuf;
-use crate::comm::Shared;
+use crate::comm::{Facts, Shared};
 use crate::redop::{scaled_copy, OpSpec};
 use crate::status::{Failure, Outcome};
 use mixccl::device::MemoryKind;
@@ -130,9 +130,9 @@ fn apart(
 
 impl CollCall {
     /// Validates a call of `kind` on `comm`.
-    pub fn new(kind: Kind, comm: &Shared, a: Args) -> Outcome<CollCall> {
+    pub fn new(kind: Kind, comm: &Shared, facts: Facts, a: Args) -> Outcome<CollCall> {
         let dtype = dtype_of(a.dtype)?;
-        let (rank, nranks) = (comm.rank, comm.nranks);
+        let Facts { rank, nranks } = facts;
         let op = if kind.reduces() {
             comm.ops
                 .lock()
@@ -314,7 +314,7 @@ impl P2p {
     /// Validates a send (`send`) or receive of `count` elements with `peer`.
     pub fn new(
         send: bool,
-        comm: &Shared,
+        facts: Facts,
         buf: *const c_void,
         count: usize,
         dtype: c_int,
@@ -322,7 +322,7 @@ impl P2p {
         stream: usize,
     ) -> Outcome<P2p> {
         let dtype = dtype_of(dtype)?;
-        let peer = rank_of("peer", peer, comm.nranks)?;
+        let peer = rank_of("peer", peer, facts.nranks)?;
         let len = bytes(count, dtype, 1)?;
         let buf = RawBuf::new(buf, len, if send { "sendbuff" } else { "recvbuff" })?;
         Ok(P2p {
@@ -445,7 +445,13 @@ mod tests {
     fn nccl_in_place_rules() {
         let c = shared(1, 3);
         // AllGather: in place when send == recv + rank * count.
-        let g = CollCall::new(Kind::AllGather, &c, args(0x1000 + 40, 0x1000, 10)).unwrap();
+        let g = CollCall::new(
+            Kind::AllGather,
+            &c,
+            c.facts().unwrap(),
+            args(0x1000 + 40, 0x1000, 10),
+        )
+        .unwrap();
         assert_eq!(g.send, None);
         assert_eq!(
             g.recv,
@@ -454,8 +460,20 @@ mod tests {
                 len: 120
             }
         );
-        assert!(CollCall::new(Kind::AllGather, &c, args(0x1000 + 4, 0x1000, 10)).is_err());
-        let g = CollCall::new(Kind::AllGather, &c, args(0x2000, 0x1000, 10)).unwrap();
+        assert!(CollCall::new(
+            Kind::AllGather,
+            &c,
+            c.facts().unwrap(),
+            args(0x1000 + 4, 0x1000, 10)
+        )
+        .is_err());
+        let g = CollCall::new(
+            Kind::AllGather,
+            &c,
+            c.facts().unwrap(),
+            args(0x2000, 0x1000, 10),
+        )
+        .unwrap();
         assert_eq!(
             g.send,
             Some(RawBuf {
@@ -464,7 +482,13 @@ mod tests {
             })
         );
         // ReduceScatter: in place when recv == send + rank * count.
-        let r = CollCall::new(Kind::ReduceScatter, &c, args(0x1000, 0x1000 + 40, 10)).unwrap();
+        let r = CollCall::new(
+            Kind::ReduceScatter,
+            &c,
+            c.facts().unwrap(),
+            args(0x1000, 0x1000 + 40, 10),
+        )
+        .unwrap();
         assert_eq!(r.send, None);
         assert_eq!(
             r.in_place_output(),
@@ -473,40 +497,61 @@ mod tests {
                 len: 40
             }
         );
-        assert!(CollCall::new(Kind::ReduceScatter, &c, args(0x1000, 0x1000, 10)).is_err());
+        assert!(CollCall::new(
+            Kind::ReduceScatter,
+            &c,
+            c.facts().unwrap(),
+            args(0x1000, 0x1000, 10)
+        )
+        .is_err());
         // AllReduce: equal pointers, else apart.
         assert_eq!(
-            CollCall::new(Kind::AllReduce, &c, args(8, 8, 10))
+            CollCall::new(Kind::AllReduce, &c, c.facts().unwrap(), args(8, 8, 10))
                 .unwrap()
                 .send,
             None
         );
-        assert!(CollCall::new(Kind::AllReduce, &c, args(8, 12, 10)).is_err());
+        assert!(CollCall::new(Kind::AllReduce, &c, c.facts().unwrap(), args(8, 12, 10)).is_err());
         // Reduce off the root: recv unused (may be NULL or anything).
         let mut a = args(0x1000, 0, 10);
         a.root = 0;
-        let r = CollCall::new(Kind::Reduce, &c, a).unwrap();
+        let r = CollCall::new(Kind::Reduce, &c, c.facts().unwrap(), a).unwrap();
         assert_eq!(r.recv, RawBuf::EMPTY);
         a.root = 3;
-        assert!(CollCall::new(Kind::Reduce, &c, a).is_err());
+        assert!(CollCall::new(Kind::Reduce, &c, c.facts().unwrap(), a).is_err());
         // Broadcast off the root: send unused, in place only if equal.
-        let b = CollCall::new(Kind::Broadcast, &c, args(0, 0x1000, 10)).unwrap();
+        let b =
+            CollCall::new(Kind::Broadcast, &c, c.facts().unwrap(), args(0, 0x1000, 10)).unwrap();
         assert_eq!(b.send, Some(RawBuf::EMPTY));
-        let b = CollCall::new(Kind::Broadcast, &c, args(0x1000, 0x1000, 10)).unwrap();
+        let b = CollCall::new(
+            Kind::Broadcast,
+            &c,
+            c.facts().unwrap(),
+            args(0x1000, 0x1000, 10),
+        )
+        .unwrap();
         assert_eq!(b.send, None);
         // Counts that overflow, NULL with count > 0, bad dtype and op.
-        assert!(CollCall::new(Kind::AllReduce, &c, args(8, 0x10000, usize::MAX / 2)).is_err());
-        assert!(CollCall::new(Kind::AllReduce, &c, args(0, 0x1000, 1)).is_err());
-        assert!(CollCall::new(Kind::AllReduce, &c, args(0, 0, 0)).is_ok());
+        assert!(CollCall::new(
+            Kind::AllReduce,
+            &c,
+            c.facts().unwrap(),
+            args(8, 0x10000, usize::MAX / 2)
+        )
+        .is_err());
+        assert!(
+            CollCall::new(Kind::AllReduce, &c, c.facts().unwrap(), args(0, 0x1000, 1)).is_err()
+        );
+        assert!(CollCall::new(Kind::AllReduce, &c, c.facts().unwrap(), args(0, 0, 0)).is_ok());
         let mut a = args(8, 0x1000, 1);
         a.dtype = 10;
-        assert!(CollCall::new(Kind::AllReduce, &c, a).is_err());
+        assert!(CollCall::new(Kind::AllReduce, &c, c.facts().unwrap(), a).is_err());
         a.dtype = 0;
         a.op = 5;
-        assert!(CollCall::new(Kind::AllReduce, &c, a).is_err());
+        assert!(CollCall::new(Kind::AllReduce, &c, c.facts().unwrap(), a).is_err());
         a.op = 5;
         assert!(
-            CollCall::new(Kind::AllGather, &c, a).is_ok(),
+            CollCall::new(Kind::AllGather, &c, c.facts().unwrap(), a).is_ok(),
             "op is not read"
         );
     }

@@ -1,31 +1,57 @@
 //! What an `ncclComm_t` owns ([`Shared`]): the `mixccl::Communicator` behind a lock,
-//! its abort handle outside the lock (so `ncclCommAbort` works while another thread
+//! its abort flag outside the lock (so `ncclCommAbort` works while another thread
 //! is inside a call), the facts queries need without locking, the latched error and
 //! the PreMulSum ops. Also the calls that make and unmake communicators.
+//!
+//! A nonblocking communicator (`config.blocking = 0`) also owns a [`CallQueue`]: its
+//! init, split or shrink and then its calls run there, in submission order, and
+//! `ncclCommGetAsyncError` reports `ncclInProgress` while any is queued or running.
+//! Until init has finished the communicator has no `mixccl::Communicator` and no
+//! facts; calls that need them fail as NCCL's do (ncclInvalidArgument, "poll first").
 
 use crate::env::config_from_env;
+use crate::queue::CallQueue;
 use crate::redop::OpTable;
-use crate::status::{code, code_of, Failure, Outcome};
+use crate::status::{code, code_of, Failure, Outcome, Progress};
 use mixccl::{AbortHandle, Communicator, UniqueId};
 use std::ffi::{c_char, c_int, CString};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-/// One communicator as C sees it.
-pub(crate) struct Shared {
-    comm: Mutex<Communicator>,
-    abort: AbortHandle,
+/// What queries answer once the communicator exists.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Facts {
     /// This rank.
     pub rank: usize,
     /// Number of ranks.
     pub nranks: usize,
+}
+
+/// How long `ncclCommAbort` waits for a nonblocking communicator's thread: an
+/// aborted call returns within about 100 ms; an init in progress cannot be
+/// interrupted and is left to finish (bounded by its timeout) on its own.
+const ABORT_WAIT: Duration = Duration::from_secs(2);
+
+/// One communicator as C sees it.
+pub(crate) struct Shared {
+    comm: Mutex<Option<Communicator>>,
+    /// The communicator's abort handle, once it exists.
+    abort: OnceLock<AbortHandle>,
+    /// Set by `ncclCommAbort`; a communicator made afterwards is aborted at once.
+    aborted: AtomicBool,
+    facts: OnceLock<Facts>,
     /// What `ncclCommCuDevice` reports.
     pub device: c_int,
+    /// `MIXCCL_TIMEOUT`: bounds how long destroy waits for queued calls.
+    timeout: Duration,
     finalized: AtomicBool,
     /// `ncclResult_t` of the latched error, `ncclSuccess` while healthy.
     async_code: AtomicI32,
     /// Message of the latched error; set once, so pointers into it stay valid.
     stopped: OnceLock<CString>,
+    /// The background thread of a nonblocking communicator; None when blocking.
+    queue: Option<CallQueue>,
     /// PreMulSum ops made for this communicator.
     pub ops: Mutex<OpTable>,
 }
@@ -33,44 +59,185 @@ pub(crate) struct Shared {
 impl Shared {
     /// Wraps a communicator; `device` is what `ncclCommCuDevice` reports.
     pub fn new(comm: Communicator, device: c_int) -> Arc<Shared> {
-        Arc::new(Shared {
-            abort: comm.abort_handle(),
-            rank: comm.rank(),
-            nranks: comm.nranks(),
-            comm: Mutex::new(comm),
+        let shared = Shared::empty(device, comm.config().timeout, None);
+        shared.install(comm);
+        Arc::new(shared)
+    }
+
+    fn empty(device: c_int, timeout: Duration, queue: Option<CallQueue>) -> Shared {
+        Shared {
+            comm: Mutex::new(None),
+            abort: OnceLock::new(),
+            aborted: AtomicBool::new(false),
+            facts: OnceLock::new(),
             device,
+            timeout,
             finalized: AtomicBool::new(false),
             async_code: AtomicI32::new(code::SUCCESS),
             stopped: OnceLock::new(),
+            queue,
             ops: Mutex::new(OpTable::default()),
-        })
+        }
+    }
+
+    /// A nonblocking communicator whose init (`make`) runs on its own thread; the
+    /// handle is usable for polling at once.
+    pub fn start(
+        device: c_int,
+        timeout: Duration,
+        what: &str,
+        make: impl FnOnce() -> Outcome<Communicator> + Send + 'static,
+    ) -> Outcome<Arc<Shared>> {
+        let queue = CallQueue::start(format!("mixccl-{what}"))
+            .map_err(|e| Failure::internal(format!("cannot start a thread for {what}: {e}")))?;
+        let shared = Arc::new(Shared::empty(device, timeout, Some(queue)));
+        let s = shared.clone();
+        shared.push(move || {
+            let comm = make()?;
+            s.install(comm);
+            Ok(())
+        })?;
+        Ok(shared)
+    }
+
+    /// Makes `comm` this communicator's (once).
+    fn install(&self, comm: Communicator) {
+        let handle = comm.abort_handle();
+        if self.aborted.load(Ordering::SeqCst) {
+            handle.abort();
+        }
+        let _ = self.abort.set(handle);
+        let _ = self.facts.set(Facts {
+            rank: comm.rank(),
+            nranks: comm.nranks(),
+        });
+        *self.comm.lock().unwrap_or_else(|e| e.into_inner()) = Some(comm);
+        // An abort that raced with the install above: the flag was set after we read it.
+        if self.aborted.load(Ordering::SeqCst) {
+            self.abort();
+        }
+    }
+
+    /// Whether calls on this communicator run in the background.
+    pub fn nonblocking(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Runs `job` on this communicator's thread, after what is queued; a failure it
+    /// returns (or a panic) is latched for `ncclCommGetAsyncError`.
+    pub fn push(self: &Arc<Self>, job: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| Failure::internal("push on a blocking communicator"))?;
+        let s = self.clone();
+        let job = move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                .unwrap_or_else(|_| Err(Failure::internal("a background call panicked")));
+            if let Err(f) = r {
+                s.latch(f.code, &f.message);
+            }
+        };
+        if !queue.push(Box::new(job)) {
+            return Err(Failure::usage("the communicator is being destroyed"));
+        }
+        Ok(())
+    }
+
+    /// Records the first error that stopped the communicator: the code first (what
+    /// pollers and `ready` read), then its message.
+    fn latch(&self, c: c_int, message: &str) {
+        let c = if c == code::SUCCESS {
+            code::INTERNAL_ERROR
+        } else {
+            c
+        };
+        let first = self
+            .async_code
+            .compare_exchange(code::SUCCESS, c, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if first {
+            let _ = self
+                .stopped
+                .set(CString::new(message.replace('\0', " ")).unwrap_or_default());
+        }
+    }
+
+    /// The latched error as a failure to return, if any.
+    fn latched(&self) -> Option<Failure> {
+        match self.async_code.load(Ordering::SeqCst) {
+            code::SUCCESS => None,
+            c => Some(Failure {
+                code: c,
+                message: self.stopped.get().map_or_else(
+                    || "the communicator was stopped by an error".into(),
+                    |m| m.to_string_lossy().into_owned(),
+                ),
+            }),
+        }
+    }
+
+    /// Rank and size; an error while a nonblocking init is still running (NCCL's
+    /// ncclInvalidArgument) or after it failed (its code).
+    pub fn facts(&self) -> Outcome<Facts> {
+        if let Some(f) = self.facts.get() {
+            return Ok(*f);
+        }
+        if let Some(f) = self.latched() {
+            return Err(Failure {
+                code: f.code,
+                message: format!("the communicator could not be created: {}", f.message),
+            });
+        }
+        Err(Failure::invalid(
+            "the communicator is still being created: poll ncclCommGetAsyncError until \
+             it returns ncclSuccess before using it",
+        ))
+    }
+
+    /// Checks that a new call may be made: not finalized, created, not stopped by an
+    /// error (a nonblocking communicator's latched error is returned at once).
+    pub fn ready(&self) -> Outcome<Facts> {
+        let facts = self.facts()?;
+        if self.finalized.load(Ordering::SeqCst) {
+            return Err(Failure::usage(format!(
+                "rank {}: the communicator was finalized; only ncclCommDestroy may follow",
+                facts.rank
+            )));
+        }
+        match self.latched() {
+            Some(f) if self.nonblocking() => Err(f),
+            _ => Ok(facts),
+        }
     }
 
     /// Runs `f` on the communicator, holding its lock; latches the communicator's
     /// error (if `f` left one) for `ncclCommGetAsyncError` and `ncclGetLastError`.
     pub fn with<R>(&self, f: impl FnOnce(&mut Communicator) -> Outcome<R>) -> Outcome<R> {
-        if self.finalized.load(Ordering::SeqCst) {
-            return Err(Failure::usage(format!(
-                "rank {}: the communicator was finalized; only ncclCommDestroy may follow",
-                self.rank
-            )));
-        }
-        let mut comm = self.comm.lock().map_err(|_| {
+        let mut guard = self.comm.lock().map_err(|_| {
             Failure::internal("the communicator was poisoned by a panic in an earlier call")
         })?;
-        let result = f(&mut comm);
+        let comm = guard.as_mut().ok_or_else(|| {
+            self.facts()
+                .err()
+                .unwrap_or_else(|| Failure::internal("the communicator is gone"))
+        })?;
+        let result = f(comm);
         if let Some(e) = comm.error() {
-            self.async_code.store(code_of(e), Ordering::SeqCst);
-            let _ = self
-                .stopped
-                .set(CString::new(e.to_string().replace('\0', " ")).unwrap_or_default());
+            self.latch(code_of(e), &e.to_string());
         }
         result
     }
 
-    /// `ncclSuccess` or the latched error's code; never blocks.
+    /// `ncclCommGetAsyncError`: the latched error's code, else `ncclInProgress` while
+    /// background work is queued or running, else `ncclSuccess`; never blocks.
     pub fn async_code(&self) -> c_int {
-        self.async_code.load(Ordering::SeqCst)
+        match self.async_code.load(Ordering::SeqCst) {
+            code::SUCCESS if self.queue.as_ref().is_some_and(|q| q.pending() > 0) => {
+                code::IN_PROGRESS
+            }
+            c => c,
+        }
     }
 
     /// The latched error's message, valid as long as this `Shared`.
@@ -80,28 +247,87 @@ impl Shared {
 
     /// Makes calls in flight (and later ones) fail with `Aborted`.
     pub fn abort(&self) {
-        self.abort.abort();
+        self.aborted.store(true, Ordering::SeqCst);
+        if let Some(h) = self.abort.get() {
+            h.abort();
+        }
     }
 
-    /// Marks the communicator finalized.
-    pub fn finalize(&self) {
+    /// `ncclCommAbort` after the handle is gone: stops the calls in flight, then
+    /// waits a bounded time for the background thread.
+    pub fn abort_and_close(&self) {
+        self.abort();
+        if let Some(q) = &self.queue {
+            // An init in progress cannot be interrupted: do not wait for it.
+            if self.facts.get().is_some() {
+                q.wait_idle(ABORT_WAIT);
+            }
+            q.close();
+        }
+    }
+
+    /// `ncclCommDestroy` after the handle is gone: waits for queued calls (at most
+    /// the communicator's timeout plus a second), then aborts what is left.
+    pub fn close(&self) -> Outcome {
+        let Some(q) = &self.queue else {
+            return Ok(());
+        };
+        let limit = self.timeout + Duration::from_secs(1);
+        let drained = q.wait_idle(limit);
+        if !drained {
+            self.abort_and_close();
+            return Err(Failure {
+                code: code::TIMEOUT,
+                message: format!(
+                    "calls still queued after {limit:?}: aborted them; the communicator is freed"
+                ),
+            });
+        }
+        q.close();
+        Ok(())
+    }
+
+    /// Marks the communicator finalized: `Done` if nothing is pending, else
+    /// `InProgress` (a nonblocking communicator finishes its queue first).
+    pub fn finalize(&self) -> Progress {
         self.finalized.store(true, Ordering::SeqCst);
+        match self.queue.as_ref().is_some_and(|q| q.pending() > 0) {
+            true => Progress::InProgress,
+            false => Progress::Done,
+        }
     }
 
-    /// Shrinks like `ncclCommShrink` (works on a communicator stopped by an error).
-    pub fn shrink(&self, excluded: &[usize], abort_first: bool) -> Outcome<Arc<Shared>> {
+    /// Shrinks like `ncclCommShrink` (works on a communicator stopped by an error);
+    /// with `nonblocking`, in the background.
+    pub fn shrink(
+        self: &Arc<Self>,
+        excluded: &[usize],
+        abort_first: bool,
+        nonblocking: bool,
+    ) -> Outcome<(Arc<Shared>, Progress)> {
+        self.facts()?;
         if abort_first {
             self.abort();
         }
-        let mut comm = self.comm.lock().map_err(|_| {
-            Failure::internal("the communicator was poisoned by a panic in an earlier call")
-        })?;
-        let child = comm.shrink(excluded)?;
-        Ok(Shared::new(child, self.device))
+        let excluded = excluded.to_vec();
+        let parent = self.clone();
+        let make = move || parent.with(|c| Ok(c.shrink(&excluded)?));
+        if nonblocking {
+            let child = Shared::start(self.device, self.timeout, "shrink", make)?;
+            return Ok((child, Progress::InProgress));
+        }
+        Ok((Shared::new(make()?, self.device), Progress::Done))
     }
 
-    /// Splits like `ncclCommSplit`; every rank must call it.
-    pub fn split(&self, color: c_int, key: c_int) -> Outcome<Option<Arc<Shared>>> {
+    /// Splits like `ncclCommSplit`; every rank must call it. With `nonblocking` and a
+    /// color, the child is made in the background; without a color the call takes
+    /// part in the split at once (there is no child to poll).
+    pub fn split(
+        self: &Arc<Self>,
+        color: c_int,
+        key: c_int,
+        nonblocking: bool,
+    ) -> Outcome<(Option<Arc<Shared>>, Progress)> {
         let color = match color {
             -1 => None,
             c if c >= 0 => Some(c as u32),
@@ -111,9 +337,30 @@ impl Shared {
                 )))
             }
         };
-        let device = self.device;
-        let child = self.with(|c| Ok(c.split(color, i64::from(key))?))?;
-        Ok(child.map(|c| Shared::new(c, device)))
+        self.ready()?;
+        if self.queue.as_ref().is_some_and(|q| q.pending() > 0) {
+            return Err(Failure::invalid(
+                "the parent communicator has calls in progress: poll ncclCommGetAsyncError \
+                 until it returns ncclSuccess before splitting it",
+            ));
+        }
+        let parent = self.clone();
+        let make = move || {
+            parent
+                .with(|c| Ok(c.split(color, i64::from(key))?))?
+                .ok_or_else(|| Failure::internal("split gave no communicator for a color"))
+        };
+        match (color, nonblocking) {
+            (Some(_), true) => Ok((
+                Some(Shared::start(self.device, self.timeout, "split", make)?),
+                Progress::InProgress,
+            )),
+            (Some(_), false) => Ok((Some(Shared::new(make()?, self.device)), Progress::Done)),
+            (None, _) => {
+                self.with(|c| Ok(c.split(None, i64::from(key))?))?;
+                Ok((None, Progress::Done))
+            }
+        }
     }
 }
 
@@ -142,12 +389,25 @@ pub(crate) fn new_unique_id() -> Outcome<UniqueId> {
     )?)
 }
 
-/// `ncclCommInitRank(Config)`.
-pub(crate) fn init_rank(nranks: c_int, id: &[u8; 128], rank: c_int) -> Outcome<Arc<Shared>> {
+/// `ncclCommInitRank(Config)`; with `nonblocking`, init runs in the background.
+pub(crate) fn init_rank(
+    nranks: c_int,
+    id: &[u8; 128],
+    rank: c_int,
+    nonblocking: bool,
+) -> Outcome<(Arc<Shared>, Progress)> {
     let (nranks, rank) = ranks(nranks, rank)?;
     let id = UniqueId::from_bytes(id)?;
-    let comm = Communicator::init(rank, nranks, &id, config_from_env()?)?;
-    Ok(Shared::new(comm, current_device()))
+    let config = config_from_env()?;
+    let device = current_device();
+    if nonblocking {
+        let timeout = config.timeout;
+        let make = move || Ok(Communicator::init(rank, nranks, &id, config)?);
+        let shared = Shared::start(device, timeout, &format!("init-r{rank}"), make)?;
+        return Ok((shared, Progress::InProgress));
+    }
+    let comm = Communicator::init(rank, nranks, &id, config)?;
+    Ok((Shared::new(comm, device), Progress::Done))
 }
 
 /// The calling thread's current device in the first loaded device runtime (what
@@ -181,6 +441,70 @@ pub(crate) fn init_from_env() -> Outcome<Arc<Shared>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Polls `ncclCommGetAsyncError`'s answer until it leaves ncclInProgress.
+    fn settle(s: &Shared) -> c_int {
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while s.async_code() == code::IN_PROGRESS && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        s.async_code()
+    }
+
+    #[test]
+    fn a_nonblocking_communicator_is_in_progress_until_its_init_ends() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let s = Shared::start(0, Duration::from_secs(5), "test", move || {
+            // Init ends when the test says so.
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+            let comm = Communicator::in_process(1, mixccl::Config::default())?;
+            Ok(comm.into_iter().next().expect("one rank"))
+        })
+        .unwrap();
+        assert_eq!(s.async_code(), code::IN_PROGRESS);
+        assert_eq!(s.facts().unwrap_err().code, code::INVALID_ARGUMENT);
+        assert_eq!(s.ready().unwrap_err().code, code::INVALID_ARGUMENT);
+        assert_eq!(s.finalize(), Progress::InProgress);
+        tx.send(()).unwrap();
+        assert_eq!(settle(&s), code::SUCCESS);
+        assert_eq!((s.facts().unwrap().rank, s.facts().unwrap().nranks), (0, 1));
+        assert!(s.close().is_ok());
+    }
+
+    #[test]
+    fn a_failed_init_or_job_is_latched_and_later_jobs_still_drain() {
+        let s = Shared::start(0, Duration::from_secs(5), "test", || {
+            Err(Failure::invalid("no such job"))
+        })
+        .unwrap();
+        assert_eq!(settle(&s), code::INVALID_ARGUMENT);
+        assert_eq!(s.facts().unwrap_err().code, code::INVALID_ARGUMENT);
+
+        let s = Shared::start(0, Duration::from_secs(5), "test", || {
+            let comm = Communicator::in_process(1, mixccl::Config::default())?;
+            Ok(comm.into_iter().next().expect("one rank"))
+        })
+        .unwrap();
+        assert_eq!(settle(&s), code::SUCCESS);
+        s.push(|| panic!("a job panics")).unwrap();
+        s.push(|| Err(Failure::usage("second failure"))).unwrap();
+        assert_eq!(settle(&s), code::INTERNAL_ERROR, "the first failure wins");
+        assert_eq!(s.ready().unwrap_err().code, code::INTERNAL_ERROR);
+        assert!(s.close().is_ok());
+    }
+
+    #[test]
+    fn abort_does_not_wait_for_an_init_in_progress() {
+        let s = Shared::start(0, Duration::from_secs(5), "test", || {
+            std::thread::sleep(Duration::from_millis(1500));
+            let comm = Communicator::in_process(1, mixccl::Config::default())?;
+            Ok(comm.into_iter().next().expect("one rank"))
+        })
+        .unwrap();
+        let t = std::time::Instant::now();
+        s.abort_and_close();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
 
     #[test]
     fn rank_arguments_are_checked() {

@@ -9,10 +9,15 @@
 //! returns, as NCCL requires. A call that fails inside a group spoils it: the
 //! outermost `ncclGroupEnd` then runs nothing and returns that call's error, as
 //! NCCL does.
+//!
+//! A nonblocking communicator's share of a call or group is queued on its own thread
+//! (`comm::Shared::push`) instead, and the export returns `ncclInProgress`; the
+//! caller's buffers must then stay valid until `ncclCommGetAsyncError` leaves
+//! `ncclInProgress`.
 
 use crate::coll::{run_p2p, CollCall, P2p};
 use crate::comm::Shared;
-use crate::status::{Failure, Outcome};
+use crate::status::{Failure, Outcome, Progress};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -41,7 +46,7 @@ pub(crate) fn start() -> Outcome {
 }
 
 /// `ncclGroupEnd`.
-pub(crate) fn end() -> Outcome {
+pub(crate) fn end() -> Outcome<Progress> {
     let (calls, error) = GROUP
         .with(|g| {
             let mut g = g.borrow_mut();
@@ -71,7 +76,7 @@ pub(crate) fn end() -> Outcome {
 
 /// Runs the call `make` validates now, or records it if this thread has a group open.
 /// A validation failure inside a group is also kept for `ncclGroupEnd`.
-pub(crate) fn submit(make: impl FnOnce() -> Outcome<(Arc<Shared>, Pending)>) -> Outcome {
+pub(crate) fn submit(make: impl FnOnce() -> Outcome<(Arc<Shared>, Pending)>) -> Outcome<Progress> {
     let made = make();
     let deferred = GROUP.with(|g| {
         let mut g = g.borrow_mut();
@@ -88,9 +93,19 @@ pub(crate) fn submit(make: impl FnOnce() -> Outcome<(Arc<Shared>, Pending)>) -> 
     });
     let (comm, call) = made?;
     if deferred {
-        return Ok(());
+        return Ok(Progress::Done);
     }
-    run_one(&comm, &[call])
+    if comm.nonblocking() {
+        return queue(&comm, vec![call]);
+    }
+    run_one(&comm, &[call]).map(|()| Progress::Done)
+}
+
+/// Runs a nonblocking communicator's calls on its thread.
+fn queue(comm: &Arc<Shared>, calls: Vec<Pending>) -> Outcome<Progress> {
+    let c = comm.clone();
+    comm.push(move || run_one(&c, &calls))?;
+    Ok(Progress::InProgress)
 }
 
 /// Runs one communicator's calls: collectives in order, then the transfers together.
@@ -107,8 +122,9 @@ fn run_one(comm: &Shared, calls: &[Pending]) -> Outcome {
     })
 }
 
-/// Runs a closed group's calls.
-fn run(calls: Vec<(Arc<Shared>, Pending)>) -> Outcome {
+/// Runs a closed group's calls: queues those of nonblocking communicators, runs the
+/// others.
+fn run(calls: Vec<(Arc<Shared>, Pending)>) -> Outcome<Progress> {
     let mut by_comm: Vec<(Arc<Shared>, Vec<Pending>)> = Vec::new();
     for (comm, call) in calls {
         match by_comm.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &comm)) {
@@ -116,6 +132,17 @@ fn run(calls: Vec<(Arc<Shared>, Pending)>) -> Outcome {
             None => by_comm.push((comm, vec![call])),
         }
     }
+    let (background, now): (Vec<_>, Vec<_>) =
+        by_comm.into_iter().partition(|(c, _)| c.nonblocking());
+    let mut progress = Progress::Done;
+    for (comm, calls) in background {
+        progress = progress.and(queue(&comm, calls)?);
+    }
+    run_blocking(now).map(|()| progress)
+}
+
+/// Runs blocking communicators' calls, each communicator on its own thread if several.
+fn run_blocking(by_comm: Vec<(Arc<Shared>, Vec<Pending>)>) -> Outcome {
     match by_comm.len() {
         0 => Ok(()),
         1 => run_one(&by_comm[0].0, &by_comm[0].1),
@@ -123,7 +150,7 @@ fn run(calls: Vec<(Arc<Shared>, Pending)>) -> Outcome {
             let handles: Vec<_> = by_comm
                 .iter()
                 .map(|(comm, calls)| {
-                    let rank = comm.rank;
+                    let rank = comm.facts().map_or(usize::MAX, |f| f.rank);
                     let h = s.spawn(move || run_one(comm, calls));
                     (rank, h)
                 })

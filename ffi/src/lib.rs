@@ -6,7 +6,8 @@
 //! arguments into Rust values (`cast` is the only place raw pointers become
 //! references or slices); collectives become a [`coll::CollCall`], run at once or
 //! recorded by `group` until the outermost `ncclGroupEnd`; both end in the
-//! `mixccl::Communicator` that `comm::Shared` owns.
+//! `mixccl::Communicator` that `comm::Shared` owns, on the caller's thread or, for a
+//! nonblocking communicator, on its own thread (`queue`).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -19,5 +20,6 @@ mod env;
 mod ext;
 mod group;
 mod memory;
+mod queue;
 mod redop;
 mod status;

@@ -30,6 +30,24 @@ pub(crate) struct Failure {
 /// Result of the Rust side of an export.
 pub(crate) type Outcome<T = ()> = Result<T, Failure>;
 
+/// How a call that succeeded left its work: finished, or running in the background
+/// of a nonblocking communicator (`ncclInProgress`; poll `ncclCommGetAsyncError`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    Done,
+    InProgress,
+}
+
+impl Progress {
+    /// `InProgress` if either is.
+    pub fn and(self, other: Progress) -> Progress {
+        match (self, other) {
+            (Progress::Done, Progress::Done) => Progress::Done,
+            _ => Progress::InProgress,
+        }
+    }
+}
+
 impl Failure {
     /// ncclInvalidArgument with a reason.
     pub fn invalid(message: impl Into<String>) -> Failure {
@@ -130,8 +148,14 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// Runs the Rust side of an export: no panic crosses the boundary, a failure becomes
 /// its code and this thread's last error.
 pub(crate) fn guard(what: &str, f: impl FnOnce() -> Outcome) -> c_int {
+    guard_progress(what, || f().map(|()| Progress::Done))
+}
+
+/// [`guard`] for calls that may leave work in the background: `ncclInProgress` then.
+pub(crate) fn guard_progress(what: &str, f: impl FnOnce() -> Outcome<Progress>) -> c_int {
     match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(())) => code::SUCCESS,
+        Ok(Ok(Progress::Done)) => code::SUCCESS,
+        Ok(Ok(Progress::InProgress)) => code::IN_PROGRESS,
         Ok(Err(e)) => {
             set_last_error(&format!("{what}: {}", e.message));
             e.code

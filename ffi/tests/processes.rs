@@ -2,7 +2,8 @@
 //! MPI (the unique id passed through a file) and by `mpirun -np N` (the id shared
 //! with MPI_Bcast), N = 1..5; every collective x dtype x op checked element by
 //! element (`c/collectives.c`); a lost or silent peer as NCCL's error codes
-//! (`c/faults.c`); and the two C examples.
+//! (`c/faults.c`); nonblocking communicators (`c/nonblocking.c`); and the two C
+//! examples.
 
 mod util;
 
@@ -170,6 +171,65 @@ fn lost_and_silent_peers_map_to_nccl_codes() {
         let runs = run_all(cmds, DEADLINE);
         assert_all_ok(&format!("faults {mode}"), &runs);
         assert!(runs[0].output.contains(text), "{}", runs[0].output);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn nonblocking_communicators_complete_in_the_background() {
+    let dir = scratch("nonblocking");
+    let exe = dir.join("nonblocking");
+    compile(
+        "cc",
+        &[source("nonblocking.c")],
+        &exe,
+        &dir,
+        &["-std=c99", "-pedantic"],
+    );
+    for (mode, n, text) in [
+        ("ok", 3, "nonblocking OK"),
+        ("lost", 3, "shrunk to 2 ranks, all-reduce 3"),
+        ("abort", 2, "abort during an all-reduce returned"),
+    ] {
+        let id_file = dir.join(format!("id-{mode}"));
+        let cmds = (0..n)
+            .map(|r| {
+                let mut c = Command::new(&exe);
+                base_env(&mut c)
+                    .env("MIXCCL_TIMEOUT", "10")
+                    .env("TEST_RANK", r.to_string())
+                    .env("TEST_NRANKS", n.to_string())
+                    .env("TEST_ID_FILE", &id_file)
+                    .arg(mode);
+                c
+            })
+            .collect();
+        let mut runs = run_all(cmds, DEADLINE);
+        if mode == "lost" {
+            // The last rank killed itself: SIGKILL is its only right ending.
+            use std::os::unix::process::ExitStatusExt;
+            let last = runs.pop().expect("n runs");
+            assert_eq!(
+                last.status.and_then(|s| s.signal()),
+                Some(libc::SIGKILL),
+                "the lost rank: {}",
+                last.output
+            );
+        }
+        assert_all_ok(&format!("nonblocking {mode}"), &runs);
+        let expected = if mode == "lost" { n - 1 } else { 1 };
+        let found = runs.iter().filter(|r| r.output.contains(text)).count();
+        assert!(
+            found >= expected,
+            "nonblocking {mode}: {text:?} printed {found} times:\n{}",
+            runs.iter()
+                .map(|r| r.output.as_str())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        for r in &runs {
+            eprint!("{}", r.output);
+        }
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,7 +1,9 @@
 //! Turns one rank's [`Schedule`] into the compact program the engine runs: the ops
 //! the executor would run (call headers first, as `exec::run` prepends them), each
 //! op's lane, and the dependency graph the executor derives from program order and
-//! region overlap.
+//! region overlap. (The executor also gathers small sends that follow each other on
+//! a lane into one message; with no per-message cost in the engine that changes no
+//! time, so it is not modelled.)
 //!
 //! The executor makes op `j` wait for every earlier op whose regions conflict with
 //! its own (read-after-write, write-after-read, write-after-write), a quadratic
@@ -224,6 +226,7 @@ pub(crate) fn compile(
     lanes: impl Fn(usize) -> usize,
 ) -> Program {
     let ops = with_headers(schedule, rank, nranks, headers);
+    let nheader = ops.len() - schedule.ops.len();
     let mut out = Vec::with_capacity(ops.len());
     let mut lane_list: Vec<LaneOps> = Vec::new();
     let mut lane_index: HashMap<(u32, bool, u16), u32> = HashMap::new();
@@ -245,10 +248,15 @@ pub(crate) fn compile(
         let mut lane = NONE;
         if matches!(kind, Kind::Send | Kind::Recv | Kind::RecvReduce) {
             let send = kind == Kind::Send;
-            let key = (peer as u32, send);
-            let k = counters.entry(key).or_insert(0);
-            let l = (*k % lanes(peer).max(1)) as u16;
-            *k += 1;
+            // As the executor: headers go first on lane 0 and are not counted, so
+            // the first data op follows its header on the same lane.
+            let l = if (j as usize) < nheader {
+                0
+            } else {
+                let k = counters.entry((peer as u32, send)).or_insert(0);
+                *k += 1;
+                ((*k - 1) % lanes(peer).max(1)) as u16
+            };
             lane = *lane_index.entry((peer as u32, send, l)).or_insert_with(|| {
                 lane_list.push(LaneOps {
                     peer: peer as u32,

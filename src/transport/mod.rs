@@ -50,6 +50,17 @@ pub trait Link: Send {
     /// Errors are `Error::PeerLost` or `Error::Io` naming the peer.
     fn send_some(&mut self, lane: usize, buf: &[u8]) -> Result<usize>;
 
+    /// Writes a prefix of the concatenation of `bufs` to `lane` without blocking, in
+    /// one go where the link can (small transfers that follow each other, such as a
+    /// call header and the first data, then travel as one message). The default sends
+    /// from the first non-empty piece only.
+    fn send_gather(&mut self, lane: usize, bufs: &[&[u8]]) -> Result<usize> {
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(b) => self.send_some(lane, b),
+            None => Ok(0),
+        }
+    }
+
     /// Reads up to `buf.len()` bytes from `lane` without blocking; `Ok(0)` means "not now".
     /// A closed peer is `Error::PeerLost`.
     fn recv_some(&mut self, lane: usize, buf: &mut [u8]) -> Result<usize>;

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::header::{ControlFrames, ControlReader, GOODBYE};
 use crate::sys::{self, EventFd, SharedMap};
 use crate::transport::{Direction, Link, WaitHandle};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
@@ -203,18 +203,35 @@ impl Link for ShmLink {
         1
     }
 
-    fn send_some(&mut self, _lane: usize, buf: &[u8]) -> Result<usize> {
+    fn send_some(&mut self, lane: usize, buf: &[u8]) -> Result<usize> {
+        self.send_gather(lane, &[buf])
+    }
+
+    fn send_gather(&mut self, _lane: usize, bufs: &[&[u8]]) -> Result<usize> {
         let h = self.tx.hdr();
         let tail = h.tail.load(Ordering::Relaxed);
         let head = h.head.load(Ordering::Acquire);
-        let free = self.tx.cap - (tail - head) as usize;
-        let n = buf.len().min(free);
-        if n == 0 {
-            let closed = h.closed.load(Ordering::Acquire) != 0;
-            self.check_alive(closed)?;
+        let mut free = self.tx.cap - (tail - head) as usize;
+        if free == 0 || bufs.iter().all(|b| b.is_empty()) {
+            if free == 0 {
+                let closed = h.closed.load(Ordering::Acquire) != 0;
+                self.check_alive(closed)?;
+            }
             return Ok(0);
         }
-        self.tx.copy(tail, buf.as_ptr() as *mut u8, n, true);
+        // Copy as many pieces as fit, then publish them with one store (and at most
+        // one doorbell).
+        let mut n = 0usize;
+        for b in bufs {
+            let k = b.len().min(free);
+            self.tx
+                .copy(tail + n as u64, b.as_ptr() as *mut u8, k, true);
+            n += k;
+            free -= k;
+            if free == 0 {
+                break;
+            }
+        }
         self.tx.hdr().tail.store(tail + n as u64, Ordering::SeqCst);
         // The consumer can only be asleep on this ring if it last saw it empty, and then
         // it cannot have moved `head` past our old tail: ring only in that case.
@@ -448,25 +465,57 @@ fn offer(spec: &ShmSpec<'_>, peer: usize) -> Result<ShmLink> {
     Ok(link)
 }
 
-/// Reads and checks one offer on an accepted connection.
+/// An accepted connection whose offer has not all arrived yet.
+struct Pending {
+    sock: UnixStream,
+    hello: [u8; HELLO_LEN],
+    have: usize,
+    fds: Vec<OwnedFd>,
+    since: Instant,
+}
+
+/// How long an accepted connection may take to deliver its offer. A real peer sends
+/// the whole offer in one message right after connecting.
+const OFFER_WAIT: Duration = Duration::from_secs(5);
+
+/// At most this many connections wait for their offers at once; beyond it the oldest
+/// is dropped (an intruder cannot make the listener hold unbounded descriptors).
+const MAX_PENDING: usize = 256;
+
+/// Reads what has arrived of `p`'s offer without blocking. `Ok(true)`: all of it.
+fn read_offer(p: &mut Pending) -> std::result::Result<bool, String> {
+    let (n, fds) = match sys::recv_with_fds(p.sock.as_raw_fd(), &mut p.hello[p.have..], 3) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(false),
+        Err(e) => return Err(format!("read failed: {e}")),
+    };
+    if n == 0 {
+        return Err(format!("closed after {} bytes", p.have));
+    }
+    if p.fds.len() + fds.len() > 3 {
+        return Err("more than 3 descriptors".into());
+    }
+    p.fds.extend(fds);
+    p.have += n;
+    Ok(p.have == HELLO_LEN)
+}
+
+/// Checks a whole offer and maps the region it brought.
 fn take_offer(
     spec: &ShmSpec<'_>,
-    mut sock: UnixStream,
+    p: Pending,
     have: &[Option<ShmLink>],
 ) -> std::result::Result<ShmLink, String> {
-    sock.set_read_timeout(Some(
-        spec.deadline
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(1), Duration::from_secs(5)),
-    ))
-    .map_err(|e| e.to_string())?;
-    let mut b = [0u8; HELLO_LEN];
-    let (n, mut fds) =
-        sys::recv_with_fds(sock.as_raw_fd(), &mut b, 3).map_err(|e| format!("read failed: {e}"))?;
-    if n < HELLO_LEN {
-        sock.read_exact(&mut b[n..])
-            .map_err(|e| format!("short hello: {e}"))?;
-    }
+    let Pending {
+        sock,
+        hello: b,
+        mut fds,
+        ..
+    } = p;
+    // The offer's descriptors travel with its bytes; the socket stays open as the
+    // link's liveness channel.
+    let _ = sock.set_nonblocking(false);
     if &b[0..8] != HELLO_MAGIC
         || u16::from_le_bytes([b[8], b[9]]) != crate::bootstrap::PROTOCOL_VERSION
     {
@@ -527,6 +576,7 @@ pub(crate) fn connect_host_peers(
         .set_nonblocking(true)
         .map_err(|e| Error::io("shm listener", e))?;
     let start = Instant::now();
+    let mut pending: Vec<Pending> = Vec::new();
     loop {
         let missing: Vec<usize> = (0..spec.rank)
             .filter(|&p| spec.same_host[p] && links[p].is_none())
@@ -541,25 +591,64 @@ pub(crate) fn connect_host_peers(
                 after: start.elapsed(),
             });
         }
-        match listener.accept() {
-            Ok((sock, _)) => {
-                let _ = sock.set_nonblocking(false);
-                match take_offer(spec, sock, &links) {
+        // Take every waiting connection; none is read until it has something to say,
+        // so silent or slow intruders cannot hold up the real offers.
+        loop {
+            match listener.accept() {
+                Ok((sock, _)) => {
+                    if sock.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if pending.len() >= MAX_PENDING {
+                        pending.remove(0);
+                        log_warn!(Some(spec.rank), "dropped the oldest of {MAX_PENDING} connections waiting to offer shared memory");
+                    }
+                    pending.push(Pending {
+                        sock,
+                        hello: [0u8; HELLO_LEN],
+                        have: 0,
+                        fds: Vec::new(),
+                        since: Instant::now(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("accepting a shared-memory connection", e)),
+            }
+        }
+        let mut fds = vec![sys::pollfd(listener.as_raw_fd(), libc::POLLIN)];
+        fds.extend(
+            pending
+                .iter()
+                .map(|p| sys::pollfd(p.sock.as_raw_fd(), libc::POLLIN)),
+        );
+        let left = spec.deadline.saturating_duration_since(Instant::now());
+        sys::poll(&mut fds, left.min(Duration::from_millis(100)))
+            .map_err(|e| Error::io("polling the shm listener", e))?;
+        let mut k = 0;
+        for f in &fds[1..] {
+            let p = &mut pending[k];
+            let verdict = if f.revents != 0 {
+                read_offer(p)
+            } else if p.since.elapsed() > OFFER_WAIT {
+                Err(format!("no offer after {OFFER_WAIT:?}"))
+            } else {
+                Ok(false)
+            };
+            match verdict {
+                Ok(false) => k += 1,
+                Ok(true) => match take_offer(spec, pending.remove(k), &links) {
                     Ok(link) => {
                         let p = link.peer;
                         links[p] = Some(link);
                     }
                     Err(why) => log_warn!(Some(spec.rank), "rejected a shared-memory offer: {why}"),
+                },
+                Err(why) => {
+                    pending.remove(k);
+                    log_warn!(Some(spec.rank), "rejected a shared-memory offer: {why}");
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut fds = [sys::pollfd(listener.as_raw_fd(), libc::POLLIN)];
-                let left = spec.deadline.saturating_duration_since(Instant::now());
-                sys::poll(&mut fds, left.min(Duration::from_millis(100)))
-                    .map_err(|e| Error::io("polling the shm listener", e))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("accepting a shared-memory connection", e)),
         }
     }
 }
@@ -570,7 +659,11 @@ mod tests {
 
     /// A connected pair of links between "rank 0" and "rank 1" of this process.
     fn pair() -> (ShmLink, ShmLink) {
-        let token: [u8; 16] = std::array::from_fn(|i| (std::process::id() as u8) ^ (i as u8 * 37));
+        // Listener names are per token: one token per pair, also across test processes.
+        static PAIRS: AtomicU32 = AtomicU32::new(0);
+        let mut token = [0u8; 16];
+        token[..4].copy_from_slice(&std::process::id().to_le_bytes());
+        token[4..8].copy_from_slice(&PAIRS.fetch_add(1, Ordering::Relaxed).to_le_bytes());
         let spec = move |rank| ShmSpec {
             rank,
             token,
@@ -609,5 +702,26 @@ mod tests {
             matches!(err, Error::PeerLost { rank: 0, .. }),
             "wrong error: {err}"
         );
+    }
+
+    #[test]
+    fn gathered_pieces_arrive_in_order_and_stop_where_the_ring_is_full() {
+        let (mut zero, mut one) = pair();
+        let a: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let b: Vec<u8> = (0..2000u32).map(|i| (i * 7) as u8).collect();
+        // 4096-byte ring: all of `a` and the first 1096 bytes of `b` fit.
+        assert_eq!(zero.send_gather(0, &[&a, &[], &b]).expect("send"), 4096);
+        assert_eq!(zero.send_gather(0, &[&b[1096..]]).expect("full"), 0);
+        let mut got = vec![0u8; 5000];
+        let mut have = 0;
+        while have < 4096 {
+            have += one.recv_some(0, &mut got[have..4096]).expect("recv");
+        }
+        assert_eq!(zero.send_gather(0, &[&b[1096..]]).expect("rest"), 904);
+        while have < 5000 {
+            have += one.recv_some(0, &mut got[have..]).expect("recv");
+        }
+        assert_eq!(&got[..3000], &a[..]);
+        assert_eq!(&got[3000..], &b[..]);
     }
 }

@@ -62,6 +62,10 @@ impl Link for TcpLink {
         sys::send_nosignal(self.socks[lane].as_raw_fd(), buf).map_err(|e| self.fail("send to", e))
     }
 
+    fn send_gather(&mut self, lane: usize, bufs: &[&[u8]]) -> Result<usize> {
+        sys::send_gather(self.socks[lane].as_raw_fd(), bufs).map_err(|e| self.fail("send to", e))
+    }
+
     fn recv_some(&mut self, lane: usize, buf: &mut [u8]) -> Result<usize> {
         if buf.is_empty() {
             return Ok(0);

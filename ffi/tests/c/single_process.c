@@ -1,8 +1,9 @@
 /*
  * One process: ncclCommInitAll with a thread per rank, bad arguments (documented
  * codes, a reason in ncclGetLastError, the communicator still usable), error strings,
- * configs, memory, split, one thread driving every rank through a group, and
- * ncclCommAbort ending a call blocked on another thread.
+ * configs, memory, split, one thread driving every rank through a group,
+ * ncclCommAbort ending a call blocked on another thread, and one thread creating and
+ * driving three nonblocking ranks (init, a group across them, polling).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
@@ -232,14 +233,25 @@ static void init_checks(void) {
   CHECK(ncclCommAbort(NULL));
   EXPECT(ncclCommFinalize(NULL), ncclInvalidArgument, "comm is NULL");
 
-  /* A one-rank communicator over TCP, non-blocking config (runs blocking). */
+  /* A one-rank communicator over TCP, nonblocking config: poll after each call. */
   {
     ncclConfig_t nb = NCCL_CONFIG_INITIALIZER;
+    ncclResult_t state = ncclInProgress;
+    int polls;
     nb.blocking = 0;
     CHECK(ncclGetUniqueId(&id));
-    CHECK(ncclCommInitRankConfig(&c, 1, id, 0, &nb));
-    CHECK(ncclAllReduce(&x, &y, 1, ncclInt32, ncclProd, c, NULL));
-    if (y != 5) fail("one-rank allreduce: %d", (int)y);
+    EXPECT(ncclCommInitRankConfig(&c, 1, id, 0, &nb), ncclInProgress, "");
+    for (polls = 0; state == ncclInProgress && polls < 30000; polls++) {
+      CHECK(ncclCommGetAsyncError(c, &state));
+      if (state == ncclInProgress) sleep_ms(1);
+    }
+    if (state != ncclSuccess) fail("nonblocking init: state %d", (int)state);
+    EXPECT(ncclAllReduce(&x, &y, 1, ncclInt32, ncclProd, c, NULL), ncclInProgress, "");
+    for (state = ncclInProgress, polls = 0; state == ncclInProgress && polls < 30000; polls++) {
+      CHECK(ncclCommGetAsyncError(c, &state));
+      if (state == ncclInProgress) sleep_ms(1);
+    }
+    if (state != ncclSuccess || y != 5) fail("one-rank allreduce: %d, state %d", (int)y, (int)state);
     CHECK(ncclCommCuDevice(c, &dev));
     if (dev != 0) fail("ncclCommInitRank device %d", dev);
     CHECK(ncclCommFinalize(c));
@@ -266,6 +278,46 @@ static void init_checks(void) {
     fail("ncclTimeout has the unknown code's string");
 }
 
+/* Polls until the communicator leaves ncclInProgress (at most 60 s). */
+static ncclResult_t settle(ncclComm_t c) {
+  ncclResult_t state = ncclInProgress;
+  int polls;
+  for (polls = 0; state == ncclInProgress && polls < 60000; polls++) {
+    CHECK(ncclCommGetAsyncError(c, &state));
+    if (state == ncclInProgress) sleep_ms(1);
+  }
+  return state;
+}
+
+/* One thread, three nonblocking ranks joined through ncclGetUniqueId: each init
+ * returns ncclInProgress, so the thread can start them all and then poll; one group
+ * with an all-reduce on each returns ncclInProgress and the ranks run it on their
+ * own threads. */
+static void one_thread_drives_nonblocking_ranks(void) {
+  ncclUniqueId id;
+  ncclComm_t nb[3];
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  float x[3][1031], y[3][1031];
+  int i, j;
+  config.blocking = 0;
+  CHECK(ncclGetUniqueId(&id));
+  for (i = 0; i < 3; i++) EXPECT(ncclCommInitRankConfig(&nb[i], 3, id, i, &config), ncclInProgress, "");
+  for (i = 0; i < 3; i++)
+    if (settle(nb[i]) != ncclSuccess) fail("nonblocking init of rank %d", i);
+  for (i = 0; i < 3; i++)
+    for (j = 0; j < 1031; j++) x[i][j] = (float)(i * j), y[i][j] = -1;
+  CHECK(ncclGroupStart());
+  for (i = 0; i < 3; i++) CHECK(ncclAllReduce(x[i], y[i], 1031, ncclFloat, ncclSum, nb[i], NULL));
+  EXPECT(ncclGroupEnd(), ncclInProgress, "");
+  for (i = 0; i < 3; i++)
+    if (settle(nb[i]) != ncclSuccess) fail("nonblocking grouped all-reduce on rank %d", i);
+  for (i = 0; i < 3; i++)
+    for (j = 0; j < 1031; j++)
+      if (y[i][j] != (float)(3 * j)) fail("nonblocking rank %d y[%d] = %g", i, j, (double)y[i][j]);
+  for (i = 0; i < 3; i++) CHECK(ncclCommDestroy(nb[i]));
+  count_check();
+}
+
 int main(void) {
   pthread_t threads[NRANKS], blocked;
   int i, n = 0;
@@ -276,6 +328,7 @@ int main(void) {
   double t0 = now(), t_abort;
 
   init_checks();
+  one_thread_drives_nonblocking_ranks();
   CHECK(ncclCommInitAll(comms, NRANKS, devlist));
   for (i = 0; i < NRANKS; i++)
     if (pthread_create(&threads[i], NULL, rank_main, (void*)(intptr_t)i) != 0) fail("pthread_create");

@@ -39,6 +39,12 @@ usage: mixccl-perf <allreduce|allgather|broadcast|reduce|reducescatter|alltoall|
                              chosen for each size band, then stop (the collective may be
                              omitted); with MIXCCL_TOPO_FILE and no job in the environment
                              the file is read without joining a job
+      --shrink-on-loss       when a call fails because one rank is lost (PeerLost, or a
+                             timeout waiting for that rank alone), print
+                             '# rank r: lost rank R at T' (T: Unix time in ns), shrink the
+                             communicator to the survivors, run a checked all-reduce of
+                             1 Mi floats on it, print '# rank r: shrunk to N ranks ... W wrong',
+                             then exit 1 as for any error
   -h, --help                 this text";
 
 /// How sizes grow from `--minbytes` to `--maxbytes`.
@@ -89,6 +95,8 @@ pub struct Args {
     pub seed: u64,
     /// `--topo`: print the model and the planner's choices instead of timing.
     pub topo: bool,
+    /// `--shrink-on-loss`: after losing one rank, shrink and run a checked all-reduce.
+    pub shrink_on_loss: bool,
 }
 
 /// What the command line asks for.
@@ -140,6 +148,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
     let mut soak = false;
     let mut seed = 1u64;
     let mut topo = false;
+    let mut shrink_on_loss = false;
     let mut child_args = Vec::new();
 
     let mut i = 0;
@@ -151,6 +160,11 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         }
         if arg == "--topo" {
             topo = true;
+            child_args.push(arg.clone());
+            continue;
+        }
+        if arg == "--shrink-on-loss" {
+            shrink_on_loss = true;
             child_args.push(arg.clone());
             continue;
         }
@@ -328,6 +342,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         soak,
         seed,
         topo,
+        shrink_on_loss,
     }))
 }
 

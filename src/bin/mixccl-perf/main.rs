@@ -5,7 +5,7 @@
 //!
 //! Modules: `args` (flags), `launch` (`--np`), `run` (rows and aggregation over
 //! ranks), `bench` (one phase of one collective on one rank), `report` (table and
-//! JSON), `soak` (random checked calls). Results are checked against `mixccl::verify`, never the library's kernels.
+//! JSON), `soak` (random checked calls), `recover` (`--shrink-on-loss`). Results are checked against `mixccl::verify`, never the library's kernels.
 //!
 //! Exit codes: 0 when every row is right (or checking is off), 1 on wrong results
 //! or any error, 2 on a usage error.
@@ -13,6 +13,7 @@
 mod args;
 mod bench;
 mod launch;
+mod recover;
 mod report;
 mod run;
 mod soak;
@@ -126,7 +127,11 @@ fn run_rank(args: &Args) -> ExitCode {
     let rows = match run::run(&mut comm, args) {
         Ok(rows) => rows,
         Err(e) => {
+            let at = recover::unix_ns();
             eprintln!("mixccl-perf: rank {rank}: {e}");
+            if let (true, Some(lost)) = (args.shrink_on_loss, recover::lost_rank(&e)) {
+                shrink_after_loss(&mut comm, lost, at);
+            }
             return ExitCode::from(1);
         }
     };
@@ -153,4 +158,18 @@ fn run_rank(args: &Args) -> ExitCode {
         }
     }
     ExitCode::from(1)
+}
+
+/// `--shrink-on-loss`: report the loss, shrink, check an all-reduce on the survivors.
+fn shrink_after_loss(comm: &mut Communicator, lost: usize, at: u128) {
+    let rank = comm.rank();
+    println!("# rank {rank}: lost rank {lost} at {at}");
+    let start = std::time::Instant::now();
+    match recover::shrink_and_check(comm, lost) {
+        Ok((n, wrong)) => println!(
+            "# rank {rank}: shrunk to {n} ranks in {:.3} s: all-reduce of 1048576 floats, {wrong} wrong",
+            start.elapsed().as_secs_f64()
+        ),
+        Err(e) => eprintln!("mixccl-perf: rank {rank}: shrink after losing rank {lost}: {e}"),
+    }
 }
