@@ -8,7 +8,8 @@
 //! schedule by an algorithm (`algo`, chosen by `plan`), which the executor (`exec`)
 //! runs over point-to-point links (`transport`), reducing with typed kernels
 //! (`reduce`). `bootstrap` builds the links at init; `topo` models the hosts and
-//! link costs the planner weighs.
+//! link costs the planner weighs; `sim` runs the same plans and schedules on a
+//! modelled cluster of any size (`mixccl-sim`).
 //!
 //! ```no_run
 //! use mixccl::{Communicator, ReduceOp};
@@ -33,6 +34,7 @@ mod fuzz;
 mod header;
 mod plan;
 pub mod reduce;
+pub mod sim;
 mod stage;
 mod sys;
 pub mod topo;

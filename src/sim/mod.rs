@@ -1,0 +1,333 @@
+//! The simulator: what a collective call costs on a machine that is not here, found
+//! by running the schedules the real algorithms build (`algo::build`) through a
+//! discrete-event model of the executor (`engine`) over modelled links (`net`).
+//!
+//! It owns the model of time; it must not run anything on a real link, and it
+//! changes nothing in the algorithms or the planner it calls.
+//!
+//! A call is simulated as the communicator runs it: split into consecutive pieces of
+//! `Config::pipeline_bytes` (all_reduce, broadcast, reduce), each piece planned and
+//! built on its own, every rank starting a piece when it has finished the previous
+//! one. Ring and hierarchical schedules on a machine that repeats every `P` ranks
+//! are *folded* (only `P` ranks run, standing for all): see [`Simulator::run`].
+
+mod compile;
+mod engine;
+mod net;
+mod report;
+
+pub use net::{parse_link, Cluster, Network};
+pub use report::{bus_factor, chart, Row, Series};
+
+use crate::algo::{build, Call};
+use crate::config::{Algorithm, Collective, Config};
+use crate::element::DataType;
+use crate::error::{Error, Result};
+use crate::reduce::ReduceOp;
+use compile::{compile, Program};
+
+/// How a simulation runs, beyond the network.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The library's tunables as the simulated ranks would have them (chunk size,
+    /// pieces, lanes, call headers, the planner's limits).
+    pub config: Config,
+    /// Reduction throughput per rank, GB/s.
+    pub reduce_gbs: f64,
+    /// Fold ranks where the machine and the schedules repeat (exact; off to check).
+    pub fold: bool,
+    /// Largest memory the compiled programs of one piece may take, bytes.
+    pub max_bytes: usize,
+    /// Simulate only this many pieces of a call and add the rest at the mean time
+    /// per piece of all but the first (an approximation, for sweeps; `None`: all).
+    pub sample_pieces: Option<usize>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            config: Config::default(),
+            reduce_gbs: crate::plan::REDUCE_GBS,
+            fold: true,
+            max_bytes: 6 << 30,
+            sample_pieces: None,
+        }
+    }
+}
+
+/// The simulated cost of one call.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Outcome {
+    /// Seconds from the first rank's start to the last rank's finish.
+    pub seconds: f64,
+    /// Pieces the call was split into.
+    pub pieces: usize,
+    /// Ranks the engine ran (fewer than the communicator's when folded).
+    pub simulated_ranks: usize,
+    /// Ops in the programs of one piece, over the simulated ranks.
+    pub ops: usize,
+    /// Events the engine processed, all pieces.
+    pub events: u64,
+    /// Pieces not simulated but added at the mean time per piece (see
+    /// [`Settings::sample_pieces`]).
+    pub extrapolated_pieces: usize,
+}
+
+/// A network and settings, ready to simulate calls.
+pub struct Simulator {
+    net: Network,
+    settings: Settings,
+}
+
+impl Simulator {
+    /// A simulator of `net`.
+    pub fn new(net: Network, settings: Settings) -> Simulator {
+        Simulator { net, settings }
+    }
+
+    /// The network.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// Number of ranks.
+    pub fn nranks(&self) -> usize {
+        self.net.topo.nranks()
+    }
+
+    /// The algorithms worth simulating for `coll` here: the planner's candidates that
+    /// implement it, without direct above the planner's rank limit (its schedule is
+    /// quadratic) and without hierarchical on one host.
+    pub fn algorithms(&self, coll: Collective) -> Vec<Algorithm> {
+        let n = self.nranks();
+        crate::plan::candidates(coll)
+            .iter()
+            .copied()
+            .filter(|&a| match a {
+                Algorithm::Direct => n <= 256,
+                Algorithm::Hier => self.net.topo.hosts.len() >= 2,
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// Elements of one call of `size` bytes (nccl-tests' sizes: the whole buffer for
+    /// all_reduce, broadcast and reduce, all ranks' blocks for the others).
+    fn count(&self, coll: Collective, size: usize) -> usize {
+        let e = DataType::F32.size();
+        match coll {
+            Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => {
+                size / e / self.nranks()
+            }
+            _ => size / e,
+        }
+    }
+
+    /// Element counts of the pieces the communicator splits a call into.
+    fn pieces(&self, coll: Collective, count: usize) -> Vec<usize> {
+        let c = &self.settings.config;
+        let piece = (c.pipeline_bytes / DataType::F32.size()).max(1);
+        let elementwise = matches!(
+            coll,
+            Collective::AllReduce | Collective::Broadcast | Collective::Reduce
+        );
+        if !(elementwise && c.pipeline_bytes > 0 && count > piece) {
+            return vec![count];
+        }
+        let mut v = vec![piece; count / piece];
+        if count % piece > 0 {
+            v.push(count % piece);
+        }
+        v
+    }
+
+    /// The algorithm the planner picks for a call of `size` bytes (for its first
+    /// piece: every piece but a short last one gets the same).
+    pub fn planner(&self, coll: Collective, size: usize) -> Algorithm {
+        let count = self.pieces(coll, self.count(coll, size))[0];
+        let bytes = count * DataType::F32.size();
+        crate::plan::cheapest(&self.net.topo, &self.settings.config, coll, bytes).0
+    }
+
+    fn call(&self, coll: Collective, count: usize, rank: usize) -> Call {
+        let e = DataType::F32.size();
+        Call {
+            coll,
+            dtype: DataType::F32,
+            op: ReduceOp::Sum,
+            count,
+            root: 0,
+            rank,
+            nranks: self.nranks(),
+            in_place: false,
+            chunk: (self.settings.config.chunk_bytes / e).max(1) * e,
+        }
+    }
+
+    fn program(
+        &self,
+        coll: Collective,
+        algo: Algorithm,
+        count: usize,
+        rank: usize,
+    ) -> Result<Program> {
+        let hosts: Vec<Vec<usize>> = self
+            .net
+            .topo
+            .hosts
+            .iter()
+            .map(|h| h.ranks.clone())
+            .collect();
+        let s = build(&self.call(coll, count, rank), algo, &hosts)?;
+        let cfg = &self.settings.config;
+        let lanes = |p: usize| match self.net.topo.link(rank, p).class {
+            crate::topo::LinkClass::Tcp => cfg.nsocks,
+            crate::topo::LinkClass::Rdma => cfg.ib_qps,
+            _ => 1,
+        };
+        Ok(compile(&s, rank, self.nranks(), cfg.check_calls, lanes))
+    }
+
+    /// The programs of every simulated rank for one piece: ranks `0..P` when the
+    /// machine repeats every `P` ranks and the built programs of ranks `r` and
+    /// `r + P` agree (peers shifted by `P`) for every `r < P`, else all ranks.
+    ///
+    /// Folding is exact for the ring and hierarchical algorithms: their schedules are
+    /// invariant under a rotation by `P` ranks (whole hosts) when blocks are equal, and
+    /// the check above fails when they are not; with equal machines and schedules,
+    /// rank `r + kP` does at every instant what rank `r` does.
+    fn programs(&self, coll: Collective, algo: Algorithm, count: usize) -> Result<Vec<Program>> {
+        let n = self.nranks();
+        let foldable = self.settings.fold
+            && matches!(algo, Algorithm::Ring | Algorithm::Hier)
+            && matches!(
+                coll,
+                Collective::AllReduce | Collective::AllGather | Collective::ReduceScatter
+            );
+        let first = self.program(coll, algo, count, 0)?;
+        // The budget holds for the ranks actually built (folded or not).
+        let budget = |ranks: usize, how: &str| {
+            let need = first.footprint().saturating_mul(ranks);
+            if need > self.settings.max_bytes {
+                return Err(Error::invalid(format!(
+                    "simulating {algo} {coll} of {count} elements on {n} ranks needs about {} MiB \
+                     of programs for {ranks} ranks{how} (limit {} MiB)",
+                    need >> 20,
+                    self.settings.max_bytes >> 20
+                )));
+            }
+            Ok(())
+        };
+        if let Some(p) = self.net.period().filter(|&p| foldable && p < n && p >= 2) {
+            budget(p, " folded")?;
+            let mut folded = vec![first.clone()];
+            for r in 1..p {
+                folded.push(self.program(coll, algo, count, r)?);
+            }
+            let mut same = true;
+            for (r, prog) in folded.iter().enumerate() {
+                if self.program(coll, algo, count, r + p)?.shifted(p, n) != *prog {
+                    same = false;
+                    break;
+                }
+            }
+            if same {
+                return Ok(folded);
+            }
+        }
+        budget(n, ", which cannot be folded here")?;
+        let mut v = vec![first];
+        for r in 1..n {
+            v.push(self.program(coll, algo, count, r)?);
+        }
+        Ok(v)
+    }
+
+    /// Simulates one call of `size` bytes with `algo` forced (all pieces).
+    pub fn run(&self, coll: Collective, algo: Algorithm, size: usize) -> Result<Outcome> {
+        if !algo.implements(coll) {
+            return Err(Error::invalid(format!(
+                "algorithm {algo} does not implement {coll}"
+            )));
+        }
+        let pieces = self.pieces(coll, self.count(coll, size));
+        let rates = engine::Rates {
+            reduce: self.settings.reduce_gbs * 1e9,
+        };
+        let mut start: Vec<f64> = Vec::new();
+        let mut cached: Option<(usize, Vec<Program>)> = None;
+        // Pieces already run: (count, start times less the earliest, finish times
+        // less the earliest start). The engine has no clock of its own, so a piece
+        // whose ranks start in the same pattern (to 1e-9 of a piece's time; float
+        // rounding) ends in the same pattern, shifted.
+        let mut seen: Vec<(usize, Vec<f64>, Vec<f64>)> = Vec::new();
+        let (mut events, mut ops, mut simulated) = (0u64, 0usize, 0usize);
+        let limit = self.settings.sample_pieces.map_or(usize::MAX, |k| k.max(2));
+        let mut ends: Vec<f64> = Vec::new();
+        for &count in pieces.iter().take(limit) {
+            if cached.as_ref().map(|c| c.0) != Some(count) {
+                cached = Some((count, self.programs(coll, algo, count)?));
+            }
+            let progs = &cached.as_ref().expect("set above").1;
+            simulated = progs.len();
+            ops = progs.iter().map(|p| p.ops.len()).sum();
+            if start.len() != progs.len() {
+                let t0 = start.iter().copied().fold(0.0, f64::max);
+                start = vec![t0; progs.len()];
+            }
+            let lo = start.iter().copied().fold(f64::INFINITY, f64::min);
+            let rel: Vec<f64> = start.iter().map(|s| s - lo).collect();
+            let same = seen.iter().find(|(c, r, f)| {
+                let tol = 1e-9 * f.iter().copied().fold(0.0, f64::max);
+                *c == count && r.iter().zip(&rel).all(|(a, b)| (a - b).abs() <= tol)
+            });
+            if let Some((_, _, fin)) = same {
+                start = fin.iter().map(|f| lo + f).collect();
+                ends.push(start.iter().copied().fold(0.0, f64::max));
+                continue;
+            }
+            let refs: Vec<&Program> = progs.iter().collect();
+            let run = engine::run(&self.net, &refs, &start, rates)?;
+            events += run.events;
+            let fin: Vec<f64> = run.finish.iter().map(|f| f - lo).collect();
+            if seen.len() == 4 {
+                seen.remove(0);
+            }
+            seen.push((count, rel, fin));
+            start = run.finish;
+            ends.push(start.iter().copied().fold(0.0, f64::max));
+        }
+        let mut seconds = start.iter().copied().fold(0.0, f64::max);
+        let extrapolated = pieces.len().saturating_sub(limit);
+        if extrapolated > 0 {
+            let per = (ends[ends.len() - 1] - ends[0]) / (ends.len() - 1) as f64;
+            seconds += per * extrapolated as f64;
+        }
+        Ok(Outcome {
+            seconds,
+            pieces: pieces.len(),
+            simulated_ranks: simulated,
+            ops,
+            events,
+            extrapolated_pieces: extrapolated,
+        })
+    }
+
+    /// One table row per size: each of `algos` simulated (or why it could not be),
+    /// the planner's choice and the simulated best.
+    pub fn sweep(&self, coll: Collective, sizes: &[usize], algos: &[Algorithm]) -> Vec<Row> {
+        sizes
+            .iter()
+            .map(|&size| {
+                let results = algos
+                    .iter()
+                    .map(|&a| (a, self.run(coll, a, size).map_err(|e| e.to_string())))
+                    .collect();
+                Row::new(coll, self.nranks(), size, results, self.planner(coll, size))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

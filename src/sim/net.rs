@@ -1,0 +1,179 @@
+//! The simulated machine: the planner's [`Topology`] (hosts, their shared-memory and
+//! network links) plus what the planner does not model: pods joined by a slower
+//! link, and hosts with fewer cores than ranks. Built from a JSON model or by
+//! [`Cluster::build`].
+
+use crate::error::{Error, Result};
+use crate::topo::{Host, LinkClass, LinkCost, Topology};
+
+/// The network a simulation runs over.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Hosts, ranks and link costs: what the planner sees.
+    pub topo: Topology,
+    /// Pod of each host (all 0 with one pod).
+    pub pod_of: Vec<usize>,
+    /// Each pod's uplink to the others (one each way), crossed in addition to the
+    /// hosts' NICs by traffic between pods; its alpha adds to theirs.
+    pub pod_link: Option<LinkCost>,
+    /// Cores per host: shared-memory copies of a host share `cores` x its shared-memory
+    /// bandwidth (`None`: a core per rank).
+    pub cores: Option<usize>,
+}
+
+impl Network {
+    /// A network of one pod, a core per rank.
+    pub fn from_topology(topo: Topology) -> Network {
+        let pod_of = vec![0; topo.hosts.len()];
+        Network {
+            topo,
+            pod_of,
+            pod_link: None,
+            cores: None,
+        }
+    }
+
+    /// The smallest number of ranks `P` such that rank `r` and rank `r + P` see the
+    /// same machine: hosts of equal size holding consecutive ranks, whose costs and
+    /// pod layout repeat every `P / ranks_per_host` hosts. `None` when only the
+    /// whole network repeats.
+    pub(crate) fn period(&self) -> Option<usize> {
+        let hosts = &self.topo.hosts;
+        let l = hosts[0].ranks.len();
+        let contiguous = hosts.iter().enumerate().all(|(h, x)| {
+            x.ranks.len() == l && x.ranks.iter().enumerate().all(|(i, &r)| r == h * l + i)
+        });
+        if !contiguous {
+            return None;
+        }
+        let nh = hosts.len();
+        let same = |a: &Host, b: &Host| a.intra == b.intra && a.net == b.net;
+        // Pods must be runs of equal numbers of consecutive hosts.
+        let per_pod = self.pod_of.iter().filter(|&&p| p == self.pod_of[0]).count();
+        if (0..nh).any(|h| self.pod_of[h] != h / per_pod) {
+            return None;
+        }
+        let one_pod = per_pod == nh;
+        (1..nh)
+            .filter(|q| nh % q == 0 && (one_pod || q % per_pod == 0))
+            .find(|&q| (0..nh).all(|h| same(&hosts[h], &hosts[h % q])))
+            .map(|q| q * l)
+    }
+}
+
+/// A generated cluster: `hosts` x `ranks_per_host`, optionally a fraction of hosts
+/// with a slower NIC, and pods joined by a slower link.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Number of hosts.
+    pub hosts: usize,
+    /// Ranks on each host.
+    pub ranks_per_host: usize,
+    /// The link between two ranks of a host.
+    pub intra: LinkCost,
+    /// Each host's network link.
+    pub inter: LinkCost,
+    /// Fraction of hosts (0..=1) whose NIC runs at `slow_gbs`, spread evenly (with
+    /// 0.5, every second host).
+    pub slow_fraction: f64,
+    /// Bandwidth of the slow hosts' NICs, GB/s.
+    pub slow_gbs: f64,
+    /// Number of pods (consecutive hosts, equal shares).
+    pub pods: usize,
+    /// The link joining the pods (per pod uplink).
+    pub pod_link: Option<LinkCost>,
+    /// Cores per host (see [`Network::cores`]).
+    pub cores: Option<usize>,
+}
+
+impl Cluster {
+    /// `hosts` x `ranks_per_host` over `intra` and `inter`, one pod, equal NICs.
+    pub fn new(hosts: usize, ranks_per_host: usize, intra: LinkCost, inter: LinkCost) -> Cluster {
+        Cluster {
+            hosts,
+            ranks_per_host,
+            intra,
+            inter,
+            slow_fraction: 0.0,
+            slow_gbs: inter.bw_gbs,
+            pods: 1,
+            pod_link: None,
+            cores: None,
+        }
+    }
+
+    /// The network.
+    pub fn build(&self) -> Result<Network> {
+        if self.hosts == 0 || self.ranks_per_host == 0 {
+            return Err(Error::invalid(
+                "a cluster needs at least one host and one rank per host",
+            ));
+        }
+        if self.pods == 0 || self.hosts % self.pods != 0 {
+            return Err(Error::invalid(format!(
+                "{} hosts do not split into {} equal pods",
+                self.hosts, self.pods
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.slow_fraction) {
+            return Err(Error::invalid(format!(
+                "the slow fraction must lie in 0..=1 (got {})",
+                self.slow_fraction
+            )));
+        }
+        let f = self.slow_fraction;
+        let hosts = (0..self.hosts)
+            .map(|h| {
+                // Host h is slow when the running count of slow hosts steps up at it.
+                let slow = ((h + 1) as f64 * f).floor() > (h as f64 * f).floor();
+                let mut net = self.inter;
+                if slow {
+                    net.bw_gbs = self.slow_gbs;
+                }
+                Host {
+                    name: format!("h{h}"),
+                    ranks: (h * self.ranks_per_host..(h + 1) * self.ranks_per_host).collect(),
+                    intra: self.intra,
+                    net,
+                }
+            })
+            .collect();
+        let topo = Topology::new(hosts, Vec::new())?;
+        let per_pod = self.hosts / self.pods;
+        Ok(Network {
+            topo,
+            pod_of: (0..self.hosts).map(|h| h / per_pod).collect(),
+            pod_link: if self.pods > 1 { self.pod_link } else { None },
+            cores: self.cores,
+        })
+    }
+}
+
+/// Parses `CLASS:ALPHA_US,GBIT_PER_S` (`shm:5,32`, `rdma:2,400`): bandwidth in Gbit/s.
+pub fn parse_link(s: &str) -> Result<LinkCost> {
+    let bad = || {
+        Error::invalid(format!(
+            "link '{s}': expected CLASS:ALPHA_US,GBIT_PER_S with CLASS shm, tcp, rdma or mem"
+        ))
+    };
+    let (class, rest) = s.split_once(':').ok_or_else(bad)?;
+    let class = match class {
+        "shm" => LinkClass::Shm,
+        "tcp" => LinkClass::Tcp,
+        "rdma" => LinkClass::Rdma,
+        "mem" => LinkClass::Mem,
+        _ => return Err(bad()),
+    };
+    let (a, b) = rest.split_once(',').ok_or_else(bad)?;
+    let alpha_us: f64 = a.trim().parse().map_err(|_| bad())?;
+    let gbit: f64 = b.trim().parse().map_err(|_| bad())?;
+    if !(alpha_us >= 0.0 && gbit > 0.0 && alpha_us.is_finite() && gbit.is_finite()) {
+        return Err(bad());
+    }
+    Ok(LinkCost {
+        class,
+        alpha_us,
+        bw_gbs: gbit / 8.0,
+        measured: false,
+    })
+}

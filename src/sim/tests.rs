@@ -1,0 +1,179 @@
+//! Simulations small enough to work out by hand, determinism, and folding.
+
+use super::*;
+use crate::topo::{LinkClass, LinkCost};
+
+fn link(class: LinkClass, alpha_us: f64, bw_gbs: f64) -> LinkCost {
+    LinkCost {
+        class,
+        alpha_us,
+        bw_gbs,
+        measured: false,
+    }
+}
+
+/// No call headers, reduction free, `chunk` bytes per message.
+fn settings(chunk: usize) -> Settings {
+    let mut s = Settings::default();
+    s.config.check_calls = false;
+    s.config.chunk_bytes = chunk;
+    s.reduce_gbs = 1e9;
+    s
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1e-12)
+}
+
+#[test]
+fn ring_of_four_over_equal_links() {
+    // 4 ranks, alpha 40 us, 1 GB/s. 256 KiB: blocks of 64 KiB.
+    let (alpha, beta, n) = (40e-6, 1e9, 4.0);
+    let net = Cluster::new(
+        1,
+        4,
+        link(LinkClass::Shm, 40.0, 1.0),
+        link(LinkClass::Shm, 40.0, 1.0),
+    )
+    .build()
+    .unwrap();
+    // One chunk per block: 2(n-1) steps of alpha + chunk/beta.
+    let sim = Simulator::new(net.clone(), settings(64 << 10));
+    let t = sim
+        .run(Collective::AllReduce, Algorithm::Ring, 256 << 10)
+        .unwrap();
+    let chunk = 65536.0;
+    let want = 2.0 * (n - 1.0) * (alpha + chunk / beta);
+    assert!(close(t.seconds, want), "{} vs {want}", t.seconds);
+    // Two chunks per block, alpha >= chunk/beta: the second chunk of each step
+    // follows the first on the lane while the first travels on, so only the last
+    // step pays for it. (With alpha < chunk/beta the lane is never idle instead:
+    // 4(n-1) chunk/beta + alpha.)
+    let sim = Simulator::new(net, settings(32 << 10));
+    let t = sim
+        .run(Collective::AllReduce, Algorithm::Ring, 256 << 10)
+        .unwrap();
+    let chunk = 32768.0;
+    let want = 2.0 * (n - 1.0) * (alpha + chunk / beta) + chunk / beta;
+    assert!(close(t.seconds, want), "{} vs {want}", t.seconds);
+}
+
+#[test]
+fn two_hosts_hierarchical() {
+    // 2 hosts x 2 ranks; 1 MiB in one 512 KiB chunk per channel.
+    let (ai, bi, ax, bx, s) = (5e-6, 4e9, 20e-6, 1e9, 1048576.0);
+    let net = Cluster::new(
+        2,
+        2,
+        link(LinkClass::Shm, 5.0, 4.0),
+        link(LinkClass::Rdma, 20.0, 1.0),
+    )
+    .build()
+    .unwrap();
+    let sim = Simulator::new(net, settings(512 << 10));
+    let t = sim
+        .run(Collective::AllReduce, Algorithm::Hier, 1 << 20)
+        .unwrap();
+    // Reduce to owners (half each, full duplex), a ring of two per channel (quarter
+    // blocks, both channels sharing each NIC), hand the halves back.
+    let want = 2.0 * (ai + s / 2.0 / bi) + 2.0 * (ax + (s / 4.0) / (bx / 2.0));
+    assert!(close(t.seconds, want), "{} vs {want}", t.seconds);
+}
+
+fn mixed_cluster() -> Network {
+    let mut c = Cluster::new(
+        8,
+        4,
+        link(LinkClass::Shm, 2.0, 20.0),
+        link(LinkClass::Rdma, 3.0, 25.0),
+    );
+    c.slow_fraction = 0.5;
+    c.slow_gbs = 12.5;
+    c.build().unwrap()
+}
+
+#[test]
+fn same_input_same_output() {
+    let sim = Simulator::new(mixed_cluster(), Settings::default());
+    // 12 MiB: two pieces of different sizes.
+    let sizes = [8, 1 << 20, 12 << 20];
+    let algos = [Algorithm::Ring, Algorithm::Tree, Algorithm::Hier];
+    let a = serde_json::to_string(&sim.sweep(Collective::AllReduce, &sizes, &algos)).unwrap();
+    let b = serde_json::to_string(&sim.sweep(Collective::AllReduce, &sizes, &algos)).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn folding_is_exact() {
+    let net = mixed_cluster();
+    assert_eq!(net.period(), Some(8));
+    let unfolded = Settings {
+        fold: false,
+        ..Settings::default()
+    };
+    let (f, u) = (
+        Simulator::new(net.clone(), Settings::default()),
+        Simulator::new(net, unfolded),
+    );
+    // Equal blocks fold (the hierarchical schedule only while a channel's block is
+    // one chunk: past that, rotated rings cut their chunks differently, which the
+    // check sees); unequal blocks fall back to every rank.
+    for size in [1 << 20, 4 << 20, (4 << 20) + 4] {
+        for (coll, algo) in [
+            (Collective::AllReduce, Algorithm::Ring),
+            (Collective::AllReduce, Algorithm::Hier),
+            (Collective::AllGather, Algorithm::Ring),
+        ] {
+            let a = f.run(coll, algo, size).unwrap();
+            let b = u.run(coll, algo, size).unwrap();
+            assert_eq!(b.simulated_ranks, 32);
+            assert!(
+                close(a.seconds, b.seconds),
+                "{coll} {algo} {size}: {a:?} vs {b:?}"
+            );
+            // (all_gather's blocks are size / n / 4 elements: always equal.)
+            let folds = size == 1 << 20
+                || (algo == Algorithm::Ring && (size == 4 << 20 || coll == Collective::AllGather));
+            assert_eq!(
+                a.simulated_ranks,
+                if folds { 8 } else { 32 },
+                "{coll} {algo} {size}"
+            );
+        }
+    }
+}
+
+#[test]
+fn pods_and_cores_slow_things_down() {
+    let base = Cluster::new(
+        4,
+        2,
+        link(LinkClass::Shm, 2.0, 10.0),
+        link(LinkClass::Rdma, 3.0, 25.0),
+    );
+    let mut pods = base.clone();
+    pods.pods = 2;
+    pods.pod_link = Some(link(LinkClass::Tcp, 5000.0, 12.5));
+    // 4 ranks of one host on 2 cores: the ring's 4 copies share them.
+    let one = Cluster::new(
+        1,
+        4,
+        link(LinkClass::Shm, 2.0, 10.0),
+        link(LinkClass::Shm, 2.0, 10.0),
+    );
+    let mut cores = one.clone();
+    cores.cores = Some(2);
+    let t = |c: &Cluster| {
+        Simulator::new(c.build().unwrap(), Settings::default())
+            .run(Collective::AllReduce, Algorithm::Ring, 1 << 20)
+            .unwrap()
+            .seconds
+    };
+    let (b, p, o, c) = (t(&base), t(&pods), t(&one), t(&cores));
+    // The critical path runs around the ring: 2(n-1) = 14 hops go 1.75 times round,
+    // crossing the two pod links 3 or 4 times.
+    assert!(p > 3.0 * 5e-3 && p < 5.0 * 5e-3, "{p}");
+    assert!(p > b);
+    // (The reduce-scatter half is bound by the reduction rate either way.)
+    assert!(c > 1.2 * o, "{c} vs {o}");
+}
