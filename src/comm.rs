@@ -444,20 +444,28 @@ impl Communicator {
 
     /// Plans and runs `call` over `input` (empty when in place) and `output`.
     fn run(&mut self, call: Call, input: &[u8], output: &mut [u8]) -> Result<()> {
-        if let Some((last, algo, schedule)) = &self.last_plan {
-            if *last == call {
-                let (algo, schedule) = (*algo, schedule.clone());
-                let meta = Meta {
-                    coll: call.coll,
-                    dtype: call.dtype,
-                    op: call.op,
-                    count: call.count,
-                    root: call.root,
-                    algo: algo.name(),
-                };
-                return self.run_schedule(meta, &schedule, input, output, &[], &mut []);
+        let (algo, schedule) = match &self.last_plan {
+            Some((last, algo, schedule)) if *last == call => (*algo, schedule.clone()),
+            _ => {
+                let (algo, schedule) = self.plan(&call)?;
+                let schedule = std::sync::Arc::new(schedule);
+                self.last_plan = Some((call, algo, schedule.clone()));
+                (algo, schedule)
             }
-        }
+        };
+        let meta = Meta {
+            coll: call.coll,
+            dtype: call.dtype,
+            op: call.op,
+            count: call.count,
+            root: call.root,
+            algo: algo.name(),
+        };
+        self.run_schedule(meta, &schedule, input, output, &[], &mut [])
+    }
+
+    /// The algorithm for `call` and this rank's schedule for it.
+    fn plan(&self, call: &Call) -> Result<(Algorithm, algo::Schedule)> {
         let algo = plan::choose(
             &self.config,
             &self.caps,
@@ -471,7 +479,7 @@ impl Communicator {
                  (needs all ranks on one host over shared memory, and process_vm_readv allowed)",
             ));
         }
-        let schedule = algo::build(&call, algo, &self.caps.hosts)?;
+        let schedule = algo::build(call, algo, &self.caps.hosts)?;
         log_trace!(
             Some(self.rank),
             "{} #{}: {} x {} {} root {} via {algo}: {} ops",
@@ -483,17 +491,7 @@ impl Communicator {
             call.root,
             schedule.ops.len()
         );
-        let meta = Meta {
-            coll: call.coll,
-            dtype: call.dtype,
-            op: call.op,
-            count: call.count,
-            root: call.root,
-            algo: algo.name(),
-        };
-        let schedule = std::sync::Arc::new(schedule);
-        self.last_plan = Some((call, algo, schedule.clone()));
-        self.run_schedule(meta, &schedule, input, output, &[], &mut [])
+        Ok((algo, schedule))
     }
 
     /// Runs a schedule through the executor, with the error latch and abort flag.

@@ -251,6 +251,22 @@ pub(crate) fn run(
     result
 }
 
+/// The header transfers with `peer` that run ahead of a call's ops: this rank's
+/// header out of its slot, the peer's into the slot's second half.
+pub(crate) fn header_ops(peer: usize) -> [Op; 2] {
+    let at = peer * HEADER_SLOT;
+    [
+        Op::Send {
+            peer,
+            src: Region::new(Buf::Header, at, HEADER_BYTES),
+        },
+        Op::Recv {
+            peer,
+            dst: Region::new(Buf::Header, at + HEADER_BYTES, HEADER_BYTES),
+        },
+    ]
+}
+
 /// Derives what `run` needs from `schedule` alone (see [`Prepared`]).
 fn prepare(
     schedule: &Schedule,
@@ -277,15 +293,7 @@ fn prepare(
         // direction, so a rank that only sends (a broadcast root) checks too.
         for p in (0..n).filter(|&p| to[p].is_some() || from[p].is_some()) {
             peers.push((p, to[p].unwrap_or(0), from[p].unwrap_or(0)));
-            let at = p * HEADER_SLOT;
-            ops.push(Op::Send {
-                peer: p,
-                src: Region::new(Buf::Header, at, HEADER_BYTES),
-            });
-            ops.push(Op::Recv {
-                peer: p,
-                dst: Region::new(Buf::Header, at + HEADER_BYTES, HEADER_BYTES),
-            });
+            ops.extend(header_ops(p));
         }
     }
     let nheader = ops.len();

@@ -12,8 +12,7 @@
 //! other conflicting op `i` is one the kept ops themselves waited for (a later
 //! write of the same bytes conflicts with `i`), so they cannot finish before it.
 
-use crate::algo::{Buf, Op, Region, Schedule};
-use crate::header::HEADER_BYTES;
+use crate::algo::{Buf, Op, Schedule};
 use std::collections::{BTreeMap, HashMap};
 
 /// What an op does, as far as time goes.
@@ -203,15 +202,7 @@ fn with_headers(schedule: &Schedule, rank: usize, nranks: usize, headers: bool) 
     }
     let mut ops = Vec::with_capacity(schedule.ops.len() + 2 * nranks.min(64));
     for p in (rank..nranks).chain(0..rank).filter(|&p| talks[p]) {
-        let at = p * 2 * HEADER_BYTES;
-        ops.push(Op::Send {
-            peer: p,
-            src: Region::new(Buf::Header, at, HEADER_BYTES),
-        });
-        ops.push(Op::Recv {
-            peer: p,
-            dst: Region::new(Buf::Header, at + HEADER_BYTES, HEADER_BYTES),
-        });
+        ops.extend(crate::exec::header_ops(p));
     }
     ops.extend_from_slice(&schedule.ops);
     ops
@@ -337,6 +328,7 @@ pub(crate) fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algo::Region;
 
     /// The executor's quadratic rule, for comparison.
     fn naive(ops: &[Op]) -> Vec<Vec<u32>> {
