@@ -200,6 +200,9 @@ fn dependencies(ops: &[Op]) -> (Vec<u32>, Vec<Vec<u32>>) {
 /// soon as nothing moves, whatever `MIXCCL_SPIN_US` says.
 const SPIN_MAX_BYTES: usize = 1 << 20;
 
+/// Bytes of local copies and reductions run between two sweeps of the lanes.
+const LOCAL_BUDGET: usize = 1 << 20;
+
 /// Sends up to this size that follow each other on a lane are gathered into one.
 const GATHER_BYTES: usize = 16 << 10;
 
@@ -593,7 +596,15 @@ fn run_ops(
 
     while finished < ops.len() {
         let mut progressed = false;
-        while let Some(i) = ready_local.pop() {
+        // Local work in slices of LOCAL_BUDGET bytes between sweeps of the lanes, so
+        // a long copy or reduction does not hold up transfers peers wait for.
+        let mut budget = LOCAL_BUDGET;
+        while budget > 0 {
+            let Some(i) = ready_local.pop() else { break };
+            budget = budget.saturating_sub(match ops[i] {
+                Op::Copy { dst, .. } | Op::Reduce { dst, .. } | Op::PeerRead { dst, .. } => dst.len,
+                _ => 0,
+            });
             match ops[i] {
                 Op::Copy { src, dst } => {
                     let (s, d) = bufs.pair(src, dst);

@@ -203,9 +203,10 @@ pub(crate) fn own_block_in_place(c: &Call, s: &mut Schedule) -> Region {
         return placed;
     }
     let own = Region::new(Buf::Input, 0, b);
-    s.push(Op::Copy {
-        src: own,
-        dst: placed,
+    // In chunks, so the executor can interleave the copy with the transfers.
+    s.sliced(b, c.chunk, |o, l| Op::Copy {
+        src: own.sub(o, l),
+        dst: placed.sub(o, l),
     });
     own
 }
