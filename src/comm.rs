@@ -397,12 +397,7 @@ impl Communicator {
         dtype: DataType,
         count: usize,
     ) -> Option<usize> {
-        let elementwise = matches!(
-            coll,
-            Collective::AllReduce | Collective::Broadcast | Collective::Reduce
-        );
-        let piece = (self.config.pipeline_bytes / dtype.size()).max(1);
-        (elementwise && self.config.pipeline_bytes > 0 && count > piece).then_some(piece)
+        self.config.piece_elems(coll, dtype, count, self.nranks)
     }
 
     /// Builds the call for a byte-level collective (`send: None` = in place) and runs

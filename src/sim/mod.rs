@@ -126,14 +126,9 @@ impl Simulator {
     /// Element counts of the pieces the communicator splits a call into.
     fn pieces(&self, coll: Collective, count: usize) -> Vec<usize> {
         let c = &self.settings.config;
-        let piece = (c.pipeline_bytes / DataType::F32.size()).max(1);
-        let elementwise = matches!(
-            coll,
-            Collective::AllReduce | Collective::Broadcast | Collective::Reduce
-        );
-        if !(elementwise && c.pipeline_bytes > 0 && count > piece) {
+        let Some(piece) = c.piece_elems(coll, DataType::F32, count, self.nranks()) else {
             return vec![count];
-        }
+        };
         let mut v = vec![piece; count / piece];
         if count % piece > 0 {
             v.push(count % piece);
