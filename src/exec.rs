@@ -270,6 +270,17 @@ pub(crate) fn header_ops(peer: usize) -> [Op; 2] {
     ]
 }
 
+/// A transfer's peer, direction and length in bytes; `None` for local ops.
+fn transfer(op: &Op) -> Option<(usize, Direction, usize)> {
+    match *op {
+        Op::Send { peer, src } => Some((peer, Direction::Send, src.len)),
+        Op::Recv { peer, dst } | Op::RecvReduce { peer, dst, .. } => {
+            Some((peer, Direction::Recv, dst.len))
+        }
+        _ => None,
+    }
+}
+
 /// Derives what `run` needs from `schedule` alone (see [`Prepared`]).
 fn prepare(
     schedule: &Schedule,
@@ -283,14 +294,13 @@ fn prepare(
     if headers {
         // Bytes this call sends to and expects from each peer.
         let (mut to, mut from) = (vec![None::<u64>; n], vec![None::<u64>; n]);
-        for op in &schedule.ops {
-            match *op {
-                Op::Send { peer, src } => *to[peer].get_or_insert(0) += src.len as u64,
-                Op::Recv { peer, dst } | Op::RecvReduce { peer, dst, .. } => {
-                    *from[peer].get_or_insert(0) += dst.len as u64
-                }
-                _ => {}
-            }
+        for (peer, dir, len) in schedule.ops.iter().filter_map(transfer) {
+            let total = if dir == Direction::Send {
+                &mut to
+            } else {
+                &mut from
+            };
+            *total[peer].get_or_insert(0) += len as u64;
         }
         // Headers go both ways between every pair that exchanges data in either
         // direction, so a rank that only sends (a broadcast root) checks too.
@@ -302,14 +312,7 @@ fn prepare(
     let nheader = ops.len();
     ops.extend_from_slice(&schedule.ops);
     let (waits, dependents) = dependencies(&ops);
-    let moved = ops
-        .iter()
-        .map(|op| match *op {
-            Op::Send { src, .. } => src.len,
-            Op::Recv { dst, .. } | Op::RecvReduce { dst, .. } => dst.len,
-            _ => 0,
-        })
-        .sum();
+    let moved = ops.iter().filter_map(transfer).map(|(_, _, len)| len).sum();
 
     // Assign transfers to lanes: per (peer, direction), the k-th op goes on lane k % lanes.
     let mut lanes: Vec<Lane> = Vec::new();
@@ -318,13 +321,9 @@ fn prepare(
     let mut lane_of: Vec<Vec<usize>> = vec![Vec::new(); 2 * n];
     let mut local = Vec::new();
     for (i, op) in ops.iter().enumerate() {
-        let (peer, dir) = match *op {
-            Op::Send { peer, .. } => (peer, Direction::Send),
-            Op::Recv { peer, .. } | Op::RecvReduce { peer, .. } => (peer, Direction::Recv),
-            _ => {
-                local.push(i);
-                continue;
-            }
+        let Some((peer, dir, _)) = transfer(op) else {
+            local.push(i);
+            continue;
         };
         let link = links
             .get(peer)
@@ -522,8 +521,8 @@ fn control_report(links: &mut [Option<Box<dyn Link>>]) -> Option<Error> {
     None
 }
 
-/// Runs `ops`, whose first `nheader` are header transfers (each received header is
-/// checked against the one sent to that peer).
+/// Runs a prepared schedule's ops, whose first `nheader` are header transfers (each
+/// received header is checked against the one sent to that peer).
 fn run_ops(
     prepared: &mut Prepared,
     bufs: &mut Buffers<'_, '_>,
@@ -686,11 +685,7 @@ fn run_ops(
                                 _ => break,
                             }
                         }
-                        let n = if k == 1 {
-                            link.send_some(l.lane, pieces[0])?
-                        } else {
-                            link.send_gather(l.lane, &pieces[..k])?
-                        };
+                        let n = link.send_gather(l.lane, &pieces[..k])?;
                         // Finish the ops the bytes covered whole, except the last one
                         // reached, which the common code below finishes (or leaves
                         // current with its offset).
@@ -785,11 +780,7 @@ fn run_ops(
                 }
                 // A gathered send may have moved on to a later op.
                 let i = l.ops[l.next];
-                let len = match ops[i] {
-                    Op::Send { src, .. } => src.len,
-                    Op::Recv { dst, .. } | Op::RecvReduce { dst, .. } => dst.len,
-                    _ => unreachable!(),
-                };
+                let (_, _, len) = transfer(&ops[i]).expect("only transfers are on lanes");
                 if l.done == len {
                     if i < nheader && l.dir == Direction::Recv {
                         check_header(bufs, l.peer, cx)?;

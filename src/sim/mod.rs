@@ -5,8 +5,8 @@
 //! It owns the model of time; it must not run anything on a real link, and it
 //! changes nothing in the algorithms or the planner it calls.
 //!
-//! A call is simulated as the communicator runs it: split into consecutive pieces of
-//! `Config::pipeline_bytes` (all_reduce, broadcast, reduce), each piece planned and
+//! A call is simulated as the communicator runs it: split into consecutive pieces
+//! (`Config::piece_elems`: all_reduce, broadcast, reduce), each piece planned and
 //! built on its own, every rank starting a piece when it has finished the previous
 //! one. Ring and hierarchical schedules on a machine that repeats every `P` ranks
 //! are *folded* (only `P` ranks run, standing for all): see [`Simulator::run`].
