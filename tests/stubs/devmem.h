@@ -53,16 +53,23 @@ static void dm_die(const char *call, const char *what, const void *p) {
     abort();
 }
 
+/* Maps the arena once. Under the lock: ranks on several threads make their first
+ * call at once (a pointer query from every rank), and a second mapping racing the
+ * first would reset dm_next after an allocation and hand out its address again. */
 static void dm_init(const char *name) {
-    if (dm_view) return;
-    dm_name = name;
-    int fd = memfd_create(name, 0);
-    if (fd < 0 || ftruncate(fd, DEV_ARENA) != 0) { perror("stub memfd"); abort(); }
-    dm_view = mmap(NULL, DEV_ARENA, PROT_NONE, MAP_SHARED, fd, 0);
-    dm_alias = mmap(NULL, DEV_ARENA, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (dm_view == MAP_FAILED || dm_alias == MAP_FAILED) { perror("stub mmap"); abort(); }
-    close(fd);
-    dm_next = 4096;
+    pthread_mutex_lock(&dm_lock);
+    if (!dm_view) {
+        dm_name = name;
+        int fd = memfd_create(name, 0);
+        if (fd < 0 || ftruncate(fd, DEV_ARENA) != 0) { perror("stub memfd"); abort(); }
+        unsigned char *view = mmap(NULL, DEV_ARENA, PROT_NONE, MAP_SHARED, fd, 0);
+        dm_alias = mmap(NULL, DEV_ARENA, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (view == MAP_FAILED || dm_alias == MAP_FAILED) { perror("stub mmap"); abort(); }
+        close(fd);
+        dm_next = 4096;
+        dm_view = view;
+    }
+    pthread_mutex_unlock(&dm_lock);
 }
 
 static int dm_is_device(const void *p) {
