@@ -46,6 +46,8 @@ pub struct Communicator {
     /// plans and builds once. Both are pure functions of the call and of what the
     /// communicator fixed at init.
     last_plan: Option<(Call, Algorithm, std::sync::Arc<algo::Schedule>)>,
+    /// The host's board, when every rank is on this host (`transport::board`).
+    board: Option<Arc<crate::transport::board::Board>>,
 }
 
 /// One transfer of a [`Communicator::group`] call.
@@ -131,6 +133,11 @@ impl Communicator {
         comm.local_ip = Some(local_ip);
         comm.rejoin = Some(rejoin);
         comm.caps.host_read = comm.probe_host_read()?;
+        // Every rank has the board or none does: rank 0 creates it exactly when all
+        // ranks are on its host with shared memory on (a must-agree setting), and a
+        // rank that could not map it failed init.
+        comm.board = comm.links.iter().flatten().find_map(|l| l.board());
+        comm.caps.publish = comm.board.is_some();
         crate::topo::establish(&mut comm, probes)?;
         Ok(comm)
     }
@@ -300,6 +307,7 @@ impl Communicator {
             p2p_seq: Default::default(),
             staging: Default::default(),
             last_plan: None,
+            board: None,
         })
     }
 
@@ -456,7 +464,36 @@ impl Communicator {
             root: call.root,
             algo: algo.name(),
         };
-        self.run_schedule(meta, &schedule, input, output, &[], &mut [])
+        self.run_schedule(meta, &schedule, input, output, &[], &mut [])?;
+        if algo == Algorithm::Publish {
+            self.publish_all_gather(input, output)?;
+        }
+        Ok(())
+    }
+
+    /// The blocks of an all-gather whose headers `run` just exchanged, through the
+    /// host's board (`input` is empty in place).
+    fn publish_all_gather(&mut self, input: &[u8], output: &mut [u8]) -> Result<()> {
+        let Some(board) = self.board.clone() else {
+            return Err(Error::Internal("publish planned without a board".into()));
+        };
+        let label = CallLabel {
+            coll: Collective::AllGather,
+            seq: self.seq,
+            rank: self.rank,
+        };
+        let mut w = crate::transport::board::Wait {
+            timeout: self.config.timeout,
+            spin: self.config.spin,
+            abort: &self.abort,
+            label: &label,
+            links: &mut self.links,
+        };
+        let result = board.all_gather((!input.is_empty()).then_some(input), output, &mut w);
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
     }
 
     /// The algorithm for `call` and this rank's schedule for it.
@@ -468,6 +505,12 @@ impl Communicator {
             call.bytes(),
             self.nranks,
         );
+        if algo == Algorithm::Publish && !self.caps.publish {
+            return Err(Error::invalid(
+                "MIXCCL_ALGO forces publish, but the ranks share no board (needs all ranks \
+                 on one host over shared memory, at least 2 and at most 64 of them)",
+            ));
+        }
         if algo == Algorithm::HostRead && !self.caps.host_read {
             return Err(Error::invalid(
                 "MIXCCL_ALGO forces cma, but not every rank can read every other's memory \

@@ -85,6 +85,9 @@ pub enum Algorithm {
     /// Every rank reads its peers' buffers directly (cross-memory attach): all ranks on
     /// one host, shared-memory links; used by all-gather.
     HostRead,
+    /// Every rank writes its block once into its host's shared board and copies every
+    /// peer's out of it: all ranks on one host over shared memory; used by all-gather.
+    Publish,
     /// Trees: NCCL's double binary tree for all-reduce, a pipelined binary tree for
     /// broadcast and reduce; latency O(log n).
     Tree,
@@ -95,12 +98,13 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// Every algorithm.
-    pub const ALL: [Algorithm; 7] = [
+    pub const ALL: [Algorithm; 8] = [
         Algorithm::Ring,
         Algorithm::Direct,
         Algorithm::Chain,
         Algorithm::Pairwise,
         Algorithm::HostRead,
+        Algorithm::Publish,
         Algorithm::Tree,
         Algorithm::Hier,
     ];
@@ -113,6 +117,7 @@ impl Algorithm {
             Algorithm::Chain => "chain",
             Algorithm::Pairwise => "pairwise",
             Algorithm::HostRead => "cma",
+            Algorithm::Publish => "publish",
             Algorithm::Tree => "tree",
             Algorithm::Hier => "hier",
         }
@@ -134,7 +139,7 @@ impl Algorithm {
         matches!(
             (coll, self),
             (AllReduce, Ring | Direct | Tree | Hier)
-                | (AllGather, Ring | Direct | HostRead | Hier)
+                | (AllGather, Ring | Direct | HostRead | Publish | Hier)
                 | (ReduceScatter, Ring | Hier)
                 | (Broadcast | Reduce, Chain | Tree)
                 | (AllToAll, Pairwise)
@@ -257,6 +262,11 @@ pub struct Config {
     /// Bytes of each shared-memory ring, per direction and peer (`MIXCCL_SHM_BUFFER`;
     /// default 1 MiB; rounded up to 64).
     pub shm_buffer: usize,
+    /// Bytes of each rank's ring in the host's board (`transport::board`), through
+    /// which an all-gather on one host copies each block once per reader
+    /// (`MIXCCL_BOARD_BYTES`; default 8 MiB, rounded up to 64; 0 = no board). Made by
+    /// rank 0 when every rank is on its host: n rings, mapped and prefaulted.
+    pub board_bytes: usize,
     /// Reduce received data straight out of the shared-memory ring instead of copying
     /// it to a staging buffer first (`MIXCCL_SHM_ZEROCOPY`; default 1).
     pub shm_zero_copy: bool,
@@ -310,6 +320,7 @@ impl Default for Config {
             spin: Duration::from_micros(100),
             shm_disable: false,
             shm_buffer: 1 << 20,
+            board_bytes: 8 << 20,
             shm_zero_copy: true,
             shm_cma: false,
             algo: AlgoOverride::default(),
@@ -420,6 +431,12 @@ impl Config {
                 .filter(|b| (4096..=1 << 30).contains(b))
                 .map(|b| b.div_ceil(64) * 64)
                 .ok_or_else(|| bad("MIXCCL_SHM_BUFFER", &v, "a size from 4K to 1G"))?;
+        }
+        if let Some(v) = get("MIXCCL_BOARD_BYTES") {
+            self.board_bytes = parse_bytes(&v)
+                .filter(|&b| b == 0 || (64 << 10..=1 << 30).contains(&b))
+                .map(|b| b.div_ceil(64) * 64)
+                .ok_or_else(|| bad("MIXCCL_BOARD_BYTES", &v, "0, or a size from 64K to 1G"))?;
         }
         if let Some(v) = get("MIXCCL_SPIN_US") {
             let us: u64 = v
@@ -551,9 +568,10 @@ impl Config {
             .collect::<Vec<_>>()
             .join(";");
         format!(
-            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_SHM_CMA={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_PIPELINE_BYTES={}\nMIXCCL_CHECK_CALLS={}\nMIXCCL_ALGO={}\nMIXCCL_NET={}\nMIXCCL_TOPO_PROBE={}\nMIXCCL_TOPO_FILE={}",
+            "MIXCCL_NSOCKS={}\nMIXCCL_SHM_DISABLE={}\nMIXCCL_BOARD={}\nMIXCCL_SHM_CMA={}\nMIXCCL_CHUNK_SIZE={}\nMIXCCL_DIRECT_MAX_BYTES={}\nMIXCCL_PIPELINE_BYTES={}\nMIXCCL_CHECK_CALLS={}\nMIXCCL_ALGO={}\nMIXCCL_NET={}\nMIXCCL_TOPO_PROBE={}\nMIXCCL_TOPO_FILE={}",
             self.nsocks,
             u8::from(self.shm_disable),
+            u8::from(self.board_bytes > 0),
             u8::from(self.shm_cma),
             self.chunk_bytes,
             self.direct_max_bytes,
@@ -617,6 +635,22 @@ impl Config {
                 self.spin.as_micros()
             ),
             format!("MIXCCL_ALGO={algo} (forced algorithms)"),
+            format!(
+                "MIXCCL_SHM_DISABLE={} (TCP between ranks of one host)",
+                u8::from(self.shm_disable)
+            ),
+            format!(
+                "MIXCCL_SHM_BUFFER={} (bytes of each shared-memory ring, per peer and direction)",
+                self.shm_buffer
+            ),
+            format!(
+                "MIXCCL_BOARD_BYTES={} (bytes of each rank's ring in the host's board, 0 = none)",
+                self.board_bytes
+            ),
+            format!(
+                "MIXCCL_SHM_CMA={} (cross-memory reads between ranks of one host)",
+                u8::from(self.shm_cma)
+            ),
             format!(
                 "MIXCCL_TOPO_FILE={} (topology model to load instead of probing)",
                 self.topo_file

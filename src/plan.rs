@@ -28,6 +28,8 @@ const DIRECT_MAX_RANKS: usize = 256;
 pub(crate) struct Capabilities {
     /// Every rank is on one host and may read every other's memory (cross-memory attach).
     pub host_read: bool,
+    /// Every rank is on one host and shares its board (`transport::board`).
+    pub publish: bool,
     /// The model all ranks plan with.
     pub topo: Option<Arc<Topology>>,
     /// Ranks per host, from `topo` (the hierarchical algorithms' layout).
@@ -58,6 +60,12 @@ pub(crate) fn choose(
         && bytes.saturating_mul(nranks) > config.direct_max_bytes
     {
         return Algorithm::HostRead;
+    }
+    if coll == Collective::AllGather
+        && caps.publish
+        && bytes.saturating_mul(nranks) > config.direct_max_bytes
+    {
+        return Algorithm::Publish;
     }
     match &caps.topo {
         Some(t) if t.nranks() == nranks => cheapest(t, config, coll, bytes).0,

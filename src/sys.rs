@@ -418,3 +418,34 @@ pub(crate) fn readable(addr: usize, len: usize) -> bool {
         .iter()
         .all(|a| read_process(pid, *a as u64, &mut byte).is_ok())
 }
+
+/// Sleeps while the shared word `word` still holds `expected`, at most `timeout`
+/// (FUTEX_WAIT, not private: the word lives in memory shared between processes).
+/// Returns on a wake-up, a changed word, the timeout or a signal alike; callers
+/// re-check what they wait for.
+pub(crate) fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `word` is a live, aligned u32 for the whole call and `ts` outlives it;
+    // FUTEX_WAIT only reads the word. Errors (EAGAIN: the word changed, ETIMEDOUT,
+    // EINTR) all mean "look again", so the result is ignored.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+/// Wakes every process sleeping in [`futex_wait`] on `word`.
+pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE does not access memory.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
+}

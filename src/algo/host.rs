@@ -1,4 +1,7 @@
-//! Host algorithms over cross-memory attach: when every peer is on this host and
+//! Host algorithms: cross-memory attach, and the start of an all-gather over the
+//! host's board.
+//!
+//! Cross-memory attach: when every peer is on this host and
 //! may read this process's memory (process_vm_readv), each rank publishes where its
 //! data lives and every peer copies it straight into its own output: one copy per
 //! byte instead of two through a shared ring, and no intermediate hops.
@@ -55,6 +58,32 @@ pub(super) fn all_gather(c: &Call) -> Schedule {
         s.push(Op::Recv {
             peer: p,
             dst: done(p),
+        });
+    }
+    s
+}
+
+/// The schedule part of an all-gather over the host's board (`transport::board`): one
+/// byte each way with every peer, so the call headers travel and are checked (a peer
+/// that called something else is a mismatch, not a wrong read of the board) before
+/// the communicator copies the blocks through the board. Scratch: [0, 1) the byte
+/// sent, [1 + p] the one from peer p.
+pub(super) fn publish_start(c: &Call) -> Schedule {
+    let mut s = Schedule::default();
+    let n = c.nranks;
+    if n == 1 || c.bytes() == 0 {
+        return s;
+    }
+    s.scratch = 1 + n;
+    for k in 1..n {
+        let p = (c.rank + k) % n;
+        s.push(Op::Send {
+            peer: p,
+            src: Region::new(Buf::Scratch, 0, 1),
+        });
+        s.push(Op::Recv {
+            peer: p,
+            dst: Region::new(Buf::Scratch, 1 + p, 1),
         });
     }
     s

@@ -313,6 +313,7 @@ pub(crate) fn build(call: &Call, algo: Algorithm, hosts: &[Vec<usize>]) -> Resul
         (AllGather, Ring) => ring::all_gather(call),
         (AllGather, Direct) => direct::all_gather(call),
         (AllGather, HostRead) => host::all_gather(call),
+        (AllGather, Publish) => host::publish_start(call),
         (ReduceScatter, Ring) => ring::reduce_scatter(call),
         (Broadcast, Chain) => chain::broadcast(call),
         (Reduce, Chain) => chain::reduce(call),

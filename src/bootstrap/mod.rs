@@ -389,6 +389,7 @@ impl Rejoin {
                     same_host: &same_host,
                     capacity: config.shm_buffer,
                     zero_copy: config.shm_zero_copy,
+                    board_bytes: config.board_bytes,
                     deadline,
                 },
                 l,

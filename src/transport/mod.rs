@@ -7,6 +7,7 @@
 //! all lanes. Every call is non-blocking; [`Link::wait_handle`] says which descriptor
 //! to poll, so one thread drives all links of a rank with bounded waits.
 
+pub(crate) mod board;
 pub mod mem;
 pub(crate) mod rdma;
 pub mod shm;
@@ -14,6 +15,7 @@ pub mod tcp;
 
 use crate::error::Result;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 /// A rank's links, indexed by peer rank (`None` for itself).
 pub type Links = Vec<Option<Box<dyn Link>>>;
@@ -111,4 +113,10 @@ pub trait Link: Send {
 
     /// Short name of the transport for logs (`tcp`, `mem`, ...).
     fn kind(&self) -> &'static str;
+
+    /// The board of this rank's host ([`board::Board`]), shared by all its links that
+    /// have one: shared-memory links of a communicator whose ranks are all on one host.
+    fn board(&self) -> Option<Arc<board::Board>> {
+        None
+    }
 }

@@ -18,12 +18,14 @@ use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
 use crate::header::{ControlFrames, ControlReader, GOODBYE};
 use crate::sys::{self, EventFd, SharedMap};
+use crate::transport::board::{self, Board};
 use crate::transport::{Direction, Link, WaitHandle};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const HEADER: usize = 128;
@@ -103,6 +105,8 @@ pub struct ShmLink {
     zero_copy: bool,
     /// The peer's process id (SO_PEERCRED), for cross-memory reads.
     peer_pid: Option<i32>,
+    /// The host's board, when every rank of the communicator is on this host.
+    board: Option<Arc<Board>>,
     // Keeps the rings mapped; declared last so it is dropped after them.
     _map: SharedMap,
 }
@@ -140,6 +144,7 @@ impl ShmLink {
             last_check: Instant::now(),
             zero_copy: true,
             peer_pid: None,
+            board: None,
             _map: map,
         }
     }
@@ -350,6 +355,10 @@ impl Link for ShmLink {
     fn kind(&self) -> &'static str {
         "shm"
     }
+
+    fn board(&self) -> Option<Arc<Board>> {
+        self.board.clone()
+    }
 }
 
 impl Drop for ShmLink {
@@ -396,6 +405,8 @@ pub(crate) struct ShmSpec<'a> {
     pub capacity: usize,
     /// Offer `recv_with` (zero-copy reduction out of the ring).
     pub zero_copy: bool,
+    /// Bytes of each rank's ring in the host's board (0: no board).
+    pub board_bytes: usize,
     pub deadline: Instant,
 }
 
@@ -410,8 +421,9 @@ fn hello(spec: &ShmSpec<'_>, to: usize) -> [u8; HELLO_LEN] {
     b
 }
 
-/// Creates the shared region for `peer` (> this rank) and sends it over.
-fn offer(spec: &ShmSpec<'_>, peer: usize) -> Result<ShmLink> {
+/// Creates the shared region for `peer` (> this rank) and sends it over, with the
+/// host's board when this rank created one.
+fn offer(spec: &ShmSpec<'_>, peer: usize, board: Option<&OwnedFd>) -> Result<ShmLink> {
     let cap = spec.capacity;
     let ctx = |what: &str| format!("{what} for the shared-memory link to rank {peer}");
     let fd = sys::memfd("mixccl", 2 * (HEADER + cap))
@@ -449,12 +461,10 @@ fn offer(spec: &ShmSpec<'_>, peer: usize) -> Result<ShmLink> {
             Err(e) => return Err(Error::io(ctx("connecting"), e)),
         }
     };
-    sys::send_with_fds(
-        sock.as_raw_fd(),
-        &hello(spec, peer),
-        &[fd.as_raw_fd(), mine.as_raw_fd(), theirs.as_raw_fd()],
-    )
-    .map_err(|e| Error::io(ctx("sending the region"), e))?;
+    let mut fds = vec![fd.as_raw_fd(), mine.as_raw_fd(), theirs.as_raw_fd()];
+    fds.extend(board.map(|b| b.as_raw_fd()));
+    sys::send_with_fds(sock.as_raw_fd(), &hello(spec, peer), &fds)
+        .map_err(|e| Error::io(ctx("sending the region"), e))?;
     log_info!(
         Some(spec.rank),
         "connected rank {peer} over shm ({cap} B rings)"
@@ -484,7 +494,7 @@ const MAX_PENDING: usize = 256;
 
 /// Reads what has arrived of `p`'s offer without blocking. `Ok(true)`: all of it.
 fn read_offer(p: &mut Pending) -> std::result::Result<bool, String> {
-    let (n, fds) = match sys::recv_with_fds(p.sock.as_raw_fd(), &mut p.hello[p.have..], 3) {
+    let (n, fds) = match sys::recv_with_fds(p.sock.as_raw_fd(), &mut p.hello[p.have..], 4) {
         Ok(r) => r,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(false),
@@ -493,8 +503,8 @@ fn read_offer(p: &mut Pending) -> std::result::Result<bool, String> {
     if n == 0 {
         return Err(format!("closed after {} bytes", p.have));
     }
-    if p.fds.len() + fds.len() > 3 {
-        return Err("more than 3 descriptors".into());
+    if p.fds.len() + fds.len() > 4 {
+        return Err("more than 4 descriptors".into());
     }
     p.fds.extend(fds);
     p.have += n;
@@ -506,7 +516,7 @@ fn take_offer(
     spec: &ShmSpec<'_>,
     p: Pending,
     have: &[Option<ShmLink>],
-) -> std::result::Result<ShmLink, String> {
+) -> std::result::Result<(ShmLink, Option<Board>), String> {
     let Pending {
         sock,
         hello: b,
@@ -533,9 +543,22 @@ fn take_offer(
     if have[from].is_some() {
         return Err(format!("duplicate offer from rank {from}"));
     }
-    if cap == 0 || cap % 64 != 0 || cap > 1 << 30 || fds.len() != 3 {
-        return Err(format!("bad ring size {cap} or {} descriptors", fds.len()));
+    // Rank 0 hands out the host's board with its offers when every rank is here.
+    let with_board = from == 0 && board_ranks(spec).is_some();
+    let want = if with_board { 4 } else { 3 };
+    if cap == 0 || cap % 64 != 0 || cap > 1 << 30 || fds.len() != want {
+        return Err(format!(
+            "bad ring size {cap} or {} descriptors (expected {want})",
+            fds.len()
+        ));
     }
+    let board = match with_board.then(|| fds.pop()).flatten() {
+        Some(b) => Some(
+            Board::open(&b, spec.same_host.len(), spec.rank)
+                .map_err(|e| format!("the host board: {e}"))?,
+        ),
+        None => None,
+    };
     let theirs = EventFd::from_owned(fds.pop().expect("3 fds"));
     let mine = EventFd::from_owned(fds.pop().expect("3 fds"));
     let fd: OwnedFd = fds.pop().expect("3 fds");
@@ -556,7 +579,17 @@ fn take_offer(
     let mut link = ShmLink::new(from, map, cap, false, theirs, mine, sock);
     link.zero_copy = spec.zero_copy;
     link.peer_pid = sys::peer_pid(link.alive.as_raw_fd()).ok();
-    Ok(link)
+    Ok((link, board))
+}
+
+/// The number of ranks sharing a board, when there is one: every rank of the
+/// communicator is on this host, and there are 2 to `board::MAX_RANKS` of them.
+fn board_ranks(spec: &ShmSpec<'_>) -> Option<usize> {
+    let n = spec.same_host.len();
+    (spec.board_bytes > 0
+        && (2..=board::MAX_RANKS).contains(&n)
+        && (0..n).all(|p| p == spec.rank || spec.same_host[p]))
+    .then_some(n)
 }
 
 /// Builds shm links to every same-host peer: offers regions to higher ranks, accepts
@@ -567,11 +600,21 @@ pub(crate) fn connect_host_peers(
 ) -> Result<Vec<Option<ShmLink>>> {
     let n = spec.same_host.len();
     let mut links: Vec<Option<ShmLink>> = (0..n).map(|_| None).collect();
+    // Rank 0 creates the host's board and offers it along.
+    let mut board: Option<Board> = None;
+    let mut board_fd = None;
+    if let (Some(nb), 0) = (board_ranks(spec), spec.rank) {
+        let (b, fd) = Board::create(nb, spec.board_bytes, 0)
+            .map_err(|e| Error::io("creating the host's shared board", e))?;
+        board = Some(b);
+        board_fd = Some(fd);
+    }
     for (peer, slot) in links.iter_mut().enumerate().skip(spec.rank + 1) {
         if spec.same_host[peer] {
-            *slot = Some(offer(spec, peer)?);
+            *slot = Some(offer(spec, peer, board_fd.as_ref())?);
         }
     }
+    drop(board_fd);
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io("shm listener", e))?;
@@ -582,6 +625,11 @@ pub(crate) fn connect_host_peers(
             .filter(|&p| spec.same_host[p] && links[p].is_none())
             .collect();
         if missing.is_empty() {
+            if let Some(b) = board.map(Arc::new) {
+                for l in links.iter_mut().flatten() {
+                    l.board = Some(b.clone());
+                }
+            }
             return Ok(links);
         }
         if Instant::now() >= spec.deadline {
@@ -638,9 +686,10 @@ pub(crate) fn connect_host_peers(
             match verdict {
                 Ok(false) => k += 1,
                 Ok(true) => match take_offer(spec, pending.remove(k), &links) {
-                    Ok(link) => {
+                    Ok((link, b)) => {
                         let p = link.peer;
                         links[p] = Some(link);
+                        board = board.or(b);
                     }
                     Err(why) => log_warn!(Some(spec.rank), "rejected a shared-memory offer: {why}"),
                 },
@@ -672,6 +721,7 @@ mod tests {
             same_host: &[true, true],
             capacity: 4096,
             zero_copy: true,
+            board_bytes: 64 << 10,
             deadline: Instant::now() + Duration::from_secs(10),
         };
         let l1 = listen(&token, 1).expect("listener of rank 1");
