@@ -28,7 +28,7 @@ OUT=${OUT:-/tmp/mixccl-sim-validate}; mkdir -p "$OUT"
 NPS=${NPS:-2 3 4 8}; RATE=${RATE:-1gbit}; ITERS=${ITERS:-5}
 MIN=${MIN:-1M}; MAX=${MAX:-256M}; REPS=${REPS:-2}
 CORES=$(nproc)
-SAME_CORE=${SAME_CORE:-0.7}; SWITCH_US=${SWITCH_US:-15}; L2X=${L2X:-2.5}; L3X=${L3X:-1.5}
+SAME_CORE=${SAME_CORE:-0.7}; SWITCH_US=${SWITCH_US:-20}; L2X=${L2X:-2.5}; L3X=${L3X:-1.5}
 HOSTM="--same-core $SAME_CORE --switch-us $SWITCH_US"
 C=/sys/devices/system/cpu/cpu0/cache
 [ -r $C/index2/size ] && HOSTM="$HOSTM --l2 $(cat $C/index2/size):$L2X"
