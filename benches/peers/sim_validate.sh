@@ -11,8 +11,14 @@
 #    veth shaped to RATE by tbf), the link calibrated by 2 ranks across it (alpha: 8 B
 #    sendrecv; bandwidth: a 64 MiB ring all_reduce, S bytes each way), ring and hier
 #    forced.
+# The simulation gets this machine's cores and caches (sizes from sysfs) and the host
+# model's constants, fitted on the session-3 measurements (docs/scaling.md, "Validation
+# against measurement"): SAME_CORE (cost of a byte between two ranks of one core over one
+# between cores), SWITCH_US (a message's wait per other rank on its receiver's core),
+# L2X and L3X (speed-ups of the part of a call's working set that fits L2 or L3).
 # Prints one table (measured us, simulated us, ratio, within 15%) with the load average
-# before and after. Needs: cargo build --release. Raw outputs under $OUT.
+# before and after. Needs: cargo build --release. Raw outputs under $OUT. Rows can be
+# simulated again from $OUT without measuring: benches/peers/sim_compare.py $OUT.
 # Usage: benches/peers/sim_validate.sh            NPS="2 3 4 8" RATE=1gbit ITERS=5 REPS=2
 set -u
 cd "$(dirname "$0")/../.."
@@ -22,6 +28,11 @@ OUT=${OUT:-/tmp/mixccl-sim-validate}; mkdir -p "$OUT"
 NPS=${NPS:-2 3 4 8}; RATE=${RATE:-1gbit}; ITERS=${ITERS:-5}
 MIN=${MIN:-1M}; MAX=${MAX:-256M}; REPS=${REPS:-2}
 CORES=$(nproc)
+SAME_CORE=${SAME_CORE:-0.7}; SWITCH_US=${SWITCH_US:-20}; L2X=${L2X:-2.5}; L3X=${L3X:-1.5}
+HOSTM="--same-core $SAME_CORE --switch-us $SWITCH_US"
+C=/sys/devices/system/cpu/cpu0/cache
+[ -r $C/index2/size ] && HOSTM="$HOSTM --l2 $(cat $C/index2/size):$L2X"
+[ -r $C/index3/size ] && HOSTM="$HOSTM --l3 $(cat $C/index3/size):$L3X"
 [ -x "$PERF" ] && [ -x "$SIM" ] || { echo "build first: cargo build --release"; exit 1; }
 echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)  cores: $CORES  $(date -u +%FT%TZ)"
 
@@ -63,6 +74,7 @@ print(f"{a*1e6:.2f} {beta*8/1e9:.3f} {min(red, 1e12)/1e9:.3f}")
 EOF
 )
 echo "# shm calibration (2 ranks, fastest of $((REPS + 1))): alpha ${ALPHA} us, ${GBIT} Gbit/s, reduction ${REDUCE} GB/s"
+echo "# host model: $HOSTM"
 
 printf "%-22s %-6s %10s %12s %12s %7s %s\n" "# topology" algo size "measured_us" "simulated_us" "sim/meas" "within15%"
 report() { # NAME ALGO MEASURED_PREFIX SIMJSON
@@ -78,7 +90,7 @@ print(f"{n:<22} {a:<6} {int(s):>10} {m:>12.1f} {t:>12.1f} {r:>7.2f} {ok}")' "$1"
 # 2. One host.
 for np in $NPS; do
   reps "$OUT/shm_np$np" env MIXCCL_ALGO=allreduce:ring $PERF allreduce --np "$np" -b "$MIN" -e "$MAX" -f 4 -n "$ITERS" -w 2 -c 0
-  $SIM allreduce --hosts 1 --ranks-per-host "$np" --intra "shm:$ALPHA,$GBIT" --cores "$CORES" \
+  $SIM allreduce --hosts 1 --ranks-per-host "$np" --intra "shm:$ALPHA,$GBIT" --cores "$CORES" $HOSTM \
     --reduce-gbs "$REDUCE" --algos ring -b "$MIN" -e "$MAX" -f 4 -J "$OUT/sim_shm_np$np.json" > "$OUT/sim_shm_np$np.txt" 2>&1
   report "1 host x $np (shm)" ring "$OUT/shm_np$np" "$OUT/sim_shm_np$np.json"
 done
@@ -129,7 +141,7 @@ EOF
     job "net_$algo" 4 "allreduce:$algo" allreduce -b "$MIN" -e "$MAX" -f 4 -n "${NET_ITERS:-2}" -w 1 -c 0
     # Both namespaces share this machine's cores: one per emulated host.
     $SIM allreduce --hosts 2 --ranks-per-host 2 --intra "shm:$ALPHA,$GBIT" --inter "tcp:$XALPHA,$XGBIT" \
-      --cores $((CORES / 2 > 0 ? CORES / 2 : 1)) --reduce-gbs "$REDUCE" --algos $algo -b "$MIN" -e "$MAX" -f 4 \
+      --cores $((CORES / 2 > 0 ? CORES / 2 : 1)) $HOSTM --reduce-gbs "$REDUCE" --algos $algo -b "$MIN" -e "$MAX" -f 4 \
       -J "$OUT/sim_net_$algo.json" > "$OUT/sim_net_$algo.txt" 2>&1
     report "2 hosts x 2 (veth $RATE)" $algo "$OUT/net_$algo" "$OUT/sim_net_$algo.json"
   done

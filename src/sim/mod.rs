@@ -16,6 +16,7 @@ mod engine;
 mod net;
 mod report;
 
+pub use engine::{Cache, HostModel};
 pub use net::{parse_link, Cluster, Network};
 pub use report::{bus_factor, chart, Row, Series};
 
@@ -34,6 +35,8 @@ pub struct Settings {
     pub config: Config,
     /// Reduction throughput per rank, GB/s.
     pub reduce_gbs: f64,
+    /// How a host's cores and caches shape shared-memory transfers.
+    pub host: HostModel,
     /// Fold ranks where the machine and the schedules repeat (exact; off to check).
     pub fold: bool,
     /// Largest memory the compiled programs of one piece may take, bytes.
@@ -48,6 +51,7 @@ impl Default for Settings {
         Settings {
             config: Config::default(),
             reduce_gbs: crate::plan::REDUCE_GBS,
+            host: HostModel::default(),
             fold: true,
             max_bytes: 6 << 30,
             sample_pieces: None,
@@ -248,6 +252,9 @@ impl Simulator {
         let pieces = self.pieces(coll, self.count(coll, size));
         let rates = engine::Rates {
             reduce: self.settings.reduce_gbs * 1e9,
+            buffers: engine::buffer_bytes(coll, size, self.nranks()),
+            ring: self.settings.config.shm_buffer as f64,
+            host: self.settings.host,
         };
         let mut start: Vec<f64> = Vec::new();
         let mut cached: Option<(usize, Vec<Program>)> = None;

@@ -4,7 +4,9 @@
 //!
 //! Exit codes: 0 on success, 1 on a simulation error, 2 on a usage error.
 
-use mixccl::sim::{chart, parse_link, Cluster, Network, Row, Series, Settings, Simulator};
+use mixccl::sim::{
+    chart, parse_link, Cache, Cluster, HostModel, Network, Row, Series, Settings, Simulator,
+};
 use mixccl::{Algorithm, Collective, Config, Topology};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -23,7 +25,15 @@ TOPOLOGY is a JSON model (the format MIXCCL_TOPO_FILE reads) or a generated CLUS
   --slow-fraction F --slow-gbit G a fraction F of hosts (spread evenly) with G Gbit/s NICs
   --pods P --pod-link ALPHA_US,GBIT
                                   P pods of consecutive hosts joined by per-pod uplinks
-  --cores C                       C cores per host shared by its shared-memory copies
+  --cores C                       C cores per host shared by its shared-memory copies, ranks
+                                  bound to them in blocks (as mixccl-perf --np --bind block)
+  --same-core X                   cost of a shared-memory byte between two ranks of one core
+                                  over its cost between cores (with --cores; default 1)
+  --switch-us X                   a message waits X us per other rank on its receiver's core
+                                  (with --cores; default 0)
+  --l2 SIZE:SPEEDUP               per-core cache: the part of a call's working set that fits
+  --l3 SIZE:SPEEDUP               it (L2 per core, L3 per host) moves SPEEDUP times faster
+                                  than the calibrated rates (default none)
 Flags:
   -b, -e, -f                      sizes as nccl-tests (default 32M, 32M, 2; K, M, G suffixes)
   --algos a,b,..                  simulate only these algorithms
@@ -145,6 +155,24 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
                 )
             }
             "--reduce-gbs" => a.settings.reduce_gbs = number(flag, v)?,
+            "--same-core" => {
+                let x: f64 = number(flag, v)?;
+                if !(x > 0.0 && x.is_finite()) {
+                    return Err(format!(
+                        "--same-core: expected a positive number, got '{v}'"
+                    ));
+                }
+                a.settings.host.same_core = x;
+            }
+            "--switch-us" => {
+                let x: f64 = number(flag, v)?;
+                if !(x >= 0.0 && x.is_finite()) {
+                    return Err(format!("--switch-us: expected microseconds, got '{v}'"));
+                }
+                a.settings.host.switch = x * 1e-6;
+            }
+            "--l2" => a.settings.host.l2 = cache(flag, v)?,
+            "--l3" => a.settings.host.l3 = cache(flag, v)?,
             "--max-mem" => a.settings.max_bytes = bytes(v)?,
             "--sample-pieces" => a.settings.sample_pieces = Some(number(flag, v)?),
             "-J" | "--json" => a.json = Some(v.clone()),
@@ -169,6 +197,20 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
         }
     }
     Ok(Some(a))
+}
+
+/// `SIZE:SPEEDUP` of `--l2` and `--l3`.
+fn cache(flag: &str, v: &str) -> Result<Cache, String> {
+    let bad = || format!("{flag}: expected SIZE:SPEEDUP (2M:1.8), got '{v}'");
+    let (b, x) = v.split_once(':').ok_or_else(bad)?;
+    let speedup: f64 = x.trim().parse().map_err(|_| bad())?;
+    if !(speedup > 0.0 && speedup.is_finite()) {
+        return Err(bad());
+    }
+    Ok(Cache {
+        bytes: bytes(b).map_err(|_| bad())?,
+        speedup,
+    })
 }
 
 fn algorithms(sim: &Simulator, a: &Args) -> Vec<Algorithm> {
@@ -208,9 +250,27 @@ fn describe(net: &Network) {
     }
 }
 
+/// The host model's settings, where they differ from the default.
+fn describe_host(s: &Settings) {
+    let h = s.host;
+    if h != HostModel::default() {
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        println!(
+            "# same-core cost {}, switch {:.1} us, L2 {:.1} MiB x{}, L3 {:.1} MiB x{}",
+            h.same_core,
+            h.switch * 1e6,
+            mib(h.l2.bytes),
+            h.l2.speedup,
+            mib(h.l3.bytes),
+            h.l3.speedup
+        );
+    }
+}
+
 fn single(a: &Args) -> Result<(), String> {
     let net = network(a)?;
     describe(&net);
+    describe_host(&a.settings);
     let sim = Simulator::new(net, a.settings.clone());
     if a.plan_only {
         for &size in &a.sizes {
