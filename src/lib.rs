@@ -24,6 +24,7 @@ mod algo;
 mod bootstrap;
 mod comm;
 mod config;
+mod copy;
 mod debug;
 pub mod device;
 mod element;

@@ -18,6 +18,7 @@
 //! Sequentially consistent stores and loads on both sides (Dekker's pattern): either
 //! the sleeper's last look sees the new bytes or the other side sees it sleeping.
 
+use crate::copy::copy_streaming;
 use crate::error::{Error, Result};
 use crate::header::decode_control;
 use crate::sys::{self, SharedMap};
@@ -179,8 +180,9 @@ impl Board {
         // yet freed by this reader, so the writer does not touch them now.
         unsafe {
             let ring = self.map.ptr().add(ring_at(self.nranks, self.cap, i));
-            std::ptr::copy_nonoverlapping(ring.add(at), dst.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(ring, dst.as_mut_ptr().add(first), dst.len() - first);
+            let (a, b) = dst.split_at_mut(first);
+            copy_streaming(a, std::slice::from_raw_parts(ring.add(at), first));
+            copy_streaming(b, std::slice::from_raw_parts(ring, b.len()));
         }
     }
 
@@ -258,7 +260,7 @@ impl Board {
             }
             if copied < copy_to.len() {
                 let k = (copy_to.len() - copied).min(self.step());
-                copy_to[copied..copied + k].copy_from_slice(&src[copied..copied + k]);
+                copy_streaming(&mut copy_to[copied..copied + k], &src[copied..copied + k]);
                 copied += k;
                 moved = true;
             }
