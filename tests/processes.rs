@@ -244,6 +244,9 @@ enum Transport {
     Tcp,
     /// The default inside a host: shared memory.
     Shm,
+    /// Shared memory with all-gather forced through the host's board, whose rings are
+    /// made small (64 KiB) so writers wrap and wait for slow readers.
+    Board,
 }
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -260,6 +263,10 @@ fn run_np(coll: &str, np: usize, sweep: &Sweep, link: Transport) -> Vec<Value> {
     let mut cmd = perf(60);
     if link == Transport::Tcp {
         cmd.env("MIXCCL_SHM_DISABLE", "1");
+    }
+    if link == Transport::Board {
+        cmd.env("MIXCCL_ALGO", "allgather:publish")
+            .env("MIXCCL_BOARD_BYTES", "64K");
     }
     cmd.arg(coll)
         .args(["--np", &np.to_string()])
@@ -336,6 +343,7 @@ fn check_collective(coll: &str, link: Transport) {
     let nps: &[usize] = match link {
         Transport::Tcp => &[2, 3, 4],
         Transport::Shm => &[2, 5, 8],
+        Transport::Board => &[3, 4],
     };
     let shm_before = dev_shm();
     for &np in nps {
@@ -417,6 +425,13 @@ fn allgather_processes_shm() {
     check_collective("allgather", Transport::Shm);
 }
 
+/// Every size from 0 bytes (the board is forced even where the planner would pick
+/// the direct algorithm), with in place and out of place checked by mixccl-perf.
+#[test]
+fn allgather_processes_board() {
+    check_collective("allgather", Transport::Board);
+}
+
 #[test]
 fn broadcast_processes() {
     check_collective("broadcast", Transport::Tcp);
@@ -486,6 +501,10 @@ fn manual_rank(
     let mut cmd = perf(timeout_s);
     if link == Transport::Tcp {
         cmd.env("MIXCCL_SHM_DISABLE", "1");
+    }
+    if link == Transport::Board {
+        cmd.env("MIXCCL_ALGO", "allgather:publish")
+            .env("MIXCCL_BOARD_BYTES", "64K");
     }
     cmd.args(args)
         .env("MIXCCL_RANK", rank.to_string())
@@ -561,17 +580,28 @@ fn a_killed_shm_rank_is_named_by_the_survivors() {
     killed_rank_is_named(Transport::Shm);
 }
 
+/// The board's all-gather, killed mid-call: its 64 KiB rings are far smaller than the
+/// 1 MiB blocks, so survivors are waiting on the dead rank's bytes or its reads.
+#[test]
+fn a_killed_rank_is_named_by_the_survivors_of_a_board_all_gather() {
+    killed_rank_is_named(Transport::Board);
+}
+
 fn killed_rank_is_named(link: Transport) {
     let shm_before = dev_shm();
     let n = 3;
     let timeout = 5;
     let port = free_port();
+    let (coll, size) = match link {
+        Transport::Board => ("allgather", "3M"),
+        _ => ("allreduce", "4K"),
+    };
     let args = [
-        "allreduce",
+        coll,
         "-b",
-        "4K",
+        size,
         "-e",
-        "4K",
+        size,
         "-n",
         "100000000",
         "-w",
@@ -584,7 +614,7 @@ fn killed_rank_is_named(link: Transport) {
         .collect();
     // Wait for rank 0's header: the job is joined and running.
     let joined = Instant::now() + Duration::from_secs(30);
-    while !ranks[0].stdout().contains("# mixccl-perf allreduce") {
+    while !ranks[0].stdout().contains(&format!("# mixccl-perf {coll}")) {
         assert!(
             Instant::now() < joined,
             "the job never started: {}",
@@ -624,14 +654,25 @@ fn killed_rank_is_named(link: Transport) {
 /// each naming the mismatch (per-call headers), and leave nothing in /dev/shm.
 #[test]
 fn mismatched_calls_fail_with_an_error_and_clean_up() {
+    mismatched_calls_fail("allreduce", Transport::Shm, ["16384", "32768"]);
+}
+
+/// As above, for the board's all-gather: its headers travel ahead of the board.
+#[test]
+fn mismatched_board_all_gathers_fail_with_an_error() {
+    // Counts per rank: 64 KiB and 128 KiB of floats over 2 ranks.
+    mismatched_calls_fail("allgather", Transport::Board, ["8192", "16384"]);
+}
+
+fn mismatched_calls_fail(coll: &str, link: Transport, counts: [&str; 2]) {
     let shm_before = dev_shm();
     let port = free_port();
     let timeout = 2;
     let mut ranks: Vec<Proc> = (0..2)
         .map(|r| {
             let size = if r == 0 { "64K" } else { "128K" };
-            let args = ["allreduce", "-b", size, "-e", size, "-n", "3", "-w", "0"];
-            manual_rank(r, 2, port, timeout, &args, Transport::Shm)
+            let args = [coll, "-b", size, "-e", size, "-n", "3", "-w", "0"];
+            manual_rank(r, 2, port, timeout, &args, link)
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -646,7 +687,7 @@ fn mismatched_calls_fail_with_an_error_and_clean_up() {
         );
         let err = p.stderr();
         assert!(
-            err.contains("mismatched calls") && err.contains("16384") && err.contains("32768"),
+            err.contains("mismatched calls") && err.contains(counts[0]) && err.contains(counts[1]),
             "rank {r} does not name both calls: {err}"
         );
         errors += &err;

@@ -128,6 +128,11 @@ impl Board {
         Ok(b)
     }
 
+    /// Bytes of each rank's ring.
+    pub(crate) fn ring_bytes(&self) -> usize {
+        self.cap
+    }
+
     /// The 8-byte word at `off` (a multiple of 8 inside the mapping).
     fn word(&self, off: usize) -> &AtomicU64 {
         debug_assert!(off % 8 == 0 && off + 8 <= region_len(self.nranks, self.cap.max(64)));

@@ -625,6 +625,14 @@ pub(crate) fn connect_host_peers(
             .filter(|&p| spec.same_host[p] && links[p].is_none())
             .collect();
         if missing.is_empty() {
+            if let Some(b) = &board {
+                log_info!(
+                    Some(spec.rank),
+                    "host board: {} rings of {} B (all-gather writes each block once)",
+                    n,
+                    b.ring_bytes()
+                );
+            }
             if let Some(b) = board.map(Arc::new) {
                 for l in links.iter_mut().flatten() {
                     l.board = Some(b.clone());
