@@ -342,7 +342,7 @@ impl Idle {
         self.since = Instant::now();
     }
 
-    /// One wait of a rank that could not move: polls while within `spin`, else sleeps
+    /// One wait of a rank that could not move: yields while within `spin`, else sleeps
     /// on its bell for at most [`NAP`]; fails on abort, on a peer's error report or
     /// death, or after `timeout` without progress.
     fn wait(
@@ -355,7 +355,10 @@ impl Idle {
     ) -> Result<()> {
         let idle = self.since.elapsed();
         if idle < spin {
-            std::hint::spin_loop();
+            // Yield rather than spin: every rank waits on every other, and on a host
+            // with more ranks than cores the one it waits for may need this core.
+            // SAFETY: sched_yield takes no arguments and cannot fail in a way that matters.
+            unsafe { libc::sched_yield() };
             return Ok(());
         }
         if w.abort.load(Ordering::SeqCst) {
