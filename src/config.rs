@@ -240,7 +240,8 @@ pub struct Config {
     /// `=` for exact names (`MIXCCL_SOCKET_IFNAME`; default: the route to the root, else the
     /// first non-loopback interface).
     pub socket_ifname: Option<String>,
-    /// SO_SNDBUF/SO_RCVBUF in bytes; 0 keeps the kernel's autotuning (`MIXCCL_SOCKET_BUFFER`; default 0).
+    /// SO_SNDBUF/SO_RCVBUF in bytes (`MIXCCL_SOCKET_BUFFER`; default 0: automatic,
+    /// 512 KiB to peers on this host, the kernel's autotuning to other hosts).
     pub socket_buffer: usize,
     /// The planner weighs the direct (latency) algorithms for all_reduce messages up to
     /// this many bytes per rank and all_gather results up to this many bytes in total
@@ -615,7 +616,7 @@ impl Config {
                 self.socket_ifname.as_deref().unwrap_or("auto")
             ),
             format!(
-                "MIXCCL_SOCKET_BUFFER={} (bytes, 0 = kernel autotuning)",
+                "MIXCCL_SOCKET_BUFFER={} (bytes, 0 = 512K on this host, kernel autotuning to others)",
                 self.socket_buffer
             ),
             format!(

@@ -356,6 +356,7 @@ impl Rejoin {
         let deadline = Instant::now() + config.timeout;
         let addrs: Vec<SocketAddr> = self.table.iter().map(|t| t.listen).collect();
         let use_tcp: Vec<bool> = (0..nranks).map(|p| p != rank && !same_host[p]).collect();
+        let host_peer: Vec<bool> = self.table.iter().map(|t| t.host == self.host).collect();
         let tcp_links = tcp::connect_mesh(
             &MeshSpec {
                 rank,
@@ -364,12 +365,12 @@ impl Rejoin {
                 token: self.token,
                 nsocks: config.nsocks,
                 socket_buffer: config.socket_buffer,
+                same_host: &host_peer,
                 deadline,
             },
             &self.listener,
         )?;
         // Peers on other hosts move to RDMA where both ends can (negotiated over TCP).
-        let host_peer: Vec<bool> = self.table.iter().map(|t| t.host == self.host).collect();
         let mut net_links = rdma::upgrade(
             &RdmaSpec {
                 rank,

@@ -31,6 +31,7 @@ fn two_ranks(config: &Config, same_host: bool) -> Vec<Result<Links>> {
                         token: [7; 16],
                         nsocks: 2,
                         socket_buffer: 0,
+                        same_host: &[false, false],
                         deadline,
                     },
                     &l,
