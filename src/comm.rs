@@ -465,20 +465,39 @@ impl Communicator {
             algo: algo.name(),
         };
         self.run_schedule(meta, &schedule, input, output, &[], &mut [])?;
-        if algo == Algorithm::Publish {
-            self.publish_all_gather(input, output)?;
+        if algo == Algorithm::Publish && !output.is_empty() {
+            let (own, blocks) = match call.coll {
+                // The schedule exchanged headers only; every block is still to move.
+                Collective::AllGather => {
+                    let b = output.len() / self.nranks;
+                    let own = (!input.is_empty()).then_some(input);
+                    (own, output.chunks_exact_mut(b).collect())
+                }
+                // The schedule was the ring's reduce-scatter: each rank owns one block.
+                _ => {
+                    let ranges = algo::owned_blocks(call.count, self.nranks, call.dtype.size());
+                    (None, crate::transport::board::split_blocks(output, &ranges))
+                }
+            };
+            self.publish_gather(call.coll, own, blocks)?;
         }
         Ok(())
     }
 
-    /// The blocks of an all-gather whose headers `run` just exchanged, through the
-    /// host's board (`input` is empty in place).
-    fn publish_all_gather(&mut self, input: &[u8], output: &mut [u8]) -> Result<()> {
+    /// The blocks of a call whose schedule `run` just ran (headers, and for all_reduce
+    /// the reduce-scatter), through the host's board: `blocks[p]` gets rank p's block;
+    /// this rank's is `own` or already in place.
+    fn publish_gather(
+        &mut self,
+        coll: Collective,
+        own: Option<&[u8]>,
+        blocks: Vec<&mut [u8]>,
+    ) -> Result<()> {
         let Some(board) = self.board.clone() else {
             return Err(Error::Internal("publish planned without a board".into()));
         };
         let label = CallLabel {
-            coll: Collective::AllGather,
+            coll,
             seq: self.seq,
             rank: self.rank,
         };
@@ -489,7 +508,7 @@ impl Communicator {
             label: &label,
             links: &mut self.links,
         };
-        let result = board.all_gather((!input.is_empty()).then_some(input), output, &mut w);
+        let result = board.gather(own, blocks, &mut w);
         if let Err(e) = &result {
             self.failed = Some(e.clone());
         }

@@ -86,7 +86,8 @@ pub enum Algorithm {
     /// one host, shared-memory links; used by all-gather.
     HostRead,
     /// Every rank writes its block once into its host's shared board and copies every
-    /// peer's out of it: all ranks on one host over shared memory; used by all-gather.
+    /// peer's out of it: all ranks on one host over shared memory; used by all-gather,
+    /// and by all-reduce after the ring's reduce-scatter.
     Publish,
     /// Trees: NCCL's double binary tree for all-reduce, a pipelined binary tree for
     /// broadcast and reduce; latency O(log n).
@@ -138,7 +139,7 @@ impl Algorithm {
         use Collective::*;
         matches!(
             (coll, self),
-            (AllReduce, Ring | Direct | Tree | Hier)
+            (AllReduce, Ring | Direct | Tree | Publish | Hier)
                 | (AllGather, Ring | Direct | HostRead | Publish | Hier)
                 | (ReduceScatter, Ring | Hier)
                 | (Broadcast | Reduce, Chain | Tree)

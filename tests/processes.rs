@@ -244,8 +244,8 @@ enum Transport {
     Tcp,
     /// The default inside a host: shared memory.
     Shm,
-    /// Shared memory with all-gather forced through the host's board, whose rings are
-    /// made small (64 KiB) so writers wrap and wait for slow readers.
+    /// Shared memory with all-gather and all-reduce forced through the host's board,
+    /// whose rings are made small (64 KiB) so writers wrap and wait for slow readers.
     Board,
 }
 
@@ -265,7 +265,7 @@ fn run_np(coll: &str, np: usize, sweep: &Sweep, link: Transport) -> Vec<Value> {
         cmd.env("MIXCCL_SHM_DISABLE", "1");
     }
     if link == Transport::Board {
-        cmd.env("MIXCCL_ALGO", "allgather:publish")
+        cmd.env("MIXCCL_ALGO", "allgather:publish;allreduce:publish")
             .env("MIXCCL_BOARD_BYTES", "64K");
     }
     cmd.arg(coll)
@@ -432,6 +432,13 @@ fn allgather_processes_board() {
     check_collective("allgather", Transport::Board);
 }
 
+/// The board's all-reduce (ring reduce-scatter, then the board), every size, dtype and
+/// op (`Avg` divides before the board), uneven blocks from the odd counts.
+#[test]
+fn allreduce_processes_board() {
+    check_collective("allreduce", Transport::Board);
+}
+
 #[test]
 fn broadcast_processes() {
     check_collective("broadcast", Transport::Tcp);
@@ -503,7 +510,7 @@ fn manual_rank(
         cmd.env("MIXCCL_SHM_DISABLE", "1");
     }
     if link == Transport::Board {
-        cmd.env("MIXCCL_ALGO", "allgather:publish")
+        cmd.env("MIXCCL_ALGO", "allgather:publish;allreduce:publish")
             .env("MIXCCL_BOARD_BYTES", "64K");
     }
     cmd.args(args)

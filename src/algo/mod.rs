@@ -13,6 +13,7 @@ mod hier;
 mod host;
 mod pairwise;
 mod ring;
+pub(crate) use ring::owned_blocks;
 pub(crate) mod tree;
 
 use crate::config::{Algorithm, Collective};
@@ -314,6 +315,7 @@ pub(crate) fn build(call: &Call, algo: Algorithm, hosts: &[Vec<usize>]) -> Resul
         (AllGather, Direct) => direct::all_gather(call),
         (AllGather, HostRead) => host::all_gather(call),
         (AllGather, Publish) => host::publish_start(call),
+        (AllReduce, Publish) => ring::all_reduce_scattered(call),
         (ReduceScatter, Ring) => ring::reduce_scatter(call),
         (Broadcast, Chain) => chain::broadcast(call),
         (Reduce, Chain) => chain::reduce(call),

@@ -31,6 +31,58 @@ pub(super) fn all_reduce(c: &Call) -> Schedule {
         });
         return s;
     }
+    let owned = reduce_scatter_half(c, &mut s);
+    let (next, prev) = ring_peers(c);
+    let blk = |b: usize| block(c.count, n, b, e);
+    // All-gather: step k sends block r+1-k, receives block r-k.
+    for k in 0..n - 1 {
+        let (ss, se) = blk((owned + n - k % n) % n);
+        s.sliced(se - ss, c.chunk, |o, l| Op::Send {
+            peer: next,
+            src: out(ss + o, l),
+        });
+        let (rs, re) = blk(back(c, k));
+        s.sliced(re - rs, c.chunk, |o, l| Op::Recv {
+            peer: prev,
+            dst: out(rs + o, l),
+        });
+    }
+    s
+}
+
+/// The first half of the ring all_reduce, for the board's all_reduce: the output ends
+/// holding only the block this rank owns, reduced (and divided, for `Avg`); the
+/// communicator gathers the rest through the board ([`owned_blocks`]).
+pub(super) fn all_reduce_scattered(c: &Call) -> Schedule {
+    let mut s = Schedule::default();
+    if c.nranks == 1 {
+        let bytes = c.bytes();
+        s.push(Op::Copy {
+            src: c.own(0, bytes),
+            dst: Region::new(Buf::Output, 0, bytes),
+        });
+        return s;
+    }
+    reduce_scatter_half(c, &mut s);
+    s
+}
+
+/// Byte range of the output block each rank owns after the ring's reduce-scatter half,
+/// by rank: rank p owns block p+1.
+pub(crate) fn owned_blocks(count: usize, nranks: usize, esize: usize) -> Vec<(usize, usize)> {
+    (0..nranks)
+        .map(|p| {
+            let (s, e) = block(count, nranks, (p + 1) % nranks, esize);
+            (s, e - s)
+        })
+        .collect()
+}
+
+/// Appends the ring all_reduce's reduce-scatter (n > 1); returns the block this rank
+/// then owns.
+fn reduce_scatter_half(c: &Call, s: &mut Schedule) -> usize {
+    let (n, e) = (c.nranks, c.esize());
+    let out = |off, len| Region::new(Buf::Output, off, len);
     let (next, prev) = ring_peers(c);
     let blk = |b: usize| block(c.count, n, b, e);
     // Reduce-scatter: step k sends block r-k, receives and reduces block r-k-1.
@@ -60,20 +112,7 @@ pub(super) fn all_reduce(c: &Call) -> Schedule {
             dst: out(os, oe - os),
         });
     }
-    // All-gather: step k sends block r+1-k, receives block r-k.
-    for k in 0..n - 1 {
-        let (ss, se) = blk((owned + n - k % n) % n);
-        s.sliced(se - ss, c.chunk, |o, l| Op::Send {
-            peer: next,
-            src: out(ss + o, l),
-        });
-        let (rs, re) = blk(back(c, k));
-        s.sliced(re - rs, c.chunk, |o, l| Op::Recv {
-            peer: prev,
-            dst: out(rs + o, l),
-        });
-    }
-    s
+    owned
 }
 
 pub(super) fn all_gather(c: &Call) -> Schedule {

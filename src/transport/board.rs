@@ -214,29 +214,40 @@ impl Board {
         self.cap - (pos - slowest) as usize
     }
 
-    /// All-gather over the board: `out` holds one block per rank; this rank's block is
+    /// All-gather over the board (tests; the communicator calls [`Board::gather`]):
+    /// `out` holds one block per rank; this rank's block is
     /// `own` (out of place) or already in `out` (in place, `own` is `None`). Every rank
     /// of the board must make the same call (the caller's headers checked that).
-    pub(crate) fn all_gather(
-        &self,
-        own: Option<&[u8]>,
-        out: &mut [u8],
-        w: &mut Wait<'_>,
-    ) -> Result<()> {
-        let (n, me) = (self.nranks, self.me);
-        if out.is_empty() || n == 1 {
-            if let Some(s) = own {
-                out.copy_from_slice(s);
-            }
+    #[cfg(test)]
+    fn all_gather(&self, own: Option<&[u8]>, out: &mut [u8], w: &mut Wait<'_>) -> Result<()> {
+        let n = self.nranks;
+        if out.is_empty() {
             return Ok(());
         }
         let b = out.len() / n;
-        let mut blocks: Vec<&mut [u8]> = out.chunks_exact_mut(b).collect();
+        self.gather(own, out.chunks_exact_mut(b).collect(), w)
+    }
+
+    /// Gathers rank p's block into `blocks[p]` on every rank (blocks may differ in
+    /// length, equally on every rank); this rank's block is `own`, copied into
+    /// `blocks[me]` (out of place), or already there (`own` is `None`).
+    pub(crate) fn gather(
+        &self,
+        own: Option<&[u8]>,
+        mut blocks: Vec<&mut [u8]>,
+        w: &mut Wait<'_>,
+    ) -> Result<()> {
+        let (n, me) = (self.nranks, self.me);
+        debug_assert_eq!(blocks.len(), n);
         let own_dst = std::mem::take(&mut blocks[me]);
         let (src, copy_to): (&[u8], &mut [u8]) = match own {
             Some(s) => (s, own_dst),
             None => (own_dst, &mut []),
         };
+        let len: Vec<usize> = (0..n)
+            .map(|p| if p == me { src.len() } else { blocks[p].len() })
+            .collect();
+        let b = len[me];
         let t0 = self.tail(me).load(Ordering::Relaxed);
         let start: Vec<u64> = (0..n)
             .map(|p| self.head(p, me).load(Ordering::Relaxed))
@@ -244,7 +255,7 @@ impl Board {
         let (mut written, mut copied) = (0usize, 0usize);
         let mut got = vec![0usize; n];
         got[me] = b;
-        let spin = if b * n <= SPIN_MAX_BYTES {
+        let spin = if len.iter().sum::<usize>() <= SPIN_MAX_BYTES {
             w.spin
         } else {
             Duration::ZERO
@@ -271,12 +282,12 @@ impl Board {
             }
             for step in 1..n {
                 let p = (me + step) % n;
-                if got[p] == b {
+                if got[p] == len[p] {
                     continue;
                 }
                 let pos = start[p] + got[p] as u64;
                 let avail = (self.tail(p).load(Ordering::SeqCst) - pos) as usize;
-                let k = avail.min(b - got[p]).min(self.step());
+                let k = avail.min(len[p] - got[p]).min(self.step());
                 if k > 0 {
                     self.copy_out(p, pos, &mut blocks[p][got[p]..got[p] + k]);
                     self.head(p, me).store(pos + k as u64, Ordering::SeqCst);
@@ -285,7 +296,7 @@ impl Board {
                     self.wake(p);
                 }
             }
-            if written == b && copied == copy_to.len() && got.iter().all(|&g| g == b) {
+            if written == b && copied == copy_to.len() && got == len {
                 return Ok(());
             }
             if moved {
@@ -297,19 +308,36 @@ impl Board {
             let pos = t0 + written as u64;
             let waiting = |p: usize| {
                 p != me
-                    && (got[p] < b
+                    && (got[p] < len[p]
                         || (written < b
                             && self.head(me, p).load(Ordering::SeqCst) + self.cap as u64 <= pos))
             };
             let ready = || {
                 (written < b && self.free(pos) > 0)
                     || (0..n).any(|p| {
-                        got[p] < b && self.tail(p).load(Ordering::SeqCst) > start[p] + got[p] as u64
+                        got[p] < len[p]
+                            && self.tail(p).load(Ordering::SeqCst) > start[p] + got[p] as u64
                     })
             };
             idle.wait(self, spin, w, &waiting, &ready)?;
         }
     }
+}
+
+/// Splits `out` into the disjoint blocks `ranges[p] = (offset, length)`, by p.
+pub(crate) fn split_blocks<'a>(out: &'a mut [u8], ranges: &[(usize, usize)]) -> Vec<&'a mut [u8]> {
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&p| ranges[p].0);
+    let mut blocks: Vec<&mut [u8]> = ranges.iter().map(|_| Default::default()).collect();
+    let (mut rest, mut at) = (out, 0);
+    for p in order {
+        let (off, len) = ranges[p];
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(off - at);
+        let (blk, tail) = tail.split_at_mut(len);
+        blocks[p] = blk;
+        (rest, at) = (tail, off + len);
+    }
+    blocks
 }
 
 /// What a rank needs to wait inside a board call: the no-progress timeout, the abort
@@ -517,6 +545,17 @@ mod tests {
         assert!(matches!(err, Error::Aborted), "wrong error: {err}");
         assert!(start.elapsed() < Duration::from_secs(1));
         t.join().unwrap();
+    }
+
+    #[test]
+    fn blocks_split_by_rank_in_any_order() {
+        let mut out: Vec<u8> = (0..10).collect();
+        // Rank p owns block p+1 of 3 uneven blocks [0,4) [4,7) [7,10).
+        let b = split_blocks(&mut out, &[(4, 3), (7, 3), (0, 4)]);
+        assert_eq!(
+            (&*b[0], &*b[1], &*b[2]),
+            (&[4, 5, 6][..], &[7, 8, 9][..], &[0, 1, 2, 3][..])
+        );
     }
 
     #[test]
