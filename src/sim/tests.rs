@@ -177,3 +177,38 @@ fn pods_and_cores_slow_things_down() {
     // (The reduce-scatter half is bound by the reduction rate either way.)
     assert!(c > 1.2 * o, "{c} vs {o}");
 }
+
+#[test]
+fn extrapolated_pipelines_stay_within_their_bound() {
+    // 64 periods of 4 KiB chunks: 24 simulated, 40 added at the measured rate.
+    let net = mixed_cluster();
+    let mut on = settings(4 << 10);
+    on.reduce_gbs = 5.0;
+    let off = Settings {
+        extrapolate: false,
+        ..on.clone()
+    };
+    let (x, full) = (Simulator::new(net.clone(), on), Simulator::new(net, off));
+    for (coll, algo, size) in [
+        (Collective::AllReduce, Algorithm::Tree, 512 << 10),
+        (Collective::Broadcast, Algorithm::Chain, 256 << 10),
+        (Collective::Reduce, Algorithm::Tree, 256 << 10),
+    ] {
+        let a = x.run(coll, algo, size).unwrap();
+        let b = full.run(coll, algo, size).unwrap();
+        assert_eq!(b.extrapolated_chunks, 0);
+        assert_eq!(a.extrapolated_chunks, 40, "{coll} {algo}");
+        assert!(
+            (a.seconds - b.seconds).abs() <= a.bound + 1e-9 * b.seconds,
+            "{coll} {algo}: {} vs {} (bound {})",
+            a.seconds,
+            b.seconds,
+            a.bound
+        );
+        assert!(
+            a.bound <= 0.01 * b.seconds,
+            "{coll} {algo}: bound {}",
+            a.bound
+        );
+    }
+}

@@ -29,6 +29,8 @@ Flags:
   --algos a,b,..                  simulate only these algorithms
   --reduce-gbs X                  reduction rate per rank, GB/s (default the planner's 5)
   --no-fold                       simulate every rank even where one period would do
+  --no-extrapolate                simulate every chunk of a long tree or chain pipeline
+                                  (by default its first periods, extended once they repeat)
   --max-mem SIZE                  largest memory for one piece's programs (default 6G)
   --sample-pieces K               simulate K of a call's pieces, add the rest at their mean
                                   time (approximate; default all)
@@ -107,6 +109,10 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
     while let Some(flag) = it.next() {
         if flag == "--no-fold" {
             a.settings.fold = false;
+            continue;
+        }
+        if flag == "--no-extrapolate" {
+            a.settings.extrapolate = false;
             continue;
         }
         if flag == "--plan-only" {
