@@ -146,11 +146,16 @@ impl Simulator {
         v
     }
 
+    /// The bytes per rank the planner sees for a call of `size` bytes: those of its
+    /// first piece (every piece but a short last one is planned alike).
+    pub fn planned_bytes(&self, coll: Collective, size: usize) -> usize {
+        self.pieces(coll, self.count(coll, size))[0] * DataType::F32.size()
+    }
+
     /// The algorithm the planner picks for a call of `size` bytes (for its first
-    /// piece: every piece but a short last one gets the same).
+    /// piece).
     pub fn planner(&self, coll: Collective, size: usize) -> Algorithm {
-        let count = self.pieces(coll, self.count(coll, size))[0];
-        let bytes = count * DataType::F32.size();
+        let bytes = self.planned_bytes(coll, size);
         crate::plan::cheapest(&self.net.topo, &self.settings.config, coll, bytes).0
     }
 

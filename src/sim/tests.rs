@@ -1,7 +1,7 @@
 //! Simulations small enough to work out by hand, determinism, and folding.
 
 use super::*;
-use crate::topo::{LinkClass, LinkCost};
+use crate::topo::{LinkClass, LinkCost, Topology};
 
 fn link(class: LinkClass, alpha_us: f64, bw_gbs: f64) -> LinkCost {
     LinkCost {
@@ -211,4 +211,39 @@ fn extrapolated_pipelines_stay_within_their_bound() {
             a.bound
         );
     }
+}
+
+#[test]
+fn pods_travel_in_the_model() {
+    // The generator's pods are in the model it hands the planner; a JSON dump of it
+    // simulates alike and plans alike.
+    let mut c = Cluster::new(
+        4,
+        2,
+        link(LinkClass::Shm, 2.0, 10.0),
+        link(LinkClass::Rdma, 3.0, 25.0),
+    );
+    c.pods = 2;
+    c.pod_link = Some(link(LinkClass::Tcp, 5000.0, 12.5));
+    let net = c.build().unwrap();
+    assert_eq!(net.topo.npods(), 2);
+    let loaded = Network::from_topology(Topology::from_json(&net.topo.to_json()).unwrap());
+    assert_eq!(
+        (&loaded.pod_of, loaded.pod_link),
+        (&net.pod_of, net.pod_link)
+    );
+    let (a, b) = (
+        Simulator::new(net, Settings::default()),
+        Simulator::new(loaded, Settings::default()),
+    );
+    for algo in [Algorithm::Ring, Algorithm::Tree] {
+        let (x, y) = (
+            a.run(Collective::AllReduce, algo, 1 << 20).unwrap(),
+            b.run(Collective::AllReduce, algo, 1 << 20).unwrap(),
+        );
+        assert_eq!(x.seconds, y.seconds);
+    }
+    assert_eq!(a.planner(Collective::AllReduce, 8), Algorithm::Direct);
+    c.pod_link = None;
+    assert!(c.build().is_err());
 }

@@ -220,13 +220,9 @@ fn single(a: &Args) -> Result<(), String> {
     let sim = Simulator::new(net, a.settings.clone());
     if a.plan_only {
         for &size in &a.sizes {
-            // The planner sees one piece: at most MIXCCL_PIPELINE_BYTES of all_reduce.
+            // The planner sees one piece (Config::piece_elems).
             let c = &a.settings.config;
-            let piece = if c.pipeline_bytes > 0 && a.coll == Collective::AllReduce {
-                size.min(c.pipeline_bytes)
-            } else {
-                size
-            };
+            let piece = sim.planned_bytes(a.coll, size);
             let est: Vec<String> = algorithms(&sim, a)
                 .iter()
                 .filter_map(|&x| {
