@@ -23,6 +23,7 @@ TOPOLOGY is a JSON model (the format MIXCCL_TOPO_FILE reads) or a generated CLUS
   --slow-fraction F --slow-gbit G a fraction F of hosts (spread evenly) with G Gbit/s NICs
   --pods P --pod-link ALPHA_US,GBIT
                                   P pods of consecutive hosts joined by per-pod uplinks
+                                  (in the model the planner plans with)
   --cores C                       C cores per host shared by its shared-memory copies
 Flags:
   -b, -e, -f                      sizes as nccl-tests (default 32M, 32M, 2; K, M, G suffixes)
