@@ -6,11 +6,14 @@
 //!
 //! The estimate of one candidate is latency + bandwidth + reduction:
 //! - latency: the dependent message steps of the algorithm, each costing the
-//!   largest alpha among the links that step uses;
+//!   largest alpha among the links that step uses; the steps that cross from one pod
+//!   to another also pay the pods' uplink alpha;
 //! - bandwidth: every byte the algorithm moves is charged to the links it crosses:
 //!   inside a host to the sending and the receiving rank (shared-memory copies),
 //!   between hosts to the sending host's network link out and the receiving host's
-//!   link in; the busiest of them, at its bandwidth, bounds the time;
+//!   link in, between pods also to the sending pod's uplink out and the receiving
+//!   pod's uplink in (shared by all hosts of the pod); the busiest of them, at its
+//!   bandwidth, bounds the time;
 //! - reduction: the most bytes any rank reduces, at [`REDUCE_GBS`].
 
 use crate::config::{Algorithm, Collective, Config};
@@ -130,27 +133,36 @@ pub(crate) fn cheapest(
     best
 }
 
-/// Bytes charged to each sender, receiver and network link.
+/// Bytes charged to each sender, receiver, network link and pod uplink.
 struct Load<'a> {
     t: &'a Topology,
     rank_out: Vec<f64>,
     rank_in: Vec<f64>,
     net_out: Vec<f64>,
     net_in: Vec<f64>,
-    /// Largest alpha (seconds) among the links used so far.
+    pod_out: Vec<f64>,
+    pod_in: Vec<f64>,
+    /// Largest alpha (seconds) among the hosts' links used so far.
     alpha: f64,
+    /// Messages (calls of `add`) so far, and how many of them crossed pods.
+    messages: usize,
+    crossings: usize,
 }
 
 impl<'a> Load<'a> {
     fn new(t: &'a Topology) -> Load<'a> {
-        let (n, h) = (t.nranks(), t.hosts.len());
+        let (n, h, p) = (t.nranks(), t.hosts.len(), t.npods());
         Load {
             t,
             rank_out: vec![0.0; n],
             rank_in: vec![0.0; n],
             net_out: vec![0.0; h],
             net_in: vec![0.0; h],
+            pod_out: vec![0.0; p],
+            pod_in: vec![0.0; p],
             alpha: 0.0,
+            messages: 0,
+            crossings: 0,
         }
     }
 
@@ -167,7 +179,18 @@ impl<'a> Load<'a> {
             self.net_out[ha] += bytes;
             self.net_in[hb] += bytes;
         }
+        self.messages += 1;
+        if self.t.crossing(a, b).is_some() {
+            self.pod_out[self.t.pod_of(ha)] += bytes;
+            self.pod_in[self.t.pod_of(hb)] += bytes;
+            self.crossings += 1;
+        }
         self.alpha = self.alpha.max(self.t.link(a, b).alpha_us * 1e-6);
+    }
+
+    /// The fraction of messages so far that crossed pods.
+    fn crossed(&self) -> f64 {
+        self.crossings as f64 / self.messages.max(1) as f64
     }
 
     /// Seconds the busiest link needs for its bytes.
@@ -180,10 +203,17 @@ impl<'a> Load<'a> {
         for (h, host) in self.t.hosts.iter().enumerate() {
             worst = worst.max(self.net_out[h].max(self.net_in[h]) / (host.net.bw_gbs * 1e9));
         }
+        if let Some(pods) = &self.t.pods {
+            for p in 0..self.pod_out.len() {
+                let bytes = self.pod_out[p].max(self.pod_in[p]);
+                worst = worst.max(bytes / (pods.uplink.bw_gbs * 1e9));
+            }
+        }
         worst
     }
 
-    /// The smallest bandwidth (bytes/s) among the links used so far, for pipeline fill.
+    /// The smallest bandwidth (bytes/s) among the hosts' links used so far, for
+    /// pipeline fill.
     fn slowest_bw(&self) -> f64 {
         let mut bw = f64::INFINITY;
         for (h, host) in self.t.hosts.iter().enumerate() {
@@ -200,6 +230,60 @@ impl<'a> Load<'a> {
             1e12
         }
     }
+}
+
+/// The most pod crossings on the way of one block round a ring whose link `i -> i+1`
+/// crosses pods where `cross[i]`: block `b` (of the first `blocks`, those holding
+/// data) takes `hops` links from link `b` on (as `hier::ring_all_reduce` moves it:
+/// reduced from `b` round to `b - 1`, then passed on from there).
+fn ring_crossings(cross: &[bool], blocks: usize, hops: usize) -> f64 {
+    let m = cross.len();
+    let laps = hops / m + 2;
+    let mut upto = vec![0usize; m * laps + 1];
+    for i in 0..m * laps {
+        upto[i + 1] = upto[i] + usize::from(cross[i % m]);
+    }
+    (0..blocks.min(m))
+        .map(|b| upto[b + hops] - upto[b])
+        .max()
+        .unwrap_or(0) as f64
+}
+
+/// Seconds of the pods' uplink alpha (0 without pods).
+fn pod_alpha(t: &Topology) -> f64 {
+    t.pods.as_ref().map_or(0.0, |p| p.uplink.alpha_us * 1e-6)
+}
+
+/// The most pod crossings on a way from a rank up to the root of `shape`.
+fn tree_crossings(t: &Topology, shape: crate::algo::tree::Shape) -> usize {
+    let n = t.nranks();
+    if t.npods() < 2 {
+        return 0;
+    }
+    // Crossings from each rank to the root, memoised (parents first is not an
+    // order the shapes give, so walk up until a known rank).
+    let mut up: Vec<Option<usize>> = vec![None; n];
+    let mut path = Vec::new();
+    for r in 0..n {
+        let mut x = r;
+        while up[x].is_none() {
+            path.push(x);
+            match shape.links(n, x).0 {
+                Some(p) => x = p,
+                None => {
+                    up[x] = Some(0);
+                    path.pop();
+                    break;
+                }
+            }
+        }
+        while let Some(y) = path.pop() {
+            let p = shape.links(n, y).0.expect("not the root");
+            let c = usize::from(t.crossing(y, p).is_some());
+            up[y] = Some(up[p].expect("set above") + c);
+        }
+    }
+    up.into_iter().flatten().max().unwrap_or(0)
 }
 
 /// Estimated seconds for `coll` with `algo` on `bytes` per rank, or `None` when `algo`
@@ -237,6 +321,8 @@ pub(crate) fn estimate(
         .map(|h| h.intra.alpha_us)
         .fold(f64::INFINITY, f64::min)
         * 0.2e-6;
+    // Message steps that cross pods (each pays the uplink's alpha on top).
+    let mut cross = 0.0;
     let (steps, extra, reduced) = match (coll, algo) {
         (AllReduce | AllGather | ReduceScatter, Ring) => {
             let f = if coll == AllReduce { 2.0 } else { 1.0 };
@@ -244,6 +330,7 @@ pub(crate) fn estimate(
                 load.add(r, (r + 1) % n, f * (nf - 1.0) / nf * s);
             }
             let steps = f * (nf - 1.0);
+            cross = steps * load.crossed();
             let reduced = if coll == AllGather {
                 0.0
             } else {
@@ -266,10 +353,11 @@ pub(crate) fn estimate(
             } else {
                 0.0
             };
+            cross = if load.crossings > 0 { 1.0 } else { 0.0 };
             (1.0, (nf - 2.0) * msg, reduced)
         }
         (AllReduce, Tree) => {
-            let mut depth = 0usize;
+            let (mut depth, mut xmax) = (0usize, 0usize);
             let trees = if bytes <= crate::algo::tree::SINGLE_TREE_MAX_BYTES {
                 1
             } else {
@@ -284,6 +372,7 @@ pub(crate) fn estimate(
                     }
                 }
                 depth = depth.max(tree_depth(shape, n));
+                xmax = xmax.max(tree_crossings(t, shape));
             }
             // The chunks do not stream through the trees: a lane runs its messages
             // in order, so a chunk's way down (after the round trip to the root)
@@ -291,11 +380,17 @@ pub(crate) fn estimate(
             // they share. mixccl-sim finds every chunk of both trees paying a round
             // trip of its own: per level up, alpha and the two children's reductions
             // one after the other; per level down, alpha and the chunk's transfer.
-            let t = trees as f64;
-            let c = chunk.min(s / t);
-            let rounds = t * (s / t / chunk).ceil().max(1.0);
+            let nt = trees as f64;
+            let c = chunk.min(s / nt);
+            let rounds = nt * (s / nt / chunk).ceil().max(1.0);
             let d = depth as f64;
-            let trip = d * (c / load.slowest_bw() + 2.0 * c / (REDUCE_GBS * 1e9) + 2.0 * msg);
+            // Between pods, a level also moves the chunk over the uplink and pays
+            // its alpha, up and down.
+            let x = xmax as f64;
+            let uplink = t.pods.as_ref().map_or(0.0, |p| c / (p.uplink.bw_gbs * 1e9));
+            let trip =
+                d * (c / load.slowest_bw() + 2.0 * c / (REDUCE_GBS * 1e9) + 2.0 * msg) + x * uplink;
+            cross = 2.0 * x * rounds;
             (2.0 * d * rounds, rounds * trip, 0.0)
         }
         (Broadcast | Reduce, Tree) => {
@@ -306,6 +401,7 @@ pub(crate) fn estimate(
                 }
             }
             let depth = tree_depth(shape, n) as f64;
+            cross = tree_crossings(t, shape) as f64;
             let fill = depth * chunk.min(s) / load.slowest_bw();
             let reduced = if coll == Reduce { 2.0 * s } else { 0.0 };
             (depth, fill + depth * msg, reduced)
@@ -315,6 +411,7 @@ pub(crate) fn estimate(
                 load.add(r, r + 1, s);
             }
             let fill = (nf - 2.0) * chunk.min(s) / load.slowest_bw();
+            cross = load.crossings as f64;
             let reduced = if coll == Reduce { s } else { 0.0 };
             (nf - 1.0, fill, reduced)
         }
@@ -332,6 +429,7 @@ pub(crate) fn estimate(
                     }
                 }
             }
+            cross = if t.npods() > 1 { 1.0 } else { 0.0 };
             (1.0, (nf - 2.0) * msg, 0.0)
         }
         (SendRecv | Barrier, Direct) => (1.0, 0.0, 0.0),
@@ -342,7 +440,13 @@ pub(crate) fn estimate(
     } else {
         t.link(0, 1).alpha_us * 1e-6
     };
-    Some(steps * alpha + extra + load.seconds() + reduced / (REDUCE_GBS * 1e9))
+    Some(
+        steps * alpha
+            + cross * pod_alpha(t)
+            + extra
+            + load.seconds()
+            + reduced / (REDUCE_GBS * 1e9),
+    )
 }
 
 /// Levels below the root of the deepest rank.
@@ -396,8 +500,13 @@ fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
     };
     let mut inter = 0.0f64;
     let mut alpha_x = 0.0f64;
+    // Per pod, the bytes its hosts' ring links send to another pod; and how many
+    // of the ring's links cross pods.
+    let mut pod_out = vec![0.0f64; t.npods()];
+    let mut cross = vec![false; t.hosts.len()];
     for (i, h) in t.hosts.iter().enumerate() {
-        let next = &t.hosts[(i + 1) % t.hosts.len()];
+        let j = (i + 1) % t.hosts.len();
+        let next = &t.hosts[j];
         let bytes = match coll {
             Collective::AllReduce => f * (hn - 1.0) / hn * s,
             // Everything but what the next host already has.
@@ -406,6 +515,24 @@ fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
         let bw = h.net.bw_gbs.min(next.net.bw_gbs) * 1e9;
         inter = inter.max(bytes / bw);
         alpha_x = alpha_x.max(h.net.alpha_us.max(next.net.alpha_us) * 1e-6);
+        if t.pod_of(i) != t.pod_of(j) {
+            pod_out[t.pod_of(i)] += bytes;
+            cross[i] = true;
+        }
+    }
+    // A channel's block goes round the ring in sub-blocks, one per host; sub-blocks
+    // without data (small calls, taken as 4-byte elements) send nothing.
+    let (hops, blocks) = match coll {
+        Collective::AllReduce => (
+            2 * (t.hosts.len() - 1),
+            ((s / 4.0 / nch).ceil() as usize).max(1),
+        ),
+        _ => (t.hosts.len() - 1, t.hosts.len()),
+    };
+    let crossings = ring_crossings(&cross, blocks, hops);
+    if let Some(pods) = &t.pods {
+        let most = pod_out.iter().copied().fold(0.0, f64::max);
+        inter = inter.max(most / (pods.uplink.bw_gbs * 1e9));
     }
     let reduced = match coll {
         Collective::AllGather => 0.0,
@@ -414,6 +541,7 @@ fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
     let fill = intra.min(inter) / (hn * nch).max(1.0);
     2.0 * alpha_in
         + f * (hn - 1.0) * alpha_x
+        + crossings * pod_alpha(t)
         + intra.max(inter)
         + fill
         + reduced / (REDUCE_GBS * 1e9)
@@ -529,5 +657,61 @@ mod tests {
             "{}",
             tree(8 << 20)
         );
+    }
+
+    /// `hosts` hosts x 8 ranks as `cluster_512`, in two pods joined by 100 Gbit/s
+    /// uplinks with 5 ms of latency (the two-pod cluster of docs/scaling.md).
+    fn two_pods(hosts: usize) -> Topology {
+        use crate::topo::{Host, LinkClass, LinkCost, Pods};
+        let cost = |class, alpha_us, bw_gbs| LinkCost {
+            class,
+            alpha_us,
+            bw_gbs,
+            measured: false,
+        };
+        let all = (0..hosts)
+            .map(|h| Host {
+                name: format!("h{h}"),
+                ranks: (8 * h..8 * h + 8).collect(),
+                intra: cost(LinkClass::Shm, 3.0, 50.0),
+                net: cost(LinkClass::Rdma, 4.0, 50.0),
+            })
+            .collect();
+        Topology::new(all, Vec::new())
+            .unwrap()
+            .with_pods(Pods {
+                hosts: vec![(0..hosts / 2).collect(), (hosts / 2..hosts).collect()],
+                uplink: cost(LinkClass::Tcp, 5000.0, 12.5),
+            })
+            .unwrap()
+    }
+
+    /// Cases where the planner, blind to the pod link, picked the tree and mixccl-sim
+    /// found another algorithm faster: 8 B on 128 ranks (tree 20.1 ms, direct one
+    /// crossing, 5.0 ms), 8 B on 2,048 ranks (tree 20.1 ms, hier 17.0 ms), 1 MiB on
+    /// 8,192 ranks (tree 40.8 ms, hier 28.4 ms); and one where the tree is right
+    /// (8 B on 8,192 ranks: tree 20.1 ms, hier 23.2 ms).
+    #[test]
+    fn the_pod_link_is_charged() {
+        let c = Config::default();
+        let pick = |t: &Topology, bytes| cheapest(t, &c, Collective::AllReduce, bytes).0;
+        let est =
+            |t: &Topology, a, bytes| estimate(t, &c, Collective::AllReduce, a, bytes).unwrap();
+        let near = |x: f64, sim: f64| (x / sim - 1.0).abs() < 0.1;
+        let t = two_pods(16);
+        assert_eq!(pick(&t, 8), Algorithm::Direct);
+        assert!(near(est(&t, Algorithm::Direct, 8), 5.0e-3));
+        assert!(near(est(&t, Algorithm::Tree, 8), 20.05e-3));
+        let t = two_pods(256);
+        assert_eq!(pick(&t, 8), Algorithm::Hier);
+        assert!(near(est(&t, Algorithm::Hier, 8), 17.05e-3));
+        let t = two_pods(1024);
+        assert_eq!(pick(&t, 8), Algorithm::Tree);
+        assert_eq!(pick(&t, 1 << 20), Algorithm::Hier);
+        assert!(near(est(&t, Algorithm::Hier, 8), 23.19e-3));
+        assert!(near(est(&t, Algorithm::Hier, 1 << 20), 28.4e-3));
+        // Without the pods the same hosts plan as one network: the tree at 8 B.
+        let one = Topology::new(t.hosts.clone(), Vec::new()).unwrap();
+        assert!(est(&one, Algorithm::Hier, 8) < 10e-3);
     }
 }

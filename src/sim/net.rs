@@ -1,20 +1,20 @@
 //! The simulated machine: the planner's [`Topology`] (hosts, their shared-memory and
-//! network links) plus what the planner does not model: pods joined by a slower
-//! link, and hosts with fewer cores than ranks. Built from a JSON model or by
+//! network links, pods and their uplink) plus what the planner does not model:
+//! hosts with fewer cores than ranks. Built from a JSON model or by
 //! [`Cluster::build`].
 
 use crate::error::{Error, Result};
-use crate::topo::{Host, LinkClass, LinkCost, Topology};
+use crate::topo::{Host, LinkClass, LinkCost, Pods, Topology};
 
 /// The network a simulation runs over.
 #[derive(Debug, Clone)]
 pub struct Network {
-    /// Hosts, ranks and link costs: what the planner sees.
+    /// Hosts, ranks, link costs and pods: what the planner sees.
     pub topo: Topology,
-    /// Pod of each host (all 0 with one pod).
+    /// Pod of each host (all 0 with one pod), from `topo`.
     pub pod_of: Vec<usize>,
     /// Each pod's uplink to the others (one each way), crossed in addition to the
-    /// hosts' NICs by traffic between pods; its alpha adds to theirs.
+    /// hosts' NICs by traffic between pods; its alpha adds to theirs. From `topo`.
     pub pod_link: Option<LinkCost>,
     /// Cores per host: shared-memory copies of a host share `cores` x its shared-memory
     /// bandwidth (`None`: a core per rank).
@@ -22,13 +22,14 @@ pub struct Network {
 }
 
 impl Network {
-    /// A network of one pod, a core per rank.
+    /// The network of a model (its pods included), a core per rank.
     pub fn from_topology(topo: Topology) -> Network {
-        let pod_of = vec![0; topo.hosts.len()];
+        let pod_of = (0..topo.hosts.len()).map(|h| topo.pod_of(h)).collect();
+        let pod_link = topo.pods.as_ref().map(|p| p.uplink);
         Network {
             topo,
             pod_of,
-            pod_link: None,
+            pod_link,
             cores: None,
         }
     }
@@ -80,7 +81,7 @@ pub struct Cluster {
     pub slow_gbs: f64,
     /// Number of pods (consecutive hosts, equal shares).
     pub pods: usize,
-    /// The link joining the pods (per pod uplink).
+    /// The link joining the pods (per pod uplink); needed with more than one pod.
     pub pod_link: Option<LinkCost>,
     /// Cores per host (see [`Network::cores`]).
     pub cores: Option<usize>,
@@ -138,13 +139,20 @@ impl Cluster {
                 }
             })
             .collect();
-        let topo = Topology::new(hosts, Vec::new())?;
-        let per_pod = self.hosts / self.pods;
+        let mut topo = Topology::new(hosts, Vec::new())?;
+        if self.pods > 1 {
+            let uplink = self
+                .pod_link
+                .ok_or_else(|| Error::invalid(format!("{} pods need a pod link", self.pods)))?;
+            let per_pod = self.hosts / self.pods;
+            let hosts = (0..self.pods)
+                .map(|p| (p * per_pod..(p + 1) * per_pod).collect())
+                .collect();
+            topo = topo.with_pods(Pods { hosts, uplink })?;
+        }
         Ok(Network {
-            topo,
-            pod_of: (0..self.hosts).map(|h| h / per_pod).collect(),
-            pod_link: if self.pods > 1 { self.pod_link } else { None },
             cores: self.cores,
+            ..Network::from_topology(topo)
         })
     }
 }

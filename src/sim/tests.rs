@@ -1,7 +1,7 @@
 //! Simulations small enough to work out by hand, determinism, and folding.
 
 use super::*;
-use crate::topo::{LinkClass, LinkCost};
+use crate::topo::{LinkClass, LinkCost, Topology};
 
 fn link(class: LinkClass, alpha_us: f64, bw_gbs: f64) -> LinkCost {
     LinkCost {
@@ -176,4 +176,74 @@ fn pods_and_cores_slow_things_down() {
     assert!(p > b);
     // (The reduce-scatter half is bound by the reduction rate either way.)
     assert!(c > 1.2 * o, "{c} vs {o}");
+}
+
+#[test]
+fn extrapolated_pipelines_stay_within_their_bound() {
+    // 64 periods of 4 KiB chunks: 24 simulated, 40 added at the measured rate.
+    let net = mixed_cluster();
+    let mut on = settings(4 << 10);
+    on.reduce_gbs = 5.0;
+    let off = Settings {
+        extrapolate: false,
+        ..on.clone()
+    };
+    let (x, full) = (Simulator::new(net.clone(), on), Simulator::new(net, off));
+    for (coll, algo, size) in [
+        (Collective::AllReduce, Algorithm::Tree, 512 << 10),
+        (Collective::Broadcast, Algorithm::Chain, 256 << 10),
+        (Collective::Reduce, Algorithm::Tree, 256 << 10),
+    ] {
+        let a = x.run(coll, algo, size).unwrap();
+        let b = full.run(coll, algo, size).unwrap();
+        assert_eq!(b.extrapolated_chunks, 0);
+        assert_eq!(a.extrapolated_chunks, 40, "{coll} {algo}");
+        assert!(
+            (a.seconds - b.seconds).abs() <= a.bound + 1e-9 * b.seconds,
+            "{coll} {algo}: {} vs {} (bound {})",
+            a.seconds,
+            b.seconds,
+            a.bound
+        );
+        assert!(
+            a.bound <= 0.01 * b.seconds,
+            "{coll} {algo}: bound {}",
+            a.bound
+        );
+    }
+}
+
+#[test]
+fn pods_travel_in_the_model() {
+    // The generator's pods are in the model it hands the planner; a JSON dump of it
+    // simulates alike and plans alike.
+    let mut c = Cluster::new(
+        4,
+        2,
+        link(LinkClass::Shm, 2.0, 10.0),
+        link(LinkClass::Rdma, 3.0, 25.0),
+    );
+    c.pods = 2;
+    c.pod_link = Some(link(LinkClass::Tcp, 5000.0, 12.5));
+    let net = c.build().unwrap();
+    assert_eq!(net.topo.npods(), 2);
+    let loaded = Network::from_topology(Topology::from_json(&net.topo.to_json()).unwrap());
+    assert_eq!(
+        (&loaded.pod_of, loaded.pod_link),
+        (&net.pod_of, net.pod_link)
+    );
+    let (a, b) = (
+        Simulator::new(net, Settings::default()),
+        Simulator::new(loaded, Settings::default()),
+    );
+    for algo in [Algorithm::Ring, Algorithm::Tree] {
+        let (x, y) = (
+            a.run(Collective::AllReduce, algo, 1 << 20).unwrap(),
+            b.run(Collective::AllReduce, algo, 1 << 20).unwrap(),
+        );
+        assert_eq!(x.seconds, y.seconds);
+    }
+    assert_eq!(a.planner(Collective::AllReduce, 8), Algorithm::Direct);
+    c.pod_link = None;
+    assert!(c.build().is_err());
 }

@@ -8,7 +8,7 @@ pub(crate) mod measure;
 pub(crate) mod model;
 pub(crate) mod probe;
 
-pub use model::{Host, LinkClass, LinkCost, Topology};
+pub use model::{Host, LinkClass, LinkCost, Pods, Topology};
 pub use probe::{DeviceInfo, Nic, RankProbe, RdmaPort};
 
 use crate::comm::Communicator;

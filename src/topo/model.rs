@@ -1,8 +1,9 @@
 //! The model every rank plans with: hosts, the ranks on each, and per host the
 //! cost of a link inside it and of its network link, each as latency (alpha) and
-//! bandwidth (beta). Built from the ranks' probes, refined by measurement, dumped
-//! and loaded as JSON. It must be equal on all ranks; [`Topology::fingerprint`]
-//! lets them check.
+//! bandwidth (beta); optionally hosts grouped into pods whose traffic to other pods
+//! crosses a slower uplink. Built from the ranks' probes, refined by measurement,
+//! dumped and loaded as JSON. It must be equal on all ranks;
+//! [`Topology::fingerprint`] lets them check.
 
 use super::probe::RankProbe;
 use crate::error::{Error, Result};
@@ -97,6 +98,18 @@ pub struct Host {
     pub net: LinkCost,
 }
 
+/// Hosts grouped into pods (racks, datacenters): traffic between two pods crosses
+/// the sending pod's uplink out and the receiving pod's uplink in, on top of the
+/// two hosts' network links. The probes do not find pods; a model file states them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pods {
+    /// Each pod's hosts (indices into [`Topology::hosts`]); every host is in exactly one.
+    pub hosts: Vec<Vec<usize>>,
+    /// Every pod's uplink to the others (each direction), shared by all hosts of the
+    /// pod. A message between pods pays its alpha in addition to the hosts' link.
+    pub uplink: LinkCost,
+}
+
 /// The whole communicator as the planner sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Topology {
@@ -108,8 +121,14 @@ pub struct Topology {
     /// Per-rank probes (optional in a hand-written file).
     #[serde(default)]
     pub probes: Vec<RankProbe>,
+    /// Pods, when the hosts are not all behind one network (optional; files without
+    /// it load as one pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<Pods>,
     #[serde(skip)]
     host_of: Vec<usize>,
+    #[serde(skip)]
+    pod_of: Vec<usize>,
 }
 
 fn one() -> u32 {
@@ -124,10 +143,20 @@ impl Topology {
             version: 1,
             hosts,
             probes,
+            pods: None,
             host_of: Vec::new(),
+            pod_of: Vec::new(),
         };
         t.index()?;
         Ok(t)
+    }
+
+    /// This model with its hosts grouped into `pods` (checked: every host in exactly
+    /// one pod, the uplink's costs positive).
+    pub fn with_pods(mut self, pods: Pods) -> Result<Topology> {
+        self.pods = Some(pods);
+        self.index()?;
+        Ok(self)
     }
 
     fn index(&mut self) -> Result<()> {
@@ -165,6 +194,30 @@ impl Topology {
                 }
             }
         }
+        let mut pod_of = vec![0; self.hosts.len()];
+        if let Some(pods) = &self.pods {
+            pods.uplink.check("the pods' uplink")?;
+            pod_of.fill(usize::MAX);
+            for (p, hs) in pods.hosts.iter().enumerate() {
+                if hs.is_empty() {
+                    return Err(Error::invalid(format!("topology: pod {p} has no hosts")));
+                }
+                for &h in hs {
+                    match pod_of.get_mut(h) {
+                        Some(slot) if *slot == usize::MAX => *slot = p,
+                        _ => {
+                            return Err(Error::invalid(format!(
+                                "topology: host {h} of pod {p} is not a host, or is in two pods"
+                            )))
+                        }
+                    }
+                }
+            }
+            if let Some(h) = pod_of.iter().position(|&p| p == usize::MAX) {
+                return Err(Error::invalid(format!("topology: host {h} is in no pod")));
+            }
+        }
+        self.pod_of = pod_of;
         if !self.probes.is_empty() && self.probes.len() != n {
             return Err(Error::invalid(format!(
                 "topology: {} probes for {n} ranks",
@@ -247,20 +300,33 @@ impl Topology {
             .filter(|r| !excluded.contains(r))
             .collect();
         let new_rank = |r: usize| survivors.iter().position(|&s| s == r);
-        let hosts = self
-            .hosts
-            .iter()
-            .filter_map(|h| {
-                let ranks: Vec<usize> = h.ranks.iter().filter_map(|&r| new_rank(r)).collect();
-                (!ranks.is_empty()).then(|| Host { ranks, ..h.clone() })
-            })
-            .collect();
+        let mut new_host = vec![None; self.hosts.len()];
+        let mut hosts = Vec::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let ranks: Vec<usize> = h.ranks.iter().filter_map(|&r| new_rank(r)).collect();
+            if !ranks.is_empty() {
+                new_host[i] = Some(hosts.len());
+                hosts.push(Host { ranks, ..h.clone() });
+            }
+        }
         let probes = if self.probes.is_empty() {
             Vec::new()
         } else {
             survivors.iter().map(|&r| self.probes[r].clone()).collect()
         };
-        Topology::new(hosts, probes)
+        let t = Topology::new(hosts, probes)?;
+        match &self.pods {
+            None => Ok(t),
+            Some(pods) => t.with_pods(Pods {
+                hosts: pods
+                    .hosts
+                    .iter()
+                    .map(|hs| hs.iter().filter_map(|&h| new_host[h]).collect::<Vec<_>>())
+                    .filter(|hs| !hs.is_empty())
+                    .collect(),
+                uplink: pods.uplink,
+            }),
+        }
     }
 
     /// Parses the JSON of [`Topology::to_json`] (or a hand-written file of that shape).
@@ -300,7 +366,25 @@ impl Topology {
         h.ranks.iter().position(|&r| r == rank).unwrap_or(0)
     }
 
-    /// The cost of a message from `a` to `b`.
+    /// Pod of host `host` (0 without pods).
+    pub fn pod_of(&self, host: usize) -> usize {
+        self.pod_of[host]
+    }
+
+    /// Number of pods (1 without pods).
+    pub fn npods(&self) -> usize {
+        self.pods.as_ref().map_or(1, |p| p.hosts.len())
+    }
+
+    /// The pod uplink a message from rank `a` to rank `b` crosses (in addition to
+    /// [`Topology::link`]), when they are in different pods.
+    pub fn crossing(&self, a: usize, b: usize) -> Option<LinkCost> {
+        let (pa, pb) = (self.pod_of[self.host_of[a]], self.pod_of[self.host_of[b]]);
+        self.pods.as_ref().filter(|_| pa != pb).map(|p| p.uplink)
+    }
+
+    /// The cost of a message from `a` to `b` over the hosts' links (between pods it
+    /// also crosses [`Topology::crossing`]).
     pub fn link(&self, a: usize, b: usize) -> LinkCost {
         let (ha, hb) = (&self.hosts[self.host_of[a]], &self.hosts[self.host_of[b]]);
         if self.host_of[a] == self.host_of[b] {
@@ -318,8 +402,9 @@ impl Topology {
         }
     }
 
-    /// A 64-bit FNV-1a hash of everything the planner reads (hosts, ranks, costs), so
-    /// ranks can check that they plan with the same model.
+    /// A 64-bit FNV-1a hash of everything the planner reads (hosts, ranks, costs,
+    /// pods), so ranks can check that they plan with the same model. A model without
+    /// pods hashes as it did before pods existed.
     pub fn fingerprint(&self) -> u64 {
         let mut h = 0xcbf2_9ce4_8422_2325u64;
         let mut eat = |bytes: &[u8]| {
@@ -338,6 +423,19 @@ impl Topology {
                 eat(&c.bw_gbs.to_bits().to_le_bytes());
             }
             eat(b"|");
+        }
+        if let Some(pods) = &self.pods {
+            eat(b"pods");
+            for hs in &pods.hosts {
+                for &x in hs {
+                    eat(&(x as u64).to_le_bytes());
+                }
+                eat(b"|");
+            }
+            let c = pods.uplink;
+            eat(c.class.name().as_bytes());
+            eat(&c.alpha_us.to_bits().to_le_bytes());
+            eat(&c.bw_gbs.to_bits().to_le_bytes());
         }
         h
     }
@@ -367,6 +465,17 @@ impl Topology {
                 cost(&h.intra),
                 cost(&h.net)
             ));
+        }
+        if let Some(pods) = &self.pods {
+            for (i, hs) in pods.hosts.iter().enumerate() {
+                v.push(format!(
+                    "pod {i}: {} hosts ({}..={}); uplink {}",
+                    hs.len(),
+                    hs.iter().min().unwrap_or(&0),
+                    hs.iter().max().unwrap_or(&0),
+                    cost(&pods.uplink)
+                ));
+            }
         }
         for (r, p) in self.probes.iter().enumerate() {
             v.push(format!(
@@ -423,6 +532,53 @@ mod tests {
         assert_eq!(ranks, [vec![0], vec![1, 2]]);
         assert_eq!(s.probes.len(), 3);
         assert!(t.without(&[0, 1, 2, 3, 4]).is_err());
+    }
+
+    #[test]
+    fn pods_round_trip_and_change_the_fingerprint() {
+        let t = Topology::from_probes(
+            vec![probe("a"), probe("b"), probe("a"), probe("c"), probe("c")],
+            true,
+        )
+        .unwrap();
+        // Old files (no "pods") load as one pod and hash as before.
+        assert!(!t.to_json().contains("pods"));
+        assert_eq!((t.npods(), t.crossing(0, 1)), (1, None));
+        let uplink = LinkCost {
+            class: LinkClass::Tcp,
+            alpha_us: 5000.0,
+            bw_gbs: 12.5,
+            measured: false,
+        };
+        let p = t
+            .clone()
+            .with_pods(Pods {
+                hosts: vec![vec![0, 1], vec![2]],
+                uplink,
+            })
+            .unwrap();
+        assert_ne!(p.fingerprint(), t.fingerprint());
+        assert_eq!((p.npods(), p.pod_of(2)), (2, 1));
+        assert_eq!(p.crossing(0, 1), None);
+        assert_eq!(p.crossing(1, 3), Some(uplink));
+        // The hosts' link is unchanged; the uplink comes on top.
+        assert_eq!(p.link(1, 3), t.link(1, 3));
+        let back = Topology::from_json(&p.to_json()).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(back.fingerprint(), p.fingerprint());
+        // Shrinking drops emptied hosts and pods and renumbers the rest.
+        let s = p.without(&[3, 4]).unwrap();
+        assert_eq!(s.pods.as_ref().unwrap().hosts, [vec![0, 1]]);
+        let s = p.without(&[1]).unwrap();
+        assert_eq!(s.pods.as_ref().unwrap().hosts, [vec![0], vec![1]]);
+        // Every host in exactly one pod.
+        for hosts in [
+            vec![vec![0, 1]],
+            vec![vec![0, 1], vec![1, 2]],
+            vec![vec![0, 1, 2, 3]],
+        ] {
+            assert!(t.clone().with_pods(Pods { hosts, uplink }).is_err());
+        }
     }
 
     #[test]

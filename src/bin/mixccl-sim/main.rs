@@ -25,6 +25,7 @@ TOPOLOGY is a JSON model (the format MIXCCL_TOPO_FILE reads) or a generated CLUS
   --slow-fraction F --slow-gbit G a fraction F of hosts (spread evenly) with G Gbit/s NICs
   --pods P --pod-link ALPHA_US,GBIT
                                   P pods of consecutive hosts joined by per-pod uplinks
+                                  (in the model the planner plans with)
   --cores C                       C cores per host shared by its shared-memory copies, ranks
                                   bound to them in blocks (as mixccl-perf --np --bind block)
   --same-core X                   cost of a shared-memory byte between two ranks of one core
@@ -39,6 +40,8 @@ Flags:
   --algos a,b,..                  simulate only these algorithms
   --reduce-gbs X                  reduction rate per rank, GB/s (default the planner's 5)
   --no-fold                       simulate every rank even where one period would do
+  --no-extrapolate                simulate every chunk of a long tree or chain pipeline
+                                  (by default its first periods, extended once they repeat)
   --max-mem SIZE                  largest memory for one piece's programs (default 6G)
   --sample-pieces K               simulate K of a call's pieces, add the rest at their mean
                                   time (approximate; default all)
@@ -117,6 +120,10 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
     while let Some(flag) = it.next() {
         if flag == "--no-fold" {
             a.settings.fold = false;
+            continue;
+        }
+        if flag == "--no-extrapolate" {
+            a.settings.extrapolate = false;
             continue;
         }
         if flag == "--plan-only" {
@@ -274,13 +281,9 @@ fn single(a: &Args) -> Result<(), String> {
     let sim = Simulator::new(net, a.settings.clone());
     if a.plan_only {
         for &size in &a.sizes {
-            // The planner sees one piece: at most MIXCCL_PIPELINE_BYTES of all_reduce.
+            // The planner sees one piece (Config::piece_elems).
             let c = &a.settings.config;
-            let piece = if c.pipeline_bytes > 0 && a.coll == Collective::AllReduce {
-                size.min(c.pipeline_bytes)
-            } else {
-                size
-            };
+            let piece = sim.planned_bytes(a.coll, size);
             let est: Vec<String> = algorithms(&sim, a)
                 .iter()
                 .filter_map(|&x| {
