@@ -39,7 +39,14 @@ fn topo_file(name: &str, hosts: &[Vec<usize>]) -> PathBuf {
         Vec::new(),
     )
     .expect("a valid topology");
-    let path = std::env::temp_dir().join(format!("mixccl-topo-{}-{name}.json", std::process::id()));
+    // One file per call: tests running as threads of one process (cargo test) use the
+    // same names, and one would remove the file another is about to read.
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!(
+        "mixccl-topo-{}-{k}-{name}.json",
+        std::process::id()
+    ));
     std::fs::write(&path, t.to_json()).expect("write the topology file");
     path
 }
