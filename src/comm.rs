@@ -133,11 +133,7 @@ impl Communicator {
         comm.local_ip = Some(local_ip);
         comm.rejoin = Some(rejoin);
         comm.caps.host_read = comm.probe_host_read()?;
-        // Every rank has the board or none does: rank 0 creates it exactly when all
-        // ranks are on its host with shared memory on (a must-agree setting), and a
-        // rank that could not map it failed init.
-        comm.board = comm.links.iter().flatten().find_map(|l| l.board());
-        comm.caps.publish = comm.board.is_some();
+        comm.adopt_board();
         crate::topo::establish(&mut comm, probes)?;
         Ok(comm)
     }
@@ -180,7 +176,17 @@ impl Communicator {
             Communicator::with_links_and_topology(rank, links, self.config.clone(), topo)?;
         comm.local_ip = self.local_ip;
         comm.rejoin = Some(child);
+        comm.adopt_board();
         Ok(comm)
+    }
+
+    /// Keeps the host's board that the shared-memory links brought, if any. Every rank
+    /// has one or none does: rank 0 creates it exactly when all ranks are on its host
+    /// with shared memory and the board on (must-agree settings), and a rank that
+    /// could not map it failed to connect.
+    fn adopt_board(&mut self) {
+        self.board = self.links.iter().flatten().find_map(|l| l.board());
+        self.caps.publish = self.board.is_some();
     }
 
     /// Joins a job described by the environment: `MIXCCL_RANK`/`MIXCCL_NRANKS` with
