@@ -97,6 +97,21 @@ impl HostModel {
         let b = fits(&self.l3, host_bytes).max(a);
         1.0 / (a / self.l2.speedup + (b - a) / self.l3.speedup + (1.0 - b))
     }
+
+    /// Cost of a shared-memory byte between two ranks of a core that `ranks` ranks
+    /// share, in a message of `bytes`, over its cost between cores. The saving of
+    /// [`HostModel::same_core`] needs the message still in the core's L2 when its
+    /// receiver runs; every rank of the core has about one message in flight there,
+    /// so `L2 / (ranks x bytes)` of it is (all of it at most; all of it when the L2
+    /// is not modelled).
+    pub(crate) fn same_core_cost(&self, ranks: usize, bytes: f64) -> f64 {
+        let kept = if self.l2.bytes == 0 || bytes <= 0.0 {
+            1.0
+        } else {
+            (self.l2.bytes as f64 / (ranks as f64 * bytes)).min(1.0)
+        };
+        1.0 - (1.0 - self.same_core) * kept
+    }
 }
 
 /// Bytes of input and output buffers one rank holds for a call of `size` bytes
@@ -492,7 +507,9 @@ pub(crate) fn run(net: &Network, progs: &[&Program], start: &[f64], rates: Rates
                                     1.0
                                 };
                                 if ca == cb {
-                                    add(c_at + ca, rates.host.same_core * (1.0 + recv));
+                                    let bytes = p.ops[op as usize].bytes as f64;
+                                    let cost = rates.host.same_core_cost(sharing[ca], bytes);
+                                    add(c_at + ca, cost * (1.0 + recv));
                                 } else {
                                     add(c_at + ca, 1.0);
                                     add(c_at + cb, recv);
@@ -673,6 +690,33 @@ mod tests {
         let want = 2.0 * (ALPHA + BLOCK / BETA) + 2.0 * (ALPHA + BLOCK / (2.0 * BETA / 3.0));
         let t = ring(3, Some(2), host);
         assert!(close(t, want), "{t} vs {want}");
+    }
+
+    #[test]
+    fn same_core_saves_only_what_the_l2_still_holds() {
+        // 4 ranks on one core, every link between ranks of that core, same-core 0.5.
+        // With an L2 of two blocks, the core's 4 ranks have a block each in flight,
+        // so half of each message is still there: a byte costs 1 - 0.5 x 0.5 = 0.75.
+        // Reduce-scatter (free reduction): 4 flows of weight 0.75 on a core of
+        // 2 BETA, BETA / 1.5 each; all-gather: weight 1.5 each, BETA / 3. Three
+        // steps of each: 6 ALPHA + 3 x 1.5 B/BETA + 3 x 3 B/BETA.
+        let l2 = |bytes: f64| HostModel {
+            same_core: 0.5,
+            l2: Cache {
+                bytes: bytes as usize,
+                speedup: 1.0,
+            },
+            ..HostModel::default()
+        };
+        let want = 6.0 * ALPHA + 13.5 * BLOCK / BETA;
+        let t = ring(4, Some(1), l2(2.0 * BLOCK));
+        assert!(close(t, want), "{t} vs {want}");
+        // An L2 that holds every rank's block (or none modelled) keeps the whole
+        // saving: reduce-scatter at BETA (the ports), all-gather at BETA / 2.
+        let want = 6.0 * ALPHA + 9.0 * BLOCK / BETA;
+        for t in [ring(4, Some(1), l2(4.0 * BLOCK)), ring(4, Some(1), l2(0.0))] {
+            assert!(close(t, want), "{t} vs {want}");
+        }
     }
 
     #[test]
