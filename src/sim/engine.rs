@@ -17,7 +17,8 @@
 //!   reduction); a core does `2 x` the link bandwidth of such copies per second, so
 //!   two ranks on two cores exchanging both ways move at the link bandwidth, as
 //!   calibrated. Between two ranks of one core a byte costs [`HostModel::same_core`]
-//!   times as much (it stays in that core's caches).
+//!   times as much (it stays in that core's caches), for the part of its message
+//!   that the core's L2 still holds ([`HostModel::same_core_cost`]).
 //!   A message to a rank that shares its core waits [`HostModel::switch`] per other
 //!   rank there before it is taken (the receiver sleeps and waits for its turn).
 //! - Caches ([`HostModel::l2`], [`HostModel::l3`]): the part of a call's working set
