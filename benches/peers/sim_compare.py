@@ -38,8 +38,11 @@ def main():
     p.add_argument("--shm", default="1.11,41.818,3.184")
     p.add_argument("--veth", default="16.4,0.937")
     p.add_argument("--cores", type=int, default=2)
-    p.add_argument("extra", nargs="*")
-    a = p.parse_args()
+    # Everything after "--" goes to mixccl-sim (argparse would take its flags as ours).
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    a.extra = extra
     alpha, gbit, red = a.shm.split(",")
     shm = [f"--intra", f"shm:{alpha},{gbit}", "--reduce-gbs", red]
     rows = []

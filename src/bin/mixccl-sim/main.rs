@@ -29,7 +29,9 @@ TOPOLOGY is a JSON model (the format MIXCCL_TOPO_FILE reads) or a generated CLUS
   --cores C                       C cores per host shared by its shared-memory copies, ranks
                                   bound to them in blocks (as mixccl-perf --np --bind block)
   --same-core X                   cost of a shared-memory byte between two ranks of one core
-                                  over its cost between cores (with --cores; default 1)
+                                  over its cost between cores (with --cores; default 1), for
+                                  the part of a message that --l2 still holds (L2 over ranks
+                                  on the core x message bytes)
   --switch-us X                   a message waits X us per other rank on its receiver's core
                                   (with --cores; default 0)
   --l2 SIZE:SPEEDUP               per-core cache: the part of a call's working set that fits
