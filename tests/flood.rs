@@ -140,6 +140,14 @@ enum Held {
 }
 
 impl Held {
+    /// The connection, to write to.
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Held::Tcp(s) => s,
+            Held::Unix(s) => s,
+        }
+    }
+
     /// Whether the other side closed it (EOF or reset), without blocking.
     fn dropped(&mut self) -> bool {
         let mut buf = [0u8; 512];
@@ -193,42 +201,35 @@ fn flood(seed: u64, unix_too: bool, stop: &AtomicBool, tally: &Tally, held: &Mut
             // room, else closed.
             let hold = (kind == 1 || kind == 3)
                 && per_target.get(&t).copied().unwrap_or(0) < HELD_PER_LISTENER;
-            match &t {
-                Target::Tcp(addr) => {
-                    match TcpStream::connect_timeout(addr, Duration::from_millis(200)) {
-                        Ok(mut s) => {
-                            tally.connections.fetch_add(1, Ordering::Relaxed);
-                            let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
-                            if kind != 3 && s.write_all(&garbage).is_ok() {
-                                tally.bytes.fetch_add(garbage.len(), Ordering::Relaxed);
-                            }
-                            if hold {
-                                *per_target.entry(t.clone()).or_default() += 1;
-                                held.lock().unwrap().push(Held::Tcp(s));
-                            }
-                        }
-                        Err(_) => {
-                            tally.refused.fetch_add(1, Ordering::Relaxed);
-                        }
+            let timeout = Some(Duration::from_millis(200));
+            let visit = match &t {
+                Target::Tcp(addr) => Some(
+                    TcpStream::connect_timeout(addr, Duration::from_millis(200)).map(|s| {
+                        let _ = s.set_write_timeout(timeout);
+                        Held::Tcp(s)
+                    }),
+                ),
+                Target::Unix(name) if unix_too => Some(connect_unix(name).map(|s| {
+                    let _ = s.set_write_timeout(timeout);
+                    Held::Unix(s)
+                })),
+                Target::Unix(_) => None,
+            };
+            match visit {
+                Some(Ok(mut keep)) => {
+                    tally.connections.fetch_add(1, Ordering::Relaxed);
+                    if kind != 3 && keep.writer().write_all(&garbage).is_ok() {
+                        tally.bytes.fetch_add(garbage.len(), Ordering::Relaxed);
+                    }
+                    if hold {
+                        *per_target.entry(t.clone()).or_default() += 1;
+                        held.lock().unwrap().push(keep);
                     }
                 }
-                Target::Unix(name) if unix_too => match connect_unix(name) {
-                    Ok(mut s) => {
-                        tally.connections.fetch_add(1, Ordering::Relaxed);
-                        let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
-                        if kind != 3 && s.write_all(&garbage).is_ok() {
-                            tally.bytes.fetch_add(garbage.len(), Ordering::Relaxed);
-                        }
-                        if hold {
-                            *per_target.entry(t.clone()).or_default() += 1;
-                            held.lock().unwrap().push(Held::Unix(s));
-                        }
-                    }
-                    Err(_) => {
-                        tally.refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
-                Target::Unix(_) => {}
+                Some(Err(_)) => {
+                    tally.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {}
             }
         }
         std::thread::sleep(Duration::from_millis(5));
