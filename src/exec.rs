@@ -491,11 +491,14 @@ fn check_header(bufs: &Buffers<'_, '_>, peer: usize, cx: &Context<'_>) -> Result
     }
 }
 
-/// An error a peer reported on its control channel, else a peer's death (its control
-/// channel closed without a goodbye), if either came.
-fn control_error(links: &mut [Option<Box<dyn Link>>]) -> Result<()> {
+/// An error a peer among `peers` reported on its control channel, else such a peer's
+/// death (its control channel closed without a goodbye), if either came.
+pub(crate) fn control_error(
+    links: &mut [Option<Box<dyn Link>>],
+    peers: impl Fn(usize) -> bool,
+) -> Result<()> {
     let mut dead = None;
-    for (p, l) in links.iter_mut().enumerate() {
+    for (p, l) in links.iter_mut().enumerate().filter(|(p, _)| peers(*p)) {
         if let Some(l) = l {
             match l.recv_control() {
                 Ok(Some(msg)) => return Err(decode_control(p, &msg)),
@@ -814,7 +817,7 @@ fn run_ops(
             continue;
         }
         // Before sleeping: has a peer reported an error, or died, anywhere?
-        control_error(links)?;
+        control_error(links, |_| true)?;
         // Then sleep until a lane that could move becomes ready, or a control
         // channel speaks.
         pollfds.clear();

@@ -20,7 +20,6 @@
 
 use crate::copy::copy_streaming;
 use crate::error::{Error, Result};
-use crate::header::decode_control;
 use crate::sys::{self, SharedMap};
 use crate::transport::Links;
 use std::os::fd::OwnedFd;
@@ -394,13 +393,7 @@ impl Idle {
         }
         if self.checked.elapsed() >= NAP {
             self.checked = Instant::now();
-            for p in (0..board.nranks).filter(|&p| waiting(p)) {
-                if let Some(l) = w.links.get_mut(p).and_then(Option::as_mut) {
-                    if let Some(msg) = l.recv_control()? {
-                        return Err(decode_control(p, &msg));
-                    }
-                }
-            }
+            crate::exec::control_error(w.links, waiting)?;
         }
         if idle >= w.timeout {
             return Err(Error::Timeout {
