@@ -323,6 +323,8 @@ pub(crate) fn estimate(
         * 0.2e-6;
     // Message steps that cross pods (each pays the uplink's alpha on top).
     let mut cross = 0.0;
+    // Transfers and reductions, where the algorithm overlaps them (else their sum).
+    let mut overlapped = None;
     let (steps, extra, reduced) = match (coll, algo) {
         (AllReduce | AllGather | ReduceScatter, Ring) => {
             let f = if coll == AllReduce { 2.0 } else { 1.0 };
@@ -331,12 +333,18 @@ pub(crate) fn estimate(
             }
             let steps = f * (nf - 1.0);
             cross = steps * load.crossed();
-            let reduced = if coll == AllGather {
+            // The chunks of the reduce-scatter half are reduced as they arrive, so
+            // that half takes the longer of its transfer and its reduction, not their
+            // sum (mixccl-sim: 256 MiB on 64 ranks, ring 58.1 ms against the sum's
+            // 65.4 and the overlap's 60.0; see the planner tests).
+            let half = load.seconds() / f;
+            let reduction = if coll == AllGather {
                 0.0
             } else {
-                (nf - 1.0) / nf * s
+                (nf - 1.0) / nf * s / (REDUCE_GBS * 1e9)
             };
-            (steps, 0.0, reduced)
+            overlapped = Some(half.max(reduction) + (f - 1.0) * half);
+            (steps, 0.0, 0.0)
         }
         (AllReduce, Direct) | (AllGather, Direct) => {
             if s > config.direct_max_bytes as f64 || n > DIRECT_MAX_RANKS {
@@ -444,8 +452,7 @@ pub(crate) fn estimate(
         steps * alpha
             + cross * pod_alpha(t)
             + extra
-            + load.seconds()
-            + reduced / (REDUCE_GBS * 1e9),
+            + overlapped.unwrap_or_else(|| load.seconds() + reduced / (REDUCE_GBS * 1e9)),
     )
 }
 
@@ -464,9 +471,16 @@ fn tree_depth(shape: crate::algo::tree::Shape, n: usize) -> usize {
         .unwrap_or(0)
 }
 
-/// The hierarchical estimate: every phase's latency, and the bandwidth of the slower
-/// of the host and network phases (chunks flow from one phase into the next, so they
-/// overlap) plus the pipeline's fill.
+/// How much of the shorter of hier's host and network phases adds to the longer.
+/// Chunks flow from one phase into the next, but mixccl-sim finds them overlapping
+/// little: fitted on 96 simulated all_reduce sizes (1-256 MiB, 16-2,048 ranks, the
+/// three clusters of docs/scaling.md), 0.75 leaves 3 wrong choices, 0 (full
+/// overlap) 8, 1 (none) 4.
+const PHASES_SERIAL: f64 = 0.75;
+
+/// The hierarchical estimate: every phase's latency, the bandwidth of the slower of
+/// the host and network phases plus most of the other ([`PHASES_SERIAL`]), and the
+/// pipeline's fill.
 fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
     let hn = t.hosts.len() as f64;
     let nf = t.nranks() as f64;
@@ -543,6 +557,7 @@ fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
         + f * (hn - 1.0) * alpha_x
         + crossings * pod_alpha(t)
         + intra.max(inter)
+        + PHASES_SERIAL * intra.min(inter)
         + fill
         + reduced / (REDUCE_GBS * 1e9)
 }
@@ -615,6 +630,12 @@ mod tests {
 
     /// 64 hosts x 8 ranks, shared memory 3 us 50 GB/s, RDMA 4 us 50 GB/s.
     fn cluster_512() -> Topology {
+        cluster(64)
+    }
+
+    /// `hosts` hosts x 8 ranks, shared memory 3 us 50 GB/s, RDMA 4 us 50 GB/s (the
+    /// 400 Gbit/s cluster of docs/scaling.md).
+    fn cluster(hosts: usize) -> Topology {
         use crate::topo::{Host, LinkClass, LinkCost};
         let cost = |class, alpha_us| LinkCost {
             class,
@@ -622,7 +643,7 @@ mod tests {
             bw_gbs: 50.0,
             measured: false,
         };
-        let hosts = (0..64)
+        let hosts = (0..hosts)
             .map(|h| Host {
                 name: format!("h{h}"),
                 ranks: (8 * h..8 * h + 8).collect(),
@@ -713,5 +734,34 @@ mod tests {
         // Without the pods the same hosts plan as one network: the tree at 8 B.
         let one = Topology::new(t.hosts.clone(), Vec::new()).unwrap();
         assert!(est(&one, Algorithm::Hier, 8) < 10e-3);
+    }
+
+    /// Cases where the planner added the ring's reductions to its transfers and so
+    /// chose hier, where mixccl-sim found the ring faster (it reduces each chunk as
+    /// it arrives): 256 MiB on 64 ranks of one network (4 pieces of 64 MiB: ring
+    /// 58.1 ms, hier 61.9 ms), on 512 ranks (one piece: ring 62.1 ms, hier 67.4 ms),
+    /// on 512 ranks in two pods (ring 91.6 ms, hier 99.1 ms); and two where hier
+    /// stays right: two pods of one host each (16 ranks, 16 pieces of 16 MiB: hier
+    /// 220 ms, ring 336 ms), 2,048 ranks of one network (hier 71.4 ms, ring 71.8).
+    #[test]
+    fn the_ring_overlaps_its_reductions() {
+        let c = Config::default();
+        let pick = |t: &Topology, bytes| cheapest(t, &c, Collective::AllReduce, bytes).0;
+        let est = |t: &Topology, a, bytes| {
+            estimate(t, &c, Collective::AllReduce, a, bytes).expect("a candidate")
+        };
+        let near = |x: f64, sim: f64| (x / sim - 1.0).abs() < 0.06;
+        let t = cluster(8);
+        assert_eq!(pick(&t, 64 << 20), Algorithm::Ring);
+        assert!(near(4.0 * est(&t, Algorithm::Ring, 64 << 20), 58.1e-3));
+        let t = cluster(64);
+        assert_eq!(pick(&t, 256 << 20), Algorithm::Ring);
+        assert!(near(est(&t, Algorithm::Ring, 256 << 20), 62.1e-3));
+        let t = two_pods(64);
+        assert_eq!(pick(&t, 256 << 20), Algorithm::Ring);
+        let t = two_pods(2);
+        assert_eq!(pick(&t, 16 << 20), Algorithm::Hier);
+        let t = cluster(256);
+        assert_eq!(pick(&t, 256 << 20), Algorithm::Hier);
     }
 }
