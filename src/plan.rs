@@ -471,16 +471,9 @@ fn tree_depth(shape: crate::algo::tree::Shape, n: usize) -> usize {
         .unwrap_or(0)
 }
 
-/// How much of the shorter of hier's host and network phases adds to the longer.
-/// Chunks flow from one phase into the next, but mixccl-sim finds them overlapping
-/// little: fitted on 96 simulated all_reduce sizes (1-256 MiB, 16-2,048 ranks, the
-/// three clusters of docs/scaling.md), 0.75 leaves 3 wrong choices, 0 (full
-/// overlap) 8, 1 (none) 4.
-const PHASES_SERIAL: f64 = 0.75;
-
-/// The hierarchical estimate: every phase's latency, the bandwidth of the slower of
-/// the host and network phases plus most of the other ([`PHASES_SERIAL`]), and the
-/// pipeline's fill.
+/// The hierarchical estimate: every phase's latency, and the bandwidth of the slower
+/// of the host and network phases (chunks flow from one phase into the next, so they
+/// overlap) plus the pipeline's fill.
 fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
     let hn = t.hosts.len() as f64;
     let nf = t.nranks() as f64;
@@ -557,7 +550,6 @@ fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
         + f * (hn - 1.0) * alpha_x
         + crossings * pod_alpha(t)
         + intra.max(inter)
-        + PHASES_SERIAL * intra.min(inter)
         + fill
         + reduced / (REDUCE_GBS * 1e9)
 }
