@@ -10,6 +10,11 @@
 //! built on its own, every rank starting a piece when it has finished the previous
 //! one. Ring and hierarchical schedules on a machine that repeats every `P` ranks
 //! are *folded* (only `P` ranks run, standing for all): see [`Simulator::run`].
+//! Two approximations, each stating itself in the [`Outcome`] with a bound and off
+//! with [`Settings::extrapolate`]: a long tree or chain pipeline is simulated on its
+//! first chunk periods, and a hierarchical all_reduce over more than
+//! [`Settings::sample_ranks`] ranks on fewer hosts with the bytes scaled alike,
+//! each extended at its measured rate.
 
 mod compile;
 mod engine;
