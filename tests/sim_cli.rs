@@ -1,5 +1,5 @@
-//! mixccl-sim from the command line: a table with JSON, the planner-only sweep, and
-//! usage errors.
+//! mixccl-sim from the command line: a table with JSON, the note under an extended
+//! result, the planner-only sweep, and usage errors.
 
 use std::process::Command;
 
@@ -51,6 +51,31 @@ fn a_small_cluster_gives_a_row_per_size_with_json() {
         assert_eq!(ring[0], "ring");
         assert!(ring[1]["Ok"]["seconds"].as_f64().unwrap() > 0.0, "{r}");
     }
+}
+
+#[test]
+fn an_extended_hierarchical_result_says_so() {
+    // 128 hosts of 2 ranks, at most 128 ranks simulated: 16, 32 and 64 hosts run,
+    // 64 added.
+    let out = sim()
+        .env("MIXCCL_CHUNK_SIZE", "32K")
+        .args(["allreduce", "--hosts", "128", "--ranks-per-host", "2"])
+        .args(["--intra", "shm:3,400", "--inter", "rdma:4,400"])
+        .args(["-b", "16M", "-e", "16M", "--algos", "hier"])
+        .args(["--sample-ranks", "128"])
+        .output()
+        .expect("mixccl-sim runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("hier: approximate: simulated on 128 ranks")
+            && table.contains("64 hosts added"),
+        "{table}"
+    );
 }
 
 #[test]

@@ -214,6 +214,67 @@ fn extrapolated_pipelines_stay_within_their_bound() {
 }
 
 #[test]
+fn scaled_hierarchical_all_reduce_stays_within_its_bound() {
+    // 128 hosts x 4 ranks, sampled on at most 256 ranks: 16, 32 and 64 hosts, 64
+    // hosts added. 32 MiB: ring blocks of 64 KiB on 32 KiB chunks, each channel's
+    // block 256 chunks (32 on the fewest hosts sampled).
+    let net = Cluster::new(
+        128,
+        4,
+        link(LinkClass::Shm, 3.0, 50.0),
+        link(LinkClass::Rdma, 4.0, 50.0),
+    )
+    .build()
+    .unwrap();
+    let mut on = settings(32 << 10);
+    on.reduce_gbs = 5.0;
+    on.sample_ranks = 256;
+    let off = Settings {
+        extrapolate: false,
+        ..on.clone()
+    };
+    let (x, full) = (Simulator::new(net.clone(), on), Simulator::new(net, off));
+    let size = 32 << 20;
+    let a = x.run(Collective::AllReduce, Algorithm::Hier, size).unwrap();
+    let b = full
+        .run(Collective::AllReduce, Algorithm::Hier, size)
+        .unwrap();
+    assert_eq!((a.extrapolated_hosts, a.simulated_ranks), (64, 256));
+    assert_eq!((b.extrapolated_hosts, b.simulated_ranks), (0, 512));
+    assert!(
+        (a.seconds - b.seconds).abs() <= a.bound,
+        "{} vs {} (bound {})",
+        a.seconds,
+        b.seconds,
+        a.bound
+    );
+    assert!(
+        (a.seconds - b.seconds).abs() <= 0.02 * b.seconds,
+        "{} vs {}",
+        a.seconds,
+        b.seconds
+    );
+    assert!(a.bound <= 0.05 * b.seconds, "bound {}", a.bound);
+    // Anything else is simulated as before: another algorithm, blocks that do not
+    // divide evenly, a call that fits the limit.
+    let ring = |s: &Simulator| s.run(Collective::AllReduce, Algorithm::Ring, size).unwrap();
+    assert_eq!(ring(&x), ring(&full));
+    let uneven = x
+        .run(Collective::AllReduce, Algorithm::Hier, size + 4 * 7)
+        .unwrap();
+    assert_eq!(
+        (uneven.extrapolated_hosts, uneven.simulated_ranks),
+        (0, 512)
+    );
+    let mut wide = x.settings.clone();
+    wide.sample_ranks = 512;
+    let w = Simulator::new(x.net.clone(), wide)
+        .run(Collective::AllReduce, Algorithm::Hier, size)
+        .unwrap();
+    assert_eq!(w, b);
+}
+
+#[test]
 fn pods_travel_in_the_model() {
     // The generator's pods are in the model it hands the planner; a JSON dump of it
     // simulates alike and plans alike.

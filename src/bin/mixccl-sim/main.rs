@@ -44,6 +44,11 @@ Flags:
   --no-fold                       simulate every rank even where one period would do
   --no-extrapolate                simulate every chunk of a long tree or chain pipeline
                                   (by default its first periods, extended once they repeat)
+                                  and every host of a hierarchical all_reduce
+  --sample-ranks N                simulate a hierarchical all_reduce on more than N ranks on
+                                  at most N (hosts / 2^k, a half and a quarter of that, the
+                                  bytes scaled alike) and extend it per host (approximate,
+                                  with a bound; default 4096)
   --max-mem SIZE                  largest memory for one piece's programs (default 6G)
   --sample-pieces K               simulate K of a call's pieces, add the rest at their mean
                                   time (approximate; default all)
@@ -66,6 +71,27 @@ struct Args {
     svg_dir: Option<String>,
     name: String,
     plan_only: bool,
+}
+
+/// Comment lines under a table line: why an algorithm could not be simulated, and
+/// which results are extended from smaller calls.
+fn notes(row: &Row) {
+    for (name, r) in &row.results {
+        match r {
+            Err(e) => println!("#   {name}: {e}"),
+            Ok(o) if o.extrapolated_hosts > 0 => {
+                let hosts = o.extrapolated_hosts;
+                println!(
+                    "#   {name}: approximate: simulated on {} ranks (and a half and a quarter \
+                     of them, bytes scaled alike), {hosts} hosts added at their time per host; \
+                     bound +-{:.1} us",
+                    o.simulated_ranks,
+                    o.bound * 1e6
+                );
+            }
+            Ok(_) => {}
+        }
+    }
 }
 
 fn bytes(s: &str) -> Result<usize, String> {
@@ -184,6 +210,7 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
             "--l3" => a.settings.host.l3 = cache(flag, v)?,
             "--max-mem" => a.settings.max_bytes = bytes(v)?,
             "--sample-pieces" => a.settings.sample_pieces = Some(number(flag, v)?),
+            "--sample-ranks" => a.settings.sample_ranks = number(flag, v)?,
             "-J" | "--json" => a.json = Some(v.clone()),
             "--min-ranks" => a.min_ranks = number(flag, v)?,
             "--max-ranks" => a.max_ranks = number(flag, v)?,
@@ -309,11 +336,7 @@ fn single(a: &Args) -> Result<(), String> {
         let t = Instant::now();
         let row = sim.sweep(a.coll, &[size], &algos).remove(0);
         println!("{}", row.format());
-        for (name, r) in &row.results {
-            if let Err(e) = r {
-                println!("#   {name}: {e}");
-            }
-        }
+        notes(&row);
         eprintln!("# {size} B simulated in {:.2} s", t.elapsed().as_secs_f64());
         all.push(row);
     }
@@ -362,11 +385,7 @@ fn scale(a: &Args) -> Result<(), String> {
         println!("{}", Row::header(&algos));
         for r in &rs {
             println!("{}", r.format());
-            for (name, res) in &r.results {
-                if let Err(e) = res {
-                    println!("#   {name}: {e}");
-                }
-            }
+            notes(r);
         }
         all.extend(rs);
         n *= 2;
