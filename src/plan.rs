@@ -620,11 +620,6 @@ mod tests {
         }
     }
 
-    /// 64 hosts x 8 ranks, shared memory 3 us 50 GB/s, RDMA 4 us 50 GB/s.
-    fn cluster_512() -> Topology {
-        cluster(64)
-    }
-
     /// `hosts` hosts x 8 ranks, shared memory 3 us 50 GB/s, RDMA 4 us 50 GB/s (the
     /// 400 Gbit/s cluster of docs/scaling.md).
     fn cluster(hosts: usize) -> Topology {
@@ -652,7 +647,7 @@ mod tests {
     /// the tree, which the simulation confirms (8 B: tree 68 us, hier 510 us).
     #[test]
     fn the_tree_is_not_chosen_for_what_it_cannot_stream() {
-        let t = cluster_512();
+        let t = cluster(64);
         let c = Config::default();
         let pick = |bytes| cheapest(&t, &c, Collective::AllReduce, bytes).0;
         assert_eq!(pick(8), Algorithm::Tree);

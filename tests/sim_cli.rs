@@ -7,33 +7,38 @@ fn sim() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mixccl-sim"))
 }
 
-#[test]
-fn a_small_cluster_gives_a_row_per_size_with_json() {
-    let json = std::env::temp_dir().join(format!("mixccl-sim-cli-{}.json", std::process::id()));
-    let out = sim()
-        .args(["allreduce", "--hosts", "2", "--ranks-per-host", "2"])
-        .args([
-            "--intra",
-            "shm:5,32",
-            "--inter",
-            "tcp:40,10",
-            "-b",
-            "8",
-            "-e",
-            "1M",
-            "-f",
-            "1024",
-        ])
-        .arg("-J")
-        .arg(&json)
-        .output()
-        .expect("mixccl-sim runs");
+/// Runs `cmd`, which must succeed (its stderr otherwise), and returns its stdout.
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("mixccl-sim runs");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let table = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_small_cluster_gives_a_row_per_size_with_json() {
+    let json = std::env::temp_dir().join(format!("mixccl-sim-cli-{}.json", std::process::id()));
+    let table = stdout_of(
+        sim()
+            .args(["allreduce", "--hosts", "2", "--ranks-per-host", "2"])
+            .args([
+                "--intra",
+                "shm:5,32",
+                "--inter",
+                "tcp:40,10",
+                "-b",
+                "8",
+                "-e",
+                "1M",
+                "-f",
+                "1024",
+            ])
+            .arg("-J")
+            .arg(&json),
+    );
     assert!(
         table.contains("--- ring ---") && table.contains("planner"),
         "{table}"
@@ -57,20 +62,14 @@ fn a_small_cluster_gives_a_row_per_size_with_json() {
 fn an_extended_hierarchical_result_says_so() {
     // 128 hosts of 2 ranks, at most 128 ranks simulated: 16, 32 and 64 hosts run,
     // 64 added.
-    let out = sim()
-        .env("MIXCCL_CHUNK_SIZE", "32K")
-        .args(["allreduce", "--hosts", "128", "--ranks-per-host", "2"])
-        .args(["--intra", "shm:3,400", "--inter", "rdma:4,400"])
-        .args(["-b", "16M", "-e", "16M", "--algos", "hier"])
-        .args(["--sample-ranks", "128"])
-        .output()
-        .expect("mixccl-sim runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let table = stdout_of(
+        sim()
+            .env("MIXCCL_CHUNK_SIZE", "32K")
+            .args(["allreduce", "--hosts", "128", "--ranks-per-host", "2"])
+            .args(["--intra", "shm:3,400", "--inter", "rdma:4,400"])
+            .args(["-b", "16M", "-e", "16M", "--algos", "hier"])
+            .args(["--sample-ranks", "128"]),
     );
-    let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains("hier: approximate: simulated on 128 ranks")
             && table.contains("64 hosts added"),
@@ -80,20 +79,18 @@ fn an_extended_hierarchical_result_says_so() {
 
 #[test]
 fn plan_only_prints_the_planners_choice_per_rank_count() {
-    let out = sim()
-        .args([
-            "scale",
-            "allreduce",
-            "--ranks-per-host",
-            "8",
-            "--min-ranks",
-            "16",
-        ])
-        .args(["--max-ranks", "64", "--sizes", "8,1M", "--plan-only"])
-        .output()
-        .expect("mixccl-sim runs");
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout_of(
+        sim()
+            .args([
+                "scale",
+                "allreduce",
+                "--ranks-per-host",
+                "8",
+                "--min-ranks",
+                "16",
+            ])
+            .args(["--max-ranks", "64", "--sizes", "8,1M", "--plan-only"]),
+    );
     let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert!(
