@@ -137,6 +137,15 @@ pub struct Allocation {
 /// (`cudaStream_t`, `hipStream_t`, `aclrtStream`, `cnrtQueue_t`); 0 is the default stream.
 pub type StreamHandle = usize;
 
+/// A runtime event handle as the vendor defines it (`CUevent`, `hipEvent_t`,
+/// `aclrtEvent`, `cnrtNotifier_t`, `musaEvent_t`).
+pub type EventHandle = usize;
+
+/// Host work queued on a stream with [`Device::launch_host_fn`]: the runtime runs it
+/// on a thread of its own once every earlier item on the stream has finished, and
+/// later items wait until it returns. It must not call the runtime.
+pub type HostFn = Box<dyn FnOnce() + Send + 'static>;
+
 /// What mixccl needs of a device runtime. Each implementation lives in one file of
 /// `src/device/` and loads its library at run time.
 ///
@@ -213,6 +222,58 @@ pub trait Device: Send + Sync {
     /// `ptr` came from `alloc_device` (or the runtime's own allocator) and is not
     /// used afterwards.
     unsafe fn free_device(&self, index: i32, ptr: usize) -> Result<()>;
+
+    /// A new event on device `index` (timing disabled), for ordering stream work.
+    fn create_event(&self, index: i32) -> Result<EventHandle> {
+        let _ = index;
+        Err(self.unsupported("events"))
+    }
+
+    /// Destroys an event from [`Device::create_event`].
+    fn destroy_event(&self, index: i32, event: EventHandle) -> Result<()> {
+        let _ = (index, event);
+        Err(self.unsupported("events"))
+    }
+
+    /// Records `event` at the current end of `stream` (0: the default stream).
+    fn record_event(&self, index: i32, event: EventHandle, stream: StreamHandle) -> Result<()> {
+        let _ = (index, event, stream);
+        Err(self.unsupported("events"))
+    }
+
+    /// Has the work before `event`'s last record finished? Never blocks.
+    fn event_done(&self, index: i32, event: EventHandle) -> Result<bool> {
+        let _ = (index, event);
+        Err(self.unsupported("events"))
+    }
+
+    /// Makes work queued on `stream` after this call wait for `event`'s last record.
+    fn stream_wait_event(
+        &self,
+        index: i32,
+        stream: StreamHandle,
+        event: EventHandle,
+    ) -> Result<()> {
+        let _ = (index, stream, event);
+        Err(self.unsupported("events"))
+    }
+
+    /// Queues `f` on `stream` (see [`HostFn`]): `cuLaunchHostFunc`,
+    /// `hipLaunchHostFunc`, `musaLaunchHostFunc`, `aclrtLaunchCallback`,
+    /// `cnrtInvokeHostFunc`. `f` runs exactly once if this returns `Ok`, never if it
+    /// returns an error.
+    fn launch_host_fn(&self, index: i32, stream: StreamHandle, f: HostFn) -> Result<()> {
+        let _ = (index, stream, f);
+        Err(self.unsupported("host-function launch"))
+    }
+
+    /// The error for a primitive this runtime's shim does not offer.
+    fn unsupported(&self, what: &str) -> Error {
+        Error::Device {
+            vendor: self.vendor().name(),
+            message: format!("{what} not supported by the {} shim", self.vendor()),
+        }
+    }
 }
 
 /// The device runtimes this process loaded, asked in [`Vendor::ALL`] order.
