@@ -22,6 +22,7 @@
 
 mod algo;
 mod bootstrap;
+mod call;
 mod comm;
 mod config;
 mod copy;

@@ -4,7 +4,7 @@
 
 /// This process's host identity, e.g. `node1/3f2c..-boot/net:[4026531840]`.
 pub(crate) fn host_id() -> String {
-    if let Ok(id) = std::env::var("MIXCCL_HOST_ID") {
+    if let Some(id) = crate::config::env("MIXCCL_HOST_ID") {
         if !id.trim().is_empty() {
             return id.trim().to_string();
         }

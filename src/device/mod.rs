@@ -292,7 +292,7 @@ impl Runtimes {
     /// every vendor) and each vendor's library variable or sonames.
     pub fn global() -> &'static Runtimes {
         RUNTIMES.get_or_init(|| {
-            let wanted = std::env::var("MIXCCL_DEVICES").ok();
+            let wanted = crate::config::env("MIXCCL_DEVICES");
             Runtimes::load(wanted.as_deref())
         })
     }
