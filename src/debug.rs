@@ -42,11 +42,12 @@ static RAISED: AtomicU8 = AtomicU8::new(0);
 pub(crate) fn level() -> DebugLevel {
     static LEVEL: OnceLock<DebugLevel> = OnceLock::new();
     let env = *LEVEL.get_or_init(|| {
-        std::env::var("MIXCCL_DEBUG")
-            .ok()
+        crate::config::env("MIXCCL_DEBUG")
             .and_then(|v| DebugLevel::parse(&v))
             .unwrap_or(DebugLevel::Warn)
     });
+    // The first log call of a process (init always logs) checks for misspelt variables.
+    crate::config::warn_unknown_env();
     let raised = match RAISED.load(Ordering::Relaxed) {
         2 => DebugLevel::Trace,
         1 => DebugLevel::Info,
@@ -77,8 +78,8 @@ pub(crate) fn log(lvl: DebugLevel, rank: Option<usize>, msg: std::fmt::Arguments
     // SAFETY: gettid has no preconditions and cannot fail.
     let tid = unsafe { libc::gettid() };
     let rank = rank.map_or_else(|| "-".to_string(), |r| r.to_string());
-    eprintln!(
-        "{}:{}:{} [{}] MIXCCL {} {}",
+    let line = format!(
+        "{}:{}:{} [{}] MIXCCL {} {}\n",
         hostname(),
         std::process::id(),
         tid,
@@ -86,6 +87,17 @@ pub(crate) fn log(lvl: DebugLevel, rank: Option<usize>, msg: std::fmt::Arguments
         lvl.name(),
         msg
     );
+    write_line(&line);
+}
+
+/// Writes `line` to fd 2 in one write(2), as NCCL does, so lines from ranks sharing
+/// a terminal or pipe never cut into each other (`eprintln!` writes each piece of
+/// its format separately). A line up to PIPE_BUF (4 KiB) is atomic on a pipe.
+fn write_line(line: &str) {
+    use std::io::Write;
+    // Stderr is unbuffered: write_all is one write(2) unless the kernel takes less.
+    // Nowhere to report a failed log write.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Logs at WARN: `log_warn!(rank_option, "fmt", args..)`.
