@@ -366,9 +366,11 @@ def fake_device(rank, world):
     pg.device_module = lambda kind: fake if kind == "fakedev" else real_module(kind)
     pg.record_stream = lambda tensor, stream: None
 
+    device = FakeDevice()
+
     def init(self, tensor):
         real_init(self, tensor)
-        self.device = FakeDevice()
+        self.device = device
 
     pg._Buffer.__init__ = init
     try:
