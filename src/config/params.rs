@@ -416,6 +416,20 @@ pub(crate) const ELSEWHERE: &[Elsewhere] = &[
         help: "libmixccl.so for the PyTorch backend",
     },
     Elsewhere {
+        name: "MIXCCL_LAUNCH",
+        read_by: "ffi/src/env.rs",
+        default: "async",
+        doc: Doc::Readme,
+        help: "C ABI calls on device buffers: async (stream-ordered) or sync (host-synchronous)",
+    },
+    Elsewhere {
+        name: "MIXCCL_MPI_REQUIRED",
+        read_by: "ffi/tests/processes.rs",
+        default: "0",
+        doc: Doc::Tests,
+        help: "1: the Open MPI tests fail instead of skipping without mpirun",
+    },
+    Elsewhere {
         name: "MIXCCL_TORCH_PYTHON",
         read_by: "tests/torch.rs",
         default: "unset",
