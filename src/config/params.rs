@@ -79,7 +79,11 @@ macro_rules! config_params {
         /// of the parameter table (`src/config/params.rs`).
         #[derive(Debug, Clone)]
         pub struct Config {
-            $( $(#[$meta])* pub $field: $ty, )*
+            $(
+                $(#[$meta])*
+                #[doc = concat!("\n\n`", $name, "`; default `", stringify!($default), "`.")]
+                pub $field: $ty,
+            )*
         }
 
         impl Default for Config {
@@ -160,53 +164,51 @@ macro_rules! config_params {
 }
 
 config_params! {
-    /// Bound on every blocking wait without progress (`MIXCCL_TIMEOUT`, seconds; default 300).
+    /// Bound on every blocking wait without progress, in seconds.
     timeout: Duration = Duration::from_secs(300),
         "MIXCCL_TIMEOUT", Seconds, agree no,
         "seconds, bound on every wait";
-    /// Pipelining unit of the algorithms in bytes (`MIXCCL_CHUNK_SIZE`; default 512 KiB).
+    /// Pipelining unit of the algorithms, in bytes.
     chunk_bytes: usize = 512 << 10,
         "MIXCCL_CHUNK_SIZE", Size::range(64, usize::MAX), agree yes,
         "bytes, pipelining unit";
-    /// TCP sockets per peer; a large message is spread across them (`MIXCCL_NSOCKS`; default 2).
+    /// TCP sockets per peer; a large message is spread across them.
     nsocks: usize = 2,
         "MIXCCL_NSOCKS", Int { min: 1, max: 64 }, agree yes,
         "TCP sockets per peer";
-    /// Network interface for sockets, NCCL_SOCKET_IFNAME syntax: a prefix list, `^` to exclude,
-    /// `=` for exact names (`MIXCCL_SOCKET_IFNAME`; default: the route to the root, else the
-    /// first non-loopback interface).
+    /// Network interface for sockets, NCCL_SOCKET_IFNAME syntax: a prefix list, `^` to
+    /// exclude, `=` for exact names (`None`: the route to the root, else the first
+    /// non-loopback interface).
     socket_ifname: Option<String> = None,
         "MIXCCL_SOCKET_IFNAME", Text { none: "auto" }, agree no,
         "interface for sockets";
-    /// SO_SNDBUF/SO_RCVBUF in bytes (`MIXCCL_SOCKET_BUFFER`; default 0: automatic,
-    /// 512 KiB to peers on this host, the kernel's autotuning to other hosts).
+    /// SO_SNDBUF/SO_RCVBUF in bytes (0: automatic, 512 KiB to peers on this host, the
+    /// kernel's autotuning to other hosts).
     socket_buffer: usize = 0,
         "MIXCCL_SOCKET_BUFFER", Size::ANY, agree no,
         "bytes, 0 = 512K on this host, kernel autotuning to others";
     /// The planner weighs the direct (latency) algorithms for all_reduce messages up to
-    /// this many bytes per rank and all_gather results up to this many bytes in total
-    /// (`MIXCCL_DIRECT_MAX_BYTES`; default 16 KiB).
+    /// this many bytes per rank and all_gather results up to this many bytes in total.
     direct_max_bytes: usize = 16 << 10,
         "MIXCCL_DIRECT_MAX_BYTES", Size::ANY, agree yes,
         "direct algorithms considered up to this size";
-    /// Use TCP even between ranks on the same host (`MIXCCL_SHM_DISABLE=1`; default 0).
+    /// Use TCP even between ranks on the same host.
     shm_disable: bool = false,
         "MIXCCL_SHM_DISABLE", Flag, agree yes,
         "TCP between ranks of one host";
-    /// Bytes of each shared-memory ring, per direction and peer (`MIXCCL_SHM_BUFFER`;
-    /// default 1 MiB; rounded up to 64).
+    /// Bytes of each shared-memory ring, per direction and peer (rounded up to 64).
     shm_buffer: usize = 1 << 20,
         "MIXCCL_SHM_BUFFER", Size { min: 4 << 10, max: 1 << 30, zero: false, round: 64 }, agree no,
         "bytes of each shared-memory ring, per peer and direction";
     /// Reduce received data straight out of the shared-memory ring instead of copying
-    /// it to a staging buffer first (`MIXCCL_SHM_ZEROCOPY`; default 1).
+    /// it to a staging buffer first.
     shm_zero_copy: bool = true,
         "MIXCCL_SHM_ZEROCOPY", Flag, agree no,
         "reduce straight out of the peer's ring";
     /// Bytes of each rank's ring in the host's board (`transport::board`), through
-    /// which an all-gather on one host copies each block once per reader
-    /// (`MIXCCL_BOARD_BYTES`; default 8 MiB, rounded up to 64; 0 = no board). Made by
-    /// rank 0 when every rank is on its host: n rings, mapped and prefaulted.
+    /// which an all-gather on one host copies each block once per reader (rounded up
+    /// to 64; 0 = no board). Made by rank 0 when every rank is on its host: n rings,
+    /// mapped and prefaulted.
     board_bytes: usize = 8 << 20,
         "MIXCCL_BOARD_BYTES", Size { min: 64 << 10, max: 1 << 30, zero: true, round: 64 }, agree
         // Whether there is a board changes the plans; its size is rank 0's.
@@ -214,80 +216,78 @@ config_params! {
         "bytes of each rank's ring in the host's board, 0 = none";
     /// Let ranks on one host read each other's buffers directly (process_vm_readv) when
     /// every rank is on one host and the kernel allows it; all-gather then copies each
-    /// byte once (`MIXCCL_SHM_CMA`; default 0: on the 2-core test machine the ring over
-    /// shared memory measured faster, see docs/algorithms.md).
+    /// byte once (off by default: on the 2-core test machine the ring over shared
+    /// memory measured faster, see docs/algorithms.md).
     shm_cma: bool = false,
         "MIXCCL_SHM_CMA", Flag, agree yes,
         "cross-memory reads between ranks of one host";
-    /// How long a waiting rank polls (yielding the core) before it sleeps
-    /// (`MIXCCL_SPIN_US`, microseconds; default 100).
+    /// How long a waiting rank polls (yielding the core) before it sleeps, in
+    /// microseconds.
     spin: Duration = Duration::from_micros(100),
         "MIXCCL_SPIN_US", Micros, agree no,
         "poll before sleeping";
-    /// Forced algorithms (`MIXCCL_ALGO`, e.g. `allreduce:ring;allgather:direct`).
+    /// Forced algorithms (e.g. `allreduce:ring;allgather:direct`).
     algo: AlgoOverride = AlgoOverride::default(),
         "MIXCCL_ALGO", Algos, agree yes,
         "forced algorithms";
     /// Send a header (sequence number, collective, type, op, count, root, algorithm,
     /// bytes) ahead of each call's data to every peer, so mismatched calls become
-    /// `Error::Mismatch` instead of a hang or wrong data (`MIXCCL_CHECK_CALLS`;
-    /// default 1).
+    /// `Error::Mismatch` instead of a hang or wrong data.
     check_calls: bool = true,
         "MIXCCL_CHECK_CALLS", Flag, agree yes,
         "per-call headers: mismatched calls are errors";
     /// all_reduce, broadcast and reduce larger than this run as a sequence of calls
     /// of at most this many bytes, on every rank alike, so a rank whose buffers are in
     /// device memory can copy piece k+1 to the host while piece k is on the wire
-    /// (`MIXCCL_PIPELINE_BYTES`; default 8 MiB; 0 = never split). A piece is never
-    /// smaller than two chunks per rank ([`Config::piece_elems`]).
+    /// (0 = never split). A piece is never smaller than two chunks per rank
+    /// ([`Config::piece_elems`]).
     pipeline_bytes: usize = 8 << 20,
         "MIXCCL_PIPELINE_BYTES", Size::ANY, agree yes,
         "largest piece of a split all_reduce/broadcast/reduce";
-    /// Load the topology model from this JSON file instead of probing
-    /// (`MIXCCL_TOPO_FILE`, like NCCL_TOPO_FILE; default: probe).
+    /// Load the topology model from this JSON file instead of probing (like
+    /// NCCL_TOPO_FILE).
     topo_file: Option<PathBuf> = None,
         "MIXCCL_TOPO_FILE", Path, agree
         // Ranks may load the model from different paths; loading one or not must agree.
         (|p: &Option<PathBuf>| if p.is_some() { "set" } else { "unset" }.to_string()),
         "topology model to load instead of probing";
-    /// Rank 0 writes the model as JSON here after init (`MIXCCL_TOPO_DUMP_FILE`).
+    /// Rank 0 writes the model as JSON here after init.
     topo_dump_file: Option<PathBuf> = None,
         "MIXCCL_TOPO_DUMP_FILE", Path, agree no,
         "where rank 0 writes the model";
-    /// Refine the probed link costs with a short measurement at init
-    /// (`MIXCCL_TOPO_PROBE`; default 1; 0 keeps the probe's figures).
+    /// Refine the probed link costs with a short measurement at init (false keeps the
+    /// probe's figures).
     topo_probe: bool = true,
         "MIXCCL_TOPO_PROBE", Flag, agree yes,
         "measure link costs at init";
-    /// Log level (`MIXCCL_DEBUG` = WARN, INFO or TRACE; default WARN).
+    /// Log level (WARN, INFO or TRACE).
     debug: DebugLevel = DebugLevel::Warn,
         "MIXCCL_DEBUG", Level, agree no,
         "log level";
-    /// Transport between hosts (`MIXCCL_NET` = IB or Socket; default: RDMA where possible).
+    /// Transport between hosts (IB or Socket; `Auto`: RDMA where possible).
     net: NetTransport = NetTransport::Auto,
         "MIXCCL_NET", Net, agree
         // Auto and IB both negotiate per peer over TCP; Socket does not.
         (|n: &NetTransport| if *n == NetTransport::Socket { "Socket" } else { "IB-or-auto" }.to_string()),
         "transport between hosts";
     /// RDMA devices and ports, NCCL_IB_HCA syntax: `mlx5_0:1,mlx5_1`, `^` to exclude,
-    /// `=` for exact names (`MIXCCL_IB_HCA`; default: the first active port).
+    /// `=` for exact names (`None`: the first active port).
     ib_hca: Option<String> = None,
         "MIXCCL_IB_HCA", Text { none: "auto" }, agree no,
         "RDMA devices and ports";
-    /// GID index for RoCE addressing (`MIXCCL_IB_GID_INDEX`; default 0).
+    /// GID index for RoCE addressing.
     ib_gid_index: u8 = 0,
         "MIXCCL_IB_GID_INDEX", Int { min: 0, max: 255 }, agree no,
         "RoCE GID index";
-    /// RDMA queue pairs (lanes) per peer (`MIXCCL_IB_QPS`, 1..=64; default 2).
+    /// RDMA queue pairs (lanes) per peer.
     ib_qps: usize = 2,
         "MIXCCL_IB_QPS", Int { min: 1, max: 64 }, agree no,
         "RDMA queue pairs per peer";
-    /// Registered staging per RDMA lane and direction, in 8 slots
-    /// (`MIXCCL_IB_BUFFER`; default 1 MiB; 32K to 1G).
+    /// Registered staging per RDMA lane and direction, in 8 slots.
     ib_buffer: usize = 1 << 20,
         "MIXCCL_IB_BUFFER", Size::range(32 << 10, 1 << 30), agree no,
         "bytes of RDMA staging per lane and direction";
-    /// libibverbs to load (`MIXCCL_IBVERBS_LIB`; default `libibverbs.so.1`).
+    /// libibverbs to load (`None`: `libibverbs.so.1`).
     ibverbs_lib: Option<String> = None,
         "MIXCCL_IBVERBS_LIB", Text { none: "libibverbs.so.1" }, agree no,
         "libibverbs to load";
