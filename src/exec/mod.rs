@@ -1,12 +1,12 @@
 //! The executor: runs one rank's [`Schedule`] over its links.
 //!
-//! - [`lower`]: the schedule made ready to run (call headers first, each op's
+//! - `lower`: the schedule made ready to run (call headers first, each op's
 //!   dependencies, transfers on lanes, staging), a pure function the simulator
 //!   uses too, so it times exactly what runs here.
-//! - [`progress`]: the run itself, one non-blocking sweep at a time
-//!   ([`Progress::step`]), and the blocking loop that sleeps in `poll` when nothing
+//! - `progress`: the run itself, one non-blocking sweep at a time
+//!   (`Progress::step`), and the blocking loop that sleeps in `poll` when nothing
 //!   moves and turns a wait without progress for `timeout` into `Error::Timeout`.
-//! - [`control`]: call headers written and checked, error reports and deaths read
+//! - `control`: call headers written and checked, error reports and deaths read
 //!   off the links' control channels, and a failure's report passed on to every peer.
 //!
 //! Ops run as soon as the ops they depend on have finished; dependencies come from
