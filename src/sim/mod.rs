@@ -216,7 +216,7 @@ impl Simulator {
             crate::topo::LinkClass::Rdma => cfg.ib_qps,
             _ => 1,
         };
-        Ok(compile(&s, rank, self.nranks(), cfg.check_calls, lanes))
+        compile(&s, rank, self.nranks(), cfg.check_calls, lanes)
     }
 
     /// The programs of every simulated rank for one piece: ranks `0..P` when they
