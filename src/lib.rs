@@ -30,6 +30,7 @@ pub mod device;
 mod element;
 mod error;
 mod exec;
+mod foreign;
 #[cfg(test)]
 mod fuzz;
 mod header;

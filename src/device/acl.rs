@@ -27,7 +27,7 @@
 //!   its first callback and unsubscribed when mixccl destroys the stream.
 
 use super::hostfn::{self, CHostFn};
-use super::loader::{self, Opened, Optional};
+use super::loader::{self, Library};
 use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
 use crate::debug::log_warn;
 use crate::error::{Error, Result};
@@ -71,38 +71,34 @@ struct PtrAttributes {
     rsv: [u32; 4],
 }
 
-/// The AscendCL entry points mixccl uses (acl.h, acl_rt.h).
-struct Api {
-    init: unsafe extern "C" fn(*const c_char) -> AclError,
-    get_device: unsafe extern "C" fn(*mut i32) -> AclError,
-    set_device: unsafe extern "C" fn(i32) -> AclError,
-    pointer_get_attributes: unsafe extern "C" fn(*const c_void, *mut PtrAttributes) -> AclError,
-    memcpy_async: unsafe extern "C" fn(
-        *mut c_void,
-        usize,
-        *const c_void,
-        usize,
-        c_int,
-        AclStream,
-    ) -> AclError,
-    create_stream: unsafe extern "C" fn(*mut AclStream) -> AclError,
-    destroy_stream: unsafe extern "C" fn(AclStream) -> AclError,
-    synchronize_stream: unsafe extern "C" fn(AclStream) -> AclError,
-    malloc_host: unsafe extern "C" fn(*mut *mut c_void, usize) -> AclError,
-    free_host: unsafe extern "C" fn(*mut c_void) -> AclError,
-    malloc: unsafe extern "C" fn(*mut *mut c_void, usize, c_int) -> AclError,
-    free: unsafe extern "C" fn(*mut c_void) -> AclError,
-    recent_err_msg: unsafe extern "C" fn() -> *const c_char,
-    create_event_ex_with_flag: Optional<unsafe extern "C" fn(*mut AclEvent, u32) -> AclError>,
-    destroy_event: Optional<unsafe extern "C" fn(AclEvent) -> AclError>,
-    record_event: Optional<unsafe extern "C" fn(AclEvent, AclStream) -> AclError>,
-    query_event_status: Optional<unsafe extern "C" fn(AclEvent, *mut c_int) -> AclError>,
-    stream_wait_event: Optional<unsafe extern "C" fn(AclStream, AclEvent) -> AclError>,
-    subscribe_report: Optional<unsafe extern "C" fn(u64, AclStream) -> AclError>,
-    unsubscribe_report: Optional<unsafe extern "C" fn(u64, AclStream) -> AclError>,
-    launch_callback:
-        Optional<unsafe extern "C" fn(CHostFn, *mut c_void, c_int, AclStream) -> AclError>,
-    process_report: Optional<unsafe extern "C" fn(i32) -> AclError>,
+crate::foreign::foreign_api! {
+    /// The AscendCL entry points mixccl uses (acl.h, acl_rt.h).
+    struct Api {
+        init: "aclInit" => fn(*const c_char) -> AclError;
+        get_device: "aclrtGetDevice" => fn(*mut i32) -> AclError;
+        set_device: "aclrtSetDevice" => fn(i32) -> AclError;
+        pointer_get_attributes: "aclrtPointerGetAttributes" => fn(*const c_void, *mut PtrAttributes) -> AclError;
+        memcpy_async: "aclrtMemcpyAsync" => fn( *mut c_void, usize, *const c_void, usize, c_int, AclStream, ) -> AclError;
+        create_stream: "aclrtCreateStream" => fn(*mut AclStream) -> AclError;
+        destroy_stream: "aclrtDestroyStream" => fn(AclStream) -> AclError;
+        synchronize_stream: "aclrtSynchronizeStream" => fn(AclStream) -> AclError;
+        malloc_host: "aclrtMallocHost" => fn(*mut *mut c_void, usize) -> AclError;
+        free_host: "aclrtFreeHost" => fn(*mut c_void) -> AclError;
+        malloc: "aclrtMalloc" => fn(*mut *mut c_void, usize, c_int) -> AclError;
+        free: "aclrtFree" => fn(*mut c_void) -> AclError;
+        recent_err_msg: "aclGetRecentErrMsg" => fn() -> *const c_char;
+        @optional {
+            create_event_ex_with_flag: "aclrtCreateEventExWithFlag" => fn(*mut AclEvent, u32) -> AclError;
+            destroy_event: "aclrtDestroyEvent" => fn(AclEvent) -> AclError;
+            record_event: "aclrtRecordEvent" => fn(AclEvent, AclStream) -> AclError;
+            query_event_status: "aclrtQueryEventStatus" => fn(AclEvent, *mut c_int) -> AclError;
+            stream_wait_event: "aclrtStreamWaitEvent" => fn(AclStream, AclEvent) -> AclError;
+            subscribe_report: "aclrtSubscribeReport" => fn(u64, AclStream) -> AclError;
+            unsubscribe_report: "aclrtUnSubscribeReport" => fn(u64, AclStream) -> AclError;
+            launch_callback: "aclrtLaunchCallback" => fn(CHostFn, *mut c_void, c_int, AclStream) -> AclError;
+            process_report: "aclrtProcessReport" => fn(i32) -> AclError;
+        }
+    }
 }
 
 /// A device's report thread (see the module comment) and the streams subscribed to it.
@@ -116,7 +112,7 @@ struct Reporter {
 /// The ACL shim.
 pub(crate) struct Acl {
     api: Api,
-    lib: Opened,
+    lib: Library,
     /// Report threads started so far, one per device.
     reporters: Mutex<Vec<Reporter>>,
     /// Tells the report threads to finish their current wait and exit.
@@ -127,44 +123,8 @@ impl Acl {
     /// Loads AscendCL and initialises it once (`aclInit(NULL)`).
     pub(crate) fn open() -> Result<Acl> {
         let lib = loader::open(Vendor::Acl)?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: each field's type is AscendCL's documented C signature for
-                // that symbol; enums are C ints, aclrtStream is void*.
-                unsafe { loader::symbol(&lib, Vendor::Acl, $name)? }
-            };
-        }
-        macro_rules! opt {
-            ($name:literal) => {
-                // SAFETY: as for sym! (acl_rt.h; aclrtEvent is void*, the status and
-                // block-type enums are C ints, thread ids uint64_t).
-                unsafe { Optional::load(&lib, $name) }
-            };
-        }
-        let api = Api {
-            init: sym!("aclInit"),
-            get_device: sym!("aclrtGetDevice"),
-            set_device: sym!("aclrtSetDevice"),
-            pointer_get_attributes: sym!("aclrtPointerGetAttributes"),
-            memcpy_async: sym!("aclrtMemcpyAsync"),
-            create_stream: sym!("aclrtCreateStream"),
-            destroy_stream: sym!("aclrtDestroyStream"),
-            synchronize_stream: sym!("aclrtSynchronizeStream"),
-            malloc_host: sym!("aclrtMallocHost"),
-            free_host: sym!("aclrtFreeHost"),
-            malloc: sym!("aclrtMalloc"),
-            free: sym!("aclrtFree"),
-            recent_err_msg: sym!("aclGetRecentErrMsg"),
-            create_event_ex_with_flag: opt!("aclrtCreateEventExWithFlag"),
-            destroy_event: opt!("aclrtDestroyEvent"),
-            record_event: opt!("aclrtRecordEvent"),
-            query_event_status: opt!("aclrtQueryEventStatus"),
-            stream_wait_event: opt!("aclrtStreamWaitEvent"),
-            subscribe_report: opt!("aclrtSubscribeReport"),
-            unsubscribe_report: opt!("aclrtUnSubscribeReport"),
-            launch_callback: opt!("aclrtLaunchCallback"),
-            process_report: opt!("aclrtProcessReport"),
-        };
+        // SAFETY: every signature in Api is acl_rt.h's.
+        let api = unsafe { Api::bind(&lib, "") }.map_err(|e| loader::load_error(Vendor::Acl, e))?;
         let acl = Acl {
             api,
             lib,
@@ -227,7 +187,7 @@ impl Acl {
     /// set its device; it waits for `go` before its first aclrtProcessReport, so it
     /// does not find itself without a subscribed stream.
     fn start_reporter(&self, index: i32, go: mpsc::Receiver<()>) -> Result<u64> {
-        let process = self.api.process_report.get(&self.lib, Vendor::Acl)?;
+        let process = loader::need(&self.api.process_report, &self.lib, Vendor::Acl)?;
         let set_device = self.api.set_device;
         let stop = Arc::clone(&self.stop);
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -283,7 +243,7 @@ impl Acl {
     /// Makes sure `stream` of device `index` is subscribed to that device's report
     /// thread, starting the thread on first use. Device `index` is set on this thread.
     fn subscribe(&self, index: i32, stream: StreamHandle) -> Result<()> {
-        let subscribe = self.api.subscribe_report.get(&self.lib, Vendor::Acl)?;
+        let subscribe = loader::need(&self.api.subscribe_report, &self.lib, Vendor::Acl)?;
         let mut reporters = self.reporters.lock().unwrap_or_else(|e| e.into_inner());
         let mut go = None;
         let pos = match reporters.iter().position(|r| r.index == index) {
@@ -324,7 +284,7 @@ impl Acl {
         else {
             return Ok(());
         };
-        let unsubscribe = self.api.unsubscribe_report.get(&self.lib, Vendor::Acl)?;
+        let unsubscribe = loader::need(&self.api.unsubscribe_report, &self.lib, Vendor::Acl)?;
         r.streams.remove(&stream);
         // SAFETY: the stream was subscribed to this thread id by `subscribe`.
         self.check("aclrtUnSubscribeReport", unsafe {
@@ -491,10 +451,7 @@ impl Device for Acl {
     }
 
     fn create_event(&self, index: i32) -> Result<EventHandle> {
-        let create = self
-            .api
-            .create_event_ex_with_flag
-            .get(&self.lib, Vendor::Acl)?;
+        let create = loader::need(&self.api.create_event_ex_with_flag, &self.lib, Vendor::Acl)?;
         self.on_device(index, || {
             let mut e: AclEvent = std::ptr::null_mut();
             // SAFETY: `e` is a valid out-pointer; ACL_EVENT_SYNC allows stream waits.
@@ -506,7 +463,7 @@ impl Device for Acl {
     }
 
     fn destroy_event(&self, index: i32, event: EventHandle) -> Result<()> {
-        let destroy = self.api.destroy_event.get(&self.lib, Vendor::Acl)?;
+        let destroy = loader::need(&self.api.destroy_event, &self.lib, Vendor::Acl)?;
         self.on_device(index, || {
             // SAFETY: `event` came from create_event and is destroyed once.
             self.check("aclrtDestroyEvent", unsafe { destroy(event as AclEvent) })
@@ -514,7 +471,7 @@ impl Device for Acl {
     }
 
     fn record_event(&self, index: i32, event: EventHandle, stream: StreamHandle) -> Result<()> {
-        let record = self.api.record_event.get(&self.lib, Vendor::Acl)?;
+        let record = loader::need(&self.api.record_event, &self.lib, Vendor::Acl)?;
         self.on_device(index, || {
             // SAFETY: a live event and a stream of this device (or 0).
             self.check("aclrtRecordEvent", unsafe {
@@ -524,7 +481,7 @@ impl Device for Acl {
     }
 
     fn event_done(&self, index: i32, event: EventHandle) -> Result<bool> {
-        let query = self.api.query_event_status.get(&self.lib, Vendor::Acl)?;
+        let query = loader::need(&self.api.query_event_status, &self.lib, Vendor::Acl)?;
         self.on_device(index, || {
             let mut status: c_int = 0;
             // SAFETY: a live event and a valid out-pointer for the status enum.
@@ -541,7 +498,7 @@ impl Device for Acl {
         stream: StreamHandle,
         event: EventHandle,
     ) -> Result<()> {
-        let wait = self.api.stream_wait_event.get(&self.lib, Vendor::Acl)?;
+        let wait = loader::need(&self.api.stream_wait_event, &self.lib, Vendor::Acl)?;
         self.on_device(index, || {
             // SAFETY: a live ACL_EVENT_SYNC event and a stream of this device (or 0).
             self.check("aclrtStreamWaitEvent", unsafe {
@@ -551,7 +508,7 @@ impl Device for Acl {
     }
 
     fn launch_host_fn(&self, index: i32, stream: StreamHandle, f: HostFn) -> Result<()> {
-        let launch = self.api.launch_callback.get(&self.lib, Vendor::Acl)?;
+        let launch = loader::need(&self.api.launch_callback, &self.lib, Vendor::Acl)?;
         self.on_device(index, || {
             self.subscribe(index, stream)?;
             hostfn::launch(f, |cb, data| {

@@ -17,7 +17,7 @@
 //!   through `cnrtInvokeHostFunc(queue, fn, data)`.
 
 use super::hostfn::{self, CHostFn};
-use super::loader::{self, Opened, Optional};
+use super::loader::{self, Library};
 use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
@@ -48,93 +48,72 @@ struct PointerAttributes {
 type MemcpyAsync =
     unsafe extern "C" fn(*mut c_void, *mut c_void, usize, CnrtQueue, c_int) -> CnrtRet;
 
-/// The CNRT entry points mixccl uses (cnrt.h).
-struct Api {
-    get_device: unsafe extern "C" fn(*mut c_int) -> CnrtRet,
-    set_device: unsafe extern "C" fn(c_int) -> CnrtRet,
-    pointer_get_attributes: unsafe extern "C" fn(*mut PointerAttributes, *const c_void) -> CnrtRet,
-    memcpy_async: MemcpyAsync,
-    /// Which of `cnrtMemcpyAsync_V3`/`_V2` `memcpy_async` is, for messages.
-    memcpy_name: &'static str,
-    queue_create: unsafe extern "C" fn(*mut CnrtQueue) -> CnrtRet,
-    queue_destroy: unsafe extern "C" fn(CnrtQueue) -> CnrtRet,
-    queue_sync: unsafe extern "C" fn(CnrtQueue) -> CnrtRet,
-    host_malloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> CnrtRet,
-    free_host: unsafe extern "C" fn(*mut c_void) -> CnrtRet,
-    malloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> CnrtRet,
-    free: unsafe extern "C" fn(*mut c_void) -> CnrtRet,
-    get_error_str: unsafe extern "C" fn(CnrtRet) -> *const c_char,
-    notifier_create: Optional<unsafe extern "C" fn(*mut CnrtNotifier) -> CnrtRet>,
-    notifier_destroy: Optional<unsafe extern "C" fn(CnrtNotifier) -> CnrtRet>,
-    place_notifier: Optional<unsafe extern "C" fn(CnrtNotifier, CnrtQueue) -> CnrtRet>,
-    query_notifier: Optional<unsafe extern "C" fn(CnrtNotifier) -> CnrtRet>,
-    queue_wait_notifier: Optional<unsafe extern "C" fn(CnrtNotifier, CnrtQueue, c_uint) -> CnrtRet>,
-    invoke_host_func: Optional<unsafe extern "C" fn(CnrtQueue, CHostFn, *mut c_void) -> CnrtRet>,
+crate::foreign::foreign_api! {
+    /// The CNRT entry points mixccl uses (cnrt.h).
+    struct Api {
+        get_device: "cnrtGetDevice" => fn(*mut c_int) -> CnrtRet;
+        set_device: "cnrtSetDevice" => fn(c_int) -> CnrtRet;
+        pointer_get_attributes: "cnrtPointerGetAttributes" => fn(*mut PointerAttributes, *const c_void) -> CnrtRet;
+        queue_create: "cnrtQueueCreate" => fn(*mut CnrtQueue) -> CnrtRet;
+        queue_destroy: "cnrtQueueDestroy" => fn(CnrtQueue) -> CnrtRet;
+        queue_sync: "cnrtQueueSync" => fn(CnrtQueue) -> CnrtRet;
+        host_malloc: "cnrtHostMalloc" => fn(*mut *mut c_void, usize) -> CnrtRet;
+        free_host: "cnrtFreeHost" => fn(*mut c_void) -> CnrtRet;
+        malloc: "cnrtMalloc" => fn(*mut *mut c_void, usize) -> CnrtRet;
+        free: "cnrtFree" => fn(*mut c_void) -> CnrtRet;
+        get_error_str: "cnrtGetErrorStr" => fn(CnrtRet) -> *const c_char;
+        @optional {
+            notifier_create: "cnrtNotifierCreate" => fn(*mut CnrtNotifier) -> CnrtRet;
+            notifier_destroy: "cnrtNotifierDestroy" => fn(CnrtNotifier) -> CnrtRet;
+            place_notifier: "cnrtPlaceNotifier" => fn(CnrtNotifier, CnrtQueue) -> CnrtRet;
+            query_notifier: "cnrtQueryNotifier" => fn(CnrtNotifier) -> CnrtRet;
+            queue_wait_notifier: "cnrtQueueWaitNotifier" => fn(CnrtNotifier, CnrtQueue, c_uint) -> CnrtRet;
+            invoke_host_func: "cnrtInvokeHostFunc" => fn(CnrtQueue, CHostFn, *mut c_void) -> CnrtRet;
+        }
+    }
 }
 
 /// The CNRT shim.
 pub(crate) struct Cnrt {
     api: Api,
-    lib: Opened,
+    /// `cnrtMemcpyAsync_V3` where the library has it, else `_V2` (same signature).
+    memcpy_async: MemcpyAsync,
+    /// Which of the two `memcpy_async` is, for messages.
+    memcpy_name: &'static str,
+    lib: Library,
 }
 
 impl Cnrt {
     /// Loads CNRT (it initialises itself on first use).
     pub(crate) fn open() -> Result<Cnrt> {
         let lib = loader::open(Vendor::Cnrt)?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: each field's type is CNRT's documented C signature for that
-                // symbol (cnrt.h); enums are C ints, cnrtQueue_t is a pointer.
-                unsafe { loader::symbol(&lib, Vendor::Cnrt, $name)? }
-            };
-        }
-        macro_rules! opt {
-            ($name:literal) => {
-                // SAFETY: as for sym! (cnrt.h; cnrtNotifier_t is a pointer).
-                unsafe { Optional::load(&lib, $name) }
-            };
-        }
+        // SAFETY: every signature in Api is cnrt.h's.
+        let api =
+            unsafe { Api::bind(&lib, "") }.map_err(|e| loader::load_error(Vendor::Cnrt, e))?;
         // SAFETY: both names have MemcpyAsync's signature in cnrt.h.
-        let (memcpy_async, memcpy_name) = match unsafe {
-            loader::symbol::<MemcpyAsync>(&lib, Vendor::Cnrt, "cnrtMemcpyAsync_V3")
-        } {
-            Ok(f) => (f, "cnrtMemcpyAsync_V3"),
-            Err(_) => (
-                // SAFETY: as above.
-                unsafe { loader::symbol::<MemcpyAsync>(&lib, Vendor::Cnrt, "cnrtMemcpyAsync_V2") }
-                    .map_err(|_| Error::Device {
-                        vendor: "cnrt",
-                        message: format!(
+        let (memcpy_async, memcpy_name) =
+            match unsafe { lib.symbol::<MemcpyAsync>("cnrtMemcpyAsync_V3") } {
+                Ok(f) => (f, "cnrtMemcpyAsync_V3"),
+                Err(_) => (
+                    // SAFETY: as above.
+                    unsafe { lib.symbol::<MemcpyAsync>("cnrtMemcpyAsync_V2") }.map_err(|_| {
+                        Error::Device {
+                            vendor: "cnrt",
+                            message: format!(
                             "symbol cnrtMemcpyAsync_V3 and cnrtMemcpyAsync_V2 both missing from {}",
                             lib.name
                         ),
+                        }
                     })?,
-                "cnrtMemcpyAsync_V2",
-            ),
-        };
-        let api = Api {
-            get_device: sym!("cnrtGetDevice"),
-            set_device: sym!("cnrtSetDevice"),
-            pointer_get_attributes: sym!("cnrtPointerGetAttributes"),
+                    "cnrtMemcpyAsync_V2",
+                ),
+            };
+        let cnrt = Cnrt {
+            api,
             memcpy_async,
             memcpy_name,
-            queue_create: sym!("cnrtQueueCreate"),
-            queue_destroy: sym!("cnrtQueueDestroy"),
-            queue_sync: sym!("cnrtQueueSync"),
-            host_malloc: sym!("cnrtHostMalloc"),
-            free_host: sym!("cnrtFreeHost"),
-            malloc: sym!("cnrtMalloc"),
-            free: sym!("cnrtFree"),
-            get_error_str: sym!("cnrtGetErrorStr"),
-            notifier_create: opt!("cnrtNotifierCreate"),
-            notifier_destroy: opt!("cnrtNotifierDestroy"),
-            place_notifier: opt!("cnrtPlaceNotifier"),
-            query_notifier: opt!("cnrtQueryNotifier"),
-            queue_wait_notifier: opt!("cnrtQueueWaitNotifier"),
-            invoke_host_func: opt!("cnrtInvokeHostFunc"),
+            lib,
         };
-        let cnrt = Cnrt { api, lib };
         // Fails early, with the runtime's own words, when there is no usable device.
         cnrt.current_device()?;
         Ok(cnrt)
@@ -196,8 +175,8 @@ impl Cnrt {
                 "DevToHost"
             };
             // SAFETY: this function's contract.
-            self.check(&format!("{}({what})", self.api.memcpy_name), unsafe {
-                (self.api.memcpy_async)(dst, src, len, queue as CnrtQueue, dir)
+            self.check(&format!("{}({what})", self.memcpy_name), unsafe {
+                (self.memcpy_async)(dst, src, len, queue as CnrtQueue, dir)
             })
         })
     }
@@ -353,7 +332,7 @@ impl Device for Cnrt {
     }
 
     fn create_event(&self, index: i32) -> Result<EventHandle> {
-        let create = self.api.notifier_create.get(&self.lib, Vendor::Cnrt)?;
+        let create = loader::need(&self.api.notifier_create, &self.lib, Vendor::Cnrt)?;
         self.on_device(index, || {
             let mut n: CnrtNotifier = std::ptr::null_mut();
             // SAFETY: `n` is a valid out-pointer.
@@ -363,7 +342,7 @@ impl Device for Cnrt {
     }
 
     fn destroy_event(&self, index: i32, event: EventHandle) -> Result<()> {
-        let destroy = self.api.notifier_destroy.get(&self.lib, Vendor::Cnrt)?;
+        let destroy = loader::need(&self.api.notifier_destroy, &self.lib, Vendor::Cnrt)?;
         self.on_device(index, || {
             // SAFETY: `event` came from create_event and is destroyed once.
             self.check("cnrtNotifierDestroy", unsafe {
@@ -373,7 +352,7 @@ impl Device for Cnrt {
     }
 
     fn record_event(&self, index: i32, event: EventHandle, stream: StreamHandle) -> Result<()> {
-        let place = self.api.place_notifier.get(&self.lib, Vendor::Cnrt)?;
+        let place = loader::need(&self.api.place_notifier, &self.lib, Vendor::Cnrt)?;
         self.on_device(index, || {
             // SAFETY: a live notifier and a queue of this device (or 0).
             self.check("cnrtPlaceNotifier", unsafe {
@@ -383,7 +362,7 @@ impl Device for Cnrt {
     }
 
     fn event_done(&self, index: i32, event: EventHandle) -> Result<bool> {
-        let query = self.api.query_notifier.get(&self.lib, Vendor::Cnrt)?;
+        let query = loader::need(&self.api.query_notifier, &self.lib, Vendor::Cnrt)?;
         self.on_device(index, || {
             // SAFETY: a live notifier from create_event.
             match unsafe { query(event as CnrtNotifier) } {
@@ -400,7 +379,7 @@ impl Device for Cnrt {
         stream: StreamHandle,
         event: EventHandle,
     ) -> Result<()> {
-        let wait = self.api.queue_wait_notifier.get(&self.lib, Vendor::Cnrt)?;
+        let wait = loader::need(&self.api.queue_wait_notifier, &self.lib, Vendor::Cnrt)?;
         self.on_device(index, || {
             // SAFETY: a live notifier and a queue of this device (or 0); the flag is
             // reserved and must be 0.
@@ -411,7 +390,7 @@ impl Device for Cnrt {
     }
 
     fn launch_host_fn(&self, index: i32, stream: StreamHandle, f: HostFn) -> Result<()> {
-        let invoke = self.api.invoke_host_func.get(&self.lib, Vendor::Cnrt)?;
+        let invoke = loader::need(&self.api.invoke_host_func, &self.lib, Vendor::Cnrt)?;
         self.on_device(index, || {
             hostfn::launch(f, |cb, data| {
                 // SAFETY: `cb` is an extern "C" fn(void *) and `data` stays valid until

@@ -14,7 +14,7 @@
 //! unregistered (or, on ROCm 5, host) type on others; both mean "not mine".
 
 use super::hostfn::{self, CHostFn};
-use super::loader::{self, Opened, Optional};
+use super::loader::{self, Library};
 use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
@@ -48,38 +48,40 @@ struct PointerAttribute {
     allocation_flags: c_uint,
 }
 
-/// The HIP entry points mixccl uses (hip_runtime_api.h).
-struct Api {
-    init: unsafe extern "C" fn(c_uint) -> HipError,
-    runtime_get_version: unsafe extern "C" fn(*mut c_int) -> HipError,
-    get_device: unsafe extern "C" fn(*mut c_int) -> HipError,
-    set_device: unsafe extern "C" fn(c_int) -> HipError,
-    pointer_get_attributes: unsafe extern "C" fn(*mut PointerAttribute, *const c_void) -> HipError,
-    mem_get_address_range:
-        unsafe extern "C" fn(*mut *mut c_void, *mut usize, *mut c_void) -> HipError,
-    memcpy_async:
-        unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, HipStream) -> HipError,
-    stream_create_with_flags: unsafe extern "C" fn(*mut HipStream, c_uint) -> HipError,
-    stream_destroy: unsafe extern "C" fn(HipStream) -> HipError,
-    stream_synchronize: unsafe extern "C" fn(HipStream) -> HipError,
-    host_malloc: unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> HipError,
-    host_free: unsafe extern "C" fn(*mut c_void) -> HipError,
-    malloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> HipError,
-    free: unsafe extern "C" fn(*mut c_void) -> HipError,
-    get_error_name: unsafe extern "C" fn(HipError) -> *const c_char,
-    get_error_string: unsafe extern "C" fn(HipError) -> *const c_char,
-    event_create_with_flags: Optional<unsafe extern "C" fn(*mut HipEvent, c_uint) -> HipError>,
-    event_destroy: Optional<unsafe extern "C" fn(HipEvent) -> HipError>,
-    event_record: Optional<unsafe extern "C" fn(HipEvent, HipStream) -> HipError>,
-    event_query: Optional<unsafe extern "C" fn(HipEvent) -> HipError>,
-    stream_wait_event: Optional<unsafe extern "C" fn(HipStream, HipEvent, c_uint) -> HipError>,
-    launch_host_func: Optional<unsafe extern "C" fn(HipStream, CHostFn, *mut c_void) -> HipError>,
+crate::foreign::foreign_api! {
+    /// The HIP entry points mixccl uses (hip_runtime_api.h).
+    struct Api {
+        init: "hipInit" => fn(c_uint) -> HipError;
+        runtime_get_version: "hipRuntimeGetVersion" => fn(*mut c_int) -> HipError;
+        get_device: "hipGetDevice" => fn(*mut c_int) -> HipError;
+        set_device: "hipSetDevice" => fn(c_int) -> HipError;
+        pointer_get_attributes: "hipPointerGetAttributes" => fn(*mut PointerAttribute, *const c_void) -> HipError;
+        mem_get_address_range: "hipMemGetAddressRange" => fn(*mut *mut c_void, *mut usize, *mut c_void) -> HipError;
+        memcpy_async: "hipMemcpyAsync" => fn(*mut c_void, *const c_void, usize, c_int, HipStream) -> HipError;
+        stream_create_with_flags: "hipStreamCreateWithFlags" => fn(*mut HipStream, c_uint) -> HipError;
+        stream_destroy: "hipStreamDestroy" => fn(HipStream) -> HipError;
+        stream_synchronize: "hipStreamSynchronize" => fn(HipStream) -> HipError;
+        host_malloc: "hipHostMalloc" => fn(*mut *mut c_void, usize, c_uint) -> HipError;
+        host_free: "hipHostFree" => fn(*mut c_void) -> HipError;
+        malloc: "hipMalloc" => fn(*mut *mut c_void, usize) -> HipError;
+        free: "hipFree" => fn(*mut c_void) -> HipError;
+        get_error_name: "hipGetErrorName" => fn(HipError) -> *const c_char;
+        get_error_string: "hipGetErrorString" => fn(HipError) -> *const c_char;
+        @optional {
+            event_create_with_flags: "hipEventCreateWithFlags" => fn(*mut HipEvent, c_uint) -> HipError;
+            event_destroy: "hipEventDestroy" => fn(HipEvent) -> HipError;
+            event_record: "hipEventRecord" => fn(HipEvent, HipStream) -> HipError;
+            event_query: "hipEventQuery" => fn(HipEvent) -> HipError;
+            stream_wait_event: "hipStreamWaitEvent" => fn(HipStream, HipEvent, c_uint) -> HipError;
+            launch_host_func: "hipLaunchHostFunc" => fn(HipStream, CHostFn, *mut c_void) -> HipError;
+        }
+    }
 }
 
 /// The HIP shim: the loaded runtime and which `hipMemoryType` table it uses.
 pub(crate) struct Hip {
     api: Api,
-    lib: Opened,
+    lib: Library,
     /// `hipMemoryType` values that mean device memory for this runtime's version.
     device_types: [c_int; 2],
 }
@@ -88,43 +90,8 @@ impl Hip {
     /// Loads the runtime, initialises it (`hipInit(0)`) and reads its version.
     pub(crate) fn open() -> Result<Hip> {
         let lib = loader::open(Vendor::Hip)?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: each field's type is HIP's documented C signature for that
-                // symbol (hip_runtime_api.h); enums are C ints and hipDeviceptr_t is void*.
-                unsafe { loader::symbol(&lib, Vendor::Hip, $name)? }
-            };
-        }
-        macro_rules! opt {
-            ($name:literal) => {
-                // SAFETY: as for sym! (hip_runtime_api.h; hipEvent_t is a pointer).
-                unsafe { Optional::load(&lib, $name) }
-            };
-        }
-        let api = Api {
-            init: sym!("hipInit"),
-            runtime_get_version: sym!("hipRuntimeGetVersion"),
-            get_device: sym!("hipGetDevice"),
-            set_device: sym!("hipSetDevice"),
-            pointer_get_attributes: sym!("hipPointerGetAttributes"),
-            mem_get_address_range: sym!("hipMemGetAddressRange"),
-            memcpy_async: sym!("hipMemcpyAsync"),
-            stream_create_with_flags: sym!("hipStreamCreateWithFlags"),
-            stream_destroy: sym!("hipStreamDestroy"),
-            stream_synchronize: sym!("hipStreamSynchronize"),
-            host_malloc: sym!("hipHostMalloc"),
-            host_free: sym!("hipHostFree"),
-            malloc: sym!("hipMalloc"),
-            free: sym!("hipFree"),
-            get_error_name: sym!("hipGetErrorName"),
-            get_error_string: sym!("hipGetErrorString"),
-            event_create_with_flags: opt!("hipEventCreateWithFlags"),
-            event_destroy: opt!("hipEventDestroy"),
-            event_record: opt!("hipEventRecord"),
-            event_query: opt!("hipEventQuery"),
-            stream_wait_event: opt!("hipStreamWaitEvent"),
-            launch_host_func: opt!("hipLaunchHostFunc"),
-        };
+        // SAFETY: every signature in Api is hip_runtime_api.h's.
+        let api = unsafe { Api::bind(&lib, "") }.map_err(|e| loader::load_error(Vendor::Hip, e))?;
         let mut hip = Hip {
             api,
             lib,
@@ -342,10 +309,7 @@ impl Device for Hip {
     }
 
     fn create_event(&self, index: i32) -> Result<EventHandle> {
-        let create = self
-            .api
-            .event_create_with_flags
-            .get(&self.lib, Vendor::Hip)?;
+        let create = loader::need(&self.api.event_create_with_flags, &self.lib, Vendor::Hip)?;
         self.on_device(index, || {
             let mut e: HipEvent = std::ptr::null_mut();
             // SAFETY: `e` is a valid out-pointer.
@@ -357,7 +321,7 @@ impl Device for Hip {
     }
 
     fn destroy_event(&self, index: i32, event: EventHandle) -> Result<()> {
-        let destroy = self.api.event_destroy.get(&self.lib, Vendor::Hip)?;
+        let destroy = loader::need(&self.api.event_destroy, &self.lib, Vendor::Hip)?;
         self.on_device(index, || {
             // SAFETY: `event` came from create_event and is destroyed once.
             self.check("hipEventDestroy", unsafe { destroy(event as HipEvent) })
@@ -365,7 +329,7 @@ impl Device for Hip {
     }
 
     fn record_event(&self, index: i32, event: EventHandle, stream: StreamHandle) -> Result<()> {
-        let record = self.api.event_record.get(&self.lib, Vendor::Hip)?;
+        let record = loader::need(&self.api.event_record, &self.lib, Vendor::Hip)?;
         self.on_device(index, || {
             // SAFETY: a live event and a stream of this device (or 0).
             self.check("hipEventRecord", unsafe {
@@ -375,7 +339,7 @@ impl Device for Hip {
     }
 
     fn event_done(&self, index: i32, event: EventHandle) -> Result<bool> {
-        let query = self.api.event_query.get(&self.lib, Vendor::Hip)?;
+        let query = loader::need(&self.api.event_query, &self.lib, Vendor::Hip)?;
         self.on_device(index, || {
             // SAFETY: a live event from create_event.
             match unsafe { query(event as HipEvent) } {
@@ -392,7 +356,7 @@ impl Device for Hip {
         stream: StreamHandle,
         event: EventHandle,
     ) -> Result<()> {
-        let wait = self.api.stream_wait_event.get(&self.lib, Vendor::Hip)?;
+        let wait = loader::need(&self.api.stream_wait_event, &self.lib, Vendor::Hip)?;
         self.on_device(index, || {
             // SAFETY: a live event and a stream of this device (or 0); flags must be 0.
             self.check("hipStreamWaitEvent", unsafe {
@@ -402,7 +366,7 @@ impl Device for Hip {
     }
 
     fn launch_host_fn(&self, index: i32, stream: StreamHandle, f: HostFn) -> Result<()> {
-        let launch = self.api.launch_host_func.get(&self.lib, Vendor::Hip)?;
+        let launch = loader::need(&self.api.launch_host_func, &self.lib, Vendor::Hip)?;
         self.on_device(index, || {
             hostfn::launch(f, |cb, data| {
                 // SAFETY: `cb` is an extern "C" fn(void *) and `data` stays valid until

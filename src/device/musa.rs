@@ -12,7 +12,7 @@
 //! device makes it current for the call and restores the thread's previous device.
 
 use super::hostfn::{self, CHostFn};
-use super::loader::{self, Opened, Optional};
+use super::loader::{self, Library};
 use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
@@ -38,75 +38,46 @@ struct PointerAttributes {
     host_pointer: *mut c_void,
 }
 
-/// The MUSA runtime entry points mixccl uses.
-struct Api {
-    get_device: unsafe extern "C" fn(*mut c_int) -> MusaError,
-    set_device: unsafe extern "C" fn(c_int) -> MusaError,
-    pointer_get_attributes:
-        unsafe extern "C" fn(*mut PointerAttributes, *const c_void) -> MusaError,
-    memcpy_async:
-        unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, MusaStream) -> MusaError,
-    stream_create_with_flags: unsafe extern "C" fn(*mut MusaStream, c_uint) -> MusaError,
-    stream_destroy: unsafe extern "C" fn(MusaStream) -> MusaError,
-    stream_synchronize: unsafe extern "C" fn(MusaStream) -> MusaError,
-    malloc_host: unsafe extern "C" fn(*mut *mut c_void, usize) -> MusaError,
-    free_host: unsafe extern "C" fn(*mut c_void) -> MusaError,
-    malloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> MusaError,
-    free: unsafe extern "C" fn(*mut c_void) -> MusaError,
-    get_error_name: unsafe extern "C" fn(MusaError) -> *const c_char,
-    get_error_string: unsafe extern "C" fn(MusaError) -> *const c_char,
-    event_create_with_flags: Optional<unsafe extern "C" fn(*mut MusaEvent, c_uint) -> MusaError>,
-    event_destroy: Optional<unsafe extern "C" fn(MusaEvent) -> MusaError>,
-    event_record: Optional<unsafe extern "C" fn(MusaEvent, MusaStream) -> MusaError>,
-    event_query: Optional<unsafe extern "C" fn(MusaEvent) -> MusaError>,
-    stream_wait_event: Optional<unsafe extern "C" fn(MusaStream, MusaEvent, c_uint) -> MusaError>,
-    launch_host_func: Optional<unsafe extern "C" fn(MusaStream, CHostFn, *mut c_void) -> MusaError>,
+crate::foreign::foreign_api! {
+    /// The MUSA runtime entry points mixccl uses.
+    struct Api {
+        get_device: "musaGetDevice" => fn(*mut c_int) -> MusaError;
+        set_device: "musaSetDevice" => fn(c_int) -> MusaError;
+        pointer_get_attributes: "musaPointerGetAttributes" => fn(*mut PointerAttributes, *const c_void) -> MusaError;
+        memcpy_async: "musaMemcpyAsync" => fn(*mut c_void, *const c_void, usize, c_int, MusaStream) -> MusaError;
+        stream_create_with_flags: "musaStreamCreateWithFlags" => fn(*mut MusaStream, c_uint) -> MusaError;
+        stream_destroy: "musaStreamDestroy" => fn(MusaStream) -> MusaError;
+        stream_synchronize: "musaStreamSynchronize" => fn(MusaStream) -> MusaError;
+        malloc_host: "musaMallocHost" => fn(*mut *mut c_void, usize) -> MusaError;
+        free_host: "musaFreeHost" => fn(*mut c_void) -> MusaError;
+        malloc: "musaMalloc" => fn(*mut *mut c_void, usize) -> MusaError;
+        free: "musaFree" => fn(*mut c_void) -> MusaError;
+        get_error_name: "musaGetErrorName" => fn(MusaError) -> *const c_char;
+        get_error_string: "musaGetErrorString" => fn(MusaError) -> *const c_char;
+        @optional {
+            event_create_with_flags: "musaEventCreateWithFlags" => fn(*mut MusaEvent, c_uint) -> MusaError;
+            event_destroy: "musaEventDestroy" => fn(MusaEvent) -> MusaError;
+            event_record: "musaEventRecord" => fn(MusaEvent, MusaStream) -> MusaError;
+            event_query: "musaEventQuery" => fn(MusaEvent) -> MusaError;
+            stream_wait_event: "musaStreamWaitEvent" => fn(MusaStream, MusaEvent, c_uint) -> MusaError;
+            launch_host_func: "musaLaunchHostFunc" => fn(MusaStream, CHostFn, *mut c_void) -> MusaError;
+        }
+    }
 }
 
 /// The MUSA shim.
 pub(crate) struct Musa {
     api: Api,
-    lib: Opened,
+    lib: Library,
 }
 
 impl Musa {
     /// Loads the runtime (it initialises itself on first use).
     pub(crate) fn open() -> Result<Musa> {
         let lib = loader::open(Vendor::Musa)?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: each field's type is the MUSA runtime's C signature for that
-                // symbol (musa_runtime_api.h); enums are C ints.
-                unsafe { loader::symbol(&lib, Vendor::Musa, $name)? }
-            };
-        }
-        macro_rules! opt {
-            ($name:literal) => {
-                // SAFETY: as for sym! (musa_runtime_api.h; musaEvent_t is a pointer).
-                unsafe { Optional::load(&lib, $name) }
-            };
-        }
-        let api = Api {
-            get_device: sym!("musaGetDevice"),
-            set_device: sym!("musaSetDevice"),
-            pointer_get_attributes: sym!("musaPointerGetAttributes"),
-            memcpy_async: sym!("musaMemcpyAsync"),
-            stream_create_with_flags: sym!("musaStreamCreateWithFlags"),
-            stream_destroy: sym!("musaStreamDestroy"),
-            stream_synchronize: sym!("musaStreamSynchronize"),
-            malloc_host: sym!("musaMallocHost"),
-            free_host: sym!("musaFreeHost"),
-            malloc: sym!("musaMalloc"),
-            free: sym!("musaFree"),
-            get_error_name: sym!("musaGetErrorName"),
-            get_error_string: sym!("musaGetErrorString"),
-            event_create_with_flags: opt!("musaEventCreateWithFlags"),
-            event_destroy: opt!("musaEventDestroy"),
-            event_record: opt!("musaEventRecord"),
-            event_query: opt!("musaEventQuery"),
-            stream_wait_event: opt!("musaStreamWaitEvent"),
-            launch_host_func: opt!("musaLaunchHostFunc"),
-        };
+        // SAFETY: every signature in Api is musa_runtime_api.h's.
+        let api =
+            unsafe { Api::bind(&lib, "") }.map_err(|e| loader::load_error(Vendor::Musa, e))?;
         let musa = Musa { api, lib };
         // Fails early, with the runtime's own words, when there is no usable device.
         musa.current_device()?;
@@ -316,10 +287,7 @@ impl Device for Musa {
     }
 
     fn create_event(&self, index: i32) -> Result<EventHandle> {
-        let create = self
-            .api
-            .event_create_with_flags
-            .get(&self.lib, Vendor::Musa)?;
+        let create = loader::need(&self.api.event_create_with_flags, &self.lib, Vendor::Musa)?;
         self.on_device(index, || {
             let mut e: MusaEvent = std::ptr::null_mut();
             // SAFETY: `e` is a valid out-pointer.
@@ -331,7 +299,7 @@ impl Device for Musa {
     }
 
     fn destroy_event(&self, index: i32, event: EventHandle) -> Result<()> {
-        let destroy = self.api.event_destroy.get(&self.lib, Vendor::Musa)?;
+        let destroy = loader::need(&self.api.event_destroy, &self.lib, Vendor::Musa)?;
         self.on_device(index, || {
             // SAFETY: `event` came from create_event and is destroyed once.
             self.check("musaEventDestroy", unsafe { destroy(event as MusaEvent) })
@@ -339,7 +307,7 @@ impl Device for Musa {
     }
 
     fn record_event(&self, index: i32, event: EventHandle, stream: StreamHandle) -> Result<()> {
-        let record = self.api.event_record.get(&self.lib, Vendor::Musa)?;
+        let record = loader::need(&self.api.event_record, &self.lib, Vendor::Musa)?;
         self.on_device(index, || {
             // SAFETY: a live event and a stream of this device (or 0).
             self.check("musaEventRecord", unsafe {
@@ -349,7 +317,7 @@ impl Device for Musa {
     }
 
     fn event_done(&self, index: i32, event: EventHandle) -> Result<bool> {
-        let query = self.api.event_query.get(&self.lib, Vendor::Musa)?;
+        let query = loader::need(&self.api.event_query, &self.lib, Vendor::Musa)?;
         self.on_device(index, || {
             // SAFETY: a live event from create_event.
             match unsafe { query(event as MusaEvent) } {
@@ -367,7 +335,7 @@ impl Device for Musa {
         stream: StreamHandle,
         event: EventHandle,
     ) -> Result<()> {
-        let wait = self.api.stream_wait_event.get(&self.lib, Vendor::Musa)?;
+        let wait = loader::need(&self.api.stream_wait_event, &self.lib, Vendor::Musa)?;
         self.on_device(index, || {
             // SAFETY: a live event and a stream of this device (or 0); flags must be 0.
             self.check("musaStreamWaitEvent", unsafe {
@@ -377,7 +345,7 @@ impl Device for Musa {
     }
 
     fn launch_host_fn(&self, index: i32, stream: StreamHandle, f: HostFn) -> Result<()> {
-        let launch = self.api.launch_host_func.get(&self.lib, Vendor::Musa)?;
+        let launch = loader::need(&self.api.launch_host_func, &self.lib, Vendor::Musa)?;
         self.on_device(index, || {
             hostfn::launch(f, |cb, data| {
                 // SAFETY: `cb` is an extern "C" fn(void *) and `data` stays valid until
