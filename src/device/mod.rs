@@ -19,6 +19,7 @@
 mod acl;
 mod cnrt;
 mod cuda;
+mod cudart;
 mod hip;
 mod host;
 mod hostfn;
