@@ -10,7 +10,7 @@
 mod util;
 
 use mixccl::device::{DeviceMemory, MemoryKind, Runtimes, Vendor};
-use mixccl::{Communicator, Config, Error, MemRef, ReduceOp};
+use mixccl::{Communicator, Config, DeviceError, Error, MemRef, ReduceOp};
 use std::path::PathBuf;
 use std::process::Command;
 use util::build_stub;
@@ -73,7 +73,7 @@ fn all_stubs(dir: &std::path::Path) -> Vec<(&'static str, PathBuf)> {
 
 fn device_message<T>(r: Result<T, Error>) -> String {
     match r {
-        Err(Error::Device { vendor, message }) => format!("{vendor}: {message}"),
+        Err(Error::Device { vendor, error }) => format!("{vendor}: {error}"),
         Err(other) => panic!("expected a device error, got {other:?}"),
         Ok(_) => panic!("expected a device error, got success"),
     }
@@ -223,6 +223,24 @@ fn one_rank_all_reduce(vendor: Vendor) -> Result<(), Error> {
 #[test]
 fn mixed_errors_allocation_failure_names_the_call() {
     if case().is_some() {
+        // The failure is structured: the call, the vendor's code and its name.
+        match DeviceMemory::new(Vendor::Hip, Some(0), 4096) {
+            Err(Error::Device {
+                vendor: "hip",
+                error:
+                    DeviceError::Call {
+                        call,
+                        code: 2,
+                        name: Some(name),
+                        ..
+                    },
+            }) => assert_eq!(
+                (call.as_str(), name.as_str()),
+                ("hipMalloc(4096 bytes)", "hipErrorOutOfMemory")
+            ),
+            Err(e) => panic!("hipMalloc failure not a DeviceError::Call: {e:?}"),
+            Ok(_) => panic!("hipMalloc succeeded under STUB_FAIL"),
+        }
         let hip = device_message(DeviceMemory::new(Vendor::Hip, Some(0), 4096));
         assert!(
             hip.contains("hipMalloc(4096 bytes) failed: 2 hipErrorOutOfMemory (out of memory)"),

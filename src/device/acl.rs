@@ -30,7 +30,7 @@ use super::hostfn::{self, CHostFn};
 use super::loader::{self, Library};
 use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
 use crate::debug::log_warn;
-use crate::error::{Error, Result};
+use crate::error::{DeviceError, Error, Result};
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -155,7 +155,12 @@ impl Acl {
         };
         Err(Error::Device {
             vendor: "acl",
-            message: format!("{call} failed: error {rc} ({})", text.trim()),
+            error: DeviceError::Call {
+                call: call.to_string(),
+                code: rc,
+                name: None,
+                text: text.trim().to_string(),
+            },
         })
     }
 
@@ -225,16 +230,18 @@ impl Acl {
             })
             .map_err(|e| Error::Device {
                 vendor: "acl",
-                message: format!("cannot start the report thread of device {index}: {e}"),
+                error: DeviceError::Other(format!(
+                    "cannot start the report thread of device {index}: {e}"
+                )),
             })?;
         let (tid, rc) = ready_rx
             .recv_timeout(REPORT_START_TIMEOUT)
             .map_err(|_| Error::Device {
                 vendor: "acl",
-                message: format!(
+                error: DeviceError::Other(format!(
                     "the report thread of device {index} did not start within {:?}",
                     REPORT_START_TIMEOUT
-                ),
+                )),
             })?;
         self.check("aclrtSetDevice (report thread)", rc)?;
         Ok(tid)
@@ -324,10 +331,10 @@ impl Device for Acl {
         }
         let index = i32::try_from(attr.location_id).map_err(|_| Error::Device {
             vendor: "acl",
-            message: format!(
+            error: DeviceError::Other(format!(
                 "aclrtPointerGetAttributes gave device id {} for {ptr:#x} (page size {}, reserved {:?})",
                 attr.location_id, attr.page_size, attr.rsv
-            ),
+            )),
         })?;
         Ok(Some(Allocation { index, range: None }))
     }

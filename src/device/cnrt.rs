@@ -19,7 +19,7 @@
 use super::hostfn::{self, CHostFn};
 use super::loader::{self, Library};
 use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
-use crate::error::{Error, Result};
+use crate::error::{DeviceError, Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 
 type CnrtRet = c_int;
@@ -99,10 +99,10 @@ impl Cnrt {
                     unsafe { lib.symbol::<MemcpyAsync>("cnrtMemcpyAsync_V2") }.map_err(|_| {
                         Error::Device {
                             vendor: "cnrt",
-                            message: format!(
+                            error: DeviceError::NotLoaded(format!(
                             "symbol cnrtMemcpyAsync_V3 and cnrtMemcpyAsync_V2 both missing from {}",
                             lib.name
-                        ),
+                        )),
                         }
                     })?,
                     "cnrtMemcpyAsync_V2",
@@ -134,7 +134,12 @@ impl Cnrt {
         };
         Err(Error::Device {
             vendor: "cnrt",
-            message: format!("{call} failed: error {rc} ({text})"),
+            error: DeviceError::Call {
+                call: call.to_string(),
+                code: rc,
+                name: None,
+                text,
+            },
         })
     }
 

@@ -14,7 +14,7 @@
 use super::hostfn::{self, CHostFn};
 use super::loader::{self, Library};
 use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
-use crate::error::{Error, Result};
+use crate::error::{DeviceError, Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::Mutex;
 
@@ -113,11 +113,12 @@ impl Cuda {
         };
         Err(Error::Device {
             vendor: "cuda",
-            message: format!(
-                "{call} failed: {rc} {} ({})",
-                text(self.api.get_error_name),
-                text(self.api.get_error_string)
-            ),
+            error: DeviceError::Call {
+                call: call.to_string(),
+                code: rc,
+                name: Some(text(self.api.get_error_name)),
+                text: text(self.api.get_error_string),
+            },
         })
     }
 

@@ -14,7 +14,7 @@
 use super::hostfn::{self, CHostFn};
 use super::loader::{self, Library};
 use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
-use crate::error::{Error, Result};
+use crate::error::{DeviceError, Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 
 /// `<prefix>Error_t`.
@@ -90,11 +90,12 @@ impl CudartApi {
         };
         Err(Error::Device {
             vendor: vendor.name(),
-            message: format!(
-                "{call} failed: {rc} {} ({})",
-                or_unknown(self.error_name(rc)),
-                or_unknown(text(self.get_error_string, rc))
-            ),
+            error: DeviceError::Call {
+                call: call.to_string(),
+                code: rc,
+                name: Some(or_unknown(self.error_name(rc))),
+                text: or_unknown(text(self.get_error_string, rc)),
+            },
         })
     }
 }

@@ -2,7 +2,7 @@
 //! `MIXCCL_*_LIB` variable or sonames, and load failures as device errors.
 
 use super::Vendor;
-use crate::error::{Error, Result};
+use crate::error::{DeviceError, Error, Result};
 use crate::foreign::{LoadError, Source};
 
 pub(crate) use crate::foreign::{Library, Optional};
@@ -22,7 +22,7 @@ pub(crate) fn load_error(vendor: Vendor, e: LoadError) -> Error {
     };
     Error::Device {
         vendor: vendor.name(),
-        message,
+        error: DeviceError::NotLoaded(message),
     }
 }
 
@@ -31,11 +31,11 @@ pub(crate) fn load_error(vendor: Vendor, e: LoadError) -> Error {
 pub(crate) fn need<T: Copy>(f: &Optional<T>, lib: &Library, vendor: Vendor) -> Result<T> {
     f.ok().ok_or_else(|| Error::Device {
         vendor: vendor.name(),
-        message: format!(
+        error: DeviceError::Unsupported(format!(
             "symbol {} missing from {}: this runtime cannot order work on streams \
              (events, host functions)",
             f.name(),
             lib.name
-        ),
+        )),
     })
 }

@@ -29,7 +29,7 @@ mod musa;
 pub use host::HostMemory;
 
 use crate::debug::{log_info, log_warn};
-use crate::error::{Error, Result};
+use crate::error::{DeviceError, Error, Result};
 use std::collections::BTreeMap;
 use std::sync::{OnceLock, RwLock};
 
@@ -277,7 +277,10 @@ pub trait Device: Send + Sync {
     fn unsupported(&self, what: &str) -> Error {
         Error::Device {
             vendor: self.vendor().name(),
-            message: format!("{what} not supported by the {} shim", self.vendor()),
+            error: DeviceError::Unsupported(format!(
+                "{what} not supported by the {} shim",
+                self.vendor()
+            )),
         }
     }
 }
@@ -373,7 +376,7 @@ impl Runtimes {
             .unwrap_or("not loaded");
         Err(Error::Device {
             vendor: vendor.name(),
-            message: format!("runtime not available: {why}"),
+            error: DeviceError::NotLoaded(format!("runtime not available: {why}")),
         })
     }
 
