@@ -337,6 +337,68 @@ fn mixed_errors_vendor_error_code_carries_the_vendor_text() {
     assert!(ok && out.contains("CHILD OK"), "{out}");
 }
 
+/// The stream primitives fail cleanly: a driver without them still loads and only
+/// the primitive fails, naming the symbol; a host function whose launch the runtime
+/// refuses is dropped unrun, never leaked or run later.
+#[test]
+fn mixed_errors_stream_primitives_fail_cleanly() {
+    if case().is_some() {
+        let rt = Runtimes::global();
+        let cuda = rt.get(Vendor::Cuda).expect("cuda loads without events");
+        let mut d = DeviceMemory::new(Vendor::Cuda, Some(0), 64).expect("cuda memory");
+        d.mem()
+            .write_from(&[7u8; 64])
+            .expect("cuda copies still work");
+        match cuda.create_event(0) {
+            Err(Error::Device {
+                vendor: "cuda",
+                error: DeviceError::Unsupported(m),
+            }) => assert!(m.contains("symbol cuEventCreate missing from"), "{m}"),
+            other => panic!("create_event without cuEventCreate: {other:?}"),
+        }
+        let hip = rt.get(Vendor::Hip).expect("hip");
+        let s = hip.create_stream(0).expect("stream");
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = std::sync::Arc::clone(&held);
+        let r = hip.launch_host_fn(
+            0,
+            s,
+            Box::new(move || h.store(true, std::sync::atomic::Ordering::SeqCst)),
+        );
+        let e = device_message(r);
+        assert!(
+            e.contains("hipLaunchHostFunc failed: 719 hipErrorLaunchFailure"),
+            "{e}"
+        );
+        hip.synchronize(0, s).expect("synchronize");
+        assert_eq!(
+            std::sync::Arc::strong_count(&held),
+            1,
+            "the refused host function was not dropped"
+        );
+        assert!(!held.load(std::sync::atomic::Ordering::SeqCst));
+        hip.destroy_stream(0, s).expect("destroy");
+        println!("CHILD OK");
+        return;
+    }
+    let dir = stub_dir();
+    let env = [
+        (
+            "MIXCCL_CUDA_LIB",
+            build_stub(&dir, "cuda", "_nostream", &["-DOMIT_STREAM_PRIMITIVES"]),
+        ),
+        ("MIXCCL_HIP_LIB", build_stub(&dir, "hip", "", &[])),
+        ("STUB_FAIL", PathBuf::from("hipLaunchHostFunc")),
+    ];
+    let (ok, out) = child(
+        "mixed_errors_stream_primitives_fail_cleanly",
+        "streams",
+        &env,
+        &[],
+    );
+    assert!(ok && out.contains("CHILD OK"), "{out}");
+}
+
 /// ROCm 5's hipMemoryType values (Device 1) and its hipErrorInvalidValue for plain
 /// host memory: the shim reads the version and still tells device from host.
 #[test]

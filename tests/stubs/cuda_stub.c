@@ -11,7 +11,8 @@
  * - Streams run their work (async copies, host functions, event records and
  *   waits) in order on a worker thread each (devmem.h); cuEventQuery answers
  *   CUDA_ERROR_NOT_READY until the work before the event's last record has run.
- * STUB_CUDA_DEVICES (default 2) sets the device count. */
+ * STUB_CUDA_DEVICES (default 2) sets the device count. -DOMIT_STREAM_PRIMITIVES builds
+ * it without events and cuLaunchHostFunc (a driver older than the shim wants). */
 #include "devmem.h"
 
 typedef int CUresult;
@@ -152,6 +153,7 @@ CUresult cuStreamSynchronize(CUstream s) {
     return OK;
 }
 
+#ifndef OMIT_STREAM_PRIMITIVES
 CUresult cuEventCreate(CUevent *e, unsigned flags) {
     NEED_CTX();
     if (!e || (flags & ~0xfu)) return INVALID_VALUE;
@@ -193,6 +195,7 @@ CUresult cuLaunchHostFunc(CUstream s, CUhostFn fn, void *userData) {
     dm_enqueue_host_fn(dm_stream_of("cuLaunchHostFunc", s), fn, userData);
     return OK;
 }
+#endif
 
 CUresult cuMemAllocHost_v2(void **p, size_t n) {
     NEED_CTX();

@@ -16,7 +16,7 @@
  *   waits) in order on a worker thread each (devmem.h); hipEventQuery answers
  *   hipErrorNotReady until the work before the event's last record has run.
  * - STUB_FAIL (devmem.h): hipMalloc/hipHostMalloc fail with hipErrorOutOfMemory,
- *   hipStreamSynchronize with hipErrorLaunchFailure.
+ *   hipStreamSynchronize and hipLaunchHostFunc with hipErrorLaunchFailure.
  * - -DOMIT_hipMemcpyAsync builds it without hipMemcpyAsync. */
 #include "devmem.h"
 
@@ -185,6 +185,7 @@ hipError_t hipStreamWaitEvent(hipStream_t s, hipEvent_t e, unsigned flags) {
 
 hipError_t hipLaunchHostFunc(hipStream_t s, hipHostFn_t fn, void *userData) {
     if (!fn) return hipErrorInvalidValue;
+    if (dm_fail("hipLaunchHostFunc")) return hipErrorLaunchFailure;
     dm_enqueue_host_fn(dm_stream_of("hipLaunchHostFunc", s), fn, userData);
     return hipSuccess;
 }
