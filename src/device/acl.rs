@@ -268,18 +268,23 @@ impl Acl {
             }
         };
         let r = &mut reporters[pos];
+        let mut out = Ok(());
         if !r.streams.contains(&stream) {
             // SAFETY: the thread id is a live report thread's pthread_self; the stream
             // belongs to device `index`, which is set on this thread.
-            self.check("aclrtSubscribeReport", unsafe {
+            out = self.check("aclrtSubscribeReport", unsafe {
                 subscribe(r.tid, stream as AclStream)
-            })?;
-            r.streams.insert(stream);
+            });
+            if out.is_ok() {
+                r.streams.insert(stream);
+            }
         }
+        // A new thread starts serving even when this subscription failed: it stays
+        // registered for the device, and later streams subscribe to it.
         if let Some(go) = go {
             let _ = go.send(());
         }
-        Ok(())
+        out
     }
 
     /// Unsubscribes `stream` from its report thread, if mixccl subscribed it.
