@@ -67,13 +67,13 @@ pub enum Error {
     },
 
     /// A device runtime (CUDA, HIP, MUSA, ACL, CNRT) is missing, lacks a symbol, or
-    /// failed a call; the message names the call, the vendor's code and its own text.
-    #[error("{vendor}: {message}")]
+    /// failed a call; a failed call names the call, the vendor's code and its own text.
+    #[error("{vendor}: {error}")]
     Device {
         /// The runtime: "cuda", "hip", "musa", "acl" or "cnrt".
         vendor: &'static str,
         /// What failed and why.
-        message: String,
+        error: DeviceError,
     },
 
     /// A broken invariant inside mixccl (a bug): please report it with the message.
@@ -99,3 +99,52 @@ impl Error {
         Error::InvalidArgument(msg.into())
     }
 }
+
+/// What went wrong in a device runtime ([`Error::Device`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceError {
+    /// The runtime is not loaded: its library is missing (every path tried, with the
+    /// loader's reason, and the variable that names it) or lacks a required entry
+    /// point, or `MIXCCL_DEVICES` left it out.
+    NotLoaded(String),
+    /// The runtime (or its shim) lacks an entry point or feature this call needs.
+    Unsupported(String),
+    /// A runtime call failed.
+    Call {
+        /// The call, with the arguments that matter (`hipMalloc(4096 bytes)`).
+        call: String,
+        /// The vendor's error code.
+        code: i32,
+        /// The vendor's name for the code where it has one (`hipErrorOutOfMemory`).
+        name: Option<String>,
+        /// The vendor's text for the failure.
+        text: String,
+    },
+    /// The runtime answered something mixccl cannot use, or mixccl could not drive
+    /// it (a helper thread that would not start).
+    Other(String),
+}
+
+impl std::fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceError::NotLoaded(m) | DeviceError::Unsupported(m) | DeviceError::Other(m) => {
+                f.write_str(m)
+            }
+            DeviceError::Call {
+                call,
+                code,
+                name: Some(name),
+                text,
+            } => write!(f, "{call} failed: {code} {name} ({text})"),
+            DeviceError::Call {
+                call,
+                code,
+                name: None,
+                text,
+            } => write!(f, "{call} failed: error {code} ({text})"),
+        }
+    }
+}
+
+impl std::error::Error for DeviceError {}

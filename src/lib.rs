@@ -31,6 +31,7 @@ pub mod device;
 mod element;
 mod error;
 mod exec;
+mod foreign;
 #[cfg(test)]
 mod fuzz;
 mod header;
@@ -50,7 +51,7 @@ pub use config::{AlgoOverride, Algorithm, Collective, Config, NetTransport};
 pub use debug::DebugLevel;
 pub use device::MemRef;
 pub use element::{DataType, Element};
-pub use error::{Error, Result};
+pub use error::{DeviceError, Error, Result};
 pub use reduce::ReduceOp;
 pub use stage::TransferMem;
 pub use topo::Topology;

@@ -10,7 +10,7 @@
 mod util;
 
 use mixccl::device::{DeviceMemory, MemoryKind, Runtimes, Vendor};
-use mixccl::{Communicator, Config, Error, MemRef, ReduceOp};
+use mixccl::{Communicator, Config, DeviceError, Error, MemRef, ReduceOp};
 use std::path::PathBuf;
 use std::process::Command;
 use util::build_stub;
@@ -73,7 +73,7 @@ fn all_stubs(dir: &std::path::Path) -> Vec<(&'static str, PathBuf)> {
 
 fn device_message<T>(r: Result<T, Error>) -> String {
     match r {
-        Err(Error::Device { vendor, message }) => format!("{vendor}: {message}"),
+        Err(Error::Device { vendor, error }) => format!("{vendor}: {error}"),
         Err(other) => panic!("expected a device error, got {other:?}"),
         Ok(_) => panic!("expected a device error, got success"),
     }
@@ -223,6 +223,24 @@ fn one_rank_all_reduce(vendor: Vendor) -> Result<(), Error> {
 #[test]
 fn mixed_errors_allocation_failure_names_the_call() {
     if case().is_some() {
+        // The failure is structured: the call, the vendor's code and its name.
+        match DeviceMemory::new(Vendor::Hip, Some(0), 4096) {
+            Err(Error::Device {
+                vendor: "hip",
+                error:
+                    DeviceError::Call {
+                        call,
+                        code: 2,
+                        name: Some(name),
+                        ..
+                    },
+            }) => assert_eq!(
+                (call.as_str(), name.as_str()),
+                ("hipMalloc(4096 bytes)", "hipErrorOutOfMemory")
+            ),
+            Err(e) => panic!("hipMalloc failure not a DeviceError::Call: {e:?}"),
+            Ok(_) => panic!("hipMalloc succeeded under STUB_FAIL"),
+        }
         let hip = device_message(DeviceMemory::new(Vendor::Hip, Some(0), 4096));
         assert!(
             hip.contains("hipMalloc(4096 bytes) failed: 2 hipErrorOutOfMemory (out of memory)"),
@@ -313,6 +331,68 @@ fn mixed_errors_vendor_error_code_carries_the_vendor_text() {
     let (ok, out) = child(
         "mixed_errors_vendor_error_code_carries_the_vendor_text",
         "code",
+        &env,
+        &[],
+    );
+    assert!(ok && out.contains("CHILD OK"), "{out}");
+}
+
+/// The stream primitives fail cleanly: a driver without them still loads and only
+/// the primitive fails, naming the symbol; a host function whose launch the runtime
+/// refuses is dropped unrun, never leaked or run later.
+#[test]
+fn mixed_errors_stream_primitives_fail_cleanly() {
+    if case().is_some() {
+        let rt = Runtimes::global();
+        let cuda = rt.get(Vendor::Cuda).expect("cuda loads without events");
+        let mut d = DeviceMemory::new(Vendor::Cuda, Some(0), 64).expect("cuda memory");
+        d.mem()
+            .write_from(&[7u8; 64])
+            .expect("cuda copies still work");
+        match cuda.create_event(0) {
+            Err(Error::Device {
+                vendor: "cuda",
+                error: DeviceError::Unsupported(m),
+            }) => assert!(m.contains("symbol cuEventCreate missing from"), "{m}"),
+            other => panic!("create_event without cuEventCreate: {other:?}"),
+        }
+        let hip = rt.get(Vendor::Hip).expect("hip");
+        let s = hip.create_stream(0).expect("stream");
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = std::sync::Arc::clone(&held);
+        let r = hip.launch_host_fn(
+            0,
+            s,
+            Box::new(move || h.store(true, std::sync::atomic::Ordering::SeqCst)),
+        );
+        let e = device_message(r);
+        assert!(
+            e.contains("hipLaunchHostFunc failed: 719 hipErrorLaunchFailure"),
+            "{e}"
+        );
+        hip.synchronize(0, s).expect("synchronize");
+        assert_eq!(
+            std::sync::Arc::strong_count(&held),
+            1,
+            "the refused host function was not dropped"
+        );
+        assert!(!held.load(std::sync::atomic::Ordering::SeqCst));
+        hip.destroy_stream(0, s).expect("destroy");
+        println!("CHILD OK");
+        return;
+    }
+    let dir = stub_dir();
+    let env = [
+        (
+            "MIXCCL_CUDA_LIB",
+            build_stub(&dir, "cuda", "_nostream", &["-DOMIT_STREAM_PRIMITIVES"]),
+        ),
+        ("MIXCCL_HIP_LIB", build_stub(&dir, "hip", "", &[])),
+        ("STUB_FAIL", PathBuf::from("hipLaunchHostFunc")),
+    ];
+    let (ok, out) = child(
+        "mixed_errors_stream_primitives_fail_cleanly",
+        "streams",
         &env,
         &[],
     );

@@ -10,16 +10,25 @@
 //! - Queues (`cnrtQueue_t`) play the role of streams; NULL is the default queue.
 //! - The current device is per thread (`cnrtSetDevice`); every call that acts on a
 //!   device makes it current for the call and restores the previous one after.
+//! - Notifiers (`cnrtNotifier_t`) play the role of events: `cnrtPlaceNotifier`
+//!   records, `cnrtQueryNotifier` answers cnrtSuccess when done and
+//!   cnrtErrorNotReady (1; `cnrtErrorBusy`, 632014, in older releases) before,
+//!   `cnrtQueueWaitNotifier(notifier, queue, 0)` orders queues; host functions go
+//!   through `cnrtInvokeHostFunc(queue, fn, data)`.
 
-use super::loader::{self, Opened};
-use super::{Allocation, Device, StreamHandle, Vendor};
-use crate::error::{Error, Result};
-use std::ffi::{c_char, c_int, c_void, CStr};
+use super::hostfn::{self, CHostFn};
+use super::loader::{self, Library};
+use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
+use crate::error::{DeviceError, Error, Result};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 
 type CnrtRet = c_int;
 type CnrtQueue = *mut c_void;
+type CnrtNotifier = *mut c_void;
 
 const CNRT_SUCCESS: CnrtRet = 0;
+/// `cnrtErrorNotReady` (CNRT 6) and the deprecated `cnrtErrorBusy` of older releases.
+const CNRT_NOT_READY: [CnrtRet; 2] = [1, 632014];
 const CNRT_MEMCPY_HOST_TO_DEV: c_int = 0;
 const CNRT_MEMCPY_DEV_TO_HOST: c_int = 2;
 const CNRT_MEM_TYPE_DEVICE: c_int = 2;
@@ -39,75 +48,72 @@ struct PointerAttributes {
 type MemcpyAsync =
     unsafe extern "C" fn(*mut c_void, *mut c_void, usize, CnrtQueue, c_int) -> CnrtRet;
 
-/// The CNRT entry points mixccl uses (cnrt.h).
-struct Api {
-    get_device: unsafe extern "C" fn(*mut c_int) -> CnrtRet,
-    set_device: unsafe extern "C" fn(c_int) -> CnrtRet,
-    pointer_get_attributes: unsafe extern "C" fn(*mut PointerAttributes, *const c_void) -> CnrtRet,
-    memcpy_async: MemcpyAsync,
-    /// Which of `cnrtMemcpyAsync_V3`/`_V2` `memcpy_async` is, for messages.
-    memcpy_name: &'static str,
-    queue_create: unsafe extern "C" fn(*mut CnrtQueue) -> CnrtRet,
-    queue_destroy: unsafe extern "C" fn(CnrtQueue) -> CnrtRet,
-    queue_sync: unsafe extern "C" fn(CnrtQueue) -> CnrtRet,
-    host_malloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> CnrtRet,
-    free_host: unsafe extern "C" fn(*mut c_void) -> CnrtRet,
-    malloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> CnrtRet,
-    free: unsafe extern "C" fn(*mut c_void) -> CnrtRet,
-    get_error_str: unsafe extern "C" fn(CnrtRet) -> *const c_char,
+crate::foreign::foreign_api! {
+    /// The CNRT entry points mixccl uses (cnrt.h).
+    struct Api {
+        get_device: "cnrtGetDevice" => fn(*mut c_int) -> CnrtRet;
+        set_device: "cnrtSetDevice" => fn(c_int) -> CnrtRet;
+        pointer_get_attributes: "cnrtPointerGetAttributes" => fn(*mut PointerAttributes, *const c_void) -> CnrtRet;
+        queue_create: "cnrtQueueCreate" => fn(*mut CnrtQueue) -> CnrtRet;
+        queue_destroy: "cnrtQueueDestroy" => fn(CnrtQueue) -> CnrtRet;
+        queue_sync: "cnrtQueueSync" => fn(CnrtQueue) -> CnrtRet;
+        host_malloc: "cnrtHostMalloc" => fn(*mut *mut c_void, usize) -> CnrtRet;
+        free_host: "cnrtFreeHost" => fn(*mut c_void) -> CnrtRet;
+        malloc: "cnrtMalloc" => fn(*mut *mut c_void, usize) -> CnrtRet;
+        free: "cnrtFree" => fn(*mut c_void) -> CnrtRet;
+        get_error_str: "cnrtGetErrorStr" => fn(CnrtRet) -> *const c_char;
+        @optional {
+            notifier_create: "cnrtNotifierCreate" => fn(*mut CnrtNotifier) -> CnrtRet;
+            notifier_destroy: "cnrtNotifierDestroy" => fn(CnrtNotifier) -> CnrtRet;
+            place_notifier: "cnrtPlaceNotifier" => fn(CnrtNotifier, CnrtQueue) -> CnrtRet;
+            query_notifier: "cnrtQueryNotifier" => fn(CnrtNotifier) -> CnrtRet;
+            queue_wait_notifier: "cnrtQueueWaitNotifier" => fn(CnrtNotifier, CnrtQueue, c_uint) -> CnrtRet;
+            invoke_host_func: "cnrtInvokeHostFunc" => fn(CnrtQueue, CHostFn, *mut c_void) -> CnrtRet;
+        }
+    }
 }
 
 /// The CNRT shim.
 pub(crate) struct Cnrt {
     api: Api,
-    lib: Opened,
+    /// `cnrtMemcpyAsync_V3` where the library has it, else `_V2` (same signature).
+    memcpy_async: MemcpyAsync,
+    /// Which of the two `memcpy_async` is, for messages.
+    memcpy_name: &'static str,
+    lib: Library,
 }
 
 impl Cnrt {
     /// Loads CNRT (it initialises itself on first use).
     pub(crate) fn open() -> Result<Cnrt> {
         let lib = loader::open(Vendor::Cnrt)?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: each field's type is CNRT's documented C signature for that
-                // symbol (cnrt.h); enums are C ints, cnrtQueue_t is a pointer.
-                unsafe { loader::symbol(&lib, Vendor::Cnrt, $name)? }
-            };
-        }
+        // SAFETY: every signature in Api is cnrt.h's.
+        let api =
+            unsafe { Api::bind(&lib, "") }.map_err(|e| loader::load_error(Vendor::Cnrt, e))?;
         // SAFETY: both names have MemcpyAsync's signature in cnrt.h.
-        let (memcpy_async, memcpy_name) = match unsafe {
-            loader::symbol::<MemcpyAsync>(&lib, Vendor::Cnrt, "cnrtMemcpyAsync_V3")
-        } {
-            Ok(f) => (f, "cnrtMemcpyAsync_V3"),
-            Err(_) => (
-                // SAFETY: as above.
-                unsafe { loader::symbol::<MemcpyAsync>(&lib, Vendor::Cnrt, "cnrtMemcpyAsync_V2") }
-                    .map_err(|_| Error::Device {
-                        vendor: "cnrt",
-                        message: format!(
+        let (memcpy_async, memcpy_name) =
+            match unsafe { lib.symbol::<MemcpyAsync>("cnrtMemcpyAsync_V3") } {
+                Ok(f) => (f, "cnrtMemcpyAsync_V3"),
+                Err(_) => (
+                    // SAFETY: as above.
+                    unsafe { lib.symbol::<MemcpyAsync>("cnrtMemcpyAsync_V2") }.map_err(|_| {
+                        Error::Device {
+                            vendor: "cnrt",
+                            error: DeviceError::NotLoaded(format!(
                             "symbol cnrtMemcpyAsync_V3 and cnrtMemcpyAsync_V2 both missing from {}",
                             lib.name
-                        ),
+                        )),
+                        }
                     })?,
-                "cnrtMemcpyAsync_V2",
-            ),
-        };
-        let api = Api {
-            get_device: sym!("cnrtGetDevice"),
-            set_device: sym!("cnrtSetDevice"),
-            pointer_get_attributes: sym!("cnrtPointerGetAttributes"),
+                    "cnrtMemcpyAsync_V2",
+                ),
+            };
+        let cnrt = Cnrt {
+            api,
             memcpy_async,
             memcpy_name,
-            queue_create: sym!("cnrtQueueCreate"),
-            queue_destroy: sym!("cnrtQueueDestroy"),
-            queue_sync: sym!("cnrtQueueSync"),
-            host_malloc: sym!("cnrtHostMalloc"),
-            free_host: sym!("cnrtFreeHost"),
-            malloc: sym!("cnrtMalloc"),
-            free: sym!("cnrtFree"),
-            get_error_str: sym!("cnrtGetErrorStr"),
+            lib,
         };
-        let cnrt = Cnrt { api, lib };
         // Fails early, with the runtime's own words, when there is no usable device.
         cnrt.current_device()?;
         Ok(cnrt)
@@ -128,7 +134,12 @@ impl Cnrt {
         };
         Err(Error::Device {
             vendor: "cnrt",
-            message: format!("{call} failed: error {rc} ({text})"),
+            error: DeviceError::Call {
+                call: call.to_string(),
+                code: rc,
+                name: None,
+                text,
+            },
         })
     }
 
@@ -169,8 +180,8 @@ impl Cnrt {
                 "DevToHost"
             };
             // SAFETY: this function's contract.
-            self.check(&format!("{}({what})", self.api.memcpy_name), unsafe {
-                (self.api.memcpy_async)(dst, src, len, queue as CnrtQueue, dir)
+            self.check(&format!("{}({what})", self.memcpy_name), unsafe {
+                (self.memcpy_async)(dst, src, len, queue as CnrtQueue, dir)
             })
         })
     }
@@ -322,6 +333,77 @@ impl Device for Cnrt {
         self.on_device(index, || {
             // SAFETY: the caller's contract: `ptr` is a live device allocation.
             self.check("cnrtFree", unsafe { (self.api.free)(ptr as *mut c_void) })
+        })
+    }
+
+    fn create_event(&self, index: i32) -> Result<EventHandle> {
+        let create = loader::need(&self.api.notifier_create, &self.lib, Vendor::Cnrt)?;
+        self.on_device(index, || {
+            let mut n: CnrtNotifier = std::ptr::null_mut();
+            // SAFETY: `n` is a valid out-pointer.
+            self.check("cnrtNotifierCreate", unsafe { create(&mut n) })?;
+            Ok(n as EventHandle)
+        })
+    }
+
+    fn destroy_event(&self, index: i32, event: EventHandle) -> Result<()> {
+        let destroy = loader::need(&self.api.notifier_destroy, &self.lib, Vendor::Cnrt)?;
+        self.on_device(index, || {
+            // SAFETY: `event` came from create_event and is destroyed once.
+            self.check("cnrtNotifierDestroy", unsafe {
+                destroy(event as CnrtNotifier)
+            })
+        })
+    }
+
+    fn record_event(&self, index: i32, event: EventHandle, stream: StreamHandle) -> Result<()> {
+        let place = loader::need(&self.api.place_notifier, &self.lib, Vendor::Cnrt)?;
+        self.on_device(index, || {
+            // SAFETY: a live notifier and a queue of this device (or 0).
+            self.check("cnrtPlaceNotifier", unsafe {
+                place(event as CnrtNotifier, stream as CnrtQueue)
+            })
+        })
+    }
+
+    fn event_done(&self, index: i32, event: EventHandle) -> Result<bool> {
+        let query = loader::need(&self.api.query_notifier, &self.lib, Vendor::Cnrt)?;
+        self.on_device(index, || {
+            // SAFETY: a live notifier from create_event.
+            match unsafe { query(event as CnrtNotifier) } {
+                CNRT_SUCCESS => Ok(true),
+                rc if CNRT_NOT_READY.contains(&rc) => Ok(false),
+                rc => self.check("cnrtQueryNotifier", rc).map(|_| false),
+            }
+        })
+    }
+
+    fn stream_wait_event(
+        &self,
+        index: i32,
+        stream: StreamHandle,
+        event: EventHandle,
+    ) -> Result<()> {
+        let wait = loader::need(&self.api.queue_wait_notifier, &self.lib, Vendor::Cnrt)?;
+        self.on_device(index, || {
+            // SAFETY: a live notifier and a queue of this device (or 0); the flag is
+            // reserved and must be 0.
+            self.check("cnrtQueueWaitNotifier", unsafe {
+                wait(event as CnrtNotifier, stream as CnrtQueue, 0)
+            })
+        })
+    }
+
+    fn launch_host_fn(&self, index: i32, stream: StreamHandle, f: HostFn) -> Result<()> {
+        let invoke = loader::need(&self.api.invoke_host_func, &self.lib, Vendor::Cnrt)?;
+        self.on_device(index, || {
+            hostfn::launch(f, |cb, data| {
+                // SAFETY: `cb` is an extern "C" fn(void *) and `data` stays valid until
+                // the runtime calls it once (or the launch fails and hostfn frees it).
+                self.check("cnrtInvokeHostFunc", unsafe {
+                    invoke(stream as CnrtQueue, cb, data)
+                })
+            })
         })
     }
 }

@@ -11,9 +11,10 @@
 //! device's primary context current on the calling thread (`cuCtxPushCurrent`) and
 //! pops it after, so mixccl's threads never leave a context behind.
 
-use super::loader::{self, Opened};
-use super::{Allocation, Device, StreamHandle, Vendor};
-use crate::error::{Error, Result};
+use super::hostfn::{self, CHostFn};
+use super::loader::{self, Library};
+use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
+use crate::error::{DeviceError, Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::Mutex;
 
@@ -21,47 +22,58 @@ type CuResult = c_int;
 type CuDevicePtr = u64;
 type CuContext = *mut c_void;
 type CuStream = *mut c_void;
+type CuEvent = *mut c_void;
 
 const CUDA_SUCCESS: CuResult = 0;
 const CUDA_ERROR_INVALID_VALUE: CuResult = 1;
 const CUDA_ERROR_NOT_INITIALIZED: CuResult = 3;
 const CUDA_ERROR_INVALID_CONTEXT: CuResult = 201;
+const CUDA_ERROR_NOT_READY: CuResult = 600;
+const CU_EVENT_DISABLE_TIMING: c_uint = 2;
 const CU_POINTER_ATTRIBUTE_MEMORY_TYPE: c_int = 2;
 const CU_POINTER_ATTRIBUTE_IS_MANAGED: c_int = 8;
 const CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL: c_int = 9;
 const CU_MEMORYTYPE_DEVICE: c_uint = 2;
 const CU_STREAM_NON_BLOCKING: c_uint = 1;
 
-/// The driver entry points mixccl uses, by their versioned names (`_v2`), as the
-/// headers map them since CUDA 3.2.
-struct Api {
-    init: unsafe extern "C" fn(c_uint) -> CuResult,
-    device_get: unsafe extern "C" fn(*mut c_int, c_int) -> CuResult,
-    primary_ctx_retain: unsafe extern "C" fn(*mut CuContext, c_int) -> CuResult,
-    ctx_push: unsafe extern "C" fn(CuContext) -> CuResult,
-    ctx_pop: unsafe extern "C" fn(*mut CuContext) -> CuResult,
-    ctx_get_device: unsafe extern "C" fn(*mut c_int) -> CuResult,
-    pointer_get_attribute: unsafe extern "C" fn(*mut c_void, c_int, CuDevicePtr) -> CuResult,
-    mem_get_address_range:
-        unsafe extern "C" fn(*mut CuDevicePtr, *mut usize, CuDevicePtr) -> CuResult,
-    memcpy_dtoh_async: unsafe extern "C" fn(*mut c_void, CuDevicePtr, usize, CuStream) -> CuResult,
-    memcpy_htod_async:
-        unsafe extern "C" fn(CuDevicePtr, *const c_void, usize, CuStream) -> CuResult,
-    stream_create: unsafe extern "C" fn(*mut CuStream, c_uint) -> CuResult,
-    stream_destroy: unsafe extern "C" fn(CuStream) -> CuResult,
-    stream_synchronize: unsafe extern "C" fn(CuStream) -> CuResult,
-    mem_alloc_host: unsafe extern "C" fn(*mut *mut c_void, usize) -> CuResult,
-    mem_free_host: unsafe extern "C" fn(*mut c_void) -> CuResult,
-    mem_alloc: unsafe extern "C" fn(*mut CuDevicePtr, usize) -> CuResult,
-    mem_free: unsafe extern "C" fn(CuDevicePtr) -> CuResult,
-    get_error_name: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
-    get_error_string: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
+crate::foreign::foreign_api! {
+    /// The driver entry points mixccl uses, by their versioned names (`_v2`), as the
+    /// headers map them since CUDA 3.2.
+    struct Api {
+        init: "cuInit" => fn(c_uint) -> CuResult;
+        device_get: "cuDeviceGet" => fn(*mut c_int, c_int) -> CuResult;
+        primary_ctx_retain: "cuDevicePrimaryCtxRetain" => fn(*mut CuContext, c_int) -> CuResult;
+        ctx_push: "cuCtxPushCurrent_v2" => fn(CuContext) -> CuResult;
+        ctx_pop: "cuCtxPopCurrent_v2" => fn(*mut CuContext) -> CuResult;
+        ctx_get_device: "cuCtxGetDevice" => fn(*mut c_int) -> CuResult;
+        pointer_get_attribute: "cuPointerGetAttribute" => fn(*mut c_void, c_int, CuDevicePtr) -> CuResult;
+        mem_get_address_range: "cuMemGetAddressRange_v2" => fn(*mut CuDevicePtr, *mut usize, CuDevicePtr) -> CuResult;
+        memcpy_dtoh_async: "cuMemcpyDtoHAsync_v2" => fn(*mut c_void, CuDevicePtr, usize, CuStream) -> CuResult;
+        memcpy_htod_async: "cuMemcpyHtoDAsync_v2" => fn(CuDevicePtr, *const c_void, usize, CuStream) -> CuResult;
+        stream_create: "cuStreamCreate" => fn(*mut CuStream, c_uint) -> CuResult;
+        stream_destroy: "cuStreamDestroy_v2" => fn(CuStream) -> CuResult;
+        stream_synchronize: "cuStreamSynchronize" => fn(CuStream) -> CuResult;
+        mem_alloc_host: "cuMemAllocHost_v2" => fn(*mut *mut c_void, usize) -> CuResult;
+        mem_free_host: "cuMemFreeHost" => fn(*mut c_void) -> CuResult;
+        mem_alloc: "cuMemAlloc_v2" => fn(*mut CuDevicePtr, usize) -> CuResult;
+        mem_free: "cuMemFree_v2" => fn(CuDevicePtr) -> CuResult;
+        get_error_name: "cuGetErrorName" => fn(CuResult, *mut *const c_char) -> CuResult;
+        get_error_string: "cuGetErrorString" => fn(CuResult, *mut *const c_char) -> CuResult;
+        @optional {
+            event_create: "cuEventCreate" => fn(*mut CuEvent, c_uint) -> CuResult;
+            event_destroy: "cuEventDestroy_v2" => fn(CuEvent) -> CuResult;
+            event_record: "cuEventRecord" => fn(CuEvent, CuStream) -> CuResult;
+            event_query: "cuEventQuery" => fn(CuEvent) -> CuResult;
+            stream_wait_event: "cuStreamWaitEvent" => fn(CuStream, CuEvent, c_uint) -> CuResult;
+            launch_host_func: "cuLaunchHostFunc" => fn(CuStream, CHostFn, *mut c_void) -> CuResult;
+        }
+    }
 }
 
 /// The CUDA shim: the loaded driver and each device's primary context.
 pub(crate) struct Cuda {
     api: Api,
-    lib: Opened,
+    lib: Library,
     /// Primary contexts retained so far, by device ordinal (kept for the process's life).
     contexts: Mutex<Vec<(c_int, usize)>>,
 }
@@ -70,34 +82,9 @@ impl Cuda {
     /// Loads the driver and initialises it (`cuInit(0)`).
     pub(crate) fn open() -> Result<Cuda> {
         let lib = loader::open(Vendor::Cuda)?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: each field's type is the driver's documented C signature for
-                // that symbol (cuda.h).
-                unsafe { loader::symbol(&lib, Vendor::Cuda, $name)? }
-            };
-        }
-        let api = Api {
-            init: sym!("cuInit"),
-            device_get: sym!("cuDeviceGet"),
-            primary_ctx_retain: sym!("cuDevicePrimaryCtxRetain"),
-            ctx_push: sym!("cuCtxPushCurrent_v2"),
-            ctx_pop: sym!("cuCtxPopCurrent_v2"),
-            ctx_get_device: sym!("cuCtxGetDevice"),
-            pointer_get_attribute: sym!("cuPointerGetAttribute"),
-            mem_get_address_range: sym!("cuMemGetAddressRange_v2"),
-            memcpy_dtoh_async: sym!("cuMemcpyDtoHAsync_v2"),
-            memcpy_htod_async: sym!("cuMemcpyHtoDAsync_v2"),
-            stream_create: sym!("cuStreamCreate"),
-            stream_destroy: sym!("cuStreamDestroy_v2"),
-            stream_synchronize: sym!("cuStreamSynchronize"),
-            mem_alloc_host: sym!("cuMemAllocHost_v2"),
-            mem_free_host: sym!("cuMemFreeHost"),
-            mem_alloc: sym!("cuMemAlloc_v2"),
-            mem_free: sym!("cuMemFree_v2"),
-            get_error_name: sym!("cuGetErrorName"),
-            get_error_string: sym!("cuGetErrorString"),
-        };
+        // SAFETY: every signature in Api is cuda.h's.
+        let api =
+            unsafe { Api::bind(&lib, "") }.map_err(|e| loader::load_error(Vendor::Cuda, e))?;
         let cuda = Cuda {
             api,
             lib,
@@ -126,11 +113,12 @@ impl Cuda {
         };
         Err(Error::Device {
             vendor: "cuda",
-            message: format!(
-                "{call} failed: {rc} {} ({})",
-                text(self.api.get_error_name),
-                text(self.api.get_error_string)
-            ),
+            error: DeviceError::Call {
+                call: call.to_string(),
+                code: rc,
+                name: Some(text(self.api.get_error_name)),
+                text: text(self.api.get_error_string),
+            },
         })
     }
 
@@ -341,6 +329,77 @@ impl Device for Cuda {
         self.with_context(index, || {
             // SAFETY: the caller's contract: `ptr` is a live device allocation.
             self.check("cuMemFree", unsafe { (self.api.mem_free)(ptr as u64) })
+        })
+    }
+
+    fn create_event(&self, index: i32) -> Result<EventHandle> {
+        let create = loader::need(&self.api.event_create, &self.lib, Vendor::Cuda)?;
+        self.with_context(index, || {
+            let mut e: CuEvent = std::ptr::null_mut();
+            // SAFETY: `e` is a valid out-pointer; a context is current.
+            self.check("cuEventCreate", unsafe {
+                create(&mut e, CU_EVENT_DISABLE_TIMING)
+            })?;
+            Ok(e as EventHandle)
+        })
+    }
+
+    fn destroy_event(&self, index: i32, event: EventHandle) -> Result<()> {
+        let destroy = loader::need(&self.api.event_destroy, &self.lib, Vendor::Cuda)?;
+        self.with_context(index, || {
+            // SAFETY: `event` came from create_event and is destroyed once.
+            self.check("cuEventDestroy", unsafe { destroy(event as CuEvent) })
+        })
+    }
+
+    fn record_event(&self, index: i32, event: EventHandle, stream: StreamHandle) -> Result<()> {
+        let record = loader::need(&self.api.event_record, &self.lib, Vendor::Cuda)?;
+        self.with_context(index, || {
+            // SAFETY: a live event and a stream of this device's context (or 0).
+            self.check("cuEventRecord", unsafe {
+                record(event as CuEvent, stream as CuStream)
+            })
+        })
+    }
+
+    fn event_done(&self, index: i32, event: EventHandle) -> Result<bool> {
+        let query = loader::need(&self.api.event_query, &self.lib, Vendor::Cuda)?;
+        self.with_context(index, || {
+            // SAFETY: a live event from create_event.
+            match unsafe { query(event as CuEvent) } {
+                CUDA_SUCCESS => Ok(true),
+                CUDA_ERROR_NOT_READY => Ok(false),
+                rc => self.check("cuEventQuery", rc).map(|_| false),
+            }
+        })
+    }
+
+    fn stream_wait_event(
+        &self,
+        index: i32,
+        stream: StreamHandle,
+        event: EventHandle,
+    ) -> Result<()> {
+        let wait = loader::need(&self.api.stream_wait_event, &self.lib, Vendor::Cuda)?;
+        self.with_context(index, || {
+            // SAFETY: a live event and a stream of this device's context (or 0);
+            // flags must be 0.
+            self.check("cuStreamWaitEvent", unsafe {
+                wait(stream as CuStream, event as CuEvent, 0)
+            })
+        })
+    }
+
+    fn launch_host_fn(&self, index: i32, stream: StreamHandle, f: HostFn) -> Result<()> {
+        let launch = loader::need(&self.api.launch_host_func, &self.lib, Vendor::Cuda)?;
+        self.with_context(index, || {
+            hostfn::launch(f, |cb, data| {
+                // SAFETY: `cb` is an extern "C" fn(void *) and `data` stays valid until
+                // the driver calls it once (or the launch fails and hostfn frees it).
+                self.check("cuLaunchHostFunc", unsafe {
+                    launch(stream as CuStream, cb, data)
+                })
+            })
         })
     }
 }

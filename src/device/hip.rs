@@ -1,327 +1,100 @@
 //! AMD ROCm and Hygon DCU through the HIP runtime, `libamdhip64.so.6`/`.5`
-//! (`MIXCCL_HIP_LIB` overrides).
+//! (`MIXCCL_HIP_LIB` overrides): the CUDA-runtime-shaped shim of `cudart.rs` with
+//! what HIP does its own way.
 //!
-//! HIP keeps a current device per thread (`hipSetDevice`). Every call that acts on a
-//! device makes that device current for the call and restores the thread's previous
-//! device after, so a caller's thread leaves mixccl as it entered.
-//!
-//! `hipPointerAttribute_t` has one layout in ROCm 5 and 6 (the memory type, an `int`
-//! enum, first), but `hipMemoryType`'s values changed in ROCm 6.0 to follow CUDA's:
-//! ROCm 5 has Host 0, Device 1, Array 2, Unified 3, Managed 4; ROCm 6 has Unregistered
-//! 0, Host 1, Device 2, Managed 3, Array 10, Unified 11. The major version from
-//! `hipRuntimeGetVersion` (`major * 10^7 + minor * 10^5 + patch`) picks the table.
-//! Plain host memory is `hipErrorInvalidValue` on some versions and success with an
-//! unregistered (or, on ROCm 5, host) type on others; both mean "not mine".
+//! - `hipInit(0)` when the library is opened.
+//! - `hipPointerAttribute_t` has one layout in ROCm 5 and 6 (the memory type, an
+//!   `int` enum, first), but `hipMemoryType`'s values changed in ROCm 6.0 to follow
+//!   CUDA's: ROCm 5 has Host 0, Device 1, Array 2, Unified 3, Managed 4; ROCm 6 has
+//!   Unregistered 0, Host 1, Device 2, Managed 3, Array 10, Unified 11. The major
+//!   version from `hipRuntimeGetVersion` (`major * 10^7 + minor * 10^5 + patch`)
+//!   picks the table. Managed memory (`isManaged`) is readable from the host.
+//! - `hipMemGetAddressRange` gives the allocation range, so answers are cached.
+//! - Pinned memory: `hipHostMalloc(ptr, size, hipHostMallocDefault)`, `hipHostFree`.
+//! - `hipEventQuery` says not ready with hipErrorNotReady (600).
 
-use super::loader::{self, Opened};
-use super::{Allocation, Device, StreamHandle, Vendor};
-use crate::error::{Error, Result};
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use super::cudart::{Cudart, CudartApi, Flavor, PointerAttributes, RtError, SUCCESS};
+use super::loader::{self, Library};
+use super::Vendor;
+use crate::error::Result;
+use std::ffi::{c_int, c_uint, c_void};
 
-type HipError = c_int;
-type HipStream = *mut c_void;
+/// The HIP shim.
+pub(crate) type Hip = Cudart<HipFlavor>;
 
-const HIP_SUCCESS: HipError = 0;
-const HIP_ERROR_INVALID_VALUE: HipError = 1;
-const HIP_MEMCPY_HOST_TO_DEVICE: c_int = 1;
-const HIP_MEMCPY_DEVICE_TO_HOST: c_int = 2;
-const HIP_STREAM_NON_BLOCKING: c_uint = 1;
+const HIP_ERROR_NOT_READY: RtError = 600;
 const HIP_HOST_MALLOC_DEFAULT: c_uint = 0;
 /// `hipMemoryTypeDevice` and `hipMemoryTypeArray` before ROCm 6.
 const ROCM5_DEVICE_TYPES: [c_int; 2] = [1, 2];
 /// `hipMemoryTypeDevice` and `hipMemoryTypeArray` from ROCm 6.
 const ROCM6_DEVICE_TYPES: [c_int; 2] = [2, 10];
 
-/// `hipPointerAttribute_t` (hip_runtime_api.h, the same layout in ROCm 5 and 6; ROCm 5
-/// names the first field `memoryType`, ROCm 6 `type`).
-#[repr(C)]
-struct PointerAttribute {
-    memory_type: c_int,
-    device: c_int,
-    device_pointer: *mut c_void,
-    host_pointer: *mut c_void,
-    is_managed: c_int,
-    allocation_flags: c_uint,
+crate::foreign::foreign_api! {
+    /// The HIP entry points outside the shared runtime API (hip_runtime_api.h).
+    pub(crate) struct HipApi {
+        init: "hipInit" => fn(c_uint) -> RtError;
+        runtime_get_version: "hipRuntimeGetVersion" => fn(*mut c_int) -> RtError;
+        mem_get_address_range: "hipMemGetAddressRange" => fn(*mut *mut c_void, *mut usize, *mut c_void) -> RtError;
+        host_malloc: "hipHostMalloc" => fn(*mut *mut c_void, usize, c_uint) -> RtError;
+        host_free: "hipHostFree" => fn(*mut c_void) -> RtError;
+    }
 }
 
-/// The HIP entry points mixccl uses (hip_runtime_api.h).
-struct Api {
-    init: unsafe extern "C" fn(c_uint) -> HipError,
-    runtime_get_version: unsafe extern "C" fn(*mut c_int) -> HipError,
-    get_device: unsafe extern "C" fn(*mut c_int) -> HipError,
-    set_device: unsafe extern "C" fn(c_int) -> HipError,
-    pointer_get_attributes: unsafe extern "C" fn(*mut PointerAttribute, *const c_void) -> HipError,
-    mem_get_address_range:
-        unsafe extern "C" fn(*mut *mut c_void, *mut usize, *mut c_void) -> HipError,
-    memcpy_async:
-        unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, HipStream) -> HipError,
-    stream_create_with_flags: unsafe extern "C" fn(*mut HipStream, c_uint) -> HipError,
-    stream_destroy: unsafe extern "C" fn(HipStream) -> HipError,
-    stream_synchronize: unsafe extern "C" fn(HipStream) -> HipError,
-    host_malloc: unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> HipError,
-    host_free: unsafe extern "C" fn(*mut c_void) -> HipError,
-    malloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> HipError,
-    free: unsafe extern "C" fn(*mut c_void) -> HipError,
-    get_error_name: unsafe extern "C" fn(HipError) -> *const c_char,
-    get_error_string: unsafe extern "C" fn(HipError) -> *const c_char,
-}
-
-/// The HIP shim: the loaded runtime and which `hipMemoryType` table it uses.
-pub(crate) struct Hip {
-    api: Api,
-    lib: Opened,
+/// What HIP does its own way: its extra entry points and its `hipMemoryType` table.
+pub(crate) struct HipFlavor {
+    api: HipApi,
     /// `hipMemoryType` values that mean device memory for this runtime's version.
     device_types: [c_int; 2],
 }
 
-impl Hip {
-    /// Loads the runtime, initialises it (`hipInit(0)`) and reads its version.
-    pub(crate) fn open() -> Result<Hip> {
-        let lib = loader::open(Vendor::Hip)?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: each field's type is HIP's documented C signature for that
-                // symbol (hip_runtime_api.h); enums are C ints and hipDeviceptr_t is void*.
-                unsafe { loader::symbol(&lib, Vendor::Hip, $name)? }
-            };
-        }
-        let api = Api {
-            init: sym!("hipInit"),
-            runtime_get_version: sym!("hipRuntimeGetVersion"),
-            get_device: sym!("hipGetDevice"),
-            set_device: sym!("hipSetDevice"),
-            pointer_get_attributes: sym!("hipPointerGetAttributes"),
-            mem_get_address_range: sym!("hipMemGetAddressRange"),
-            memcpy_async: sym!("hipMemcpyAsync"),
-            stream_create_with_flags: sym!("hipStreamCreateWithFlags"),
-            stream_destroy: sym!("hipStreamDestroy"),
-            stream_synchronize: sym!("hipStreamSynchronize"),
-            host_malloc: sym!("hipHostMalloc"),
-            host_free: sym!("hipHostFree"),
-            malloc: sym!("hipMalloc"),
-            free: sym!("hipFree"),
-            get_error_name: sym!("hipGetErrorName"),
-            get_error_string: sym!("hipGetErrorString"),
-        };
-        let mut hip = Hip {
-            api,
-            lib,
-            device_types: ROCM6_DEVICE_TYPES,
-        };
+impl Flavor for HipFlavor {
+    const VENDOR: Vendor = Vendor::Hip;
+    const PREFIX: &'static str = "hip";
+
+    fn open(lib: &Library, rt: &CudartApi) -> Result<HipFlavor> {
+        // SAFETY: every signature in HipApi is hip_runtime_api.h's.
+        let api =
+            unsafe { HipApi::bind(lib, "") }.map_err(|e| loader::load_error(Vendor::Hip, e))?;
         // SAFETY: hipInit takes flags by value; 0 is the only documented value.
-        hip.check("hipInit", unsafe { (hip.api.init)(0) })?;
+        rt.check(Vendor::Hip, "hipInit", unsafe { (api.init)(0) })?;
         let mut version: c_int = 0;
         // SAFETY: `version` is a valid out-pointer.
-        hip.check("hipRuntimeGetVersion", unsafe {
-            (hip.api.runtime_get_version)(&mut version)
+        rt.check(Vendor::Hip, "hipRuntimeGetVersion", unsafe {
+            (api.runtime_get_version)(&mut version)
         })?;
-        if version / 10_000_000 < 6 {
-            hip.device_types = ROCM5_DEVICE_TYPES;
-        }
-        Ok(hip)
-    }
-
-    /// `Ok` for hipSuccess, else an error naming `call`, the code's name and text.
-    fn check(&self, call: &str, rc: HipError) -> Result<()> {
-        if rc == HIP_SUCCESS {
-            return Ok(());
-        }
-        let text = |f: unsafe extern "C" fn(HipError) -> *const c_char| {
-            // SAFETY: both functions take any code and return a static string or NULL.
-            let p = unsafe { f(rc) };
-            if p.is_null() {
-                "unknown error".to_string()
-            } else {
-                // SAFETY: non-null and NUL-terminated, per HIP's contract.
-                unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-            }
+        let device_types = if version / 10_000_000 < 6 {
+            ROCM5_DEVICE_TYPES
+        } else {
+            ROCM6_DEVICE_TYPES
         };
-        Err(Error::Device {
-            vendor: "hip",
-            message: format!(
-                "{call} failed: {rc} {} ({})",
-                text(self.api.get_error_name),
-                text(self.api.get_error_string)
-            ),
-        })
+        Ok(HipFlavor { api, device_types })
     }
 
-    /// Runs `f` with device `index` current on this thread, then makes the thread's
-    /// previous device current again.
-    fn on_device<T>(&self, index: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let set = |device: i32, restoring: bool| {
-            // SAFETY: hipSetDevice takes an ordinal by value and validates it.
-            let rc = unsafe { (self.api.set_device)(device) };
-            let call = if restoring {
-                "hipSetDevice (restoring the caller's device)"
-            } else {
-                "hipSetDevice"
-            };
-            self.check(call, rc)
-        };
-        super::switch_device(Some(self.current_device()?), index, set, f)
-    }
-}
-
-impl Device for Hip {
-    fn vendor(&self) -> Vendor {
-        Vendor::Hip
+    fn is_device(&self, attr: &PointerAttributes) -> bool {
+        self.device_types.contains(&attr.memory_type) && attr.is_managed == 0
     }
 
-    fn library(&self) -> &str {
-        &self.lib.name
-    }
-
-    fn locate(&self, ptr: usize) -> Result<Option<Allocation>> {
-        let mut attr = PointerAttribute {
-            memory_type: -1,
-            device: -1,
-            device_pointer: std::ptr::null_mut(),
-            host_pointer: std::ptr::null_mut(),
-            is_managed: 0,
-            allocation_flags: 0,
-        };
-        // SAFETY: `attr` is a valid out-pointer of the documented layout; the runtime
-        // only looks the address up, it never dereferences it.
-        let rc = unsafe { (self.api.pointer_get_attributes)(&mut attr, ptr as *const c_void) };
-        if rc == HIP_ERROR_INVALID_VALUE {
-            return Ok(None);
-        }
-        self.check("hipPointerGetAttributes", rc)?;
-        if !self.device_types.contains(&attr.memory_type) || attr.is_managed != 0 {
-            return Ok(None);
-        }
+    fn range(&self, ptr: usize) -> Option<(usize, usize)> {
         let mut base: *mut c_void = std::ptr::null_mut();
         let mut size: usize = 0;
         // SAFETY: valid out-pointers; the address is only looked up.
         let rc =
             unsafe { (self.api.mem_get_address_range)(&mut base, &mut size, ptr as *mut c_void) };
-        let range = (rc == HIP_SUCCESS && !base.is_null()).then_some((base as usize, size));
-        Ok(Some(Allocation {
-            index: attr.device,
-            range,
-        }))
+        (rc == SUCCESS && !base.is_null()).then_some((base as usize, size))
     }
 
-    fn create_stream(&self, index: i32) -> Result<StreamHandle> {
-        self.on_device(index, || {
-            let mut s: HipStream = std::ptr::null_mut();
-            // SAFETY: `s` is a valid out-pointer.
-            self.check("hipStreamCreateWithFlags", unsafe {
-                (self.api.stream_create_with_flags)(&mut s, HIP_STREAM_NON_BLOCKING)
-            })?;
-            Ok(s as StreamHandle)
-        })
+    unsafe fn alloc_pinned(&self, p: *mut *mut c_void, len: usize) -> (&'static str, RtError) {
+        // SAFETY: the caller's contract; 0 is hipHostMallocDefault.
+        let rc = unsafe { (self.api.host_malloc)(p, len, HIP_HOST_MALLOC_DEFAULT) };
+        ("hipHostMalloc", rc)
     }
 
-    fn destroy_stream(&self, index: i32, stream: StreamHandle) -> Result<()> {
-        self.on_device(index, || {
-            // SAFETY: `stream` came from create_stream and is destroyed once.
-            self.check("hipStreamDestroy", unsafe {
-                (self.api.stream_destroy)(stream as HipStream)
-            })
-        })
+    unsafe fn free_pinned(&self, p: *mut c_void) -> (&'static str, RtError) {
+        // SAFETY: the caller's contract: `p` came from hipHostMalloc.
+        ("hipHostFree", unsafe { (self.api.host_free)(p) })
     }
 
-    fn synchronize(&self, index: i32, stream: StreamHandle) -> Result<()> {
-        self.on_device(index, || {
-            // SAFETY: the caller passes a stream of this device, or 0 (the null stream).
-            self.check("hipStreamSynchronize", unsafe {
-                (self.api.stream_synchronize)(stream as HipStream)
-            })
-        })
-    }
-
-    unsafe fn copy_to_host(
-        &self,
-        index: i32,
-        dst: *mut u8,
-        src: usize,
-        len: usize,
-        stream: StreamHandle,
-    ) -> Result<()> {
-        self.on_device(index, || {
-            // SAFETY: the caller's contract (Device::copy_to_host) covers both ranges.
-            self.check("hipMemcpyAsync(DeviceToHost)", unsafe {
-                (self.api.memcpy_async)(
-                    dst.cast(),
-                    src as *const c_void,
-                    len,
-                    HIP_MEMCPY_DEVICE_TO_HOST,
-                    stream as HipStream,
-                )
-            })
-        })
-    }
-
-    unsafe fn copy_to_device(
-        &self,
-        index: i32,
-        dst: usize,
-        src: *const u8,
-        len: usize,
-        stream: StreamHandle,
-    ) -> Result<()> {
-        self.on_device(index, || {
-            // SAFETY: the caller's contract (Device::copy_to_device) covers both ranges.
-            self.check("hipMemcpyAsync(HostToDevice)", unsafe {
-                (self.api.memcpy_async)(
-                    dst as *mut c_void,
-                    src.cast(),
-                    len,
-                    HIP_MEMCPY_HOST_TO_DEVICE,
-                    stream as HipStream,
-                )
-            })
-        })
-    }
-
-    fn alloc_pinned(&self, index: i32, len: usize) -> Result<*mut u8> {
-        self.on_device(index, || {
-            let mut p: *mut c_void = std::ptr::null_mut();
-            // SAFETY: `p` is a valid out-pointer; 0 is hipHostMallocDefault.
-            self.check(&format!("hipHostMalloc({len} bytes)"), unsafe {
-                (self.api.host_malloc)(&mut p, len.max(1), HIP_HOST_MALLOC_DEFAULT)
-            })?;
-            Ok(p.cast())
-        })
-    }
-
-    unsafe fn free_pinned(&self, index: i32, ptr: *mut u8) -> Result<()> {
-        self.on_device(index, || {
-            // SAFETY: the caller's contract: `ptr` came from hipHostMalloc.
-            self.check("hipHostFree", unsafe { (self.api.host_free)(ptr.cast()) })
-        })
-    }
-
-    fn current_device(&self) -> Result<i32> {
-        let mut dev: c_int = 0;
-        // SAFETY: `dev` is a valid out-pointer.
-        self.check("hipGetDevice", unsafe { (self.api.get_device)(&mut dev) })?;
-        Ok(dev)
-    }
-
-    fn alloc_device(&self, index: i32, len: usize) -> Result<usize> {
-        self.on_device(index, || {
-            let mut p: *mut c_void = std::ptr::null_mut();
-            // SAFETY: `p` is a valid out-pointer.
-            self.check(&format!("hipMalloc({len} bytes)"), unsafe {
-                (self.api.malloc)(&mut p, len.max(1))
-            })?;
-            Ok(p as usize)
-        })
-    }
-
-    unsafe fn free_device(&self, index: i32, ptr: usize) -> Result<()> {
-        self.on_device(index, || {
-            // SAFETY: the caller's contract: `ptr` is a live device allocation.
-            self.check("hipFree", unsafe { (self.api.free)(ptr as *mut c_void) })
-        })
+    fn not_ready(&self, rc: RtError, _name: &str) -> bool {
+        rc == HIP_ERROR_NOT_READY
     }
 }
-
-// SAFETY: the HIP runtime is thread-safe; the struct holds function pointers, the
-// library handle and a constant table.
-unsafe impl Send for Hip {}
-// SAFETY: as above; nothing is mutated after open.
-unsafe impl Sync for Hip {}

@@ -1,61 +1,41 @@
-//! Finding and opening a vendor runtime library (dlopen through `libloading`) and
-//! looking up its symbols, with errors that list what was tried.
+//! The device runtimes' side of [`crate::foreign`]: a vendor's library found by its
+//! `MIXCCL_*_LIB` variable or sonames, and load failures as device errors.
 
 use super::Vendor;
-use crate::error::{Error, Result};
-use libloading::Library;
+use crate::error::{DeviceError, Error, Result};
+use crate::foreign::{LoadError, Source};
 
-/// An opened runtime library and where it came from.
-pub(crate) struct Opened {
-    /// The library; kept open for the life of the process.
-    pub lib: Library,
-    /// The path or soname it was opened as.
-    pub name: String,
-}
+pub(crate) use crate::foreign::{Library, Optional};
 
 /// Opens `vendor`'s library: the path in its `MIXCCL_*_LIB` variable if set (and
 /// only that), else the first of its sonames that loads.
-pub(crate) fn open(vendor: Vendor) -> Result<Opened> {
-    let var = vendor.lib_env();
-    let candidates: Vec<String> = match std::env::var(var) {
-        Ok(p) if !p.trim().is_empty() => vec![p.trim().to_string()],
-        _ => vendor.sonames().iter().map(|s| s.to_string()).collect(),
-    };
-    let mut tried = Vec::new();
-    for name in &candidates {
-        // SAFETY: loading a vendor runtime runs its initialisers; these are the
-        // libraries the vendor documents for exactly this use (NCCL, PyTorch and
-        // cudarc load them the same way).
-        match unsafe { Library::new(name) } {
-            Ok(lib) => {
-                return Ok(Opened {
-                    lib,
-                    name: name.clone(),
-                })
-            }
-            Err(e) => tried.push(format!("{name} ({e})")),
-        }
-    }
-    Err(Error::Device {
-        vendor: vendor.name(),
-        message: format!(
-            "runtime library not found: tried {}; set {var} to its path",
-            tried.join(", ")
-        ),
-    })
+pub(crate) fn open(vendor: Vendor) -> Result<Library> {
+    Library::open(&Source::from_env(vendor.lib_env(), vendor.sonames()))
+        .map_err(|e| load_error(vendor, e))
 }
 
-/// Looks up symbol `name` of type `T` (a function pointer type) in `lib`.
-///
-/// # Safety
-/// `T` must be the symbol's true C signature.
-pub(crate) unsafe fn symbol<T: Copy>(o: &Opened, vendor: Vendor, name: &str) -> Result<T> {
-    // SAFETY: the caller vouches for `T`; the Library outlives the copied pointer
-    // because runtimes are kept loaded until the process exits.
-    unsafe { o.lib.get::<T>(name.as_bytes()) }
-        .map(|s| *s)
-        .map_err(|e| Error::Device {
-            vendor: vendor.name(),
-            message: format!("symbol {name} missing from {}: {e}", o.name),
-        })
+/// A load failure of `vendor`'s runtime as a device error.
+pub(crate) fn load_error(vendor: Vendor, e: LoadError) -> Error {
+    let message = match e {
+        LoadError::NotFound { .. } => format!("runtime {e}"),
+        LoadError::MissingSymbol { .. } => e.to_string(),
+    };
+    Error::Device {
+        vendor: vendor.name(),
+        error: DeviceError::NotLoaded(message),
+    }
+}
+
+/// An optional entry point of `vendor`'s runtime, or an error naming it and the
+/// library it is missing from.
+pub(crate) fn need<T: Copy>(f: &Optional<T>, lib: &Library, vendor: Vendor) -> Result<T> {
+    f.ok().ok_or_else(|| Error::Device {
+        vendor: vendor.name(),
+        error: DeviceError::Unsupported(format!(
+            "symbol {} missing from {}: this runtime cannot order work on streams \
+             (events, host functions)",
+            f.name(),
+            lib.name
+        )),
+    })
 }

@@ -3,7 +3,11 @@
 //! memory type is asked for; nothing vendor-specific exists outside this folder.
 //!
 //! - [`Device`]: what mixccl needs of a runtime: is this pointer mine, copy to and
-//!   from host memory on a stream, pinned host memory, device memory, streams.
+//!   from host memory on a stream, pinned host memory, device memory, streams, and
+//!   the stream primitives that order work without a host wait (events, host
+//!   functions run in stream order; `hostfn.rs` carries a Rust closure through the
+//!   runtime's C callback). A runtime that lacks a primitive's entry point still
+//!   loads; only that primitive fails, naming the missing symbol.
 //! - [`Runtimes::global`]: the runtimes this process could load, in the fixed order
 //!   [`Vendor::ALL`]; `MIXCCL_DEVICES` (`cuda,hip,...` or `none`) narrows the list.
 //! - [`locate`]: the [`MemoryKind`] of a buffer: each loaded runtime is asked in
@@ -15,15 +19,17 @@
 mod acl;
 mod cnrt;
 mod cuda;
+mod cudart;
 mod hip;
 mod host;
+mod hostfn;
 mod loader;
 mod musa;
 
 pub use host::HostMemory;
 
 use crate::debug::{log_info, log_warn};
-use crate::error::{Error, Result};
+use crate::error::{DeviceError, Error, Result};
 use std::collections::BTreeMap;
 use std::sync::{OnceLock, RwLock};
 
@@ -271,7 +277,10 @@ pub trait Device: Send + Sync {
     fn unsupported(&self, what: &str) -> Error {
         Error::Device {
             vendor: self.vendor().name(),
-            message: format!("{what} not supported by the {} shim", self.vendor()),
+            error: DeviceError::Unsupported(format!(
+                "{what} not supported by the {} shim",
+                self.vendor()
+            )),
         }
     }
 }
@@ -367,7 +376,7 @@ impl Runtimes {
             .unwrap_or("not loaded");
         Err(Error::Device {
             vendor: vendor.name(),
-            message: format!("runtime not available: {why}"),
+            error: DeviceError::NotLoaded(format!("runtime not available: {why}")),
         })
     }
 

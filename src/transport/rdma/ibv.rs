@@ -2,9 +2,10 @@
 //! uses, written from rdma-core's public `infiniband/verbs.h` (ABI of
 //! `IBVERBS_1.1`, stable since 2007), and the loader.
 //!
-//! Nothing here links against rdma-core: [`IbvLib::get`] dlopens
-//! `MIXCCL_IBVERBS_LIB` or `libibverbs.so.1` once per process and looks up every
-//! exported function it needs, as NCCL's `ibvsymbols.cc` does. `ibv_post_send`,
+//! Nothing here links against rdma-core: [`IbvLib::get`] opens
+//! `MIXCCL_IBVERBS_LIB` or `libibverbs.so.1` once per process through
+//! [`crate::foreign`] (`RTLD_NOW | RTLD_LOCAL`) and binds every exported function it
+//! needs, as NCCL's `ibvsymbols.cc` does. `ibv_post_send`,
 //! `ibv_post_recv`, `ibv_poll_cq` and `ibv_req_notify_cq` are `static inline` in the
 //! header (calls through `ibv_context::ops`), so they are not symbols of the
 //! library; [`IbvLib`] makes the same indirect calls. Only the fields mixccl
@@ -13,7 +14,8 @@
 //!
 //! All `unsafe` of the RDMA transport is here and in `verbs.rs`.
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use crate::foreign::{Library, Source};
+use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::Mutex;
 
 /// `struct ibv_device` (opaque).
@@ -344,73 +346,31 @@ type ReqNotifyFn = unsafe extern "C" fn(*mut IbvCq, c_int) -> c_int;
 type PostSendFn = unsafe extern "C" fn(*mut IbvQp, *mut IbvSendWr, *mut *mut IbvSendWr) -> c_int;
 type PostRecvFn = unsafe extern "C" fn(*mut IbvQp, *mut IbvRecvWr, *mut *mut IbvRecvWr) -> c_int;
 
-/// Declares the exported entry points: one field per function, looked up by name.
-macro_rules! ibv_functions {
-    ($( $name:ident : fn($($arg:ty),*) -> $ret:ty; )*) => {
-        /// The exported libibverbs functions mixccl calls, resolved once.
-        pub(crate) struct IbvLib {
-            $( pub $name: unsafe extern "C" fn($($arg),*) -> $ret, )*
-        }
-
-        impl IbvLib {
-            /// Resolves every function in the library behind `handle`.
-            fn resolve(handle: *mut c_void, path: &str) -> Result<IbvLib, String> {
-                Ok(IbvLib {
-                    $( $name: {
-                        let sym = dlsym(handle, concat!(stringify!($name), "\0"))
-                            .ok_or_else(|| format!("{path} has no symbol {}", stringify!($name)))?;
-                        // SAFETY: the symbol is the libibverbs function of that name,
-                        // whose C signature (verbs.h) is the one declared here.
-                        unsafe {
-                            std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($arg),*) -> $ret>(sym)
-                        }
-                    }, )*
-                })
-            }
-        }
-    };
-}
-
-ibv_functions! {
-    ibv_get_device_list: fn(*mut c_int) -> *mut *mut IbvDevice;
-    ibv_free_device_list: fn(*mut *mut IbvDevice) -> ();
-    ibv_get_device_name: fn(*mut IbvDevice) -> *const c_char;
-    ibv_open_device: fn(*mut IbvDevice) -> *mut IbvContext;
-    ibv_close_device: fn(*mut IbvContext) -> c_int;
-    ibv_query_port: fn(*mut IbvContext, u8, *mut IbvPortAttr) -> c_int;
-    ibv_query_gid: fn(*mut IbvContext, u8, c_int, *mut IbvGid) -> c_int;
-    ibv_alloc_pd: fn(*mut IbvContext) -> *mut IbvPd;
-    ibv_dealloc_pd: fn(*mut IbvPd) -> c_int;
-    ibv_reg_mr: fn(*mut IbvPd, *mut c_void, usize, c_int) -> *mut IbvMr;
-    ibv_dereg_mr: fn(*mut IbvMr) -> c_int;
-    ibv_create_comp_channel: fn(*mut IbvContext) -> *mut IbvCompChannel;
-    ibv_destroy_comp_channel: fn(*mut IbvCompChannel) -> c_int;
-    ibv_create_cq: fn(*mut IbvContext, c_int, *mut c_void, *mut IbvCompChannel, c_int) -> *mut IbvCq;
-    ibv_destroy_cq: fn(*mut IbvCq) -> c_int;
-    ibv_get_cq_event: fn(*mut IbvCompChannel, *mut *mut IbvCq, *mut *mut c_void) -> c_int;
-    ibv_ack_cq_events: fn(*mut IbvCq, c_uint) -> ();
-    ibv_create_qp: fn(*mut IbvPd, *mut IbvQpInitAttr) -> *mut IbvQp;
-    ibv_modify_qp: fn(*mut IbvQp, *mut IbvQpAttr, c_int) -> c_int;
-    ibv_destroy_qp: fn(*mut IbvQp) -> c_int;
-    ibv_get_async_event: fn(*mut IbvContext, *mut IbvAsyncEvent) -> c_int;
-    ibv_ack_async_event: fn(*mut IbvAsyncEvent) -> ();
-}
-
-fn dlsym(handle: *mut c_void, name: &str) -> Option<*mut c_void> {
-    // SAFETY: `name` is NUL-terminated (the macro appends "\0") and `handle` came
-    // from dlopen and is never closed.
-    let p = unsafe { libc::dlsym(handle, name.as_ptr().cast()) };
-    (!p.is_null()).then_some(p)
-}
-
-fn dlerror() -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated thread-local message.
-    let e = unsafe { libc::dlerror() };
-    if e.is_null() {
-        "unknown dlopen error".into()
-    } else {
-        // SAFETY: non-null, NUL-terminated, valid until the next dl* call on this thread.
-        unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
+crate::foreign::foreign_api! {
+    /// The exported libibverbs functions mixccl calls, resolved once.
+    pub(crate) struct IbvLib {
+        ibv_get_device_list: "ibv_get_device_list" => fn(*mut c_int) -> *mut *mut IbvDevice;
+        ibv_free_device_list: "ibv_free_device_list" => fn(*mut *mut IbvDevice) -> ();
+        ibv_get_device_name: "ibv_get_device_name" => fn(*mut IbvDevice) -> *const c_char;
+        ibv_open_device: "ibv_open_device" => fn(*mut IbvDevice) -> *mut IbvContext;
+        ibv_close_device: "ibv_close_device" => fn(*mut IbvContext) -> c_int;
+        ibv_query_port: "ibv_query_port" => fn(*mut IbvContext, u8, *mut IbvPortAttr) -> c_int;
+        ibv_query_gid: "ibv_query_gid" => fn(*mut IbvContext, u8, c_int, *mut IbvGid) -> c_int;
+        ibv_alloc_pd: "ibv_alloc_pd" => fn(*mut IbvContext) -> *mut IbvPd;
+        ibv_dealloc_pd: "ibv_dealloc_pd" => fn(*mut IbvPd) -> c_int;
+        ibv_reg_mr: "ibv_reg_mr" => fn(*mut IbvPd, *mut c_void, usize, c_int) -> *mut IbvMr;
+        ibv_dereg_mr: "ibv_dereg_mr" => fn(*mut IbvMr) -> c_int;
+        ibv_create_comp_channel: "ibv_create_comp_channel" => fn(*mut IbvContext) -> *mut IbvCompChannel;
+        ibv_destroy_comp_channel: "ibv_destroy_comp_channel" => fn(*mut IbvCompChannel) -> c_int;
+        ibv_create_cq: "ibv_create_cq" => fn(*mut IbvContext, c_int, *mut c_void, *mut IbvCompChannel, c_int) -> *mut IbvCq;
+        ibv_destroy_cq: "ibv_destroy_cq" => fn(*mut IbvCq) -> c_int;
+        ibv_get_cq_event: "ibv_get_cq_event" => fn(*mut IbvCompChannel, *mut *mut IbvCq, *mut *mut c_void) -> c_int;
+        ibv_ack_cq_events: "ibv_ack_cq_events" => fn(*mut IbvCq, c_uint) -> ();
+        ibv_create_qp: "ibv_create_qp" => fn(*mut IbvPd, *mut IbvQpInitAttr) -> *mut IbvQp;
+        ibv_modify_qp: "ibv_modify_qp" => fn(*mut IbvQp, *mut IbvQpAttr, c_int) -> c_int;
+        ibv_destroy_qp: "ibv_destroy_qp" => fn(*mut IbvQp) -> c_int;
+        ibv_get_async_event: "ibv_get_async_event" => fn(*mut IbvContext, *mut IbvAsyncEvent) -> c_int;
+        ibv_ack_async_event: "ibv_ack_async_event" => fn(*mut IbvAsyncEvent) -> ();
     }
 }
 
@@ -437,14 +397,18 @@ impl IbvLib {
     }
 
     fn open(path: &str) -> Result<IbvLib, String> {
-        let c = CString::new(path).map_err(|_| format!("library path {path:?} contains NUL"))?;
-        // SAFETY: a NUL-terminated path; RTLD_LOCAL keeps its symbols out of the
-        // global namespace. The handle is never closed.
-        let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        if handle.is_null() {
-            return Err(format!("cannot load {path}: {}", dlerror()));
-        }
-        IbvLib::resolve(handle, path)
+        let src = Source {
+            var: "MIXCCL_IBVERBS_LIB",
+            path: Some(path.to_string()),
+            sonames: &[DEFAULT_LIB],
+            bind_now: true,
+        };
+        let lib = Library::open(&src).map_err(|e| format!("libibverbs {e}"))?;
+        // SAFETY: every signature in IbvLib is verbs.h's (ABI IBVERBS_1.1).
+        let api = unsafe { IbvLib::bind(&lib, "") }.map_err(|e| e.to_string())?;
+        // Never closed: verbs objects and provider libraries must outlive every link.
+        std::mem::forget(lib);
+        Ok(api)
     }
 
     /// `ibv_poll_cq` (inline in verbs.h): up to `wc.len()` completions.
