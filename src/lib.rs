@@ -41,6 +41,7 @@ mod sys;
 pub mod topo;
 pub mod transport;
 pub mod verify;
+mod wire;
 
 pub use bootstrap::launcher::{LaunchEnv, Rendezvous};
 pub use bootstrap::unique_id::UniqueId;

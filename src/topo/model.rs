@@ -167,7 +167,7 @@ impl Topology {
             )));
         }
         let n: usize = self.hosts.iter().map(|h| h.ranks.len()).sum();
-        if n == 0 || n > crate::bootstrap::MAX_RANKS {
+        if n == 0 || n > crate::wire::MAX_RANKS {
             return Err(Error::invalid(format!("topology: {n} ranks")));
         }
         let mut host_of = vec![usize::MAX; n];

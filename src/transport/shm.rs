@@ -413,7 +413,7 @@ pub(crate) struct ShmSpec<'a> {
 fn hello(spec: &ShmSpec<'_>, to: usize) -> [u8; HELLO_LEN] {
     let mut b = [0u8; HELLO_LEN];
     b[0..8].copy_from_slice(HELLO_MAGIC);
-    b[8..10].copy_from_slice(&crate::bootstrap::PROTOCOL_VERSION.to_le_bytes());
+    b[8..10].copy_from_slice(&crate::wire::PROTOCOL_VERSION.to_le_bytes());
     b[10..26].copy_from_slice(&spec.token);
     b[26..30].copy_from_slice(&(spec.rank as u32).to_le_bytes());
     b[30..34].copy_from_slice(&(to as u32).to_le_bytes());
@@ -526,8 +526,7 @@ fn take_offer(
     // The offer's descriptors travel with its bytes; the socket stays open as the
     // link's liveness channel.
     let _ = sock.set_nonblocking(false);
-    if &b[0..8] != HELLO_MAGIC
-        || u16::from_le_bytes([b[8], b[9]]) != crate::bootstrap::PROTOCOL_VERSION
+    if &b[0..8] != HELLO_MAGIC || u16::from_le_bytes([b[8], b[9]]) != crate::wire::PROTOCOL_VERSION
     {
         return Err("bad magic or version".into());
     }

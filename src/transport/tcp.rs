@@ -240,7 +240,7 @@ impl DataHello {
     fn encode(&self) -> [u8; DATA_HELLO_LEN] {
         let mut b = [0u8; DATA_HELLO_LEN];
         b[0..8].copy_from_slice(DATA_MAGIC);
-        b[8..10].copy_from_slice(&crate::bootstrap::PROTOCOL_VERSION.to_le_bytes());
+        b[8..10].copy_from_slice(&crate::wire::PROTOCOL_VERSION.to_le_bytes());
         b[10..26].copy_from_slice(&self.token);
         b[26..30].copy_from_slice(&self.from.to_le_bytes());
         b[30..34].copy_from_slice(&self.to.to_le_bytes());
@@ -254,7 +254,7 @@ impl DataHello {
             return Err("bad magic".into());
         }
         let v = u16::from_le_bytes([b[8], b[9]]);
-        if v != crate::bootstrap::PROTOCOL_VERSION {
+        if v != crate::wire::PROTOCOL_VERSION {
             return Err(format!("protocol version {v}"));
         }
         let u32at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));

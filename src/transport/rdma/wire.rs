@@ -87,7 +87,7 @@ impl Message {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(64);
         b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&crate::bootstrap::PROTOCOL_VERSION.to_le_bytes());
+        b.extend_from_slice(&crate::wire::PROTOCOL_VERSION.to_le_bytes());
         match self {
             Message::Offer(o) => {
                 b.push(0);
@@ -127,7 +127,7 @@ impl Message {
             return Err("bad magic".into());
         }
         let v = r.u16()?;
-        if v != crate::bootstrap::PROTOCOL_VERSION {
+        if v != crate::wire::PROTOCOL_VERSION {
             return Err(format!("protocol version {v}"));
         }
         let msg = match r.u8()? {
@@ -321,7 +321,7 @@ mod tests {
                 let mut b: Vec<u8> = (0..n).map(|_| next() as u8).collect();
                 if n >= 10 && next() % 2 == 0 {
                     b[..8].copy_from_slice(MAGIC);
-                    b[8..10].copy_from_slice(&crate::bootstrap::PROTOCOL_VERSION.to_le_bytes());
+                    b[8..10].copy_from_slice(&crate::wire::PROTOCOL_VERSION.to_le_bytes());
                 }
                 b
             } else {
