@@ -7,6 +7,7 @@ use crate::config::Collective;
 use crate::debug::log_info;
 use crate::error::{Error, Result};
 use crate::reduce::ReduceOp;
+use crate::transport::LinkClass;
 
 impl Communicator {
     /// Keeps the host's board that the shared-memory links brought, if any. Every rank
@@ -57,7 +58,12 @@ impl Communicator {
         if !self.config.shm_cma {
             return Ok(false);
         }
-        let eligible = self.nranks > 1 && self.links.iter().flatten().all(|l| l.kind() == "shm");
+        let eligible = self.nranks > 1
+            && self
+                .links
+                .iter()
+                .flatten()
+                .all(|l| l.class() == LinkClass::Shm);
         let mut ok = [u8::from(eligible)];
         self.all_reduce_in_place(&mut ok, ReduceOp::Min)?;
         if ok[0] == 0 {

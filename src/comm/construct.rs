@@ -10,7 +10,7 @@ use crate::debug::log_info;
 use crate::error::{Error, Result};
 use crate::exec::Workspace;
 use crate::plan;
-use crate::transport::{mem, Link};
+use crate::transport::{mem, Link, LinkClass};
 use crate::UniqueId;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -151,7 +151,7 @@ impl Communicator {
                 Some(l) if p == rank => {
                     return Err(Error::invalid(format!(
                         "rank {rank} was given a link to itself ({})",
-                        l.kind()
+                        l.class()
                     )))
                 }
                 Some(l) if l.peer() != p => {
@@ -173,16 +173,15 @@ impl Communicator {
                 Some(rank),
                 "rank {rank} -> rank {} via {} ({} lanes)",
                 l.peer(),
-                l.kind(),
+                l.class(),
                 l.lanes()
             );
         }
-        let class = match links.iter().flatten().next().map(|l| l.kind()) {
-            Some("shm") => crate::topo::LinkClass::Shm,
-            Some("tcp") => crate::topo::LinkClass::Tcp,
-            Some("rdma") => crate::topo::LinkClass::Rdma,
-            _ => crate::topo::LinkClass::Mem,
-        };
+        let class = links
+            .iter()
+            .flatten()
+            .next()
+            .map_or(LinkClass::Mem, |l| l.class());
         let mut caps = plan::Capabilities::default();
         caps.set_topology(match topo {
             Some(t) => t,

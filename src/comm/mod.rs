@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::exec::Workspace;
 use crate::plan;
 use crate::reduce::ReduceOp;
-use crate::transport::Link;
+use crate::transport::{Link, LinkClass};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use validate::check_rank;
@@ -136,11 +136,11 @@ impl Communicator {
         &self.config
     }
 
-    /// The transport to each peer (`"shm"`, `"tcp"`, `"mem"`; `None` for this rank).
-    pub fn link_kinds(&self) -> Vec<Option<&'static str>> {
+    /// The transport to each peer (`None` for this rank).
+    pub fn link_classes(&self) -> Vec<Option<LinkClass>> {
         self.links
             .iter()
-            .map(|l| l.as_ref().map(|l| l.kind()))
+            .map(|l| l.as_ref().map(|l| l.class()))
             .collect()
     }
 

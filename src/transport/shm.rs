@@ -352,8 +352,8 @@ impl Link for ShmLink {
         });
     }
 
-    fn kind(&self) -> &'static str {
-        "shm"
+    fn class(&self) -> crate::transport::LinkClass {
+        crate::transport::LinkClass::Shm
     }
 
     fn board(&self) -> Option<Arc<Board>> {

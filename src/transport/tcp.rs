@@ -123,8 +123,8 @@ impl Link for TcpLink {
         });
     }
 
-    fn kind(&self) -> &'static str {
-        "tcp"
+    fn class(&self) -> crate::transport::LinkClass {
+        crate::transport::LinkClass::Tcp
     }
 }
 
