@@ -8,6 +8,8 @@
 //! to poll, so one thread drives all links of a rank with bounded waits.
 
 pub(crate) mod board;
+pub(crate) mod filter;
+pub(crate) mod hello;
 pub mod mem;
 pub(crate) mod rdma;
 pub mod shm;
