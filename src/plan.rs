@@ -114,6 +114,70 @@ pub(crate) fn candidates(coll: Collective) -> &'static [Algorithm] {
     }
 }
 
+/// The planner's questions about a model (defined here so that `topo` does not
+/// depend on `plan`).
+impl Topology {
+    /// The algorithm the planner picks for `coll` with `bytes` per rank (the buffer for
+    /// all_reduce, broadcast and reduce; one block for all_gather, reduce_scatter and
+    /// all_to_all) under `config` (`MIXCCL_ALGO` included), and its time estimate in
+    /// seconds (`NaN` when forced).
+    pub fn choose(&self, config: &Config, coll: Collective, bytes: usize) -> (Algorithm, f64) {
+        if let Some(forced) = config.algo.get(coll) {
+            return (forced, f64::NAN);
+        }
+        cheapest(self, config, coll, bytes)
+    }
+
+    /// The estimate for `coll` with `algo`, or `None` where the planner would not
+    /// consider it.
+    pub fn estimate(
+        &self,
+        config: &Config,
+        coll: Collective,
+        algo: Algorithm,
+        bytes: usize,
+    ) -> Option<f64> {
+        estimate(self, config, coll, algo, bytes)
+    }
+
+    /// `allreduce: 8B..16KiB direct, 32KiB..1MiB tree, ...`: the choice per power-of-two
+    /// size from 8 B to 1 GiB, runs of equal choices merged.
+    pub fn bands(&self, config: &Config, coll: Collective) -> String {
+        let per_rank = |s: usize| match coll {
+            Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => {
+                (s / self.nranks()).max(1)
+            }
+            _ => s,
+        };
+        let mut runs: Vec<(usize, usize, Algorithm)> = Vec::new();
+        let mut s = 8usize;
+        while s <= 1 << 30 {
+            let a = self.choose(config, coll, per_rank(s)).0;
+            match runs.last_mut() {
+                Some(last) if last.2 == a => last.1 = s,
+                _ => runs.push((s, s, a)),
+            }
+            s *= 2;
+        }
+        let size = |b: usize| {
+            if b >= 1 << 30 {
+                format!("{}GiB", b >> 30)
+            } else if b >= 1 << 20 {
+                format!("{}MiB", b >> 20)
+            } else if b >= 1 << 10 {
+                format!("{}KiB", b >> 10)
+            } else {
+                format!("{b}B")
+            }
+        };
+        let parts: Vec<String> = runs
+            .iter()
+            .map(|(a, b, algo)| format!("{}..{} {algo}", size(*a), size(*b)))
+            .collect();
+        format!("{coll}: {}", parts.join(", "))
+    }
+}
+
 /// The candidate with the smallest estimate, and that estimate in seconds (first
 /// candidate wins ties). Public through [`Topology::choose`].
 pub(crate) fn cheapest(

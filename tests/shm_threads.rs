@@ -6,6 +6,7 @@
 
 mod util;
 
+use mixccl::transport::LinkClass;
 use mixccl::{Config, ReduceOp};
 use std::time::Duration;
 use util::bootstrapped_ranks;
@@ -26,8 +27,12 @@ fn shared_memory_between_threads_survives_misaligned_rings() {
         };
         let errs = flat(bootstrapped_ranks(n, config, |comm| {
             let rank = comm.rank();
-            for (p, kind) in comm.link_kinds().iter().enumerate() {
-                assert_eq!(*kind, (p != rank).then_some("shm"), "rank {rank} to {p}");
+            for (p, class) in comm.link_classes().iter().enumerate() {
+                assert_eq!(
+                    *class,
+                    (p != rank).then_some(LinkClass::Shm),
+                    "rank {rank} to {p}"
+                );
             }
             let mut errs = Vec::new();
             for count in [1usize, 7, 1031, 5003] {

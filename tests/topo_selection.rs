@@ -33,7 +33,7 @@ fn expect(t: &Topology, name: &str, cases: &[(Collective, usize, Algorithm)]) {
             pick(t, coll, bytes),
             want,
             "{name}: {coll} of {bytes} bytes\n{}",
-            mixccl::topo::bands(t, &Config::default(), coll)
+            t.bands(&Config::default(), coll)
         );
     }
 }
@@ -188,8 +188,8 @@ fn dumps_load_back_identically() {
         assert_eq!(back.fingerprint(), t.fingerprint(), "{name}");
         for coll in [AllReduce, AllGather, Broadcast] {
             assert_eq!(
-                mixccl::topo::bands(&back, &Config::default(), coll),
-                mixccl::topo::bands(&t, &Config::default(), coll)
+                back.bands(&Config::default(), coll),
+                t.bands(&Config::default(), coll)
             );
         }
     }

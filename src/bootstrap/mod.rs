@@ -23,6 +23,7 @@ use crate::transport::rdma::{self, RdmaSpec};
 use crate::transport::shm::{self, ShmSpec};
 use crate::transport::tcp::{self, MeshSpec};
 use crate::transport::{Link, Links};
+use crate::wire::{MAX_RANKS, PROTOCOL_VERSION};
 use crate::UniqueId;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -30,17 +31,12 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Version of every mixccl wire format; peers with another version are refused.
-pub(crate) const PROTOCOL_VERSION: u16 = 1;
-
 pub(crate) const HELLO_MAGIC: &[u8; 8] = b"MXHELLO\0";
 pub(crate) const TABLE_MAGIC: &[u8; 8] = b"MXTABLE\0";
 pub(crate) const FAIL_MAGIC: &[u8; 8] = b"MXFAIL\0\0";
 pub(crate) const HELLO_HEADER: usize = 8 + 2 + 16 + 4 + 4 + 4;
 /// Upper bound on one rank's info blob; anything longer is refused.
 pub(crate) const MAX_INFO: usize = 4096;
-/// Upper bound on the number of ranks a communicator can have.
-pub(crate) const MAX_RANKS: usize = 1 << 20;
 
 /// What each rank publishes about itself through the root.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,12 +3,11 @@
 //! Strangers are closed and logged; if ranks are missing at the deadline (timeout
 //! after the first hello), every joined rank is told which ones.
 
-use crate::bootstrap::{
-    FAIL_MAGIC, HELLO_HEADER, HELLO_MAGIC, MAX_INFO, MAX_RANKS, PROTOCOL_VERSION, TABLE_MAGIC,
-};
+use crate::bootstrap::{FAIL_MAGIC, HELLO_HEADER, HELLO_MAGIC, MAX_INFO, TABLE_MAGIC};
 use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
 use crate::sys;
+use crate::wire::{MAX_RANKS, PROTOCOL_VERSION};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;

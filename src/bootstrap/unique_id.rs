@@ -6,9 +6,10 @@
 //! turns a corrupted or truncated id into an error instead of a connection to a
 //! wrong address.
 
-use crate::bootstrap::{root, PROTOCOL_VERSION};
+use crate::bootstrap::root;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::wire::PROTOCOL_VERSION;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const MAGIC: &[u8; 8] = b"MIXCCLID";

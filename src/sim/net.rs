@@ -165,13 +165,7 @@ pub fn parse_link(s: &str) -> Result<LinkCost> {
         ))
     };
     let (class, rest) = s.split_once(':').ok_or_else(bad)?;
-    let class = match class {
-        "shm" => LinkClass::Shm,
-        "tcp" => LinkClass::Tcp,
-        "rdma" => LinkClass::Rdma,
-        "mem" => LinkClass::Mem,
-        _ => return Err(bad()),
-    };
+    let class = LinkClass::from_name(class).ok_or_else(bad)?;
     let (a, b) = rest.split_once(',').ok_or_else(bad)?;
     let alpha_us: f64 = a.trim().parse().map_err(|_| bad())?;
     let gbit: f64 = b.trim().parse().map_err(|_| bad())?;

@@ -7,33 +7,8 @@
 
 use super::probe::RankProbe;
 use crate::error::{Error, Result};
+pub use crate::transport::LinkClass;
 use serde::{Deserialize, Serialize};
-
-/// What carries a link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkClass {
-    /// Shared memory inside a host.
-    Shm,
-    /// TCP sockets.
-    Tcp,
-    /// RDMA (verbs).
-    Rdma,
-    /// The in-process transport of tests.
-    Mem,
-}
-
-impl LinkClass {
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            LinkClass::Shm => "shm",
-            LinkClass::Tcp => "tcp",
-            LinkClass::Rdma => "rdma",
-            LinkClass::Mem => "mem",
-        }
-    }
-}
 
 /// The alpha-beta cost of one class of link.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -167,7 +142,7 @@ impl Topology {
             )));
         }
         let n: usize = self.hosts.iter().map(|h| h.ranks.len()).sum();
-        if n == 0 || n > crate::bootstrap::MAX_RANKS {
+        if n == 0 || n > crate::wire::MAX_RANKS {
             return Err(Error::invalid(format!("topology: {n} ranks")));
         }
         let mut host_of = vec![usize::MAX; n];

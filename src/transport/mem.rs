@@ -194,8 +194,8 @@ impl Link for MemLink {
         });
     }
 
-    fn kind(&self) -> &'static str {
-        "mem"
+    fn class(&self) -> crate::transport::LinkClass {
+        crate::transport::LinkClass::Mem
     }
 }
 

@@ -8,6 +8,8 @@
 //! to poll, so one thread drives all links of a rank with bounded waits.
 
 pub(crate) mod board;
+pub(crate) mod filter;
+pub(crate) mod hello;
 pub mod mem;
 pub(crate) mod rdma;
 pub mod shm;
@@ -16,6 +18,52 @@ pub mod tcp;
 use crate::error::Result;
 use std::os::fd::RawFd;
 use std::sync::Arc;
+
+/// What carries a link: the transport class that logs name, the topology model costs
+/// and the planner weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkClass {
+    /// Shared memory inside a host.
+    Shm,
+    /// TCP sockets.
+    Tcp,
+    /// RDMA (verbs).
+    Rdma,
+    /// The in-process transport of tests.
+    Mem,
+}
+
+impl LinkClass {
+    /// Every class, in declaration order.
+    pub const ALL: [LinkClass; 4] = [
+        LinkClass::Shm,
+        LinkClass::Tcp,
+        LinkClass::Rdma,
+        LinkClass::Mem,
+    ];
+
+    /// Lower-case name, as in logs, topology files and `MIXCCL_*` settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkClass::Shm => "shm",
+            LinkClass::Tcp => "tcp",
+            LinkClass::Rdma => "rdma",
+            LinkClass::Mem => "mem",
+        }
+    }
+
+    /// The class called `name` ([`LinkClass::name`]), if any.
+    pub fn from_name(name: &str) -> Option<LinkClass> {
+        LinkClass::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+impl std::fmt::Display for LinkClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A rank's links, indexed by peer rank (`None` for itself).
 pub type Links = Vec<Option<Box<dyn Link>>>;
@@ -111,8 +159,8 @@ pub trait Link: Send {
     /// socket, a liveness channel).
     fn wait_handles(&self, lane: usize, dir: Direction, out: &mut Vec<WaitHandle>);
 
-    /// Short name of the transport for logs (`tcp`, `mem`, ...).
-    fn kind(&self) -> &'static str;
+    /// The transport that carries this link.
+    fn class(&self) -> LinkClass;
 
     /// The board of this rank's host ([`board::Board`]), shared by all its links that
     /// have one: shared-memory links of a communicator whose ranks are all on one host.

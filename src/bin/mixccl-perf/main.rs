@@ -85,7 +85,7 @@ fn print_topology(t: &mixccl::Topology, config: &mixccl::Config) {
         mixccl::Collective::Broadcast,
         mixccl::Collective::Reduce,
     ] {
-        println!("{}", mixccl::topo::bands(t, config, coll));
+        println!("{}", t.bands(config, coll));
     }
 }
 

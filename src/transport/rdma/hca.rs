@@ -1,67 +1,25 @@
-//! `MIXCCL_IB_HCA`: which devices and ports to use, in NCCL_IB_HCA's syntax.
-//! `mlx5_0:1,mlx5_1` = device-name prefixes, each optionally with a port;
-//! `^mlx5_2` = every device but these; `=mlx5_0` = exact names only (also `^=`).
+//! `MIXCCL_IB_HCA`: which devices and ports to use, in NCCL_IB_HCA's syntax
+//! (parsed by `transport::filter`): `mlx5_0:1,mlx5_1` = device-name prefixes, each
+//! optionally with a port; `^mlx5_2` = every device but these; `=mlx5_0` = exact
+//! names only (also `^=`).
 
-/// A parsed `MIXCCL_IB_HCA` value.
+use crate::transport::filter::NameFilter;
+
+/// A parsed `MIXCCL_IB_HCA` value: the shared name filter with ports, where an
+/// empty filter selects every device.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HcaFilter {
-    exclude: bool,
-    exact: bool,
-    entries: Vec<(String, Option<u8>)>,
-}
+pub(crate) struct HcaFilter(NameFilter);
 
 impl HcaFilter {
     /// Parses the spec; `None` or blank selects everything. Bad port numbers are
     /// an error naming the variable.
     pub(crate) fn parse(spec: Option<&str>) -> Result<HcaFilter, String> {
-        let spec = spec.unwrap_or("").trim();
-        let (exclude, rest) = match spec.strip_prefix('^') {
-            Some(r) => (true, r),
-            None => (false, spec),
-        };
-        let (exact, rest) = match rest.strip_prefix('=') {
-            Some(r) => (true, r),
-            None => (false, rest),
-        };
-        let mut entries = Vec::new();
-        for item in rest.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (name, port) = match item.split_once(':') {
-                Some((n, p)) => {
-                    let port = p
-                        .trim()
-                        .parse::<u8>()
-                        .ok()
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| {
-                            format!("MIXCCL_IB_HCA={spec:?}: bad port {p:?} (expected 1..255)")
-                        })?;
-                    (n.trim(), Some(port))
-                }
-                None => (item, None),
-            };
-            entries.push((name.to_string(), port));
-        }
-        Ok(HcaFilter {
-            exclude,
-            exact,
-            entries,
-        })
+        NameFilter::parse("MIXCCL_IB_HCA", spec.unwrap_or(""), true).map(HcaFilter)
     }
 
     /// Is port `port` of device `device` selected?
     pub(crate) fn selects(&self, device: &str, port: u8) -> bool {
-        if self.entries.is_empty() {
-            return true;
-        }
-        let hit = self.entries.iter().any(|(name, p)| {
-            let name_ok = if self.exact {
-                device == name
-            } else {
-                device.starts_with(name.as_str())
-            };
-            name_ok && p.map_or(true, |p| p == port)
-        });
-        hit != self.exclude
+        self.0.is_empty() || self.0.selects(device, Some(port))
     }
 }
 

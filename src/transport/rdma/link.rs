@@ -543,8 +543,8 @@ impl<V: Verbs> Link for RdmaLink<V> {
         self.control.as_ref().and_then(|c| c.control_handle())
     }
 
-    fn kind(&self) -> &'static str {
-        "rdma"
+    fn class(&self) -> crate::transport::LinkClass {
+        crate::transport::LinkClass::Rdma
     }
 }
 

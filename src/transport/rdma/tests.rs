@@ -138,8 +138,14 @@ fn a_missing_library_means_tcp_and_the_links_still_work() {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(r[0][1].as_ref().unwrap().kind(), "tcp");
-    assert_eq!(r[1][0].as_ref().unwrap().kind(), "tcp");
+    assert_eq!(
+        r[0][1].as_ref().unwrap().class(),
+        crate::transport::LinkClass::Tcp
+    );
+    assert_eq!(
+        r[1][0].as_ref().unwrap().class(),
+        crate::transport::LinkClass::Tcp
+    );
     // The negotiation consumed exactly its own bytes: the TCP streams are clean.
     ping_pong(r, 100_003);
 }
@@ -232,7 +238,10 @@ fn real_rdma_path_when_a_device_exists() {
                 .into_iter()
                 .map(Result::unwrap)
                 .collect();
-            assert_eq!(r[0][1].as_ref().unwrap().kind(), "tcp");
+            assert_eq!(
+                r[0][1].as_ref().unwrap().class(),
+                crate::transport::LinkClass::Tcp
+            );
             ping_pong(r, 10_000);
         }
         Ok(port) => {
@@ -247,8 +256,14 @@ fn real_rdma_path_when_a_device_exists() {
                 .into_iter()
                 .map(Result::unwrap)
                 .collect();
-            assert_eq!(r[0][1].as_ref().unwrap().kind(), "rdma");
-            assert_eq!(r[1][0].as_ref().unwrap().kind(), "rdma");
+            assert_eq!(
+                r[0][1].as_ref().unwrap().class(),
+                crate::transport::LinkClass::Rdma
+            );
+            assert_eq!(
+                r[1][0].as_ref().unwrap().class(),
+                crate::transport::LinkClass::Rdma
+            );
             ping_pong(r, 3 << 20);
         }
     }
@@ -308,8 +323,14 @@ fn fake_verbs_library_carries_bytes_on_every_lane() {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(r[0][1].as_ref().unwrap().kind(), "rdma");
-    assert_eq!(r[1][0].as_ref().unwrap().kind(), "rdma");
+    assert_eq!(
+        r[0][1].as_ref().unwrap().class(),
+        crate::transport::LinkClass::Rdma
+    );
+    assert_eq!(
+        r[1][0].as_ref().unwrap().class(),
+        crate::transport::LinkClass::Rdma
+    );
     assert_eq!(r[0][1].as_ref().unwrap().lanes(), 3);
     ping_pong(r, (1 << 20) + 13);
 }

@@ -12,7 +12,11 @@
 //! An offer is a rank's port (fabric, address), its staging layout and one RC
 //! queue pair per lane; a decline says why this rank will not use RDMA with that
 //! peer (no device, no active port, ...). Both sides decide from the same two
-//! messages, so they always agree on the transport.
+//! messages, so they always agree on the transport. The magic and version are
+//! `transport::hello`'s preamble; the token and ranks need not travel again, as the
+//! TCP socket carrying this was admitted by its own hello.
+
+use crate::transport::hello;
 
 /// Longest decline reason carried.
 pub(crate) const MAX_REASON: usize = 512;
@@ -22,7 +26,7 @@ pub(crate) const MAX_QPS: usize = 64;
 pub(crate) const MAX_MESSAGE: usize = HEADER + OFFER_FIXED + 8 * MAX_QPS;
 
 const MAGIC: &[u8; 8] = b"MXRDMA\0\0";
-const HEADER: usize = 8 + 2 + 1;
+const HEADER: usize = hello::PREAMBLE_LEN + 1;
 const OFFER_FIXED: usize = 1 + 1 + 2 + 16 + 4 + 2 + 8 + 4 + 2;
 
 /// One queue pair's address: number and initial packet sequence number (24 bits each).
@@ -86,8 +90,7 @@ pub(crate) enum Message {
 impl Message {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(64);
-        b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&crate::bootstrap::PROTOCOL_VERSION.to_le_bytes());
+        b.extend_from_slice(&hello::preamble(MAGIC));
         match self {
             Message::Offer(o) => {
                 b.push(0);
@@ -123,13 +126,7 @@ impl Message {
     /// sizes by is bounded and matches the bytes present.
     pub(crate) fn decode(b: &[u8]) -> Result<Message, String> {
         let mut r = Reader { b, at: 0 };
-        if r.take(8)? != MAGIC {
-            return Err("bad magic".into());
-        }
-        let v = r.u16()?;
-        if v != crate::bootstrap::PROTOCOL_VERSION {
-            return Err(format!("protocol version {v}"));
-        }
+        hello::check_preamble(MAGIC, r.take(hello::PREAMBLE_LEN)?)?;
         let msg = match r.u8()? {
             0 => {
                 let link_layer = r.u8()?;
@@ -320,8 +317,7 @@ mod tests {
                 let n = (next() % 96) as usize;
                 let mut b: Vec<u8> = (0..n).map(|_| next() as u8).collect();
                 if n >= 10 && next() % 2 == 0 {
-                    b[..8].copy_from_slice(MAGIC);
-                    b[8..10].copy_from_slice(&crate::bootstrap::PROTOCOL_VERSION.to_le_bytes());
+                    b[..hello::PREAMBLE_LEN].copy_from_slice(&hello::preamble(MAGIC));
                 }
                 b
             } else {

@@ -9,7 +9,7 @@
 //! it out. The wire never sees memory kinds, so ranks with host, CUDA, HIP or any
 //! other memory mix freely in one communicator.
 
-use crate::comm::Communicator;
+use super::Communicator;
 use crate::config::Collective;
 use crate::device::{Device, HostMemory, MemRef, MemoryKind, Runtimes};
 use crate::element::DataType;

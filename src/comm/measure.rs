@@ -1,4 +1,8 @@
-//! The short measurement at init that replaces probed link costs with measured ones.
+//! The topology model a communicator plans with, built at init: from every rank's
+//! probe (or `MIXCCL_TOPO_FILE`), refined by a short measurement, checked equal on
+//! every rank. `topo` owns the model; this runs the collectives that build it.
+//!
+//! The measurement replaces probed link costs with measured ones.
 //!
 //! Round 0: on every host with two ranks or more, its first two ranks ping-pong over
 //! their link (shared memory). Rounds 1 and 2: the first ranks of hosts 2k and 2k+1,
@@ -12,11 +16,77 @@
 //! Every rank then contributes what it measured to one max-all-reduce, so all ranks
 //! end with the same figures: per host the best bandwidth and lowest alpha seen.
 
-use super::model::Topology;
-use crate::comm::{Communicator, Transfer};
-use crate::error::Result;
+use super::{Communicator, Transfer};
+use crate::config::Collective;
+use crate::debug::log_info;
+use crate::error::{Error, Result};
 use crate::reduce::ReduceOp;
+use crate::topo::{self, RankProbe, Topology};
 use std::time::{Duration, Instant};
+
+/// Builds the model at init from every rank's probe (or `MIXCCL_TOPO_FILE`), refines
+/// it by measurement unless `MIXCCL_TOPO_PROBE=0`, checks that every rank holds the
+/// same model, hands it to the planner and dumps it if asked. Collective: every rank
+/// calls it right after its links are up.
+pub(super) fn establish(comm: &mut Communicator, probes: Vec<RankProbe>) -> Result<()> {
+    let config = comm.config().clone();
+    let (rank, nranks) = (comm.rank(), comm.nranks());
+    let start = std::time::Instant::now();
+    let mut t = match &config.topo_file {
+        Some(path) => {
+            let t = Topology::load(path)?;
+            topo::check_size(&t, nranks, path)?;
+            t
+        }
+        None => Topology::from_probes(probes, !config.shm_disable)?,
+    };
+    comm.set_topology(t.clone());
+    if config.topo_file.is_none() && config.topo_probe && nranks > 1 {
+        refine(comm, &mut t)?;
+        comm.set_topology(t.clone());
+    }
+    // Ranks must plan alike: compare the model's fingerprint everywhere.
+    let mine = [t.fingerprint()];
+    let mut all = vec![0u64; nranks];
+    comm.all_gather(&mine, &mut all)?;
+    if let Some((peer, theirs)) = all.iter().enumerate().find(|(_, f)| **f != mine[0]) {
+        return Err(Error::Mismatch {
+            rank,
+            theirs: format!("a topology model with fingerprint {:016x}", mine[0]),
+            peer,
+            ours: format!("one with fingerprint {theirs:016x}"),
+        });
+    }
+    for line in t.describe() {
+        log_info!(Some(rank), "topology: {line}");
+    }
+    for coll in [
+        Collective::AllReduce,
+        Collective::AllGather,
+        Collective::ReduceScatter,
+        Collective::Broadcast,
+    ] {
+        log_info!(Some(rank), "topology: {}", t.bands(&config, coll));
+    }
+    log_info!(
+        Some(rank),
+        "topology established in {:.1} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    if let (Some(path), 0) = (&config.topo_dump_file, rank) {
+        std::fs::write(path, t.to_json() + "\n").map_err(|e| {
+            Error::io(
+                format!("writing MIXCCL_TOPO_DUMP_FILE={}", path.display()),
+                e,
+            )
+        })?;
+    }
+    // An all-reduce with the final model checks that the planner's first real choice
+    // runs on every rank before init returns.
+    let mut ok = [1u8];
+    comm.all_reduce_in_place(&mut ok, ReduceOp::Min)?;
+    Ok(())
+}
 
 const PINGS: usize = 20;
 const INTRA_BYTES: usize = 1 << 20;
@@ -88,7 +158,7 @@ fn ping_pong(
 }
 
 /// Measures, exchanges and applies the figures to `t` (equal on all ranks after).
-pub(crate) fn refine(comm: &mut Communicator, t: &mut Topology) -> Result<()> {
+fn refine(comm: &mut Communicator, t: &mut Topology) -> Result<()> {
     let rank = comm.rank();
     let hn = t.hosts.len();
     // Per host: [-intra alpha, intra bw, -net alpha, net bw].

@@ -1,211 +1,17 @@
-//! TCP transport: `nsocks` sockets per peer (one lane each), TCP_NODELAY,
-//! optional fixed socket buffers, non-blocking I/O without SIGPIPE. Also the
-//! interface choice (`MIXCCL_SOCKET_IFNAME`, NCCL_SOCKET_IFNAME syntax) and the
-//! handshake that admits only this communicator's ranks to a listener.
+//! Building the TCP mesh: every rank listens, connects `nsocks` sockets (plus a
+//! control socket) to each higher rank, and admits lower ranks' connections after
+//! checking their hello (magic, version, token, ranks, lane).
 
+use super::TcpLink;
 use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
-use crate::header::{ControlFrames, ControlReader, GOODBYE};
+use crate::header::ControlReader;
 use crate::sys;
-use crate::transport::{Direction, Link, WaitHandle};
+use crate::transport::hello::{Hello, HELLO_LEN};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
-
-/// A link to one peer over `nsocks` TCP sockets, plus one more for control
-/// messages (error reports, goodbye; see `header`), which is also how a peer's
-/// death is noticed while no data flows to it.
-pub struct TcpLink {
-    peer: usize,
-    socks: Vec<TcpStream>,
-    control: TcpStream,
-    ctl: ControlReader,
-}
-
-impl Drop for TcpLink {
-    fn drop(&mut self) {
-        let _ = sys::send_nosignal(self.control.as_raw_fd(), &ControlFrames::frame(GOODBYE));
-    }
-}
-
-impl TcpLink {
-    /// The socket of `lane`, for a transport that negotiates over it (rdma).
-    pub(crate) fn socket(&self, lane: usize) -> Option<&TcpStream> {
-        self.socks.get(lane)
-    }
-
-    fn fail(&self, what: &str, e: io::Error) -> Error {
-        match e.kind() {
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::UnexpectedEof => Error::PeerLost {
-                rank: self.peer,
-                reason: format!("{what}: {e}"),
-            },
-            _ => Error::io(format!("{what} peer rank {}", self.peer), e),
-        }
-    }
-}
-
-impl Link for TcpLink {
-    fn peer(&self) -> usize {
-        self.peer
-    }
-
-    fn lanes(&self) -> usize {
-        self.socks.len()
-    }
-
-    fn send_some(&mut self, lane: usize, buf: &[u8]) -> Result<usize> {
-        sys::send_nosignal(self.socks[lane].as_raw_fd(), buf).map_err(|e| self.fail("send to", e))
-    }
-
-    fn send_gather(&mut self, lane: usize, bufs: &[&[u8]]) -> Result<usize> {
-        sys::send_gather(self.socks[lane].as_raw_fd(), bufs).map_err(|e| self.fail("send to", e))
-    }
-
-    fn recv_some(&mut self, lane: usize, buf: &mut [u8]) -> Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        match sys::recv_nowait(self.socks[lane].as_raw_fd(), buf) {
-            Ok(Some(0)) => Err(Error::PeerLost {
-                rank: self.peer,
-                reason: "connection closed (EOF)".into(),
-            }),
-            Ok(Some(n)) => Ok(n),
-            Ok(None) => Ok(0),
-            Err(e) => Err(self.fail("recv from", e)),
-        }
-    }
-
-    fn send_control(&mut self, msg: &[u8]) -> Result<bool> {
-        // Best effort: a few bytes on an idle socket; a peer that is gone is not news.
-        let _ = sys::send_nosignal(self.control.as_raw_fd(), &ControlFrames::frame(msg));
-        Ok(true)
-    }
-
-    fn recv_control(&mut self) -> Result<Option<Vec<u8>>> {
-        let fd = self.control.as_raw_fd();
-        if let Err(e) = self.ctl.pump(fd) {
-            return Err(self.fail("control channel of", e));
-        }
-        if let Some(m) = self.ctl.next() {
-            return Ok(Some(m));
-        }
-        if self.ctl.died() {
-            return Err(Error::PeerLost {
-                rank: self.peer,
-                reason: "control connection closed without a goodbye (process died?)".into(),
-            });
-        }
-        Ok(None)
-    }
-
-    fn control_handle(&self) -> Option<WaitHandle> {
-        Some(WaitHandle {
-            fd: self.control.as_raw_fd(),
-            events: libc::POLLIN,
-            doorbell: false,
-        })
-    }
-
-    fn wait_handles(&self, lane: usize, dir: Direction, out: &mut Vec<WaitHandle>) {
-        out.push(WaitHandle {
-            fd: self.socks[lane].as_raw_fd(),
-            events: match dir {
-                Direction::Send => libc::POLLOUT,
-                Direction::Recv => libc::POLLIN,
-            },
-            doorbell: false,
-        });
-    }
-
-    fn kind(&self) -> &'static str {
-        "tcp"
-    }
-}
-
-/// Does interface `name` match an NCCL_SOCKET_IFNAME-style spec?
-/// `eth,ib` = prefixes, `^docker` = all but these prefixes, `=eth0` = exact names.
-pub(crate) fn ifname_matches(spec: &str, name: &str) -> bool {
-    let (exclude, rest) = match spec.strip_prefix('^') {
-        Some(r) => (true, r),
-        None => (false, spec),
-    };
-    let (exact, rest) = match rest.strip_prefix('=') {
-        Some(r) => (true, r),
-        None => (false, rest),
-    };
-    let hit = rest
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .any(|p| {
-            if exact {
-                name == p
-            } else {
-                name.starts_with(p)
-            }
-        });
-    hit != exclude
-}
-
-/// The address to listen on: the first address of an interface matching `spec`, or
-/// without a spec the first non-loopback, non-docker interface that is up (IPv4
-/// first), else loopback.
-pub fn pick_interface(spec: Option<&str>) -> Result<IpAddr> {
-    let ifs = sys::interfaces().map_err(|e| Error::io("listing network interfaces", e))?;
-    let ok = |i: &&sys::InterfaceAddr| match spec {
-        Some(s) => i.up && ifname_matches(s, &i.name),
-        None => {
-            i.up && !i.loopback && !i.name.starts_with("docker") && !i.name.starts_with("virbr")
-        }
-    };
-    let pick = ifs.iter().filter(ok).find(|i| i.ip.is_ipv4()).or_else(|| {
-        ifs.iter()
-            .filter(ok)
-            .find(|i| !i.ip.is_unicast_link_local_v6())
-    });
-    match (pick, spec) {
-        (Some(i), _) => Ok(i.ip),
-        (None, None) => Ok(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-        (None, Some(s)) => Err(Error::invalid(format!(
-            "MIXCCL_SOCKET_IFNAME={s:?} matches no interface that is up (have: {})",
-            ifs.iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
-}
-
-trait LinkLocal {
-    fn is_unicast_link_local_v6(&self) -> bool;
-}
-impl LinkLocal for IpAddr {
-    fn is_unicast_link_local_v6(&self) -> bool {
-        matches!(self, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
-    }
-}
-
-/// The local address the kernel would use to reach `dest` (a UDP connect sends nothing).
-pub(crate) fn local_ip_towards(dest: SocketAddr) -> Result<IpAddr> {
-    let any: SocketAddr = if dest.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let sock = UdpSocket::bind(any).map_err(|e| Error::io("binding a probe socket", e))?;
-    sock.connect(dest)
-        .map_err(|e| Error::io(format!("finding the route to {dest}"), e))?;
-    Ok(sock
-        .local_addr()
-        .map_err(|e| Error::io("reading the probe socket address", e))?
-        .ip())
-}
 
 /// Applies the per-socket settings: TCP_NODELAY, optional fixed buffers, non-blocking.
 pub(crate) fn tune_socket(s: &TcpStream, buffer: usize) -> io::Result<()> {
@@ -224,9 +30,10 @@ pub(crate) fn tune_socket(s: &TcpStream, buffer: usize) -> io::Result<()> {
 }
 
 const DATA_MAGIC: &[u8; 8] = b"MXDATA\0\0";
-const DATA_HELLO_LEN: usize = 8 + 2 + 16 + 4 + 4 + 2 + 2;
+const DATA_HELLO_LEN: usize = HELLO_LEN + 2 + 2;
 
-/// The first bytes on every data connection: who is calling, for which lane.
+/// The first bytes on every data connection (`transport::hello`): who is calling,
+/// for which lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct DataHello {
     token: [u8; 16],
@@ -239,31 +46,26 @@ struct DataHello {
 impl DataHello {
     fn encode(&self) -> [u8; DATA_HELLO_LEN] {
         let mut b = [0u8; DATA_HELLO_LEN];
-        b[0..8].copy_from_slice(DATA_MAGIC);
-        b[8..10].copy_from_slice(&crate::bootstrap::PROTOCOL_VERSION.to_le_bytes());
-        b[10..26].copy_from_slice(&self.token);
-        b[26..30].copy_from_slice(&self.from.to_le_bytes());
-        b[30..34].copy_from_slice(&self.to.to_le_bytes());
-        b[34..36].copy_from_slice(&self.lane.to_le_bytes());
-        b[36..38].copy_from_slice(&self.lanes.to_le_bytes());
+        let who = Hello {
+            token: self.token,
+            from: self.from,
+            to: self.to,
+        };
+        who.encode(DATA_MAGIC, &mut b);
+        b[HELLO_LEN..HELLO_LEN + 2].copy_from_slice(&self.lane.to_le_bytes());
+        b[HELLO_LEN + 2..].copy_from_slice(&self.lanes.to_le_bytes());
         b
     }
 
     fn decode(b: &[u8; DATA_HELLO_LEN]) -> std::result::Result<DataHello, String> {
-        if &b[0..8] != DATA_MAGIC {
-            return Err("bad magic".into());
-        }
-        let v = u16::from_le_bytes([b[8], b[9]]);
-        if v != crate::bootstrap::PROTOCOL_VERSION {
-            return Err(format!("protocol version {v}"));
-        }
-        let u32at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let who = Hello::decode(DATA_MAGIC, b)?;
+        let u16at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         Ok(DataHello {
-            token: b[10..26].try_into().expect("16 bytes"),
-            from: u32at(26),
-            to: u32at(30),
-            lane: u16::from_le_bytes([b[34], b[35]]),
-            lanes: u16::from_le_bytes([b[36], b[37]]),
+            token: who.token,
+            from: who.from,
+            to: who.to,
+            lane: u16at(HELLO_LEN),
+            lanes: u16at(HELLO_LEN + 2),
         })
     }
 }
@@ -589,24 +391,6 @@ fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ifname_spec_syntax() {
-        assert!(ifname_matches("eth", "eth0"));
-        assert!(ifname_matches("ib,eth", "eth1"));
-        assert!(!ifname_matches("ib", "eth0"));
-        assert!(ifname_matches("^docker", "eth0"));
-        assert!(!ifname_matches("^docker,lo", "lo"));
-        assert!(ifname_matches("=lo", "lo"));
-        assert!(!ifname_matches("=eth", "eth0"));
-        assert!(!ifname_matches("^=eth0", "eth0"));
-    }
-
-    #[test]
-    fn loopback_is_found_by_name() {
-        assert!(pick_interface(Some("lo")).unwrap().is_loopback());
-        assert!(pick_interface(Some("=no-such-if")).is_err());
-    }
 
     #[test]
     fn data_hello_round_trips() {

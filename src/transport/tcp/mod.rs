@@ -1,0 +1,16 @@
+//! TCP transport: `nsocks` sockets per peer (one lane each), TCP_NODELAY,
+//! optional fixed socket buffers, non-blocking I/O without SIGPIPE.
+//!
+//! - `link`: [`TcpLink`], the lanes and the control socket to one peer.
+//! - `mesh`: listening, connecting and the hello that admits only this
+//!   communicator's ranks to a listener.
+//! - `iface`: the interface choice (`MIXCCL_SOCKET_IFNAME`).
+
+mod iface;
+mod link;
+mod mesh;
+
+pub(crate) use iface::local_ip_towards;
+pub use iface::pick_interface;
+pub use link::TcpLink;
+pub(crate) use mesh::{connect_mesh, connect_retry, MeshSpec};
