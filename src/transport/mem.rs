@@ -199,6 +199,20 @@ impl Link for MemLink {
     }
 }
 
+#[cfg(test)]
+impl MemLink {
+    /// Closes this end as a rank that died would: its pipes close, no goodbye is
+    /// queued (the conformance tests' dead peer; `Drop` always says goodbye).
+    pub(crate) fn close_without_goodbye(self) {
+        for p in self.tx.iter().chain(&self.rx) {
+            p.closed.store(true, Ordering::Release);
+        }
+        self.peer_bell.ring();
+        // Skips `Drop`; the pipes and doorbells it would release leak (tests only).
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for MemLink {
     fn drop(&mut self) {
         let _ = self.send_control(GOODBYE);

@@ -8,6 +8,8 @@
 //! to poll, so one thread drives all links of a rank with bounded waits.
 
 pub(crate) mod board;
+#[cfg(test)]
+mod conformance;
 pub(crate) mod filter;
 pub(crate) mod hello;
 pub mod mem;
@@ -112,7 +114,10 @@ pub trait Link: Send {
     }
 
     /// Reads up to `buf.len()` bytes from `lane` without blocking; `Ok(0)` means "not now".
-    /// A closed peer is `Error::PeerLost`.
+    /// A closed peer is `Error::PeerLost` once its last bytes are read; a link whose
+    /// lanes cannot see the peer's end (rdma: idle queue pairs say nothing) reports it
+    /// through [`Link::recv_control`] only. `conformance.rs` checks this contract on
+    /// every transport.
     fn recv_some(&mut self, lane: usize, buf: &mut [u8]) -> Result<usize>;
 
     /// Zero-copy receive: where the link can show received bytes in place, calls `f`

@@ -1,6 +1,9 @@
 //! Shared helpers for the end-to-end tests: run ranks as threads, check results
-//! against `mixccl::verify` element by element.
+//! against `mixccl::verify` element by element; `processes` runs ranks as
+//! processes of `mixccl-perf`.
 #![allow(dead_code)]
+
+pub mod processes;
 
 use mixccl::{verify, Communicator, Config, DataType, Element, ReduceOp, UniqueId};
 use std::collections::HashMap;

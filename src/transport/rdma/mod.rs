@@ -346,4 +346,4 @@ fn recv_frame(s: &TcpStream, max: usize, deadline: Instant, p: usize) -> Result<
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -273,7 +273,7 @@ fn real_rdma_path_when_a_device_exists() {
 /// this process, compiled against rdma-core's header) and returns a private copy
 /// named `name`, so each test has its own library state. None, with a plain
 /// message, where there is no header or no C compiler.
-fn fake_lib(name: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn fake_lib(name: &str) -> Option<std::path::PathBuf> {
     use std::sync::OnceLock;
     static BUILT: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
@@ -304,7 +304,7 @@ fn fake_lib(name: &str) -> Option<std::path::PathBuf> {
     Some(copy)
 }
 
-fn fake_config(lib: &std::path::Path) -> Config {
+pub(crate) fn fake_config(lib: &std::path::Path) -> Config {
     Config {
         net: NetTransport::Ib,
         ibverbs_lib: Some(lib.to_string_lossy().into_owned()),
