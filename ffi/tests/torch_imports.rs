@@ -2,7 +2,8 @@
 //! `libtorch_cuda.so` imports (`nm -D --undefined-only`) must be exported by mixccl's
 //! `libnccl.so.2` (and `librccl.so.1`), or `import torch` fails with "undefined
 //! symbol" on mixccl. The list comes from the torch wheel CI installs, so a new torch
-//! that needs more shows here first.
+//! that needs more shows here first. And with mixccl's `libnccl.so` in `LD_PRELOAD`,
+//! torch's own NCCL calls reach mixccl (`torch.cuda.nccl.unique_id()` is a mixccl id).
 //!
 //! The Python is `MIXCCL_TORCH_PYTHON`, else the virtualenv `.ci/run` makes
 //! (`~/.cache/mixccl/torch-venv`), else `python3` (as `tests/torch.rs`). Without torch
@@ -89,10 +90,10 @@ fn symbols(file: &Path, which: &str) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn mixccl_exports_every_nccl_function_torch_imports() {
-    let python = python();
-    let torch = match torch_dir(&python) {
+/// torch's directory and its libraries that link NCCL; None (after saying why) when
+/// there is nothing to check.
+fn torch_with_nccl(python: &Path) -> Option<(PathBuf, Vec<PathBuf>)> {
+    let torch = match torch_dir(python) {
         Ok(dir) => dir,
         Err(why) => {
             assert!(
@@ -100,7 +101,7 @@ fn mixccl_exports_every_nccl_function_torch_imports() {
                 "MIXCCL_TORCH_REQUIRED=1 but {why}"
             );
             eprintln!("skipped: {why} (.ci/run installs torch into ~/.cache/mixccl/torch-venv)");
-            return;
+            return None;
         }
     };
     let users = nccl_users(&torch);
@@ -110,8 +111,16 @@ fn mixccl_exports_every_nccl_function_torch_imports() {
              imports no NCCL function",
             torch.display()
         );
-        return;
+        return None;
     }
+    Some((torch, users))
+}
+
+#[test]
+fn mixccl_exports_every_nccl_function_torch_imports() {
+    let Some((_, users)) = torch_with_nccl(&python()) else {
+        return;
+    };
     for lib in ["libnccl.so", "librccl.so"] {
         let exported = symbols(&profile_dir().join(lib), "--defined-only");
         for user in &users {
@@ -134,4 +143,43 @@ fn mixccl_exports_every_nccl_function_torch_imports() {
             );
         }
     }
+}
+
+/// torch's wheels find NVIDIA's libnccl.so.2 through their RPATH and load it by path,
+/// so `LD_LIBRARY_PATH` cannot replace it; `LD_PRELOAD` does: the symbols of the
+/// preloaded library come first for every lookup.
+#[test]
+fn torch_calls_mixccl_under_ld_preload() {
+    let python = python();
+    let Some((torch, _)) = torch_with_nccl(&python) else {
+        return;
+    };
+    if !torch.join("cuda/nccl.py").is_file() {
+        eprintln!(
+            "skipped: torch at {} has no torch.cuda.nccl",
+            torch.display()
+        );
+        return;
+    }
+    let script = "import torch.cuda.nccl as n; print(n.version(), bytes(n.unique_id()[:8]))";
+    let command = || {
+        let mut cmd = Command::new(&python);
+        base_env(&mut cmd)
+            .env_remove("LD_PRELOAD")
+            .args(["-c", script]);
+        cmd
+    };
+    // Without the preload torch runs NVIDIA's NCCL (which may fail here for want of
+    // an interface or a driver; it just must not be mixccl).
+    let plain = command().output().expect("run python");
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("MIXCCLID"),
+        "torch reached mixccl without the preload"
+    );
+    let preloaded = run_ok(command().env("LD_PRELOAD", profile_dir().join("libnccl.so")));
+    assert!(
+        preloaded.contains("(2, 30, 7) b'MIXCCLID'"),
+        "torch with LD_PRELOAD of mixccl's libnccl.so: {preloaded}"
+    );
+    eprintln!("torch's NCCL under LD_PRELOAD: {}", preloaded.trim());
 }
