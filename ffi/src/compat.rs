@@ -392,10 +392,11 @@ pub(crate) fn simulate_end(sim_info: *mut NcclSimInfo) -> Outcome {
             "{not_estimated}; the enclosing group will run nothing and fail at its \
              ncclGroupEnd"
         ),
-        Err(e) => format!(
-            "{not_estimated}; the group ended without running its calls ({})",
-            e.message
-        ),
+        Err(e) if e.message.ends_with(not_estimated) => {
+            format!("{not_estimated}; the group ended without running its calls")
+        }
+        // No group was open, or a call in it had failed before.
+        Err(e) => format!("{not_estimated}; {}", e.message),
     };
     Err(Failure::usage(message))
 }
@@ -499,6 +500,53 @@ mod tests {
             code_of(first_id(4, 1, std::ptr::null())),
             Some(code::INVALID_ARGUMENT)
         );
+    }
+
+    fn simulate() -> Failure {
+        let mut info = NcclSimInfo {
+            size: std::mem::size_of::<NcclSimInfo>(),
+            magic: SIM_INFO_MAGIC,
+            version: 23007,
+            estimated_time: -1.0,
+        };
+        let e = simulate_end(&mut info).unwrap_err();
+        assert_eq!(info.estimated_time, -1.0);
+        e
+    }
+
+    #[test]
+    fn a_simulated_group_is_ended_without_running() {
+        // Each test runs on its own thread, so the group state starts empty.
+        let e = simulate();
+        assert_eq!(e.code, code::INVALID_USAGE);
+        assert!(e.message.contains("without a matching"), "{}", e.message);
+
+        group::start().unwrap();
+        let e = simulate();
+        assert!(e.message.contains("ended without running"), "{}", e.message);
+        let e = group::end().unwrap_err();
+        assert!(
+            e.message.contains("without a matching"),
+            "closed: {}",
+            e.message
+        );
+
+        group::start().unwrap();
+        group::start().unwrap();
+        let e = simulate();
+        assert!(e.message.contains("enclosing group"), "{}", e.message);
+        let e = group::end().unwrap_err();
+        assert!(e.message.contains("was not run"), "spoiled: {}", e.message);
+        assert!(group::end().is_err(), "the outer group was closed");
+
+        let mut bad = NcclSimInfo {
+            size: 24,
+            magic: 0,
+            version: 0,
+            estimated_time: 0.0,
+        };
+        let e = simulate_end(&mut bad).unwrap_err();
+        assert_eq!(e.code, code::INVALID_ARGUMENT);
     }
 
     #[test]
