@@ -66,7 +66,9 @@
  *    the device API (ncclDevCommCreate, device pointers of windows), one-sided
  *    ncclPutSignal / ncclSignal / ncclWaitSignal, ncclCommGrow with
  *    ncclCommGetUniqueId, ncclCommRevoke, and the estimate of ncclGroupSimulateEnd.
- *    The 8-bit float types are ncclInvalidArgument.
+ *    The 8-bit float types are ncclInvalidArgument. Not declared at all: NCCL 2.30's
+ *    parameter API (ncclParamBind, ncclParamGet*, ncclParamDumpAll) and the deprecated
+ *    ncclResetDebugInit.
  *
  * Include cuda_runtime.h (if at all) before this header: cudaStream_t is declared
  * here as an opaque pointer unless a CUDA header already did.
