@@ -1,10 +1,14 @@
 /*
- * nccl.h -- mixccl's rendering of the NCCL C API, implemented by libmixccl.so.
+ * nccl.h -- mixccl's rendering of the NCCL C API, implemented by libmixccl.so (and by
+ * the same library built as libnccl.so.2 and librccl.so.1, the names programs linked
+ * against NVIDIA's NCCL or AMD's RCCL load).
  *
- * Written by hand as the contract of the library: same names, enum values, types and
- * signatures as NVIDIA's nccl.h of the version below, so a program or framework
- * written against NCCL builds and runs unchanged. Every function is also exported
- * with a `p` prefix (pncclAllReduce, ...), as NCCL does for profilers.
+ * Written by hand as the contract of the library: same names, enum values, types,
+ * struct layouts and signatures as NVIDIA's nccl.h of the version below, so a program
+ * or framework written against NCCL builds and runs unchanged. Every function is also
+ * exported with a `p` prefix (pncclAllReduce, ...), as NCCL does for profilers. The
+ * host entry points of NCCL's device API (nccl_device/core.h) that frameworks link
+ * to are declared here too, near the end.
  *
  * What differs from NCCL (see README.md, "C ABI" and "Device memory"):
  *  - Buffers may be host memory or device memory of any vendor runtime mixccl can
@@ -58,6 +62,13 @@
  *    (CUDA first), else 64-byte aligned host memory; ncclCommRegister is a no-op.
  *  - ncclRedOpCreatePreMulSum: the collective scales a copy of its input by the
  *    scalar, then sums (one extra pass and one temporary buffer per call).
+ *  - Not provided (ncclInvalidUsage, ncclGetLastError says why; nothing is written):
+ *    the device API (ncclDevCommCreate, device pointers of windows), one-sided
+ *    ncclPutSignal / ncclSignal / ncclWaitSignal, ncclCommGrow with
+ *    ncclCommGetUniqueId, ncclCommRevoke, and the estimate of ncclGroupSimulateEnd.
+ *    The 8-bit float types are ncclInvalidArgument. Not declared at all: NCCL 2.30's
+ *    parameter API (ncclParamBind, ncclParamGet*, ncclParamDumpAll) and the deprecated
+ *    ncclResetDebugInit.
  *
  * Include cuda_runtime.h (if at all) before this header: cudaStream_t is declared
  * here as an opaque pointer unless a CUDA header already did.
@@ -70,11 +81,11 @@
 #include <stdint.h>
 
 #define NCCL_MAJOR 2
-#define NCCL_MINOR 21
-#define NCCL_PATCH 5
+#define NCCL_MINOR 30
+#define NCCL_PATCH 7
 #define NCCL_SUFFIX ""
 
-#define NCCL_VERSION_CODE 22105
+#define NCCL_VERSION_CODE 23007
 #define NCCL_VERSION(X, Y, Z) \
   (((X) <= 2 && (Y) <= 8) ? (X) * 1000 + (Y) * 100 + (Z) : (X) * 10000 + (Y) * 100 + (Z))
 
@@ -91,6 +102,8 @@ extern "C" {
 
 /* Opaque handle to a communicator. */
 typedef struct ncclComm* ncclComm_t;
+/* Opaque handle to a registered memory window (ncclCommWindowRegister). */
+typedef struct ncclWindow_vidmem* ncclWindow_t;
 #define NCCL_COMM_NULL NULL
 
 #define NCCL_UNIQUE_ID_BYTES 128
@@ -115,10 +128,33 @@ typedef enum {
 #define NCCL_CONFIG_UNDEF_INT INT_MIN
 #define NCCL_CONFIG_UNDEF_PTR NULL
 #define NCCL_SPLIT_NOCOLOR -1
+#define NCCL_UNDEF_FLOAT -1.0f
 
-/* Communicator configuration (layout of NCCL 2.21). mixccl checks size, magic and
- * blocking (0, 1 or undefined) and ignores the other fields. */
-typedef struct ncclConfig_v21700 {
+/* The magic of NCCL_CONFIG_INITIALIZER. */
+#define NCCL_API_MAGIC 0xcafebeef
+
+/* winFlags of ncclCommWindowRegister (accepted; mixccl treats them all alike). */
+#define NCCL_WIN_DEFAULT 0x00
+#define NCCL_WIN_COLL_SYMMETRIC 0x01
+#define NCCL_WIN_STRICT_ORDERING 0x02
+#define NCCL_WIN_REQUIRED_ALIGNMENT 4096
+
+/* Values of ncclConfig_t.CTAPolicy (ignored: mixccl launches no kernels). */
+#define NCCL_CTA_POLICY_DEFAULT 0x00
+#define NCCL_CTA_POLICY_EFFICIENCY 0x01
+#define NCCL_CTA_POLICY_ZERO 0x02
+
+/* shrinkFlags of ncclCommShrink. */
+#define NCCL_SHRINK_DEFAULT 0x00
+#define NCCL_SHRINK_ABORT 0x01
+
+/* revokeFlags of ncclCommRevoke. */
+#define NCCL_REVOKE_DEFAULT 0x00
+
+/* Communicator configuration (layout of NCCL 2.30; each release only appends
+ * fields). mixccl checks size, magic and blocking (0, 1 or undefined) and ignores the
+ * other fields; a shorter struct from an older nccl.h is read up to its size. */
+typedef struct ncclConfig_v23000 {
   /* attributes that users should never touch. */
   size_t size;
   unsigned int magic;
@@ -130,19 +166,60 @@ typedef struct ncclConfig_v21700 {
   int maxCTAs;
   const char* netName;
   int splitShare;
+  int trafficClass;
+  const char* commName;
+  int collnetEnable;
+  int CTAPolicy;
+  int shrinkShare;
+  int nvlsCTAs;
+  int nChannelsPerNetPeer;
+  int nvlinkCentricSched;
+  int graphUsageMode;
+  int numRmaCtx;
+  int maxP2pPeers;
+  int graphStreamOrdering;
 } ncclConfig_t;
 
 /* Every ncclConfig_t must start from this initializer. */
-#define NCCL_CONFIG_INITIALIZER {                     \
-  sizeof(ncclConfig_t),         /* size */           \
-  0xcafebeef,                   /* magic */          \
+#define NCCL_CONFIG_INITIALIZER {                           \
+  sizeof(ncclConfig_t),         /* size */                 \
+  NCCL_API_MAGIC,               /* magic */                \
+  NCCL_VERSION_CODE,            /* version */              \
+  NCCL_CONFIG_UNDEF_INT,        /* blocking */             \
+  NCCL_CONFIG_UNDEF_INT,        /* cgaClusterSize */       \
+  NCCL_CONFIG_UNDEF_INT,        /* minCTAs */              \
+  NCCL_CONFIG_UNDEF_INT,        /* maxCTAs */              \
+  NCCL_CONFIG_UNDEF_PTR,        /* netName */              \
+  NCCL_CONFIG_UNDEF_INT,        /* splitShare */           \
+  NCCL_CONFIG_UNDEF_INT,        /* trafficClass */         \
+  NCCL_CONFIG_UNDEF_PTR,        /* commName */             \
+  NCCL_CONFIG_UNDEF_INT,        /* collnetEnable */        \
+  NCCL_CONFIG_UNDEF_INT,        /* CTAPolicy */            \
+  NCCL_CONFIG_UNDEF_INT,        /* shrinkShare */          \
+  NCCL_CONFIG_UNDEF_INT,        /* nvlsCTAs */             \
+  NCCL_CONFIG_UNDEF_INT,        /* nChannelsPerNetPeer */  \
+  NCCL_CONFIG_UNDEF_INT,        /* nvlinkCentricSched */   \
+  NCCL_CONFIG_UNDEF_INT,        /* graphUsageMode */       \
+  NCCL_CONFIG_UNDEF_INT,        /* numRmaCtx */            \
+  NCCL_CONFIG_UNDEF_INT,        /* maxP2pPeers */          \
+  NCCL_CONFIG_UNDEF_INT         /* graphStreamOrdering */  \
+}
+
+/* What ncclGroupSimulateEnd reports (layout of NCCL 2.22 onwards). */
+typedef struct ncclSimInfo_v22200 {
+  size_t size;
+  unsigned int magic;
+  unsigned int version;
+  /* The group's estimated duration (NCCL_UNDEF_FLOAT when unknown). */
+  float estimatedTime;
+} ncclSimInfo_t;
+
+/* Every ncclSimInfo_t must start from this initializer. */
+#define NCCL_SIM_INFO_INITIALIZER {                   \
+  sizeof(ncclSimInfo_t),        /* size */           \
+  0x74685283,                   /* magic */          \
   NCCL_VERSION_CODE,            /* version */        \
-  NCCL_CONFIG_UNDEF_INT,        /* blocking */       \
-  NCCL_CONFIG_UNDEF_INT,        /* cgaClusterSize */ \
-  NCCL_CONFIG_UNDEF_INT,        /* minCTAs */        \
-  NCCL_CONFIG_UNDEF_INT,        /* maxCTAs */        \
-  NCCL_CONFIG_UNDEF_PTR,        /* netName */        \
-  NCCL_CONFIG_UNDEF_INT         /* splitShare */     \
+  NCCL_UNDEF_FLOAT              /* estimatedTime */  \
 }
 
 /* Host memory, 64-byte aligned; free with ncclMemFree. */
@@ -200,6 +277,12 @@ ncclResult_t pncclCommDestroy(ncclComm_t comm);
 ncclResult_t  ncclCommAbort(ncclComm_t comm);
 ncclResult_t pncclCommAbort(ncclComm_t comm);
 
+/* (from NCCL 2.29) Not provided yet: returns ncclInvalidUsage and leaves the
+ * communicator as it was. ncclCommAbort, or ncclCommShrink with NCCL_SHRINK_ABORT,
+ * stops a communicator's calls in flight. */
+ncclResult_t  ncclCommRevoke(ncclComm_t comm, int revokeFlags);
+ncclResult_t pncclCommRevoke(ncclComm_t comm, int revokeFlags);
+
 /* Ranks with the same color form a new communicator, ordered by key then by rank;
  * NCCL_SPLIT_NOCOLOR sets *newcomm to NULL. Every rank must call it. config may be
  * NULL (inherit, blocking mode included). With a nonblocking config it returns
@@ -214,12 +297,29 @@ ncclResult_t pncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* new
  * list. shrinkFlags: NCCL_SHRINK_DEFAULT or NCCL_SHRINK_ABORT (the parent's calls in
  * flight are aborted first); config may be NULL (inherit, blocking mode included).
  * Nonblocking: returns ncclInProgress; poll *newcomm. */
-#define NCCL_SHRINK_DEFAULT 0x00
-#define NCCL_SHRINK_ABORT 0x01
 ncclResult_t  ncclCommShrink(ncclComm_t comm, int* excludeRanksList, int excludeRanksCount,
     ncclComm_t* newcomm, ncclConfig_t* config, int shrinkFlags);
 ncclResult_t pncclCommShrink(ncclComm_t comm, int* excludeRanksList, int excludeRanksCount,
     ncclComm_t* newcomm, ncclConfig_t* config, int shrinkFlags);
+
+/* (from NCCL 2.29) Growing a communicator by new ranks is not provided yet: both
+ * return ncclInvalidUsage and write nothing. */
+ncclResult_t  ncclCommGetUniqueId(ncclComm_t comm, ncclUniqueId* uniqueId);
+ncclResult_t pncclCommGetUniqueId(ncclComm_t comm, ncclUniqueId* uniqueId);
+
+ncclResult_t  ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
+    ncclComm_t* newcomm, ncclConfig_t* config);
+ncclResult_t pncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
+    ncclComm_t* newcomm, ncclConfig_t* config);
+
+/* ncclCommInitRankConfig with nId unique ids (NCCL spreads the rendezvous over
+ * several roots). Every rank must pass the same nId ids in the same order. mixccl's
+ * rendezvous needs one root: every rank joins through commIds[0]; the roots behind
+ * the other ids stay idle. */
+ncclResult_t  ncclCommInitRankScalable(ncclComm_t* newcomm, int nranks, int myrank, int nId,
+    ncclUniqueId* commIds, ncclConfig_t* config);
+ncclResult_t pncclCommInitRankScalable(ncclComm_t* newcomm, int nranks, int myrank, int nId,
+    ncclUniqueId* commIds, ncclConfig_t* config);
 
 /* A static string for each result code. */
 const char*  ncclGetErrorString(ncclResult_t result);
@@ -252,6 +352,51 @@ ncclResult_t pncclCommRegister(const ncclComm_t comm, void* buff, size_t size, v
 ncclResult_t  ncclCommDeregister(const ncclComm_t comm, void* handle);
 ncclResult_t pncclCommDeregister(const ncclComm_t comm, void* handle);
 
+/* flags of ncclCommSuspend. */
+#define NCCL_SUSPEND_MEM 0x01
+
+/* Suspends the communicator: with NCCL_SUSPEND_MEM, every call on it but
+ * ncclCommResume, queries, ncclCommMemStats, destroy and abort fails with
+ * ncclInvalidUsage until ncclCommResume (flags 0 changes nothing). mixccl holds no
+ * device memory of its own, so nothing is released. Other flag bits are
+ * ncclInvalidArgument. Resuming a communicator that is not suspended is a no-op. */
+ncclResult_t  ncclCommSuspend(ncclComm_t comm, int flags);
+ncclResult_t pncclCommSuspend(ncclComm_t comm, int flags);
+
+ncclResult_t  ncclCommResume(ncclComm_t comm);
+ncclResult_t pncclCommResume(ncclComm_t comm);
+
+/* What ncclCommMemStats reports. */
+typedef enum {
+  /* Device memory the communicator could release when suspended (bytes). */
+  ncclStatGpuMemSuspend = 0,
+  /* 1 while suspended with NCCL_SUSPEND_MEM, else 0. */
+  ncclStatGpuMemSuspended = 1,
+  /* Device memory the communicator keeps when suspended (bytes). */
+  ncclStatGpuMemPersist = 2,
+  /* All device memory the communicator holds (bytes). */
+  ncclStatGpuMemTotal = 3
+} ncclCommMemStat_t;
+
+/* Stores one statistic in *value. mixccl allocates no device memory (device buffers
+ * are staged through pinned host memory), so the byte counts are 0. */
+ncclResult_t  ncclCommMemStats(ncclComm_t comm, ncclCommMemStat_t stat, uint64_t* value);
+ncclResult_t pncclCommMemStats(ncclComm_t comm, ncclCommMemStat_t stat, uint64_t* value);
+
+/* Registers size bytes at buff as a window of comm. Collectives on window memory
+ * work like on any other buffer; the window itself only answers ncclWinGetUserPtr
+ * (its device pointers and one-sided calls are not provided, see the top of this
+ * file). Deregister each window once, with the communicator it was made for. */
+ncclResult_t  ncclCommWindowRegister(ncclComm_t comm, void* buff, size_t size, ncclWindow_t* win, int winFlags);
+ncclResult_t pncclCommWindowRegister(ncclComm_t comm, void* buff, size_t size, ncclWindow_t* win, int winFlags);
+
+ncclResult_t  ncclCommWindowDeregister(ncclComm_t comm, ncclWindow_t win);
+ncclResult_t pncclCommWindowDeregister(ncclComm_t comm, ncclWindow_t win);
+
+/* The buff given to ncclCommWindowRegister. */
+ncclResult_t  ncclWinGetUserPtr(ncclComm_t comm, ncclWindow_t win, void** outUserPtr);
+ncclResult_t pncclWinGetUserPtr(ncclComm_t comm, ncclWindow_t win, void** outUserPtr);
+
 /* Reduction operation selector. */
 typedef enum { ncclNumOps_dummy = 5 } ncclRedOp_dummy_t;
 typedef enum {
@@ -283,7 +428,10 @@ typedef enum {
   ncclFloat64 = 8,
   ncclDouble = 8,
   ncclBfloat16 = 9,
-  ncclNumTypes = 10
+  /* 8-bit floats: declared as NCCL does; mixccl returns ncclInvalidArgument. */
+  ncclFloat8e4m3 = 10,
+  ncclFloat8e5m2 = 11,
+  ncclNumTypes = 12
 } ncclDataType_t;
 
 /* Where the scalar of ncclRedOpCreatePreMulSum lives. */
@@ -356,6 +504,23 @@ ncclResult_t  ncclAlltoAll(const void* sendbuff, void* recvbuff, size_t count,
 ncclResult_t pncclAlltoAll(const void* sendbuff, void* recvbuff, size_t count,
     ncclDataType_t datatype, ncclComm_t comm, cudaStream_t stream);
 
+/* Block i (count elements) of recvbuff on root comes from rank i; recvbuff is not
+ * used elsewhere and may be NULL there. In place if sendbuff == recvbuff + root*count
+ * on root. Runs as one group of sends and receives (so inside a group it is recorded
+ * like them). */
+ncclResult_t  ncclGather(const void* sendbuff, void* recvbuff, size_t count,
+    ncclDataType_t datatype, int root, ncclComm_t comm, cudaStream_t stream);
+ncclResult_t pncclGather(const void* sendbuff, void* recvbuff, size_t count,
+    ncclDataType_t datatype, int root, ncclComm_t comm, cudaStream_t stream);
+
+/* Block i (count elements) of sendbuff on root goes to rank i; sendbuff is not used
+ * elsewhere and may be NULL there. In place if recvbuff == sendbuff + root*count on
+ * root. Runs as one group of sends and receives, as ncclGather. */
+ncclResult_t  ncclScatter(const void* sendbuff, void* recvbuff, size_t count,
+    ncclDataType_t datatype, int root, ncclComm_t comm, cudaStream_t stream);
+ncclResult_t pncclScatter(const void* sendbuff, void* recvbuff, size_t count,
+    ncclDataType_t datatype, int root, ncclComm_t comm, cudaStream_t stream);
+
 /*
  * Point-to-point. Outside a group each call blocks until the peer takes part; between
  * ncclGroupStart and ncclGroupEnd they all run together at ncclGroupEnd.
@@ -371,6 +536,35 @@ ncclResult_t pncclRecv(void* recvbuff, size_t count, ncclDataType_t datatype, in
     ncclComm_t comm, cudaStream_t stream);
 
 /*
+ * One-sided calls on windows (from NCCL 2.29): not provided; each returns
+ * ncclInvalidUsage without touching its arguments.
+ */
+ncclResult_t  ncclPutSignal(const void* localbuff, size_t count, ncclDataType_t datatype,
+    int peer, ncclWindow_t peerWin, size_t peerWinOffset,
+    int sigIdx, int ctx, unsigned int flags, ncclComm_t comm, cudaStream_t stream);
+ncclResult_t pncclPutSignal(const void* localbuff, size_t count, ncclDataType_t datatype,
+    int peer, ncclWindow_t peerWin, size_t peerWinOffset,
+    int sigIdx, int ctx, unsigned int flags, ncclComm_t comm, cudaStream_t stream);
+
+ncclResult_t  ncclSignal(int peer, int sigIdx, int ctx, unsigned int flags, ncclComm_t comm,
+    cudaStream_t stream);
+ncclResult_t pncclSignal(int peer, int sigIdx, int ctx, unsigned int flags, ncclComm_t comm,
+    cudaStream_t stream);
+
+/* How many signals ncclWaitSignal waits for from one peer, signal index and context. */
+typedef struct {
+  int opCnt;
+  int peer;
+  int sigIdx;
+  int ctx;
+} ncclWaitSignalDesc_t;
+
+ncclResult_t  ncclWaitSignal(int nDesc, ncclWaitSignalDesc_t* signalDescs, ncclComm_t comm,
+    cudaStream_t stream);
+ncclResult_t pncclWaitSignal(int nDesc, ncclWaitSignalDesc_t* signalDescs, ncclComm_t comm,
+    cudaStream_t stream);
+
+/*
  * Groups nest (per thread); the outermost ncclGroupEnd runs what was recorded and
  * returns its first error. If a call inside the group failed, ncclGroupEnd runs
  * nothing and returns that call's error. The calls of nonblocking communicators are
@@ -382,6 +576,36 @@ ncclResult_t pncclGroupStart(void);
 
 ncclResult_t  ncclGroupEnd(void);
 ncclResult_t pncclGroupEnd(void);
+
+/* Ends the outermost group like ncclGroupEnd, but runs none of its calls and fills
+ * *simInfo (made with NCCL_SIM_INFO_INITIALIZER) with their estimated time. mixccl
+ * cannot estimate yet: it drops the group's calls, leaves estimatedTime alone and
+ * returns ncclInvalidUsage. Inside a nested group, the enclosing group then fails at
+ * its ncclGroupEnd (it runs nothing). */
+ncclResult_t  ncclGroupSimulateEnd(ncclSimInfo_t* simInfo);
+ncclResult_t pncclGroupSimulateEnd(ncclSimInfo_t* simInfo);
+
+/*
+ * Host entry points of NCCL's device API (nccl_device/core.h in NCCL), which
+ * frameworks link to. mixccl has no device-side library: each returns
+ * ncclInvalidUsage (ncclGetLastError says so) and writes nothing.
+ */
+struct ncclDevComm;
+struct ncclDevCommRequirements;
+
+ncclResult_t  ncclDevCommCreate(ncclComm_t comm, const struct ncclDevCommRequirements* reqs,
+    struct ncclDevComm* outDevComm);
+ncclResult_t pncclDevCommCreate(ncclComm_t comm, const struct ncclDevCommRequirements* reqs,
+    struct ncclDevComm* outDevComm);
+
+ncclResult_t  ncclDevCommDestroy(ncclComm_t comm, const struct ncclDevComm* devComm);
+ncclResult_t pncclDevCommDestroy(ncclComm_t comm, const struct ncclDevComm* devComm);
+
+ncclResult_t  ncclGetLsaMultimemDevicePointer(ncclWindow_t window, size_t offset, void** outPtr);
+ncclResult_t pncclGetLsaMultimemDevicePointer(ncclWindow_t window, size_t offset, void** outPtr);
+
+ncclResult_t  ncclGetPeerDevicePointer(ncclWindow_t window, size_t offset, int peer, void** outPtr);
+ncclResult_t pncclGetPeerDevicePointer(ncclWindow_t window, size_t offset, int peer, void** outPtr);
 
 #ifdef __cplusplus
 } /* end extern "C" */

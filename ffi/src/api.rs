@@ -11,17 +11,24 @@
 use crate::cast::{self, CommPtr, NcclConfig, NcclUniqueId};
 use crate::coll::{dtype_of, Args, CollCall, Kind, P2p};
 use crate::comm;
+use crate::compat::{self, Missing, NcclSimInfo};
 use crate::group::{self, Pending};
 use crate::memory;
 use crate::redop::Scalar;
 use crate::status::{error_string, guard, guard_progress, guard_value, last_error, Failure};
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_uint, c_void};
 
-/// `NCCL_VERSION_CODE` of `include/nccl.h`.
-const VERSION_CODE: c_int = 22105;
+/// `NCCL_VERSION_CODE` of `include/nccl.h` (NCCL 2.30.7).
+const VERSION_CODE: c_int = 23007;
 
 /// `cudaStream_t`: waited for before a call reads its buffers, never queued on.
 type Stream = *mut c_void;
+
+/// `ncclWindow_t`: a handle from `compat`'s window registry.
+type Window = *mut c_void;
+
+/// NCCL's device-API structs, only ever passed through (never read).
+type DevPtr = *const c_void;
 
 /// Defines each function once, exported as `$name` and as `p$name`.
 macro_rules! nccl_api {
@@ -96,16 +103,18 @@ fn p2p(
     })
 }
 
+/// Joins a communicator through the id `id` gives (read after `out` is cleared).
 fn init_rank_config(
     what: &str,
     out: *mut CommPtr,
     nranks: c_int,
-    id: NcclUniqueId,
+    id: impl FnOnce() -> crate::status::Outcome<NcclUniqueId>,
     rank: c_int,
     config: *const NcclConfig,
 ) -> c_int {
     guard_progress(what, || {
         cast::write(out, "comm", std::ptr::null_mut())?;
+        let id = id()?;
         let nonblocking = cast::read_config(config)?.is_some_and(|c| c.blocking == 0);
         let (shared, progress) = comm::init_rank(nranks, &id.bytes(), rank, nonblocking)?;
         cast::write(out, "comm", cast::new_handle(shared))?;
@@ -167,7 +176,7 @@ nccl_api! {
         rank: c_int,
         config: *mut NcclConfig,
     ) -> c_int {
-        init_rank_config("ncclCommInitRankConfig", comm, nranks, comm_id, rank, config)
+        init_rank_config("ncclCommInitRankConfig", comm, nranks, || Ok(comm_id), rank, config)
     }
 
     /// Joins a communicator.
@@ -177,7 +186,7 @@ nccl_api! {
         comm_id: NcclUniqueId,
         rank: c_int,
     ) -> c_int {
-        init_rank_config("ncclCommInitRank", comm, nranks, comm_id, rank, std::ptr::null())
+        init_rank_config("ncclCommInitRank", comm, nranks, || Ok(comm_id), rank, std::ptr::null())
     }
 
     /// `ndev` ranks in this process, joined in memory.
@@ -219,6 +228,11 @@ nccl_api! {
             }
             Ok(())
         })
+    }
+
+    /// Not provided yet (ncclInvalidUsage).
+    fn ncclCommRevoke(_comm: CommPtr, _revoke_flags: c_int) -> c_int {
+        guard("ncclCommRevoke", || compat::unsupported(Missing::Revoke))
     }
 
     /// Splits the communicator by color, ordered by key.
@@ -269,6 +283,36 @@ nccl_api! {
             cast::write(newcomm, "newcomm", cast::new_handle(child))?;
             Ok(progress)
         })
+    }
+
+    /// Not provided yet (ncclInvalidUsage): the id of a grow.
+    fn ncclCommGetUniqueId(_comm: CommPtr, _unique_id: *mut NcclUniqueId) -> c_int {
+        guard("ncclCommGetUniqueId", || compat::unsupported(Missing::Grow))
+    }
+
+    /// Not provided yet (ncclInvalidUsage).
+    fn ncclCommGrow(
+        _comm: CommPtr,
+        _nranks: c_int,
+        _unique_id: *const NcclUniqueId,
+        _rank: c_int,
+        _newcomm: *mut CommPtr,
+        _config: *mut NcclConfig,
+    ) -> c_int {
+        guard("ncclCommGrow", || compat::unsupported(Missing::Grow))
+    }
+
+    /// Joins a communicator through the first of `n_id` ids.
+    fn ncclCommInitRankScalable(
+        newcomm: *mut CommPtr,
+        nranks: c_int,
+        myrank: c_int,
+        n_id: c_int,
+        comm_ids: *mut NcclUniqueId,
+        config: *mut NcclConfig,
+    ) -> c_int {
+        let id = || compat::first_id(nranks, n_id, comm_ids);
+        init_rank_config("ncclCommInitRankScalable", newcomm, nranks, id, myrank, config)
     }
 
     /// A static string for each result code.
@@ -343,6 +387,42 @@ nccl_api! {
             }
             Ok(())
         })
+    }
+
+    /// With NCCL_SUSPEND_MEM, refuses calls until ncclCommResume.
+    fn ncclCommSuspend(comm: CommPtr, flags: c_int) -> c_int {
+        guard("ncclCommSuspend", || compat::suspend(comm, flags))
+    }
+
+    /// Accepts calls again.
+    fn ncclCommResume(comm: CommPtr) -> c_int {
+        guard("ncclCommResume", || compat::resume(comm))
+    }
+
+    /// Device memory held (none) and whether suspended.
+    fn ncclCommMemStats(comm: CommPtr, stat: c_int, value: *mut u64) -> c_int {
+        guard("ncclCommMemStats", || compat::mem_stats(comm, stat, value))
+    }
+
+    /// Registers a window (answers ncclWinGetUserPtr only).
+    fn ncclCommWindowRegister(
+        comm: CommPtr,
+        buff: *mut c_void,
+        size: usize,
+        win: *mut Window,
+        win_flags: c_int,
+    ) -> c_int {
+        guard("ncclCommWindowRegister", || compat::window_register(comm, buff, size, win, win_flags))
+    }
+
+    /// Unregisters a window.
+    fn ncclCommWindowDeregister(comm: CommPtr, win: Window) -> c_int {
+        guard("ncclCommWindowDeregister", || compat::window_deregister(comm, win))
+    }
+
+    /// The address a window was registered with.
+    fn ncclWinGetUserPtr(comm: CommPtr, win: Window, out_user_ptr: *mut *mut c_void) -> c_int {
+        guard("ncclWinGetUserPtr", || compat::window_user_ptr(comm, win, out_user_ptr))
     }
 
     /// An op that multiplies each input by the scalar, then sums.
@@ -503,6 +583,36 @@ nccl_api! {
         collective("ncclAlltoAll", Kind::AllToAll, comm, a)
     }
 
+    /// Block i of recvbuff on root comes from rank i (a group of sends and receives).
+    fn ncclGather(
+        sendbuff: *const c_void,
+        recvbuff: *mut c_void,
+        count: usize,
+        datatype: c_int,
+        root: c_int,
+        comm: CommPtr,
+        stream: Stream,
+    ) -> c_int {
+        guard_progress("ncclGather", || {
+            compat::rooted(true, sendbuff, recvbuff, count, datatype, root, comm, stream)
+        })
+    }
+
+    /// Block i of sendbuff on root goes to rank i (a group of sends and receives).
+    fn ncclScatter(
+        sendbuff: *const c_void,
+        recvbuff: *mut c_void,
+        count: usize,
+        datatype: c_int,
+        root: c_int,
+        comm: CommPtr,
+        stream: Stream,
+    ) -> c_int {
+        guard_progress("ncclScatter", || {
+            compat::rooted(false, sendbuff, recvbuff, count, datatype, root, comm, stream)
+        })
+    }
+
     /// Sends `count` elements to `peer`.
     fn ncclSend(
         sendbuff: *const c_void,
@@ -527,6 +637,40 @@ nccl_api! {
         p2p("ncclRecv", false, recvbuff, count, datatype, peer, comm, stream)
     }
 
+    /// Not provided (ncclInvalidUsage).
+    fn ncclPutSignal(
+        _localbuff: *const c_void,
+        _count: usize,
+        _datatype: c_int,
+        _peer: c_int,
+        _peer_win: Window,
+        _peer_win_offset: usize,
+        _sig_idx: c_int,
+        _ctx: c_int,
+        _flags: c_uint,
+        _comm: CommPtr,
+        _stream: Stream,
+    ) -> c_int {
+        guard("ncclPutSignal", || compat::unsupported(Missing::OneSided))
+    }
+
+    /// Not provided (ncclInvalidUsage).
+    fn ncclSignal(
+        _peer: c_int,
+        _sig_idx: c_int,
+        _ctx: c_int,
+        _flags: c_uint,
+        _comm: CommPtr,
+        _stream: Stream,
+    ) -> c_int {
+        guard("ncclSignal", || compat::unsupported(Missing::OneSided))
+    }
+
+    /// Not provided (ncclInvalidUsage).
+    fn ncclWaitSignal(_n_desc: c_int, _signal_descs: *mut c_void, _comm: CommPtr, _stream: Stream) -> c_int {
+        guard("ncclWaitSignal", || compat::unsupported(Missing::OneSided))
+    }
+
     /// Opens a group (groups nest).
     fn ncclGroupStart() -> c_int {
         guard("ncclGroupStart", group::start)
@@ -535,5 +679,35 @@ nccl_api! {
     /// Closes a group; the outermost runs what was recorded.
     fn ncclGroupEnd() -> c_int {
         guard_progress("ncclGroupEnd", group::end)
+    }
+
+    /// Ends the group without running it; no estimate (ncclInvalidUsage).
+    fn ncclGroupSimulateEnd(sim_info: *mut NcclSimInfo) -> c_int {
+        guard("ncclGroupSimulateEnd", || compat::simulate_end(sim_info))
+    }
+
+    /// Device API: not provided (ncclInvalidUsage).
+    fn ncclDevCommCreate(_comm: CommPtr, _reqs: DevPtr, _out_dev_comm: *mut c_void) -> c_int {
+        guard("ncclDevCommCreate", || compat::unsupported(Missing::DeviceApi))
+    }
+
+    /// Device API: not provided (ncclInvalidUsage).
+    fn ncclDevCommDestroy(_comm: CommPtr, _dev_comm: DevPtr) -> c_int {
+        guard("ncclDevCommDestroy", || compat::unsupported(Missing::DeviceApi))
+    }
+
+    /// Device API: not provided (ncclInvalidUsage).
+    fn ncclGetLsaMultimemDevicePointer(_window: Window, _offset: usize, _out_ptr: *mut *mut c_void) -> c_int {
+        guard("ncclGetLsaMultimemDevicePointer", || compat::unsupported(Missing::DeviceApi))
+    }
+
+    /// Device API: not provided (ncclInvalidUsage).
+    fn ncclGetPeerDevicePointer(
+        _window: Window,
+        _offset: usize,
+        _peer: c_int,
+        _out_ptr: *mut *mut c_void,
+    ) -> c_int {
+        guard("ncclGetPeerDevicePointer", || compat::unsupported(Missing::DeviceApi))
     }
 }

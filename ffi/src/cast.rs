@@ -281,8 +281,9 @@ impl NcclUniqueId {
     }
 }
 
-/// `ncclConfig_t` as nccl.h lays it out (NCCL 2.21). Only the fields covered by the
-/// caller's `size` are read, so a longer struct from a newer nccl.h is fine.
+/// The first fields of `ncclConfig_t`: NCCL 2.21's whole struct, which later releases
+/// (nccl.h follows 2.30) only extend at the end. Only the fields covered by the
+/// caller's `size` are read, so a longer struct is fine.
 #[repr(C)]
 pub(crate) struct NcclConfig {
     pub size: usize,

@@ -8,6 +8,9 @@
 //! `ncclCommGetAsyncError` reports `ncclInProgress` while any is queued or running.
 //! Until init has finished the communicator has no `mixccl::Communicator` and no
 //! facts; calls that need them fail as NCCL's do (ncclInvalidArgument, "poll first").
+//!
+//! `ncclCommSuspend` (with `NCCL_SUSPEND_MEM`) sets a flag that refuses new calls
+//! until `ncclCommResume`; mixccl holds no device memory, so nothing is released.
 
 use crate::env::config_from_env;
 use crate::queue::CallQueue;
@@ -46,6 +49,8 @@ pub(crate) struct Shared {
     /// `MIXCCL_TIMEOUT`: bounds how long destroy waits for queued calls.
     timeout: Duration,
     finalized: AtomicBool,
+    /// Between `ncclCommSuspend(NCCL_SUSPEND_MEM)` and `ncclCommResume`.
+    suspended: AtomicBool,
     /// `ncclResult_t` of the latched error, `ncclSuccess` while healthy.
     async_code: AtomicI32,
     /// Message of the latched error; set once, so pointers into it stay valid.
@@ -73,6 +78,7 @@ impl Shared {
             device,
             timeout,
             finalized: AtomicBool::new(false),
+            suspended: AtomicBool::new(false),
             async_code: AtomicI32::new(code::SUCCESS),
             stopped: OnceLock::new(),
             queue,
@@ -195,8 +201,9 @@ impl Shared {
         ))
     }
 
-    /// Checks that a new call may be made: not finalized, created, not stopped by an
-    /// error (a nonblocking communicator's latched error is returned at once).
+    /// Checks that a new call may be made: not finalized, created, not suspended, not
+    /// stopped by an error (a nonblocking communicator's latched error is returned at
+    /// once).
     pub fn ready(&self) -> Outcome<Facts> {
         let facts = self.facts()?;
         if self.finalized.load(Ordering::SeqCst) {
@@ -205,10 +212,40 @@ impl Shared {
                 facts.rank
             )));
         }
+        if self.suspended() {
+            return Err(Failure::usage(format!(
+                "rank {}: the communicator is suspended (ncclCommSuspend); call \
+                 ncclCommResume before using it",
+                facts.rank
+            )));
+        }
         match self.latched() {
             Some(f) if self.nonblocking() => Err(f),
             _ => Ok(facts),
         }
+    }
+
+    /// `ncclCommSuspend(NCCL_SUSPEND_MEM)`: refuses new calls until [`Shared::resume`].
+    /// The communicator must be usable (made, not finalized, not stopped); suspending
+    /// it again is a no-op.
+    pub fn suspend(&self) -> Outcome {
+        if !self.suspended() {
+            self.ready()?;
+        }
+        self.suspended.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// `ncclCommResume`: accepts calls again (a no-op if not suspended).
+    pub fn resume(&self) -> Outcome {
+        self.facts()?;
+        self.suspended.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether the communicator is suspended.
+    pub fn suspended(&self) -> bool {
+        self.suspended.load(Ordering::SeqCst)
     }
 
     /// Runs `f` on the communicator, holding its lock; latches the communicator's
@@ -504,6 +541,24 @@ mod tests {
         let t = std::time::Instant::now();
         s.abort_and_close();
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_suspended_communicator_refuses_calls_until_resumed() {
+        let comm = Communicator::in_process(1, mixccl::Config::default()).unwrap();
+        let s = Shared::new(comm.into_iter().next().expect("one rank"), 0);
+        assert!(s.ready().is_ok());
+        s.suspend().unwrap();
+        assert!(s.suspended());
+        let e = s.ready().unwrap_err();
+        assert_eq!(e.code, code::INVALID_USAGE);
+        assert!(e.message.contains("suspended"), "{}", e.message);
+        s.suspend().unwrap();
+        assert!(s.facts().is_ok(), "queries still answer");
+        s.resume().unwrap();
+        assert!(!s.suspended());
+        assert!(s.ready().is_ok());
+        s.resume().unwrap();
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod api;
 mod cast;
 mod coll;
 mod comm;
+mod compat;
 mod env;
 mod ext;
 mod group;

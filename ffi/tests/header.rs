@@ -1,7 +1,8 @@
 //! The headers are the contract: they compile as C99 and C++, agree with the values
-//! and layouts NCCL programs rely on, and `libmixccl.so` exports exactly what they
-//! declare (nothing else named nccl*). Also the SONAME, the static library and the
-//! install recipe with its pkg-config file.
+//! and layouts NCCL programs rely on (NCCL 2.30's), and `libmixccl.so` exports exactly
+//! what they declare (nothing else named nccl*), and so do its NCCL and RCCL builds
+//! (`libnccl.so`, `librccl.so`). Also the SONAMEs, the static library and the install
+//! recipe with its pkg-config file.
 
 mod util;
 
@@ -22,19 +23,35 @@ const CHECKS: &str = r#"
 STATIC_ASSERT(ncclSuccess == 0 && ncclInvalidArgument == 4 && ncclRemoteError == 6, "results");
 STATIC_ASSERT(ncclInProgress == 7 && ncclTimeout == 8 && ncclNumResults == 9, "results");
 STATIC_ASSERT(ncclChar == 0 && ncclInt == 2 && ncclHalf == 6 && ncclFloat == 7, "types");
-STATIC_ASSERT(ncclDouble == 8 && ncclBfloat16 == 9 && ncclNumTypes == 10, "types");
+STATIC_ASSERT(ncclDouble == 8 && ncclBfloat16 == 9 && ncclFloat8e4m3 == 10, "types");
+STATIC_ASSERT(ncclFloat8e5m2 == 11 && ncclNumTypes == 12, "types");
 STATIC_ASSERT(ncclSum == 0 && ncclAvg == 4 && ncclNumOps == 5, "ops");
 STATIC_ASSERT(ncclMaxRedOp == 0x7fffffff, "ops");
 STATIC_ASSERT(sizeof(ncclRedOp_t) == 4 && sizeof(ncclDataType_t) == 4, "enum sizes");
 STATIC_ASSERT(sizeof(ncclUniqueId) == 128, "unique id");
 STATIC_ASSERT(NCCL_VERSION_CODE == NCCL_VERSION(NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH), "version");
-STATIC_ASSERT(NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0), "split needs 2.18");
+STATIC_ASSERT(NCCL_VERSION_CODE == NCCL_VERSION(2, 30, 7), "the release the layouts follow");
+STATIC_ASSERT(NCCL_API_MAGIC == 0xcafebeef, "config magic");
 STATIC_ASSERT(offsetof(ncclConfig_t, blocking) == 16, "config");
 STATIC_ASSERT(sizeof(void*) != 8 || offsetof(ncclConfig_t, netName) == 32, "config");
-STATIC_ASSERT(sizeof(void*) != 8 || sizeof(ncclConfig_t) == 48, "config");
+STATIC_ASSERT(sizeof(void*) != 8 || offsetof(ncclConfig_t, splitShare) == 40, "config");
+STATIC_ASSERT(sizeof(void*) != 8 || offsetof(ncclConfig_t, commName) == 48, "config");
+STATIC_ASSERT(sizeof(void*) != 8 || offsetof(ncclConfig_t, numRmaCtx) == 84, "config");
+STATIC_ASSERT(sizeof(void*) != 8 || offsetof(ncclConfig_t, graphStreamOrdering) == 92, "config");
+STATIC_ASSERT(sizeof(void*) != 8 || sizeof(ncclConfig_t) == 96, "config");
+STATIC_ASSERT(sizeof(void*) != 8 || offsetof(ncclSimInfo_t, estimatedTime) == 16, "sim info");
+STATIC_ASSERT(sizeof(void*) != 8 || sizeof(ncclSimInfo_t) == 24, "sim info");
+STATIC_ASSERT(sizeof(ncclWaitSignalDesc_t) == 16 && offsetof(ncclWaitSignalDesc_t, ctx) == 12, "desc");
+STATIC_ASSERT(ncclStatGpuMemSuspend == 0 && ncclStatGpuMemTotal == 3, "mem stats");
+STATIC_ASSERT(NCCL_SUSPEND_MEM == 1 && NCCL_SHRINK_ABORT == 1 && NCCL_REVOKE_DEFAULT == 0, "flags");
+STATIC_ASSERT(NCCL_WIN_COLL_SYMMETRIC == 1 && NCCL_WIN_STRICT_ORDERING == 2, "window flags");
 STATIC_ASSERT(MIXCCL_UNIQUE_ID_HEX_BYTES == 257, "hex");
 static ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-int uses_config(void) { return config.blocking == NCCL_CONFIG_UNDEF_INT; }
+static ncclSimInfo_t sim = NCCL_SIM_INFO_INITIALIZER;
+int uses_config(void) {
+  return config.blocking == NCCL_CONFIG_UNDEF_INT && config.graphStreamOrdering == NCCL_CONFIG_UNDEF_INT &&
+         sim.estimatedTime == NCCL_UNDEF_FLOAT;
+}
 "#;
 
 /// Only C99: the headers, the initializer and a call through each kind of parameter.
@@ -43,10 +60,17 @@ const C99: &str = r#"
 #include "nccl.h"
 int main(void) {
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  ncclSimInfo_t sim = NCCL_SIM_INFO_INITIALIZER;
   ncclComm_t comm = NCCL_COMM_NULL;
+  ncclWindow_t win = NULL;
   cudaStream_t stream = NULL;
+  uint64_t value = 0;
   float x = 1;
   (void)config;
+  (void)sim;
+  if (ncclCommMemStats(comm, ncclStatGpuMemTotal, &value) != ncclInvalidArgument) return 2;
+  if (ncclWinGetUserPtr(comm, win, NULL) != ncclInvalidArgument) return 3;
+  if (ncclGather(&x, &x, 1, ncclFloat, 0, comm, stream) != ncclInvalidArgument) return 4;
   return ncclAllReduce(&x, &x, 1, ncclFloat, ncclSum, comm, stream) == ncclInvalidArgument ? 0 : 1;
 }
 "#;
@@ -142,9 +166,17 @@ fn declared(header: &str, prefixes: &[&str]) -> BTreeSet<String> {
     names
 }
 
-/// Defined dynamic symbols of the shared library.
-fn exported() -> BTreeSet<String> {
-    let so = profile_dir().join("libmixccl.so");
+/// The three builds of the C ABI in the profile directory: libmixccl, and the same
+/// library under NVIDIA's and AMD's names, each with its SONAME.
+const LIBRARIES: [(&str, &str); 3] = [
+    ("libmixccl.so", "libmixccl.so.0"),
+    ("libnccl.so", "libnccl.so.2"),
+    ("librccl.so", "librccl.so.1"),
+];
+
+/// Defined dynamic symbols of the shared library `file`.
+fn exported(file: &str) -> BTreeSet<String> {
+    let so = profile_dir().join(file);
     let out = run_ok(Command::new("nm").args(["-D", "--defined-only"]).arg(&so));
     out.lines()
         .filter_map(|l| l.split_whitespace().nth(2))
@@ -158,8 +190,8 @@ fn exports_match_the_headers() {
     let ext = declared("mixccl.h", &["mixccl"]);
     assert_eq!(
         nccl.len(),
-        66,
-        "nccl.h declares 33 functions, each with its pnccl alias: {nccl:?}"
+        106,
+        "nccl.h declares 53 functions, each with its pnccl alias: {nccl:?}"
     );
     for name in nccl.iter().filter(|n| n.starts_with("nccl")) {
         assert!(
@@ -168,32 +200,48 @@ fn exports_match_the_headers() {
         );
     }
     assert!(!ext.is_empty());
-    let syms = exported();
-    let ours = |p: &[&str]| -> BTreeSet<String> {
-        syms.iter()
-            .filter(|s| p.iter().any(|p| s.starts_with(p)))
-            .cloned()
-            .collect()
-    };
-    assert_eq!(
-        ours(&["nccl", "pnccl"]),
-        nccl,
-        "exported nccl*/pnccl* vs nccl.h"
-    );
-    assert_eq!(ours(&["mixccl"]), ext, "exported mixccl* vs mixccl.h");
-    // Nothing else of ours leaks: Rust symbols stay hidden.
-    let stray: Vec<_> = syms
-        .iter()
-        .filter(|s| s.contains("mixccl") && !s.starts_with("mixccl") && !s.starts_with("nccl"))
-        .collect();
-    assert!(stray.is_empty(), "unexpected exports: {stray:?}");
+    for (file, _) in LIBRARIES {
+        let syms = exported(file);
+        let ours = |p: &[&str]| -> BTreeSet<String> {
+            syms.iter()
+                .filter(|s| p.iter().any(|p| s.starts_with(p)))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            ours(&["nccl", "pnccl"]),
+            nccl,
+            "{file}: exported nccl*/pnccl* vs nccl.h"
+        );
+        assert_eq!(
+            ours(&["mixccl"]),
+            ext,
+            "{file}: exported mixccl* vs mixccl.h"
+        );
+        // Nothing else of ours leaks: Rust symbols stay hidden.
+        let stray: Vec<_> = syms
+            .iter()
+            .filter(|s| {
+                (s.contains("mixccl") || s.contains("nccl"))
+                    && !s.starts_with("mixccl")
+                    && !s.starts_with("nccl")
+                    && !s.starts_with("pnccl")
+            })
+            .collect();
+        assert!(stray.is_empty(), "{file}: unexpected exports: {stray:?}");
+    }
 }
 
 #[test]
-fn soname_and_static_library() {
-    let so = profile_dir().join("libmixccl.so");
-    let out = run_ok(Command::new("readelf").arg("-d").arg(&so));
-    assert!(out.contains("Library soname: [libmixccl.so.0]"), "{out}");
+fn sonames_and_static_library() {
+    for (file, soname) in LIBRARIES {
+        let so = profile_dir().join(file);
+        let out = run_ok(Command::new("readelf").arg("-d").arg(&so));
+        assert!(
+            out.contains(&format!("Library soname: [{soname}]")),
+            "{file}: {out}"
+        );
+    }
     // A program linked statically needs no libmixccl.so at run time.
     let dir = scratch("static");
     let src = dir.join("version.c");
@@ -215,7 +263,7 @@ fn soname_and_static_library() {
             .args(["-lpthread", "-ldl", "-lm", "-lrt", "-lutil", "-lgcc_s"]),
     );
     let out = run_ok(&mut Command::new(&exe));
-    assert_eq!(out.trim(), "22105");
+    assert_eq!(out.trim(), "23007");
     let ldd = run_ok(Command::new("ldd").arg(&exe));
     assert!(!ldd.contains("libmixccl"), "{ldd}");
     let _ = std::fs::remove_dir_all(dir);
@@ -240,6 +288,29 @@ fn install_recipe_with_pkg_config() {
         "lib/pkgconfig/mixccl.pc",
     ] {
         assert!(prefix.join(f).exists(), "{f} not installed");
+    }
+    // NCCL's and RCCL's names only on request.
+    assert!(!prefix.join("lib/libnccl.so.2").exists());
+    let dropin = dir.join("dropin");
+    run_ok(
+        Command::new("sh")
+            .arg(repo().join("ffi/install.sh"))
+            .args(["--nccl", "--rccl"])
+            .arg(&dropin)
+            .arg(profile_dir()),
+    );
+    for (f, soname) in [
+        ("lib/libnccl.so.2", "libnccl.so.2"),
+        ("lib/libnccl.so", "libnccl.so.2"),
+        ("lib/librccl.so.1", "librccl.so.1"),
+        ("lib/librccl.so", "librccl.so.1"),
+        ("lib/libmixccl.so.0", "libmixccl.so.0"),
+    ] {
+        let out = run_ok(Command::new("readelf").arg("-d").arg(dropin.join(f)));
+        assert!(
+            out.contains(&format!("Library soname: [{soname}]")),
+            "{f}: {out}"
+        );
     }
     if !have("pkg-config") {
         eprintln!("pkg-config not installed: skipping the pkg-config build");

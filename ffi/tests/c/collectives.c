@@ -3,11 +3,13 @@
  * place, checked element by element against a reference computed here; PreMulSum
  * ops; grouped send/recv (ring shift, all-to-all, 4 MiB messages); split.
  *
- * One rank per process, started two ways:
+ * One rank per process, started three ways:
  *   mpicc -DUSE_MPI: mpirun -np N; the unique id goes out with MPI_Bcast.
  *   cc:              N processes with TEST_RANK, TEST_NRANKS and TEST_ID_FILE; rank 0
  *                    writes the id as hex to TEST_ID_FILE (atomically, by rename), the
  *                    others wait for the file.
+ *   cc, no TEST_ID_FILE: mixccl's environment launcher (mixcclCommInitFromEnv) with
+ *                    MIXCCL_RANK, MIXCCL_NRANKS and MIXCCL_ROOT.
  * Inputs are small integers chosen so every reduction over up to 5 ranks is exact in
  * every type (int8 and bfloat16 included), so results compare exactly.
  */
@@ -464,10 +466,11 @@ static ncclUniqueId share_id_by_file(void) {
 
 int main(int argc, char** argv) {
   ncclUniqueId id;
-  int ti, op, inplace, version = 0, n = 0, r = -1;
+  int ti, op, inplace, version = 0, n = 0, r = -1, from_env = 0;
   size_t ci;
   ncclResult_t async;
   struct timespec t0, t1;
+  memset(&id, 0, sizeof id);
 #ifdef USE_MPI
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -477,14 +480,23 @@ int main(int argc, char** argv) {
 #else
   (void)argc;
   (void)argv;
-  rank = env_int("TEST_RANK");
-  nranks = env_int("TEST_NRANKS");
-  id = share_id_by_file();
+  from_env = getenv("TEST_ID_FILE") == NULL;
+  if (from_env) {
+    rank = env_int("MIXCCL_RANK");
+    nranks = env_int("MIXCCL_NRANKS");
+  } else {
+    rank = env_int("TEST_RANK");
+    nranks = env_int("TEST_NRANKS");
+    id = share_id_by_file();
+  }
 #endif
   clock_gettime(CLOCK_MONOTONIC, &t0);
   CHECK(ncclGetVersion(&version));
   if (version != NCCL_VERSION_CODE) fail("version %d, header says %d", version, NCCL_VERSION_CODE);
-  CHECK(ncclCommInitRank(&comm, nranks, id, rank));
+  if (from_env)
+    CHECK(mixcclCommInitFromEnv(&comm));
+  else
+    CHECK(ncclCommInitRank(&comm, nranks, id, rank));
   CHECK(ncclCommCount(comm, &n));
   CHECK(ncclCommUserRank(comm, &r));
   if (n != nranks || r != rank) fail("comm says rank %d of %d", r, n);

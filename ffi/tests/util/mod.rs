@@ -21,11 +21,12 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// The directory with the libmixccl.so and libmixccl.a of this build profile: the
-/// test executable lives in `<target>/<profile>/deps/`. A test build (`cargo test`,
-/// `cargo nextest run`) does not always produce the cdylib and staticlib there, so
-/// this asks cargo to build them first (a no-op when they are fresh; cargo's lock
-/// serialises concurrent test processes, so none sees a half-written library).
+/// The directory with the libmixccl.so and libmixccl.a of this build profile, and the
+/// same library as libnccl.so and librccl.so: the test executable lives in
+/// `<target>/<profile>/deps/`. A test build (`cargo test`, `cargo nextest run`) does
+/// not always produce the cdylibs and staticlib there, so this asks cargo to build
+/// them first (a no-op when they are fresh; cargo's lock serialises concurrent test
+/// processes, so none sees a half-written library).
 pub fn profile_dir() -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let exe = std::env::current_exe().expect("test executable path");
@@ -36,18 +37,27 @@ pub fn profile_dir() -> PathBuf {
         .to_path_buf();
     BUILT.get_or_init(|| {
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "mixccl-ffi", "--lib"])
-            .current_dir(repo());
+        cmd.args([
+            "build",
+            "-p",
+            "mixccl-ffi",
+            "-p",
+            "mixccl-nccl",
+            "-p",
+            "mixccl-rccl",
+        ])
+        .arg("--lib")
+        .current_dir(repo());
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build -p mixccl-ffi");
-        assert!(status.success(), "cargo build -p mixccl-ffi failed");
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "{cmd:?} failed");
     });
-    for lib in ["libmixccl.so", "libmixccl.a"] {
+    for lib in ["libmixccl.so", "libmixccl.a", "libnccl.so", "librccl.so"] {
         assert!(
             dir.join(lib).is_file(),
-            "{} not found after cargo build -p mixccl-ffi",
+            "{} not found after cargo build -p mixccl-ffi -p mixccl-nccl -p mixccl-rccl",
             dir.join(lib).display()
         );
     }
