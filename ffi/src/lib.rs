@@ -23,3 +23,4 @@ mod memory;
 mod queue;
 mod redop;
 mod status;
+mod stream;
