@@ -204,7 +204,15 @@ fn enqueue_ordered(comm: &Arc<Shared>, calls: &[Pending]) -> Outcome<bool> {
     comm.holds.add(&ticket);
     let (c, t, calls) = (comm.clone(), ticket.clone(), calls.to_vec());
     let pushed = comm.push_ordered(move || {
-        let r = run_ordered(&c, &calls, &mut marks, &t);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_ordered(&c, &calls, &mut marks, &t)
+        }))
+        .unwrap_or_else(|_| Err(Failure::internal("a stream-ordered call panicked")));
+        // Latched before the streams move on, so work after the call (and the
+        // application, once its stream is back) sees the error.
+        if let Err(f) = &r {
+            c.latch(f.code, &f.message);
+        }
         t.finish();
         r
     });

@@ -13,7 +13,8 @@
  *   order   (any number of ranks) calls behind a gate; an input buffer re-uploaded
  *           between two calls on the stream; two communicators on two streams of one
  *           device, the second finishing while the first's stream is held; a group
- *           over two streams; host buffers stay host-synchronous. TEST_SYNC=1 (with
+ *           over two streams; the default stream; host buffers stay
+ *           host-synchronous. TEST_SYNC=1 (with
  *           MIXCCL_LAUNCH=sync) runs the same without gates, since calls then wait.
  *   killed  (2 ranks) rank 1 exits after a first call; rank 0's next call, enqueued
  *           behind a gate, must release its stream (MIXCCL_TIMEOUT is far beyond the
@@ -469,7 +470,24 @@ static void case_order(void) {
   expect("group all-reduce", h_a, N, sum_of, 6);
   expect("group ring shift", h_b, N, from_prev, 6);
 
-  /* 5. Host buffers stay host-synchronous: the result is there when the call returns. */
+  /* 5. The default (legacy) stream, behind a gate: mixccl's own streams must not
+   * wait for it. */
+  size_t part = N / (size_t)nranks;
+  fill(h_in, N, rank, 8);
+  upload(d_send, h_in, N, NULL);
+  gate_close(&g, NULL);
+  CHECK(ncclReduceScatter(d_send, d_a, part, ncclFloat32, ncclSum, comm, NULL));
+  download(h_a, d_a, part, NULL);
+  gate_open(&g);
+  sync_stream(NULL);
+  gate_check(&g);
+  for (size_t i = 0; i < part; i++) {
+    float w = sum_of((size_t)rank * part + i, 8);
+    if (h_a[i] != w) fail("reduce-scatter on the default stream: element %zu is %g, expected %g", i, h_a[i], w);
+    checks++;
+  }
+
+  /* 6. Host buffers stay host-synchronous: the result is there when the call returns. */
   float* host = malloc(N * sizeof(float));
   fill(host, N, rank, 7);
   CHECK(ncclAllReduce(host, host, N, ncclFloat32, ncclSum, comm, s1));
