@@ -10,16 +10,25 @@
 //! - Queues (`cnrtQueue_t`) play the role of streams; NULL is the default queue.
 //! - The current device is per thread (`cnrtSetDevice`); every call that acts on a
 //!   device makes it current for the call and restores the previous one after.
+//! - Notifiers (`cnrtNotifier_t`) play the role of events: `cnrtPlaceNotifier`
+//!   records, `cnrtQueryNotifier` answers cnrtSuccess when done and
+//!   cnrtErrorNotReady (1; `cnrtErrorBusy`, 632014, in older releases) before,
+//!   `cnrtQueueWaitNotifier(notifier, queue, 0)` orders queues; host functions go
+//!   through `cnrtInvokeHostFunc(queue, fn, data)`.
 
-use super::loader::{self, Opened};
-use super::{Allocation, Device, StreamHandle, Vendor};
+use super::hostfn::{self, CHostFn};
+use super::loader::{self, Opened, Optional};
+use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
 use crate::error::{Error, Result};
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 
 type CnrtRet = c_int;
 type CnrtQueue = *mut c_void;
+type CnrtNotifier = *mut c_void;
 
 const CNRT_SUCCESS: CnrtRet = 0;
+/// `cnrtErrorNotReady` (CNRT 6) and the deprecated `cnrtErrorBusy` of older releases.
+const CNRT_NOT_READY: [CnrtRet; 2] = [1, 632014];
 const CNRT_MEMCPY_HOST_TO_DEV: c_int = 0;
 const CNRT_MEMCPY_DEV_TO_HOST: c_int = 2;
 const CNRT_MEM_TYPE_DEVICE: c_int = 2;
@@ -55,6 +64,12 @@ struct Api {
     malloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> CnrtRet,
     free: unsafe extern "C" fn(*mut c_void) -> CnrtRet,
     get_error_str: unsafe extern "C" fn(CnrtRet) -> *const c_char,
+    notifier_create: Optional<unsafe extern "C" fn(*mut CnrtNotifier) -> CnrtRet>,
+    notifier_destroy: Optional<unsafe extern "C" fn(CnrtNotifier) -> CnrtRet>,
+    place_notifier: Optional<unsafe extern "C" fn(CnrtNotifier, CnrtQueue) -> CnrtRet>,
+    query_notifier: Optional<unsafe extern "C" fn(CnrtNotifier) -> CnrtRet>,
+    queue_wait_notifier: Optional<unsafe extern "C" fn(CnrtNotifier, CnrtQueue, c_uint) -> CnrtRet>,
+    invoke_host_func: Optional<unsafe extern "C" fn(CnrtQueue, CHostFn, *mut c_void) -> CnrtRet>,
 }
 
 /// The CNRT shim.
@@ -72,6 +87,12 @@ impl Cnrt {
                 // SAFETY: each field's type is CNRT's documented C signature for that
                 // symbol (cnrt.h); enums are C ints, cnrtQueue_t is a pointer.
                 unsafe { loader::symbol(&lib, Vendor::Cnrt, $name)? }
+            };
+        }
+        macro_rules! opt {
+            ($name:literal) => {
+                // SAFETY: as for sym! (cnrt.h; cnrtNotifier_t is a pointer).
+                unsafe { Optional::load(&lib, $name) }
             };
         }
         // SAFETY: both names have MemcpyAsync's signature in cnrt.h.
@@ -106,6 +127,12 @@ impl Cnrt {
             malloc: sym!("cnrtMalloc"),
             free: sym!("cnrtFree"),
             get_error_str: sym!("cnrtGetErrorStr"),
+            notifier_create: opt!("cnrtNotifierCreate"),
+            notifier_destroy: opt!("cnrtNotifierDestroy"),
+            place_notifier: opt!("cnrtPlaceNotifier"),
+            query_notifier: opt!("cnrtQueryNotifier"),
+            queue_wait_notifier: opt!("cnrtQueueWaitNotifier"),
+            invoke_host_func: opt!("cnrtInvokeHostFunc"),
         };
         let cnrt = Cnrt { api, lib };
         // Fails early, with the runtime's own words, when there is no usable device.
@@ -322,6 +349,77 @@ impl Device for Cnrt {
         self.on_device(index, || {
             // SAFETY: the caller's contract: `ptr` is a live device allocation.
             self.check("cnrtFree", unsafe { (self.api.free)(ptr as *mut c_void) })
+        })
+    }
+
+    fn create_event(&self, index: i32) -> Result<EventHandle> {
+        let create = self.api.notifier_create.get(&self.lib, Vendor::Cnrt)?;
+        self.on_device(index, || {
+            let mut n: CnrtNotifier = std::ptr::null_mut();
+            // SAFETY: `n` is a valid out-pointer.
+            self.check("cnrtNotifierCreate", unsafe { create(&mut n) })?;
+            Ok(n as EventHandle)
+        })
+    }
+
+    fn destroy_event(&self, index: i32, event: EventHandle) -> Result<()> {
+        let destroy = self.api.notifier_destroy.get(&self.lib, Vendor::Cnrt)?;
+        self.on_device(index, || {
+            // SAFETY: `event` came from create_event and is destroyed once.
+            self.check("cnrtNotifierDestroy", unsafe {
+                destroy(event as CnrtNotifier)
+            })
+        })
+    }
+
+    fn record_event(&self, index: i32, event: EventHandle, stream: StreamHandle) -> Result<()> {
+        let place = self.api.place_notifier.get(&self.lib, Vendor::Cnrt)?;
+        self.on_device(index, || {
+            // SAFETY: a live notifier and a queue of this device (or 0).
+            self.check("cnrtPlaceNotifier", unsafe {
+                place(event as CnrtNotifier, stream as CnrtQueue)
+            })
+        })
+    }
+
+    fn event_done(&self, index: i32, event: EventHandle) -> Result<bool> {
+        let query = self.api.query_notifier.get(&self.lib, Vendor::Cnrt)?;
+        self.on_device(index, || {
+            // SAFETY: a live notifier from create_event.
+            match unsafe { query(event as CnrtNotifier) } {
+                CNRT_SUCCESS => Ok(true),
+                rc if CNRT_NOT_READY.contains(&rc) => Ok(false),
+                rc => self.check("cnrtQueryNotifier", rc).map(|_| false),
+            }
+        })
+    }
+
+    fn stream_wait_event(
+        &self,
+        index: i32,
+        stream: StreamHandle,
+        event: EventHandle,
+    ) -> Result<()> {
+        let wait = self.api.queue_wait_notifier.get(&self.lib, Vendor::Cnrt)?;
+        self.on_device(index, || {
+            // SAFETY: a live notifier and a queue of this device (or 0); the flag is
+            // reserved and must be 0.
+            self.check("cnrtQueueWaitNotifier", unsafe {
+                wait(event as CnrtNotifier, stream as CnrtQueue, 0)
+            })
+        })
+    }
+
+    fn launch_host_fn(&self, index: i32, stream: StreamHandle, f: HostFn) -> Result<()> {
+        let invoke = self.api.invoke_host_func.get(&self.lib, Vendor::Cnrt)?;
+        self.on_device(index, || {
+            hostfn::launch(f, |cb, data| {
+                // SAFETY: `cb` is an extern "C" fn(void *) and `data` stays valid until
+                // the runtime calls it once (or the launch fails and hostfn frees it).
+                self.check("cnrtInvokeHostFunc", unsafe {
+                    invoke(stream as CnrtQueue, cb, data)
+                })
+            })
         })
     }
 }

@@ -11,8 +11,9 @@
 //! device's primary context current on the calling thread (`cuCtxPushCurrent`) and
 //! pops it after, so mixccl's threads never leave a context behind.
 
-use super::loader::{self, Opened};
-use super::{Allocation, Device, StreamHandle, Vendor};
+use super::hostfn::{self, CHostFn};
+use super::loader::{self, Opened, Optional};
+use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::Mutex;
@@ -21,11 +22,14 @@ type CuResult = c_int;
 type CuDevicePtr = u64;
 type CuContext = *mut c_void;
 type CuStream = *mut c_void;
+type CuEvent = *mut c_void;
 
 const CUDA_SUCCESS: CuResult = 0;
 const CUDA_ERROR_INVALID_VALUE: CuResult = 1;
 const CUDA_ERROR_NOT_INITIALIZED: CuResult = 3;
 const CUDA_ERROR_INVALID_CONTEXT: CuResult = 201;
+const CUDA_ERROR_NOT_READY: CuResult = 600;
+const CU_EVENT_DISABLE_TIMING: c_uint = 2;
 const CU_POINTER_ATTRIBUTE_MEMORY_TYPE: c_int = 2;
 const CU_POINTER_ATTRIBUTE_IS_MANAGED: c_int = 8;
 const CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL: c_int = 9;
@@ -56,6 +60,12 @@ struct Api {
     mem_free: unsafe extern "C" fn(CuDevicePtr) -> CuResult,
     get_error_name: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
     get_error_string: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
+    event_create: Optional<unsafe extern "C" fn(*mut CuEvent, c_uint) -> CuResult>,
+    event_destroy: Optional<unsafe extern "C" fn(CuEvent) -> CuResult>,
+    event_record: Optional<unsafe extern "C" fn(CuEvent, CuStream) -> CuResult>,
+    event_query: Optional<unsafe extern "C" fn(CuEvent) -> CuResult>,
+    stream_wait_event: Optional<unsafe extern "C" fn(CuStream, CuEvent, c_uint) -> CuResult>,
+    launch_host_func: Optional<unsafe extern "C" fn(CuStream, CHostFn, *mut c_void) -> CuResult>,
 }
 
 /// The CUDA shim: the loaded driver and each device's primary context.
@@ -75,6 +85,12 @@ impl Cuda {
                 // SAFETY: each field's type is the driver's documented C signature for
                 // that symbol (cuda.h).
                 unsafe { loader::symbol(&lib, Vendor::Cuda, $name)? }
+            };
+        }
+        macro_rules! opt {
+            ($name:literal) => {
+                // SAFETY: as for sym! (cuda.h signatures; cuLaunchHostFunc since CUDA 10).
+                unsafe { Optional::load(&lib, $name) }
             };
         }
         let api = Api {
@@ -97,6 +113,12 @@ impl Cuda {
             mem_free: sym!("cuMemFree_v2"),
             get_error_name: sym!("cuGetErrorName"),
             get_error_string: sym!("cuGetErrorString"),
+            event_create: opt!("cuEventCreate"),
+            event_destroy: opt!("cuEventDestroy_v2"),
+            event_record: opt!("cuEventRecord"),
+            event_query: opt!("cuEventQuery"),
+            stream_wait_event: opt!("cuStreamWaitEvent"),
+            launch_host_func: opt!("cuLaunchHostFunc"),
         };
         let cuda = Cuda {
             api,
@@ -341,6 +363,77 @@ impl Device for Cuda {
         self.with_context(index, || {
             // SAFETY: the caller's contract: `ptr` is a live device allocation.
             self.check("cuMemFree", unsafe { (self.api.mem_free)(ptr as u64) })
+        })
+    }
+
+    fn create_event(&self, index: i32) -> Result<EventHandle> {
+        let create = self.api.event_create.get(&self.lib, Vendor::Cuda)?;
+        self.with_context(index, || {
+            let mut e: CuEvent = std::ptr::null_mut();
+            // SAFETY: `e` is a valid out-pointer; a context is current.
+            self.check("cuEventCreate", unsafe {
+                create(&mut e, CU_EVENT_DISABLE_TIMING)
+            })?;
+            Ok(e as EventHandle)
+        })
+    }
+
+    fn destroy_event(&self, index: i32, event: EventHandle) -> Result<()> {
+        let destroy = self.api.event_destroy.get(&self.lib, Vendor::Cuda)?;
+        self.with_context(index, || {
+            // SAFETY: `event` came from create_event and is destroyed once.
+            self.check("cuEventDestroy", unsafe { destroy(event as CuEvent) })
+        })
+    }
+
+    fn record_event(&self, index: i32, event: EventHandle, stream: StreamHandle) -> Result<()> {
+        let record = self.api.event_record.get(&self.lib, Vendor::Cuda)?;
+        self.with_context(index, || {
+            // SAFETY: a live event and a stream of this device's context (or 0).
+            self.check("cuEventRecord", unsafe {
+                record(event as CuEvent, stream as CuStream)
+            })
+        })
+    }
+
+    fn event_done(&self, index: i32, event: EventHandle) -> Result<bool> {
+        let query = self.api.event_query.get(&self.lib, Vendor::Cuda)?;
+        self.with_context(index, || {
+            // SAFETY: a live event from create_event.
+            match unsafe { query(event as CuEvent) } {
+                CUDA_SUCCESS => Ok(true),
+                CUDA_ERROR_NOT_READY => Ok(false),
+                rc => self.check("cuEventQuery", rc).map(|_| false),
+            }
+        })
+    }
+
+    fn stream_wait_event(
+        &self,
+        index: i32,
+        stream: StreamHandle,
+        event: EventHandle,
+    ) -> Result<()> {
+        let wait = self.api.stream_wait_event.get(&self.lib, Vendor::Cuda)?;
+        self.with_context(index, || {
+            // SAFETY: a live event and a stream of this device's context (or 0);
+            // flags must be 0.
+            self.check("cuStreamWaitEvent", unsafe {
+                wait(stream as CuStream, event as CuEvent, 0)
+            })
+        })
+    }
+
+    fn launch_host_fn(&self, index: i32, stream: StreamHandle, f: HostFn) -> Result<()> {
+        let launch = self.api.launch_host_func.get(&self.lib, Vendor::Cuda)?;
+        self.with_context(index, || {
+            hostfn::launch(f, |cb, data| {
+                // SAFETY: `cb` is an extern "C" fn(void *) and `data` stays valid until
+                // the driver calls it once (or the launch fails and hostfn frees it).
+                self.check("cuLaunchHostFunc", unsafe {
+                    launch(stream as CuStream, cb, data)
+                })
+            })
         })
     }
 }

@@ -13,16 +13,20 @@
 //! Plain host memory is `hipErrorInvalidValue` on some versions and success with an
 //! unregistered (or, on ROCm 5, host) type on others; both mean "not mine".
 
-use super::loader::{self, Opened};
-use super::{Allocation, Device, StreamHandle, Vendor};
+use super::hostfn::{self, CHostFn};
+use super::loader::{self, Opened, Optional};
+use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 
 type HipError = c_int;
 type HipStream = *mut c_void;
+type HipEvent = *mut c_void;
 
 const HIP_SUCCESS: HipError = 0;
 const HIP_ERROR_INVALID_VALUE: HipError = 1;
+const HIP_ERROR_NOT_READY: HipError = 600;
+const HIP_EVENT_DISABLE_TIMING: c_uint = 2;
 const HIP_MEMCPY_HOST_TO_DEVICE: c_int = 1;
 const HIP_MEMCPY_DEVICE_TO_HOST: c_int = 2;
 const HIP_STREAM_NON_BLOCKING: c_uint = 1;
@@ -64,6 +68,12 @@ struct Api {
     free: unsafe extern "C" fn(*mut c_void) -> HipError,
     get_error_name: unsafe extern "C" fn(HipError) -> *const c_char,
     get_error_string: unsafe extern "C" fn(HipError) -> *const c_char,
+    event_create_with_flags: Optional<unsafe extern "C" fn(*mut HipEvent, c_uint) -> HipError>,
+    event_destroy: Optional<unsafe extern "C" fn(HipEvent) -> HipError>,
+    event_record: Optional<unsafe extern "C" fn(HipEvent, HipStream) -> HipError>,
+    event_query: Optional<unsafe extern "C" fn(HipEvent) -> HipError>,
+    stream_wait_event: Optional<unsafe extern "C" fn(HipStream, HipEvent, c_uint) -> HipError>,
+    launch_host_func: Optional<unsafe extern "C" fn(HipStream, CHostFn, *mut c_void) -> HipError>,
 }
 
 /// The HIP shim: the loaded runtime and which `hipMemoryType` table it uses.
@@ -85,6 +95,12 @@ impl Hip {
                 unsafe { loader::symbol(&lib, Vendor::Hip, $name)? }
             };
         }
+        macro_rules! opt {
+            ($name:literal) => {
+                // SAFETY: as for sym! (hip_runtime_api.h; hipEvent_t is a pointer).
+                unsafe { Optional::load(&lib, $name) }
+            };
+        }
         let api = Api {
             init: sym!("hipInit"),
             runtime_get_version: sym!("hipRuntimeGetVersion"),
@@ -102,6 +118,12 @@ impl Hip {
             free: sym!("hipFree"),
             get_error_name: sym!("hipGetErrorName"),
             get_error_string: sym!("hipGetErrorString"),
+            event_create_with_flags: opt!("hipEventCreateWithFlags"),
+            event_destroy: opt!("hipEventDestroy"),
+            event_record: opt!("hipEventRecord"),
+            event_query: opt!("hipEventQuery"),
+            stream_wait_event: opt!("hipStreamWaitEvent"),
+            launch_host_func: opt!("hipLaunchHostFunc"),
         };
         let mut hip = Hip {
             api,
@@ -316,6 +338,79 @@ impl Device for Hip {
         self.on_device(index, || {
             // SAFETY: the caller's contract: `ptr` is a live device allocation.
             self.check("hipFree", unsafe { (self.api.free)(ptr as *mut c_void) })
+        })
+    }
+
+    fn create_event(&self, index: i32) -> Result<EventHandle> {
+        let create = self
+            .api
+            .event_create_with_flags
+            .get(&self.lib, Vendor::Hip)?;
+        self.on_device(index, || {
+            let mut e: HipEvent = std::ptr::null_mut();
+            // SAFETY: `e` is a valid out-pointer.
+            self.check("hipEventCreateWithFlags", unsafe {
+                create(&mut e, HIP_EVENT_DISABLE_TIMING)
+            })?;
+            Ok(e as EventHandle)
+        })
+    }
+
+    fn destroy_event(&self, index: i32, event: EventHandle) -> Result<()> {
+        let destroy = self.api.event_destroy.get(&self.lib, Vendor::Hip)?;
+        self.on_device(index, || {
+            // SAFETY: `event` came from create_event and is destroyed once.
+            self.check("hipEventDestroy", unsafe { destroy(event as HipEvent) })
+        })
+    }
+
+    fn record_event(&self, index: i32, event: EventHandle, stream: StreamHandle) -> Result<()> {
+        let record = self.api.event_record.get(&self.lib, Vendor::Hip)?;
+        self.on_device(index, || {
+            // SAFETY: a live event and a stream of this device (or 0).
+            self.check("hipEventRecord", unsafe {
+                record(event as HipEvent, stream as HipStream)
+            })
+        })
+    }
+
+    fn event_done(&self, index: i32, event: EventHandle) -> Result<bool> {
+        let query = self.api.event_query.get(&self.lib, Vendor::Hip)?;
+        self.on_device(index, || {
+            // SAFETY: a live event from create_event.
+            match unsafe { query(event as HipEvent) } {
+                HIP_SUCCESS => Ok(true),
+                HIP_ERROR_NOT_READY => Ok(false),
+                rc => self.check("hipEventQuery", rc).map(|_| false),
+            }
+        })
+    }
+
+    fn stream_wait_event(
+        &self,
+        index: i32,
+        stream: StreamHandle,
+        event: EventHandle,
+    ) -> Result<()> {
+        let wait = self.api.stream_wait_event.get(&self.lib, Vendor::Hip)?;
+        self.on_device(index, || {
+            // SAFETY: a live event and a stream of this device (or 0); flags must be 0.
+            self.check("hipStreamWaitEvent", unsafe {
+                wait(stream as HipStream, event as HipEvent, 0)
+            })
+        })
+    }
+
+    fn launch_host_fn(&self, index: i32, stream: StreamHandle, f: HostFn) -> Result<()> {
+        let launch = self.api.launch_host_func.get(&self.lib, Vendor::Hip)?;
+        self.on_device(index, || {
+            hostfn::launch(f, |cb, data| {
+                // SAFETY: `cb` is an extern "C" fn(void *) and `data` stays valid until
+                // the runtime calls it once (or the launch fails and hostfn frees it).
+                self.check("hipLaunchHostFunc", unsafe {
+                    launch(stream as HipStream, cb, data)
+                })
+            })
         })
     }
 }

@@ -59,3 +59,35 @@ pub(crate) unsafe fn symbol<T: Copy>(o: &Opened, vendor: Vendor, name: &str) -> 
             message: format!("symbol {name} missing from {}: {e}", o.name),
         })
 }
+
+/// An entry point a runtime may lack (the stream primitives, newer than the rest):
+/// its absence does not stop the runtime loading, only the calls that need it.
+#[derive(Clone, Copy)]
+pub(crate) struct Optional<T> {
+    f: Option<T>,
+    name: &'static str,
+}
+
+impl<T: Copy> Optional<T> {
+    /// Looks up `name` in `o`, remembering the name for the error if it is missing.
+    ///
+    /// # Safety
+    /// `T` must be the symbol's true C signature.
+    pub(crate) unsafe fn load(o: &Opened, name: &'static str) -> Optional<T> {
+        // SAFETY: the caller vouches for `T`; see `symbol`.
+        let f = unsafe { o.lib.get::<T>(name.as_bytes()) }.ok().map(|s| *s);
+        Optional { f, name }
+    }
+
+    /// The entry point, or an error naming it and the library it is missing from.
+    pub(crate) fn get(&self, o: &Opened, vendor: Vendor) -> Result<T> {
+        self.f.ok_or_else(|| Error::Device {
+            vendor: vendor.name(),
+            message: format!(
+                "symbol {} missing from {}: this runtime cannot order work on streams \
+                 (events, host functions)",
+                self.name, o.name
+            ),
+        })
+    }
+}

@@ -3,7 +3,11 @@
 //! memory type is asked for; nothing vendor-specific exists outside this folder.
 //!
 //! - [`Device`]: what mixccl needs of a runtime: is this pointer mine, copy to and
-//!   from host memory on a stream, pinned host memory, device memory, streams.
+//!   from host memory on a stream, pinned host memory, device memory, streams, and
+//!   the stream primitives that order work without a host wait (events, host
+//!   functions run in stream order; `hostfn.rs` carries a Rust closure through the
+//!   runtime's C callback). A runtime that lacks a primitive's entry point still
+//!   loads; only that primitive fails, naming the missing symbol.
 //! - [`Runtimes::global`]: the runtimes this process could load, in the fixed order
 //!   [`Vendor::ALL`]; `MIXCCL_DEVICES` (`cuda,hip,...` or `none`) narrows the list.
 //! - [`locate`]: the [`MemoryKind`] of a buffer: each loaded runtime is asked in
@@ -17,6 +21,7 @@ mod cnrt;
 mod cuda;
 mod hip;
 mod host;
+mod hostfn;
 mod loader;
 mod musa;
 

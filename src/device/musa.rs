@@ -11,13 +11,15 @@
 //! The current device is per thread (`musaSetDevice`); every call that acts on a
 //! device makes it current for the call and restores the thread's previous device.
 
-use super::loader::{self, Opened};
-use super::{Allocation, Device, StreamHandle, Vendor};
+use super::hostfn::{self, CHostFn};
+use super::loader::{self, Opened, Optional};
+use super::{Allocation, Device, EventHandle, HostFn, StreamHandle, Vendor};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 
 type MusaError = c_int;
 type MusaStream = *mut c_void;
+type MusaEvent = *mut c_void;
 
 const MUSA_SUCCESS: MusaError = 0;
 const MUSA_ERROR_INVALID_VALUE: MusaError = 1;
@@ -25,6 +27,7 @@ const MUSA_MEMCPY_HOST_TO_DEVICE: c_int = 1;
 const MUSA_MEMCPY_DEVICE_TO_HOST: c_int = 2;
 const MUSA_MEMORY_TYPE_DEVICE: c_int = 2;
 const MUSA_STREAM_NON_BLOCKING: c_uint = 1;
+const MUSA_EVENT_DISABLE_TIMING: c_uint = 2;
 
 /// `musaPointerAttributes` (musa_runtime_api.h).
 #[repr(C)]
@@ -52,6 +55,12 @@ struct Api {
     free: unsafe extern "C" fn(*mut c_void) -> MusaError,
     get_error_name: unsafe extern "C" fn(MusaError) -> *const c_char,
     get_error_string: unsafe extern "C" fn(MusaError) -> *const c_char,
+    event_create_with_flags: Optional<unsafe extern "C" fn(*mut MusaEvent, c_uint) -> MusaError>,
+    event_destroy: Optional<unsafe extern "C" fn(MusaEvent) -> MusaError>,
+    event_record: Optional<unsafe extern "C" fn(MusaEvent, MusaStream) -> MusaError>,
+    event_query: Optional<unsafe extern "C" fn(MusaEvent) -> MusaError>,
+    stream_wait_event: Optional<unsafe extern "C" fn(MusaStream, MusaEvent, c_uint) -> MusaError>,
+    launch_host_func: Optional<unsafe extern "C" fn(MusaStream, CHostFn, *mut c_void) -> MusaError>,
 }
 
 /// The MUSA shim.
@@ -71,6 +80,12 @@ impl Musa {
                 unsafe { loader::symbol(&lib, Vendor::Musa, $name)? }
             };
         }
+        macro_rules! opt {
+            ($name:literal) => {
+                // SAFETY: as for sym! (musa_runtime_api.h; musaEvent_t is a pointer).
+                unsafe { Optional::load(&lib, $name) }
+            };
+        }
         let api = Api {
             get_device: sym!("musaGetDevice"),
             set_device: sym!("musaSetDevice"),
@@ -85,6 +100,12 @@ impl Musa {
             free: sym!("musaFree"),
             get_error_name: sym!("musaGetErrorName"),
             get_error_string: sym!("musaGetErrorString"),
+            event_create_with_flags: opt!("musaEventCreateWithFlags"),
+            event_destroy: opt!("musaEventDestroy"),
+            event_record: opt!("musaEventRecord"),
+            event_query: opt!("musaEventQuery"),
+            stream_wait_event: opt!("musaStreamWaitEvent"),
+            launch_host_func: opt!("musaLaunchHostFunc"),
         };
         let musa = Musa { api, lib };
         // Fails early, with the runtime's own words, when there is no usable device.
@@ -115,6 +136,18 @@ impl Musa {
                 text(self.api.get_error_string)
             ),
         })
+    }
+
+    /// The runtime's name for error code `rc` (`musaGetErrorName`).
+    fn error_name(&self, rc: MusaError) -> String {
+        // SAFETY: takes any code and returns a static string or NULL.
+        let p = unsafe { (self.api.get_error_name)(rc) };
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: non-null and NUL-terminated, per the runtime's contract.
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
     }
 
     /// Runs `f` with device `index` current on this thread, then makes the thread's
@@ -279,6 +312,80 @@ impl Device for Musa {
         self.on_device(index, || {
             // SAFETY: the caller's contract: `ptr` is a live device allocation.
             self.check("musaFree", unsafe { (self.api.free)(ptr as *mut c_void) })
+        })
+    }
+
+    fn create_event(&self, index: i32) -> Result<EventHandle> {
+        let create = self
+            .api
+            .event_create_with_flags
+            .get(&self.lib, Vendor::Musa)?;
+        self.on_device(index, || {
+            let mut e: MusaEvent = std::ptr::null_mut();
+            // SAFETY: `e` is a valid out-pointer.
+            self.check("musaEventCreateWithFlags", unsafe {
+                create(&mut e, MUSA_EVENT_DISABLE_TIMING)
+            })?;
+            Ok(e as EventHandle)
+        })
+    }
+
+    fn destroy_event(&self, index: i32, event: EventHandle) -> Result<()> {
+        let destroy = self.api.event_destroy.get(&self.lib, Vendor::Musa)?;
+        self.on_device(index, || {
+            // SAFETY: `event` came from create_event and is destroyed once.
+            self.check("musaEventDestroy", unsafe { destroy(event as MusaEvent) })
+        })
+    }
+
+    fn record_event(&self, index: i32, event: EventHandle, stream: StreamHandle) -> Result<()> {
+        let record = self.api.event_record.get(&self.lib, Vendor::Musa)?;
+        self.on_device(index, || {
+            // SAFETY: a live event and a stream of this device (or 0).
+            self.check("musaEventRecord", unsafe {
+                record(event as MusaEvent, stream as MusaStream)
+            })
+        })
+    }
+
+    fn event_done(&self, index: i32, event: EventHandle) -> Result<bool> {
+        let query = self.api.event_query.get(&self.lib, Vendor::Musa)?;
+        self.on_device(index, || {
+            // SAFETY: a live event from create_event.
+            match unsafe { query(event as MusaEvent) } {
+                MUSA_SUCCESS => Ok(true),
+                // musaErrorNotReady: told by name, its value is not published.
+                rc if self.error_name(rc) == "musaErrorNotReady" => Ok(false),
+                rc => self.check("musaEventQuery", rc).map(|_| false),
+            }
+        })
+    }
+
+    fn stream_wait_event(
+        &self,
+        index: i32,
+        stream: StreamHandle,
+        event: EventHandle,
+    ) -> Result<()> {
+        let wait = self.api.stream_wait_event.get(&self.lib, Vendor::Musa)?;
+        self.on_device(index, || {
+            // SAFETY: a live event and a stream of this device (or 0); flags must be 0.
+            self.check("musaStreamWaitEvent", unsafe {
+                wait(stream as MusaStream, event as MusaEvent, 0)
+            })
+        })
+    }
+
+    fn launch_host_fn(&self, index: i32, stream: StreamHandle, f: HostFn) -> Result<()> {
+        let launch = self.api.launch_host_func.get(&self.lib, Vendor::Musa)?;
+        self.on_device(index, || {
+            hostfn::launch(f, |cb, data| {
+                // SAFETY: `cb` is an extern "C" fn(void *) and `data` stays valid until
+                // the runtime calls it once (or the launch fails and hostfn frees it).
+                self.check("musaLaunchHostFunc", unsafe {
+                    launch(stream as MusaStream, cb, data)
+                })
+            })
         })
     }
 }

@@ -14,7 +14,18 @@
  * - aclrtMemcpyAsync checks count <= destMax (ACL_ERROR_INVALID_PARAM otherwise).
  *   With pinned host memory (aclrtMallocHost) it is asynchronous and runs at
  *   aclrtSynchronizeStream; with other host memory it copies before returning, as
- *   CANN 8+ documents.
+ *   CANN 8+ documents (queued behind the stream's earlier work, then waited for).
+ * - Streams run their work in order on a worker thread each (devmem.h).
+ * - Events: aclrtCreateEventExWithFlag (re-recordable; only ACL_EVENT_SYNC events
+ *   may be waited on), aclrtRecordEvent, aclrtQueryEventStatus (NOT_READY 0 until
+ *   the work before the last record has run, then COMPLETE 1), aclrtStreamWaitEvent,
+ *   aclrtDestroyEvent.
+ * - Callbacks: aclrtLaunchCallback needs the stream subscribed to a thread
+ *   (aclrtSubscribeReport; ACL_ERROR_RT_STREAM_SUBSCRIBE 107011 otherwise). When
+ *   the stream reaches the callback it is handed to that thread, which runs it
+ *   inside aclrtProcessReport(timeout ms; ACL_ERROR_RT_REPORT_TIMEOUT 507012 when
+ *   none came; ACL_ERROR_RT_THREAD_SUBSCRIBE 107012 for a thread with no stream);
+ *   with ACL_CALLBACK_BLOCK the stream waits until the callback has returned.
  * - aclGetRecentErrMsg returns the calling thread's last failure's text, then clears it.
  * - STUB_FAIL (devmem.h): aclrtMalloc/aclrtMallocHost fail with
  *   ACL_ERROR_RT_MEMORY_ALLOCATION (207001), aclrtSynchronizeStream with
@@ -23,10 +34,17 @@
 
 typedef int aclError;
 typedef void *aclrtStream;
+typedef void *aclrtEvent;
+typedef void (*aclrtCallback)(void *userData);
 
 enum { ACL_SUCCESS = 0, ACL_ERROR_INVALID_PARAM = 100000, ACL_ERROR_REPEAT_INITIALIZE = 100002,
        ACL_ERROR_RT_CONTEXT_NULL = 107002, ACL_ERROR_RT_INVALID_DEVICEID = 107001,
-       ACL_ERROR_RT_MEMORY_ALLOCATION = 207001, ACL_ERROR_RT_AICORE_EXCEPTION = 507015 };
+       ACL_ERROR_RT_STREAM_SUBSCRIBE = 107011, ACL_ERROR_RT_THREAD_SUBSCRIBE = 107012,
+       ACL_ERROR_RT_MEMORY_ALLOCATION = 207001, ACL_ERROR_RT_REPORT_TIMEOUT = 507012,
+       ACL_ERROR_RT_AICORE_EXCEPTION = 507015 };
+
+enum { ACL_EVENT_SYNC = 1, ACL_EVENT_RECORDED_STATUS_NOT_READY = 0, ACL_EVENT_RECORDED_STATUS_COMPLETE = 1,
+       ACL_CALLBACK_NO_BLOCK = 0, ACL_CALLBACK_BLOCK = 1 };
 
 typedef struct {
     uint32_t id;
@@ -129,7 +147,7 @@ aclError aclrtMemcpyAsync(void *dst, size_t destMax, const void *src, size_t cou
         return ACL_ERROR_INVALID_PARAM;
     }
     if (dm_is_pinned(host, count)) dm_enqueue(st, to, from, count);
-    else if (count) memcpy(to, from, count); /* pageable host memory: synchronous */
+    else dm_copy_sync(st, to, from, count); /* pageable host memory: synchronous */
     return ACL_SUCCESS;
 }
 
@@ -157,6 +175,159 @@ aclError aclrtSynchronizeStream(aclrtStream s) {
     }
     dm_sync(st);
     return ACL_SUCCESS;
+}
+
+aclError aclrtCreateEventExWithFlag(aclrtEvent *e, uint32_t flag) {
+    need_device("aclrtCreateEventExWithFlag");
+    if (!e || (flag & ~0x7fu)) return fail(ACL_ERROR_INVALID_PARAM, "%s", "EE1001: invalid event or flag");
+    struct dm_event *ev = dm_event_new(current);
+    ev->flags = flag;
+    *e = ev;
+    return ACL_SUCCESS;
+}
+
+aclError aclrtDestroyEvent(aclrtEvent e) {
+    need_init("aclrtDestroyEvent");
+    if (!e) return fail(ACL_ERROR_INVALID_PARAM, "%s", "EE1001: event is NULL");
+    dm_event_destroy("aclrtDestroyEvent", e);
+    return ACL_SUCCESS;
+}
+
+aclError aclrtRecordEvent(aclrtEvent e, aclrtStream s) {
+    need_device("aclrtRecordEvent");
+    if (!e) return fail(ACL_ERROR_INVALID_PARAM, "%s", "EE1001: event is NULL");
+    dm_event_record(stream_here("aclrtRecordEvent", s), dm_event_of("aclrtRecordEvent", e));
+    return ACL_SUCCESS;
+}
+
+aclError aclrtQueryEventStatus(aclrtEvent e, int *status) {
+    need_init("aclrtQueryEventStatus");
+    if (!e || !status) return fail(ACL_ERROR_INVALID_PARAM, "%s", "EE1001: event or status is NULL");
+    *status = dm_event_done(dm_event_of("aclrtQueryEventStatus", e)) ? ACL_EVENT_RECORDED_STATUS_COMPLETE
+                                                                     : ACL_EVENT_RECORDED_STATUS_NOT_READY;
+    return ACL_SUCCESS;
+}
+
+aclError aclrtStreamWaitEvent(aclrtStream s, aclrtEvent e) {
+    need_device("aclrtStreamWaitEvent");
+    if (!e) return fail(ACL_ERROR_INVALID_PARAM, "%s", "EE1001: event is NULL");
+    struct dm_event *ev = dm_event_of("aclrtStreamWaitEvent", e);
+    if (!(ev->flags & ACL_EVENT_SYNC))
+        return fail(ACL_ERROR_INVALID_PARAM, "%s", "EE1001: the event was created without ACL_EVENT_SYNC");
+    dm_stream_wait(stream_here("aclrtStreamWaitEvent", s), ev);
+    return ACL_SUCCESS;
+}
+
+/* Stream -> report thread subscriptions, and callbacks handed to report threads. */
+#define MAX_SUBS 256
+static struct { struct dm_stream *stream; uint64_t tid; } subs[MAX_SUBS];
+static int nsubs;
+struct report { aclrtCallback fn; void *data; uint64_t tid; int block; int done; struct report *next; };
+static struct report *reports;
+static pthread_mutex_t cb_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cb_cond = PTHREAD_COND_INITIALIZER;
+
+aclError aclrtSubscribeReport(uint64_t tid, aclrtStream s) {
+    need_device("aclrtSubscribeReport");
+    struct dm_stream *st = stream_here("aclrtSubscribeReport", s);
+    pthread_mutex_lock(&cb_lock);
+    for (int i = 0; i < nsubs; i++)
+        if (subs[i].stream == st) {
+            pthread_mutex_unlock(&cb_lock);
+            return fail(ACL_ERROR_RT_STREAM_SUBSCRIBE, "%s", "EE9999: the stream is already subscribed");
+        }
+    if (nsubs == MAX_SUBS) dm_die("aclrtSubscribeReport", "too many subscriptions", s);
+    subs[nsubs].stream = st;
+    subs[nsubs].tid = tid;
+    nsubs++;
+    pthread_mutex_unlock(&cb_lock);
+    return ACL_SUCCESS;
+}
+
+aclError aclrtUnSubscribeReport(uint64_t tid, aclrtStream s) {
+    need_device("aclrtUnSubscribeReport");
+    struct dm_stream *st = stream_here("aclrtUnSubscribeReport", s);
+    pthread_mutex_lock(&cb_lock);
+    for (int i = 0; i < nsubs; i++)
+        if (subs[i].stream == st && subs[i].tid == tid) {
+            subs[i] = subs[--nsubs];
+            pthread_mutex_unlock(&cb_lock);
+            return ACL_SUCCESS;
+        }
+    pthread_mutex_unlock(&cb_lock);
+    return fail(ACL_ERROR_RT_STREAM_SUBSCRIBE, "%s", "EE9999: the stream is not subscribed to this thread");
+}
+
+/* Runs on the stream's worker when the stream reaches a callback: hands it to its
+ * report thread and, for ACL_CALLBACK_BLOCK, holds the stream until it has run. */
+static void deliver(void *arg) {
+    struct report *r = arg;
+    pthread_mutex_lock(&cb_lock);
+    r->next = reports;
+    reports = r;
+    pthread_cond_broadcast(&cb_cond);
+    if (r->block) {
+        while (!r->done) pthread_cond_wait(&cb_cond, &cb_lock);
+        free(r);
+    }
+    pthread_mutex_unlock(&cb_lock);
+}
+
+aclError aclrtLaunchCallback(aclrtCallback fn, void *userData, int blockType, aclrtStream s) {
+    need_device("aclrtLaunchCallback");
+    struct dm_stream *st = stream_here("aclrtLaunchCallback", s);
+    if (!fn || (blockType != ACL_CALLBACK_BLOCK && blockType != ACL_CALLBACK_NO_BLOCK))
+        return fail(ACL_ERROR_INVALID_PARAM, "%s", "EE1001: invalid callback or block type");
+    uint64_t tid = 0;
+    int found = 0;
+    pthread_mutex_lock(&cb_lock);
+    for (int i = 0; i < nsubs; i++)
+        if (subs[i].stream == st) { tid = subs[i].tid; found = 1; }
+    pthread_mutex_unlock(&cb_lock);
+    if (!found) return fail(ACL_ERROR_RT_STREAM_SUBSCRIBE, "%s", "EE9999: the stream has no subscribed report thread");
+    struct report *r = calloc(1, sizeof *r);
+    *r = (struct report){fn, userData, tid, blockType == ACL_CALLBACK_BLOCK, 0, NULL};
+    dm_enqueue_host_fn(st, deliver, r);
+    return ACL_SUCCESS;
+}
+
+aclError aclrtProcessReport(int32_t timeout) {
+    need_init("aclrtProcessReport");
+    if (timeout == 0 || timeout < -1) return fail(ACL_ERROR_INVALID_PARAM, "%s", "EE1001: timeout must be -1 or > 0");
+    uint64_t me = (uint64_t)pthread_self();
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout / 1000;
+    until.tv_nsec += (long)(timeout % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
+    pthread_mutex_lock(&cb_lock);
+    for (;;) {
+        int subscribed = 0;
+        for (int i = 0; i < nsubs; i++) subscribed |= subs[i].tid == me;
+        struct report **link = &reports;
+        while (*link && (*link)->tid != me) link = &(*link)->next;
+        struct report *r = *link;
+        if (r) {
+            *link = r->next;
+            pthread_mutex_unlock(&cb_lock);
+            r->fn(r->data);
+            pthread_mutex_lock(&cb_lock);
+            if (r->block) r->done = 1; else free(r);
+            pthread_cond_broadcast(&cb_cond);
+            pthread_mutex_unlock(&cb_lock);
+            return ACL_SUCCESS;
+        }
+        if (!subscribed) {
+            pthread_mutex_unlock(&cb_lock);
+            return fail(ACL_ERROR_RT_THREAD_SUBSCRIBE, "%s", "EE9999: no stream is subscribed to this thread");
+        }
+        if (timeout == -1) {
+            pthread_cond_wait(&cb_cond, &cb_lock);
+        } else if (pthread_cond_timedwait(&cb_cond, &cb_lock, &until) != 0) {
+            pthread_mutex_unlock(&cb_lock);
+            return fail(ACL_ERROR_RT_REPORT_TIMEOUT, "%s", "EE9999: no callback reported before the timeout");
+        }
+    }
 }
 
 aclError aclrtMallocHost(void **p, size_t n) {

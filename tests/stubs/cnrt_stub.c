@@ -7,8 +7,11 @@
  *   other pointer succeeds with cnrtMemTypeUnregistered (0).
  * - Copies: only cnrtMemcpyAsync_V2 is exported (the shim prefers _V3 and falls
  *   back); directions cnrtMemcpyHostToDev (0) and cnrtMemcpyDevToHost (2). With
- *   pinned host memory the copy runs at cnrtQueueSync; with pageable memory it is
- *   synchronous, as the CNRT guide documents.
+ *   pinned host memory the copy is queued; with pageable memory it is synchronous,
+ *   as the CNRT guide documents (queued behind earlier work, then waited for).
+ * - Queues run their work (copies, host functions, notifier places and waits) in
+ *   order on a worker thread each (devmem.h); cnrtQueryNotifier answers
+ *   cnrtErrorNotReady until the work before the notifier's last place has run.
  * - The current device is per thread (default 0), checked against
  *   STUB_CNRT_DEVICES (default 2); allocations and queues belong to it.
  * - STUB_FAIL (devmem.h): cnrtMalloc fails with cnrtErrorNoMem (100100),
@@ -19,8 +22,10 @@
 
 typedef int cnrtRet_t;
 typedef void *cnrtQueue_t;
+typedef void *cnrtNotifier_t;
+typedef void (*cnrtHostFn_t)(void *userData);
 
-enum { cnrtSuccess = 0, cnrtErrorDeviceInvalid = 100005, cnrtErrorArgsInvalid = 100006,
+enum { cnrtSuccess = 0, cnrtErrorNotReady = 1, cnrtErrorDeviceInvalid = 100005, cnrtErrorArgsInvalid = 100006,
        cnrtErrorSysNoMem = 100010, cnrtErrorQueue = 100060, cnrtErrorNoMem = 100100 };
 
 typedef struct {
@@ -92,7 +97,7 @@ cnrtRet_t cnrtMemcpyAsync_V2(void *dst, void *src, size_t n, cnrtQueue_t q, int 
         return cnrtErrorArgsInvalid;
     }
     if (dm_is_pinned(host, n)) dm_enqueue(st, to, from, n);
-    else if (n) memcpy(to, from, n); /* pageable host memory: synchronous */
+    else dm_copy_sync(st, to, from, n); /* pageable host memory: synchronous */
     return cnrtSuccess;
 }
 #endif
@@ -117,6 +122,42 @@ cnrtRet_t cnrtQueueSync(cnrtQueue_t q) {
         return cnrtErrorQueue;
     }
     dm_sync(st);
+    return cnrtSuccess;
+}
+
+cnrtRet_t cnrtNotifierCreate(cnrtNotifier_t *n) {
+    init();
+    if (!n) return cnrtErrorArgsInvalid;
+    *n = dm_event_new(current);
+    return cnrtSuccess;
+}
+
+cnrtRet_t cnrtNotifierDestroy(cnrtNotifier_t n) {
+    if (!n) return cnrtErrorArgsInvalid;
+    dm_event_destroy("cnrtNotifierDestroy", n);
+    return cnrtSuccess;
+}
+
+cnrtRet_t cnrtPlaceNotifier(cnrtNotifier_t n, cnrtQueue_t q) {
+    if (!n) return cnrtErrorArgsInvalid;
+    dm_event_record(dm_stream_of("cnrtPlaceNotifier", q), dm_event_of("cnrtPlaceNotifier", n));
+    return cnrtSuccess;
+}
+
+cnrtRet_t cnrtQueryNotifier(cnrtNotifier_t n) {
+    if (!n) return cnrtErrorArgsInvalid;
+    return dm_event_done(dm_event_of("cnrtQueryNotifier", n)) ? cnrtSuccess : cnrtErrorNotReady;
+}
+
+cnrtRet_t cnrtQueueWaitNotifier(cnrtNotifier_t n, cnrtQueue_t q, unsigned flag) {
+    if (!n || flag != 0) return cnrtErrorArgsInvalid;
+    dm_stream_wait(dm_stream_of("cnrtQueueWaitNotifier", q), dm_event_of("cnrtQueueWaitNotifier", n));
+    return cnrtSuccess;
+}
+
+cnrtRet_t cnrtInvokeHostFunc(cnrtQueue_t q, cnrtHostFn_t fn, void *userData) {
+    if (!fn) return cnrtErrorArgsInvalid;
+    dm_enqueue_host_fn(dm_stream_of("cnrtInvokeHostFunc", q), fn, userData);
     return cnrtSuccess;
 }
 
@@ -149,6 +190,7 @@ cnrtRet_t cnrtFree(void *p) {
 const char *cnrtGetErrorStr(cnrtRet_t e) {
     switch (e) {
     case cnrtSuccess: return "Success.";
+    case cnrtErrorNotReady: return "The device or resource requested is busy now.";
     case cnrtErrorDeviceInvalid: return "Invalid device ordinal.";
     case cnrtErrorArgsInvalid: return "Invalid argument.";
     case cnrtErrorSysNoMem: return "Insufficient host memory.";

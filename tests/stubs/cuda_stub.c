@@ -8,7 +8,9 @@
  * - cuPointerGetAttribute on memory the driver does not know (plain host memory)
  *   fails with CUDA_ERROR_INVALID_VALUE, as the driver API documents; pinned memory
  *   from cuMemAllocHost is CU_MEMORYTYPE_HOST.
- * - Async copies run when their stream is synchronised.
+ * - Streams run their work (async copies, host functions, event records and
+ *   waits) in order on a worker thread each (devmem.h); cuEventQuery answers
+ *   CUDA_ERROR_NOT_READY until the work before the event's last record has run.
  * STUB_CUDA_DEVICES (default 2) sets the device count. */
 #include "devmem.h"
 
@@ -16,9 +18,12 @@ typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
 typedef void *CUcontext;
 typedef void *CUstream;
+typedef void *CUevent;
+typedef void (*CUhostFn)(void *userData);
 
 enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3, INVALID_DEVICE = 101,
-       INVALID_CONTEXT = 201 };
+       INVALID_CONTEXT = 201,
+       INVALID_HANDLE = 400, NOT_READY = 600 };
 
 static int initialised;
 static int contexts[16]; /* primary context of device i is &contexts[i] */
@@ -147,6 +152,48 @@ CUresult cuStreamSynchronize(CUstream s) {
     return OK;
 }
 
+CUresult cuEventCreate(CUevent *e, unsigned flags) {
+    NEED_CTX();
+    if (!e || (flags & ~0xfu)) return INVALID_VALUE;
+    *e = dm_event_new(current_device());
+    return OK;
+}
+
+CUresult cuEventDestroy_v2(CUevent e) {
+    NEED_CTX();
+    if (!e) return INVALID_HANDLE;
+    dm_event_destroy("cuEventDestroy", e);
+    return OK;
+}
+
+CUresult cuEventRecord(CUevent e, CUstream s) {
+    NEED_CTX();
+    if (!e) return INVALID_HANDLE;
+    dm_event_record(dm_stream_of("cuEventRecord", s), dm_event_of("cuEventRecord", e));
+    return OK;
+}
+
+CUresult cuEventQuery(CUevent e) {
+    NEED_CTX();
+    if (!e) return INVALID_HANDLE;
+    return dm_event_done(dm_event_of("cuEventQuery", e)) ? OK : NOT_READY;
+}
+
+CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned flags) {
+    NEED_CTX();
+    if (!e) return INVALID_HANDLE;
+    if (flags != 0) return INVALID_VALUE;
+    dm_stream_wait(dm_stream_of("cuStreamWaitEvent", s), dm_event_of("cuStreamWaitEvent", e));
+    return OK;
+}
+
+CUresult cuLaunchHostFunc(CUstream s, CUhostFn fn, void *userData) {
+    NEED_CTX();
+    if (!fn) return INVALID_VALUE;
+    dm_enqueue_host_fn(dm_stream_of("cuLaunchHostFunc", s), fn, userData);
+    return OK;
+}
+
 CUresult cuMemAllocHost_v2(void **p, size_t n) {
     NEED_CTX();
     *p = dm_alloc_pinned(n);
@@ -179,6 +226,8 @@ CUresult cuGetErrorName(CUresult e, const char **s) {
     if (e >= 0 && e < 4) { *s = names[e]; return OK; }
     if (e == INVALID_DEVICE) { *s = "CUDA_ERROR_INVALID_DEVICE"; return OK; }
     if (e == INVALID_CONTEXT) { *s = "CUDA_ERROR_INVALID_CONTEXT"; return OK; }
+    if (e == INVALID_HANDLE) { *s = "CUDA_ERROR_INVALID_HANDLE"; return OK; }
+    if (e == NOT_READY) { *s = "CUDA_ERROR_NOT_READY"; return OK; }
     *s = NULL;
     return INVALID_VALUE;
 }

@@ -7,7 +7,9 @@
  * are bump-allocated and recorded, so a copy that runs past an allocation's end, a
  * device pointer passed where host memory belongs, or a freed pointer aborts the
  * process with a message naming the call. Pinned host allocations are recorded too.
- * All state is behind one mutex, so ranks on several threads can share a stub.
+ * Allocation state is behind one mutex and stream state behind another, so ranks on
+ * several threads can share a stub. Streams run their work on worker threads (see
+ * "Streams" below).
  *
  * Every function and variable here is static, so each stub library has its own
  * arena (its own memfd, mapped wherever the kernel puts it) and claims only the
@@ -30,6 +32,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define DEV_ARENA (1ull << 31) /* 2 GiB of address space, sparse */
@@ -204,13 +207,54 @@ __attribute__((unused)) static int dm_ndevices(const char *var) {
     return n < 1 ? 1 : n > 16 ? 16 : n;
 }
 
-/* A queued copy: run when its stream is synchronised, so a caller that reads the
- * destination before synchronising sees stale bytes (and the tests catch it). */
-struct dm_copy { void *dst; const void *src; size_t n; struct dm_copy *next; };
-struct dm_stream { uint64_t magic; int live; int device; struct dm_copy *head, *tail; };
+/* ---- Streams ----
+ *
+ * Each stream is a FIFO of items served by a worker thread of its own (started on
+ * the stream's first item), so stream work runs later than it was enqueued, off the
+ * caller's thread, and in order: a caller that reads a copy's destination before
+ * synchronising, or a missing dependency between streams, sees stale bytes. Items:
+ * - COPY: memcpy(dst, src, n);
+ * - HOST_FN: fn(arg) on the worker; later items wait until it returns (a host
+ *   function that blocks holds its stream);
+ * - RECORD: marks an event's record as reached (event done once every record
+ *   placed on it so far has run);
+ * - WAIT: holds the stream until the event's last record placed before the wait
+ *   has run (waiting on an event never recorded waits for nothing).
+ * Synchronising waits until the stream's FIFO is empty. STUB_STREAM_DELAY_US
+ * (default 50) makes the worker sleep that long before each item, so ordering bugs
+ * show as wrong data rather than as rare races. One mutex and one condition
+ * variable serve every stream and event of the stub. */
+enum dm_kind { DM_COPY, DM_HOST_FN, DM_RECORD, DM_WAIT };
+
+struct dm_event { uint64_t magic; int live; int device; unsigned flags; uint64_t recorded, done; };
+#define DM_EVENT_MAGIC 0x4556454e54455654ull
+
+struct dm_item {
+    int kind;
+    void *dst;
+    const void *src;
+    size_t n;
+    void (*fn)(void *);
+    void *arg;
+    struct dm_event *ev;
+    uint64_t seq;
+    struct dm_item *next;
+};
+
+struct dm_stream {
+    uint64_t magic;
+    int live;
+    int device;
+    struct dm_item *head, *tail; /* head stays queued while it runs */
+    int running;                 /* the worker is running head */
+    int started;                 /* the worker thread exists */
+    int destroyed;               /* the worker exits once the FIFO drains */
+};
 #define DM_STREAM_MAGIC 0x53545245414d5354ull
 
-static struct dm_stream dm_default_stream = {DM_STREAM_MAGIC, 1, 0, NULL, NULL};
+static pthread_mutex_t dm_q_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t dm_q_cond = PTHREAD_COND_INITIALIZER;
+static struct dm_stream dm_default_stream = {DM_STREAM_MAGIC, 1, 0, NULL, NULL, 0, 0, 0};
 
 static struct dm_stream *dm_stream_of(const char *call, void *s) {
     struct dm_stream *st = s ? (struct dm_stream *)s : &dm_default_stream;
@@ -219,40 +263,126 @@ static struct dm_stream *dm_stream_of(const char *call, void *s) {
     return st;
 }
 
+static void dm_delay(void) {
+    static int us = -1;
+    if (us < 0) {
+        const char *s = getenv("STUB_STREAM_DELAY_US");
+        us = s ? atoi(s) : 50;
+        if (us < 0) us = 0;
+    }
+    if (us) usleep((useconds_t)us);
+}
+
+static void *dm_worker(void *p) {
+    struct dm_stream *st = p;
+    pthread_mutex_lock(&dm_q_lock);
+    for (;;) {
+        struct dm_item *it = st->head;
+        if (!it) {
+            if (st->destroyed) break;
+            pthread_cond_wait(&dm_q_cond, &dm_q_lock);
+            continue;
+        }
+        if (it->kind == DM_WAIT && it->ev->done < it->seq) {
+            pthread_cond_wait(&dm_q_cond, &dm_q_lock);
+            continue;
+        }
+        st->running = 1;
+        pthread_mutex_unlock(&dm_q_lock);
+        dm_delay();
+        if (it->kind == DM_COPY && it->n) memcpy(it->dst, it->src, it->n);
+        if (it->kind == DM_HOST_FN) it->fn(it->arg);
+        pthread_mutex_lock(&dm_q_lock);
+        if (it->kind == DM_RECORD && it->seq > it->ev->done) it->ev->done = it->seq;
+        st->head = it->next;
+        if (!st->head) st->tail = NULL;
+        st->running = 0;
+        free(it);
+        pthread_cond_broadcast(&dm_q_cond);
+    }
+    pthread_mutex_unlock(&dm_q_lock);
+    return NULL;
+}
+
+/* Appends an item, starting the stream's worker on first use. Queue lock held. */
+static void dm_push_locked(struct dm_stream *st, struct dm_item *it) {
+    if (!st->started) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, dm_worker, st) != 0) dm_die("stream", "cannot start the stream worker", st);
+        pthread_detach(t);
+        st->started = 1;
+    }
+    it->next = NULL;
+    if (st->tail) st->tail->next = it; else st->head = it;
+    st->tail = it;
+    pthread_cond_broadcast(&dm_q_cond);
+}
+
+static struct dm_item *dm_item_new(int kind) {
+    struct dm_item *it = calloc(1, sizeof *it);
+    if (!it) dm_die("stream", "out of memory for a stream item", NULL);
+    it->kind = kind;
+    return it;
+}
+
 static void dm_enqueue(struct dm_stream *st, void *dst, const void *src, size_t n) {
-    struct dm_copy *c = malloc(sizeof *c);
-    *c = (struct dm_copy){dst, src, n, NULL};
-    pthread_mutex_lock(&dm_lock);
-    if (st->tail) st->tail->next = c; else st->head = c;
-    st->tail = c;
-    pthread_mutex_unlock(&dm_lock);
+    struct dm_item *it = dm_item_new(DM_COPY);
+    it->dst = dst;
+    it->src = src;
+    it->n = n;
+    pthread_mutex_lock(&dm_q_lock);
+    dm_push_locked(st, it);
+    pthread_mutex_unlock(&dm_q_lock);
 }
 
+/* Queues fn(arg) on the stream's worker. */
+__attribute__((unused)) static void dm_enqueue_host_fn(struct dm_stream *st, void (*fn)(void *), void *arg) {
+    struct dm_item *it = dm_item_new(DM_HOST_FN);
+    it->fn = fn;
+    it->arg = arg;
+    pthread_mutex_lock(&dm_q_lock);
+    dm_push_locked(st, it);
+    pthread_mutex_unlock(&dm_q_lock);
+}
+
+/* Waits until every item queued on the stream so far has run. */
 static void dm_sync(struct dm_stream *st) {
-    pthread_mutex_lock(&dm_lock);
-    struct dm_copy *c = st->head;
-    st->head = st->tail = NULL;
-    pthread_mutex_unlock(&dm_lock);
-    while (c) {
-        memcpy(c->dst, c->src, c->n);
-        struct dm_copy *next = c->next;
-        free(c);
-        c = next;
-    }
+    pthread_mutex_lock(&dm_q_lock);
+    while (st->head) pthread_cond_wait(&dm_q_cond, &dm_q_lock);
+    pthread_mutex_unlock(&dm_q_lock);
 }
 
-/* Drops the copies queued on a stream without running them: what a stub does when
- * it reports a failed synchronisation (the work is lost, as on a faulted device). */
+/* A copy with pageable host memory: queued behind the stream's earlier work and
+ * waited for, so it is synchronous for the caller yet still in stream order. */
+__attribute__((unused)) static void dm_copy_sync(struct dm_stream *st, void *dst, const void *src, size_t n) {
+    dm_enqueue(st, dst, src, n);
+    dm_sync(st);
+}
+
+/* Drops the copies queued on a stream and not yet running, then waits for the rest:
+ * what a stub does when it reports a failed synchronisation (the copies are lost,
+ * as on a faulted device; host functions and event records still run, so nothing
+ * waiting on them hangs). */
 __attribute__((unused)) static void dm_discard(struct dm_stream *st) {
-    pthread_mutex_lock(&dm_lock);
-    struct dm_copy *c = st->head;
-    st->head = st->tail = NULL;
-    pthread_mutex_unlock(&dm_lock);
-    while (c) {
-        struct dm_copy *next = c->next;
-        free(c);
-        c = next;
+    pthread_mutex_lock(&dm_q_lock);
+    struct dm_item **link = &st->head;
+    struct dm_item *prev = NULL;
+    for (struct dm_item *it = st->head; it;) {
+        struct dm_item *next = it->next;
+        int running = it == st->head && st->running;
+        if (it->kind == DM_COPY && !running) {
+            *link = next;
+            free(it);
+        } else {
+            prev = it;
+            link = &it->next;
+        }
+        it = next;
     }
+    st->tail = prev;
+    pthread_cond_broadcast(&dm_q_cond);
+    while (st->head) pthread_cond_wait(&dm_q_cond, &dm_q_lock);
+    pthread_mutex_unlock(&dm_q_lock);
 }
 
 static struct dm_stream *dm_stream_new(int device) {
@@ -263,9 +393,73 @@ static struct dm_stream *dm_stream_new(int device) {
     return st;
 }
 
+/* Destroys a stream. Work still queued runs to the end first (as the runtimes
+ * document), except that queued copies mean the caller never synchronised what it
+ * staged: that aborts. */
 static void dm_stream_destroy(const char *call, void *s) {
     struct dm_stream *st = dm_stream_of(call, s);
-    if (st->head) dm_die(call, "stream destroyed with copies never synchronised", s);
+    pthread_mutex_lock(&dm_q_lock);
+    for (struct dm_item *it = st->head; it; it = it->next)
+        if (it->kind == DM_COPY) {
+            pthread_mutex_unlock(&dm_q_lock);
+            dm_die(call, "stream destroyed with copies never synchronised", s);
+        }
     st->live = 0; /* never freed: a later use is caught by `live` */
+    st->destroyed = 1;
+    pthread_cond_broadcast(&dm_q_cond);
+    pthread_mutex_unlock(&dm_q_lock);
+}
+
+/* ---- Events ---- */
+
+__attribute__((unused)) static struct dm_event *dm_event_new(int device) {
+    struct dm_event *ev = calloc(1, sizeof *ev);
+    ev->magic = DM_EVENT_MAGIC;
+    ev->live = 1;
+    ev->device = device;
+    return ev;
+}
+
+static struct dm_event *dm_event_of(const char *call, void *e) {
+    struct dm_event *ev = e;
+    if (!ev || ev->magic != DM_EVENT_MAGIC) dm_die(call, "not an event", e);
+    if (!ev->live) dm_die(call, "event used after destroy", e);
+    return ev;
+}
+
+/* Destroys an event; a record still queued completes harmlessly (never freed). */
+__attribute__((unused)) static void dm_event_destroy(const char *call, void *e) {
+    struct dm_event *ev = dm_event_of(call, e);
+    pthread_mutex_lock(&dm_q_lock);
+    ev->live = 0;
+    pthread_mutex_unlock(&dm_q_lock);
+}
+
+/* Records the event at the current end of the stream. */
+__attribute__((unused)) static void dm_event_record(struct dm_stream *st, struct dm_event *ev) {
+    struct dm_item *it = dm_item_new(DM_RECORD);
+    it->ev = ev;
+    pthread_mutex_lock(&dm_q_lock);
+    it->seq = ++ev->recorded;
+    dm_push_locked(st, it);
+    pthread_mutex_unlock(&dm_q_lock);
+}
+
+/* Has every record placed on the event so far run? (Never recorded: yes.) */
+__attribute__((unused)) static int dm_event_done(struct dm_event *ev) {
+    pthread_mutex_lock(&dm_q_lock);
+    int done = ev->done >= ev->recorded;
+    pthread_mutex_unlock(&dm_q_lock);
+    return done;
+}
+
+/* Makes later work on the stream wait for the event's last record so far. */
+__attribute__((unused)) static void dm_stream_wait(struct dm_stream *st, struct dm_event *ev) {
+    struct dm_item *it = dm_item_new(DM_WAIT);
+    it->ev = ev;
+    pthread_mutex_lock(&dm_q_lock);
+    it->seq = ev->recorded;
+    dm_push_locked(st, it);
+    pthread_mutex_unlock(&dm_q_lock);
 }
 #endif

@@ -12,7 +12,9 @@
  * - The current device is per thread (default 0); hipSetDevice checks the ordinal
  *   against STUB_HIP_DEVICES (default 2). Allocations land on the current device,
  *   streams belong to it.
- * - Async copies run when their stream is synchronised.
+ * - Streams run their work (async copies, host functions, event records and
+ *   waits) in order on a worker thread each (devmem.h); hipEventQuery answers
+ *   hipErrorNotReady until the work before the event's last record has run.
  * - STUB_FAIL (devmem.h): hipMalloc/hipHostMalloc fail with hipErrorOutOfMemory,
  *   hipStreamSynchronize with hipErrorLaunchFailure.
  * - -DOMIT_hipMemcpyAsync builds it without hipMemcpyAsync. */
@@ -20,9 +22,11 @@
 
 typedef int hipError_t;
 typedef void *hipStream_t;
+typedef void *hipEvent_t;
+typedef void (*hipHostFn_t)(void *userData);
 
 enum { hipSuccess = 0, hipErrorInvalidValue = 1, hipErrorOutOfMemory = 2, hipErrorInvalidDevice = 101,
-       hipErrorLaunchFailure = 719 };
+       hipErrorInvalidHandle = 400, hipErrorNotReady = 600, hipErrorLaunchFailure = 719 };
 
 typedef struct {
     int type; /* enum hipMemoryType */
@@ -148,6 +152,43 @@ hipError_t hipStreamSynchronize(hipStream_t s) {
     return hipSuccess;
 }
 
+hipError_t hipEventCreateWithFlags(hipEvent_t *e, unsigned flags) {
+    init();
+    if (!e || (flags & ~0xfu)) return hipErrorInvalidValue;
+    *e = dm_event_new(current);
+    return hipSuccess;
+}
+
+hipError_t hipEventDestroy(hipEvent_t e) {
+    if (!e) return hipErrorInvalidHandle;
+    dm_event_destroy("hipEventDestroy", e);
+    return hipSuccess;
+}
+
+hipError_t hipEventRecord(hipEvent_t e, hipStream_t s) {
+    if (!e) return hipErrorInvalidHandle;
+    dm_event_record(dm_stream_of("hipEventRecord", s), dm_event_of("hipEventRecord", e));
+    return hipSuccess;
+}
+
+hipError_t hipEventQuery(hipEvent_t e) {
+    if (!e) return hipErrorInvalidHandle;
+    return dm_event_done(dm_event_of("hipEventQuery", e)) ? hipSuccess : hipErrorNotReady;
+}
+
+hipError_t hipStreamWaitEvent(hipStream_t s, hipEvent_t e, unsigned flags) {
+    if (!e) return hipErrorInvalidHandle;
+    if (flags != 0) return hipErrorInvalidValue;
+    dm_stream_wait(dm_stream_of("hipStreamWaitEvent", s), dm_event_of("hipStreamWaitEvent", e));
+    return hipSuccess;
+}
+
+hipError_t hipLaunchHostFunc(hipStream_t s, hipHostFn_t fn, void *userData) {
+    if (!fn) return hipErrorInvalidValue;
+    dm_enqueue_host_fn(dm_stream_of("hipLaunchHostFunc", s), fn, userData);
+    return hipSuccess;
+}
+
 hipError_t hipHostMalloc(void **p, size_t n, unsigned flags) {
     init();
     (void)flags;
@@ -181,6 +222,8 @@ const char *hipGetErrorName(hipError_t e) {
     case hipErrorInvalidValue: return "hipErrorInvalidValue";
     case hipErrorOutOfMemory: return "hipErrorOutOfMemory";
     case hipErrorInvalidDevice: return "hipErrorInvalidDevice";
+    case hipErrorInvalidHandle: return "hipErrorInvalidHandle";
+    case hipErrorNotReady: return "hipErrorNotReady";
     case hipErrorLaunchFailure: return "hipErrorLaunchFailure";
     default: return "hipErrorUnknown";
     }
@@ -192,6 +235,8 @@ const char *hipGetErrorString(hipError_t e) {
     case hipErrorInvalidValue: return "invalid argument";
     case hipErrorOutOfMemory: return "out of memory";
     case hipErrorInvalidDevice: return "invalid device ordinal";
+    case hipErrorInvalidHandle: return "invalid resource handle";
+    case hipErrorNotReady: return "device not ready";
     case hipErrorLaunchFailure: return "unspecified launch failure";
     default: return "unknown error";
     }

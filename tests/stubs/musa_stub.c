@@ -7,16 +7,21 @@
  *   pinned memory is Host (1), device memory Device (2).
  * - The current device is per thread (default 0), checked against
  *   STUB_MUSA_DEVICES (default 2); allocations land on it.
- * - Async copies run when their stream is synchronised.
+ * - Streams run their work (async copies, host functions, event records and
+ *   waits) in order on a worker thread each (devmem.h); musaEventQuery answers
+ *   musaErrorNotReady until the work before the event's last record has run.
  * - STUB_FAIL (devmem.h): musaMalloc/musaMallocHost fail with
  *   musaErrorMemoryAllocation, musaStreamSynchronize with musaErrorLaunchFailure. */
 #include "devmem.h"
 
 typedef int musaError_t;
 typedef void *musaStream_t;
+typedef void *musaEvent_t;
+typedef void (*musaHostFn_t)(void *userData);
 
 enum { musaSuccess = 0, musaErrorInvalidValue = 1, musaErrorMemoryAllocation = 2,
-       musaErrorInvalidDevice = 101, musaErrorLaunchFailure = 719 };
+       musaErrorInvalidDevice = 101, musaErrorInvalidResourceHandle = 400, musaErrorNotReady = 600,
+       musaErrorLaunchFailure = 719 };
 
 struct musaPointerAttributes {
     int type; /* enum musaMemoryType */
@@ -100,6 +105,43 @@ musaError_t musaStreamSynchronize(musaStream_t s) {
     return musaSuccess;
 }
 
+musaError_t musaEventCreateWithFlags(musaEvent_t *e, unsigned flags) {
+    init();
+    if (!e || (flags & ~0xfu)) return musaErrorInvalidValue;
+    *e = dm_event_new(current);
+    return musaSuccess;
+}
+
+musaError_t musaEventDestroy(musaEvent_t e) {
+    if (!e) return musaErrorInvalidResourceHandle;
+    dm_event_destroy("musaEventDestroy", e);
+    return musaSuccess;
+}
+
+musaError_t musaEventRecord(musaEvent_t e, musaStream_t s) {
+    if (!e) return musaErrorInvalidResourceHandle;
+    dm_event_record(dm_stream_of("musaEventRecord", s), dm_event_of("musaEventRecord", e));
+    return musaSuccess;
+}
+
+musaError_t musaEventQuery(musaEvent_t e) {
+    if (!e) return musaErrorInvalidResourceHandle;
+    return dm_event_done(dm_event_of("musaEventQuery", e)) ? musaSuccess : musaErrorNotReady;
+}
+
+musaError_t musaStreamWaitEvent(musaStream_t s, musaEvent_t e, unsigned flags) {
+    if (!e) return musaErrorInvalidResourceHandle;
+    if (flags != 0) return musaErrorInvalidValue;
+    dm_stream_wait(dm_stream_of("musaStreamWaitEvent", s), dm_event_of("musaStreamWaitEvent", e));
+    return musaSuccess;
+}
+
+musaError_t musaLaunchHostFunc(musaStream_t s, musaHostFn_t fn, void *userData) {
+    if (!fn) return musaErrorInvalidValue;
+    dm_enqueue_host_fn(dm_stream_of("musaLaunchHostFunc", s), fn, userData);
+    return musaSuccess;
+}
+
 musaError_t musaMallocHost(void **p, size_t n) {
     init();
     if (!p) return musaErrorInvalidValue;
@@ -132,6 +174,8 @@ const char *musaGetErrorName(musaError_t e) {
     case musaErrorInvalidValue: return "musaErrorInvalidValue";
     case musaErrorMemoryAllocation: return "musaErrorMemoryAllocation";
     case musaErrorInvalidDevice: return "musaErrorInvalidDevice";
+    case musaErrorInvalidResourceHandle: return "musaErrorInvalidResourceHandle";
+    case musaErrorNotReady: return "musaErrorNotReady";
     case musaErrorLaunchFailure: return "musaErrorLaunchFailure";
     default: return "musaErrorUnknown";
     }
@@ -143,6 +187,8 @@ const char *musaGetErrorString(musaError_t e) {
     case musaErrorInvalidValue: return "invalid argument";
     case musaErrorMemoryAllocation: return "out of memory";
     case musaErrorInvalidDevice: return "invalid device ordinal";
+    case musaErrorInvalidResourceHandle: return "invalid resource handle";
+    case musaErrorNotReady: return "device not ready";
     case musaErrorLaunchFailure: return "unspecified launch failure";
     default: return "unknown error";
     }

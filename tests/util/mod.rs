@@ -395,16 +395,24 @@ pub fn build_stub(
 ) -> std::path::PathBuf {
     let stubs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stubs");
     let out = dir.join(format!("lib{name}_stub{suffix}.so"));
+    // Built under a private name and renamed into place: tests running at once build
+    // the same stub, and a child process must never load a half-written library.
+    let tmp = dir.join(format!(
+        ".lib{name}_stub{suffix}.so.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let status = std::process::Command::new("cc")
         .args([
             "-O1", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-pthread",
         ])
         .args(extra)
         .arg("-o")
-        .arg(&out)
+        .arg(&tmp)
         .arg(stubs.join(format!("{name}_stub.c")))
         .status()
         .expect("run cc (the stub runtimes need a C compiler)");
     assert!(status.success(), "building {name}_stub.c {extra:?} failed");
+    std::fs::rename(&tmp, &out).expect("move the built stub into place");
     out
 }
