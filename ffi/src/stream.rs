@@ -284,8 +284,8 @@ impl Drop for Marks {
 
 /// Ties a unit to `streams`: records a ready mark on each, then launches a hold of
 /// `ticket` on each. On an error the ticket is finished (holds already launched
-/// return at once) and nothing else is left queued; an unsupported primitive marks
-/// the vendor so later calls do not try again.
+/// return at once) and nothing else is left queued; a runtime that cannot make
+/// events is remembered, so later calls do not try again.
 pub(crate) fn enqueue(streams: &[CallerStream], ticket: &Arc<Ticket>) -> mixccl::Result<Marks> {
     let r = try_enqueue(streams, ticket);
     if r.is_err() {
@@ -309,14 +309,15 @@ fn try_enqueue(streams: &[CallerStream], ticket: &Arc<Ticket>) -> mixccl::Result
     for (s, d, _) in &marks.marks {
         let t = ticket.clone();
         let hold: HostFn = Box::new(move || t.hold());
-        d.launch_host_fn(s.index, s.stream, hold)
-            .inspect_err(|_| unsupported(s.vendor))?;
+        // Not remembered as unsupported: a launch may fail for one stream only (an
+        // ACL stream the application subscribed to a report thread of its own).
+        d.launch_host_fn(s.index, s.stream, hold)?;
     }
     Ok(marks)
 }
 
-/// Remembers that `v`'s shim may lack the primitives (an error of another kind also
-/// lands here: the calls then stay host-synchronous, which is always correct).
+/// Remembers that `v`'s shim lacks events (any failure to make one lands here: the
+/// calls then stay host-synchronous, which is always correct).
 fn unsupported(v: Vendor) {
     UNSUPPORTED.fetch_or(vendor_bit(v), Ordering::Relaxed);
 }
