@@ -125,6 +125,7 @@ fn a_killed_peer_releases_the_held_stream_and_the_error_latches() {
         "{}",
         runs[0].output
     );
+    eprint!("{}", runs[0].output);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -143,6 +144,7 @@ fn a_silent_peer_releases_the_held_stream_after_the_timeout() {
         "{}",
         runs[0].output
     );
+    eprint!("{}", runs[0].output);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -162,5 +164,6 @@ fn abort_releases_every_held_stream() {
         "{}",
         runs[0].output
     );
+    eprint!("{}", runs[0].output);
     let _ = std::fs::remove_dir_all(dir);
 }
