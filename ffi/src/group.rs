@@ -155,8 +155,9 @@ fn run_one(comm: &Shared, calls: &[Pending]) -> Outcome {
 }
 
 /// The distinct caller streams of a unit that is to be stream-ordered: None when
-/// `MIXCCL_LAUNCH=sync`, when no call touches device memory, or when a runtime
-/// involved lacks events or host functions (the unit is host-synchronous then).
+/// `MIXCCL_LAUNCH=sync`, when no call touches device memory, when its device buffers
+/// lie on more than one device, or when the runtime lacks events (the unit is
+/// host-synchronous then).
 fn ordered_streams(comm: &Shared, calls: &[Pending]) -> Outcome<Option<Vec<CallerStream>>> {
     if comm.launch != Launch::Stream {
         return Ok(None);
@@ -171,7 +172,11 @@ fn ordered_streams(comm: &Shared, calls: &[Pending]) -> Outcome<Option<Vec<Calle
             streams.push(s);
         }
     }
-    if streams.is_empty() || !streams.iter().all(|s| stream::supported(s.vendor)) {
+    // Streams of one unit are joined with events, which work within one device.
+    let one_device = streams
+        .iter()
+        .all(|s| (s.vendor, s.index) == (streams[0].vendor, streams[0].index));
+    if streams.is_empty() || !one_device || !stream::supported(streams[0].vendor) {
         return Ok(None);
     }
     Ok(Some(streams))

@@ -6,7 +6,9 @@
 //! At enqueue, on the caller's thread, per distinct caller stream of the unit:
 //! 1. an event is recorded on the stream: the *ready mark*. When it completes, every
 //!    earlier item of the stream has finished, so the input may be read;
-//! 2. a host function, the *hold*, is launched on the stream after it: it returns
+//! 2. with several streams (one device), each stream waits for the others' ready
+//!    marks, so the unit's holds all start once the whole unit is ready;
+//! 3. a host function, the *hold*, is launched on the stream after it: it returns
 //!    only when the unit's [`Ticket`] is finished or released, so later work on the
 //!    stream waits for the result.
 //!
@@ -17,7 +19,9 @@
 //! that the progress thread never needs the runtime's host-function thread: runtimes
 //! may run every stream's host functions on one thread, one at a time, so a hold
 //! waiting on one stream must not keep a second unit (of another communicator, on
-//! another stream) from starting.
+//! another stream) from starting. For the same reason a hold starts only once the
+//! whole unit is ready (step 2): a hold running while its unit still waits for
+//! another stream could keep that stream's earlier host functions from running.
 //!
 //! Every hold is bounded: it returns when its ticket finishes, at once when the
 //! communicator is aborted ([`Holds::release_all`]), and otherwise at most
@@ -305,6 +309,17 @@ fn try_enqueue(streams: &[CallerStream], ticket: &Arc<Ticket>) -> mixccl::Result
         let e = take_event(d, s.index).inspect_err(|_| unsupported(s.vendor))?;
         marks.marks.push((*s, d, e));
         d.record_event(s.index, e, s.stream)?;
+    }
+    // Join the streams before any hold: each hold starts only when every stream has
+    // reached the unit, so a running hold never stands between the unit and its
+    // start (a runtime that runs host functions one at a time would otherwise let a
+    // hold on one stream keep an earlier host function on another from running).
+    for (s, d, _) in &marks.marks {
+        for (o, _, e) in &marks.marks {
+            if o.stream != s.stream {
+                d.stream_wait_event(s.index, s.stream, *e)?;
+            }
+        }
     }
     for (s, d, _) in &marks.marks {
         let t = ticket.clone();

@@ -57,6 +57,11 @@ fn run_case(
 ) -> Vec<Finished> {
     let id_file = dir.join(format!("{case}.id"));
     let done_file = dir.join(format!("{case}.done"));
+    // A second run of the case must not find the first one's id or signals.
+    let warm_file = dir.join(format!("{case}.done.warm"));
+    for f in [&id_file, &done_file, &warm_file] {
+        let _ = std::fs::remove_file(f);
+    }
     let cmds = mems
         .iter()
         .enumerate()

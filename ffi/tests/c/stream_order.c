@@ -14,7 +14,7 @@
  *           between two calls on the stream; two communicators on two streams of one
  *           device, the second finishing while the first's stream is held; a group
  *           over two streams; the default stream; host buffers stay
- *           host-synchronous. TEST_SYNC=1 (with
+ *           host-synchronous; a nonblocking communicator. TEST_SYNC=1 (with
  *           MIXCCL_LAUNCH=sync) runs the same without gates, since calls then wait.
  *   killed  (2 ranks) rank 1 exits after a first call; rank 0's next call, enqueued
  *           behind a gate, must release its stream (MIXCCL_TIMEOUT is far beyond the
@@ -101,6 +101,12 @@ static void fail(const char* fmt, ...) {
   vfprintf(stderr, fmt, ap);
   va_end(ap);
   fputc('\n', stderr);
+  if (comm) {
+    ncclResult_t state = ncclSuccess;
+    ncclCommGetAsyncError(comm, &state);
+    fprintf(stderr, "rank %d: the communicator's state: %d (%s)\n", rank, (int)state,
+            ncclGetLastError(comm));
+  }
   exit(1);
 }
 
@@ -474,7 +480,10 @@ static void case_order(void) {
   /* 4. A group over two streams, behind a gate on the first: a ring shift (send on
    * s1, receive on s2) and an all-reduce on s1, one unit. */
   fill(h_in, N, rank, 6);
-  upload(d_send, h_in, N, s1);
+  /* Several uploads keep s1 busy, so s2 reaches the unit first: on ACL, whose
+   * callbacks share one report thread, a hold on s2 that started before the unit was
+   * ready would keep the gate on s1 from ever running. */
+  for (int k = 0; k < 20; k++) upload(d_send, h_in, N, s1);
   gate_close(&g, s1);
   CHECK(ncclGroupStart());
   CHECK(ncclSend(d_send, N, ncclFloat32, (rank + 1) % nranks, comm, s1));
@@ -513,6 +522,42 @@ static void case_order(void) {
   CHECK(ncclAllReduce(host, host, N, ncclFloat32, ncclSum, comm, s1));
   expect("host all-reduce", host, N, sum_of, 7);
   free(host);
+
+  /* 7. A nonblocking communicator: a device call is stream-ordered too, returns
+   * ncclSuccess (the enqueue is complete, as in NCCL) and is not reported as in
+   * progress while its stream is held. With MIXCCL_LAUNCH=sync it is queued instead:
+   * ncclInProgress, then poll. */
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  ncclComm_t nb = NULL;
+  int state = ncclInProgress;
+  config.blocking = 0;
+  ncclResult_t r = ncclCommSplit(comm, 0, rank, &nb, &config);
+  if (r != ncclInProgress && r != ncclSuccess) fail("nonblocking split returned %d", (int)r);
+  for (int tries = 0; tries < 30000 && state == ncclInProgress; tries++) {
+    CHECK(ncclCommGetAsyncError(nb, (ncclResult_t*)&state));
+    if (state == ncclInProgress) sleep_ms(1);
+  }
+  if (state != ncclSuccess) fail("nonblocking split ended in %d", state);
+  fill(h_in, N, rank, 9);
+  upload(d_send, h_in, N, s1);
+  gate_close(&g, s1);
+  r = ncclAllReduce(d_send, d_a, N, ncclFloat32, ncclSum, nb, s1);
+  if (r != (sync_mode ? ncclInProgress : ncclSuccess))
+    fail("all-reduce on a nonblocking communicator returned %d", (int)r);
+  CHECK(ncclCommGetAsyncError(nb, (ncclResult_t*)&state));
+  if (!sync_mode && state != ncclSuccess)
+    fail("a stream-ordered call is reported as %d while its stream is held", state);
+  for (int tries = 0; tries < 30000 && state == ncclInProgress; tries++) {
+    sleep_ms(1);
+    CHECK(ncclCommGetAsyncError(nb, (ncclResult_t*)&state));
+  }
+  if (state != ncclSuccess) fail("the nonblocking all-reduce ended in %d", state);
+  download(h_a, d_a, N, s1);
+  gate_open(&g);
+  sync_stream(s1);
+  gate_check(&g);
+  expect("all-reduce on a nonblocking communicator", h_a, N, sum_of, 9);
+  CHECK(ncclCommDestroy(nb));
 
   CHECK(ncclCommDestroy(comm2));
   dev_free(d_send);
