@@ -8,12 +8,25 @@ order every rank issues them, and completes each operation's torch Future with
 its tensors (or with the MixcclError that stopped it). The caller gets a Work at
 once, so DDP's gradient buckets are reduced while backward goes on.
 
+Device tensors (cuda, and npu / mlu / musa where the vendor's torch extension is
+loaded) follow ProcessGroupNCCL's stream semantics. At the call, an event is
+recorded on torch's current stream of the tensor's device; the worker makes the
+group's own stream of that device wait for it and enqueues the C call on that
+stream (mixccl's C ABI is stream-ordered for device buffers: it returns without
+waiting for the device or the network), then records a done event. `Work.wait()`
+makes the caller's current stream wait for the done event, with no host wait for
+the data; `Work.get_future()` completes once the done event has passed (a
+completion thread waits for it) and mixccl reports no error. Ranks may hold
+tensors of different device types (rank 0 cuda, rank 1 npu): nothing here
+assumes that peers use the same kind of device.
+
 Every wait is bounded: the store wait for the unique id by the store's timeout,
 each mixccl call by the communicator's timeout (init_process_group's), and a
 failed communicator fails every later call at once.
 """
 
 import ctypes
+import importlib.util
 import ipaddress
 import os
 import queue
@@ -39,17 +52,95 @@ def _library():
     return _LIB
 
 
+# Device types whose tensors the backend serves besides "cpu", with the torch
+# extension that provides each one's torch.<type> module. "cuda" is NVIDIA's, and
+# AMD's under ROCm builds of torch (which keep the "cuda" name).
+DEVICE_EXTENSIONS = {"cuda": None, "npu": "torch_npu", "mlu": "torch_mlu", "musa": "torch_musa"}
+
+
+def device_types():
+    """The device types to register the backend for: cpu, cuda, and each of npu,
+    mlu, musa whose vendor extension is importable."""
+    types = ["cpu"]
+    for kind, ext in DEVICE_EXTENSIONS.items():
+        if ext is None or importlib.util.find_spec(ext) is not None:
+            types.append(kind)
+    return types
+
+
+def device_module(kind):
+    """torch's module for a device type (torch.cuda, torch.npu, ...), importing the
+    vendor's extension first when it has one."""
+    ext = DEVICE_EXTENSIONS.get(kind)
+    if ext is not None:
+        importlib.import_module(ext)
+    mod = getattr(torch, kind, None)
+    if mod is None:
+        raise MixcclError(f"mixccl_torch: torch has no {kind!r} device module")
+    return mod
+
+
+def stream_handle(kind, stream):
+    """The runtime's stream handle (cudaStream_t, aclrtStream, ...) of a torch stream,
+    as an integer for the C call."""
+    for attr in (f"{kind}_stream", "cuda_stream", "stream_id"):
+        handle = getattr(stream, attr, None)
+        if handle is not None:
+            return int(handle)
+    raise MixcclError(f"mixccl_torch: cannot get the runtime handle of a {kind} stream")
+
+
+def record_stream(tensor, stream):
+    """Tells torch's caching allocator that `stream` uses `tensor`."""
+    tensor.record_stream(stream)
+
+
+class _NoStream:
+    """The stream context of host-tensor ops: none."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _DeviceLane:
+    """The group's own stream on one device, on which its calls are enqueued."""
+
+    def __init__(self, device):
+        self.device = device
+        self.module = device_module(device.type)
+        self.stream = self.module.Stream(device=device)
+        self.handle = stream_handle(device.type, self.stream)
+
+
 class _Work(dist._Work):
     """The handle a call returns: completes with the operation's Future. wait()
     raises the operation's MixcclError (torch's future-wrapping Work would only
-    return, leaving the failure unseen by a synchronous caller)."""
+    return, leaving the failure unseen by a synchronous caller). For device
+    tensors wait() orders the caller's current stream after the call instead of
+    blocking the host (ProcessGroupNCCL's semantics)."""
 
-    def __init__(self, fut):
+    def __init__(self, fut, op=None, bound=None):
         super().__init__()
         self._fut = fut
+        self._op = op
+        self._bound = bound
 
     def wait(self, timeout=None):
-        self._fut.wait()  # raises the stored error
+        op = self._op
+        if op is None or op.device is None:
+            self._fut.wait()  # raises the stored error
+            return True
+        bound = self._bound if timeout is None or not timeout else timeout
+        seconds = bound.total_seconds() if isinstance(bound, timedelta) else bound
+        if not op.enqueued.wait(seconds):
+            raise MixcclError(f"mixccl: {op.name} was not enqueued within {seconds} s")
+        if op.error is not None:
+            raise op.error
+        lane = op.lane
+        lane.module.current_stream(lane.device).wait_event(op.done)
         return True
 
     def is_completed(self):
@@ -60,17 +151,29 @@ class _Work(dist._Work):
 
 
 class _Op:
-    """One queued call: `launch` makes the C calls, `finish` copies results back
-    (after the outermost ncclGroupEnd when the op is part of a coalesced group)."""
+    """One queued call: `launch(stream)` makes the C calls (stream: the runtime
+    handle, or None for host tensors), `finish` copies results back (after the
+    outermost ncclGroupEnd when the op is part of a coalesced group). A device op
+    also carries its device, the event recorded on the caller's stream at the call
+    (`ready`), the event recorded after it on the group's stream (`done`) and
+    whether the worker has enqueued it yet."""
 
-    __slots__ = ("name", "launch", "finish", "result", "future")
+    __slots__ = ("name", "launch", "finish", "result", "future", "device", "lane",
+                 "ready", "done", "enqueued", "error", "bufs")
 
-    def __init__(self, name, launch, finish, result):
+    def __init__(self, name, launch, finish, result, device=None):
         self.name = name
         self.launch = launch
         self.finish = finish
         self.result = result
         self.future = torch.futures.Future()
+        self.device = device
+        self.lane = None
+        self.ready = None
+        self.done = None
+        self.enqueued = threading.Event()
+        self.error = None
+        self.bufs = ()
 
 
 class _Buffer:
@@ -79,9 +182,13 @@ class _Buffer:
     tensors travel as pairs of reals."""
 
     def __init__(self, tensor):
-        if tensor.device.type != "cpu":
-            raise ValueError(f"mixccl_torch handles CPU tensors only, got {tensor.device}")
+        if tensor.device.type != "cpu" and tensor.device.type not in DEVICE_EXTENSIONS:
+            raise ValueError(
+                f"mixccl_torch handles cpu and {', '.join(DEVICE_EXTENSIONS)} tensors, "
+                f"got {tensor.device}"
+            )
         self.tensor = tensor
+        self.device = None if tensor.device.type == "cpu" else tensor.device
         self.staged = tensor if tensor.is_contiguous() else tensor.contiguous()
         flat = torch.view_as_real(self.staged) if self.staged.is_complex() else self.staged
         if flat.dtype not in _lib.DTYPES:
@@ -139,10 +246,18 @@ class ProcessGroupMixccl(dist.ProcessGroup):
         self._coalesced = None
         self._queue = queue.SimpleQueue()
         self._closed = False
+        # The group's stream per device, made on first use (worker thread only).
+        self._lanes = {}
+        # Device ops enqueued and not yet known to be done, oldest first.
+        self._completions = queue.SimpleQueue()
         self._worker = threading.Thread(
             target=self._run, name=f"mixccl-rank{rank}", daemon=True
         )
         self._worker.start()
+        self._completer = threading.Thread(
+            target=self._complete, name=f"mixccl-done-rank{rank}", daemon=True
+        )
+        self._completer.start()
 
     # -- setup and teardown
 
@@ -192,43 +307,119 @@ class ProcessGroupMixccl(dist.ProcessGroup):
                 code,
             )
 
+    def _lane(self, device):
+        lane = self._lanes.get(device)
+        if lane is None:
+            lane = self._lanes[device] = _DeviceLane(device)
+        return lane
+
     def _run(self):
         while True:
             item = self._queue.get()
             if item is None:
+                self._completions.put(None)
                 return
             ops = item if isinstance(item, list) else [item]
             try:
-                if isinstance(item, list):
-                    self._check(self._lib.ncclGroupStart(), "ncclGroupStart")
-                    try:
-                        for op in ops:
-                            op.launch()
-                    finally:
-                        self._check(self._lib.ncclGroupEnd(), "ncclGroupEnd")
-                else:
-                    item.launch()
-                for op in ops:
-                    if op.finish is not None:
-                        op.finish()
+                self._launch(item, ops)
             except BaseException as e:  # every waiter must hear of it
                 if not isinstance(e, MixcclError):
                     e = MixcclError(f"mixccl rank {self._rank} of {self._size}: {e!r}")
                 for op in ops:
+                    op.error = e
+                    op.enqueued.set()
                     op.future.set_exception(e)
                 continue
             for op in ops:
-                op.future.set_result(op.result)
+                if op.device is None:
+                    op.future.set_result(op.result)
+                else:
+                    op.enqueued.set()
+                    self._completions.put(op)
 
-    def _submit(self, name, launch, finish, result):
+    def _launch(self, item, ops):
+        """Makes the C calls of one queued item (an op, or a coalesced group of them):
+        device ops on the group's stream of their device, after their ready event."""
+        devices = {op.device for op in ops if op.device is not None}
+        if len(devices) > 1:
+            raise MixcclError(
+                f"mixccl rank {self._rank}: one coalesced group spans devices {sorted(map(str, devices))}"
+            )
+        lane = self._lane(devices.pop()) if devices else None
+        stream = None
+        if lane is not None:
+            for op in ops:
+                op.lane = lane
+                if op.ready is not None:
+                    lane.stream.wait_event(op.ready)
+                # The caching allocator must not hand these to other work before the
+                # group's stream is done with them.
+                for b in op.bufs:
+                    record_stream(b.tensor, lane.stream)
+                    if b.staged is not b.tensor:
+                        record_stream(b.staged, lane.stream)
+            stream = ctypes.c_void_p(lane.handle)
+        context = lane.module.stream(lane.stream) if lane is not None else _NoStream()
+        with context:
+            if isinstance(item, list):
+                self._check(self._lib.ncclGroupStart(), "ncclGroupStart")
+                try:
+                    for op in ops:
+                        op.launch(stream)
+                finally:
+                    self._check(self._lib.ncclGroupEnd(), "ncclGroupEnd")
+            else:
+                item.launch(stream)
+            for op in ops:
+                if op.finish is not None:
+                    op.finish()
+            if lane is not None:
+                for op in ops:
+                    op.done = lane.module.Event()
+                    op.done.record(lane.stream)
+
+    def _complete(self):
+        """Completes device ops' futures in order, once their done event has passed
+        and the communicator reports no error."""
+        while True:
+            op = self._completions.get()
+            if op is None:
+                return
+            try:
+                op.done.synchronize()
+                code = ctypes.c_int(0)
+                if self._comm:
+                    self._lib.ncclCommGetAsyncError(self._comm, ctypes.byref(code))
+                if code.value not in (_lib.SUCCESS, 7):  # 7: ncclInProgress
+                    self._check(code.value, f"{op.name} (stream-ordered)")
+            except BaseException as e:
+                if not isinstance(e, MixcclError):
+                    e = MixcclError(f"mixccl rank {self._rank} of {self._size}: {e!r}")
+                op.future.set_exception(e)
+                continue
+            op.future.set_result(op.result)
+
+    def _submit(self, name, launch, finish, result, bufs=()):
         if self._closed:
             raise MixcclError(f"mixccl rank {self._rank}: {name} after shutdown")
-        op = _Op(name, launch, finish, result)
+        devices = {b.device for b in bufs}
+        if len(devices) > 1:
+            raise ValueError(
+                f"mixccl_torch {name}: tensors on different devices {sorted(map(str, devices))}"
+            )
+        device = devices.pop() if devices else None
+        op = _Op(name, launch, finish, result, device)
+        if device is not None:
+            # The call's input is what the caller's stream holds at this point.
+            mod = device_module(device.type)
+            op.ready = mod.Event()
+            op.ready.record(mod.current_stream(device))
+        op.bufs = tuple(bufs)
         if self._coalesced is not None:
             self._coalesced.append(op)
         else:
             self._queue.put(op)
-        return _Work(op.future)
+        return _Work(op.future, op, self._timeout)
 
     def shutdown(self, *args, **kwargs):
         """Drains the queue, stops the worker and destroys the communicator."""
@@ -276,9 +467,14 @@ class ProcessGroupMixccl(dist.ProcessGroup):
 
     def end_coalescing(self, device=None):
         ops, self._coalesced = self._coalesced or [], None
-        done = _Op("coalesced", lambda: None, None, [])
+        done = _Op("coalesced", lambda stream: None, None, [])
+        devices = {op.device for op in ops if op.device is not None}
+        if len(devices) == 1:
+            # The group's Work follows its device ops like any of them.
+            done.device = devices.pop()
+            done.ready = next(op.ready for op in ops if op.device is not None)
         self._queue.put(ops + [done])
-        return _Work(done.future)
+        return _Work(done.future, done, self._timeout)
 
     # -- collectives
 
@@ -288,23 +484,23 @@ class ProcessGroupMixccl(dist.ProcessGroup):
         b = _Buffer(t)
         comm, lib = self._comm, self._lib
 
-        def launch():
+        def launch(stream):
             self._check(
-                lib.ncclAllReduce(b.ptr, b.ptr, b.count, b.dtype, op, comm, None),
+                lib.ncclAllReduce(b.ptr, b.ptr, b.count, b.dtype, op, comm, stream),
                 "ncclAllReduce",
             )
 
-        return self._submit("allreduce", launch, b.copy_back, tensors)
+        return self._submit("allreduce", launch, b.copy_back, tensors, (b,))
 
     def allreduce_coalesced(self, tensors, opts=None):
         op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
         bufs = [(_Buffer(t), _op_code(op, t)) for t in tensors]
         comm, lib = self._comm, self._lib
 
-        def launch():
+        def launch(stream):
             for b, code in bufs:
                 self._check(
-                    lib.ncclAllReduce(b.ptr, b.ptr, b.count, b.dtype, code, comm, None),
+                    lib.ncclAllReduce(b.ptr, b.ptr, b.count, b.dtype, code, comm, stream),
                     "ncclAllReduce",
                 )
 
@@ -312,20 +508,22 @@ class ProcessGroupMixccl(dist.ProcessGroup):
             for b, _ in bufs:
                 b.copy_back()
 
-        return self._submit("allreduce_coalesced", launch, finish, tensors)
+        return self._submit(
+            "allreduce_coalesced", launch, finish, tensors, tuple(b for b, _ in bufs)
+        )
 
     def broadcast(self, tensors, opts):
         b = _Buffer(_one(tensors, "broadcast"))
         root = opts.rootRank
         comm, lib = self._comm, self._lib
 
-        def launch():
+        def launch(stream):
             self._check(
-                lib.ncclBroadcast(b.ptr, b.ptr, b.count, b.dtype, root, comm, None),
+                lib.ncclBroadcast(b.ptr, b.ptr, b.count, b.dtype, root, comm, stream),
                 "ncclBroadcast",
             )
 
-        return self._submit("broadcast", launch, b.copy_back, tensors)
+        return self._submit("broadcast", launch, b.copy_back, tensors, (b,))
 
     def reduce(self, tensors, opts):
         t = _one(tensors, "reduce")
@@ -334,14 +532,14 @@ class ProcessGroupMixccl(dist.ProcessGroup):
         root = opts.rootRank
         comm, lib = self._comm, self._lib
 
-        def launch():
+        def launch(stream):
             self._check(
-                lib.ncclReduce(b.ptr, b.ptr, b.count, b.dtype, op, root, comm, None),
+                lib.ncclReduce(b.ptr, b.ptr, b.count, b.dtype, op, root, comm, stream),
                 "ncclReduce",
             )
 
         finish = b.copy_back if self._rank == root else None
-        return self._submit("reduce", launch, finish, tensors)
+        return self._submit("reduce", launch, finish, tensors, (b,))
 
     def _allgather_base(self, output, input, opts=None):
         if output.numel() != input.numel() * self._size or output.dtype != input.dtype:
@@ -351,13 +549,13 @@ class ProcessGroupMixccl(dist.ProcessGroup):
         src, dst = _Buffer(input), _Buffer(output)
         comm, lib = self._comm, self._lib
 
-        def launch():
+        def launch(stream):
             self._check(
-                lib.ncclAllGather(src.ptr, dst.ptr, src.count, src.dtype, comm, None),
+                lib.ncclAllGather(src.ptr, dst.ptr, src.count, src.dtype, comm, stream),
                 "ncclAllGather",
             )
 
-        return self._submit("allgather", launch, dst.copy_back, [output])
+        return self._submit("allgather", launch, dst.copy_back, [output], (src, dst))
 
     def allgather(self, output_tensors, input_tensors, opts=None):
         inp = _one(input_tensors, "allgather")
@@ -365,13 +563,13 @@ class ProcessGroupMixccl(dist.ProcessGroup):
         if len(outs) != self._size:
             raise ValueError(f"allgather needs {self._size} output tensors, got {len(outs)}")
         src = _Buffer(inp)
-        flat = torch.empty((self._size,) + tuple(inp.shape), dtype=inp.dtype)
+        flat = torch.empty((self._size,) + tuple(inp.shape), dtype=inp.dtype, device=inp.device)
         dst = _Buffer(flat)
         comm, lib = self._comm, self._lib
 
-        def launch():
+        def launch(stream):
             self._check(
-                lib.ncclAllGather(src.ptr, dst.ptr, src.count, src.dtype, comm, None),
+                lib.ncclAllGather(src.ptr, dst.ptr, src.count, src.dtype, comm, stream),
                 "ncclAllGather",
             )
 
@@ -379,7 +577,7 @@ class ProcessGroupMixccl(dist.ProcessGroup):
             for i, o in enumerate(outs):
                 o.copy_(flat[i].view(o.shape))
 
-        return self._submit("allgather", launch, finish, output_tensors)
+        return self._submit("allgather", launch, finish, output_tensors, (src, dst))
 
     def _reduce_scatter_base(self, output, input, opts=None):
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM, input)
@@ -390,13 +588,13 @@ class ProcessGroupMixccl(dist.ProcessGroup):
         src, dst = _Buffer(input), _Buffer(output)
         comm, lib = self._comm, self._lib
 
-        def launch():
+        def launch(stream):
             self._check(
-                lib.ncclReduceScatter(src.ptr, dst.ptr, dst.count, dst.dtype, op, comm, None),
+                lib.ncclReduceScatter(src.ptr, dst.ptr, dst.count, dst.dtype, op, comm, stream),
                 "ncclReduceScatter",
             )
 
-        return self._submit("reduce_scatter", launch, dst.copy_back, [output])
+        return self._submit("reduce_scatter", launch, dst.copy_back, [output], (src, dst))
 
     def reduce_scatter(self, output_tensors, input_tensors, opts=None):
         out = _one(output_tensors, "reduce_scatter")
@@ -414,13 +612,13 @@ class ProcessGroupMixccl(dist.ProcessGroup):
             src, dst = _Buffer(input), _Buffer(output)
             comm, lib = self._comm, self._lib
 
-            def launch():
+            def launch(stream):
                 self._check(
-                    lib.ncclAlltoAll(src.ptr, dst.ptr, src.count // n, src.dtype, comm, None),
+                    lib.ncclAlltoAll(src.ptr, dst.ptr, src.count // n, src.dtype, comm, stream),
                     "ncclAlltoAll",
                 )
 
-            return self._submit("alltoall", launch, dst.copy_back, [output])
+            return self._submit("alltoall", launch, dst.copy_back, [output], (src, dst))
         ins = list(torch.split(input, list(input_split_sizes) or input.shape[0] // n))
         outs = list(torch.split(output, list(output_split_sizes) or output.shape[0] // n))
         return self._pairwise("alltoall", outs, ins, [output])
@@ -436,16 +634,16 @@ class ProcessGroupMixccl(dist.ProcessGroup):
         dsts = [_Buffer(t) for t in outs]
         comm, lib = self._comm, self._lib
 
-        def launch():
+        def launch(stream):
             self._check(lib.ncclGroupStart(), "ncclGroupStart")
             try:
                 for peer in range(self._size):
                     s, d = srcs[peer], dsts[peer]
                     self._check(
-                        lib.ncclSend(s.ptr, s.count, s.dtype, peer, comm, None), "ncclSend"
+                        lib.ncclSend(s.ptr, s.count, s.dtype, peer, comm, stream), "ncclSend"
                     )
                     self._check(
-                        lib.ncclRecv(d.ptr, d.count, d.dtype, peer, comm, None), "ncclRecv"
+                        lib.ncclRecv(d.ptr, d.count, d.dtype, peer, comm, stream), "ncclRecv"
                     )
             finally:
                 self._check(lib.ncclGroupEnd(), "ncclGroupEnd")
@@ -454,7 +652,7 @@ class ProcessGroupMixccl(dist.ProcessGroup):
             for d in dsts:
                 d.copy_back()
 
-        return self._submit(name, launch, finish, result)
+        return self._submit(name, launch, finish, result, srcs + dsts)
 
     def gather(self, output_tensors, input_tensors, opts):
         inp = _one(input_tensors, "gather")
@@ -465,7 +663,7 @@ class ProcessGroupMixccl(dist.ProcessGroup):
             raise ValueError(f"gather needs {self._size} outputs on the root")
         comm, lib, me = self._comm, self._lib, self._rank
 
-        def launch():
+        def launch(stream):
             self._check(lib.ncclGroupStart(), "ncclGroupStart")
             try:
                 if me == root:
@@ -474,12 +672,12 @@ class ProcessGroupMixccl(dist.ProcessGroup):
                             d.staged.copy_(src.staged.view(d.staged.shape))
                         else:
                             self._check(
-                                lib.ncclRecv(d.ptr, d.count, d.dtype, peer, comm, None),
+                                lib.ncclRecv(d.ptr, d.count, d.dtype, peer, comm, stream),
                                 "ncclRecv",
                             )
                 else:
                     self._check(
-                        lib.ncclSend(src.ptr, src.count, src.dtype, root, comm, None), "ncclSend"
+                        lib.ncclSend(src.ptr, src.count, src.dtype, root, comm, stream), "ncclSend"
                     )
             finally:
                 self._check(lib.ncclGroupEnd(), "ncclGroupEnd")
@@ -488,7 +686,7 @@ class ProcessGroupMixccl(dist.ProcessGroup):
             for d in dsts:
                 d.copy_back()
 
-        return self._submit("gather", launch, finish, output_tensors)
+        return self._submit("gather", launch, finish, output_tensors, [src] + dsts)
 
     def scatter(self, output_tensors, input_tensors, opts):
         out = _one(output_tensors, "scatter")
@@ -499,7 +697,7 @@ class ProcessGroupMixccl(dist.ProcessGroup):
             raise ValueError(f"scatter needs {self._size} inputs on the root")
         comm, lib, me = self._comm, self._lib, self._rank
 
-        def launch():
+        def launch(stream):
             self._check(lib.ncclGroupStart(), "ncclGroupStart")
             try:
                 if me == root:
@@ -508,44 +706,44 @@ class ProcessGroupMixccl(dist.ProcessGroup):
                             dst.staged.copy_(s.staged.view(dst.staged.shape))
                         else:
                             self._check(
-                                lib.ncclSend(s.ptr, s.count, s.dtype, peer, comm, None),
+                                lib.ncclSend(s.ptr, s.count, s.dtype, peer, comm, stream),
                                 "ncclSend",
                             )
                 else:
                     self._check(
-                        lib.ncclRecv(dst.ptr, dst.count, dst.dtype, root, comm, None), "ncclRecv"
+                        lib.ncclRecv(dst.ptr, dst.count, dst.dtype, root, comm, stream), "ncclRecv"
                     )
             finally:
                 self._check(lib.ncclGroupEnd(), "ncclGroupEnd")
 
-        return self._submit("scatter", launch, dst.copy_back, output_tensors)
+        return self._submit("scatter", launch, dst.copy_back, output_tensors, [dst] + srcs)
 
     def send(self, tensors, dst_rank, tag=0):
         b = _Buffer(_one(tensors, "send"))
         comm, lib = self._comm, self._lib
 
-        def launch():
-            self._check(lib.ncclSend(b.ptr, b.count, b.dtype, dst_rank, comm, None), "ncclSend")
+        def launch(stream):
+            self._check(lib.ncclSend(b.ptr, b.count, b.dtype, dst_rank, comm, stream), "ncclSend")
 
-        return self._submit("send", launch, None, tensors)
+        return self._submit("send", launch, None, tensors, (b,))
 
     def recv(self, tensors, src_rank, tag=0):
         b = _Buffer(_one(tensors, "recv"))
         comm, lib = self._comm, self._lib
 
-        def launch():
-            self._check(lib.ncclRecv(b.ptr, b.count, b.dtype, src_rank, comm, None), "ncclRecv")
+        def launch(stream):
+            self._check(lib.ncclRecv(b.ptr, b.count, b.dtype, src_rank, comm, stream), "ncclRecv")
 
-        return self._submit("recv", launch, b.copy_back, tensors)
+        return self._submit("recv", launch, b.copy_back, tensors, (b,))
 
     def barrier(self, opts=None):
         token = torch.zeros(1, dtype=torch.uint8)
         b = _Buffer(token)
         comm, lib = self._comm, self._lib
 
-        def launch():
+        def launch(stream):
             self._check(
-                lib.ncclAllReduce(b.ptr, b.ptr, 1, b.dtype, _lib.OPS[dist.ReduceOp.MAX], comm, None),
+                lib.ncclAllReduce(b.ptr, b.ptr, 1, b.dtype, _lib.OPS[dist.ReduceOp.MAX], comm, stream),
                 "ncclAllReduce (barrier)",
             )
 

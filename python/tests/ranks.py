@@ -6,6 +6,7 @@ torch.save. The test (harness.py) compares the saved results across ranks and
 backends.
 """
 
+import contextlib
 import os
 import sys
 import time
@@ -295,6 +296,104 @@ def silent_peer(rank, world):
         return {"error": f"{type(e).__name__}: {e}", "seconds": time.monotonic() - start}
 
 
+# -- the device-tensor path, on host tensors posing as a device
+
+class FakeDevice:
+    """Stands in for torch.device("fakedev:0"): hashable, with a type."""
+
+    type = "fakedev"
+    index = 0
+
+    def __repr__(self):
+        return "fakedev:0"
+
+
+class FakeDeviceModule:
+    """torch.cuda's stream and event API, logging each use in order. The buffers
+    are host memory, so the C calls (stream handle 0) complete before they return
+    and every event has passed once recorded."""
+
+    def __init__(self):
+        self.log = []
+        self.current = self.Stream(name="current")
+
+    def Stream(self, device=None, name=None):  # noqa: N802 (torch's name)
+        module = self
+
+        class _Stream:
+            fakedev_stream = 0
+
+            def __init__(self):
+                self.name = name or f"stream{len(module.log)}"
+
+            def wait_event(self, event):
+                module.log.append(("wait", self.name, event.name))
+
+        return _Stream()
+
+    def Event(self):  # noqa: N802
+        module = self
+
+        class _Event:
+            def __init__(self):
+                self.name = f"event{sum(1 for e in module.log if e[0] == 'event')}"
+                module.log.append(("event", self.name))
+
+            def record(self, stream):
+                module.log.append(("record", self.name, stream.name))
+
+            def synchronize(self):
+                pass
+
+        return _Event()
+
+    def current_stream(self, device=None):
+        return self.current
+
+    def stream(self, s):
+        return contextlib.nullcontext()
+
+
+def fake_device(rank, world):
+    """The device path of the backend (ready event on the caller's stream, the
+    group's stream waiting for it, the done event, Work.wait ordering the caller's
+    stream, futures completed by the completion thread), with host tensors posing
+    as device tensors. Returns the results and the order of stream operations."""
+    from mixccl_torch import process_group as pg
+
+    fake = FakeDeviceModule()
+    real_module, real_init = pg.device_module, pg._Buffer.__init__
+    pg.device_module = lambda kind: fake if kind == "fakedev" else real_module(kind)
+    pg.record_stream = lambda tensor, stream: None
+
+    device = FakeDevice()
+
+    def init(self, tensor):
+        real_init(self, tensor)
+        self.device = device
+
+    pg._Buffer.__init__ = init
+    try:
+        out = {}
+        t = values(rank, 1031, torch.float32)
+        dist.all_reduce(t)  # async_op=False: torch calls Work.wait()
+        out["allreduce"] = t
+        g = torch.empty(world * 5, dtype=torch.int32)
+        work = dist.all_gather_into_tensor(g, values(rank, 5, torch.int32), async_op=True)
+        fut = work.get_future()
+        work.wait()
+        fut.wait()
+        out["allgather"] = g
+        out["future_done"] = fut.done()
+        b = values(rank, 7, torch.float64)
+        dist.broadcast(b, src=world - 1)
+        out["broadcast"] = b
+        out["log"] = list(fake.log)
+        return out
+    finally:
+        pg.device_module, pg._Buffer.__init__ = real_module, real_init
+
+
 OUT = None  # this rank's result file (main sets it)
 
 SCENARIOS = {
@@ -302,6 +401,7 @@ SCENARIOS = {
     "ddp": ddp,
     "killed_peer": killed_peer,
     "silent_peer": silent_peer,
+    "fake_device": fake_device,
 }
 
 
