@@ -609,6 +609,43 @@ mod tests {
     }
 
     #[test]
+    fn stream_ordered_jobs_are_not_in_progress_but_are_drained_and_latch() {
+        let comm = Communicator::in_process(1, mixccl::Config::default()).unwrap();
+        let s = Shared::new(comm.into_iter().next().expect("one rank"), 0);
+        assert!(
+            s.drain().is_ok(),
+            "no progress thread yet: nothing to wait for"
+        );
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        s.push_ordered(move || {
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+            Err(Failure::usage("the ordered job failed"))
+        })
+        .unwrap();
+        assert_eq!(
+            s.async_code(),
+            code::SUCCESS,
+            "a blocking comm is never in progress"
+        );
+        assert!(s.ready().is_ok());
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(()).unwrap();
+        });
+        assert!(s.drain().is_ok());
+        release.join().unwrap();
+        assert_eq!(s.async_code(), code::INVALID_USAGE);
+        let e = s.ready().unwrap_err();
+        assert_eq!(e.code, code::INVALID_USAGE, "the next call fails with it");
+        assert!(
+            e.message.contains("the ordered job failed"),
+            "{}",
+            e.message
+        );
+        assert!(s.close().is_ok());
+    }
+
+    #[test]
     fn rank_arguments_are_checked() {
         assert!(ranks(0, 0).is_err());
         assert!(ranks(2, 2).is_err());
