@@ -13,12 +13,13 @@
  * What differs from NCCL (see README.md, "C ABI" and "Device memory"):
  *  - Buffers may be host memory or device memory of any vendor runtime mixccl can
  *    load (CUDA, HIP, MUSA, ACL, CNRT); each call finds out which, per buffer, and
- *    ranks of one communicator may use different vendors. Calls are HOST-SYNCHRONOUS:
- *    a call first waits for the work already queued on `stream` (cudaStream_t or the
- *    vendor's equivalent; NULL is the default stream), then runs the collective,
- *    writes the result into the device buffer and returns. Nothing is left queued on
- *    the stream, so work queued after the call sees the result. Stream-ordered
- *    completion (returning before the collective ends) is later work.
+ *    ranks of one communicator may use different vendors. Calls on device buffers
+ *    are STREAM-ORDERED, as in NCCL: enqueued on `stream` (cudaStream_t or the
+ *    vendor's equivalent; NULL is the default stream), they return at once, read
+ *    their input after all earlier work on the stream, and later work on it sees the
+ *    result; buffers must stay valid until the stream has passed the call. Calls on
+ *    host buffers only are host-synchronous (result in place on return).
+ *    MIXCCL_LAUNCH=sync makes device calls host-synchronous too.
  *  - Device buffers move through pinned host memory (all_reduce, broadcast and
  *    reduce pipelined in pieces of MIXCCL_PIPELINE_BYTES).
  *  - ncclResult_t has ncclTimeout = 8 (as current upstream nccl.h). mixccl returns
@@ -42,8 +43,11 @@
  *    returns at once and that init ends on its own (at most MIXCCL_TIMEOUT later) and
  *    frees what it made. ncclCommSplit with NCCL_SPLIT_NOCOLOR takes part in the
  *    split before it returns (there is no new communicator to poll).
- *  - Blocking communicators (the default) stay host-synchronous: when a call returns
- *    ncclSuccess its data is in place; they never return ncclInProgress.
+ *  - Blocking communicators (the default) never return ncclInProgress; a call on
+ *    host buffers that returns ncclSuccess has its data in place. A failed
+ *    stream-ordered call's error is returned by ncclCommGetAsyncError and the next
+ *    call; a stream is never held longer than MIXCCL_TIMEOUT + 1 s, and
+ *    ncclCommAbort releases held streams at once.
  *  - ncclSend/ncclRecv and collectives between ncclGroupStart and ncclGroupEnd run at
  *    the outermost ncclGroupEnd: per communicator, the collectives first in call
  *    order, then all sends and receives together (so any pattern completes). Buffers

@@ -9,14 +9,45 @@
 //! `mixccl::Communicator` gets `send: None` and the whole buffer as `recv`; buffers
 //! that overlap any other way are rejected, since Rust must never hold a shared and a
 //! mutable slice over the same bytes.
+//!
+//! A call runs either host-synchronously (it first waits on the host for the
+//! caller's stream: [`StreamWait::Host`]) or on the progress thread of a
+//! stream-ordered unit, whose ready marks have already seen the stream reach it
+//! ([`StreamWait::Done`]; see `stream`).
 
 use crate::cast::RawBuf;
 use crate::comm::{Facts, Shared};
 use crate::redop::{scaled_copy, OpSpec};
 use crate::status::{Failure, Outcome};
-use mixccl::device::MemoryKind;
+use crate::stream::CallerStream;
+use mixccl::device::{MemoryKind, StreamHandle};
 use mixccl::{Collective, Communicator, DataType, MemRef, ReduceOp, Transfer, TransferMem};
 use std::ffi::{c_int, c_void};
+
+/// Whether a call still has to wait for its caller's stream before reading its
+/// buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamWait {
+    /// Wait on the host (synchronize the stream) first.
+    Host,
+    /// The stream already reached the call (a stream-ordered unit's ready marks).
+    Done,
+}
+
+/// The caller stream of a call whose buffers include device memory: on the runtime
+/// and device of the first device buffer. None for host buffers only.
+fn device_stream(bufs: &[RawBuf], stream: StreamHandle) -> Outcome<Option<CallerStream>> {
+    for b in bufs {
+        if let MemoryKind::Device { vendor, index } = b.mem()?.kind() {
+            return Ok(Some(CallerStream {
+                vendor,
+                index,
+                stream,
+            }));
+        }
+    }
+    Ok(None)
+}
 
 /// Which collective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,16 +251,25 @@ impl CollCall {
         }
     }
 
-    /// Runs the call (blocking) on `comm`: waits for the caller's stream, then runs
-    /// on host memory directly or stages device memory through the host.
+    /// The caller's stream if the call touches device memory (see [`device_stream`]).
+    pub fn device_stream(&self) -> Outcome<Option<CallerStream>> {
+        let bufs: Vec<RawBuf> = self.send.into_iter().chain([self.recv]).collect();
+        device_stream(&bufs, self.stream)
+    }
+
+    /// Runs the call (blocking) on `comm`: waits for the caller's stream if `wait`
+    /// says so, then runs on host memory directly or stages device memory through
+    /// the host.
     ///
     /// The caller's buffers must still be valid (nccl.h: until the call, or the
-    /// group holding it, returns).
-    pub fn run(&self, comm: &mut Communicator) -> Outcome {
+    /// group holding it, returns; stream-ordered: until its stream has passed it).
+    pub fn run(&self, comm: &mut Communicator, wait: StreamWait) -> Outcome {
         let send = self.send.map(RawBuf::mem).transpose()?;
         let recv = self.recv.mem()?;
         let bufs: Vec<MemRef> = send.into_iter().chain([recv]).collect();
-        mixccl::device::wait_stream(self.stream, &bufs)?;
+        if wait == StreamWait::Host {
+            mixccl::device::wait_stream(self.stream, &bufs)?;
+        }
         if !bufs.iter().any(MemRef::is_device) {
             return self.run_host(comm);
         }
@@ -334,10 +374,19 @@ impl P2p {
     }
 }
 
-/// Runs `p2p` together as one `Communicator::group`.
+impl P2p {
+    /// The caller's stream if the buffer is device memory.
+    pub fn device_stream(&self) -> Outcome<Option<CallerStream>> {
+        device_stream(&[self.buf], self.stream)
+    }
+}
+
+/// Runs `p2p` together as one `Communicator::group`, first waiting for each
+/// transfer's stream if `wait` says so.
 ///
-/// The buffers must still be valid (nccl.h: until the group returns).
-pub(crate) fn run_p2p(comm: &mut Communicator, p2p: &[P2p]) -> Outcome {
+/// The buffers must still be valid (nccl.h: until the group returns; stream-ordered:
+/// until the streams have passed it).
+pub(crate) fn run_p2p(comm: &mut Communicator, p2p: &[P2p], wait: StreamWait) -> Outcome {
     if p2p.is_empty() {
         return Ok(());
     }
@@ -346,8 +395,10 @@ pub(crate) fn run_p2p(comm: &mut Communicator, p2p: &[P2p]) -> Outcome {
         .iter()
         .map(|t| t.buf.mem())
         .collect::<Outcome<Vec<MemRef>>>()?;
-    for (t, m) in p2p.iter().zip(&mems) {
-        mixccl::device::wait_stream(t.stream, std::slice::from_ref(m))?;
+    if wait == StreamWait::Host {
+        for (t, m) in p2p.iter().zip(&mems) {
+            mixccl::device::wait_stream(t.stream, std::slice::from_ref(m))?;
+        }
     }
     if mems.iter().any(MemRef::is_device) {
         let transfers: Vec<TransferMem> = p2p

@@ -11,11 +11,18 @@
 //!
 //! `ncclCommSuspend` (with `NCCL_SUSPEND_MEM`) sets a flag that refuses new calls
 //! until `ncclCommResume`; mixccl holds no device memory, so nothing is released.
+//!
+//! Any communicator gets a [`CallQueue`] (its progress thread) on its first
+//! stream-ordered call (`MIXCCL_LAUNCH`, `stream`); those jobs are never reported as
+//! in progress, and host-synchronous calls, split, shrink and finalize wait for them
+//! first ([`Shared::drain`]). Abort also releases every caller stream such a call
+//! holds ([`Holds`]).
 
-use crate::env::config_from_env;
+use crate::env::{config_from_env, launch_from_env, Launch};
 use crate::queue::CallQueue;
 use crate::redop::OpTable;
 use crate::status::{code, code_of, Failure, Outcome, Progress};
+use crate::stream::Holds;
 use mixccl::{AbortHandle, Communicator, UniqueId};
 use std::ffi::{c_char, c_int, CString};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -55,8 +62,15 @@ pub(crate) struct Shared {
     async_code: AtomicI32,
     /// Message of the latched error; set once, so pointers into it stay valid.
     stopped: OnceLock<CString>,
-    /// The background thread of a nonblocking communicator; None when blocking.
-    queue: Option<CallQueue>,
+    /// Whether calls on host buffers (and init, split, shrink) run in the background.
+    nonblocking: bool,
+    /// The progress thread: from the start when nonblocking, else from the first
+    /// stream-ordered call.
+    queue: OnceLock<CallQueue>,
+    /// `MIXCCL_LAUNCH` when the communicator was made.
+    pub launch: Launch,
+    /// Tickets of stream-ordered calls that may still hold a caller's stream.
+    pub holds: Holds,
     /// PreMulSum ops made for this communicator.
     pub ops: Mutex<OpTable>,
 }
@@ -70,6 +84,11 @@ impl Shared {
     }
 
     fn empty(device: c_int, timeout: Duration, queue: Option<CallQueue>) -> Shared {
+        let nonblocking = queue.is_some();
+        let cell = OnceLock::new();
+        if let Some(q) = queue {
+            let _ = cell.set(q);
+        }
         Shared {
             comm: Mutex::new(None),
             abort: OnceLock::new(),
@@ -81,7 +100,11 @@ impl Shared {
             suspended: AtomicBool::new(false),
             async_code: AtomicI32::new(code::SUCCESS),
             stopped: OnceLock::new(),
-            queue,
+            nonblocking,
+            queue: cell,
+            // An invalid value already failed init (`config_from_env`).
+            launch: launch_from_env().unwrap_or_default(),
+            holds: Holds::default(),
             ops: Mutex::new(OpTable::default()),
         }
     }
@@ -126,16 +149,55 @@ impl Shared {
 
     /// Whether calls on this communicator run in the background.
     pub fn nonblocking(&self) -> bool {
-        self.queue.is_some()
+        self.nonblocking
+    }
+
+    /// MIXCCL_TIMEOUT of this communicator.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Runs `job` on this communicator's thread, after what is queued; a failure it
-    /// returns (or a panic) is latched for `ncclCommGetAsyncError`.
+    /// returns (or a panic) is latched for `ncclCommGetAsyncError`. Only for a
+    /// nonblocking communicator; the job counts as in progress until it has run.
     pub fn push(self: &Arc<Self>, job: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
         let queue = self
             .queue
-            .as_ref()
+            .get()
+            .filter(|_| self.nonblocking)
             .ok_or_else(|| Failure::internal("push on a blocking communicator"))?;
+        self.push_to(queue, job, true)
+    }
+
+    /// Runs a stream-ordered call's `job` on the progress thread (started now if this
+    /// is the first), after what is queued; not reported as in progress. A failure is
+    /// latched as for [`Shared::push`].
+    pub fn push_ordered(
+        self: &Arc<Self>,
+        job: impl FnOnce() -> Outcome + Send + 'static,
+    ) -> Outcome {
+        let queue = match self.queue.get() {
+            Some(q) => q,
+            None => {
+                let rank = self.facts.get().map_or(0, |f| f.rank);
+                let q = CallQueue::start(format!("mixccl-r{rank}-progress")).map_err(|e| {
+                    Failure::internal(format!("cannot start the progress thread: {e}"))
+                })?;
+                // Two threads racing here: the loser's queue is dropped unused (its
+                // thread exits when its sender goes).
+                let _ = self.queue.set(q);
+                self.queue.get().expect("set above")
+            }
+        };
+        self.push_to(queue, job, false)
+    }
+
+    fn push_to(
+        self: &Arc<Self>,
+        queue: &CallQueue,
+        job: impl FnOnce() -> Outcome + Send + 'static,
+        reported: bool,
+    ) -> Outcome {
         let s = self.clone();
         let job = move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
@@ -144,15 +206,36 @@ impl Shared {
                 s.latch(f.code, &f.message);
             }
         };
-        if !queue.push(Box::new(job)) {
+        if !queue.push(Box::new(job), reported) {
             return Err(Failure::usage("the communicator is being destroyed"));
         }
         Ok(())
     }
 
+    /// Waits until no earlier call is queued or running on the progress thread, at
+    /// most twice MIXCCL_TIMEOUT plus 2 s (a stream-ordered call waits at most the
+    /// timeout for its stream, then runs at most the timeout plus 1 s; later ones fail
+    /// at once behind a failed one). Host-synchronous calls, split and shrink go
+    /// through here, so calls still run in issue order on every rank.
+    pub fn drain(&self) -> Outcome {
+        let Some(q) = self.queue.get() else {
+            return Ok(());
+        };
+        let limit = self.timeout * 2 + Duration::from_secs(2);
+        if q.wait_idle(limit) {
+            return Ok(());
+        }
+        Err(Failure {
+            code: code::TIMEOUT,
+            message: format!(
+                "calls enqueued earlier on this communicator did not finish within {limit:?}"
+            ),
+        })
+    }
+
     /// Records the first error that stopped the communicator: the code first (what
     /// pollers and `ready` read), then its message.
-    fn latch(&self, c: c_int, message: &str) {
+    pub fn latch(&self, c: c_int, message: &str) {
         let c = if c == code::SUCCESS {
             code::INTERNAL_ERROR
         } else {
@@ -170,7 +253,7 @@ impl Shared {
     }
 
     /// The latched error as a failure to return, if any.
-    fn latched(&self) -> Option<Failure> {
+    pub fn latched(&self) -> Option<Failure> {
         match self.async_code.load(Ordering::SeqCst) {
             code::SUCCESS => None,
             c => Some(Failure {
@@ -202,8 +285,8 @@ impl Shared {
     }
 
     /// Checks that a new call may be made: not finalized, created, not suspended, not
-    /// stopped by an error (a nonblocking communicator's latched error is returned at
-    /// once).
+    /// stopped by an error (the latched error is returned at once: the failure of a
+    /// call that ran in the background, or on a stream, is then the next call's).
     pub fn ready(&self) -> Outcome<Facts> {
         let facts = self.facts()?;
         if self.finalized.load(Ordering::SeqCst) {
@@ -220,8 +303,8 @@ impl Shared {
             )));
         }
         match self.latched() {
-            Some(f) if self.nonblocking() => Err(f),
-            _ => Ok(facts),
+            Some(f) => Err(f),
+            None => Ok(facts),
         }
     }
 
@@ -267,10 +350,11 @@ impl Shared {
     }
 
     /// `ncclCommGetAsyncError`: the latched error's code, else `ncclInProgress` while
-    /// background work is queued or running, else `ncclSuccess`; never blocks.
+    /// background work (not stream-ordered calls) is queued or running, else
+    /// `ncclSuccess`; never blocks.
     pub fn async_code(&self) -> c_int {
         match self.async_code.load(Ordering::SeqCst) {
-            code::SUCCESS if self.queue.as_ref().is_some_and(|q| q.pending() > 0) => {
+            code::SUCCESS if self.queue.get().is_some_and(|q| q.reported() > 0) => {
                 code::IN_PROGRESS
             }
             c => c,
@@ -282,19 +366,26 @@ impl Shared {
         self.stopped.get().map(|s| s.as_ptr())
     }
 
-    /// Makes calls in flight (and later ones) fail with `Aborted`.
+    /// Makes calls in flight (and later ones) fail with `Aborted`, and releases every
+    /// caller stream a stream-ordered call holds.
     pub fn abort(&self) {
         self.aborted.store(true, Ordering::SeqCst);
+        self.holds.release_all();
         if let Some(h) = self.abort.get() {
             h.abort();
         }
+    }
+
+    /// Was the communicator aborted?
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::SeqCst)
     }
 
     /// `ncclCommAbort` after the handle is gone: stops the calls in flight, then
     /// waits a bounded time for the background thread.
     pub fn abort_and_close(&self) {
         self.abort();
-        if let Some(q) = &self.queue {
+        if let Some(q) = self.queue.get() {
             // An init in progress cannot be interrupted: do not wait for it.
             if self.facts.get().is_some() {
                 q.wait_idle(ABORT_WAIT);
@@ -306,7 +397,7 @@ impl Shared {
     /// `ncclCommDestroy` after the handle is gone: waits for queued calls (at most
     /// the communicator's timeout plus a second), then aborts what is left.
     pub fn close(&self) -> Outcome {
-        let Some(q) = &self.queue else {
+        let Some(q) = self.queue.get() else {
             return Ok(());
         };
         let limit = self.timeout + Duration::from_secs(1);
@@ -325,10 +416,16 @@ impl Shared {
     }
 
     /// Marks the communicator finalized: `Done` if nothing is pending, else
-    /// `InProgress` (a nonblocking communicator finishes its queue first).
+    /// `InProgress` (a nonblocking communicator finishes its queue first). A blocking
+    /// one waits (bounded) for its stream-ordered calls, as NCCL's finalize does.
     pub fn finalize(&self) -> Progress {
         self.finalized.store(true, Ordering::SeqCst);
-        match self.queue.as_ref().is_some_and(|q| q.pending() > 0) {
+        if !self.nonblocking {
+            // A call that did not finish is latched, or aborted by destroy.
+            let _ = self.drain();
+            return Progress::Done;
+        }
+        match self.queue.get().is_some_and(|q| q.pending() > 0) {
             true => Progress::InProgress,
             false => Progress::Done,
         }
@@ -345,6 +442,9 @@ impl Shared {
         self.facts()?;
         if abort_first {
             self.abort();
+        } else {
+            // The parent may be stopped: its queued calls then fail at once.
+            let _ = self.drain();
         }
         let excluded = excluded.to_vec();
         let parent = self.clone();
@@ -375,12 +475,13 @@ impl Shared {
             }
         };
         self.ready()?;
-        if self.queue.as_ref().is_some_and(|q| q.pending() > 0) {
+        if self.queue.get().is_some_and(|q| q.reported() > 0) {
             return Err(Failure::invalid(
                 "the parent communicator has calls in progress: poll ncclCommGetAsyncError \
                  until it returns ncclSuccess before splitting it",
             ));
         }
+        self.drain()?;
         let parent = self.clone();
         let make = move || {
             parent
@@ -559,6 +660,43 @@ mod tests {
         assert!(!s.suspended());
         assert!(s.ready().is_ok());
         s.resume().unwrap();
+    }
+
+    #[test]
+    fn stream_ordered_jobs_are_not_in_progress_but_are_drained_and_latch() {
+        let comm = Communicator::in_process(1, mixccl::Config::default()).unwrap();
+        let s = Shared::new(comm.into_iter().next().expect("one rank"), 0);
+        assert!(
+            s.drain().is_ok(),
+            "no progress thread yet: nothing to wait for"
+        );
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        s.push_ordered(move || {
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+            Err(Failure::usage("the ordered job failed"))
+        })
+        .unwrap();
+        assert_eq!(
+            s.async_code(),
+            code::SUCCESS,
+            "a blocking comm is never in progress"
+        );
+        assert!(s.ready().is_ok());
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(()).unwrap();
+        });
+        assert!(s.drain().is_ok());
+        release.join().unwrap();
+        assert_eq!(s.async_code(), code::INVALID_USAGE);
+        let e = s.ready().unwrap_err();
+        assert_eq!(e.code, code::INVALID_USAGE, "the next call fails with it");
+        assert!(
+            e.message.contains("the ordered job failed"),
+            "{}",
+            e.message
+        );
+        assert!(s.close().is_ok());
     }
 
     #[test]

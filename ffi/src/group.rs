@@ -10,14 +10,24 @@
 //! outermost `ncclGroupEnd` then runs nothing and returns that call's error, as
 //! NCCL does.
 //!
-//! A nonblocking communicator's share of a call or group is queued on its own thread
+//! A communicator's share of a call or group (a *unit*) that touches device memory
+//! is stream-ordered unless `MIXCCL_LAUNCH=sync`: tied to the caller's streams
+//! (`stream`) and queued on the communicator's progress thread, and the export
+//! returns `ncclSuccess` at once; the buffers must stay valid until the streams have
+//! passed the call. A unit on host buffers only is host-synchronous: it first waits
+//! (bounded) for the stream-ordered units before it (`Shared::drain`), so every rank
+//! still runs its calls in issue order.
+//!
+//! A nonblocking communicator's host-synchronous unit is queued on its own thread
 //! (`comm::Shared::push`) instead, and the export returns `ncclInProgress`; the
 //! caller's buffers must then stay valid until `ncclCommGetAsyncError` leaves
 //! `ncclInProgress`.
 
-use crate::coll::{run_p2p, CollCall, P2p};
+use crate::coll::{run_p2p, CollCall, P2p, StreamWait};
 use crate::comm::Shared;
-use crate::status::{Failure, Outcome, Progress};
+use crate::env::Launch;
+use crate::status::{code, Failure, Outcome, Progress};
+use crate::stream::{self, CallerStream, Marks, Ticket};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -95,35 +105,144 @@ pub(crate) fn submit(make: impl FnOnce() -> Outcome<(Arc<Shared>, Pending)>) -> 
     if deferred {
         return Ok(Progress::Done);
     }
-    if comm.nonblocking() {
-        return queue(&comm, vec![call]);
+    dispatch(vec![(comm, vec![call])])
+}
+
+/// Sends each communicator's unit on its way: stream-ordered, queued (nonblocking
+/// communicator), or run now.
+fn dispatch(by_comm: Vec<(Arc<Shared>, Vec<Pending>)>) -> Outcome<Progress> {
+    let mut progress = Progress::Done;
+    let mut now = Vec::new();
+    for (comm, calls) in by_comm {
+        if enqueue_ordered(&comm, &calls)? {
+            continue;
+        }
+        if comm.nonblocking() {
+            progress = progress.and(queue(&comm, calls)?);
+        } else {
+            now.push((comm, calls));
+        }
     }
-    run_one(&comm, &[call]).map(|()| Progress::Done)
+    run_blocking(now).map(|()| progress)
 }
 
 /// Runs a nonblocking communicator's calls on its thread.
 fn queue(comm: &Arc<Shared>, calls: Vec<Pending>) -> Outcome<Progress> {
     let c = comm.clone();
-    comm.push(move || run_one(&c, &calls))?;
+    comm.push(move || run_calls(&c, &calls, StreamWait::Host))?;
     Ok(Progress::InProgress)
 }
 
 /// Runs one communicator's calls: collectives in order, then the transfers together.
-fn run_one(comm: &Shared, calls: &[Pending]) -> Outcome {
+fn run_calls(comm: &Shared, calls: &[Pending], wait: StreamWait) -> Outcome {
     comm.with(|c| {
         let mut p2p = Vec::new();
         for call in calls {
             match call {
-                Pending::Coll(x) => x.run(c)?,
+                Pending::Coll(x) => x.run(c, wait)?,
                 Pending::P2p(t) => p2p.push(*t),
             }
         }
-        run_p2p(c, &p2p)
+        run_p2p(c, &p2p, wait)
     })
 }
 
-/// Runs a closed group's calls: queues those of nonblocking communicators, runs the
-/// others.
+/// Runs a unit host-synchronously on the caller's thread, after the stream-ordered
+/// units before it.
+fn run_one(comm: &Shared, calls: &[Pending]) -> Outcome {
+    comm.drain()?;
+    run_calls(comm, calls, StreamWait::Host)
+}
+
+/// The distinct caller streams of a unit that is to be stream-ordered: None when
+/// `MIXCCL_LAUNCH=sync`, when no call touches device memory, when its device buffers
+/// lie on more than one device, or when the runtime lacks events (the unit is
+/// host-synchronous then).
+fn ordered_streams(comm: &Shared, calls: &[Pending]) -> Outcome<Option<Vec<CallerStream>>> {
+    if comm.launch != Launch::Stream {
+        return Ok(None);
+    }
+    let mut streams = Vec::new();
+    for call in calls {
+        let s = match call {
+            Pending::Coll(x) => x.device_stream()?,
+            Pending::P2p(t) => t.device_stream()?,
+        };
+        if let Some(s) = s.filter(|s| !streams.contains(s)) {
+            streams.push(s);
+        }
+    }
+    // Streams of one unit are joined with events, which work within one device.
+    let one_device = streams
+        .iter()
+        .all(|s| (s.vendor, s.index) == (streams[0].vendor, streams[0].index));
+    if streams.is_empty() || !one_device || !stream::supported(streams[0].vendor) {
+        return Ok(None);
+    }
+    Ok(Some(streams))
+}
+
+/// Enqueues a unit on its caller streams and the progress thread, and returns true;
+/// false when it is not stream-ordered (see [`ordered_streams`]; also when tying it
+/// to a stream failed, which leaves nothing queued there).
+fn enqueue_ordered(comm: &Arc<Shared>, calls: &[Pending]) -> Outcome<bool> {
+    let Some(streams) = ordered_streams(comm, calls)? else {
+        return Ok(false);
+    };
+    let weak = Arc::downgrade(comm);
+    let timeout = comm.timeout();
+    let ticket = Ticket::new(timeout, move || {
+        if let Some(s) = weak.upgrade() {
+            s.latch(
+                code::TIMEOUT,
+                &format!(
+                    "a stream-ordered call did not finish within {timeout:?} (MIXCCL_TIMEOUT) \
+                     of its start; the communicator was aborted to release the caller's stream"
+                ),
+            );
+            s.abort();
+        }
+    });
+    let Ok(mut marks) = stream::enqueue(&streams, &ticket) else {
+        return Ok(false);
+    };
+    comm.holds.add(&ticket);
+    let (c, t, calls) = (comm.clone(), ticket.clone(), calls.to_vec());
+    let pushed = comm.push_ordered(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_ordered(&c, &calls, &mut marks, &t)
+        }))
+        .unwrap_or_else(|_| Err(Failure::internal("a stream-ordered call panicked")));
+        // Latched before the streams move on, so work after the call (and the
+        // application, once its stream is back) sees the error.
+        if let Err(f) = &r {
+            c.latch(f.code, &f.message);
+        }
+        t.finish();
+        r
+    });
+    if pushed.is_err() {
+        ticket.finish();
+    }
+    pushed.map(|()| true)
+}
+
+/// The progress thread's side of a stream-ordered unit: fails at once behind a
+/// latched error, waits for the caller's streams to reach the unit, runs it.
+fn run_ordered(comm: &Shared, calls: &[Pending], marks: &mut Marks, ticket: &Ticket) -> Outcome {
+    if let Some(f) = comm.latched() {
+        return Err(f);
+    }
+    marks.wait(comm.timeout(), || ticket.is_released() || comm.is_aborted())?;
+    if !ticket.start() {
+        return Err(Failure::usage(
+            "the communicator was aborted before the call ran",
+        ));
+    }
+    run_calls(comm, calls, StreamWait::Done)
+}
+
+/// Runs a closed group's calls, one unit per communicator (see [`dispatch`]).
 fn run(calls: Vec<(Arc<Shared>, Pending)>) -> Outcome<Progress> {
     let mut by_comm: Vec<(Arc<Shared>, Vec<Pending>)> = Vec::new();
     for (comm, call) in calls {
@@ -132,13 +251,7 @@ fn run(calls: Vec<(Arc<Shared>, Pending)>) -> Outcome<Progress> {
             None => by_comm.push((comm, vec![call])),
         }
     }
-    let (background, now): (Vec<_>, Vec<_>) =
-        by_comm.into_iter().partition(|(c, _)| c.nonblocking());
-    let mut progress = Progress::Done;
-    for (comm, calls) in background {
-        progress = progress.and(queue(&comm, calls)?);
-    }
-    run_blocking(now).map(|()| progress)
+    dispatch(by_comm)
 }
 
 /// Runs blocking communicators' calls, each communicator on its own thread if several.

@@ -6,8 +6,9 @@
 //! arguments into Rust values (`cast` is the only place raw pointers become
 //! references or slices); collectives become a [`coll::CollCall`], run at once or
 //! recorded by `group` until the outermost `ncclGroupEnd`; both end in the
-//! `mixccl::Communicator` that `comm::Shared` owns, on the caller's thread or, for a
-//! nonblocking communicator, on its own thread (`queue`).
+//! `mixccl::Communicator` that `comm::Shared` owns, on the caller's thread or on the
+//! communicator's own thread (`queue`): a nonblocking communicator's calls, and
+//! calls on device buffers, which are ordered on the caller's streams (`stream`).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -24,3 +25,4 @@ mod memory;
 mod queue;
 mod redop;
 mod status;
+mod stream;

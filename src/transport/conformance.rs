@@ -257,7 +257,11 @@ fn shut_down_sockets(link: &dyn Link) {
             shut += 1;
         }
     }
-    assert!(shut > 0, "{} link: nothing to shut down", link.class().name());
+    assert!(
+        shut > 0,
+        "{} link: nothing to shut down",
+        link.class().name()
+    );
 }
 
 /// Bytes of stream `seed`: no two streams of a check share a run of them.

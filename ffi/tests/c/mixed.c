@@ -6,9 +6,11 @@
  * and out of place, and a grouped send/recv ring, checked element by element.
  *
  * Inputs are uploaded with the vendor's asynchronous copy from pinned memory on a
- * vendor stream that is NOT synchronised before the call: mixccl must wait for the
- * stream it is given (the stubs run queued copies only at synchronisation, so a
- * missed wait reads stale device memory). Results are copied back after the call.
+ * vendor stream that is NOT synchronised before the call: mixccl must order the call
+ * after it (the stubs run queued work later, on a worker thread, so a missed
+ * dependency reads stale device memory). Results are copied back on the same stream
+ * after the call, which must order them after its result (calls on device buffers
+ * are stream-ordered unless MIXCCL_LAUNCH=sync).
  *
  * TEST_RANK, TEST_NRANKS, TEST_ID_FILE: as collectives.c (rank 0 writes the id).
  */
@@ -112,8 +114,13 @@ static void* dev_alloc(size_t n) {
   return p;
 }
 
+static void sync_stream(void);
+
+/* Frees after the stream is done with the buffer: calls are stream-ordered, and the
+ * stubs' free does not wait for the device as cudaFree does. */
 static void dev_free(void* p) {
   if (!p) return;
+  sync_stream();
   if (is("cuda")) VENDOR(cuMemFree_v2((unsigned long long)(uintptr_t)p));
   else if (is("hip")) VENDOR(hipFree(p));
   else if (is("acl")) VENDOR(aclrtFree(p));
@@ -143,6 +150,15 @@ static void upload(void* dst, const void* src, size_t n) {
   else if (is("musa")) VENDOR(musaMemcpyAsync(dst, src, n, 1, stream));
   else if (is("cnrt")) VENDOR(cnrtMemcpyAsync_V2(dst, (void*)src, n, stream, 0));
   else memcpy(dst, src, n);
+}
+
+/* Waits for everything queued on `stream`. */
+static void sync_stream(void) {
+  if (is("cuda")) VENDOR(cuStreamSynchronize(stream));
+  else if (is("hip")) VENDOR(hipStreamSynchronize(stream));
+  else if (is("acl")) VENDOR(aclrtSynchronizeStream(stream));
+  else if (is("musa")) VENDOR(musaStreamSynchronize(stream));
+  else if (is("cnrt")) VENDOR(cnrtQueueSync(stream));
 }
 
 /* Copies `src` to host `dst` and waits. */
@@ -304,8 +320,8 @@ static int64_t reduced(int op, ncclDataType_t t, size_t i) {
   return op == ncclAvg ? acc / nranks : acc;
 }
 
-/* Pinned host staging: two upload slots (they must not be reused before the call
- * that waits for the stream) and one for results. */
+/* Pinned host staging: two upload slots (reused only once the stream has run the
+ * upload from them) and one for results. */
 static void* up[2];
 static void* down;
 
@@ -315,6 +331,7 @@ static void* down;
 static void* make(ncclDataType_t t, size_t count, int op, int r, size_t first, int slot) {
   void* d = dev_alloc(count * tsize(t));
   size_t i;
+  sync_stream(); /* the slot's last upload has run */
   for (i = 0; i < count; i++) put(t, up[slot], i, op == SENTINEL ? 77 : input(op, t, r, first + i));
   upload(d, up[slot], count * tsize(t));
   return d;

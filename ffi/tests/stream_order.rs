@@ -1,0 +1,174 @@
+//! Stream-ordered calls through the C ABI (`c/stream_order.c`) on the stub runtimes,
+//! which run stream work on a worker thread later than it was enqueued, so a call
+//! that reads its input too early or finishes after the work queued behind it shows
+//! as wrong data. Every vendor shim takes part: one rank per runtime in `order`, and
+//! a pair of runtimes in each fault case. The stubs are built here, linked into the
+//! program and named to mixccl by the `MIXCCL_*_LIB` variables, as in `mixed.rs`.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use util::*;
+
+const STUBS: [(&str, &str); 5] = [
+    ("cuda", "MIXCCL_CUDA_LIB"),
+    ("hip", "MIXCCL_HIP_LIB"),
+    ("musa", "MIXCCL_MUSA_LIB"),
+    ("acl", "MIXCCL_ACL_LIB"),
+    ("cnrt", "MIXCCL_CNRT_LIB"),
+];
+
+/// Builds `tests/stubs/<name>_stub.c` into `dir/lib<name>_stub.so`.
+fn build_stub(dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(format!("lib{name}_stub.so"));
+    run_ok(
+        Command::new("cc")
+            .args([
+                "-O1", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-pthread",
+            ])
+            .arg("-o")
+            .arg(&out)
+            .arg(repo().join(format!("tests/stubs/{name}_stub.c"))),
+    );
+    out
+}
+
+/// The program, linked with every stub, in a scratch directory of its own.
+fn program(name: &str) -> (PathBuf, PathBuf) {
+    let dir = scratch(name);
+    let mut sources =
+        vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/stream_order.c")];
+    // After the program, so the linker keeps them (--as-needed).
+    sources.extend(STUBS.iter().map(|(n, _)| build_stub(&dir, n)));
+    let exe = dir.join("stream_order");
+    let rpath = format!("-Wl,-rpath,{}", dir.display());
+    compile("cc", &sources, &exe, &dir, &["-std=c11", &rpath]);
+    (dir, exe)
+}
+
+/// Runs `case` with one rank per entry of `mems`; `env` is added to every rank's.
+fn run_case(
+    dir: &Path,
+    exe: &Path,
+    case: &str,
+    mems: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<Finished> {
+    let id_file = dir.join(format!("{case}.id"));
+    let done_file = dir.join(format!("{case}.done"));
+    // A second run of the case must not find the first one's id or signals.
+    let warm_file = dir.join(format!("{case}.done.warm"));
+    for f in [&id_file, &done_file, &warm_file] {
+        let _ = std::fs::remove_file(f);
+    }
+    let cmds = mems
+        .iter()
+        .enumerate()
+        .map(|(r, mem)| {
+            let mut c = Command::new(exe);
+            base_env(&mut c)
+                .env("TEST_CASE", case)
+                .env("TEST_RANK", r.to_string())
+                .env("TEST_NRANKS", mems.len().to_string())
+                .env("TEST_ID_FILE", &id_file)
+                .env("TEST_DONE_FILE", &done_file)
+                .env("TEST_MEM", mem);
+            for (name, var) in STUBS {
+                c.env(var, dir.join(format!("lib{name}_stub.so")));
+            }
+            for k in ["STUB_FAIL", "TEST_SYNC"] {
+                c.env_remove(k);
+            }
+            for (k, v) in env {
+                c.env(k, v);
+            }
+            c
+        })
+        .collect();
+    let runs = run_all(cmds, DEADLINE);
+    assert_all_ok(
+        &format!("stream_order.c {case} on {mems:?} with {env:?}"),
+        &runs,
+    );
+    runs
+}
+
+#[test]
+fn calls_are_ordered_on_the_callers_streams_on_every_vendor() {
+    let (dir, exe) = program("stream-order");
+    let mems = ["cuda", "hip", "musa", "acl", "cnrt"];
+    for env in [
+        &[][..],
+        &[("MIXCCL_LAUNCH", "sync"), ("TEST_SYNC", "1")][..],
+    ] {
+        let runs = run_case(&dir, &exe, "order", &mems, env);
+        for (r, run) in runs.iter().enumerate() {
+            assert!(
+                run.output.contains("stream_order order OK"),
+                "rank {r}: {}",
+                run.output
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_killed_peer_releases_the_held_stream_and_the_error_latches() {
+    let (dir, exe) = program("stream-killed");
+    // A timeout far beyond the deadline: only the peer loss can release the stream.
+    let runs = run_case(
+        &dir,
+        &exe,
+        "killed",
+        &["hip", "cuda"],
+        &[("MIXCCL_TIMEOUT", "600")],
+    );
+    assert!(
+        runs[0].output.contains("stream released"),
+        "{}",
+        runs[0].output
+    );
+    eprint!("{}", runs[0].output);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_silent_peer_releases_the_held_stream_after_the_timeout() {
+    let (dir, exe) = program("stream-silent");
+    let runs = run_case(
+        &dir,
+        &exe,
+        "silent",
+        &["musa", "acl"],
+        &[("MIXCCL_TIMEOUT", "3")],
+    );
+    assert!(
+        runs[0].output.contains("stream released"),
+        "{}",
+        runs[0].output
+    );
+    eprint!("{}", runs[0].output);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn abort_releases_every_held_stream() {
+    let (dir, exe) = program("stream-abort");
+    // A timeout far beyond the deadline: only the abort can release the streams.
+    let runs = run_case(
+        &dir,
+        &exe,
+        "abort",
+        &["cnrt", "cuda"],
+        &[("MIXCCL_TIMEOUT", "600")],
+    );
+    assert!(
+        runs[0].output.contains("abort released both streams"),
+        "{}",
+        runs[0].output
+    );
+    eprint!("{}", runs[0].output);
+    let _ = std::fs::remove_dir_all(dir);
+}
