@@ -42,12 +42,12 @@ static RAISED: AtomicU8 = AtomicU8::new(0);
 pub(crate) fn level() -> DebugLevel {
     static LEVEL: OnceLock<DebugLevel> = OnceLock::new();
     let env = *LEVEL.get_or_init(|| {
-        crate::config::env("MIXCCL_DEBUG")
+        // Read directly (not through `config::env`): `config` logs, so `debug` sits below it.
+        std::env::var("MIXCCL_DEBUG")
+            .ok()
             .and_then(|v| DebugLevel::parse(&v))
             .unwrap_or(DebugLevel::Warn)
     });
-    // The first log call of a process (init always logs) checks for misspelt variables.
-    crate::config::warn_unknown_env();
     let raised = match RAISED.load(Ordering::Relaxed) {
         2 => DebugLevel::Trace,
         1 => DebugLevel::Info,
