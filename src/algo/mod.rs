@@ -95,6 +95,13 @@ pub(crate) enum Op {
         offset: usize,
         dst: Region,
     },
+    /// Publish `src` on this rank's ring of the host's board (`transport::board`), for
+    /// every other rank of the host to copy out with [`Op::BoardRead`]. The board ops
+    /// of a schedule run in program order (this rank's writes, and its reads of each
+    /// peer), after the call's headers have been checked.
+    BoardWrite { src: Region },
+    /// Copy the next `dst.len` bytes `peer` published on the host's board into `dst`.
+    BoardRead { peer: usize, dst: Region },
 }
 
 impl Op {
@@ -109,7 +116,14 @@ impl Op {
             Op::FinishAvg { dst } => ([Some(dst), None], Some(dst)),
             Op::Describe { src, dst } => ([Some(src), None], Some(dst)),
             Op::PeerRead { desc, dst, .. } => ([Some(desc), None], Some(dst)),
+            Op::BoardWrite { src } => ([Some(src), None], None),
+            Op::BoardRead { dst, .. } => ([None, None], Some(dst)),
         }
+    }
+
+    /// Is this an op on the host's board?
+    pub(crate) fn on_board(&self) -> bool {
+        matches!(self, Op::BoardWrite { .. } | Op::BoardRead { .. })
     }
 }
 
@@ -137,6 +151,8 @@ impl Schedule {
             Op::FinishAvg { dst } => dst.len,
             Op::Describe { dst, .. } => dst.len,
             Op::PeerRead { dst, .. } => dst.len,
+            Op::BoardWrite { src } => src.len,
+            Op::BoardRead { dst, .. } => dst.len,
         };
         if len > 0 {
             self.ops.push(op);
@@ -314,8 +330,8 @@ pub(crate) fn build(call: &Call, algo: Algorithm, hosts: &[Vec<usize>]) -> Resul
         (AllGather, Ring) => ring::all_gather(call),
         (AllGather, Direct) => direct::all_gather(call),
         (AllGather, HostRead) => host::all_gather(call),
-        (AllGather, Publish) => host::publish_start(call),
-        (AllReduce, Publish) => ring::all_reduce_scattered(call),
+        (AllGather, Publish) => host::publish_all_gather(call),
+        (AllReduce, Publish) => host::publish_all_reduce(call),
         (ReduceScatter, Ring) => ring::reduce_scatter(call),
         (Broadcast, Chain) => chain::broadcast(call),
         (Reduce, Chain) => chain::reduce(call),

@@ -52,7 +52,7 @@ pub(super) fn all_reduce(c: &Call) -> Schedule {
 
 /// The first half of the ring all_reduce, for the board's all_reduce: the output ends
 /// holding only the block this rank owns, reduced (and divided, for `Avg`); the
-/// communicator gathers the rest through the board ([`owned_blocks`]).
+/// board gathers the rest (`host::publish_all_reduce`, [`owned_blocks`]).
 pub(super) fn all_reduce_scattered(c: &Call) -> Schedule {
     if c.nranks == 1 {
         // One rank owns the whole buffer: the all_reduce is its copy.

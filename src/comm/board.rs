@@ -1,11 +1,11 @@
-//! What a communicator does beside the executor when all its ranks share a host:
-//! keeping the host's board that the shared-memory links brought, gathering blocks
-//! through it, and probing whether every rank can read every other's memory.
+//! What a communicator sets up when all its ranks share a host: keeping the host's
+//! board that the shared-memory links brought (the executor runs the board ops of
+//! a schedule on it), and probing whether every rank can read every other's memory
+//! (for the schedules' cross-memory reads).
 
-use super::{CallLabel, Communicator, Transfer};
-use crate::config::Collective;
+use super::{Communicator, Transfer};
 use crate::debug::log_info;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::reduce::ReduceOp;
 use crate::transport::LinkClass;
 
@@ -17,37 +17,6 @@ impl Communicator {
     pub(super) fn adopt_board(&mut self) {
         self.board = self.links.iter().flatten().find_map(|l| l.board());
         self.caps.publish = self.board.is_some();
-    }
-
-    /// The blocks of a call whose schedule `run` just ran (headers, and for all_reduce
-    /// the reduce-scatter), through the host's board: `blocks[p]` gets rank p's block;
-    /// this rank's is `own` or already in place.
-    pub(super) fn publish_gather(
-        &mut self,
-        coll: Collective,
-        own: Option<&[u8]>,
-        blocks: Vec<&mut [u8]>,
-    ) -> Result<()> {
-        let Some(board) = self.board.clone() else {
-            return Err(Error::Internal("publish planned without a board".into()));
-        };
-        let label = CallLabel {
-            coll,
-            seq: self.seq,
-            rank: self.rank,
-        };
-        let mut w = crate::transport::board::Wait {
-            timeout: self.config.timeout,
-            spin: self.config.spin,
-            abort: &self.abort,
-            label: &label,
-            links: &mut self.links,
-        };
-        let result = board.gather(own, blocks, &mut w);
-        if let Err(e) = &result {
-            self.failed = Some(e.clone());
-        }
-        result
     }
 
     /// Can every rank read every other's memory directly? All ranks must agree, so this

@@ -7,7 +7,7 @@
 //! - `measure`: the topology model built at init and refined by a short measurement.
 //! - `validate`: argument checks (buffer lengths, ranks, roots, peers).
 //! - `run`: a call's plan (memoised), its pieces and its run through the executor.
-//! - `board`: the host board's gather and the cross-memory read probe.
+//! - `board`: adopting the host's board and the cross-memory read probe.
 //! - `stage`: collectives on buffers in any memory, staged through pinned host memory.
 
 mod board;

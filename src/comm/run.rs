@@ -1,6 +1,7 @@
 //! Running a call: the element split into pieces, the plan (remembered for a loop
 //! of equal calls), and the run of a schedule through the executor with the error
-//! latch and the abort flag.
+//! latch and the abort flag. Every data path runs here, through the executor: the
+//! host board's and the cross-memory reads are ops of the schedule.
 
 use super::{CallLabel, Communicator, Meta};
 use crate::algo::{self, Call};
@@ -105,24 +106,7 @@ impl Communicator {
             root: call.root,
             algo: algo.name(),
         };
-        self.run_schedule(meta, &schedule, input, output, &[], &mut [])?;
-        if algo == Algorithm::Publish && !output.is_empty() {
-            let (own, blocks) = match call.coll {
-                // The schedule exchanged headers only; every block is still to move.
-                Collective::AllGather => {
-                    let b = output.len() / self.nranks;
-                    let own = (!input.is_empty()).then_some(input);
-                    (own, output.chunks_exact_mut(b).collect())
-                }
-                // The schedule was the ring's reduce-scatter: each rank owns one block.
-                _ => {
-                    let ranges = algo::owned_blocks(call.count, self.nranks, call.dtype.size());
-                    (None, crate::transport::board::split_blocks(output, &ranges))
-                }
-            };
-            self.publish_gather(call.coll, own, blocks)?;
-        }
-        Ok(())
+        self.run_schedule(meta, &schedule, input, output, &[], &mut [])
     }
 
     /// The algorithm for `call` and this rank's schedule for it.
@@ -230,6 +214,7 @@ impl Communicator {
             header,
             algo: meta.algo,
             p2p_seq: p2p.then_some(&self.p2p_seq),
+            board: self.board.as_deref(),
         };
         let result = exec::run(
             schedule,

@@ -14,6 +14,10 @@
 //! - Lanes: per (peer, direction), the k-th data transfer goes on lane
 //!   `k % lanes`; each lane runs its ops in order.
 //! - Staging: one buffer per lane that receives-and-reduces.
+//! - The host's board: this rank's board writes run in order on one board lane,
+//!   its reads of each peer on one per peer; with headers on, every board op waits
+//!   for every header received (it reads the whole header buffer), so a peer that
+//!   called something else is a mismatch, not a wrong read of the board.
 //!
 //! Touches no link, buffer or clock.
 
@@ -24,6 +28,8 @@ use std::collections::{BTreeMap, HashMap};
 
 /// Marks an op that is on no lane (a local op).
 pub(crate) const NO_LANE: u32 = u32::MAX;
+/// Marks an op on a board lane (see [`Lowered::board`]).
+pub(crate) const ON_BOARD: u32 = u32::MAX - 1;
 
 /// Bytes of the header buffer per peer: the header sent, then the one received.
 pub(crate) const HEADER_SLOT: usize = 2 * HEADER_BYTES;
@@ -67,6 +73,15 @@ pub(crate) struct Lane {
     pub staging: Option<usize>,
 }
 
+/// One ordered stream of board ops: this rank's writes (`peer` is this rank), or
+/// its reads of one peer's ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BoardLane {
+    pub peer: usize,
+    /// Indices into [`Lowered::ops`], in the order they run.
+    pub ops: Vec<u32>,
+}
+
 /// A schedule lowered for one rank (see the module doc).
 #[derive(Debug, Clone)]
 pub(crate) struct Lowered {
@@ -81,13 +96,17 @@ pub(crate) struct Lowered {
     pub succ_at: Vec<u32>,
     pub succ: Vec<u32>,
     pub lanes: Vec<Lane>,
-    /// Per op, its index in `lanes`, or [`NO_LANE`] for local ops.
+    /// Board lanes: this rank's writes first (if any), then its reads by peer.
+    pub board: Vec<BoardLane>,
+    /// Per op, its index in `lanes`, [`ON_BOARD`] for board ops or [`NO_LANE`] for
+    /// local ops.
     pub lane_of: Vec<u32>,
     /// The local ops, ascending.
     pub local: Vec<u32>,
     /// Staging buffers the receive-and-reduce lanes need.
     pub nstaging: usize,
-    /// Bytes sent plus received by this rank (headers included).
+    /// Bytes sent plus received by this rank (headers included), and written to and
+    /// read from the board.
     pub moved: usize,
 }
 
@@ -107,6 +126,34 @@ pub(crate) fn transfer(op: &Op) -> Option<(usize, Direction, usize)> {
         }
         _ => None,
     }
+}
+
+/// A board op's lane (this rank for its writes, the peer for reads) and length.
+pub(crate) fn board_op(op: &Op, rank: usize) -> Option<(usize, usize)> {
+    match *op {
+        Op::BoardWrite { src } => Some((rank, src.len)),
+        Op::BoardRead { peer, dst } => Some((peer, dst.len)),
+        _ => None,
+    }
+}
+
+/// The region every board op reads when headers are on: the whole header buffer,
+/// so it waits for every header received.
+fn header_gate(nranks: usize) -> crate::algo::Region {
+    crate::algo::Region::new(Buf::Header, 0, HEADER_SLOT * nranks)
+}
+
+/// `op`'s (regions read, region written) for dependencies: its own, and for a
+/// board op also `gate`.
+fn access(
+    op: &Op,
+    gate: Option<crate::algo::Region>,
+) -> ([Option<crate::algo::Region>; 2], Option<crate::algo::Region>) {
+    let (mut reads, write) = op.access();
+    if op.on_board() {
+        reads[1] = gate;
+    }
+    (reads, write)
 }
 
 /// Lowers `rank`'s `schedule` in a call of `nranks` ranks. `lanes(peer)` is the lane
@@ -159,7 +206,8 @@ pub(crate) fn lower(
     }
     let nheader = ops.len();
     ops.extend_from_slice(&schedule.ops);
-    let (waits, succ_at, succ) = dependencies(&ops);
+    let gate = (nheader > 0).then(|| header_gate(nranks));
+    let (waits, succ_at, succ) = dependencies(&ops, gate);
 
     let mut lane_list: Vec<Lane> = Vec::new();
     let mut lane_of = vec![NO_LANE; ops.len()];
@@ -169,7 +217,20 @@ pub(crate) fn lower(
     // each of its lanes.
     let mut counters = vec![0usize; 2 * nranks];
     let mut slots: Vec<Vec<u32>> = vec![Vec::new(); 2 * nranks];
+    let mut board: Vec<BoardLane> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
+        if let Some((peer, len)) = board_op(op, rank) {
+            moved += len;
+            lane_of[i] = ON_BOARD;
+            match board.iter_mut().find(|b| b.peer == peer) {
+                Some(b) => b.ops.push(i as u32),
+                None => board.push(BoardLane {
+                    peer,
+                    ops: vec![i as u32],
+                }),
+            }
+            continue;
+        }
         let Some((peer, dir, len)) = transfer(op) else {
             local.push(i as u32);
             continue;
@@ -219,6 +280,7 @@ pub(crate) fn lower(
         succ_at,
         succ,
         lanes: lane_list,
+        board,
         lane_of,
         local,
         nstaging,
@@ -330,14 +392,14 @@ fn buf_key(b: Buf) -> u32 {
 /// at the same moment: when an op finishes, the same ops become ready (in the same
 /// order, as both list dependents ascending). Regions of no bytes conflict with
 /// nothing.
-fn dependencies(ops: &[Op]) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+fn dependencies(ops: &[Op], gate: Option<crate::algo::Region>) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     let mut trackers: HashMap<u32, Tracker> = HashMap::new();
     let mut preds: Vec<u32> = Vec::new();
     let mut waits = Vec::with_capacity(ops.len());
     let mut edges: Vec<(u32, u32)> = Vec::new();
     for (j, op) in ops.iter().enumerate() {
         let j = j as u32;
-        let (reads, write) = op.access();
+        let (reads, write) = access(op, gate);
         let reads = reads.into_iter().flatten().filter(|r| r.len > 0);
         let write = write.filter(|w| w.len > 0);
         preds.clear();
@@ -403,8 +465,10 @@ mod tests {
     /// The full conflict relation, quadratic (the executor's rule before lowering
     /// kept only the last writer and readers): op `j` waits for every earlier op
     /// whose regions conflict with its own.
-    fn naive(ops: &[Op]) -> Vec<Vec<u32>> {
-        let access: Vec<_> = ops.iter().map(Op::access).collect();
+    fn naive(ops: &[Op], headers: bool) -> Vec<Vec<u32>> {
+        // Board ops wait for the whole header buffer (any length covering it).
+        let gate = headers.then(|| crate::algo::Region::new(Buf::Header, 0, usize::MAX / 4));
+        let access: Vec<_> = ops.iter().map(|op| access(op, gate)).collect();
         let mut preds = vec![Vec::new(); ops.len()];
         for (j, (rj, wj)) in access.iter().enumerate() {
             for (i, (ri, wi)) in access[..j].iter().enumerate() {
@@ -422,7 +486,7 @@ mod tests {
     /// the same ops becoming ready in the same order at every completion.
     fn check_dependencies(low: &Lowered, what: &str) {
         let n = low.ops.len();
-        let full = naive(&low.ops);
+        let full = naive(&low.ops, low.nheader > 0);
         let mut mine = vec![Vec::new(); n];
         for i in 0..n {
             for &j in low.dependents(i) {
@@ -531,8 +595,26 @@ mod tests {
                 "{what}: staging"
             );
         }
+        for b in &low.board {
+            assert!(b.ops.windows(2).all(|w| w[0] < w[1]), "{what}: board order");
+            for &i in &b.ops {
+                let i = i as usize;
+                let peer_ok = match low.ops[i] {
+                    Op::BoardRead { peer, .. } => peer == b.peer,
+                    Op::BoardWrite { .. } => true,
+                    _ => false,
+                };
+                assert!(peer_ok && low.lane_of[i] == ON_BOARD, "{what}: board op {i}");
+                assert!(!seen[i], "{what}: op {i} on two lanes");
+                seen[i] = true;
+            }
+        }
         let mut k = HashMap::new();
         for (i, op) in low.ops.iter().enumerate() {
+            if op.on_board() {
+                assert!(seen[i], "{what}: board op {i} on no board lane");
+                continue;
+            }
             match transfer(op) {
                 None => {
                     assert!(
@@ -594,7 +676,13 @@ mod tests {
             s.ops[..],
             "{what}: the schedule's ops follow"
         );
-        let moved: usize = low.ops.iter().filter_map(transfer).map(|t| t.2).sum();
+        let moved: usize = low.ops.iter().filter_map(transfer).map(|t| t.2).sum::<usize>()
+            + low
+                .ops
+                .iter()
+                .filter_map(|op| board_op(op, rank))
+                .map(|b| b.1)
+                .sum::<usize>();
         assert_eq!(low.moved, moved, "{what}: bytes moved");
     }
 

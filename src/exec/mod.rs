@@ -4,8 +4,11 @@
 //!   dependencies, transfers on lanes, staging), a pure function the simulator
 //!   uses too, so it times exactly what runs here.
 //! - `progress`: the run itself, one non-blocking sweep at a time
-//!   (`Progress::step`), and the blocking loop that sleeps in `poll` when nothing
-//!   moves and turns a wait without progress for `timeout` into `Error::Timeout`.
+//!   (`Progress::step`) over local ops, the links' lanes and the host board's
+//!   lanes, and the one blocking loop (`drive`) that spins, then sleeps in `poll`
+//!   (or on the board's bell) when nothing moves, watches the abort flag and the
+//!   peers' control channels, and turns a wait without progress for `timeout` into
+//!   `Error::Timeout`.
 //! - `control`: call headers written and checked, error reports and deaths read
 //!   off the links' control channels, and a failure's report passed on to every peer.
 //!
@@ -21,7 +24,6 @@ mod control;
 pub(crate) mod lower;
 mod progress;
 
-pub(crate) use control::control_error;
 // The header transfers, for code that builds calls around the executor's own.
 #[allow(unused_imports)]
 pub(crate) use lower::header_ops;
@@ -133,6 +135,8 @@ pub(crate) struct Context<'a> {
     /// many earlier point-to-point calls exchanged data with it (`p2p_seq[p]`)
     /// instead of the collective sequence number. Updated here.
     pub p2p_seq: Option<&'a std::cell::RefCell<Vec<u64>>>,
+    /// The host's board, for schedules with board ops (`Op::BoardWrite`, `BoardRead`).
+    pub board: Option<&'a crate::transport::board::Board>,
 }
 
 /// Reusable per-communicator executor memory.

@@ -3,14 +3,16 @@
 //! sleeps in `poll` when nothing moves and turns a wait without progress into
 //! `Error::Timeout`.
 //!
-//! A step runs ready local ops within a byte budget, then every lane as far as its
-//! link takes or gives bytes without blocking. Steps never wait, so one thread can
+//! A step runs ready local ops within a byte budget, then every board lane a step
+//! of the board's ring (`transport::board`), then every lane as far as its link
+//! takes or gives bytes without blocking. Steps never wait, so one thread can
 //! drive several ranks by stepping each in turn (the deterministic tests do).
 //! Received data to reduce lands in a small per-lane staging buffer and is reduced
 //! into place while later bytes are still in flight.
 
 use super::control::{check_header, control_error};
 use super::lower::{transfer, Lowered, NO_LANE};
+use crate::transport::board::Board;
 use super::{Buffers, Context};
 use crate::algo::{Op, Region};
 use crate::error::{Error, Result};
@@ -24,6 +26,12 @@ use std::time::{Duration, Instant};
 const STAGING_BYTES: usize = 256 << 10;
 /// Longest single sleep, so an abort is noticed quickly.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Longest single sleep on the board's bell: the peers' control channels (which do
+/// not ring it) are looked at between.
+const BOARD_NAP: Duration = Duration::from_millis(10);
+/// Longest sleep in `poll` while a board op also waits (a peer's board progress
+/// rings the bell, not an fd).
+const MIXED_NAP: Duration = Duration::from_millis(1);
 /// Calls that move more bytes than this (sent plus received, this rank) sleep as
 /// soon as nothing moves, whatever `MIXCCL_SPIN_US` says.
 const SPIN_MAX_BYTES: usize = 1 << 20;
@@ -59,6 +67,8 @@ struct Cursor {
 #[derive(Default)]
 pub(crate) struct State {
     cursors: Vec<Cursor>,
+    /// Per board lane: (next op, bytes of it done).
+    board: Vec<(usize, usize)>,
     /// Unfinished dependencies per op.
     waits: Vec<u32>,
     /// Local ops whose dependencies have finished.
@@ -78,6 +88,8 @@ impl<'a> Progress<'a> {
     pub(crate) fn new(low: &'a Lowered, st: &'a mut State) -> Progress<'a> {
         st.cursors.clear();
         st.cursors.resize(low.lanes.len(), Cursor::default());
+        st.board.clear();
+        st.board.resize(low.board.len(), (0, 0));
         while st.staging.len() < low.nstaging {
             st.staging.push(vec![0u64; STAGING_BYTES / 8]);
         }
@@ -113,6 +125,44 @@ impl<'a> Progress<'a> {
             .zip(&self.st.cursors)
             .filter(|(l, c)| c.next < l.ops.len() && self.st.waits[l.ops[c.next] as usize] == 0)
             .map(|(l, _)| l)
+    }
+
+    /// Board lanes whose next op is ready but could not move: the peers it waits
+    /// for (a reader: the writer; this rank's writes: the readers holding its ring
+    /// full) go to `waiting_for`. Returns whether any board op waits.
+    pub(crate) fn board_waits(&self, board: Option<&Board>, waiting_for: &mut Vec<usize>) -> bool {
+        let mut any = false;
+        for (b, &(next, _)) in self.low.board.iter().zip(&self.st.board) {
+            if next >= b.ops.len() || self.st.waits[b.ops[next] as usize] != 0 {
+                continue;
+            }
+            any = true;
+            match (board, self.low.ops[b.ops[next] as usize]) {
+                (Some(bd), Op::BoardWrite { .. }) => {
+                    waiting_for.extend((0..bd.ranks()).filter(|&j| bd.holds_full(j)))
+                }
+                (_, Op::BoardRead { peer, .. }) => waiting_for.push(peer),
+                _ => {}
+            }
+        }
+        any
+    }
+
+    /// Could a board lane move now (checked just before sleeping on the bell)?
+    fn board_ready(&self, board: &Board) -> bool {
+        self.low
+            .board
+            .iter()
+            .zip(&self.st.board)
+            .any(|(b, &(next, _))| {
+                next < b.ops.len()
+                    && self.st.waits[b.ops[next] as usize] == 0
+                    && match self.low.ops[b.ops[next] as usize] {
+                        Op::BoardWrite { .. } => board.can_write(),
+                        Op::BoardRead { peer, .. } => board.can_read(peer),
+                        _ => false,
+                    }
+            })
     }
 
     /// Where each unfinished lane stands, for a test's failure message.
@@ -151,6 +201,7 @@ impl<'a> Progress<'a> {
         let ops = &low.ops[..];
         let State {
             cursors,
+            board,
             waits,
             ready_local,
             staging,
@@ -173,6 +224,35 @@ impl<'a> Progress<'a> {
             *finished += 1;
             progressed = true;
             complete(low, i, waits, ready_local);
+        }
+        // Board lanes: a step of the ring each per sweep (as the links' lanes, a
+        // long block does not hold up the others).
+        for (b, (next, done)) in low.board.iter().zip(board.iter_mut()) {
+            while *next < b.ops.len() {
+                let i = b.ops[*next] as usize;
+                if waits[i] != 0 {
+                    break;
+                }
+                let bd = cx.board.ok_or_else(|| {
+                    Error::Internal(format!("{}: board op without the host's board", cx.label))
+                })?;
+                let (k, len) = match ops[i] {
+                    Op::BoardWrite { src } => (bd.write_some(&bufs.get(src)[*done..]), src.len),
+                    Op::BoardRead { peer, dst } => {
+                        (bd.read_some(peer, &mut bufs.get_mut(dst)[*done..]), dst.len)
+                    }
+                    _ => unreachable!("only board ops are on board lanes"),
+                };
+                *done += k;
+                progressed |= k > 0;
+                if *done < len {
+                    break;
+                }
+                *next += 1;
+                *done = 0;
+                *finished += 1;
+                complete(low, i, waits, ready_local);
+            }
         }
         for (l, c) in low.lanes.iter().zip(cursors.iter_mut()) {
             while c.next < l.ops.len() {
@@ -422,8 +502,11 @@ fn reduce_into(
 /// Steps `progress` to the end, blocking: after a step that moved nothing, yields
 /// for up to `cx.spin` (small calls only), then checks the control channels and
 /// sleeps in `poll` on the ready lanes and the control channels, at most
-/// `MAX_SLEEP` at a time so an abort is seen; no progress for `cx.timeout` is
-/// `Error::Timeout` naming the peers waited on.
+/// `MAX_SLEEP` at a time so an abort is seen; when only board ops wait, it sleeps
+/// on the board's bell instead (at most `BOARD_NAP`), and when both wait, polls
+/// for at most `MIXED_NAP`. No progress for `cx.timeout` is `Error::Timeout`
+/// naming the peers waited on (for the board: the writers a read waits for, the
+/// readers holding this rank's ring full).
 pub(crate) fn drive(
     progress: &mut Progress<'_>,
     bufs: &mut Buffers<'_, '_>,
@@ -475,20 +558,23 @@ pub(crate) fn drive(
         handles.clear();
         handles.extend(links.iter().flatten().filter_map(|l| l.control_handle()));
         let mut waiting_for = Vec::new();
+        let mut on_lanes = false;
         for l in progress.ready_lanes() {
             links[l.peer]
                 .as_ref()
                 .expect("lowered against these links")
                 .wait_handles(l.lane, l.dir, &mut handles);
             waiting_for.push(l.peer);
+            on_lanes = true;
         }
+        let on_board = progress.board_waits(cx.board, &mut waiting_for);
         for h in &handles {
             pollfds.push(sys::pollfd(h.fd, h.events));
             doorbells.push(h.doorbell);
         }
         waiting_for.sort_unstable();
         waiting_for.dedup();
-        if pollfds.is_empty() {
+        if pollfds.is_empty() && !on_board {
             return Err(Error::Internal(format!(
                 "{}: schedule cannot progress ({} of {} ops done)",
                 cx.label,
@@ -503,7 +589,15 @@ pub(crate) fn drive(
                 after: idle,
             });
         }
-        sys::poll(&mut pollfds, (cx.timeout - idle).min(MAX_SLEEP))
+        let left = cx.timeout - idle;
+        if let (true, false, Some(board)) = (on_board, on_lanes, cx.board) {
+            // Only the board can move: sleep on its bell, which a peer's write or
+            // free rings.
+            board.sleep(|| progress.board_ready(board), left.min(BOARD_NAP));
+            continue;
+        }
+        let nap = if on_board { MIXED_NAP } else { MAX_SLEEP };
+        sys::poll(&mut pollfds, left.min(nap))
             .map_err(|e| Error::io(format!("{}: poll", cx.label), e))?;
         for (p, &bell) in pollfds.iter().zip(&doorbells) {
             if bell && p.revents != 0 {

@@ -4,11 +4,13 @@
 use super::lower::{lower, HEADER_SLOT};
 use super::progress::{Progress, State, Step};
 use super::{control, Buffers, Context};
-use crate::algo::{build, Call};
+use crate::algo::{build, Buf, Call, Op, Region};
+use crate::error::Error;
 use crate::config::{Algorithm, Collective};
 use crate::element::DataType;
 use crate::header::{fnv32, CallHeader};
 use crate::reduce::ReduceOp;
+use crate::transport::board::Board;
 use crate::transport::{mem, Link};
 use crate::verify::{count_wrong, expected_reduce, input_value};
 use std::sync::atomic::AtomicBool;
@@ -17,7 +19,9 @@ use std::time::Duration;
 /// Runs `coll` with `algo` on `nranks` ranks of `count` f32 each, behind call
 /// headers, over in-process links of `lanes` lanes and `capacity` bytes per lane
 /// (small, so transfers go in many pieces), stepping the ranks round-robin from
-/// one thread. Returns each rank's output and the number of rounds taken.
+/// one thread. `board`: the bytes of each rank's ring of a host board the ranks
+/// share (0: none). Returns each rank's output and the number of rounds taken.
+#[allow(clippy::too_many_arguments)]
 fn stepped(
     coll: Collective,
     algo: Algorithm,
@@ -26,7 +30,13 @@ fn stepped(
     count: usize,
     lanes: usize,
     capacity: usize,
+    board: usize,
 ) -> (Vec<Vec<f32>>, usize) {
+    let boards = if board > 0 && nranks > 1 {
+        boards(nranks, board)
+    } else {
+        Vec::new()
+    };
     let dtype = DataType::F32;
     let hosts: Vec<Vec<usize>> = (0..nranks)
         .collect::<Vec<_>>()
@@ -108,6 +118,7 @@ fn stepped(
             }),
             algo: algo.name(),
             p2p_seq: None,
+            board: boards.get(r),
         })
         .collect();
     let mut bufs: Vec<Buffers<'_, '_>> = inputs
@@ -170,10 +181,24 @@ fn stepped(
     (outputs, rounds)
 }
 
+/// `n` views of one host board with rings of `cap` bytes, as ranks 0..n map it.
+fn boards(n: usize, cap: usize) -> Vec<Board> {
+    let (first, fd) = Board::create(n, cap, 0).expect("create a board");
+    let mut v = vec![first];
+    for me in 1..n {
+        v.push(Board::open(&fd, n, me).expect("open the board"));
+    }
+    v
+}
+
 fn check_all_reduce(algo: Algorithm, op: ReduceOp) {
+    // The board's rings (when the algorithm uses them) are smaller than a call's
+    // blocks, so they wrap and writers wait for readers.
+    let board = if algo == Algorithm::Publish { 1024 } else { 0 };
     for nranks in [1usize, 2, 3, 4, 5, 8] {
         for count in [1usize, 1031] {
-            let (out, rounds) = stepped(Collective::AllReduce, algo, op, nranks, count, 2, 100);
+            let (out, rounds) =
+                stepped(Collective::AllReduce, algo, op, nranks, count, 2, 100, board);
             for (r, o) in out.iter().enumerate() {
                 let wrong = count_wrong(o, |i| expected_reduce(DataType::F32, op, nranks, i), op);
                 assert_eq!(
@@ -202,6 +227,184 @@ fn tree_all_reduce_stepped_from_one_thread() {
 }
 
 #[test]
+fn board_all_reduce_stepped_from_one_thread() {
+    check_all_reduce(Algorithm::Publish, ReduceOp::Sum);
+    check_all_reduce(Algorithm::Publish, ReduceOp::Avg);
+}
+
+/// Rank 0 of `boards.len()` runs `ops` through the blocking [`super::run`],
+/// without headers, on `boards[0]` and in-process links; its peers never run (what
+/// they sent before is `peers(links)`'s).
+fn alone_on_the_board(
+    ops: Vec<Op>,
+    boards: &[Board],
+    timeout: Duration,
+    abort: &AtomicBool,
+    peers: impl FnOnce(&mut [Vec<Option<Box<dyn Link>>>]),
+) -> crate::error::Result<()> {
+    let nranks = boards.len();
+    let mut links: Vec<Vec<Option<Box<dyn Link>>>> = mem::mesh(nranks, 1, 1 << 16)
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|l| l.map(|l| Box::new(l) as Box<dyn Link>))
+                .collect()
+        })
+        .collect();
+    peers(&mut links);
+    let input = vec![7u8; 4 << 16];
+    let mut output = vec![0u8; 4 << 16];
+    let mut header = vec![0u8; HEADER_SLOT * nranks];
+    let mut bufs = Buffers {
+        input: &input,
+        output: &mut output,
+        scratch: &mut [],
+        group_in: &[],
+        group_out: &mut [],
+        header: &mut header,
+    };
+    let cx = Context {
+        dtype: DataType::U8,
+        op: ReduceOp::Sum,
+        nranks,
+        rank: 0,
+        timeout,
+        spin: Duration::ZERO,
+        label: &"allgather #1 on rank 0",
+        abort,
+        header: None,
+        algo: "publish",
+        p2p_seq: None,
+        board: Some(&boards[0]),
+    };
+    let schedule = std::sync::Arc::new(crate::algo::Schedule { ops, scratch: 0 });
+    super::run(
+        &schedule,
+        &mut bufs,
+        &mut links[0],
+        &mut super::Workspace::default(),
+        &cx,
+    )
+}
+
+fn region(buf: Buf, off: usize, len: usize) -> Region {
+    Region::new(buf, off, len)
+}
+
+#[test]
+fn a_board_wait_times_out_naming_the_writers_it_waits_for() {
+    let ops = vec![
+        Op::BoardWrite {
+            src: region(Buf::Input, 0, 10),
+        },
+        Op::BoardRead {
+            peer: 1,
+            dst: region(Buf::Output, 10, 10),
+        },
+        Op::BoardRead {
+            peer: 2,
+            dst: region(Buf::Output, 20, 10),
+        },
+    ];
+    // Rank 2 published its block; rank 1 never did.
+    let b = boards(3, 4096);
+    assert_eq!(b[2].write_some(&[3; 10]), 10);
+    let err = alone_on_the_board(
+        ops,
+        &b,
+        Duration::from_millis(100),
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap_err();
+    match err {
+        Error::Timeout { waiting_for, .. } => assert_eq!(waiting_for, vec![1]),
+        e => panic!("wrong error: {e}"),
+    }
+}
+
+#[test]
+fn a_full_board_ring_times_out_naming_the_readers_holding_it() {
+    // Three rings' worth into a 4 KiB ring that ranks 1 and 2 never read.
+    let ops = vec![Op::BoardWrite {
+        src: region(Buf::Input, 0, 3 * 4096),
+    }];
+    let b = boards(3, 4096);
+    assert_eq!(b[1].read_some(0, &mut [0; 10]), 0, "nothing published yet");
+    let err = alone_on_the_board(
+        ops,
+        &b,
+        Duration::from_millis(100),
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap_err();
+    match err {
+        Error::Timeout { waiting_for, .. } => assert_eq!(waiting_for, vec![1, 2]),
+        e => panic!("wrong error: {e}"),
+    }
+}
+
+#[test]
+fn an_abort_ends_a_rank_sleeping_on_the_board() {
+    let abort = AtomicBool::new(false);
+    let ops = vec![Op::BoardRead {
+        peer: 1,
+        dst: region(Buf::Output, 0, 10),
+    }];
+    let b = boards(2, 4096);
+    let err = std::thread::scope(|s| {
+        let (b1, abort) = (&b[1], &abort);
+        // Once rank 0 sleeps on its bell (seen through rank 1's view), abort.
+        s.spawn(move || {
+            for _ in 0..600_000 {
+                if b1.sleeps(0) {
+                    abort.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            abort.store(true, std::sync::atomic::Ordering::SeqCst);
+            panic!("rank 0 never slept on the board");
+        });
+        alone_on_the_board(ops, &b, Duration::from_secs(600), abort, |_| {})
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::Aborted), "wrong error: {err}");
+}
+
+#[test]
+fn a_peer_report_ends_a_board_wait() {
+    let ops = vec![Op::BoardRead {
+        peer: 1,
+        dst: region(Buf::Output, 0, 10),
+    }];
+    let err = alone_on_the_board(
+        ops,
+        &boards(2, 4096),
+        Duration::from_secs(600),
+        &AtomicBool::new(false),
+        |links| {
+            let report = Error::PeerLost {
+                rank: 1,
+                reason: "its device failed".into(),
+            };
+            let msg = crate::header::encode_control(&report).expect("encodes");
+            links[1][0].as_mut().unwrap().send_control(&msg).unwrap();
+        },
+    )
+    .unwrap_err();
+    match err {
+        Error::PeerLost { rank, reason } => {
+            assert_eq!(rank, 1);
+            assert!(reason.starts_with("its device failed"), "{reason}");
+        }
+        e => panic!("wrong error: {e}"),
+    }
+}
+
+#[test]
 fn direct_and_hierarchical_all_reduce_stepped_from_one_thread() {
     check_all_reduce(Algorithm::Direct, ReduceOp::Sum);
     check_all_reduce(Algorithm::Hier, ReduceOp::Sum);
@@ -210,10 +413,17 @@ fn direct_and_hierarchical_all_reduce_stepped_from_one_thread() {
 #[test]
 fn all_gather_stepped_from_one_thread() {
     let op = ReduceOp::Sum;
-    for algo in [Algorithm::Ring, Algorithm::Direct, Algorithm::Hier] {
+    for algo in [
+        Algorithm::Ring,
+        Algorithm::Direct,
+        Algorithm::Hier,
+        Algorithm::Publish,
+    ] {
+        let board = if algo == Algorithm::Publish { 1024 } else { 0 };
         for nranks in [1usize, 2, 3, 4, 5, 8] {
-            for count in [1usize, 333] {
-                let (out, _) = stepped(Collective::AllGather, algo, op, nranks, count, 2, 100);
+            for count in [1usize, 333, 1000] {
+                let (out, _) =
+                    stepped(Collective::AllGather, algo, op, nranks, count, 2, 100, board);
                 for (r, o) in out.iter().enumerate() {
                     for q in 0..nranks {
                         let block = &o[q * count..(q + 1) * count];
@@ -290,6 +500,7 @@ fn mismatched_call_is_reported_by_a_stepped_rank() {
         }),
         algo: "ring",
         p2p_seq: None,
+        board: None,
     };
     let mut outs: Vec<Vec<f32>> = counts.iter().map(|&c| vec![1.0; c]).collect();
     let mut hdrs = vec![vec![0u8; HEADER_SLOT * nranks]; nranks];

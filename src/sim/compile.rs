@@ -4,7 +4,9 @@
 //! lanes and dependencies the executor runs; here each op keeps only what its
 //! time depends on. (The executor also gathers small sends that follow each other
 //! on a lane into one message; with no per-message cost in the engine that changes
-//! no time, so it is not modelled.)
+//! no time, so it is not modelled.) Board writes and reads are timed as copies at
+//! the host's memory speed; that a read follows its writer's write is not modelled
+//! (the byte exchange ahead of them, carrying the headers, lines the ranks up).
 
 use crate::algo::{Op, Schedule};
 use crate::error::{Error, Result};
@@ -17,7 +19,8 @@ pub(crate) enum Kind {
     Send,
     Recv,
     RecvReduce,
-    /// A local copy (or a cross-memory read) at memory speed.
+    /// A local copy, a cross-memory read, or a write to or read from the host's
+    /// board, at memory speed (the host's shared-memory bandwidth).
     Copy,
     /// A local reduction or `Avg`'s division at reduction speed.
     Reduce,
@@ -112,13 +115,20 @@ pub(crate) fn compile(
                 Op::Recv { peer, dst } => (Kind::Recv, peer, dst.len),
                 Op::RecvReduce { peer, dst, .. } => (Kind::RecvReduce, peer, dst.len),
                 Op::Copy { dst, .. } | Op::PeerRead { dst, .. } => (Kind::Copy, 0, dst.len),
+                // A board write or read is a copy into or out of shared memory.
+                Op::BoardWrite { src } => (Kind::Copy, 0, src.len),
+                Op::BoardRead { dst, .. } => (Kind::Copy, 0, dst.len),
                 Op::Reduce { dst, .. } | Op::FinishAvg { dst } => (Kind::Reduce, 0, dst.len),
                 Op::Describe { .. } => (Kind::Free, 0, 0),
             };
             SimOp {
                 kind,
                 peer: peer as u32,
-                lane,
+                lane: if lane == exec::lower::ON_BOARD {
+                    exec::lower::NO_LANE
+                } else {
+                    lane
+                },
                 bytes: bytes as u64,
             }
         })

@@ -310,13 +310,6 @@ impl Simulator {
                 "algorithm {algo} does not implement {coll}"
             )));
         }
-        if algo == Algorithm::Publish {
-            // Its blocks move through the host's board, outside the schedule.
-            return Err(Error::invalid(
-                "the simulator does not model publish (the host's board moves its blocks \
-                 outside the schedule)",
-            ));
-        }
         let pieces = self.pieces(coll, self.count(coll, size));
         let rates = engine::Rates {
             reduce: self.settings.reduce_gbs * 1e9,

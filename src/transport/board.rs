@@ -17,14 +17,18 @@
 //! bell (futex); whoever publishes or frees bytes then sees `sleeping` and rings.
 //! Sequentially consistent stores and loads on both sides (Dekker's pattern): either
 //! the sleeper's last look sees the new bytes or the other side sees it sleeping.
+//!
+//! This module only moves bytes without waiting ([`Board::write_some`],
+//! [`Board::read_some`]) and sleeps once when asked ([`Board::sleep`]); the
+//! schedule ops `BoardWrite` and `BoardRead` drive it from the executor, whose one
+//! wait loop spins, sleeps, and watches the abort flag, the timeout and the peers'
+//! control channels.
 
 use crate::copy::copy_streaming;
-use crate::error::{Error, Result};
 use crate::sys::{self, SharedMap};
-use crate::transport::Links;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 const LINE: usize = 64;
 const MAGIC: u64 = u64::from_le_bytes(*b"MXBOARD1");
@@ -34,10 +38,6 @@ pub(crate) const MAX_RANKS: usize = 64;
 /// written, and each wake-up moves enough to pay for itself (4 ranks on 2 cores at
 /// 32 MiB: 64 KiB steps gave half the bandwidth of 2 MiB ones).
 const STEPS_PER_RING: usize = 4;
-/// Longest single sleep: the abort flag and the peers' liveness are looked at between.
-const NAP: Duration = Duration::from_millis(10);
-/// Calls moving at most this many bytes poll for `spin` before sleeping (as `exec`).
-const SPIN_MAX_BYTES: usize = 1 << 20;
 
 /// Bytes from the start of the region to rank `i`'s control block.
 fn ctl_at(nranks: usize, i: usize) -> usize {
@@ -213,210 +213,82 @@ impl Board {
         self.cap - (pos - slowest) as usize
     }
 
-    /// All-gather over the board (tests; the communicator calls [`Board::gather`]):
-    /// `out` holds one block per rank; this rank's block is
-    /// `own` (out of place) or already in `out` (in place, `own` is `None`). Every rank
-    /// of the board must make the same call (the caller's headers checked that).
+    /// Ranks sharing the board.
+    pub(crate) fn ranks(&self) -> usize {
+        self.nranks
+    }
+
+    /// Publishes a prefix of `src` on this rank's ring without waiting: at most a
+    /// sweep's step, and what the slowest reader has freed; wakes the readers that
+    /// sleep. Returns the bytes published (0 when the ring is full).
+    pub(crate) fn write_some(&self, src: &[u8]) -> usize {
+        let pos = self.tail(self.me).load(Ordering::Relaxed);
+        let k = self.free(pos).min(src.len()).min(self.step());
+        if k > 0 {
+            self.copy_in(pos, &src[..k]);
+            self.tail(self.me).store(pos + k as u64, Ordering::SeqCst);
+            (0..self.nranks)
+                .filter(|&j| j != self.me)
+                .for_each(|j| self.wake(j));
+        }
+        k
+    }
+
+    /// Copies the next bytes rank `p` published into a prefix of `dst` without
+    /// waiting (at most a sweep's step), frees them and wakes `p` if it sleeps.
+    /// Returns the bytes copied (0 when `p` has published nothing new).
+    pub(crate) fn read_some(&self, p: usize, dst: &mut [u8]) -> usize {
+        let pos = self.head(p, self.me).load(Ordering::Relaxed);
+        let avail = (self.tail(p).load(Ordering::SeqCst) - pos) as usize;
+        let k = avail.min(dst.len()).min(self.step());
+        if k > 0 {
+            self.copy_out(p, pos, &mut dst[..k]);
+            self.head(p, self.me).store(pos + k as u64, Ordering::SeqCst);
+            self.wake(p);
+        }
+        k
+    }
+
+    /// Could [`Board::write_some`] publish a byte now?
+    pub(crate) fn can_write(&self) -> bool {
+        self.free(self.tail(self.me).load(Ordering::SeqCst)) > 0
+    }
+
+    /// Could [`Board::read_some`] copy a byte of rank `p`'s now?
+    pub(crate) fn can_read(&self, p: usize) -> bool {
+        self.tail(p).load(Ordering::SeqCst) > self.head(p, self.me).load(Ordering::SeqCst)
+    }
+
+    /// Does reader `j` hold this rank's ring full (a writer waits for it)?
+    pub(crate) fn holds_full(&self, j: usize) -> bool {
+        j != self.me
+            && self.head(self.me, j).load(Ordering::SeqCst) + self.cap as u64
+                <= self.tail(self.me).load(Ordering::SeqCst)
+    }
+
+    /// Is rank `i` asleep on its bell (tests)?
     #[cfg(test)]
-    fn all_gather(&self, own: Option<&[u8]>, out: &mut [u8], w: &mut Wait<'_>) -> Result<()> {
-        let n = self.nranks;
-        if out.is_empty() {
-            return Ok(());
-        }
-        let b = out.len() / n;
-        self.gather(own, out.chunks_exact_mut(b).collect(), w)
+    pub(crate) fn sleeps(&self, i: usize) -> bool {
+        self.sleeping(i).load(Ordering::SeqCst) != 0
     }
 
-    /// Gathers rank p's block into `blocks[p]` on every rank (blocks may differ in
-    /// length, equally on every rank); this rank's block is `own`, copied into
-    /// `blocks[me]` (out of place), or already there (`own` is `None`).
-    pub(crate) fn gather(
-        &self,
-        own: Option<&[u8]>,
-        mut blocks: Vec<&mut [u8]>,
-        w: &mut Wait<'_>,
-    ) -> Result<()> {
-        let (n, me) = (self.nranks, self.me);
-        debug_assert_eq!(blocks.len(), n);
-        let own_dst = std::mem::take(&mut blocks[me]);
-        let (src, copy_to): (&[u8], &mut [u8]) = match own {
-            Some(s) => (s, own_dst),
-            None => (own_dst, &mut []),
-        };
-        let len: Vec<usize> = (0..n)
-            .map(|p| if p == me { src.len() } else { blocks[p].len() })
-            .collect();
-        let b = len[me];
-        let t0 = self.tail(me).load(Ordering::Relaxed);
-        let start: Vec<u64> = (0..n)
-            .map(|p| self.head(p, me).load(Ordering::Relaxed))
-            .collect();
-        let (mut written, mut copied) = (0usize, 0usize);
-        let mut got = vec![0usize; n];
-        got[me] = b;
-        let spin = if len.iter().sum::<usize>() <= SPIN_MAX_BYTES {
-            w.spin
-        } else {
-            Duration::ZERO
-        };
-        let mut idle = Idle::new();
-        loop {
-            let mut moved = false;
-            if written < b {
-                let pos = t0 + written as u64;
-                let k = self.free(pos).min(b - written).min(self.step());
-                if k > 0 {
-                    self.copy_in(pos, &src[written..written + k]);
-                    self.tail(me).store(pos + k as u64, Ordering::SeqCst);
-                    written += k;
-                    moved = true;
-                    (0..n).filter(|&j| j != me).for_each(|j| self.wake(j));
-                }
-            }
-            if copied < copy_to.len() {
-                let k = (copy_to.len() - copied).min(self.step());
-                copy_streaming(&mut copy_to[copied..copied + k], &src[copied..copied + k]);
-                copied += k;
-                moved = true;
-            }
-            for step in 1..n {
-                let p = (me + step) % n;
-                if got[p] == len[p] {
-                    continue;
-                }
-                let pos = start[p] + got[p] as u64;
-                let avail = (self.tail(p).load(Ordering::SeqCst) - pos) as usize;
-                let k = avail.min(len[p] - got[p]).min(self.step());
-                if k > 0 {
-                    self.copy_out(p, pos, &mut blocks[p][got[p]..got[p] + k]);
-                    self.head(p, me).store(pos + k as u64, Ordering::SeqCst);
-                    got[p] += k;
-                    moved = true;
-                    self.wake(p);
-                }
-            }
-            if written == b && copied == copy_to.len() && got == len {
-                return Ok(());
-            }
-            if moved {
-                idle.reset();
-                continue;
-            }
-            // Whom this rank waits for: writers whose bytes it still needs, and (when
-            // its ring is full) readers that have not freed it.
-            let pos = t0 + written as u64;
-            let waiting = |p: usize| {
-                p != me
-                    && (got[p] < len[p]
-                        || (written < b
-                            && self.head(me, p).load(Ordering::SeqCst) + self.cap as u64 <= pos))
-            };
-            let ready = || {
-                (written < b && self.free(pos) > 0)
-                    || (0..n).any(|p| {
-                        got[p] < len[p]
-                            && self.tail(p).load(Ordering::SeqCst) > start[p] + got[p] as u64
-                    })
-            };
-            idle.wait(self, spin, w, &waiting, &ready)?;
-        }
-    }
-}
-
-/// Splits `out` into the disjoint blocks `ranges[p] = (offset, length)`, by p.
-pub(crate) fn split_blocks<'a>(out: &'a mut [u8], ranges: &[(usize, usize)]) -> Vec<&'a mut [u8]> {
-    let mut order: Vec<usize> = (0..ranges.len()).collect();
-    order.sort_by_key(|&p| ranges[p].0);
-    let mut blocks: Vec<&mut [u8]> = ranges.iter().map(|_| Default::default()).collect();
-    let (mut rest, mut at) = (out, 0);
-    for p in order {
-        let (off, len) = ranges[p];
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut(off - at);
-        let (blk, tail) = tail.split_at_mut(len);
-        blocks[p] = blk;
-        (rest, at) = (tail, off + len);
-    }
-    blocks
-}
-
-/// What a rank needs to wait inside a board call: the no-progress timeout, the abort
-/// flag, the links whose control channels report a peer's error or death, and the
-/// call's name for errors.
-pub(crate) struct Wait<'a> {
-    pub timeout: Duration,
-    pub spin: Duration,
-    pub abort: &'a AtomicBool,
-    pub label: &'a dyn std::fmt::Display,
-    pub links: &'a mut Links,
-}
-
-/// Time without progress, and when the peers were last looked at.
-struct Idle {
-    since: Instant,
-    checked: Instant,
-}
-
-impl Idle {
-    fn new() -> Idle {
-        let now = Instant::now();
-        Idle {
-            since: now,
-            checked: now,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.since = Instant::now();
-    }
-
-    /// One wait of a rank that could not move: yields while within `spin`, else sleeps
-    /// on its bell for at most [`NAP`]; fails on abort, on a peer's error report or
-    /// death, or after `timeout` without progress.
-    fn wait(
-        &mut self,
-        board: &Board,
-        spin: Duration,
-        w: &mut Wait<'_>,
-        waiting: &dyn Fn(usize) -> bool,
-        ready: &dyn Fn() -> bool,
-    ) -> Result<()> {
-        let idle = self.since.elapsed();
-        if idle < spin {
-            // Yield rather than spin: every rank waits on every other, and on a host
-            // with more ranks than cores the one it waits for may need this core.
-            // SAFETY: sched_yield takes no arguments and cannot fail in a way that matters.
-            unsafe { libc::sched_yield() };
-            return Ok(());
-        }
-        if w.abort.load(Ordering::SeqCst) {
-            return Err(Error::Aborted);
-        }
-        if self.checked.elapsed() >= NAP {
-            self.checked = Instant::now();
-            crate::exec::control_error(w.links, waiting)?;
-        }
-        if idle >= w.timeout {
-            return Err(Error::Timeout {
-                op: w.label.to_string(),
-                waiting_for: (0..board.nranks).filter(|&p| waiting(p)).collect(),
-                after: idle,
-            });
-        }
-        let me = board.me;
-        board.sleeping(me).store(1, Ordering::SeqCst);
-        let seen = board.bell(me).load(Ordering::SeqCst);
+    /// One bounded sleep of a rank that could not move: announces it sleeps, looks
+    /// once more with `ready` and sleeps on its bell for at most `max` unless ready;
+    /// whoever publishes or frees bytes meanwhile rings it (see the module doc).
+    pub(crate) fn sleep(&self, ready: impl Fn() -> bool, max: Duration) {
+        let me = self.me;
+        self.sleeping(me).store(1, Ordering::SeqCst);
+        let seen = self.bell(me).load(Ordering::SeqCst);
         if !ready() {
-            sys::futex_wait(board.bell(me), seen, NAP.min(w.timeout - idle));
+            sys::futex_wait(self.bell(me), seen, max);
         }
-        board.sleeping(me).store(0, Ordering::SeqCst);
-        Ok(())
+        self.sleeping(me).store(0, Ordering::SeqCst);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     /// `n` boards over one region, as ranks 0..n of one host would map it.
     fn boards(n: usize, cap: usize) -> Vec<Board> {
@@ -432,51 +304,53 @@ mod tests {
         (rank * 31 + call * 7 + i * 13 + i / 251) as u8
     }
 
-    /// Runs `calls` all-gathers of the given block sizes on `n` threads; checks every
-    /// byte of every rank's output.
+    /// Gathers blocks of the given sizes on `n` ranks, one call after another,
+    /// stepping the ranks round-robin from one thread with the non-blocking calls;
+    /// checks every byte each rank copied out.
     fn gather_calls(n: usize, cap: usize, sizes: &[usize]) {
-        let abort = Arc::new(AtomicBool::new(false));
-        let threads: Vec<_> = boards(n, cap)
-            .into_iter()
-            .map(|board| {
-                let (sizes, abort) = (sizes.to_vec(), abort.clone());
-                std::thread::spawn(move || {
-                    let me = board.me;
-                    let mut links: Links = (0..n).map(|_| None).collect();
-                    for (call, &b) in sizes.iter().enumerate() {
-                        let in_place = call % 2 == 1;
-                        let own: Vec<u8> = (0..b).map(|i| value(me, call, i)).collect();
-                        let mut out = vec![0xeeu8; n * b];
-                        if in_place {
-                            out[me * b..(me + 1) * b].copy_from_slice(&own);
-                        }
-                        let mut w = Wait {
-                            timeout: Duration::from_secs(20),
-                            spin: Duration::from_micros(50),
-                            abort: &abort,
-                            label: &"test all-gather",
-                            links: &mut links,
-                        };
-                        board
-                            .all_gather((!in_place).then_some(&own[..]), &mut out, &mut w)
-                            .expect("all-gather");
-                        for (i, &v) in out.iter().enumerate() {
-                            let (p, k) = (i / b, i % b);
-                            assert_eq!(v, value(p, call, k), "rank {me} call {call} byte {i}");
-                        }
+        let v = boards(n, cap);
+        for (call, &b) in sizes.iter().enumerate() {
+            let own: Vec<Vec<u8>> = (0..n)
+                .map(|r| (0..b).map(|i| value(r, call, i)).collect())
+                .collect();
+            let mut out = vec![vec![0xeeu8; n * b]; n];
+            let mut written = vec![0usize; n];
+            let mut got = vec![vec![0usize; n]; n];
+            loop {
+                let mut moved = false;
+                for (r, board) in v.iter().enumerate() {
+                    let k = board.write_some(&own[r][written[r]..]);
+                    written[r] += k;
+                    for p in (0..n).filter(|&p| p != r) {
+                        let at = p * b + got[r][p];
+                        let k = board.read_some(p, &mut out[r][at..(p + 1) * b]);
+                        got[r][p] += k;
+                        moved |= k > 0;
                     }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().expect("a rank failed");
+                    moved |= k > 0;
+                }
+                let done = (0..n).all(|r| {
+                    written[r] == b && (0..n).all(|p| p == r || got[r][p] == b)
+                });
+                if done {
+                    break;
+                }
+                assert!(moved, "{n} ranks, call {call} of {b} bytes: stuck");
+            }
+            for (r, o) in out.iter().enumerate() {
+                for (i, &x) in o.iter().enumerate() {
+                    let (p, k) = (i / b, i % b);
+                    let want = if p == r { 0xee } else { value(p, call, k) };
+                    assert_eq!(x, want, "rank {r} call {call} byte {i}");
+                }
+            }
         }
     }
 
     #[test]
     fn every_rank_gets_every_block_across_calls_and_ring_wraps() {
         // Blocks smaller than, equal to and several times the 4 KiB ring, odd sizes so
-        // positions wrap mid-ring; in place and out of place alternate.
+        // positions wrap mid-ring.
         for n in [2, 3, 4, 5, 8] {
             gather_calls(n, 4096, &[1, 7, 4096, 4099, 10007, 0, 65537, 3]);
         }
@@ -484,71 +358,34 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_rank_is_a_timeout_naming_it() {
-        let mut v = boards(3, 4096);
-        let abort = AtomicBool::new(false);
-        let mut links: Links = (0..3).map(|_| None).collect();
-        // Ranks 0 and 2 would write; only rank 0 runs, alone: it waits for 1 and 2.
-        let board = v.remove(0);
-        let mut out = vec![0u8; 3 * 10];
-        let mut w = Wait {
-            timeout: Duration::from_millis(200),
-            spin: Duration::ZERO,
-            abort: &abort,
-            label: &"allgather #1 on rank 0",
-            links: &mut links,
-        };
-        let t = Instant::now();
-        let err = board
-            .all_gather(Some(&[1; 10]), &mut out, &mut w)
-            .unwrap_err();
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "took {:?}",
-            t.elapsed()
-        );
-        match err {
-            Error::Timeout { waiting_for, .. } => assert_eq!(waiting_for, vec![1, 2]),
-            e => panic!("wrong error: {e}"),
+    fn a_full_ring_waits_for_its_slowest_reader() {
+        let v = boards(3, 4096);
+        let block = vec![5u8; 3 * 4096];
+        let mut written = 0;
+        while v[0].can_write() {
+            written += v[0].write_some(&block[written..]);
         }
+        assert_eq!(written, 4096, "a ring holds its capacity");
+        assert_eq!(v[0].write_some(&block[written..]), 0);
+        assert!(v[0].holds_full(1) && v[0].holds_full(2) && !v[0].holds_full(0));
+        // Rank 1 frees a step; rank 2 still holds the ring full.
+        let mut buf = vec![0u8; 4096];
+        assert!(v[1].can_read(0) && !v[1].can_read(2));
+        let k = v[1].read_some(0, &mut buf);
+        assert!(k > 0 && buf[..k].iter().all(|&x| x == 5));
+        assert!(!v[0].holds_full(1) && v[0].holds_full(2) && !v[0].can_write());
+        assert_eq!(v[2].read_some(0, &mut buf[..100]), 100);
+        assert!(v[0].can_write() && !v[0].holds_full(2));
+        assert_eq!(v[0].write_some(&block[written..]), 100);
     }
 
     #[test]
-    fn abort_ends_a_wait() {
+    fn a_ready_sleeper_does_not_sleep() {
         let v = boards(2, 4096);
-        let abort = Arc::new(AtomicBool::new(false));
-        let flag = abort.clone();
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            flag.store(true, Ordering::SeqCst);
-        });
-        let mut links: Links = (0..2).map(|_| None).collect();
-        let mut out = vec![0u8; 2 * 5];
-        let mut w = Wait {
-            timeout: Duration::from_secs(60),
-            spin: Duration::ZERO,
-            abort: &abort,
-            label: &"x",
-            links: &mut links,
-        };
-        let start = Instant::now();
-        let err = v[0]
-            .all_gather(Some(&[1; 5]), &mut out, &mut w)
-            .unwrap_err();
-        assert!(matches!(err, Error::Aborted), "wrong error: {err}");
-        assert!(start.elapsed() < Duration::from_secs(1));
-        t.join().unwrap();
-    }
-
-    #[test]
-    fn blocks_split_by_rank_in_any_order() {
-        let mut out: Vec<u8> = (0..10).collect();
-        // Rank p owns block p+1 of 3 uneven blocks [0,4) [4,7) [7,10).
-        let b = split_blocks(&mut out, &[(4, 3), (7, 3), (0, 4)]);
-        assert_eq!(
-            (&*b[0], &*b[1], &*b[2]),
-            (&[4, 5, 6][..], &[7, 8, 9][..], &[0, 1, 2, 3][..])
-        );
+        v[0].write_some(&[1; 10]);
+        let t = std::time::Instant::now();
+        v[1].sleep(|| v[1].can_read(0), Duration::from_secs(30));
+        assert!(t.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
