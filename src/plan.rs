@@ -22,10 +22,10 @@ use std::sync::Arc;
 
 /// Reduction throughput assumed by the estimate, GB/s per rank.
 pub(crate) const REDUCE_GBS: f64 = 5.0;
-/// All-reduces of at least this many bytes on one host finish through the board
-/// (ring reduce-scatter, then the board's gather): 4 ranks on 2 cores measured it
-/// ahead of the ring from 2-8 MiB in place and out of place; below, out-of-place calls
-/// were slower through the board.
+/// The board's all-reduce (ring reduce-scatter, then the board's gather) is weighed
+/// from this many bytes: 4 ranks on 2 cores measured it ahead of the ring from 2-8 MiB
+/// in place and out of place; below, out-of-place calls were slower through the
+/// board, which the estimate does not see.
 const PUBLISH_ALL_REDUCE_MIN_BYTES: usize = 4 << 20;
 /// The direct algorithms move (n-1) x S per rank; above this many ranks they are not
 /// considered (their estimate alone would cost O(n^2)).
@@ -63,25 +63,46 @@ pub(crate) fn choose(
     if let Some(forced) = config.algo.get(coll) {
         return forced;
     }
-    if coll == Collective::AllGather
-        && caps.host_read
-        && bytes.saturating_mul(nranks) > config.direct_max_bytes
-    {
-        return Algorithm::HostRead;
-    }
-    if caps.publish
-        && match coll {
-            Collective::AllGather => bytes.saturating_mul(nranks) > config.direct_max_bytes,
-            Collective::AllReduce => bytes >= PUBLISH_ALL_REDUCE_MIN_BYTES,
-            _ => false,
-        }
-    {
-        return Algorithm::Publish;
-    }
     match &caps.topo {
-        Some(t) if t.nranks() == nranks => cheapest(t, config, coll, bytes).0,
-        _ => size_rule(config, coll, bytes, nranks),
+        Some(t) if t.nranks() == nranks => {
+            cheapest_with(t, config, coll, bytes, &host_paths(caps, coll)).0
+        }
+        _ => host_rule(config, caps, coll, bytes, nranks)
+            .unwrap_or_else(|| size_rule(config, coll, bytes, nranks)),
     }
+}
+
+/// The host's own paths the planner weighs for `coll` where `caps` offers them, ahead
+/// of [`candidates`] (they win ties: at 2 ranks the board's all-gather and the
+/// ring's move the same bytes in one step).
+fn host_paths(caps: &Capabilities, coll: Collective) -> Vec<Algorithm> {
+    let mut v = Vec::new();
+    if coll == Collective::AllGather && caps.host_read {
+        v.push(Algorithm::HostRead);
+    }
+    if caps.publish && matches!(coll, Collective::AllGather | Collective::AllReduce) {
+        v.push(Algorithm::Publish);
+    }
+    v
+}
+
+/// The host paths without a model: cross-memory reads, else the board, for
+/// all-gathers above the direct algorithm's range; the board for all-reduces from
+/// [`PUBLISH_ALL_REDUCE_MIN_BYTES`].
+fn host_rule(
+    config: &Config,
+    caps: &Capabilities,
+    coll: Collective,
+    bytes: usize,
+    nranks: usize,
+) -> Option<Algorithm> {
+    let gather =
+        coll == Collective::AllGather && bytes.saturating_mul(nranks) > config.direct_max_bytes;
+    if gather && caps.host_read {
+        return Some(Algorithm::HostRead);
+    }
+    let reduce = coll == Collective::AllReduce && bytes >= PUBLISH_ALL_REDUCE_MIN_BYTES;
+    (caps.publish && (gather || reduce)).then_some(Algorithm::Publish)
 }
 
 /// The rule used without a model: direct for small messages, ring for large ones.
@@ -186,8 +207,19 @@ pub(crate) fn cheapest(
     coll: Collective,
     bytes: usize,
 ) -> (Algorithm, f64) {
+    cheapest_with(t, config, coll, bytes, &[])
+}
+
+/// As [`cheapest`], weighing the host paths `host` (see [`host_paths`]) first.
+fn cheapest_with(
+    t: &Topology,
+    config: &Config,
+    coll: Collective,
+    bytes: usize,
+    host: &[Algorithm],
+) -> (Algorithm, f64) {
     let mut best = (size_rule(config, coll, bytes, t.nranks()), f64::INFINITY);
-    for &a in candidates(coll) {
+    for &a in host.iter().chain(candidates(coll)) {
         if let Some(time) = estimate(t, config, coll, a, bytes) {
             if time < best.1 {
                 best = (a, time);
@@ -505,6 +537,52 @@ pub(crate) fn estimate(
             (1.0, (nf - 2.0) * msg, 0.0)
         }
         (SendRecv | Barrier, Direct) => (1.0, 0.0, 0.0),
+        (AllGather, Publish | HostRead) | (AllReduce, Publish) => {
+            // The host's own paths: all ranks on one host, all-gathers above the
+            // direct algorithm's range, the board's all-reduce from its floor.
+            if hn != 1
+                || (coll == AllGather && s <= config.direct_max_bytes as f64)
+                || (coll == AllReduce && bytes < PUBLISH_ALL_REDUCE_MIN_BYTES)
+            {
+                return None;
+            }
+            let b = s / nf;
+            let (mut steps, mut before) = (0.0, 0.0);
+            if coll == AllReduce {
+                // The ring's reduce-scatter half first (as the ring all_reduce's).
+                for r in 0..n {
+                    load.add(r, (r + 1) % n, (nf - 1.0) / nf * s);
+                }
+                let reduction = (nf - 1.0) / nf * s / (REDUCE_GBS * 1e9);
+                before = load.seconds().max(reduction);
+                steps = nf - 1.0;
+                load = Load::new(t);
+            }
+            // Bytes of the other ranks' blocks each rank copies out.
+            let blocks = (nf - 1.0) * b;
+            let gather = if algo == Publish {
+                // Each rank writes its block once and copies every other one out,
+                // as one transfer to all (its own copy out, the others' in): one step.
+                for r in 0..n {
+                    load.rank_out[r] += b;
+                    load.rank_in[r] += blocks;
+                }
+                steps += 1.0;
+                load.seconds()
+            } else {
+                // Cross-memory reads: each rank copies every other block once,
+                // straight from its owner (one copy where a shared-memory transfer
+                // makes two: half the transfer's time); two steps, the exchange of
+                // the blocks' descriptions and that of the "done" bytes.
+                for r in 0..n {
+                    load.rank_in[r] += blocks;
+                }
+                steps += 2.0;
+                load.seconds() / 2.0
+            };
+            overlapped = Some(before + gather);
+            (steps, 0.0, 0.0)
+        }
         _ => return None,
     };
     let alpha = if load.alpha > 0.0 {
@@ -814,5 +892,166 @@ mod tests {
         assert_eq!(pick(&t, 16 << 20), Algorithm::Hier);
         let t = cluster(256);
         assert_eq!(pick(&t, 256 << 20), Algorithm::Hier);
+    }
+
+    /// One host of `n` ranks over shared memory of `alpha_us` and `bw_gbs`.
+    fn one_host(n: usize, alpha_us: f64, bw_gbs: f64) -> Topology {
+        use crate::topo::{Host, LinkClass, LinkCost};
+        let cost = |class| LinkCost {
+            class,
+            alpha_us,
+            bw_gbs,
+            measured: true,
+        };
+        let host = Host {
+            name: "h".into(),
+            ranks: (0..n).collect(),
+            intra: cost(LinkClass::Shm),
+            net: cost(LinkClass::Tcp),
+        };
+        Topology::new(vec![host], Vec::new()).unwrap()
+    }
+
+    /// The picks of the planner before the host paths were costed (the fixed rules
+    /// that ran ahead of the estimate, copied from plan.rs as it was), for comparison.
+    fn old_choose(
+        config: &Config,
+        caps: &Capabilities,
+        t: &Topology,
+        coll: Collective,
+        bytes: usize,
+    ) -> Algorithm {
+        let n = t.nranks();
+        if coll == Collective::AllGather
+            && caps.host_read
+            && bytes.saturating_mul(n) > config.direct_max_bytes
+        {
+            return Algorithm::HostRead;
+        }
+        if caps.publish
+            && match coll {
+                Collective::AllGather => bytes.saturating_mul(n) > config.direct_max_bytes,
+                Collective::AllReduce => bytes >= 4 << 20,
+                _ => false,
+            }
+        {
+            return Algorithm::Publish;
+        }
+        cheapest(t, config, coll, bytes).0
+    }
+
+    /// Sizes from 8 B to 256 MiB: powers of two and their neighbours.
+    fn sizes() -> Vec<usize> {
+        let mut v = Vec::new();
+        let mut s = 8usize;
+        while s <= 256 << 20 {
+            v.extend([s - 1, s, s + 1]);
+            s *= 2;
+        }
+        v
+    }
+
+    /// This machine's shapes (one host, 2-8 ranks over shared memory; the default
+    /// model's 5 us and 4 GB/s, and faster and slower measured ones), the default
+    /// settings (the board on, cross-memory reads off) and without a board: the
+    /// estimate picks what the fixed rules picked, for every collective and size.
+    #[test]
+    fn costing_the_board_keeps_the_fixed_rules_picks_on_one_host() {
+        let c = Config::default();
+        let mut checked = 0;
+        for n in 2..=8 {
+            for (alpha, bw) in [(5.0, 4.0), (1.5, 12.0), (20.0, 1.5)] {
+                let t = Arc::new(one_host(n, alpha, bw));
+                for publish in [true, false] {
+                    let caps = Capabilities {
+                        publish,
+                        topo: Some(t.clone()),
+                        ..Capabilities::default()
+                    };
+                    for coll in Collective::ALL {
+                        for bytes in sizes() {
+                            let old = old_choose(&c, &caps, &t, coll, bytes);
+                            let new = choose(&c, &caps, coll, bytes, n);
+                            assert_eq!(
+                                new, old,
+                                "{coll} of {bytes} B on {n} ranks ({alpha} us, {bw} GB/s), \
+                                 board {publish}"
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
+
+    /// With cross-memory reads on: the estimate picks them where the fixed rule did
+    /// once their saved copy outweighs their second step (at 5 us and 4 GB/s, from 64
+    /// KiB per rank); below, on 2 ranks, the board or the ring.
+    #[test]
+    fn cross_memory_reads_are_picked_where_their_copy_pays() {
+        let c = Config::default();
+        for n in 2..=8 {
+            let t = Arc::new(one_host(n, 5.0, 4.0));
+            for publish in [true, false] {
+                let caps = Capabilities {
+                    publish,
+                    host_read: true,
+                    topo: Some(t.clone()),
+                    ..Capabilities::default()
+                };
+                for bytes in sizes() {
+                    let coll = Collective::AllGather;
+                    let old = old_choose(&c, &caps, &t, coll, bytes);
+                    let new = choose(&c, &caps, coll, bytes, n);
+                    if bytes >= 64 << 10 {
+                        assert_eq!(new, old, "{bytes} B on {n} ranks, board {publish}");
+                    } else if new != old {
+                        // Only the host paths trade places, never with the others.
+                        assert_eq!(old, Algorithm::HostRead, "{bytes} B on {n} ranks");
+                        let want = if publish {
+                            Algorithm::Publish
+                        } else {
+                            Algorithm::Ring
+                        };
+                        assert_eq!(new, want, "{bytes} B on {n} ranks");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_host_paths_are_estimated_on_one_host_only() {
+        let c = Config::default();
+        let one = one_host(4, 5.0, 4.0);
+        let est = |t: &Topology, coll, a, bytes| estimate(t, &c, coll, a, bytes);
+        let big = 1 << 22;
+        for (coll, a) in [
+            (Collective::AllGather, Algorithm::Publish),
+            (Collective::AllGather, Algorithm::HostRead),
+            (Collective::AllReduce, Algorithm::Publish),
+        ] {
+            let e = est(&one, coll, a, big).expect("one host");
+            assert!(e.is_finite() && e > 0.0, "{coll} {a}: {e}");
+            // Below their floors they are not weighed.
+            assert_eq!(est(&one, coll, a, 8), None, "{coll} {a} at 8 B");
+        }
+        let two = cluster(2);
+        assert_eq!(
+            est(&two, Collective::AllGather, Algorithm::Publish, big),
+            None
+        );
+        // 4 ranks, 4 MiB blocks at 5 us and 4 GB/s: the ring takes 3 steps and
+        // 12 MiB through each rank; the board 1 step and the same bytes; the reads
+        // 2 steps and half the time for their single copy.
+        let ring = est(&one, Collective::AllGather, Algorithm::Ring, big).unwrap();
+        let board = est(&one, Collective::AllGather, Algorithm::Publish, big).unwrap();
+        let cma = est(&one, Collective::AllGather, Algorithm::HostRead, big).unwrap();
+        let copy = 3.0 * big as f64 / 4e9;
+        assert!((ring - (15e-6 + copy)).abs() < 1e-9, "{ring}");
+        assert!((board - (5e-6 + copy)).abs() < 1e-9, "{board}");
+        assert!((cma - (10e-6 + copy / 2.0)).abs() < 1e-9, "{cma}");
     }
 }

@@ -89,7 +89,10 @@ pub(super) fn publish_all_gather(c: &Call) -> Schedule {
     }
     for k in 1..n {
         let p = (c.rank + k) % n;
-        s.push(Op::BoardRead { peer: p, dst: out(p) });
+        s.push(Op::BoardRead {
+            peer: p,
+            dst: out(p),
+        });
     }
     s
 }
@@ -105,9 +108,7 @@ pub(super) fn publish_all_reduce(c: &Call) -> Schedule {
     }
     let blocks = super::owned_blocks(c.count, n, c.esize());
     let block = |p: usize| Region::new(Buf::Output, blocks[p].0, blocks[p].1);
-    s.push(Op::BoardWrite {
-        src: block(c.rank),
-    });
+    s.push(Op::BoardWrite { src: block(c.rank) });
     for k in 1..n {
         let p = (c.rank + k) % n;
         s.push(Op::BoardRead {

@@ -148,7 +148,10 @@ fn header_gate(nranks: usize) -> crate::algo::Region {
 fn access(
     op: &Op,
     gate: Option<crate::algo::Region>,
-) -> ([Option<crate::algo::Region>; 2], Option<crate::algo::Region>) {
+) -> (
+    [Option<crate::algo::Region>; 2],
+    Option<crate::algo::Region>,
+) {
     let (mut reads, write) = op.access();
     if op.on_board() {
         reads[1] = gate;
@@ -604,7 +607,10 @@ mod tests {
                     Op::BoardWrite { .. } => true,
                     _ => false,
                 };
-                assert!(peer_ok && low.lane_of[i] == ON_BOARD, "{what}: board op {i}");
+                assert!(
+                    peer_ok && low.lane_of[i] == ON_BOARD,
+                    "{what}: board op {i}"
+                );
                 assert!(!seen[i], "{what}: op {i} on two lanes");
                 seen[i] = true;
             }
@@ -676,7 +682,12 @@ mod tests {
             s.ops[..],
             "{what}: the schedule's ops follow"
         );
-        let moved: usize = low.ops.iter().filter_map(transfer).map(|t| t.2).sum::<usize>()
+        let moved: usize = low
+            .ops
+            .iter()
+            .filter_map(transfer)
+            .map(|t| t.2)
+            .sum::<usize>()
             + low
                 .ops
                 .iter()

@@ -12,12 +12,12 @@
 
 use super::control::{check_header, control_error};
 use super::lower::{transfer, Lowered, NO_LANE};
-use crate::transport::board::Board;
 use super::{Buffers, Context};
 use crate::algo::{Op, Region};
 use crate::error::{Error, Result};
 use crate::reduce;
 use crate::sys;
+use crate::transport::board::Board;
 use crate::transport::{Direction, Link};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

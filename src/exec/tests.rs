@@ -5,9 +5,9 @@ use super::lower::{lower, HEADER_SLOT};
 use super::progress::{Progress, State, Step};
 use super::{control, Buffers, Context};
 use crate::algo::{build, Buf, Call, Op, Region};
-use crate::error::Error;
 use crate::config::{Algorithm, Collective};
 use crate::element::DataType;
+use crate::error::Error;
 use crate::header::{fnv32, CallHeader};
 use crate::reduce::ReduceOp;
 use crate::transport::board::Board;
@@ -197,8 +197,16 @@ fn check_all_reduce(algo: Algorithm, op: ReduceOp) {
     let board = if algo == Algorithm::Publish { 1024 } else { 0 };
     for nranks in [1usize, 2, 3, 4, 5, 8] {
         for count in [1usize, 1031] {
-            let (out, rounds) =
-                stepped(Collective::AllReduce, algo, op, nranks, count, 2, 100, board);
+            let (out, rounds) = stepped(
+                Collective::AllReduce,
+                algo,
+                op,
+                nranks,
+                count,
+                2,
+                100,
+                board,
+            );
             for (r, o) in out.iter().enumerate() {
                 let wrong = count_wrong(o, |i| expected_reduce(DataType::F32, op, nranks, i), op);
                 assert_eq!(
@@ -422,8 +430,16 @@ fn all_gather_stepped_from_one_thread() {
         let board = if algo == Algorithm::Publish { 1024 } else { 0 };
         for nranks in [1usize, 2, 3, 4, 5, 8] {
             for count in [1usize, 333, 1000] {
-                let (out, _) =
-                    stepped(Collective::AllGather, algo, op, nranks, count, 2, 100, board);
+                let (out, _) = stepped(
+                    Collective::AllGather,
+                    algo,
+                    op,
+                    nranks,
+                    count,
+                    2,
+                    100,
+                    board,
+                );
                 for (r, o) in out.iter().enumerate() {
                     for q in 0..nranks {
                         let block = &o[q * count..(q + 1) * count];

@@ -308,3 +308,50 @@ fn pods_travel_in_the_model() {
     c.pod_link = None;
     assert!(c.build().is_err());
 }
+
+/// The board's ops are timed as copies at the host's memory speed (its shared-memory
+/// bandwidth), each as soon as the call headers are in (the engine runs a rank's
+/// ready local ops side by side); the ring's all-gather moves the same blocks in
+/// n-1 dependent steps of alpha.
+#[test]
+fn board_ops_are_timed_as_copies() {
+    // 4 ranks, alpha 40 us, 1 GB/s; 256 KiB in all: blocks of 64 KiB.
+    let (alpha, beta) = (40e-6, 1e9);
+    let net = Cluster::new(
+        1,
+        4,
+        link(LinkClass::Shm, 40.0, 1.0),
+        link(LinkClass::Shm, 40.0, 1.0),
+    )
+    .build()
+    .unwrap();
+    let mut with_headers = settings(64 << 10);
+    with_headers.config.check_calls = true;
+    let sim = Simulator::new(net, with_headers);
+    let board = sim
+        .run(Collective::AllGather, Algorithm::Publish, 256 << 10)
+        .unwrap()
+        .seconds;
+    let ring = sim
+        .run(Collective::AllGather, Algorithm::Ring, 256 << 10)
+        .unwrap()
+        .seconds;
+    // The headers' step (49 bytes each way with the byte exchange), then a block.
+    let block = 65536.0 / beta;
+    assert!(
+        board >= alpha + block && board < alpha + block + 1e-6,
+        "{board}"
+    );
+    assert!(board < ring, "board {board}, ring {ring}");
+    let reduce = sim
+        .run(Collective::AllReduce, Algorithm::Publish, 256 << 10)
+        .unwrap()
+        .seconds;
+    let ring_reduce = sim
+        .run(Collective::AllReduce, Algorithm::Ring, 256 << 10)
+        .unwrap()
+        .seconds;
+    // The same reduce-scatter, then one step and a block's copy instead of the
+    // ring's n-1 steps.
+    assert!(reduce < ring_reduce, "board {reduce}, ring {ring_reduce}");
+}

@@ -243,7 +243,8 @@ impl Board {
         let k = avail.min(dst.len()).min(self.step());
         if k > 0 {
             self.copy_out(p, pos, &mut dst[..k]);
-            self.head(p, self.me).store(pos + k as u64, Ordering::SeqCst);
+            self.head(p, self.me)
+                .store(pos + k as u64, Ordering::SeqCst);
             self.wake(p);
         }
         k
@@ -329,9 +330,8 @@ mod tests {
                     }
                     moved |= k > 0;
                 }
-                let done = (0..n).all(|r| {
-                    written[r] == b && (0..n).all(|p| p == r || got[r][p] == b)
-                });
+                let done =
+                    (0..n).all(|r| written[r] == b && (0..n).all(|p| p == r || got[r][p] == b));
                 if done {
                     break;
                 }
