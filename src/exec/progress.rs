@@ -3,8 +3,8 @@
 //! sleeps in `poll` when nothing moves and turns a wait without progress into
 //! `Error::Timeout`.
 //!
-//! A step runs ready local ops within a byte budget, then every board lane a step
-//! of the board's ring (`transport::board`), then every lane as far as its link
+//! A step moves every board lane a step of the board's ring (`transport::board`),
+//! runs ready local ops within a byte budget, then every lane as far as its link
 //! takes or gives bytes without blocking. Steps never wait, so one thread can
 //! drive several ranks by stepping each in turn (the deterministic tests do).
 //! Received data to reduce lands in a small per-lane staging buffer and is reduced
@@ -212,21 +212,9 @@ impl<'a> Progress<'a> {
         }
         let esize = cx.dtype.size();
         let mut progressed = false;
-        let mut budget = LOCAL_BUDGET;
-        while budget > 0 {
-            let Some(i) = ready_local.pop() else { break };
-            let i = i as usize;
-            budget = budget.saturating_sub(match ops[i] {
-                Op::Copy { dst, .. } | Op::Reduce { dst, .. } | Op::PeerRead { dst, .. } => dst.len,
-                _ => 0,
-            });
-            run_local(&ops[i], bufs, links, cx)?;
-            *finished += 1;
-            progressed = true;
-            complete(low, i, waits, ready_local);
-        }
-        // Board lanes: a step of the ring each per sweep (as the links' lanes, a
-        // long block does not hold up the others).
+        // Board lanes first (a writer publishes before it copies its own block, so
+        // readers start early): a step of the ring each per sweep (as the links'
+        // lanes, a long block does not hold up the others).
         for (b, (next, done)) in low.board.iter().zip(board.iter_mut()) {
             while *next < b.ops.len() {
                 let i = b.ops[*next] as usize;
@@ -253,6 +241,19 @@ impl<'a> Progress<'a> {
                 *finished += 1;
                 complete(low, i, waits, ready_local);
             }
+        }
+        let mut budget = LOCAL_BUDGET;
+        while budget > 0 {
+            let Some(i) = ready_local.pop() else { break };
+            let i = i as usize;
+            budget = budget.saturating_sub(match ops[i] {
+                Op::Copy { dst, .. } | Op::Reduce { dst, .. } | Op::PeerRead { dst, .. } => dst.len,
+                _ => 0,
+            });
+            run_local(&ops[i], bufs, links, cx)?;
+            *finished += 1;
+            progressed = true;
+            complete(low, i, waits, ready_local);
         }
         for (l, c) in low.lanes.iter().zip(cursors.iter_mut()) {
             while c.next < l.ops.len() {
@@ -500,8 +501,8 @@ fn reduce_into(
 }
 
 /// Steps `progress` to the end, blocking: after a step that moved nothing, yields
-/// for up to `cx.spin` (small calls only), then checks the control channels and
-/// sleeps in `poll` on the ready lanes and the control channels, at most
+/// for up to `cx.spin` (small calls only), then checks the control channels (only
+/// every `BOARD_NAP` while only board ops wait) and sleeps in `poll` on the ready lanes and the control channels, at most
 /// `MAX_SLEEP` at a time so an abort is seen; when only board ops wait, it sleeps
 /// on the board's bell instead (at most `BOARD_NAP`), and when both wait, polls
 /// for at most `MIXED_NAP`. No progress for `cx.timeout` is `Error::Timeout`
@@ -525,6 +526,7 @@ pub(crate) fn drive(
         cx.spin
     };
     let mut last_progress = Instant::now();
+    let mut last_control = last_progress;
     let mut pollfds: Vec<libc::pollfd> = Vec::new();
     let mut doorbells: Vec<bool> = Vec::new();
     let mut handles = Vec::new();
@@ -549,8 +551,6 @@ pub(crate) fn drive(
             std::thread::yield_now();
             continue;
         }
-        // Before sleeping: has a peer reported an error, or died, anywhere?
-        control_error(links, |_| true)?;
         // Then sleep until a lane that could move becomes ready, or a control
         // channel speaks.
         pollfds.clear();
@@ -574,6 +574,13 @@ pub(crate) fn drive(
         }
         waiting_for.sort_unstable();
         waiting_for.dedup();
+        // Before sleeping: has a peer reported an error, or died, anywhere? (Where
+        // only the board waits, every `BOARD_NAP`: its sleeps are short and many.)
+        let board_only = on_board && !on_lanes && cx.board.is_some();
+        if !board_only || now - last_control >= BOARD_NAP {
+            control_error(links, |_| true)?;
+            last_control = now;
+        }
         if pollfds.is_empty() && !on_board {
             return Err(Error::Internal(format!(
                 "{}: schedule cannot progress ({} of {} ops done)",
