@@ -105,9 +105,10 @@ pub(crate) struct Lowered {
     pub local: Vec<u32>,
     /// Staging buffers the receive-and-reduce lanes need.
     pub nstaging: usize,
-    /// Bytes sent plus received by this rank (headers included), and written to and
-    /// read from the board.
+    /// Bytes sent plus received by this rank (headers included).
     pub moved: usize,
+    /// Bytes this rank writes to and reads from the board.
+    pub board_moved: usize,
 }
 
 impl Lowered {
@@ -221,9 +222,10 @@ pub(crate) fn lower(
     let mut counters = vec![0usize; 2 * nranks];
     let mut slots: Vec<Vec<u32>> = vec![Vec::new(); 2 * nranks];
     let mut board: Vec<BoardLane> = Vec::new();
+    let mut board_moved = 0;
     for (i, op) in ops.iter().enumerate() {
         if let Some((peer, len)) = board_op(op, rank) {
-            moved += len;
+            board_moved += len;
             lane_of[i] = ON_BOARD;
             match board.iter_mut().find(|b| b.peer == peer) {
                 Some(b) => b.ops.push(i as u32),
@@ -288,6 +290,7 @@ pub(crate) fn lower(
         local,
         nstaging,
         moved,
+        board_moved,
     })
 }
 
@@ -682,19 +685,15 @@ mod tests {
             s.ops[..],
             "{what}: the schedule's ops follow"
         );
-        let moved: usize = low
+        let moved: usize = low.ops.iter().filter_map(transfer).map(|t| t.2).sum();
+        assert_eq!(low.moved, moved, "{what}: bytes moved");
+        let board: usize = low
             .ops
             .iter()
-            .filter_map(transfer)
-            .map(|t| t.2)
-            .sum::<usize>()
-            + low
-                .ops
-                .iter()
-                .filter_map(|op| board_op(op, rank))
-                .map(|b| b.1)
-                .sum::<usize>();
-        assert_eq!(low.moved, moved, "{what}: bytes moved");
+            .filter_map(|op| board_op(op, rank))
+            .map(|b| b.1)
+            .sum();
+        assert_eq!(low.board_moved, board, "{what}: board bytes");
     }
 
     fn hosts(n: usize) -> Vec<Vec<usize>> {

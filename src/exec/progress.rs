@@ -148,6 +148,15 @@ impl<'a> Progress<'a> {
         any
     }
 
+    /// Is a board op ready to run (its dependencies done, itself not)?
+    fn board_busy(&self) -> bool {
+        self.low
+            .board
+            .iter()
+            .zip(&self.st.board)
+            .any(|(b, &(next, _))| next < b.ops.len() && self.st.waits[b.ops[next] as usize] == 0)
+    }
+
     /// Could a board lane move now (checked just before sleeping on the bell)?
     fn board_ready(&self, board: &Board) -> bool {
         self.low
@@ -519,12 +528,20 @@ pub(crate) fn drive(
     }
     // Poll before sleeping only for small calls: there a wake-up is a large part of
     // the call; in a large one it is not, and polling ranks take the cores that ranks
-    // copying data need when ranks outnumber cores.
-    let spin = if progress.low.moved > SPIN_MAX_BYTES {
-        Duration::ZERO
-    } else {
-        cx.spin
+    // copying data need when ranks outnumber cores. The links' bytes and the board's
+    // count apart: a large board call still polls for the small header exchange
+    // ahead of it, and the board's wait polls by the board's bytes.
+    let spin_for = |bytes: usize| {
+        if bytes > SPIN_MAX_BYTES {
+            Duration::ZERO
+        } else {
+            cx.spin
+        }
     };
+    let (link_spin, board_spin) = (
+        spin_for(progress.low.moved),
+        spin_for(progress.low.board_moved),
+    );
     let mut last_progress = Instant::now();
     let mut last_control = last_progress;
     let mut pollfds: Vec<libc::pollfd> = Vec::new();
@@ -547,6 +564,11 @@ pub(crate) fn drive(
         // through poll costs tens of microseconds when ranks outnumber cores, and a
         // sweep of shared-memory lanes is a few loads.
         let idle = now - last_progress;
+        let spin = if progress.board_busy() {
+            board_spin
+        } else {
+            link_spin
+        };
         if idle < spin {
             std::thread::yield_now();
             continue;
