@@ -1,6 +1,7 @@
 //! Bootstrap: the unique id, the root rendezvous that hands out the address table,
-//! and [`join`], which takes a rank from "I have an id" to "I have links to every
-//! peer". Nothing here runs a collective.
+//! and [`join`], which takes a rank from "I have an id" to "I can reach every
+//! peer": shared-memory links to this host's peers at once, network links on first
+//! use ([`Rejoin::connect`]). Nothing here runs a collective.
 //!
 //! Wire (all integers little-endian): a rank sends the root
 //! `"MXHELLO\0" version:u16 token:[16] rank:u32 nranks:u32 len:u32 info:[len]`;
@@ -11,6 +12,7 @@
 
 pub(crate) mod host;
 pub mod launcher;
+pub(crate) mod limits;
 pub(crate) use launcher::LaunchEnv;
 pub(crate) mod root;
 pub mod unique_id;
@@ -21,13 +23,14 @@ use crate::error::{Error, Result};
 use crate::topo::RankProbe;
 use crate::transport::rdma::{self, RdmaSpec};
 use crate::transport::shm::{self, ShmSpec};
-use crate::transport::tcp::{self, MeshSpec};
+use crate::transport::tcp::{self, LazySpec};
 use crate::transport::{Link, Links};
 use crate::wire::{MAX_RANKS, PROTOCOL_VERSION};
 use crate::UniqueId;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -301,14 +304,22 @@ pub(crate) fn join(
             Ok(p)
         })
         .collect::<Result<Vec<_>>>()?;
+    let host_peers = if config.shm_disable {
+        0
+    } else {
+        table.iter().filter(|t| t.host == info.host).count() - 1
+    };
+    limits::check_fds(rank, nranks, host_peers, config)?;
     log_info!(
         Some(rank),
         "bootstrap done in {:.1} ms: {nranks} ranks, listening on {listen}, host {}",
         start.elapsed().as_secs_f64() * 1e3,
         info.host
     );
+    let acceptor = Arc::new(tcp::Acceptor::new(listener)?);
+    acceptor.register(id.token());
     let rejoin = Rejoin {
-        listener: Arc::new(listener),
+        acceptor,
         shm_listener: shm_listener.map(Arc::new),
         table,
         host: info.host,
@@ -325,7 +336,9 @@ pub(crate) fn join(
 /// communicator without a new rendezvous (`Communicator::shrink`): its listeners
 /// (kept open; they admit only this job's token) and every rank's bootstrap info.
 pub(crate) struct Rejoin {
-    listener: Arc<TcpListener>,
+    /// The data listener and the connections it admitted ahead of their first use,
+    /// shared with the communicators shrunk from this one.
+    acceptor: Arc<tcp::Acceptor>,
     shm_listener: Option<Arc<UnixListener>>,
     /// Rank info of this communicator's ranks, by rank.
     table: Vec<RankInfo>,
@@ -340,7 +353,9 @@ pub(crate) struct Rejoin {
 }
 
 impl Rejoin {
-    /// Connects this communicator's links: TCP to other hosts, shm inside this one.
+    /// This communicator's links made at init: shared memory to the peers of this
+    /// host (all of them, now); every other peer's link is `None` until a call first
+    /// needs it ([`Rejoin::connect`]).
     fn mesh(&self, rank: usize, config: &Config) -> Result<Links> {
         let nranks = self.table.len();
         let same_host: Vec<bool> = self
@@ -350,32 +365,6 @@ impl Rejoin {
             .map(|(p, t)| p != rank && self.shm_listener.is_some() && t.host == self.host)
             .collect();
         let deadline = Instant::now() + config.timeout;
-        let addrs: Vec<SocketAddr> = self.table.iter().map(|t| t.listen).collect();
-        let use_tcp: Vec<bool> = (0..nranks).map(|p| p != rank && !same_host[p]).collect();
-        let host_peer: Vec<bool> = self.table.iter().map(|t| t.host == self.host).collect();
-        let tcp_links = tcp::connect_mesh(
-            &MeshSpec {
-                rank,
-                addrs: &addrs,
-                use_tcp: &use_tcp,
-                token: self.token,
-                nsocks: config.nsocks,
-                socket_buffer: config.socket_buffer,
-                same_host: &host_peer,
-                deadline,
-            },
-            &self.listener,
-        )?;
-        // Peers on other hosts move to RDMA where both ends can (negotiated over TCP).
-        let mut net_links = rdma::upgrade(
-            &RdmaSpec {
-                rank,
-                same_host: &host_peer,
-                config,
-                deadline,
-            },
-            tcp_links,
-        )?;
         let mut shm_links = match &self.shm_listener {
             Some(l) => shm::connect_host_peers(
                 &ShmSpec {
@@ -394,11 +383,83 @@ impl Rejoin {
             None => Vec::new(),
         };
         Ok((0..nranks)
-            .map(|p| match shm_links.get_mut(p).and_then(Option::take) {
-                Some(s) => Some(Box::new(s) as Box<dyn Link>),
-                None => net_links.get_mut(p).and_then(Option::take),
+            .map(|p| {
+                shm_links
+                    .get_mut(p)
+                    .and_then(Option::take)
+                    .map(|s| Box::new(s) as Box<dyn Link>)
             })
             .collect())
+    }
+
+    /// Connects `rank` to those of `peers` it has no link to yet, over TCP (moved to
+    /// RDMA where both ends can), the first time a call needs them. The peers'
+    /// schedules name this rank in the same call, so they connect at the same time;
+    /// one that never answers (dead, never connected) is named in `Error::Timeout`
+    /// once `config.timeout` has passed.
+    pub(crate) fn connect(
+        &self,
+        rank: usize,
+        peers: &[usize],
+        links: &mut Links,
+        config: &Config,
+        abort: &AtomicBool,
+    ) -> Result<()> {
+        let mut new: Vec<usize> = peers
+            .iter()
+            .copied()
+            .filter(|&p| p != rank && p < links.len() && links[p].is_none())
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        new.sort_unstable();
+        new.dedup();
+        let deadline = Instant::now() + config.timeout;
+        let addrs: Vec<SocketAddr> = self.table.iter().map(|t| t.listen).collect();
+        let host_peer: Vec<bool> = self.table.iter().map(|t| t.host == self.host).collect();
+        let made = tcp::connect_peers(
+            &LazySpec {
+                rank,
+                addrs: &addrs,
+                token: self.token,
+                nsocks: config.nsocks,
+                socket_buffer: config.socket_buffer,
+                same_host: &host_peer,
+                deadline,
+                abort,
+            },
+            &self.acceptor,
+            &new,
+        )?;
+        let mut tcp_links: Vec<Option<tcp::TcpLink>> = (0..links.len()).map(|_| None).collect();
+        for l in made {
+            let p = l.peer();
+            tcp_links[p] = Some(l);
+        }
+        // Peers on other hosts move to RDMA where both ends can (negotiated over TCP;
+        // both ends upgrade this link in the same call).
+        let net_links = rdma::upgrade(
+            &RdmaSpec {
+                rank,
+                same_host: &host_peer,
+                config,
+                deadline,
+            },
+            tcp_links,
+        )?;
+        for (p, l) in net_links.into_iter().enumerate() {
+            if let Some(l) = l {
+                log_info!(
+                    Some(rank),
+                    "rank {rank} -> rank {p} via {} ({} lanes), connected on first use",
+                    l.class(),
+                    l.lanes()
+                );
+                links[p] = Some(l);
+            }
+        }
+        Ok(())
     }
 
     /// The links and rejoin state of the communicator of every rank but `excluded`
@@ -432,8 +493,9 @@ impl Rejoin {
         let mut token = [0u8; 16];
         token[..8].copy_from_slice(&fnv(1).to_le_bytes());
         token[8..].copy_from_slice(&fnv(2).to_le_bytes());
+        self.acceptor.register(token);
         let child = Rejoin {
-            listener: self.listener.clone(),
+            acceptor: self.acceptor.clone(),
             shm_listener: self.shm_listener.clone(),
             table: survivors.iter().map(|&r| self.table[r].clone()).collect(),
             host: self.host.clone(),
@@ -444,6 +506,13 @@ impl Rejoin {
         };
         let links = child.mesh(new_rank, config)?;
         Ok((new_rank, links, child))
+    }
+}
+
+impl Drop for Rejoin {
+    fn drop(&mut self) {
+        // Connections for this communicator that no call took are closed.
+        self.acceptor.forget(self.token);
     }
 }
 
