@@ -19,31 +19,30 @@ const PER_SHM_PEER: u64 = 6;
 /// What a rank needs: `(needed, all)`, where `needed` covers the links the
 /// sparse algorithms use (ring neighbours, tree and dissemination partners:
 /// `2 log2 n + 8` peers) and `all` a link to every peer (direct algorithms and
-/// all-to-all at this size).
-pub(crate) fn need(open: u64, nranks: usize, host_peers: usize, config: &Config) -> (u64, u64) {
-    let per_peer = config.nsocks as u64 + 1;
-    let n = nranks as u64;
-    let net_peers = n.saturating_sub(1).saturating_sub(host_peers as u64);
+/// all-to-all at this size). Checked before the rendezvous, when which peers share
+/// this host is not known yet: every peer counts as a network peer, unless
+/// shared memory is on, when a peer may need [`PER_SHM_PEER`] instead.
+pub(crate) fn need(open: u64, nranks: usize, config: &Config) -> (u64, u64) {
+    let per_peer = if config.shm_disable {
+        config.nsocks as u64 + 1
+    } else {
+        (config.nsocks as u64 + 1).max(PER_SHM_PEER)
+    };
+    let peers = (nranks as u64).saturating_sub(1);
     let log2 = u64::from(usize::BITS - nranks.max(1).leading_zeros());
-    let sparse = net_peers.min(2 * log2 + 8);
-    let shm = host_peers as u64 * PER_SHM_PEER;
-    let base = open + SLACK + shm;
-    (base + sparse * per_peer, base + net_peers * per_peer)
+    let sparse = peers.min(2 * log2 + 8);
+    let base = open + SLACK;
+    (base + sparse * per_peer, base + peers * per_peer)
 }
 
 /// Checks (and where it helps raises) the soft descriptor limit for rank `rank` of
-/// `nranks` with `host_peers` peers over shared memory; logs the figures at INFO.
-pub(crate) fn check_fds(
-    rank: usize,
-    nranks: usize,
-    host_peers: usize,
-    config: &Config,
-) -> Result<()> {
+/// `nranks`; logs the figures at INFO.
+pub(crate) fn check_fds(rank: usize, nranks: usize, config: &Config) -> Result<()> {
     let Ok((mut soft, hard)) = sys::nofile_limit() else {
         return Ok(());
     };
     let open = sys::open_fds().unwrap_or(16) as u64;
-    let (needed, all) = need(open, nranks, host_peers, config);
+    let (needed, all) = need(open, nranks, config);
     if soft < all && hard > soft && sys::raise_nofile(all).is_ok() {
         log_info!(
             Some(rank),
@@ -86,13 +85,18 @@ mod tests {
     fn need_grows_with_log_n_for_sparse_algorithms_and_n_for_all() {
         let c = Config {
             nsocks: 2,
+            shm_disable: true,
             ..Config::default()
         };
-        // 16 ranks: log2 = 5 -> 18 sparse peers, capped at 15 network peers.
-        assert_eq!(need(10, 16, 0, &c), (10 + 32 + 15 * 3, 10 + 32 + 15 * 3));
+        // 16 ranks: 5 bits -> 18 sparse peers, capped at the 15 there are.
+        assert_eq!(need(10, 16, &c), (10 + 32 + 15 * 3, 10 + 32 + 15 * 3));
         // 1024 ranks: 11 bits -> 30 peers of 3 sockets; all 1023 peers.
-        assert_eq!(need(10, 1024, 0, &c), (42 + 30 * 3, 42 + 1023 * 3));
-        // 4 shared-memory peers of 8: 3 network peers.
-        assert_eq!(need(0, 8, 4, &c), (32 + 24 + 9, 32 + 24 + 9));
+        assert_eq!(need(10, 1024, &c), (42 + 30 * 3, 42 + 1023 * 3));
+        // With shared memory a peer may take 6 descriptors.
+        let shm = Config {
+            shm_disable: false,
+            ..c
+        };
+        assert_eq!(need(0, 8, &shm), (32 + 7 * 6, 32 + 7 * 6));
     }
 }

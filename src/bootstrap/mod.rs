@@ -264,8 +264,10 @@ pub(crate) fn join(
     config: &Config,
 ) -> Result<(Links, IpAddr, Rejoin, Vec<RankProbe>)> {
     let start = Instant::now();
-    // MIXCCL_NET=IB on a rank without RDMA fails here, before anyone waits for it.
+    // MIXCCL_NET=IB on a rank without RDMA, or too few descriptors, fail here,
+    // before anyone waits for this rank.
     rdma::require(config)?;
+    limits::check_fds(rank, nranks, config)?;
     let local_ip = match config.socket_ifname.as_deref() {
         Some(spec) => tcp::pick_interface(Some(spec))?,
         None => tcp::local_ip_towards(id.root_addr())?,
@@ -304,12 +306,6 @@ pub(crate) fn join(
             Ok(p)
         })
         .collect::<Result<Vec<_>>>()?;
-    let host_peers = if config.shm_disable {
-        0
-    } else {
-        table.iter().filter(|t| t.host == info.host).count() - 1
-    };
-    limits::check_fds(rank, nranks, host_peers, config)?;
     log_info!(
         Some(rank),
         "bootstrap done in {:.1} ms: {nranks} ranks, listening on {listen}, host {}",
