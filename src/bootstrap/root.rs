@@ -285,8 +285,14 @@ impl Root {
             msg.extend_from_slice(&(j.info.len() as u32).to_le_bytes());
             msg.extend_from_slice(&j.info);
         }
+        let start = Instant::now();
         self.broadcast(&msg);
-        log_info!(None, "bootstrap root: sent the table to {n} ranks");
+        log_info!(
+            None,
+            "bootstrap root: sent the table ({} bytes) to {n} ranks in {:.1} ms",
+            msg.len(),
+            start.elapsed().as_secs_f64() * 1e3
+        );
     }
 
     fn send_failure(&mut self) {
