@@ -144,7 +144,6 @@ fn main() {
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             failed += 1;
-            eprint!("{}", String::from_utf8_lossy(&out.stderr));
         }
         for line in text.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -176,7 +175,7 @@ trait SpawnPiped {
 impl SpawnPiped for Command {
     fn output_spawn(&mut self) -> std::process::Child {
         self.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
             .spawn()
             .expect("spawn")
     }
