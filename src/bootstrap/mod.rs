@@ -6,7 +6,9 @@
 //! Wire (all integers little-endian): a rank sends the root
 //! `"MXHELLO\0" version:u16 token:[16] rank:u32 nranks:u32 len:u32 info:[len]`;
 //! once all ranks are in, the root answers each with
-//! `"MXTABLE\0" nranks:u32 (len:u32 info:[len])*`, or at its deadline with
+//! `"MXTABLE\0" nranks:u32 entry*`, an entry being `len:u32 info:[len]` or, for a rank
+//! whose info past its 19-byte address equals rank `ref`'s (ref earlier),
+//! `0xffffffff ref:u32 address:[19]`; or at its deadline with
 //! `"MXFAIL\0\0" count:u32 missing:u32* len:u32 reason:[len]`. Every length is
 //! bounded before anything is allocated.
 
@@ -38,6 +40,10 @@ pub(crate) const HELLO_MAGIC: &[u8; 8] = b"MXHELLO\0";
 pub(crate) const TABLE_MAGIC: &[u8; 8] = b"MXTABLE\0";
 pub(crate) const FAIL_MAGIC: &[u8; 8] = b"MXFAIL\0\0";
 pub(crate) const HELLO_HEADER: usize = 8 + 2 + 16 + 4 + 4 + 4;
+/// Bytes of the listen address that open every encoded [`RankInfo`].
+pub(crate) const ADDR_LEN: usize = 19;
+/// In the table, "this rank's info is rank `ref`'s with another address".
+pub(crate) const REF_MARK: u32 = u32::MAX;
 /// Upper bound on one rank's info blob; anything longer is refused.
 pub(crate) const MAX_INFO: usize = 4096;
 
@@ -237,19 +243,39 @@ fn rendezvous(
         )));
     }
     let mut table = Vec::with_capacity(nranks);
+    let mut blobs: Vec<Vec<u8>> = Vec::with_capacity(nranks);
     for r in 0..nranks {
         let mut len = [0u8; 4];
         read_exact_by(&mut s, &mut len, deadline).map_err(lost)?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_INFO {
-            return Err(Error::Bootstrap(format!(
-                "root sent {len} bytes of info for rank {r}"
-            )));
-        }
-        let mut blob = vec![0u8; len];
-        read_exact_by(&mut s, &mut blob, deadline).map_err(lost)?;
+        let len = u32::from_le_bytes(len);
+        let blob = if len == REF_MARK {
+            // Same as an earlier rank's info but for the address.
+            let mut head = [0u8; 4 + ADDR_LEN];
+            read_exact_by(&mut s, &mut head, deadline).map_err(lost)?;
+            let first = u32_at(&head, 0) as usize;
+            let Some(earlier) = blobs.get(first).filter(|b| b.len() >= ADDR_LEN) else {
+                return Err(Error::Bootstrap(format!(
+                    "root sent rank {r}'s info as a copy of rank {first}'s, which it has not sent"
+                )));
+            };
+            let mut blob = head[4..].to_vec();
+            blob.extend_from_slice(&earlier[ADDR_LEN..]);
+            blob
+        } else {
+            let len = len as usize;
+            if len > MAX_INFO {
+                return Err(Error::Bootstrap(format!(
+                    "root sent {len} bytes of info for rank {r}"
+                )));
+            }
+            let mut blob = vec![0u8; len];
+            read_exact_by(&mut s, &mut blob, deadline).map_err(lost)?;
+            blob
+        };
+        blobs.push(blob);
+        let blob = &blobs[r];
         table.push(
-            RankInfo::decode(&blob)
+            RankInfo::decode(blob)
                 .map_err(|why| Error::Bootstrap(format!("bad info for rank {r}: {why}")))?,
         );
     }
