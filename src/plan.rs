@@ -27,9 +27,13 @@ pub(crate) const REDUCE_GBS: f64 = 5.0;
 /// in place and out of place; below, out-of-place calls were slower through the
 /// board, which the estimate does not see.
 const PUBLISH_ALL_REDUCE_MIN_BYTES: usize = 4 << 20;
-/// The direct algorithms move (n-1) x S per rank; above this many ranks they are not
-/// considered (their estimate alone would cost O(n^2)).
-const DIRECT_MAX_RANKS: usize = 256;
+/// The direct algorithms move (n-1) x S per rank and need a link to every peer (made
+/// on first use: (n-1) x (nsocks+1) sockets per rank); above this many ranks they are
+/// not considered, so a large communicator stays sparse (and their estimate alone
+/// would cost O(n^2)).
+const DIRECT_MAX_RANKS: usize = 128;
+/// Above this many ranks all-to-all's pairwise load is not summed (O(n^2)).
+const PAIRWISE_LOAD_MAX_RANKS: usize = 256;
 
 /// What the communicator offers beyond links, decided at init and equal on all ranks.
 #[derive(Debug, Clone, Default)]
@@ -526,7 +530,7 @@ pub(crate) fn estimate(
             return Some(hier(t, coll, s, msg));
         }
         (AllToAll, Pairwise) => {
-            if n <= DIRECT_MAX_RANKS {
+            if n <= PAIRWISE_LOAD_MAX_RANKS {
                 for a in 0..n {
                     for b in 0..n {
                         load.add(a, b, s / nf);

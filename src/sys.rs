@@ -449,3 +449,31 @@ pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32) {
         libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
     }
 }
+
+/// The (soft, hard) RLIMIT_NOFILE of this process.
+pub(crate) fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // `lim` is a valid, exclusively borrowed rlimit for the call.
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+}
+
+/// Raises the soft RLIMIT_NOFILE to `soft` (at most the hard limit).
+pub(crate) fn raise_nofile(soft: u64) -> io::Result<()> {
+    let (_, hard) = nofile_limit()?;
+    let lim = libc::rlimit {
+        rlim_cur: soft.min(hard) as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    // `lim` is a valid rlimit that outlives the call.
+    syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+    Ok(())
+}
+
+/// How many descriptors this process has open (entries of /proc/self/fd), if known.
+pub(crate) fn open_fds() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}

@@ -1,16 +1,20 @@
 //! Bootstrap: the unique id, the root rendezvous that hands out the address table,
-//! and [`join`], which takes a rank from "I have an id" to "I have links to every
-//! peer". Nothing here runs a collective.
+//! and [`join`], which takes a rank from "I have an id" to "I can reach every
+//! peer": shared-memory links to this host's peers at once, network links on first
+//! use ([`Rejoin::connect`]). Nothing here runs a collective.
 //!
 //! Wire (all integers little-endian): a rank sends the root
 //! `"MXHELLO\0" version:u16 token:[16] rank:u32 nranks:u32 len:u32 info:[len]`;
 //! once all ranks are in, the root answers each with
-//! `"MXTABLE\0" nranks:u32 (len:u32 info:[len])*`, or at its deadline with
+//! `"MXTABLE\0" nranks:u32 entry*`, an entry being `len:u32 info:[len]` or, for a rank
+//! whose info past its 19-byte address equals rank `ref`'s (ref earlier),
+//! `0xffffffff ref:u32 address:[19]`; or at its deadline with
 //! `"MXFAIL\0\0" count:u32 missing:u32* len:u32 reason:[len]`. Every length is
 //! bounded before anything is allocated.
 
 pub(crate) mod host;
 pub mod launcher;
+pub(crate) mod limits;
 pub(crate) use launcher::LaunchEnv;
 pub(crate) mod root;
 pub mod unique_id;
@@ -21,13 +25,14 @@ use crate::error::{Error, Result};
 use crate::topo::RankProbe;
 use crate::transport::rdma::{self, RdmaSpec};
 use crate::transport::shm::{self, ShmSpec};
-use crate::transport::tcp::{self, MeshSpec};
+use crate::transport::tcp::{self, LazySpec};
 use crate::transport::{Link, Links};
 use crate::wire::{MAX_RANKS, PROTOCOL_VERSION};
 use crate::UniqueId;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +40,10 @@ pub(crate) const HELLO_MAGIC: &[u8; 8] = b"MXHELLO\0";
 pub(crate) const TABLE_MAGIC: &[u8; 8] = b"MXTABLE\0";
 pub(crate) const FAIL_MAGIC: &[u8; 8] = b"MXFAIL\0\0";
 pub(crate) const HELLO_HEADER: usize = 8 + 2 + 16 + 4 + 4 + 4;
+/// Bytes of the listen address that open every encoded [`RankInfo`].
+pub(crate) const ADDR_LEN: usize = 19;
+/// In the table, "this rank's info is rank `ref`'s with another address".
+pub(crate) const REF_MARK: u32 = u32::MAX;
 /// Upper bound on one rank's info blob; anything longer is refused.
 pub(crate) const MAX_INFO: usize = 4096;
 
@@ -234,19 +243,39 @@ fn rendezvous(
         )));
     }
     let mut table = Vec::with_capacity(nranks);
+    let mut blobs: Vec<Vec<u8>> = Vec::with_capacity(nranks);
     for r in 0..nranks {
         let mut len = [0u8; 4];
         read_exact_by(&mut s, &mut len, deadline).map_err(lost)?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_INFO {
-            return Err(Error::Bootstrap(format!(
-                "root sent {len} bytes of info for rank {r}"
-            )));
-        }
-        let mut blob = vec![0u8; len];
-        read_exact_by(&mut s, &mut blob, deadline).map_err(lost)?;
+        let len = u32::from_le_bytes(len);
+        let blob = if len == REF_MARK {
+            // Same as an earlier rank's info but for the address.
+            let mut head = [0u8; 4 + ADDR_LEN];
+            read_exact_by(&mut s, &mut head, deadline).map_err(lost)?;
+            let first = u32_at(&head, 0) as usize;
+            let Some(earlier) = blobs.get(first).filter(|b| b.len() >= ADDR_LEN) else {
+                return Err(Error::Bootstrap(format!(
+                    "root sent rank {r}'s info as a copy of rank {first}'s, which it has not sent"
+                )));
+            };
+            let mut blob = head[4..].to_vec();
+            blob.extend_from_slice(&earlier[ADDR_LEN..]);
+            blob
+        } else {
+            let len = len as usize;
+            if len > MAX_INFO {
+                return Err(Error::Bootstrap(format!(
+                    "root sent {len} bytes of info for rank {r}"
+                )));
+            }
+            let mut blob = vec![0u8; len];
+            read_exact_by(&mut s, &mut blob, deadline).map_err(lost)?;
+            blob
+        };
+        blobs.push(blob);
+        let blob = &blobs[r];
         table.push(
-            RankInfo::decode(&blob)
+            RankInfo::decode(blob)
                 .map_err(|why| Error::Bootstrap(format!("bad info for rank {r}: {why}")))?,
         );
     }
@@ -261,8 +290,10 @@ pub(crate) fn join(
     config: &Config,
 ) -> Result<(Links, IpAddr, Rejoin, Vec<RankProbe>)> {
     let start = Instant::now();
-    // MIXCCL_NET=IB on a rank without RDMA fails here, before anyone waits for it.
+    // MIXCCL_NET=IB on a rank without RDMA, or too few descriptors, fail here,
+    // before anyone waits for this rank.
     rdma::require(config)?;
+    limits::check_fds(rank, nranks, config)?;
     let local_ip = match config.socket_ifname.as_deref() {
         Some(spec) => tcp::pick_interface(Some(spec))?,
         None => tcp::local_ip_towards(id.root_addr())?,
@@ -307,8 +338,10 @@ pub(crate) fn join(
         start.elapsed().as_secs_f64() * 1e3,
         info.host
     );
+    let acceptor = Arc::new(tcp::Acceptor::new(listener)?);
+    acceptor.register(id.token());
     let rejoin = Rejoin {
-        listener: Arc::new(listener),
+        acceptor,
         shm_listener: shm_listener.map(Arc::new),
         table,
         host: info.host,
@@ -325,7 +358,9 @@ pub(crate) fn join(
 /// communicator without a new rendezvous (`Communicator::shrink`): its listeners
 /// (kept open; they admit only this job's token) and every rank's bootstrap info.
 pub(crate) struct Rejoin {
-    listener: Arc<TcpListener>,
+    /// The data listener and the connections it admitted ahead of their first use,
+    /// shared with the communicators shrunk from this one.
+    acceptor: Arc<tcp::Acceptor>,
     shm_listener: Option<Arc<UnixListener>>,
     /// Rank info of this communicator's ranks, by rank.
     table: Vec<RankInfo>,
@@ -340,7 +375,9 @@ pub(crate) struct Rejoin {
 }
 
 impl Rejoin {
-    /// Connects this communicator's links: TCP to other hosts, shm inside this one.
+    /// This communicator's links made at init: shared memory to the peers of this
+    /// host (all of them, now); every other peer's link is `None` until a call first
+    /// needs it ([`Rejoin::connect`]).
     fn mesh(&self, rank: usize, config: &Config) -> Result<Links> {
         let nranks = self.table.len();
         let same_host: Vec<bool> = self
@@ -350,32 +387,6 @@ impl Rejoin {
             .map(|(p, t)| p != rank && self.shm_listener.is_some() && t.host == self.host)
             .collect();
         let deadline = Instant::now() + config.timeout;
-        let addrs: Vec<SocketAddr> = self.table.iter().map(|t| t.listen).collect();
-        let use_tcp: Vec<bool> = (0..nranks).map(|p| p != rank && !same_host[p]).collect();
-        let host_peer: Vec<bool> = self.table.iter().map(|t| t.host == self.host).collect();
-        let tcp_links = tcp::connect_mesh(
-            &MeshSpec {
-                rank,
-                addrs: &addrs,
-                use_tcp: &use_tcp,
-                token: self.token,
-                nsocks: config.nsocks,
-                socket_buffer: config.socket_buffer,
-                same_host: &host_peer,
-                deadline,
-            },
-            &self.listener,
-        )?;
-        // Peers on other hosts move to RDMA where both ends can (negotiated over TCP).
-        let mut net_links = rdma::upgrade(
-            &RdmaSpec {
-                rank,
-                same_host: &host_peer,
-                config,
-                deadline,
-            },
-            tcp_links,
-        )?;
         let mut shm_links = match &self.shm_listener {
             Some(l) => shm::connect_host_peers(
                 &ShmSpec {
@@ -394,11 +405,83 @@ impl Rejoin {
             None => Vec::new(),
         };
         Ok((0..nranks)
-            .map(|p| match shm_links.get_mut(p).and_then(Option::take) {
-                Some(s) => Some(Box::new(s) as Box<dyn Link>),
-                None => net_links.get_mut(p).and_then(Option::take),
+            .map(|p| {
+                shm_links
+                    .get_mut(p)
+                    .and_then(Option::take)
+                    .map(|s| Box::new(s) as Box<dyn Link>)
             })
             .collect())
+    }
+
+    /// Connects `rank` to those of `peers` it has no link to yet, over TCP (moved to
+    /// RDMA where both ends can), the first time a call needs them. The peers'
+    /// schedules name this rank in the same call, so they connect at the same time;
+    /// one that never answers (dead, never connected) is named in `Error::Timeout`
+    /// once `config.timeout` has passed.
+    pub(crate) fn connect(
+        &self,
+        rank: usize,
+        peers: &[usize],
+        links: &mut Links,
+        config: &Config,
+        abort: &AtomicBool,
+    ) -> Result<()> {
+        let mut new: Vec<usize> = peers
+            .iter()
+            .copied()
+            .filter(|&p| p != rank && p < links.len() && links[p].is_none())
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        new.sort_unstable();
+        new.dedup();
+        let deadline = Instant::now() + config.timeout;
+        let addrs: Vec<SocketAddr> = self.table.iter().map(|t| t.listen).collect();
+        let host_peer: Vec<bool> = self.table.iter().map(|t| t.host == self.host).collect();
+        let made = tcp::connect_peers(
+            &LazySpec {
+                rank,
+                addrs: &addrs,
+                token: self.token,
+                nsocks: config.nsocks,
+                socket_buffer: config.socket_buffer,
+                same_host: &host_peer,
+                deadline,
+                abort,
+            },
+            &self.acceptor,
+            &new,
+        )?;
+        let mut tcp_links: Vec<Option<tcp::TcpLink>> = (0..links.len()).map(|_| None).collect();
+        for l in made {
+            let p = l.peer();
+            tcp_links[p] = Some(l);
+        }
+        // Peers on other hosts move to RDMA where both ends can (negotiated over TCP;
+        // both ends upgrade this link in the same call).
+        let net_links = rdma::upgrade(
+            &RdmaSpec {
+                rank,
+                same_host: &host_peer,
+                config,
+                deadline,
+            },
+            tcp_links,
+        )?;
+        for (p, l) in net_links.into_iter().enumerate() {
+            if let Some(l) = l {
+                log_info!(
+                    Some(rank),
+                    "rank {rank} -> rank {p} via {} ({} lanes), connected on first use",
+                    l.class(),
+                    l.lanes()
+                );
+                links[p] = Some(l);
+            }
+        }
+        Ok(())
     }
 
     /// The links and rejoin state of the communicator of every rank but `excluded`
@@ -432,8 +515,9 @@ impl Rejoin {
         let mut token = [0u8; 16];
         token[..8].copy_from_slice(&fnv(1).to_le_bytes());
         token[8..].copy_from_slice(&fnv(2).to_le_bytes());
+        self.acceptor.register(token);
         let child = Rejoin {
-            listener: self.listener.clone(),
+            acceptor: self.acceptor.clone(),
             shm_listener: self.shm_listener.clone(),
             table: survivors.iter().map(|&r| self.table[r].clone()).collect(),
             host: self.host.clone(),
@@ -444,6 +528,13 @@ impl Rejoin {
         };
         let links = child.mesh(new_rank, config)?;
         Ok((new_rank, links, child))
+    }
+}
+
+impl Drop for Rejoin {
+    fn drop(&mut self) {
+        // Connections for this communicator that no call took are closed.
+        self.acceptor.forget(self.token);
     }
 }
 

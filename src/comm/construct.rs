@@ -30,7 +30,8 @@ impl Communicator {
             log_info!(Some(rank), "config {line}");
         }
         let (links, local_ip, rejoin, probes) = bootstrap::join(rank, nranks, id, &config)?;
-        let mut comm = Communicator::with_links(rank, links, config)?;
+        // Network links are made on first use (`Communicator::connect_for`).
+        let mut comm = Communicator::assemble(rank, links, config, None, true)?;
         comm.local_ip = Some(local_ip);
         comm.rejoin = Some(rejoin);
         comm.caps.host_read = comm.probe_host_read()?;
@@ -73,8 +74,7 @@ impl Communicator {
         );
         // The survivors keep the parent's model, restricted to them (equal everywhere).
         let topo = self.topology().map(|t| t.without(&excluded)).transpose()?;
-        let mut comm =
-            Communicator::with_links_and_topology(rank, links, self.config.clone(), topo)?;
+        let mut comm = Communicator::assemble(rank, links, self.config.clone(), topo, true)?;
         comm.local_ip = self.local_ip;
         comm.rejoin = Some(child);
         comm.adopt_board();
@@ -140,6 +140,18 @@ impl Communicator {
         config: Config,
         topo: Option<crate::topo::Topology>,
     ) -> Result<Self> {
+        Communicator::assemble(rank, links, config, topo, false)
+    }
+
+    /// [`Communicator::with_links_and_topology`]; with `lazy`, a peer without a link
+    /// is one to connect on first use (the communicator has `rejoin`), not an error.
+    fn assemble(
+        rank: usize,
+        links: Vec<Option<Box<dyn Link>>>,
+        config: Config,
+        topo: Option<crate::topo::Topology>,
+        lazy: bool,
+    ) -> Result<Self> {
         let nranks = links.len();
         if nranks == 0 {
             return Err(Error::invalid("nranks must be at least 1"));
@@ -160,7 +172,7 @@ impl Communicator {
                         l.peer()
                     )))
                 }
-                None if p != rank => {
+                None if p != rank && !lazy => {
                     return Err(Error::invalid(format!(
                         "rank {rank} has no link to rank {p}"
                     )))
@@ -177,11 +189,12 @@ impl Communicator {
                 l.lanes()
             );
         }
-        let class = links
-            .iter()
-            .flatten()
-            .next()
-            .map_or(LinkClass::Mem, |l| l.class());
+        let class = match links.iter().flatten().next() {
+            Some(l) => l.class(),
+            // Nothing connected yet: the network links to come.
+            None if lazy => LinkClass::Tcp,
+            None => LinkClass::Mem,
+        };
         let mut caps = plan::Capabilities::default();
         caps.set_topology(match topo {
             Some(t) => t,

@@ -57,16 +57,19 @@ pub(super) fn establish(comm: &mut Communicator, probes: Vec<RankProbe>) -> Resu
             ours: format!("one with fingerprint {theirs:016x}"),
         });
     }
-    for line in t.describe() {
-        log_info!(Some(rank), "topology: {line}");
-    }
-    for coll in [
-        Collective::AllReduce,
-        Collective::AllGather,
-        Collective::ReduceScatter,
-        Collective::Broadcast,
-    ] {
-        log_info!(Some(rank), "topology: {}", t.bands(&config, coll));
+    // The bands cost ~100 plans each: computed only when they are printed.
+    if crate::debug::level() >= crate::debug::DebugLevel::Info {
+        for line in t.describe() {
+            log_info!(Some(rank), "topology: {line}");
+        }
+        for coll in [
+            Collective::AllReduce,
+            Collective::AllGather,
+            Collective::ReduceScatter,
+            Collective::Broadcast,
+        ] {
+            log_info!(Some(rank), "topology: {}", t.bands(&config, coll));
+        }
     }
     log_info!(
         Some(rank),

@@ -4,6 +4,7 @@
 //!
 //! - `mod.rs` (this file): the [`Communicator`] and its public collective calls.
 //! - `construct`: init, the launch environment, custom and in-process links, shrink, split.
+//! - `lazy`: network links made the first time a call needs them.
 //! - `measure`: the topology model built at init and refined by a short measurement.
 //! - `validate`: argument checks (buffer lengths, ranks, roots, peers).
 //! - `run`: a call's plan (memoised), its pieces and its run through the executor.
@@ -12,6 +13,7 @@
 
 mod board;
 mod construct;
+mod lazy;
 mod measure;
 mod run;
 mod stage;
@@ -136,7 +138,8 @@ impl Communicator {
         &self.config
     }
 
-    /// The transport to each peer (`None` for this rank).
+    /// The transport to each peer: `None` for this rank and for peers not connected
+    /// (yet): network links are made the first time a call needs them.
     pub fn link_classes(&self) -> Vec<Option<LinkClass>> {
         self.links
             .iter()

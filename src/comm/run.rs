@@ -163,6 +163,7 @@ impl Communicator {
             self.failed = Some(Error::Aborted);
             return Err(Error::Aborted);
         }
+        self.connect_for(schedule)?;
         // Point-to-point calls need not be made by every rank: they are counted per
         // peer (exec's p2p_seq), not in the collective sequence.
         let p2p = meta.coll == Collective::SendRecv;

@@ -1,15 +1,24 @@
-//! Building the TCP mesh: every rank listens, connects `nsocks` sockets (plus a
-//! control socket) to each higher rank, and admits lower ranks' connections after
-//! checking their hello (magic, version, token, ranks, lane).
+//! The TCP handshake: every rank listens; a rank connects `nsocks` sockets (plus a
+//! control socket) to a lower rank, which admits them after checking their hello
+//! (magic, version, token, ranks, lane). Communicators connect on first use
+//! (`lazy`); the eager mesh of every pair at once is kept for the transport tests.
 
+#[cfg(test)]
 use super::TcpLink;
+#[cfg(test)]
 use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
+#[cfg(test)]
 use crate::header::ControlReader;
 use crate::sys;
 use crate::transport::hello::{Hello, HELLO_LEN};
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+#[cfg(test)]
+use std::io::Write;
+use std::io::{self, Read};
+#[cfg(test)]
+use std::net::TcpListener;
+use std::net::{SocketAddr, TcpStream};
+#[cfg(test)]
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -30,21 +39,21 @@ pub(crate) fn tune_socket(s: &TcpStream, buffer: usize) -> io::Result<()> {
 }
 
 const DATA_MAGIC: &[u8; 8] = b"MXDATA\0\0";
-const DATA_HELLO_LEN: usize = HELLO_LEN + 2 + 2;
+pub(super) const DATA_HELLO_LEN: usize = HELLO_LEN + 2 + 2;
 
 /// The first bytes on every data connection (`transport::hello`): who is calling,
 /// for which lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DataHello {
-    token: [u8; 16],
-    from: u32,
-    to: u32,
-    lane: u16,
-    lanes: u16,
+pub(super) struct DataHello {
+    pub token: [u8; 16],
+    pub from: u32,
+    pub to: u32,
+    pub lane: u16,
+    pub lanes: u16,
 }
 
 impl DataHello {
-    fn encode(&self) -> [u8; DATA_HELLO_LEN] {
+    pub(super) fn encode(&self) -> [u8; DATA_HELLO_LEN] {
         let mut b = [0u8; DATA_HELLO_LEN];
         let who = Hello {
             token: self.token,
@@ -70,6 +79,7 @@ impl DataHello {
     }
 }
 
+#[cfg(test)]
 /// What a rank needs to join the data mesh.
 pub(crate) struct MeshSpec<'a> {
     pub rank: usize,
@@ -92,6 +102,7 @@ pub(crate) struct MeshSpec<'a> {
 /// autotuning, which grows buffers to megabytes).
 pub(crate) const LOCAL_SOCKET_BUFFER: usize = 512 << 10;
 
+#[cfg(test)]
 impl MeshSpec<'_> {
     /// Sockets per peer: the data lanes and the control connection.
     fn sockets(&self) -> usize {
@@ -109,6 +120,7 @@ impl MeshSpec<'_> {
     }
 }
 
+#[cfg(test)]
 /// Connects `nsocks` sockets to every lower rank and accepts them from every higher
 /// rank on `listener`. Connections that fail the handshake are closed and logged;
 /// ranks still missing at the deadline are named in `Error::Timeout`.
@@ -173,7 +185,7 @@ pub(crate) fn connect_mesh(
         .collect())
 }
 
-fn remaining(deadline: Instant) -> Duration {
+pub(super) fn remaining(deadline: Instant) -> Duration {
     deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
@@ -215,12 +227,13 @@ pub(crate) fn connect_retry(addr: SocketAddr, deadline: Instant) -> Result<TcpSt
 }
 
 /// A connection whose handshake is still arriving.
-struct Pending {
-    stream: TcpStream,
-    from: SocketAddr,
-    buf: Vec<u8>,
+pub(super) struct Pending {
+    pub stream: TcpStream,
+    pub from: SocketAddr,
+    pub buf: Vec<u8>,
 }
 
+#[cfg(test)]
 fn accept_peers(
     spec: &MeshSpec<'_>,
     listener: &TcpListener,
@@ -317,7 +330,7 @@ fn accept_peers(
     }
 }
 
-fn read_hello(p: &mut Pending) -> std::result::Result<Option<DataHello>, String> {
+pub(super) fn read_hello(p: &mut Pending) -> std::result::Result<Option<DataHello>, String> {
     let mut chunk = [0u8; DATA_HELLO_LEN];
     let want = DATA_HELLO_LEN - p.buf.len();
     match p.stream.read(&mut chunk[..want]) {
@@ -342,6 +355,7 @@ fn read_hello(p: &mut Pending) -> std::result::Result<Option<DataHello>, String>
     }
 }
 
+#[cfg(test)]
 fn admit(
     spec: &MeshSpec<'_>,
     h: &DataHello,

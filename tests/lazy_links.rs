@@ -1,0 +1,172 @@
+//! Network links made on first use (issue 17): a communicator that only runs ring
+//! algorithms links each rank to its two ring neighbours and nobody else; a peer
+//! that dies before anyone connected to it is named by the next rank that needs
+//! it, within `MIXCCL_TIMEOUT`, whichever end dials; shrink and split work after
+//! lazy links; a rank short of file descriptors fails at init naming the limit.
+
+mod util;
+
+use mixccl::{AlgoOverride, Communicator, Config, Error, ReduceOp, UniqueId};
+use std::collections::BTreeSet;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+fn tcp_config(algo: &str, timeout_s: u64) -> Config {
+    Config {
+        timeout: Duration::from_secs(timeout_s),
+        shm_disable: true,
+        topo_probe: false,
+        algo: AlgoOverride::parse(algo).expect("algo override"),
+        ..Config::default()
+    }
+}
+
+/// The peers this rank holds a link to.
+fn linked(comm: &Communicator) -> BTreeSet<usize> {
+    comm.link_classes()
+        .iter()
+        .enumerate()
+        .filter_map(|(p, c)| c.map(|_| p))
+        .collect()
+}
+
+#[test]
+fn ring_algorithms_link_only_ring_neighbours() {
+    let n = 16;
+    let config = tcp_config("allreduce:ring;allgather:ring;broadcast:chain", 60);
+    let results = util::bootstrapped_ranks(n, config, |comm| {
+        let r = comm.rank();
+        let mut v: Vec<u64> = (0..1000).map(|i| (i * r) as u64).collect();
+        comm.all_reduce_in_place(&mut v, ReduceOp::Sum).unwrap();
+        let sum = (n * (n - 1) / 2) as u64;
+        let reduced_ok = v.iter().enumerate().all(|(i, x)| *x == i as u64 * sum);
+        let mut all = vec![0u32; 3 * n];
+        comm.all_gather(&[r as u32, 7, r as u32 * 2], &mut all)
+            .unwrap();
+        let gathered_ok = (0..n).all(|q| all[3 * q..3 * q + 3] == [q as u32, 7, q as u32 * 2]);
+        let mut b = vec![if r == 5 { 9u8 } else { 0 }; 4096];
+        comm.broadcast_in_place(&mut b, 5).unwrap();
+        let broadcast_ok = b.iter().all(|x| *x == 9);
+        (r, reduced_ok && gathered_ok && broadcast_ok, linked(comm))
+    });
+    for (r, ok, peers) in results {
+        assert!(ok, "rank {r}: wrong result");
+        let want: BTreeSet<usize> = [(r + 1) % n, (r + n - 1) % n].into();
+        assert_eq!(peers, want, "rank {r} links");
+    }
+}
+
+/// Ring of 5: ranks 0 and 4 never linked to rank 2. Rank 2 leaves (its
+/// communicator and listener closed); then rank 0 (which would accept rank 2's
+/// connection) and rank 4 (which would dial rank 2) each send to it and must fail
+/// naming rank 2, within the timeout.
+#[test]
+fn a_never_connected_dead_peer_is_named_within_the_timeout() {
+    let timeout = 3;
+    let n = 5;
+    let config = tcp_config("allreduce:ring;allgather:ring", timeout);
+    let id = UniqueId::bind_with("127.0.0.1:0".parse().unwrap(), &config).unwrap();
+    let gone = Barrier::new(n);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|r| {
+                let (id, config, gone) = (&id, config.clone(), &gone);
+                s.spawn(move || {
+                    let mut comm = Communicator::init(r, n, id, config).unwrap();
+                    let mut v = [r as u32];
+                    comm.all_reduce_in_place(&mut v, ReduceOp::Sum).unwrap();
+                    assert_eq!(v, [10]);
+                    let peers = linked(&comm);
+                    if r == 2 {
+                        drop(comm);
+                        gone.wait();
+                        return None;
+                    }
+                    gone.wait();
+                    if r == 1 || r == 3 {
+                        return None;
+                    }
+                    assert!(!peers.contains(&2), "rank {r}: {peers:?}");
+                    let start = Instant::now();
+                    let err = comm.send(&[1u8; 16], 2).expect_err("rank 2 is gone");
+                    Some((r, err, start.elapsed()))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let results: Vec<_> = results.into_iter().flatten().collect();
+    assert_eq!(results.len(), 2);
+    for (r, err, took) in results {
+        assert!(
+            matches!(&err, Error::Timeout { waiting_for, .. } if waiting_for == &[2]),
+            "rank {r}: {err:?}"
+        );
+        // A bound on a bounded wait, not a speed figure: timeout plus generous slack.
+        assert!(
+            took < Duration::from_secs(timeout + 10),
+            "rank {r} took {took:?}"
+        );
+    }
+}
+
+#[test]
+fn shrink_and_split_work_after_lazy_links() {
+    let config = tcp_config("allreduce:ring;allgather:ring", 30);
+    let results = util::bootstrapped_ranks(6, config, |comm| {
+        let r = comm.rank();
+        let mut v = vec![1.0f32; 1000];
+        comm.all_reduce_in_place(&mut v, ReduceOp::Sum).unwrap();
+        assert!(v.iter().all(|x| *x == 6.0));
+        // Split by parity: ranks 0,2,4 and 1,3,5, each a ring of 3.
+        let mut half = comm
+            .split(Some((r % 2) as u32), r as i64)
+            .unwrap()
+            .expect("a color");
+        let mut h = [r as u64];
+        half.all_reduce_in_place(&mut h, ReduceOp::Sum).unwrap();
+        let half_ok = h[0] == if r % 2 == 0 { 6 } else { 9 };
+        // Everyone but rank 5 shrinks (rank 5 leaves without a call).
+        if r == 5 {
+            return None;
+        }
+        let mut small = comm.shrink(&[5]).unwrap();
+        let mut w: Vec<u64> = (0..777).map(|i| (i + small.rank()) as u64).collect();
+        small.all_reduce_in_place(&mut w, ReduceOp::Sum).unwrap();
+        let small_ok = w.iter().enumerate().all(|(i, x)| *x == 5 * i as u64 + 10);
+        Some((r, half_ok, small_ok, linked(&small).len()))
+    });
+    let results: Vec<_> = results.into_iter().flatten().collect();
+    assert_eq!(results.len(), 5);
+    for (r, half_ok, small_ok, links) in results {
+        assert!(half_ok, "rank {r}: split all-reduce wrong");
+        assert!(small_ok, "rank {r}: shrunk all-reduce wrong");
+        assert_eq!(links, 2, "rank {r}: a ring of 5 links two neighbours");
+    }
+}
+
+/// A rank whose descriptor limit (soft and hard) cannot hold the links of a
+/// 1024-rank job fails at init, naming RLIMIT_NOFILE, the limit and the need.
+#[test]
+fn a_low_descriptor_limit_fails_at_init_naming_it() {
+    let port = util::processes::free_port();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 48 && exec {} allreduce -b 8 -e 8",
+            util::processes::PERF
+        ))
+        .env("MIXCCL_SHM_DISABLE", "1")
+        .env("MIXCCL_TIMEOUT", "5")
+        .env("MIXCCL_RANK", "0")
+        .env("MIXCCL_NRANKS", "1024")
+        .env("MIXCCL_ROOT", format!("127.0.0.1:{port}"))
+        .output()
+        .expect("run sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("RLIMIT_NOFILE is 48 (hard 48)") && err.contains("needs about"),
+        "{err}"
+    );
+}
