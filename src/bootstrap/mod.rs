@@ -340,6 +340,11 @@ pub(crate) struct Rejoin {
 }
 
 impl Rejoin {
+    /// This communicator's token: names it (and only it) to a grow id.
+    pub(crate) fn token(&self) -> [u8; 16] {
+        self.token
+    }
+
     /// Connects this communicator's links: TCP to other hosts, shm inside this one.
     fn mesh(&self, rank: usize, config: &Config) -> Result<Links> {
         let nranks = self.table.len();

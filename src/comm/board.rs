@@ -43,11 +43,11 @@ impl Communicator {
             label: &label,
             links: &mut self.links,
         };
-        let result = board.gather(own, blocks, &mut w);
-        if let Err(e) = &result {
+        board.gather(own, blocks, &mut w).map_err(|e| {
+            let e = self.stop_error(e);
             self.failed = Some(e.clone());
-        }
-        result
+            e
+        })
     }
 
     /// Can every rank read every other's memory directly? All ranks must agree, so this
