@@ -74,7 +74,11 @@ fn grow(old: usize, new: usize, shm: bool) {
                     Communicator::join_grown(r, new, &grow_id.wait(), cfg).unwrap()
                 };
                 assert_eq!((big.rank(), big.nranks()), (r, new));
-                assert_eq!(big.topology().unwrap().nranks(), new, "re-planned for {new}");
+                assert_eq!(
+                    big.topology().unwrap().nranks(),
+                    new,
+                    "re-planned for {new}"
+                );
                 all_reduce_ok(&mut big, "after grow");
             });
         }
@@ -218,13 +222,20 @@ fn revoke_during_a_large_all_reduce(shm: bool) {
             let send: Vec<f32> = (0..COUNT).map(|i| (i % 7) as f32).collect();
             let mut recv = vec![0f32; COUNT];
             start.wait();
-            let e = comm.all_reduce(&send, &mut recv, ReduceOp::Sum).unwrap_err();
+            let e = comm
+                .all_reduce(&send, &mut recv, ReduceOp::Sum)
+                .unwrap_err();
             let took = revoked_at.wait().elapsed();
-            eprintln!("rank {r} (shm {shm}): revoked all-reduce returned {took:?} after the revoke");
+            eprintln!(
+                "rank {r} (shm {shm}): revoked all-reduce returned {took:?} after the revoke"
+            );
             assert!(matches!(e, Error::Revoked { rank: 1 }), "rank {r}: {e}");
             assert!(comm.is_revoked() || matches!(comm.error(), Some(Error::Revoked { .. })));
             let later = comm.all_reduce(&send[..5], &mut recv[..5], ReduceOp::Sum);
-            assert!(matches!(later, Err(Error::Revoked { .. })), "rank {r}: {later:?}");
+            assert!(
+                matches!(later, Err(Error::Revoked { .. })),
+                "rank {r}: {later:?}"
+            );
             let mut fresh = comm.shrink(&[]).unwrap();
             assert_eq!((fresh.rank(), fresh.nranks()), (r, 4));
             all_reduce_ok(&mut fresh, "after revoke and shrink");
@@ -248,14 +259,23 @@ fn revoke_stops_a_64_mib_all_reduce_on_every_rank_over_shm() {
 #[test]
 fn islands_are_named_by_vendor_and_host() {
     util::bootstrapped_ranks(3, config(false), |comm| {
-        assert_eq!(comm.island_ranks(Island::Vendors(&["host"])).unwrap(), [0, 1, 2]);
-        assert!(comm.island_ranks(Island::Vendors(&["cuda"])).unwrap().is_empty());
+        assert_eq!(
+            comm.island_ranks(Island::Vendors(&["host"])).unwrap(),
+            [0, 1, 2]
+        );
+        assert!(comm
+            .island_ranks(Island::Vendors(&["cuda"]))
+            .unwrap()
+            .is_empty());
         let e = comm
             .shrink_island(Island::Vendors(&["cuda"]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("no rank of this 3-rank communicator"), "{e}");
         let host = comm.topology().unwrap().probes[0].host.clone();
-        assert!(comm.shrink_island(Island::Hosts(&[host.as_str()])).unwrap().is_none());
+        assert!(comm
+            .shrink_island(Island::Hosts(&[host.as_str()]))
+            .unwrap()
+            .is_none());
     });
 }

@@ -244,7 +244,9 @@ impl CollCall {
     /// for all_reduce, broadcast and reduce; one block for the others).
     pub(crate) fn planned_bytes(&self) -> (Collective, usize) {
         let n = self.nranks.max(1);
-        let whole = self.send.map_or(self.recv.len, |s| s.len.max(self.recv.len));
+        let whole = self
+            .send
+            .map_or(self.recv.len, |s| s.len.max(self.recv.len));
         let bytes = match self.kind {
             Kind::AllReduce | Kind::Broadcast | Kind::Reduce => whole,
             Kind::AllGather => self.send.map_or(self.recv.len / n, |s| s.len),

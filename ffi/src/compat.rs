@@ -394,7 +394,9 @@ fn estimate(c: &mixccl::Communicator, call: &group::Pending) -> f64 {
         group::Pending::Coll(cc) => {
             let (coll, bytes) = cc.planned_bytes();
             match topo.choose(c.config(), coll, bytes) {
-                (algo, t) if t.is_nan() => topo.estimate(c.config(), coll, algo, bytes).unwrap_or(0.0),
+                (algo, t) if t.is_nan() => {
+                    topo.estimate(c.config(), coll, algo, bytes).unwrap_or(0.0)
+                }
                 (_, t) => t,
             }
         }

@@ -108,7 +108,10 @@ pub(crate) fn end_without_running() -> Outcome<Option<Vec<(Arc<Shared>, Pending)
         None => Ok(None),
         Some((_, Some(e))) => Err(Failure {
             code: e.code,
-            message: format!("the group cannot be estimated: a call in it failed: {}", e.message),
+            message: format!(
+                "the group cannot be estimated: a call in it failed: {}",
+                e.message
+            ),
         }),
         Some((calls, None)) => Ok(Some(calls)),
     }

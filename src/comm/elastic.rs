@@ -172,7 +172,8 @@ impl Communicator {
                 None => &topo.hosts[topo.host_of(r)].name,
             }
         };
-        let vendor_of = |r: usize| -> &str { topo.probes.get(r).map_or("host", |p| &p.device.vendor) };
+        let vendor_of =
+            |r: usize| -> &str { topo.probes.get(r).map_or("host", |p| &p.device.vendor) };
         Ok((0..self.nranks)
             .filter(|&r| match island {
                 Island::Hosts(hosts) => {
