@@ -517,6 +517,22 @@ impl Shared {
         Ok((Shared::new(make()?, self.device), Progress::Done))
     }
 
+    /// Drops every rank on the hosts (`by_host`) or of the vendors `names`, like a
+    /// shrink that excludes them; a rank of the island gets None. Blocking.
+    pub fn shrink_island(&self, names: Vec<String>, by_host: bool) -> Outcome<Option<Arc<Shared>>> {
+        self.facts()?;
+        let _ = self.drain();
+        let child = self.with(|c| {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let island = match by_host {
+                true => mixccl::Island::Hosts(&names),
+                false => mixccl::Island::Vendors(&names),
+            };
+            Ok(c.shrink_island(island)?)
+        })?;
+        Ok(child.map(|c| Shared::new(c, self.device)))
+    }
+
     /// Splits like `ncclCommSplit`; every rank must call it. With `nonblocking` and a
     /// color, the child is made in the background; without a color the call takes
     /// part in the split at once (there is no child to poll).
