@@ -84,10 +84,13 @@ pub(crate) fn end() -> Outcome<Progress> {
     run(calls)
 }
 
+/// A call recorded in a group, with its communicator.
+pub(crate) type GroupCall = (Arc<Shared>, Pending);
+
 /// `ncclGroupEnd` for `ncclGroupSimulateEnd`: closes one level of the group and,
 /// at the outermost, hands back its calls without running them (None for an inner
 /// level). A call that failed in the group is its error, as for `ncclGroupEnd`.
-pub(crate) fn end_without_running() -> Outcome<Option<Vec<(Arc<Shared>, Pending)>>> {
+pub(crate) fn end_without_running() -> Outcome<Option<Vec<GroupCall>>> {
     let taken = GROUP.with(|g| {
         let mut g = g.borrow_mut();
         match g.depth {
