@@ -797,6 +797,56 @@ mod tests {
         assert!(s.close().is_ok());
     }
 
+    /// Revoke stops the call in flight and the queued ones (each latched as
+    /// ncclInvalidUsage) and reaches the peer, whose calls that need rank 0 fail with
+    /// the same error.
+    #[test]
+    fn revoke_stops_the_call_in_flight_the_queued_ones_and_the_peer() {
+        let mut ranks = Communicator::in_process(2, mixccl::Config::default()).unwrap();
+        let mut peer = ranks.pop().expect("rank 1");
+        let rank0 = ranks.pop().expect("rank 0");
+        let s = Shared::start(0, Duration::from_secs(30), "test", move || Ok(rank0)).unwrap();
+        assert_eq!(settle(&s), code::SUCCESS);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..3 {
+            let (s2, tx) = (s.clone(), tx.clone());
+            s.push(move || {
+                let mut buf = vec![1f32; 1 << 10];
+                // Rank 1 never calls: the first job waits until the revoke.
+                let r = s2.with(|c| Ok(c.all_reduce_in_place(&mut buf, mixccl::ReduceOp::Sum)?));
+                let _ = tx.send(r.map_err(|f| (f.code, f.message)));
+                Ok(())
+            })
+            .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            s.async_code(),
+            code::IN_PROGRESS,
+            "the first call waits for rank 1"
+        );
+        s.revoke().unwrap();
+        for i in 0..3 {
+            let r = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            let (c, m) = r.expect_err("a revoked call failed");
+            assert_eq!(c, code::INVALID_USAGE, "call {i}: {m}");
+            assert!(m.contains("revoked by rank 0"), "call {i}: {m}");
+        }
+        assert_eq!(settle(&s), code::INVALID_USAGE);
+        // The peer's matching call may still finish on the data rank 0 sent before
+        // the revoke; then its next call, which needs rank 0, reads the notice.
+        let mut buf = vec![1f32; 1 << 10];
+        let first = peer.all_reduce_in_place(&mut buf, mixccl::ReduceOp::Sum);
+        let e = match first {
+            Err(e) => e,
+            Ok(()) => peer
+                .all_reduce_in_place(&mut buf, mixccl::ReduceOp::Sum)
+                .unwrap_err(),
+        };
+        assert!(matches!(e, mixccl::Error::Revoked { rank: 0 }), "{e}");
+        assert!(s.close().is_ok());
+    }
+
     #[test]
     fn rank_arguments_are_checked() {
         assert!(ranks(0, 0).is_err());
