@@ -505,28 +505,32 @@ mod tests {
         );
     }
 
-    fn simulate() -> Failure {
+    fn simulate() -> (crate::status::Outcome, f32) {
         let mut info = NcclSimInfo {
             size: std::mem::size_of::<NcclSimInfo>(),
             magic: SIM_INFO_MAGIC,
             version: 23007,
             estimated_time: -1.0,
         };
-        let e = simulate_end(&mut info).unwrap_err();
-        assert_eq!(info.estimated_time, -1.0);
-        e
+        let r = simulate_end(&mut info);
+        (r, info.estimated_time)
     }
 
+    /// The group's bookkeeping (dropin.c checks the estimate of real calls).
     #[test]
     fn a_simulated_group_is_ended_without_running() {
         // Each test runs on its own thread, so the group state starts empty.
-        let e = simulate();
+        let (r, t) = simulate();
+        let e = r.unwrap_err();
         assert_eq!(e.code, code::INVALID_USAGE);
         assert!(e.message.contains("without a matching"), "{}", e.message);
+        assert_eq!(t, -1.0);
 
+        // An empty group takes no time, and is closed.
         group::start().unwrap();
-        let e = simulate();
-        assert!(e.message.contains("ended without running"), "{}", e.message);
+        let (r, t) = simulate();
+        r.unwrap();
+        assert_eq!(t, 0.0);
         let e = group::end().unwrap_err();
         assert!(
             e.message.contains("without a matching"),
@@ -534,13 +538,27 @@ mod tests {
             e.message
         );
 
+        // Inside a nested group only that level closes; the outer end decides.
         group::start().unwrap();
         group::start().unwrap();
-        let e = simulate();
-        assert!(e.message.contains("enclosing group"), "{}", e.message);
-        let e = group::end().unwrap_err();
-        assert!(e.message.contains("was not run"), "spoiled: {}", e.message);
+        let (r, t) = simulate();
+        r.unwrap();
+        assert_eq!(t, -1.0, "an inner level estimates nothing");
+        group::end().unwrap();
         assert!(group::end().is_err(), "the outer group was closed");
+
+        // A call that failed in the group is the simulation's error; the group closes.
+        group::start().unwrap();
+        let _ = group::submit(|| Err(Failure::usage("a bad call")));
+        let (r, t) = simulate();
+        let e = r.unwrap_err();
+        assert!(
+            e.message.contains("cannot be estimated") && e.message.contains("a bad call"),
+            "{}",
+            e.message
+        );
+        assert_eq!(t, -1.0);
+        assert!(group::end().is_err(), "closed");
 
         let mut bad = NcclSimInfo {
             size: 24,

@@ -198,12 +198,8 @@ static void test_windows(void) {
 }
 
 static void test_not_provided(void) {
-  ncclUniqueId id;
-  ncclComm_t other = NULL;
   EXPECT(ncclInvalidUsage, "device API", ncclDevCommCreate(comm, NULL, NULL));
   EXPECT(ncclInvalidUsage, "device API", ncclDevCommDestroy(comm, NULL));
-  (void)id;
-  (void)other;
 }
 
 /* The estimate of a simulated group of `calls` all-reduces of `count` floats. */
