@@ -29,6 +29,26 @@ ncclResult_t mixcclUniqueIdToHex(const ncclUniqueId* id, char* hex);
 /* Parses the hex text of an id and checks its checksum (ncclInvalidArgument if bad). */
 ncclResult_t mixcclUniqueIdFromHex(const char* hex, ncclUniqueId* id);
 
+/* ---- Elastic communicators: drop a whole island, grow it back ----
+ * Every rank outside the island calls these with the same names; a rank inside it
+ * gets *newcomm = NULL and takes no part. Like ncclCommShrink with the island's
+ * ranks excluded: no new unique id, the others renumber in rank order, the planner
+ * re-chooses algorithms. ncclInvalidArgument when no rank matches. Blocking. To
+ * admit the island again: ncclCommGetUniqueId on one member, then ncclCommGrow
+ * (members: their communicator and rank -1; the island's ranks: NULL and a rank
+ * from the old size up). */
+
+/* Drops every rank on the nHosts hosts (a hostname, or the host identity of
+ * MIXCCL_HOST_ID). */
+ncclResult_t mixcclCommShrinkHosts(ncclComm_t comm, const char* const* hosts, int nHosts,
+    ncclComm_t* newcomm);
+
+/* Drops every rank whose device is of one of the nVendors vendors ("host", "cuda",
+ * "hip", "musa", "acl", "cnrt"). */
+ncclResult_t mixcclCommShrinkVendors(ncclComm_t comm, const char* const* vendors,
+    int nVendors, ncclComm_t* newcomm);
+/* ---- end of elastic communicators ---- */
+
 #ifdef __cplusplus
 } /* end extern "C" */
 #endif

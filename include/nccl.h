@@ -68,8 +68,7 @@
  *    scalar, then sums (one extra pass and one temporary buffer per call).
  *  - Not provided (ncclInvalidUsage, ncclGetLastError says why; nothing is written):
  *    the device API (ncclDevCommCreate, device pointers of windows), one-sided
- *    ncclPutSignal / ncclSignal / ncclWaitSignal, ncclCommGrow with
- *    ncclCommGetUniqueId, ncclCommRevoke, and the estimate of ncclGroupSimulateEnd.
+ *    ncclPutSignal / ncclSignal / ncclWaitSignal.
  *    The 8-bit float types are ncclInvalidArgument. Not declared at all: NCCL 2.30's
  *    parameter API (ncclParamBind, ncclParamGet*, ncclParamDumpAll) and the deprecated
  *    ncclResetDebugInit.
@@ -214,7 +213,7 @@ typedef struct ncclSimInfo_v22200 {
   size_t size;
   unsigned int magic;
   unsigned int version;
-  /* The group's estimated duration (NCCL_UNDEF_FLOAT when unknown). */
+  /* The group's estimated duration in microseconds (NCCL_UNDEF_FLOAT when unknown). */
   float estimatedTime;
 } ncclSimInfo_t;
 
@@ -281,9 +280,11 @@ ncclResult_t pncclCommDestroy(ncclComm_t comm);
 ncclResult_t  ncclCommAbort(ncclComm_t comm);
 ncclResult_t pncclCommAbort(ncclComm_t comm);
 
-/* (from NCCL 2.29) Not provided yet: returns ncclInvalidUsage and leaves the
- * communicator as it was. ncclCommAbort, or ncclCommShrink with NCCL_SHRINK_ABORT,
- * stops a communicator's calls in flight. */
+/* (from NCCL 2.29) Stops every call in flight or queued on this communicator and,
+ * through a notice on its links, on every peer that can be reached: each fails with
+ * ncclInvalidUsage ("revoked by rank r"), as do later calls. The communicator stays
+ * valid for ncclCommShrink (an empty list keeps every rank), ncclCommGrow and
+ * ncclCommDestroy; nothing is aborted. revokeFlags: NCCL_REVOKE_DEFAULT. */
 ncclResult_t  ncclCommRevoke(ncclComm_t comm, int revokeFlags);
 ncclResult_t pncclCommRevoke(ncclComm_t comm, int revokeFlags);
 
@@ -306,8 +307,14 @@ ncclResult_t  ncclCommShrink(ncclComm_t comm, int* excludeRanksList, int exclude
 ncclResult_t pncclCommShrink(ncclComm_t comm, int* excludeRanksList, int excludeRanksCount,
     ncclComm_t* newcomm, ncclConfig_t* config, int shrinkFlags);
 
-/* (from NCCL 2.29) Growing a communicator by new ranks is not provided yet: both
- * return ncclInvalidUsage and write nothing. */
+/* (from NCCL 2.29) Growing a communicator by new ranks. One member calls
+ * ncclCommGetUniqueId and hands the id out of band to the other members and to the
+ * new ranks. Members call ncclCommGrow(comm, nRanks, &id, -1, &newcomm, config) and
+ * keep their ranks; new ranks call ncclCommGrow(NULL, nRanks, &id, rank, &newcomm,
+ * config) with rank in oldSize..nRanks-1. The new communicator re-plans for its
+ * members; the parent is left as it was. An id of another (or an older)
+ * communicator, an id from ncclGetUniqueId, or a rank out of range is
+ * ncclInvalidArgument at once; a rank claimed twice is refused by the rendezvous. */
 ncclResult_t  ncclCommGetUniqueId(ncclComm_t comm, ncclUniqueId* uniqueId);
 ncclResult_t pncclCommGetUniqueId(ncclComm_t comm, ncclUniqueId* uniqueId);
 
@@ -582,10 +589,10 @@ ncclResult_t  ncclGroupEnd(void);
 ncclResult_t pncclGroupEnd(void);
 
 /* Ends the outermost group like ncclGroupEnd, but runs none of its calls and fills
- * *simInfo (made with NCCL_SIM_INFO_INITIALIZER) with their estimated time. mixccl
- * cannot estimate yet: it drops the group's calls, leaves estimatedTime alone and
- * returns ncclInvalidUsage. Inside a nested group, the enclosing group then fails at
- * its ncclGroupEnd (it runs nothing). */
+ * *simInfo (made with NCCL_SIM_INFO_INITIALIZER) with their estimated time in
+ * microseconds: the planner's model of each call (the algorithm it would choose on
+ * that communicator), summed over the group. Inside a nested group it only closes
+ * that level (estimatedTime is left alone; the outermost ncclGroupEnd runs the calls). */
 ncclResult_t  ncclGroupSimulateEnd(ncclSimInfo_t* simInfo);
 ncclResult_t pncclGroupSimulateEnd(ncclSimInfo_t* simInfo);
 

@@ -83,6 +83,15 @@ pub enum Error {
     /// The communicator was aborted; it accepts no further calls.
     #[error("communicator aborted")]
     Aborted,
+
+    /// The communicator was revoked (`Communicator::revoke`, `ncclCommRevoke`) by
+    /// `rank`: calls in flight and later ones fail with this; it can still shrink,
+    /// grow or be dropped.
+    #[error("communicator revoked by rank {rank}; only shrink, grow or destroy may follow")]
+    Revoked {
+        /// The rank that revoked it (this one, or the peer whose notice arrived).
+        rank: usize,
+    },
 }
 
 impl Error {

@@ -165,7 +165,7 @@ fn rooted(c: Collective) -> bool {
 
 /// A control message: an error every rank should report. Mismatches travel, and so
 /// does a lost peer, so ranks that then lose the reporting rank in turn (it exits)
-/// still name the rank that died first.
+/// still name the rank that died first; a revoke travels so every member stops.
 pub(crate) fn encode_control(e: &Error) -> Option<Vec<u8>> {
     let text = |s: &str| {
         let mut end = s.len().min(MAX_TEXT);
@@ -196,6 +196,13 @@ pub(crate) fn encode_control(e: &Error) -> Option<Vec<u8>> {
             m.extend_from_slice(&(*rank as u32).to_le_bytes());
             m.extend_from_slice(&0u32.to_le_bytes());
             m.extend(text(reason));
+            m.extend(text(""));
+        }
+        Error::Revoked { rank } => {
+            m.push(3);
+            m.extend_from_slice(&(*rank as u32).to_le_bytes());
+            m.extend_from_slice(&0u32.to_le_bytes());
+            m.extend(text(""));
             m.extend(text(""));
         }
         _ => return None,
@@ -236,6 +243,7 @@ pub(crate) fn decode_control(from: usize, m: &[u8]) -> Error {
             rank,
             reason: format!("{reason} (reported by rank {from})"),
         },
+        (3, Some(_), Some(_)) => Error::Revoked { rank },
         _ => bad(),
     }
 }
@@ -404,6 +412,8 @@ mod tests {
             matches!(&got, Error::PeerLost { rank: 3, reason } if reason.contains("reported by rank 2")),
             "{got:?}"
         );
+        let got = decode_control(1, &encode_control(&Error::Revoked { rank: 4 }).unwrap());
+        assert!(matches!(got, Error::Revoked { rank: 4 }), "{got:?}");
     }
 
     /// Mutated headers and control messages never panic the decoders.

@@ -1,5 +1,6 @@
 //! Intruders on every listening port of a running job: while 3 ranks (threads of this
-//! process) init, run checked all-reduces and then shrink, flooder threads find every
+//! process) init, run checked all-reduces, shrink, then grow back (the left rank
+//! joins the survivors' grow, whose root is flooded too), flooder threads find every
 //! TCP and Unix listening socket this process owns (the bootstrap root while it is
 //! up, each rank's kept TCP listener, each rank's shared-memory listener) through
 //! /proc, and keep connecting to them: random bytes then close, random bytes then
@@ -237,7 +238,8 @@ fn flood(seed: u64, unix_too: bool, stop: &AtomicBool, tally: &Tally, held: &Mut
 }
 
 /// Init, `CALLS` checked all-reduces, a shrink to ranks 0 and 1 and a checked
-/// all-reduce on it, on 3 ranks, with flooders running throughout.
+/// all-reduce on it, then a grow back to 3 (rank 2 joins) and a checked all-reduce,
+/// with flooders running throughout.
 fn job_survives_a_flood(shm: bool) {
     let config = Config {
         timeout: Duration::from_secs(20),
@@ -248,6 +250,17 @@ fn job_survives_a_flood(shm: bool) {
     let stop = AtomicBool::new(false);
     let tally = Tally::default();
     let held = Mutex::new(Vec::new());
+    let grow_id: std::sync::OnceLock<UniqueId> = std::sync::OnceLock::new();
+    let wait_grow_id = || {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(id) = grow_id.get() {
+                return *id;
+            }
+            assert!(Instant::now() < until, "shm={shm}: no grow id within 20 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
     let start = Instant::now();
     let results: Vec<Vec<String>> = std::thread::scope(|s| {
         for k in 0..2u64 {
@@ -258,10 +271,11 @@ fn job_survives_a_flood(shm: bool) {
         std::thread::sleep(Duration::from_millis(100));
         let ranks: Vec<_> = (0..3)
             .map(|rank| {
-                let (id, config) = (&id, config.clone());
+                let (id, config, grow_id, wait_grow_id) =
+                    (&id, config.clone(), &grow_id, &wait_grow_id);
                 s.spawn(move || {
                     let mut errs = Vec::new();
-                    let mut comm = Communicator::init(rank, 3, id, config)
+                    let mut comm = Communicator::init(rank, 3, id, config.clone())
                         .unwrap_or_else(|e| panic!("shm={shm}: init of rank {rank}: {e}"));
                     for _ in 0..CALLS {
                         errs.extend(util::check_all_reduce::<f32>(
@@ -271,19 +285,35 @@ fn job_survives_a_flood(shm: bool) {
                             false,
                         ));
                     }
-                    if rank == 2 {
+                    let mut big = if rank == 2 {
                         // Rank 2 leaves; the kept listeners of 0 and 1, full of
                         // intruders by now, are what the shrink reconnects through.
-                        return errs;
-                    }
-                    let mut small = comm
-                        .shrink(&[2])
-                        .unwrap_or_else(|e| panic!("shm={shm}: shrink on rank {rank}: {e}"));
-                    errs.extend(util::check_all_reduce::<i32>(
-                        &mut small,
+                        // Then it comes back through their grow's (flooded) root.
+                        drop(comm);
+                        Communicator::join_grown(2, 3, &wait_grow_id(), config)
+                            .unwrap_or_else(|e| panic!("shm={shm}: rank 2 joining: {e}"))
+                    } else {
+                        let mut small = comm
+                            .shrink(&[2])
+                            .unwrap_or_else(|e| panic!("shm={shm}: shrink on rank {rank}: {e}"));
+                        errs.extend(util::check_all_reduce::<i32>(
+                            &mut small,
+                            ReduceOp::Sum,
+                            COUNT + 3,
+                            true,
+                        ));
+                        if rank == 0 {
+                            let _ = grow_id.set(small.grow_id().unwrap());
+                        }
+                        small
+                            .grow(3, &wait_grow_id())
+                            .unwrap_or_else(|e| panic!("shm={shm}: grow on rank {rank}: {e}"))
+                    };
+                    errs.extend(util::check_all_reduce::<f32>(
+                        &mut big,
                         ReduceOp::Sum,
-                        COUNT + 3,
-                        true,
+                        COUNT,
+                        false,
                     ));
                     errs
                 })

@@ -230,9 +230,18 @@ nccl_api! {
         })
     }
 
-    /// Not provided yet (ncclInvalidUsage).
-    fn ncclCommRevoke(_comm: CommPtr, _revoke_flags: c_int) -> c_int {
-        guard("ncclCommRevoke", || compat::unsupported(Missing::Revoke))
+    /// Stops the calls in flight or queued on this communicator and on every peer
+    /// (each fails with ncclInvalidUsage); the communicator can still shrink, grow
+    /// or be destroyed.
+    fn ncclCommRevoke(comm: CommPtr, revoke_flags: c_int) -> c_int {
+        guard("ncclCommRevoke", || {
+            if revoke_flags != 0 {
+                return Err(Failure::invalid(format!(
+                    "revokeFlags {revoke_flags:#x}: expected NCCL_REVOKE_DEFAULT (0)"
+                )));
+            }
+            cast::comm(comm)?.revoke()
+        })
     }
 
     /// Splits the communicator by color, ordered by key.
@@ -285,21 +294,48 @@ nccl_api! {
         })
     }
 
-    /// Not provided yet (ncclInvalidUsage): the id of a grow.
-    fn ncclCommGetUniqueId(_comm: CommPtr, _unique_id: *mut NcclUniqueId) -> c_int {
-        guard("ncclCommGetUniqueId", || compat::unsupported(Missing::Grow))
+    /// The id a grow of this communicator needs: one member calls it and hands it
+    /// to the other members and to the new ranks.
+    fn ncclCommGetUniqueId(comm: CommPtr, unique_id: *mut NcclUniqueId) -> c_int {
+        guard("ncclCommGetUniqueId", || {
+            if unique_id.is_null() {
+                return Err(Failure::invalid("uniqueId is NULL"));
+            }
+            let id = cast::comm(comm)?.grow_id()?;
+            cast::write(unique_id, "uniqueId", NcclUniqueId::from_bytes(id.as_bytes()))
+        })
     }
 
-    /// Not provided yet (ncclInvalidUsage).
+    /// Grows a communicator to nRanks ranks: members pass their communicator and
+    /// rank -1 (they keep their ranks); new ranks pass comm NULL and their rank.
     fn ncclCommGrow(
-        _comm: CommPtr,
-        _nranks: c_int,
-        _unique_id: *const NcclUniqueId,
-        _rank: c_int,
-        _newcomm: *mut CommPtr,
-        _config: *mut NcclConfig,
+        comm: CommPtr,
+        nranks: c_int,
+        unique_id: *const NcclUniqueId,
+        rank: c_int,
+        newcomm: *mut CommPtr,
+        config: *mut NcclConfig,
     ) -> c_int {
-        guard("ncclCommGrow", || compat::unsupported(Missing::Grow))
+        guard_progress("ncclCommGrow", || {
+            cast::write(newcomm, "newcomm", std::ptr::null_mut())?;
+            let id = cast::read(unique_id, "uniqueId")?.bytes();
+            let (child, progress) = if comm.is_null() {
+                let nonblocking = cast::read_config(config)?.is_some_and(|c| c.blocking == 0);
+                comm::join_grown(nranks, &id, rank, nonblocking)?
+            } else {
+                if rank != -1 {
+                    return Err(Failure::invalid(format!(
+                        "rank = {rank}: a member growing its communicator passes rank -1 \
+                         (it keeps its rank); only new ranks (comm NULL) pass a rank"
+                    )));
+                }
+                let parent = cast::comm(comm)?;
+                let nonblocking = child_nonblocking(&parent, config)?;
+                parent.grow(nranks, &id, nonblocking)?
+            };
+            cast::write(newcomm, "newcomm", cast::new_handle(child))?;
+            Ok(progress)
+        })
     }
 
     /// Joins a communicator through the first of `n_id` ids.

@@ -240,6 +240,25 @@ impl CollCall {
     }
 
     /// The collective this call runs.
+    /// The collective and the bytes per rank the planner weighs it by (the buffer
+    /// for all_reduce, broadcast and reduce; one block for the others).
+    pub(crate) fn planned_bytes(&self) -> (Collective, usize) {
+        let n = self.nranks.max(1);
+        let whole = self
+            .send
+            .map_or(self.recv.len, |s| s.len.max(self.recv.len));
+        let bytes = match self.kind {
+            Kind::AllReduce | Kind::Broadcast | Kind::Reduce => whole,
+            Kind::AllGather => self.send.map_or(self.recv.len / n, |s| s.len),
+            Kind::ReduceScatter => match self.send {
+                Some(_) => self.recv.len,
+                None => self.recv.len / n,
+            },
+            Kind::AllToAll => self.send.map_or(self.recv.len, |s| s.len) / n,
+        };
+        (self.collective(), bytes)
+    }
+
     fn collective(&self) -> Collective {
         match self.kind {
             Kind::AllReduce => Collective::AllReduce,

@@ -23,7 +23,7 @@ use crate::queue::CallQueue;
 use crate::redop::OpTable;
 use crate::status::{code, code_of, Failure, Outcome, Progress};
 use crate::stream::Holds;
-use mixccl::{AbortHandle, Communicator, UniqueId};
+use mixccl::{AbortHandle, Communicator, RevokeHandle, UniqueId};
 use std::ffi::{c_char, c_int, CString};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     comm: Mutex<Option<Communicator>>,
     /// The communicator's abort handle, once it exists.
     abort: OnceLock<AbortHandle>,
+    /// Its revoke handle, once it exists (`ncclCommRevoke` while a call is in flight).
+    revoke: OnceLock<RevokeHandle>,
     /// Set by `ncclCommAbort`; a communicator made afterwards is aborted at once.
     aborted: AtomicBool,
     facts: OnceLock<Facts>,
@@ -92,6 +94,7 @@ impl Shared {
         Shared {
             comm: Mutex::new(None),
             abort: OnceLock::new(),
+            revoke: OnceLock::new(),
             aborted: AtomicBool::new(false),
             facts: OnceLock::new(),
             device,
@@ -136,6 +139,7 @@ impl Shared {
             handle.abort();
         }
         let _ = self.abort.set(handle);
+        let _ = self.revoke.set(comm.revoke_handle());
         let _ = self.facts.set(Facts {
             rank: comm.rank(),
             nranks: comm.nranks(),
@@ -456,6 +460,79 @@ impl Shared {
         Ok((Shared::new(make()?, self.device), Progress::Done))
     }
 
+    /// `ncclCommRevoke`: the call in flight (another thread's) stops at once, then
+    /// every peer is told; queued calls and later ones fail with ncclInvalidUsage.
+    /// The communicator can still shrink, grow or be destroyed.
+    pub fn revoke(&self) -> Outcome {
+        let facts = self.facts()?;
+        if self.finalized.load(Ordering::SeqCst) {
+            return Err(Failure::usage(format!(
+                "rank {}: the communicator was finalized; only ncclCommDestroy may follow",
+                facts.rank
+            )));
+        }
+        if let Some(h) = self.revoke.get() {
+            h.revoke();
+        }
+        self.holds.release_all();
+        // The lock is free within about 100 ms: the call holding it sees the flag.
+        self.with(|c| {
+            c.revoke();
+            Ok(())
+        })
+    }
+
+    /// `ncclCommGetUniqueId`: an id to grow this communicator with.
+    pub fn grow_id(&self) -> Outcome<UniqueId> {
+        self.facts()?;
+        self.with(|c| Ok(c.grow_id()?))
+    }
+
+    /// Grows like `ncclCommGrow` for a member (rank -1): the member keeps its rank;
+    /// with `nonblocking`, in the background. The parent is left as it was.
+    pub fn grow(
+        self: &Arc<Self>,
+        nranks: c_int,
+        id: &[u8; 128],
+        nonblocking: bool,
+    ) -> Outcome<(Arc<Shared>, Progress)> {
+        let facts = self.facts()?;
+        let nranks = usize::try_from(nranks)
+            .ok()
+            .filter(|n| *n > facts.nranks)
+            .ok_or_else(|| {
+                Failure::invalid(format!(
+                    "nRanks = {nranks}: a grow of this {}-rank communicator needs more ranks",
+                    facts.nranks
+                ))
+            })?;
+        let id = UniqueId::from_bytes(id)?;
+        self.drain()?;
+        let parent = self.clone();
+        let make = move || parent.with(|c| Ok(c.grow(nranks, &id)?));
+        if nonblocking {
+            let child = Shared::start(self.device, self.timeout, "grow", make)?;
+            return Ok((child, Progress::InProgress));
+        }
+        Ok((Shared::new(make()?, self.device), Progress::Done))
+    }
+
+    /// Drops every rank on the hosts (`by_host`) or of the vendors `names`, like a
+    /// shrink that excludes them; a rank of the island gets None. Blocking.
+    pub fn shrink_island(&self, names: Vec<String>, by_host: bool) -> Outcome<Option<Arc<Shared>>> {
+        self.facts()?;
+        let _ = self.drain();
+        let child = self.with(|c| {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let island = match by_host {
+                true => mixccl::Island::Hosts(&names),
+                false => mixccl::Island::Vendors(&names),
+            };
+            Ok(c.shrink_island(island)?)
+        })?;
+        Ok(child.map(|c| Shared::new(c, self.device)))
+    }
+
     /// Splits like `ncclCommSplit`; every rank must call it. With `nonblocking` and a
     /// color, the child is made in the background; without a color the call takes
     /// part in the split at once (there is no child to poll).
@@ -545,6 +622,27 @@ pub(crate) fn init_rank(
         return Ok((shared, Progress::InProgress));
     }
     let comm = Communicator::init(rank, nranks, &id, config)?;
+    Ok((Shared::new(comm, device), Progress::Done))
+}
+
+/// `ncclCommGrow` for a new rank (comm NULL): joins as `rank` of `nranks`.
+pub(crate) fn join_grown(
+    nranks: c_int,
+    id: &[u8; 128],
+    rank: c_int,
+    nonblocking: bool,
+) -> Outcome<(Arc<Shared>, Progress)> {
+    let (nranks, rank) = ranks(nranks, rank)?;
+    let id = UniqueId::from_bytes(id)?;
+    let config = config_from_env()?;
+    let device = current_device();
+    if nonblocking {
+        let timeout = config.timeout;
+        let make = move || Ok(Communicator::join_grown(rank, nranks, &id, config)?);
+        let shared = Shared::start(device, timeout, &format!("grow-r{rank}"), make)?;
+        return Ok((shared, Progress::InProgress));
+    }
+    let comm = Communicator::join_grown(rank, nranks, &id, config)?;
     Ok((Shared::new(comm, device), Progress::Done))
 }
 
@@ -696,6 +794,56 @@ mod tests {
             "{}",
             e.message
         );
+        assert!(s.close().is_ok());
+    }
+
+    /// Revoke stops the call in flight and the queued ones (each latched as
+    /// ncclInvalidUsage) and reaches the peer, whose calls that need rank 0 fail with
+    /// the same error.
+    #[test]
+    fn revoke_stops_the_call_in_flight_the_queued_ones_and_the_peer() {
+        let mut ranks = Communicator::in_process(2, mixccl::Config::default()).unwrap();
+        let mut peer = ranks.pop().expect("rank 1");
+        let rank0 = ranks.pop().expect("rank 0");
+        let s = Shared::start(0, Duration::from_secs(30), "test", move || Ok(rank0)).unwrap();
+        assert_eq!(settle(&s), code::SUCCESS);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..3 {
+            let (s2, tx) = (s.clone(), tx.clone());
+            s.push(move || {
+                let mut buf = vec![1f32; 1 << 10];
+                // Rank 1 never calls: the first job waits until the revoke.
+                let r = s2.with(|c| Ok(c.all_reduce_in_place(&mut buf, mixccl::ReduceOp::Sum)?));
+                let _ = tx.send(r.map_err(|f| (f.code, f.message)));
+                Ok(())
+            })
+            .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            s.async_code(),
+            code::IN_PROGRESS,
+            "the first call waits for rank 1"
+        );
+        s.revoke().unwrap();
+        for i in 0..3 {
+            let r = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            let (c, m) = r.expect_err("a revoked call failed");
+            assert_eq!(c, code::INVALID_USAGE, "call {i}: {m}");
+            assert!(m.contains("revoked by rank 0"), "call {i}: {m}");
+        }
+        assert_eq!(settle(&s), code::INVALID_USAGE);
+        // The peer's matching call may still finish on the data rank 0 sent before
+        // the revoke; then its next call, which needs rank 0, reads the notice.
+        let mut buf = vec![1f32; 1 << 10];
+        let first = peer.all_reduce_in_place(&mut buf, mixccl::ReduceOp::Sum);
+        let e = match first {
+            Err(e) => e,
+            Ok(()) => peer
+                .all_reduce_in_place(&mut buf, mixccl::ReduceOp::Sum)
+                .unwrap_err(),
+        };
+        assert!(matches!(e, mixccl::Error::Revoked { rank: 0 }), "{e}");
         assert!(s.close().is_ok());
     }
 

@@ -10,8 +10,9 @@
 //!   communicator (`comm::Shared`); mixccl holds no device memory to release or count.
 //! - Windows (`ncclCommWindowRegister`, ...): a registry of (communicator, address,
 //!   size); a handle C passes back is looked up, never dereferenced.
-//! - `ncclGroupSimulateEnd`: ends the group without running it, but has no estimate.
-//! - The device API, one-sided calls, grow and revoke: [`unsupported`].
+//! - `ncclGroupSimulateEnd`: ends the group without running it and reports the
+//!   planner's estimate of its calls (`Topology::choose`), in microseconds.
+//! - The device API and one-sided calls: [`unsupported`].
 //!
 //! Owns nothing but the window registry; must not reach into the group's or the
 //! collectives' internals (it calls the exported functions instead).
@@ -39,10 +40,6 @@ pub(crate) enum Missing {
     DeviceApi,
     /// `ncclPutSignal`, `ncclSignal`, `ncclWaitSignal`.
     OneSided,
-    /// `ncclCommGrow`, `ncclCommGetUniqueId`.
-    Grow,
-    /// `ncclCommRevoke`.
-    Revoke,
 }
 
 /// `ncclInvalidUsage` saying what is missing and what to use instead; the caller's
@@ -57,14 +54,6 @@ pub(crate) fn unsupported(what: Missing) -> Outcome {
         Missing::OneSided => {
             "one-sided calls on windows (ncclPutSignal, ncclSignal, ncclWaitSignal) are \
              not provided by mixccl: use ncclSend and ncclRecv"
-        }
-        Missing::Grow => {
-            "growing a communicator (ncclCommGrow, ncclCommGetUniqueId) is not provided by \
-             mixccl yet: make a new communicator with ncclGetUniqueId and ncclCommInitRank"
-        }
-        Missing::Revoke => {
-            "ncclCommRevoke is not provided by mixccl yet: ncclCommAbort, or ncclCommShrink \
-             with NCCL_SHRINK_ABORT, stops the calls in flight"
         }
     }))
 }
@@ -371,34 +360,48 @@ pub(crate) struct NcclSimInfo {
     estimated_time: f32,
 }
 
-/// `ncclGroupSimulateEnd`: ends the group without running its calls; there is no
-/// estimate to report, so it fails (`estimatedTime` is left as it was).
+/// `ncclGroupSimulateEnd`: ends the group without running its calls and stores the
+/// planner's estimate of them in `estimatedTime`, in microseconds as NCCL does: per
+/// collective, the time of the algorithm the planner would choose on that
+/// communicator's model; per send or receive, its link's time; summed over the group.
+/// Outside a group it estimates nothing and says so (ncclInvalidUsage).
 pub(crate) fn simulate_end(sim_info: *mut NcclSimInfo) -> Outcome {
-    let info = cast::read(sim_info.cast_const(), "simInfo")?;
+    let mut info = cast::read(sim_info.cast_const(), "simInfo")?;
     if info.magic != SIM_INFO_MAGIC || info.size < std::mem::size_of::<NcclSimInfo>() {
         return Err(Failure::invalid(format!(
             "simInfo was not initialised with NCCL_SIM_INFO_INITIALIZER (magic {:#x}, size {})",
             info.magic, info.size
         )));
     }
-    // A call that fails inside a group makes the group's outermost end run nothing
-    // (group.rs, as NCCL): record one such failure, then end the group. The group is
-    // closed either way, so a caller that gives up on the estimate is not left inside
-    // a group that never runs.
-    let not_estimated = "mixccl cannot estimate a group's time yet";
-    let _ = group::submit(|| Err(Failure::usage(not_estimated)));
-    let message = match group::end() {
-        Ok(_) => format!(
-            "{not_estimated}; the enclosing group will run nothing and fail at its \
-             ncclGroupEnd"
-        ),
-        Err(e) if e.message.ends_with(not_estimated) => {
-            format!("{not_estimated}; the group ended without running its calls")
-        }
-        // No group was open, or a call in it had failed before.
-        Err(e) => format!("{not_estimated}; {}", e.message),
+    let Some(calls) = group::end_without_running()? else {
+        // An inner group: the outermost end decides.
+        return Ok(());
     };
-    Err(Failure::usage(message))
+    let mut seconds = 0.0;
+    for (shared, call) in &calls {
+        seconds += shared.with(|c| Ok(estimate(c, call)))?;
+    }
+    info.estimated_time = (seconds * 1e6) as f32;
+    cast::write(sim_info, "simInfo", info)
+}
+
+/// The planner's time for one call of a group, in seconds (0 without a model).
+fn estimate(c: &mixccl::Communicator, call: &group::Pending) -> f64 {
+    let Some(topo) = c.topology() else {
+        return 0.0;
+    };
+    match call {
+        group::Pending::Coll(cc) => {
+            let (coll, bytes) = cc.planned_bytes();
+            match topo.choose(c.config(), coll, bytes) {
+                (algo, t) if t.is_nan() => {
+                    topo.estimate(c.config(), coll, algo, bytes).unwrap_or(0.0)
+                }
+                (_, t) => t,
+            }
+        }
+        group::Pending::P2p(p) => topo.link(c.rank(), p.peer).time(p.buf.len as f64),
+    }
 }
 
 #[cfg(test)]
@@ -502,28 +505,32 @@ mod tests {
         );
     }
 
-    fn simulate() -> Failure {
+    fn simulate() -> (crate::status::Outcome, f32) {
         let mut info = NcclSimInfo {
             size: std::mem::size_of::<NcclSimInfo>(),
             magic: SIM_INFO_MAGIC,
             version: 23007,
             estimated_time: -1.0,
         };
-        let e = simulate_end(&mut info).unwrap_err();
-        assert_eq!(info.estimated_time, -1.0);
-        e
+        let r = simulate_end(&mut info);
+        (r, info.estimated_time)
     }
 
+    /// The group's bookkeeping (dropin.c checks the estimate of real calls).
     #[test]
     fn a_simulated_group_is_ended_without_running() {
         // Each test runs on its own thread, so the group state starts empty.
-        let e = simulate();
+        let (r, t) = simulate();
+        let e = r.unwrap_err();
         assert_eq!(e.code, code::INVALID_USAGE);
         assert!(e.message.contains("without a matching"), "{}", e.message);
+        assert_eq!(t, -1.0);
 
+        // An empty group takes no time, and is closed.
         group::start().unwrap();
-        let e = simulate();
-        assert!(e.message.contains("ended without running"), "{}", e.message);
+        let (r, t) = simulate();
+        r.unwrap();
+        assert_eq!(t, 0.0);
         let e = group::end().unwrap_err();
         assert!(
             e.message.contains("without a matching"),
@@ -531,13 +538,27 @@ mod tests {
             e.message
         );
 
+        // Inside a nested group only that level closes; the outer end decides.
         group::start().unwrap();
         group::start().unwrap();
-        let e = simulate();
-        assert!(e.message.contains("enclosing group"), "{}", e.message);
-        let e = group::end().unwrap_err();
-        assert!(e.message.contains("was not run"), "spoiled: {}", e.message);
+        let (r, t) = simulate();
+        r.unwrap();
+        assert_eq!(t, -1.0, "an inner level estimates nothing");
+        group::end().unwrap();
         assert!(group::end().is_err(), "the outer group was closed");
+
+        // A call that failed in the group is the simulation's error; the group closes.
+        group::start().unwrap();
+        let _ = group::submit(|| Err(Failure::usage("a bad call")));
+        let (r, t) = simulate();
+        let e = r.unwrap_err();
+        assert!(
+            e.message.contains("cannot be estimated") && e.message.contains("a bad call"),
+            "{}",
+            e.message
+        );
+        assert_eq!(t, -1.0);
+        assert!(group::end().is_err(), "closed");
 
         let mut bad = NcclSimInfo {
             size: 24,

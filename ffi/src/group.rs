@@ -84,6 +84,42 @@ pub(crate) fn end() -> Outcome<Progress> {
     run(calls)
 }
 
+/// A call recorded in a group, with its communicator.
+pub(crate) type GroupCall = (Arc<Shared>, Pending);
+
+/// `ncclGroupEnd` for `ncclGroupSimulateEnd`: closes one level of the group and,
+/// at the outermost, hands back its calls without running them (None for an inner
+/// level). A call that failed in the group is its error, as for `ncclGroupEnd`.
+pub(crate) fn end_without_running() -> Outcome<Option<Vec<GroupCall>>> {
+    let taken = GROUP.with(|g| {
+        let mut g = g.borrow_mut();
+        match g.depth {
+            0 => Err(Failure::usage(
+                "ncclGroupSimulateEnd without a matching ncclGroupStart",
+            )),
+            1 => {
+                g.depth = 0;
+                Ok(Some((std::mem::take(&mut g.calls), g.error.take())))
+            }
+            _ => {
+                g.depth -= 1;
+                Ok(None)
+            }
+        }
+    })?;
+    match taken {
+        None => Ok(None),
+        Some((_, Some(e))) => Err(Failure {
+            code: e.code,
+            message: format!(
+                "the group cannot be estimated: a call in it failed: {}",
+                e.message
+            ),
+        }),
+        Some((calls, None)) => Ok(Some(calls)),
+    }
+}
+
 /// Runs the call `make` validates now, or records it if this thread has a group open.
 /// A validation failure inside a group is also kept for `ncclGroupEnd`.
 pub(crate) fn submit(make: impl FnOnce() -> Outcome<(Arc<Shared>, Pending)>) -> Outcome<Progress> {

@@ -21,6 +21,7 @@ mod compat;
 mod env;
 mod ext;
 mod group;
+mod island;
 mod memory;
 mod queue;
 mod redop;

@@ -83,7 +83,7 @@ pub(crate) fn code_of(e: &mixccl::Error) -> c_int {
         PeerLost { .. } => code::REMOTE_ERROR,
         // A mismatched call is the application's mistake; so is using a communicator
         // it aborted itself.
-        Mismatch { .. } | Aborted => code::INVALID_USAGE,
+        Mismatch { .. } | Aborted | Revoked { .. } => code::INVALID_USAGE,
         Bootstrap(_) | Io { .. } => code::SYSTEM_ERROR,
         Internal(_) => code::INTERNAL_ERROR,
         // NCCL reports a failed CUDA call as ncclUnhandledCudaError; so does every vendor.
@@ -213,6 +213,7 @@ mod tests {
                 code::INVALID_USAGE,
             ),
             (mixccl::Error::Aborted, code::INVALID_USAGE),
+            (mixccl::Error::Revoked { rank: 2 }, code::INVALID_USAGE),
             (mixccl::Error::Bootstrap("x".into()), code::SYSTEM_ERROR),
             (
                 mixccl::Error::io("x", std::io::Error::other("y")),

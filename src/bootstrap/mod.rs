@@ -375,6 +375,11 @@ pub(crate) struct Rejoin {
 }
 
 impl Rejoin {
+    /// This communicator's token: names it (and only it) to a grow id.
+    pub(crate) fn token(&self) -> [u8; 16] {
+        self.token
+    }
+
     /// This communicator's links made at init: shared memory to the peers of this
     /// host (all of them, now); every other peer's link is `None` until a call first
     /// needs it ([`Rejoin::connect`]).

@@ -2,7 +2,9 @@
 //!
 //! Layout: `0..8` magic `MIXCCLID`, `8..10` protocol version (LE), `10..26` secret
 //! token, `26` address family (4 or 6), `27..29` port (BE), `29..45` IP address,
-//! `45..120` zero, `120..128` FNV-1a checksum of bytes `0..120` (LE). The checksum
+//! `45..120` zero except in a grow id (`Communicator::grow_id`): `45` is `b'G'`,
+//! `46..54` the FNV-1a of the parent communicator's token (LE), `54..58` the
+//! parent's rank count (LE); `120..128` FNV-1a checksum of bytes `0..120` (LE). The checksum
 //! turns a corrupted or truncated id into an error instead of a connection to a
 //! wrong address.
 
@@ -121,6 +123,29 @@ impl UniqueId {
         Ok(id)
     }
 
+    /// This id marked as growing the communicator whose token hashes to `parent`
+    /// and which has `old_nranks` ranks (see the layout above).
+    pub(crate) fn for_grow(mut self, parent: u64, old_nranks: usize) -> UniqueId {
+        let b = &mut self.bytes;
+        b[45] = b'G';
+        b[46..54].copy_from_slice(&parent.to_le_bytes());
+        b[54..58].copy_from_slice(&(old_nranks as u32).to_le_bytes());
+        let sum = fnv1a(&b[..CHECKED]);
+        b[CHECKED..].copy_from_slice(&sum.to_le_bytes());
+        self
+    }
+
+    /// For a grow id: the hash of the parent's token and the parent's rank count.
+    pub(crate) fn grow_parent(&self) -> Option<(u64, usize)> {
+        let b = &self.bytes;
+        (b[45] == b'G').then(|| {
+            (
+                u64::from_le_bytes(b[46..54].try_into().expect("8 bytes")),
+                u32::from_le_bytes(b[54..58].try_into().expect("4 bytes")) as usize,
+            )
+        })
+    }
+
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8; UniqueId::BYTES] {
         &self.bytes
@@ -221,5 +246,16 @@ mod tests {
         text.replace_range(10..12, "g0");
         assert!(text.parse::<UniqueId>().is_err());
         assert!(UniqueId::from_bytes(&[0u8; 128]).is_err());
+    }
+
+    #[test]
+    fn grow_ids_carry_their_parent() {
+        let addr: SocketAddr = "10.1.2.3:4567".parse().unwrap();
+        let id = UniqueId::from_parts([7; 16], addr);
+        assert_eq!(id.grow_parent(), None);
+        let g = id.for_grow(0xfeed_beef, 3);
+        assert_eq!(g.grow_parent(), Some((0xfeed_beef, 3)));
+        assert_eq!((g.root_addr(), g.token()), (addr, [7; 16]));
+        assert_eq!(UniqueId::from_bytes(g.as_bytes()).unwrap(), g);
     }
 }

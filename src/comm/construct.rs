@@ -210,6 +210,7 @@ impl Communicator {
             seq: 0,
             failed: None,
             abort: Arc::new(AtomicBool::new(false)),
+            revoked: Arc::new(AtomicBool::new(false)),
             local_ip: None,
             caps,
             rejoin: None,

@@ -5,6 +5,7 @@
 //! - `mod.rs` (this file): the [`Communicator`] and its public collective calls.
 //! - `construct`: init, the launch environment, custom and in-process links, shrink, split.
 //! - `lazy`: network links made the first time a call needs them.
+//! - `elastic`: revoke, grow (grow id, members and joiners), shrink by host or vendor.
 //! - `measure`: the topology model built at init and refined by a short measurement.
 //! - `validate`: argument checks (buffer lengths, ranks, roots, peers).
 //! - `run`: a call's plan (memoised), its pieces and its run through the executor.
@@ -14,11 +15,13 @@
 mod board;
 mod construct;
 mod lazy;
+mod elastic;
 mod measure;
 mod run;
 mod stage;
 mod validate;
 
+pub use elastic::{Island, RevokeHandle};
 pub use stage::TransferMem;
 
 use crate::algo::{self, Call};
@@ -47,6 +50,8 @@ pub struct Communicator {
     seq: u64,
     failed: Option<Error>,
     abort: Arc<AtomicBool>,
+    /// Set with `abort` by a revoke: the stopped call reports `Revoked` and tells peers.
+    revoked: Arc<AtomicBool>,
     /// The address this rank's TCP listener used (None for in-process links).
     local_ip: Option<std::net::IpAddr>,
     /// What the planner may use beyond links (agreed by all ranks at init).

@@ -160,8 +160,9 @@ impl Communicator {
             return Err(e.clone());
         }
         if self.abort.load(Ordering::SeqCst) {
-            self.failed = Some(Error::Aborted);
-            return Err(Error::Aborted);
+            let e = self.stop_error(Error::Aborted);
+            self.failed = Some(e.clone());
+            return Err(e);
         }
         self.connect_for(schedule)?;
         // Point-to-point calls need not be made by every rank: they are counted per
@@ -224,10 +225,11 @@ impl Communicator {
             &mut self.workspace,
             &cx,
         );
-        if let Err(e) = &result {
-            // The links' byte streams are in an unknown state: refuse further calls.
+        // The links' byte streams are in an unknown state: refuse further calls.
+        result.map_err(|e| {
+            let e = self.stop_error(e);
             self.failed = Some(e.clone());
-        }
-        result
+            e
+        })
     }
 }

@@ -430,6 +430,13 @@ pub(crate) const ELSEWHERE: &[Elsewhere] = &[
         help: "1: the Open MPI tests fail instead of skipping without mpirun",
     },
     Elsewhere {
+        name: "MIXCCL_TEST_RECOVER_REPS",
+        read_by: "tests/processes_elastic.rs",
+        default: "2",
+        doc: Doc::Tests,
+        help: "kill/shrink/grow repetitions of the recover process tests (20 for the full run)",
+    },
+    Elsewhere {
         name: "MIXCCL_TORCH_PYTHON",
         read_by: "tests/torch.rs",
         default: "unset",

@@ -8,8 +8,9 @@
  * Checks, against values computed here: the version; ncclCommInitRankScalable with
  * both ids; an all-reduce; ncclGather and ncclScatter from every root, in and out of
  * place; suspend, resume and memory statistics; windows; that ncclGroupSimulateEnd
- * ends its group without running it; that the calls mixccl does not provide fail
- * with ncclInvalidUsage and a message. Prints which libnccl/librccl file it loaded.
+ * ends its group without running it and estimates it; grow (a split-off part grows
+ * back with the last rank joining) and revoke then an empty shrink; that the calls
+ * mixccl does not provide fail with ncclInvalidUsage and a message. Prints which libnccl/librccl file it loaded.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdarg.h>
@@ -197,29 +198,108 @@ static void test_windows(void) {
 }
 
 static void test_not_provided(void) {
-  ncclUniqueId id;
-  ncclComm_t other = NULL;
   EXPECT(ncclInvalidUsage, "device API", ncclDevCommCreate(comm, NULL, NULL));
   EXPECT(ncclInvalidUsage, "device API", ncclDevCommDestroy(comm, NULL));
-  EXPECT(ncclInvalidUsage, "grow", ncclCommGetUniqueId(comm, &id));
-  EXPECT(ncclInvalidUsage, "grow", ncclCommGrow(comm, nranks + 1, NULL, -1, &other, NULL));
-  EXPECT(ncclInvalidUsage, "ncclCommRevoke", ncclCommRevoke(comm, NCCL_REVOKE_DEFAULT));
 }
 
-/* A simulated group runs nothing, and ends the group. */
-static void test_simulate(void) {
-  float x = (float)(rank + 1), y = -1;
+/* The estimate of a simulated group of `calls` all-reduces of `count` floats. */
+static float simulated(size_t count, int calls) {
   ncclSimInfo_t sim = NCCL_SIM_INFO_INITIALIZER;
-  ncclSimInfo_t bad = NCCL_SIM_INFO_INITIALIZER;
+  float* x = calloc(count, sizeof(float));
+  float* y = malloc(count * sizeof(float));
+  int i;
+  if (!x || !y) fail("allocating %zu floats", count);
+  for (i = 0; i < (int)count; i++) y[i] = -1;
+  CHECK(ncclGroupStart());
+  for (i = 0; i < calls; i++) CHECK(ncclAllReduce(x, y, count, ncclFloat, ncclSum, comm, NULL));
+  CHECK(ncclGroupSimulateEnd(&sim));
+  for (i = 0; i < (int)count; i++)
+    if (y[i] != -1) fail("the simulated all-reduce ran: y[%d] = %g", i, y[i]);
+  free(x);
+  free(y);
+  return sim.estimatedTime;
+}
+
+/* A simulated group runs nothing, ends the group and reports the planner's
+ * estimate in microseconds: positive, longer for more bytes, summed over calls. */
+static void test_simulate(void) {
+  ncclSimInfo_t bad = NCCL_SIM_INFO_INITIALIZER, good = NCCL_SIM_INFO_INITIALIZER;
+  float one, two, large;
   bad.magic = 0;
   EXPECT(ncclInvalidArgument, "NCCL_SIM_INFO_INITIALIZER", ncclGroupSimulateEnd(&bad));
-  CHECK(ncclGroupStart());
-  CHECK(ncclAllReduce(&x, &y, 1, ncclFloat, ncclSum, comm, NULL));
-  EXPECT(ncclInvalidUsage, "estimate", ncclGroupSimulateEnd(&sim));
-  if (y != -1) fail("the simulated all-reduce ran: %g", y);
-  if (sim.estimatedTime != NCCL_UNDEF_FLOAT) fail("estimatedTime %g", sim.estimatedTime);
+  EXPECT(ncclInvalidUsage, "without a matching ncclGroupStart", ncclGroupSimulateEnd(&good));
+  one = simulated(1, 1);
   EXPECT(ncclInvalidUsage, "without a matching ncclGroupStart", ncclGroupEnd());
+  two = simulated(1, 2);
+  large = simulated(1 << 20, 1);
+  if (!(one > 0 && one < 1e6)) fail("estimatedTime of one small all-reduce: %g us", one);
+  if (two < 1.99f * one || two > 2.01f * one) fail("two calls %g us, one %g us", two, one);
+  if (!(large > one)) fail("4 MiB all-reduce %g us, 4 B %g us", large, one);
   test_allreduce("after a simulated group");
+}
+
+/* Rank 0 writes a grow id to TEST_ID_FILE.grow; the others read it. */
+static void share_grow_id(ncclUniqueId* id) {
+  char path[4096], tmp[4200];
+  FILE* f;
+  int tries;
+  snprintf(path, sizeof path, "%s.grow", getenv("TEST_ID_FILE"));
+  if (rank == 0) {
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    f = fopen(tmp, "wb");
+    if (!f || fwrite(id, sizeof *id, 1, f) != 1 || fclose(f) != 0 || rename(tmp, path) != 0)
+      fail("writing %s", path);
+    return;
+  }
+  for (tries = 0; tries < 3000; tries++) {
+    f = fopen(path, "rb");
+    if (f) {
+      size_t got = fread(id, sizeof *id, 1, f);
+      fclose(f);
+      if (got == 1) return;
+    }
+    sleep_ms(10);
+  }
+  fail("no grow id in %s after 30 s", path);
+}
+
+/* Ranks 0..n-2 split off and grow back to n, the last rank joining with comm NULL;
+ * then rank 0 revokes the grown communicator, everyone's next call fails with
+ * ncclInvalidUsage, and an empty shrink gives a communicator that works. */
+static void test_grow_and_revoke(void) {
+  ncclComm_t saved = comm, sub = NULL, big = NULL, fresh = NULL;
+  ncclUniqueId gid, plain;
+  float x = 1, y = 0;
+  int member = rank < nranks - 1, n = 0, r = -1, none[1] = {0};
+  if (nranks < 2) return;
+  CHECK(ncclCommSplit(comm, member ? 0 : NCCL_SPLIT_NOCOLOR, rank, &sub, NULL));
+  if (rank == 0) CHECK(ncclCommGetUniqueId(sub, &gid));
+  share_grow_id(&gid);
+  CHECK(ncclGetUniqueId(&plain));
+  if (member) {
+    EXPECT(ncclInvalidArgument, "rank -1", ncclCommGrow(sub, nranks, &gid, rank, &big, NULL));
+    EXPECT(ncclInvalidArgument, "not a grow id", ncclCommGrow(sub, nranks, &plain, -1, &big, NULL));
+    CHECK(ncclCommGrow(sub, nranks, &gid, -1, &big, NULL));
+  } else {
+    EXPECT(ncclInvalidArgument, "not a grow id", ncclCommGrow(NULL, nranks, &plain, rank, &big, NULL));
+    CHECK(ncclCommGrow(NULL, nranks, &gid, rank, &big, NULL));
+  }
+  CHECK(ncclCommCount(big, &n));
+  CHECK(ncclCommUserRank(big, &r));
+  if (n != nranks || r != rank) fail("grown comm says rank %d of %d", r, n);
+  comm = big;
+  test_allreduce("after grow");
+  EXPECT(ncclInvalidArgument, "revokeFlags", ncclCommRevoke(big, 5));
+  if (rank == 0) CHECK(ncclCommRevoke(big, NCCL_REVOKE_DEFAULT));
+  EXPECT(ncclInvalidUsage, "revoked by rank 0",
+         ncclAllReduce(&x, &y, 1, ncclFloat, ncclSum, big, NULL));
+  CHECK(ncclCommShrink(big, none, 0, &fresh, NULL, NCCL_SHRINK_DEFAULT));
+  comm = fresh;
+  test_allreduce("after revoke and an empty shrink");
+  CHECK(ncclCommDestroy(fresh));
+  CHECK(ncclCommDestroy(big));
+  if (sub) CHECK(ncclCommDestroy(sub));
+  comm = saved;
 }
 
 int main(void) {
@@ -246,6 +326,7 @@ int main(void) {
   test_windows();
   test_not_provided();
   test_simulate();
+  test_grow_and_revoke();
   CHECK(ncclCommDestroy(comm));
   printf("rank %d of %d: dropin OK (version %d)\n", rank, nranks, version);
   return 0;

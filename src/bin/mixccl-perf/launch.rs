@@ -29,7 +29,7 @@ pub fn child_env(rank: usize, np: usize, id_hex: &str) -> Vec<(&'static str, Str
 /// Makes the child die with the launcher, so killing the launcher (Ctrl-C from a
 /// script, a CI timeout) does not leave ranks running until their own timeout.
 #[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: between fork and exec the closure calls only async-signal-safe
@@ -49,7 +49,7 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_cmd: &mut Command) {}
+pub fn die_with_parent(_cmd: &mut Command) {}
 
 /// The CPUs this process may run on (empty if unknown).
 #[cfg(target_os = "linux")]

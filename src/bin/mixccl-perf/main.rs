@@ -5,7 +5,8 @@
 //!
 //! Modules: `args` (flags), `launch` (`--np`), `run` (rows and aggregation over
 //! ranks), `bench` (one phase of one collective on one rank), `report` (table and
-//! JSON), `soak` (random checked calls), `recover` (`--shrink-on-loss`). Results are checked against `mixccl::verify`, never the library's kernels.
+//! JSON), `soak` (random checked calls), `recover` (`--shrink-on-loss`), `elastic`
+//! (`--recover`: kill, shrink, grow back). Results are checked against `mixccl::verify`, never the library's kernels.
 //!
 //! Exit codes: 0 when every row is right (or checking is off), 1 on wrong results
 //! or any error, 2 on a usage error.
@@ -13,6 +14,7 @@
 mod args;
 mod bench;
 mod copybound;
+mod elastic;
 mod launch;
 mod recover;
 mod report;
@@ -28,6 +30,9 @@ fn main() -> ExitCode {
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    if let Some(code) = elastic::main(&argv) {
+        return code;
+    }
     let args = match args::parse(&argv) {
         Ok(Command::Help) => {
             println!("{USAGE}");
