@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::topo::RankProbe;
 use crate::transport::rdma::{self, RdmaSpec};
 use crate::transport::shm::{self, ShmSpec};
-use crate::transport::tcp::{self, MeshSpec};
+use crate::transport::tcp::{self, tls, MeshSpec};
 use crate::transport::{Link, Links};
 use crate::wire::{MAX_RANKS, PROTOCOL_VERSION};
 use crate::UniqueId;
@@ -321,6 +321,24 @@ pub(crate) fn join(
     Ok((links, local_ip, rejoin, probes))
 }
 
+/// Each rank's pod from `MIXCCL_TOPO_FILE` when `MIXCCL_TLS=cross-pod` and the model
+/// has pods for these `nranks` ranks; otherwise `None` (every host its own pod).
+fn tls_pods(config: &Config, nranks: usize) -> Option<Vec<usize>> {
+    if config.tls != crate::config::TlsPolicy::CrossPod {
+        return None;
+    }
+    let t = crate::topo::Topology::load(config.topo_file.as_deref()?).ok()?;
+    if t.pods.is_none() || t.nranks() != nranks {
+        crate::debug::log_warn!(
+            None,
+            "MIXCCL_TLS=cross-pod: the model has no pods for {nranks} ranks; encrypting \
+             every link between hosts"
+        );
+        return None;
+    }
+    Some((0..nranks).map(|r| t.pod_of(t.host_of(r))).collect())
+}
+
 /// What a rank keeps after init so the survivors of a failure can build a smaller
 /// communicator without a new rendezvous (`Communicator::shrink`): its listeners
 /// (kept open; they admit only this job's token) and every rank's bootstrap info.
@@ -353,6 +371,13 @@ impl Rejoin {
         let addrs: Vec<SocketAddr> = self.table.iter().map(|t| t.listen).collect();
         let use_tcp: Vec<bool> = (0..nranks).map(|p| p != rank && !same_host[p]).collect();
         let host_peer: Vec<bool> = self.table.iter().map(|t| t.host == self.host).collect();
+        let tls_ctx = tls::TlsContext::from_config(config)?;
+        let encrypt = tls::encrypted_peers(
+            config.tls,
+            rank,
+            &host_peer,
+            tls_pods(config, nranks).as_deref(),
+        );
         let tcp_links = tcp::connect_mesh(
             &MeshSpec {
                 rank,
@@ -362,15 +387,19 @@ impl Rejoin {
                 nsocks: config.nsocks,
                 socket_buffer: config.socket_buffer,
                 same_host: &host_peer,
+                tls: tls_ctx.as_deref(),
+                encrypt: &encrypt,
                 deadline,
             },
             &self.listener,
         )?;
-        // Peers on other hosts move to RDMA where both ends can (negotiated over TCP).
+        // Peers on other hosts move to RDMA where both ends can (negotiated over TCP);
+        // encrypted links stay on TCP (RDMA would carry their bytes in the clear).
+        let no_rdma: Vec<bool> = (0..nranks).map(|p| host_peer[p] || encrypt[p]).collect();
         let mut net_links = rdma::upgrade(
             &RdmaSpec {
                 rank,
-                same_host: &host_peer,
+                same_host: &no_rdma,
                 config,
                 deadline,
             },

@@ -5,10 +5,12 @@
 //! - `mesh`: listening, connecting and the hello that admits only this
 //!   communicator's ranks to a listener.
 //! - `iface`: the interface choice (`MIXCCL_SOCKET_IFNAME`).
+//! - `tls`: TLS 1.3 sessions on the sockets where `MIXCCL_TLS` says so.
 
 mod iface;
 mod link;
 mod mesh;
+pub(crate) mod tls;
 
 pub(crate) use iface::local_ip_towards;
 pub use iface::pick_interface;
