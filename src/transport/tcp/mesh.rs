@@ -104,16 +104,18 @@ impl MeshSpec<'_> {
         self.nsocks + 1
     }
 
-    /// SO_SNDBUF/SO_RCVBUF for sockets to `peer`: the setting if given, else
-    /// [`LOCAL_SOCKET_BUFFER`] on this host and the kernel's autotuning (0) to other
-    /// hosts, whose bandwidth-delay product may be far larger.
+    /// Whether the link to `peer` must carry TLS.
     fn encrypts(&self, peer: usize) -> bool {
         self.encrypt.get(peer).copied().unwrap_or(false)
     }
 
-    fn buffer_for(&self, peer: usize) -> usize {
+    /// SO_SNDBUF/SO_RCVBUF for socket `s` to `peer`: the setting if given, else
+    /// [`LOCAL_SOCKET_BUFFER`] on this host, and to other hosts the kernel's
+    /// autotuning (0) unless the bandwidth-delay product needs more (`bdp`).
+    fn buffer_for(&self, peer: usize, s: &TcpStream) -> usize {
         match self.socket_buffer {
             0 if self.same_host.get(peer).copied().unwrap_or(false) => LOCAL_SOCKET_BUFFER,
+            0 => super::bdp::buffer_for_socket(s, self.nsocks),
             b => b,
         }
     }
@@ -172,7 +174,7 @@ pub(crate) fn connect_mesh(
                     .and_then(|_| s.write_all(&hello.encode()))
                     .map_err(|e| Error::io(format!("sending the handshake to rank {peer}"), e))?,
             }
-            tune_socket(&s, spec.buffer_for(peer))
+            tune_socket(&s, spec.buffer_for(peer, &s))
                 .map_err(|e| Error::io(format!("configuring the socket to rank {peer}"), e))?;
             *slot = Some(s);
         }
@@ -355,14 +357,13 @@ fn accept_peers(
                                     continue;
                                 }
                             }
-                            tune_socket(&p.stream, spec.buffer_for(hello.from as usize)).map_err(
-                                |e| {
+                            tune_socket(&p.stream, spec.buffer_for(hello.from as usize, &p.stream))
+                                .map_err(|e| {
                                     Error::io(
                                         format!("configuring the socket from rank {}", hello.from),
                                         e,
                                     )
-                                },
-                            )?;
+                                })?;
                             socks[hello.from as usize][hello.lane as usize] = Some(p.stream);
                             tls_slots[hello.from as usize][hello.lane as usize] = p.tls;
                         }

@@ -4,9 +4,11 @@
 //! - `link`: [`TcpLink`], the lanes and the control socket to one peer.
 //! - `mesh`: listening, connecting and the hello that admits only this
 //!   communicator's ranks to a listener.
+//! - `bdp`: socket buffers from the bandwidth-delay product (long links).
 //! - `iface`: the interface choice (`MIXCCL_SOCKET_IFNAME`).
 //! - `tls`: TLS 1.3 sessions on the sockets where `MIXCCL_TLS` says so.
 
+mod bdp;
 mod iface;
 mod link;
 mod mesh;
