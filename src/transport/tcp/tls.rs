@@ -346,6 +346,9 @@ impl TlsStream {
             return Ok(0);
         }
         if self.owed > 0 {
+            // The caller passes the bytes it was told were not sent yet: the first
+            // `owed` of them are those already encrypted.
+            debug_assert!(bufs.iter().map(|b| b.len()).sum::<usize>() >= self.owed);
             return Ok(std::mem::take(&mut self.owed));
         }
         let mut n = 0;
@@ -475,6 +478,7 @@ pub(crate) fn drive_blocking(
     what: &str,
 ) -> Result<()> {
     let fail = |e: TlsFail| Error::Bootstrap(format!("TLS with {what}: {e}"));
+    let start = Instant::now();
     let mut have = 0;
     loop {
         let done = s.handshake_step(fd).map_err(fail)?;
@@ -504,7 +508,7 @@ pub(crate) fn drive_blocking(
                     }
                 ),
                 waiting_for: vec![],
-                after: left,
+                after: start.elapsed(),
             });
         }
         let mut fds = [sys::pollfd(fd, s.events())];
