@@ -481,6 +481,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cross_pod_takes_the_pods_of_the_model_file() {
+        use crate::config::TlsPolicy;
+        use crate::topo::{Pods, Topology};
+        let t = Topology::from_json(include_str!("../../tests/topos/2x4.json")).unwrap();
+        let uplink = t.hosts[0].net;
+        let t = t
+            .with_pods(Pods {
+                hosts: vec![vec![0], vec![1]],
+                uplink,
+            })
+            .unwrap();
+        let path = std::env::temp_dir().join(format!("mixccl-pods-{}.json", std::process::id()));
+        std::fs::write(&path, t.to_json()).unwrap();
+        let mut config = Config {
+            tls: TlsPolicy::CrossPod,
+            topo_file: Some(path.clone()),
+            ..Config::default()
+        };
+        assert_eq!(tls_pods(&config, 8), Some(vec![0, 0, 0, 0, 1, 1, 1, 1]));
+        // A model of other ranks, or another policy: no pods (every host its own).
+        assert_eq!(tls_pods(&config, 4), None);
+        config.tls = TlsPolicy::CrossHost;
+        assert_eq!(tls_pods(&config, 8), None);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
     fn rank_info_round_trips() {
         for addr in ["10.0.0.7:4000", "[::1]:5"] {
             let i = RankInfo {
