@@ -170,6 +170,7 @@ fn rendezvous(
     nranks: usize,
     info: &[u8],
     timeout: Duration,
+    tls: Option<&tls::TlsContext>,
 ) -> Result<Vec<RankInfo>> {
     let root = id.root_addr();
     let start = Instant::now();
@@ -189,14 +190,34 @@ fn rendezvous(
     hello.extend_from_slice(&(nranks as u32).to_le_bytes());
     hello.extend_from_slice(&(info.len() as u32).to_le_bytes());
     hello.extend_from_slice(info);
-    s.set_write_timeout(Some(timeout))
-        .and_then(|_| s.write_all(&hello))
-        .map_err(|e| {
-            Error::io(
-                format!("sending the hello to the bootstrap root at {root}"),
-                e,
-            )
-        })?;
+    // MIXCCL_TLS covers this connection too (`tls::bootstrap_encrypts`).
+    let mut session = match tls {
+        Some(ctx) => Some(tls::client_handshake(
+            ctx,
+            &s,
+            start + timeout,
+            &format!("the bootstrap root at {root}"),
+        )?),
+        None => None,
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+    match &mut session {
+        Some(t) => tls::write_all_by(t, fd, &hello, start + timeout),
+        None => s
+            .set_write_timeout(Some(timeout))
+            .and_then(|_| s.write_all(&hello)),
+    }
+    .map_err(|e| {
+        Error::io(
+            format!("sending the hello to the bootstrap root at {root}"),
+            e,
+        )
+    })?;
+    let mut read_exact_by =
+        |s: &mut TcpStream, buf: &mut [u8], deadline: Instant| match &mut session {
+            Some(t) => tls::read_exact_by(t, fd, buf, deadline),
+            None => read_exact_by(s, buf, deadline),
+        };
     // The root gives up `timeout` after the first hello; allow it time to say so.
     let deadline = Instant::now() + timeout + Duration::from_secs(5);
     let lost = |e: std::io::Error| -> Error {
@@ -222,8 +243,12 @@ fn rendezvous(
         let mut body = vec![0u8; 4 * count + 4];
         read_exact_by(&mut s, &mut body, deadline).map_err(lost)?;
         let missing: Vec<usize> = (0..count).map(|i| u32_at(&body, 4 * i) as usize).collect();
+        let len = (u32_at(&body, 4 * count) as usize).min(MAX_INFO);
+        let mut reason = vec![0u8; len];
+        read_exact_by(&mut s, &mut reason, deadline).map_err(lost)?;
+        let reason = String::from_utf8_lossy(&reason);
         return Err(Error::Timeout {
-            op: "init: rendezvous (these ranks never joined)".into(),
+            op: format!("init: rendezvous (the root says: {reason})"),
             waiting_for: missing,
             after: start.elapsed(),
         });
@@ -285,7 +310,16 @@ pub(crate) fn join(
         host,
         agree: config.must_agree(),
     };
-    let table = rendezvous(id, rank, nranks, &info.encode(), config.timeout)?;
+    let tls_ctx = tls::TlsContext::from_config(config)?
+        .filter(|_| tls::bootstrap_encrypts(config.tls, id.root_addr().ip()));
+    let table = rendezvous(
+        id,
+        rank,
+        nranks,
+        &info.encode(),
+        config.timeout,
+        tls_ctx.as_deref(),
+    )?;
     check_agreement(rank, &info.agree, &table)?;
     let probes = table
         .iter()

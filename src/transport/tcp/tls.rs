@@ -544,6 +544,94 @@ pub(crate) fn connect(
     Ok(t)
 }
 
+/// Whether `ip` is this host's (loopback or an interface's address): the bootstrap
+/// encrypts its connections under `cross-host` and `cross-pod` only when the other
+/// end is not (the root's pod is not known before the table).
+pub(crate) fn is_local(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback()
+        || sys::interfaces()
+            .map(|ifs| ifs.iter().any(|i| i.ip == ip))
+            .unwrap_or(false)
+}
+
+/// Whether a bootstrap connection to or from `peer` carries TLS under `policy`.
+pub(crate) fn bootstrap_encrypts(policy: TlsPolicy, peer: std::net::IpAddr) -> bool {
+    match policy {
+        TlsPolicy::Off => false,
+        TlsPolicy::All => true,
+        TlsPolicy::CrossHost | TlsPolicy::CrossPod => !is_local(peer),
+    }
+}
+
+fn waited(s: &TlsStream, fd: RawFd, deadline: Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    let mut fds = [sys::pollfd(fd, s.events())];
+    sys::poll(&mut fds, left.min(std::time::Duration::from_millis(100)))?;
+    Ok(())
+}
+
+fn io_err(e: TlsFail) -> io::Error {
+    match e {
+        TlsFail::Io(e) => e,
+        TlsFail::Tls(e) => io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")),
+    }
+}
+
+/// Writes all of `bytes` through `t` on socket `fd` by `deadline` (bootstrap).
+pub(crate) fn write_all_by(
+    t: &mut TlsStream,
+    fd: RawFd,
+    mut bytes: &[u8],
+    deadline: Instant,
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = t.send(fd, &[bytes]).map_err(io_err)?;
+        bytes = &bytes[n..];
+        if n == 0 {
+            waited(t, fd, deadline)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads exactly `buf.len()` bytes through `t` on socket `fd` by `deadline`
+/// (bootstrap); the end of the stream is `UnexpectedEof`.
+pub(crate) fn read_exact_by(
+    t: &mut TlsStream,
+    fd: RawFd,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match t.recv(fd, &mut buf[got..]).map_err(io_err)? {
+            None => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Some(0) => waited(t, fd, deadline)?,
+            Some(n) => got += n,
+        }
+    }
+    Ok(())
+}
+
+/// The client side of a bootstrap connection: the handshake on `s` (made
+/// non-blocking) by `deadline`; `what` names the other end in errors.
+pub(crate) fn client_handshake(
+    ctx: &TlsContext,
+    s: &std::net::TcpStream,
+    deadline: Instant,
+    what: &str,
+) -> Result<TlsStream> {
+    use std::os::fd::AsRawFd;
+    s.set_nonblocking(true)
+        .map_err(|e| Error::io(format!("configuring the socket to {what}"), e))?;
+    let mut t = TlsStream::new(ctx.client()?);
+    drive_blocking(&mut t, s.as_raw_fd(), &mut [], deadline, what)?;
+    Ok(t)
+}
+
 #[cfg(test)]
 #[path = "tls_tests.rs"]
 pub(crate) mod tests;
