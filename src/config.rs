@@ -90,6 +90,33 @@ impl NetTransport {
     }
 }
 
+/// Which TCP links carry TLS 1.3 (`MIXCCL_TLS`; see `transport::tcp::tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsPolicy {
+    /// No link is encrypted.
+    #[default]
+    Off,
+    /// Links between ranks in different pods of the topology model (`MIXCCL_TOPO_FILE`);
+    /// without pods in the model, every host is its own pod.
+    CrossPod,
+    /// Links between ranks on different hosts.
+    CrossHost,
+    /// Every TCP link, including those inside a host.
+    All,
+}
+
+impl TlsPolicy {
+    /// The `MIXCCL_TLS` spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TlsPolicy::Off => "off",
+            TlsPolicy::CrossPod => "cross-pod",
+            TlsPolicy::CrossHost => "cross-host",
+            TlsPolicy::All => "all",
+        }
+    }
+}
+
 /// Parses a byte count with an optional K/M/G suffix (powers of 1024).
 pub fn parse_bytes(s: &str) -> Option<usize> {
     let s = s.trim();
@@ -312,7 +339,7 @@ mod tests {
         let c = Config::default();
         assert_eq!(
             c.must_agree(),
-            "MIXCCL_CHUNK_SIZE=524288\nMIXCCL_NSOCKS=2\nMIXCCL_DIRECT_MAX_BYTES=16384\n\
+            "MIXCCL_CHUNK_SIZE=524288\nMIXCCL_NSOCKS=2\nMIXCCL_TLS=off\nMIXCCL_DIRECT_MAX_BYTES=16384\n\
              MIXCCL_SHM_DISABLE=0\nMIXCCL_BOARD_BYTES=nonzero\nMIXCCL_SHM_CMA=0\n\
              MIXCCL_ALGO=auto\nMIXCCL_CHECK_CALLS=1\nMIXCCL_PIPELINE_BYTES=8388608\n\
              MIXCCL_TOPO_FILE=unset\nMIXCCL_TOPO_PROBE=1\nMIXCCL_NET=IB-or-auto"

@@ -266,9 +266,18 @@ impl ControlReader {
     /// Reads what has arrived on `fd` without blocking: messages (kept in order,
     /// the goodbye noted) or the end of the stream.
     pub(crate) fn pump(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<()> {
+        self.pump_with(|b| crate::sys::recv_nowait(fd, b))
+    }
+
+    /// [`ControlReader::pump`] from `read`, which fills a buffer as `recv_nowait`
+    /// does (`None`: nothing now, `Some(0)`: the end); TLS links decrypt through it.
+    pub(crate) fn pump_with(
+        &mut self,
+        mut read: impl FnMut(&mut [u8]) -> std::io::Result<Option<usize>>,
+    ) -> std::io::Result<()> {
         let mut b = [0u8; 512];
         while !self.eof {
-            match crate::sys::recv_nowait(fd, &mut b)? {
+            match read(&mut b)? {
                 Some(0) => self.eof = true,
                 Some(n) => self.frames.feed(&b[..n]),
                 None => break,

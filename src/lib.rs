@@ -47,7 +47,7 @@ mod wire;
 pub use bootstrap::launcher::{LaunchEnv, Rendezvous};
 pub use bootstrap::unique_id::UniqueId;
 pub use comm::{AbortHandle, Communicator, Island, RevokeHandle, Transfer, TransferMem};
-pub use config::{AlgoOverride, Algorithm, Collective, Config, NetTransport};
+pub use config::{AlgoOverride, Algorithm, Collective, Config, NetTransport, TlsPolicy};
 pub use debug::DebugLevel;
 pub use device::MemRef;
 pub use element::{DataType, Element};

@@ -130,6 +130,23 @@ pub(crate) fn setsockopt_int(
     .map(|_| ())
 }
 
+/// The kernel's smoothed round-trip time of a connected TCP socket (TCP_INFO), set
+/// from the connection's handshake before any data moves.
+pub(crate) fn tcp_rtt(fd: &impl AsRawFd) -> io::Result<std::time::Duration> {
+    // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // `info` and `len` are valid out-pointers sized by `len` for the call.
+    syscall!(getsockopt(
+        fd.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_INFO,
+        (&mut info as *mut libc::tcp_info).cast(),
+        &mut len
+    ))?;
+    Ok(std::time::Duration::from_micros(u64::from(info.tcpi_rtt)))
+}
+
 /// A non-blocking eventfd used as a doorbell: `ring` adds one, `drain` resets it.
 #[derive(Debug)]
 pub(crate) struct EventFd(OwnedFd);
@@ -458,7 +475,7 @@ pub(crate) fn nofile_limit() -> io::Result<(u64, u64)> {
     };
     // `lim` is a valid, exclusively borrowed rlimit for the call.
     syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Raises the soft RLIMIT_NOFILE to `soft` (at most the hard limit).

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::topo::RankProbe;
 use crate::transport::rdma::{self, RdmaSpec};
 use crate::transport::shm::{self, ShmSpec};
-use crate::transport::tcp::{self, LazySpec};
+use crate::transport::tcp::{self, tls, LazySpec};
 use crate::transport::{Link, Links};
 use crate::wire::{MAX_RANKS, PROTOCOL_VERSION};
 use crate::UniqueId;
@@ -179,6 +179,7 @@ fn rendezvous(
     nranks: usize,
     info: &[u8],
     timeout: Duration,
+    tls: Option<&tls::TlsContext>,
 ) -> Result<Vec<RankInfo>> {
     let root = id.root_addr();
     let start = Instant::now();
@@ -198,14 +199,34 @@ fn rendezvous(
     hello.extend_from_slice(&(nranks as u32).to_le_bytes());
     hello.extend_from_slice(&(info.len() as u32).to_le_bytes());
     hello.extend_from_slice(info);
-    s.set_write_timeout(Some(timeout))
-        .and_then(|_| s.write_all(&hello))
-        .map_err(|e| {
-            Error::io(
-                format!("sending the hello to the bootstrap root at {root}"),
-                e,
-            )
-        })?;
+    // MIXCCL_TLS covers this connection too (`tls::bootstrap_encrypts`).
+    let mut session = match tls {
+        Some(ctx) => Some(tls::client_handshake(
+            ctx,
+            &s,
+            start + timeout,
+            &format!("the bootstrap root at {root}"),
+        )?),
+        None => None,
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+    match &mut session {
+        Some(t) => tls::write_all_by(t, fd, &hello, start + timeout),
+        None => s
+            .set_write_timeout(Some(timeout))
+            .and_then(|_| s.write_all(&hello)),
+    }
+    .map_err(|e| {
+        Error::io(
+            format!("sending the hello to the bootstrap root at {root}"),
+            e,
+        )
+    })?;
+    let mut read_exact_by =
+        |s: &mut TcpStream, buf: &mut [u8], deadline: Instant| match &mut session {
+            Some(t) => tls::read_exact_by(t, fd, buf, deadline),
+            None => read_exact_by(s, buf, deadline),
+        };
     // The root gives up `timeout` after the first hello; allow it time to say so.
     let deadline = Instant::now() + timeout + Duration::from_secs(5);
     let lost = |e: std::io::Error| -> Error {
@@ -231,8 +252,12 @@ fn rendezvous(
         let mut body = vec![0u8; 4 * count + 4];
         read_exact_by(&mut s, &mut body, deadline).map_err(lost)?;
         let missing: Vec<usize> = (0..count).map(|i| u32_at(&body, 4 * i) as usize).collect();
+        let len = (u32_at(&body, 4 * count) as usize).min(MAX_INFO);
+        let mut reason = vec![0u8; len];
+        read_exact_by(&mut s, &mut reason, deadline).map_err(lost)?;
+        let reason = String::from_utf8_lossy(&reason);
         return Err(Error::Timeout {
-            op: "init: rendezvous (these ranks never joined)".into(),
+            op: format!("init: rendezvous (the root says: {reason})"),
             waiting_for: missing,
             after: start.elapsed(),
         });
@@ -316,7 +341,16 @@ pub(crate) fn join(
         host,
         agree: config.must_agree(),
     };
-    let table = rendezvous(id, rank, nranks, &info.encode(), config.timeout)?;
+    let tls_ctx = tls::TlsContext::from_config(config)?
+        .filter(|_| tls::bootstrap_encrypts(config.tls, id.root_addr().ip()));
+    let table = rendezvous(
+        id,
+        rank,
+        nranks,
+        &info.encode(),
+        config.timeout,
+        tls_ctx.as_deref(),
+    )?;
     check_agreement(rank, &info.agree, &table)?;
     let probes = table
         .iter()
@@ -349,9 +383,28 @@ pub(crate) fn join(
         name_token: id.token(),
         names: (0..nranks).collect(),
         generation: 0,
+        tls: tls::TlsContext::from_config(config)?,
     };
     let links = rejoin.mesh(rank, config)?;
     Ok((links, local_ip, rejoin, probes))
+}
+
+/// Each rank's pod from `MIXCCL_TOPO_FILE` when `MIXCCL_TLS=cross-pod` and the model
+/// has pods for these `nranks` ranks; otherwise `None` (every host its own pod).
+fn tls_pods(config: &Config, nranks: usize) -> Option<Vec<usize>> {
+    if config.tls != crate::config::TlsPolicy::CrossPod {
+        return None;
+    }
+    let t = crate::topo::Topology::load(config.topo_file.as_deref()?).ok()?;
+    if t.pods.is_none() || t.nranks() != nranks {
+        crate::debug::log_warn!(
+            None,
+            "MIXCCL_TLS=cross-pod: the model has no pods for {nranks} ranks; encrypting \
+             every link between hosts"
+        );
+        return None;
+    }
+    Some((0..nranks).map(|r| t.pod_of(t.host_of(r))).collect())
 }
 
 /// What a rank keeps after init so the survivors of a failure can build a smaller
@@ -372,6 +425,9 @@ pub(crate) struct Rejoin {
     names: Vec<usize>,
     /// How many shrinks led here.
     generation: u64,
+    /// This rank's TLS certificates (`MIXCCL_TLS` not off), loaded at init so a bad
+    /// file fails init rather than a first call.
+    tls: Option<Arc<tls::TlsContext>>,
 }
 
 impl Rejoin {
@@ -445,6 +501,12 @@ impl Rejoin {
         let deadline = Instant::now() + config.timeout;
         let addrs: Vec<SocketAddr> = self.table.iter().map(|t| t.listen).collect();
         let host_peer: Vec<bool> = self.table.iter().map(|t| t.host == self.host).collect();
+        let encrypt = tls::encrypted_peers(
+            config.tls,
+            rank,
+            &host_peer,
+            tls_pods(config, self.table.len()).as_deref(),
+        );
         let made = tcp::connect_peers(
             &LazySpec {
                 rank,
@@ -453,6 +515,8 @@ impl Rejoin {
                 nsocks: config.nsocks,
                 socket_buffer: config.socket_buffer,
                 same_host: &host_peer,
+                tls: self.tls.as_deref(),
+                encrypt: &encrypt,
                 deadline,
                 abort,
             },
@@ -465,11 +529,15 @@ impl Rejoin {
             tcp_links[p] = Some(l);
         }
         // Peers on other hosts move to RDMA where both ends can (negotiated over TCP;
-        // both ends upgrade this link in the same call).
+        // both ends upgrade this link in the same call); encrypted links stay on TCP
+        // (RDMA would carry their bytes in the clear).
+        let no_rdma: Vec<bool> = (0..links.len())
+            .map(|p| host_peer[p] || encrypt[p])
+            .collect();
         let net_links = rdma::upgrade(
             &RdmaSpec {
                 rank,
-                same_host: &host_peer,
+                same_host: &no_rdma,
                 config,
                 deadline,
             },
@@ -530,6 +598,7 @@ impl Rejoin {
             name_token: self.name_token,
             names: survivors.iter().map(|&r| self.names[r]).collect(),
             generation: self.generation + 1,
+            tls: self.tls.clone(),
         };
         let links = child.mesh(new_rank, config)?;
         Ok((new_rank, links, child))
@@ -546,6 +615,33 @@ impl Drop for Rejoin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cross_pod_takes_the_pods_of_the_model_file() {
+        use crate::config::TlsPolicy;
+        use crate::topo::{Pods, Topology};
+        let t = Topology::from_json(include_str!("../../tests/topos/2x4.json")).unwrap();
+        let uplink = t.hosts[0].net;
+        let t = t
+            .with_pods(Pods {
+                hosts: vec![vec![0], vec![1]],
+                uplink,
+            })
+            .unwrap();
+        let path = std::env::temp_dir().join(format!("mixccl-pods-{}.json", std::process::id()));
+        std::fs::write(&path, t.to_json()).unwrap();
+        let mut config = Config {
+            tls: TlsPolicy::CrossPod,
+            topo_file: Some(path.clone()),
+            ..Config::default()
+        };
+        assert_eq!(tls_pods(&config, 8), Some(vec![0, 0, 0, 0, 1, 1, 1, 1]));
+        // A model of other ranks, or another policy: no pods (every host its own).
+        assert_eq!(tls_pods(&config, 4), None);
+        config.tls = TlsPolicy::CrossHost;
+        assert_eq!(tls_pods(&config, 8), None);
+        let _ = std::fs::remove_file(path);
+    }
 
     #[test]
     fn rank_info_round_trips() {

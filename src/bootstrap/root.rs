@@ -7,13 +7,16 @@
 use crate::bootstrap::{
     ADDR_LEN, FAIL_MAGIC, HELLO_HEADER, HELLO_MAGIC, MAX_INFO, REF_MARK, TABLE_MAGIC,
 };
+use crate::config::{Config, TlsPolicy};
 use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
 use crate::sys;
+use crate::transport::tcp::tls::{self, TlsContext, TlsStream};
 use crate::wire::{MAX_RANKS, PROTOCOL_VERSION};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most connections whose hello is still arriving; more are closed at once.
@@ -22,7 +25,11 @@ const MAX_PENDING: usize = 1024;
 const HELLO_GRACE: Duration = Duration::from_secs(10);
 
 /// Binds `addr` and serves one rendezvous on a background thread; returns the bound address.
-pub(crate) fn spawn(addr: SocketAddr, token: [u8; 16], timeout: Duration) -> Result<SocketAddr> {
+/// `config` gives the timeout and `MIXCCL_TLS` with its files: ranks the policy
+/// encrypts must come over TLS (`tls::bootstrap_encrypts`).
+pub(crate) fn spawn(addr: SocketAddr, token: [u8; 16], config: &Config) -> Result<SocketAddr> {
+    let timeout = config.timeout;
+    let tls = TlsContext::from_config(config)?.map(|ctx| (ctx, config.tls));
     let listener = TcpListener::bind(addr)
         .map_err(|e| Error::io(format!("binding the bootstrap root on {addr}"), e))?;
     let bound = listener
@@ -33,7 +40,7 @@ pub(crate) fn spawn(addr: SocketAddr, token: [u8; 16], timeout: Duration) -> Res
         .map_err(|e| Error::io("making the root listener non-blocking", e))?;
     std::thread::Builder::new()
         .name("mixccl-root".into())
-        .spawn(move || Root::new(token, timeout).serve(listener))
+        .spawn(move || Root::new(token, timeout, tls).serve(listener))
         .map_err(|e| Error::io("starting the bootstrap root thread", e))?;
     log_info!(None, "bootstrap root listening on {bound}");
     Ok(bound)
@@ -44,16 +51,23 @@ struct Pending {
     from: SocketAddr,
     buf: Vec<u8>,
     since: Instant,
+    /// The rank opened TLS: its hello arrives through it.
+    tls: Option<TlsStream>,
 }
 
 struct Joined {
     stream: TcpStream,
     info: Vec<u8>,
+    tls: Option<TlsStream>,
 }
 
 struct Root {
     token: [u8; 16],
+    /// This rank's certificates and `MIXCCL_TLS`, when not off.
+    tls: Option<(Arc<TlsContext>, TlsPolicy)>,
     timeout: Duration,
+    /// Why ranks were refused (at most `MAX_REFUSED`), for the failure report.
+    refused: Vec<String>,
     nranks: Option<usize>,
     joined: Vec<Option<Joined>>,
 }
@@ -108,10 +122,12 @@ fn parse_hello(buf: &[u8], token: &[u8; 16]) -> std::result::Result<Option<Hello
 }
 
 impl Root {
-    fn new(token: [u8; 16], timeout: Duration) -> Root {
+    fn new(token: [u8; 16], timeout: Duration, tls: Option<(Arc<TlsContext>, TlsPolicy)>) -> Root {
         Root {
             token,
+            tls,
             timeout,
+            refused: Vec::new(),
             nranks: None,
             joined: Vec::new(),
         }
@@ -137,11 +153,10 @@ impl Root {
                 return;
             }
             let mut fds = vec![sys::pollfd(listener.as_raw_fd(), libc::POLLIN)];
-            fds.extend(
-                pending
-                    .iter()
-                    .map(|p| sys::pollfd(p.stream.as_raw_fd(), libc::POLLIN)),
-            );
+            fds.extend(pending.iter().map(|p| {
+                let events = p.tls.as_ref().map_or(libc::POLLIN, TlsStream::events);
+                sys::pollfd(p.stream.as_raw_fd(), events)
+            }));
             let wait = (deadline - now).min(Duration::from_millis(500));
             if let Err(e) = sys::poll(&mut fds, wait) {
                 log_warn!(None, "bootstrap root: poll failed: {e}");
@@ -162,7 +177,26 @@ impl Root {
                     }
                     Ok(Some(hello)) => {
                         let p = pending.swap_remove(i);
-                        if let Err(why) = self.admit(p.stream, hello, &mut deadline) {
+                        let required = self.tls.as_ref().is_some_and(|(_, policy)| {
+                            tls::bootstrap_encrypts(*policy, p.from.ip())
+                        });
+                        if required && p.tls.is_none() {
+                            let why = format!(
+                                "rank {} at {} was refused: it connected without TLS, but \
+                                 MIXCCL_TLS={} at the root encrypts it (is MIXCCL_TLS set on rank {}?)",
+                                hello.rank,
+                                p.from,
+                                self.tls.as_ref().map_or("off", |(_, policy)| policy.name()),
+                                hello.rank
+                            );
+                            log_warn!(None, "bootstrap root: {why}");
+                            refuse_plain(p.stream, hello.rank, &why, self.timeout);
+                            if self.refused.len() < MAX_REFUSED {
+                                self.refused.push(why);
+                            }
+                            continue;
+                        }
+                        if let Err(why) = self.admit(p.stream, p.tls, hello, &mut deadline) {
                             log_warn!(None, "bootstrap root: refused {}: {why}", p.from);
                         }
                     }
@@ -191,6 +225,7 @@ impl Root {
                         from,
                         buf: Vec::new(),
                         since: Instant::now(),
+                        tls: None,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -211,8 +246,29 @@ impl Root {
                 }
             };
             let take = want.min(chunk.len());
+            if let Some(t) = &mut p.tls {
+                let fd = p.stream.as_raw_fd();
+                t.handshake_step(fd).map_err(|e| e.to_string())?;
+                if t.is_handshaking() {
+                    return Ok(None);
+                }
+                match t.recv(fd, &mut chunk[..take]).map_err(|e| e.to_string())? {
+                    None => return Err("closed the TLS connection before its hello".into()),
+                    Some(0) => return Ok(None),
+                    Some(k) => p.buf.extend_from_slice(&chunk[..k]),
+                }
+                continue;
+            }
             match p.stream.read(&mut chunk[..take]) {
                 Ok(0) => return Err("closed before completing its hello".into()),
+                Ok(k) if p.buf.is_empty() && chunk[0] == tls::TLS_HANDSHAKE_BYTE => {
+                    let Some((ctx, _)) = &self.tls else {
+                        return Err("opened TLS, but MIXCCL_TLS is off at the root".into());
+                    };
+                    let mut t = TlsStream::new(ctx.server().map_err(|e| e.to_string())?);
+                    t.feed(&chunk[..k]).map_err(|e| e.to_string())?;
+                    p.tls = Some(t);
+                }
                 Ok(k) => p.buf.extend_from_slice(&chunk[..k]),
                 Err(e)
                     if matches!(
@@ -230,6 +286,7 @@ impl Root {
     fn admit(
         &mut self,
         stream: TcpStream,
+        tls: Option<TlsStream>,
         h: Hello,
         deadline: &mut Instant,
     ) -> std::result::Result<(), String> {
@@ -260,6 +317,7 @@ impl Root {
         self.joined[h.rank] = Some(Joined {
             stream,
             info: h.info,
+            tls,
         });
         Ok(())
     }
@@ -267,11 +325,19 @@ impl Root {
     fn broadcast(&mut self, msg: &[u8]) {
         for (r, j) in self.joined.iter_mut().enumerate() {
             if let Some(j) = j {
-                let sent = j
-                    .stream
-                    .set_nonblocking(false)
-                    .and_then(|_| j.stream.set_write_timeout(Some(self.timeout)))
-                    .and_then(|_| j.stream.write_all(msg));
+                let sent = match &mut j.tls {
+                    Some(t) => tls::write_all_by(
+                        t,
+                        j.stream.as_raw_fd(),
+                        msg,
+                        Instant::now() + self.timeout,
+                    ),
+                    None => j
+                        .stream
+                        .set_nonblocking(false)
+                        .and_then(|_| j.stream.set_write_timeout(Some(self.timeout)))
+                        .and_then(|_| j.stream.write_all(msg)),
+                };
                 if let Err(e) = sent {
                     log_warn!(None, "bootstrap root: could not send to rank {r}: {e}");
                 }
@@ -308,16 +374,45 @@ impl Root {
             "bootstrap root: ranks {missing:?} did not join within {:?}",
             self.timeout
         );
-        let reason = format!("ranks {missing:?} did not join");
-        let mut msg = Vec::new();
-        msg.extend_from_slice(FAIL_MAGIC);
-        msg.extend_from_slice(&(missing.len() as u32).to_le_bytes());
-        for r in &missing {
-            msg.extend_from_slice(&(*r as u32).to_le_bytes());
+        let mut reason = format!("ranks {missing:?} did not join");
+        for why in &self.refused {
+            reason.push_str("; ");
+            reason.push_str(why);
         }
-        msg.extend_from_slice(&(reason.len() as u32).to_le_bytes());
-        msg.extend_from_slice(reason.as_bytes());
-        self.broadcast(&msg);
+        self.broadcast(&failure(&missing, &reason));
+    }
+}
+
+/// Most refusals the root keeps to explain a failed rendezvous.
+const MAX_REFUSED: usize = 16;
+
+/// `MXFAIL count missing* len reason`, the reason cut to `MAX_INFO` bytes.
+fn failure(missing: &[usize], reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(MAX_INFO);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let mut msg = Vec::new();
+    msg.extend_from_slice(FAIL_MAGIC);
+    msg.extend_from_slice(&(missing.len() as u32).to_le_bytes());
+    for r in missing {
+        msg.extend_from_slice(&(*r as u32).to_le_bytes());
+    }
+    msg.extend_from_slice(&(reason.len() as u32).to_le_bytes());
+    msg.extend_from_slice(reason);
+    msg
+}
+
+/// Tells a rank that came in plaintext why it is refused (in plaintext: it has no
+/// TLS session), then closes its connection.
+fn refuse_plain(mut stream: TcpStream, rank: usize, why: &str, timeout: Duration) {
+    let sent = stream
+        .set_nonblocking(false)
+        .and_then(|_| stream.set_write_timeout(Some(timeout.min(Duration::from_secs(5)))))
+        .and_then(|_| stream.write_all(&failure(&[rank], why)));
+    if let Err(e) = sent {
+        log_warn!(None, "bootstrap root: could not tell rank {rank} why: {e}");
     }
 }
 

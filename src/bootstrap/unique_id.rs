@@ -63,7 +63,7 @@ impl UniqueId {
     /// Starts a root rendezvous listening on `addr` whose waits are bounded by `config.timeout`.
     pub fn bind_with(addr: SocketAddr, config: &Config) -> Result<UniqueId> {
         let token = random_token()?;
-        let bound = root::spawn(addr, token, config.timeout)?;
+        let bound = root::spawn(addr, token, config)?;
         Ok(UniqueId::from_parts(token, bound))
     }
 

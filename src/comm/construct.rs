@@ -98,17 +98,13 @@ impl Communicator {
             Rendezvous::Root { addr, token } => {
                 if env.rank == 0 {
                     // Bind the wildcard address if the name resolves to another host's view of us.
-                    let bound = root::spawn(addr, token, config.timeout).or_else(|_| {
+                    let bound = root::spawn(addr, token, &config).or_else(|_| {
                         let any = if addr.is_ipv4() {
                             std::net::Ipv4Addr::UNSPECIFIED.into()
                         } else {
                             std::net::Ipv6Addr::UNSPECIFIED.into()
                         };
-                        root::spawn(
-                            std::net::SocketAddr::new(any, addr.port()),
-                            token,
-                            config.timeout,
-                        )
+                        root::spawn(std::net::SocketAddr::new(any, addr.port()), token, &config)
                     })?;
                     log_info!(
                         Some(0),

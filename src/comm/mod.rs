@@ -14,8 +14,8 @@
 
 mod board;
 mod construct;
-mod lazy;
 mod elastic;
+mod lazy;
 mod measure;
 mod run;
 mod stage;

@@ -1,7 +1,7 @@
 //! How one kind of setting is read from its variable, shown, and range-checked:
 //! the column of the parameter table that says what a value may be.
 
-use super::{parse_bytes, AlgoOverride, NetTransport};
+use super::{parse_bytes, AlgoOverride, NetTransport, TlsPolicy};
 use crate::debug::DebugLevel;
 use crate::error::{Error, Result};
 use std::path::PathBuf;
@@ -280,6 +280,31 @@ impl Kind for Net {
     }
     fn allowed(&self) -> String {
         "IB or Socket".into()
+    }
+    fn empty_is_default(&self) -> bool {
+        true
+    }
+}
+
+/// Which links carry TLS: off, cross-pod, cross-host or all.
+pub(crate) struct Tls;
+
+impl Kind for Tls {
+    type Value = TlsPolicy;
+    fn parse(&self, var: &str, v: &str) -> Result<TlsPolicy> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "off" | "0" | "no" => Ok(TlsPolicy::Off),
+            "cross-pod" => Ok(TlsPolicy::CrossPod),
+            "cross-host" => Ok(TlsPolicy::CrossHost),
+            "all" => Ok(TlsPolicy::All),
+            _ => Err(bad(var, v, &self.allowed())),
+        }
+    }
+    fn show(&self, v: &TlsPolicy) -> String {
+        v.name().into()
+    }
+    fn allowed(&self) -> String {
+        "off, cross-pod, cross-host or all".into()
     }
     fn empty_is_default(&self) -> bool {
         true

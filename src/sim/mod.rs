@@ -22,7 +22,7 @@ mod net;
 mod report;
 
 pub use engine::{Cache, HostModel};
-pub use net::{parse_link, Cluster, Network};
+pub use net::{parse_link, Cluster, Network, TLS_NS_PER_BYTE};
 pub use report::{bus_factor, chart, Row, Series};
 
 use crate::algo::{build, Call};

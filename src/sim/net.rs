@@ -3,8 +3,16 @@
 //! hosts with fewer cores than ranks. Built from a JSON model or by
 //! [`Cluster::build`].
 
+use crate::config::TlsPolicy;
 use crate::error::{Error, Result};
 use crate::topo::{Host, LinkClass, LinkCost, Pods, Topology};
+
+/// Time TLS 1.3 adds to a byte on an encrypted link, in ns: the sender's encryption
+/// (AES-256-GCM, rustls with ring; the receiver decrypts the previous record
+/// meanwhile), measured by `cargo run --release --example tls_cost` on the 2-core
+/// AMD EPYC machine (0.56-0.61 ns/B encrypt, 0.48-0.82 decrypt; docs/performance.md).
+/// It predicts 93% of plaintext on the 1 Gbit/s emulated link, as measured there.
+pub const TLS_NS_PER_BYTE: f64 = 0.6;
 
 /// The network a simulation runs over.
 #[derive(Debug, Clone)]
@@ -32,6 +40,38 @@ impl Network {
             pod_link,
             cores: None,
         }
+    }
+
+    /// This network with TLS on the links `policy` (`MIXCCL_TLS`) encrypts: each of
+    /// their bytes also costs [`TLS_NS_PER_BYTE`], in series with the wire (the
+    /// sending rank encrypts before the kernel sends). `cross-host` and `all` slow
+    /// every host's network link; `cross-pod` the pods' uplink, whose bytes the pod's
+    /// hosts encrypt in parallel (an approximation: the engine has no per-message
+    /// cost by pod), or without pods every host's network link.
+    pub fn with_tls(mut self, policy: TlsPolicy) -> Network {
+        let slow = |l: &mut LinkCost, per_byte: f64| {
+            // GB/s is bytes per ns.
+            l.bw_gbs = 1.0 / (1.0 / l.bw_gbs + per_byte);
+        };
+        match policy {
+            TlsPolicy::Off => {}
+            TlsPolicy::CrossPod if self.pod_link.is_some() => {
+                let hosts = self.topo.hosts.len() / self.topo.npods().max(1);
+                let per_byte = TLS_NS_PER_BYTE / hosts.max(1) as f64;
+                if let Some(l) = &mut self.pod_link {
+                    slow(l, per_byte);
+                }
+                if let Some(p) = &mut self.topo.pods {
+                    slow(&mut p.uplink, per_byte);
+                }
+            }
+            _ => {
+                for h in &mut self.topo.hosts {
+                    slow(&mut h.net, TLS_NS_PER_BYTE);
+                }
+            }
+        }
+        self
     }
 
     /// The smallest number of ranks `P` such that rank `r` and rank `r + P` see the
@@ -178,4 +218,32 @@ pub fn parse_link(s: &str) -> Result<LinkCost> {
         bw_gbs: gbit / 8.0,
         measured: false,
     })
+}
+
+#[cfg(test)]
+mod tls_cost_tests {
+    use super::*;
+
+    #[test]
+    fn tls_slows_the_links_it_encrypts() {
+        let intra = parse_link("shm:5,32").unwrap();
+        let inter = parse_link("tcp:20,10").unwrap();
+        let mut c = Cluster::new(4, 2, intra, inter);
+        let plain = c.build().unwrap();
+        let want = 1.0 / (1.0 / inter.bw_gbs + TLS_NS_PER_BYTE);
+        let host = plain.clone().with_tls(TlsPolicy::CrossHost);
+        for h in &host.topo.hosts {
+            assert!((h.net.bw_gbs - want).abs() < 1e-12);
+            assert_eq!(h.intra.bw_gbs, intra.bw_gbs);
+        }
+        let off = plain.clone().with_tls(TlsPolicy::Off);
+        assert_eq!(off.topo.hosts[0].net.bw_gbs, inter.bw_gbs);
+        // With pods, cross-pod slows the uplink only (2 hosts per pod encrypt it).
+        c.pods = 2;
+        c.pod_link = Some(parse_link("tcp:5000,10").unwrap());
+        let pods = c.build().unwrap().with_tls(TlsPolicy::CrossPod);
+        assert_eq!(pods.topo.hosts[0].net.bw_gbs, inter.bw_gbs);
+        let up = 1.0 / (1.0 / 1.25 + TLS_NS_PER_BYTE / 2.0);
+        assert!((pods.pod_link.unwrap().bw_gbs - up).abs() < 1e-12);
+    }
 }

@@ -98,6 +98,49 @@ impl Transport for Tcp {
     }
 }
 
+/// TCP links with TLS on every lane and the control socket.
+struct TlsTcp;
+
+impl Transport for TlsTcp {
+    type End = TcpLink;
+    const KIND: LinkClass = LinkClass::Tcp;
+    const RECV_WITH: bool = false;
+    const READ_REMOTE: bool = false;
+    const DATA_SEES_CLOSE: bool = true;
+
+    fn pair() -> Option<(TcpLink, TcpLink)> {
+        let c = super::tcp::tls::tests::certs();
+        let ctx = [c.good[0].context().ok()?, c.good[1].context().ok()?];
+        let (listeners, addrs) = loopback_listeners();
+        let (mut zero, mut one) = both(|rank| {
+            let spec = MeshSpec {
+                rank,
+                addrs: &addrs,
+                use_tcp: &[rank != 0, rank != 1],
+                token: [0x5d; 16],
+                nsocks: 3,
+                socket_buffer: 64 << 10,
+                same_host: &[true, true],
+                tls: Some(&ctx[rank]),
+                encrypt: &[rank != 0, rank != 1],
+                deadline: Instant::now() + Duration::from_secs(20),
+            };
+            super::tcp::connect_mesh(&spec, &listeners[rank])
+                .unwrap_or_else(|e| panic!("tls links of rank {rank}: {e}"))
+        });
+        Some((zero[1].take()?, one[0].take()?))
+    }
+
+    fn link(end: &mut TcpLink) -> &mut dyn Link {
+        end
+    }
+
+    fn die(end: TcpLink) {
+        shut_down_sockets(&end);
+        std::mem::forget(end);
+    }
+}
+
 struct Shm;
 
 impl Transport for Shm {
@@ -224,6 +267,8 @@ fn tcp_links(
         nsocks: 3,
         socket_buffer: 64 << 10,
         same_host: &[true, true],
+        tls: None,
+        encrypt: &[],
         deadline: Instant::now() + Duration::from_secs(20),
     };
     super::tcp::connect_mesh(&spec, &listeners[rank])
@@ -888,4 +933,4 @@ macro_rules! conformance {
     )*};
 }
 
-conformance!(mem: Mem, tcp: Tcp, shm: Shm, rdma: Rdma);
+conformance!(mem: Mem, tcp: Tcp, tls: TlsTcp, shm: Shm, rdma: Rdma);

@@ -54,7 +54,8 @@ Flags:
                                   time (approximate; default all)
   -J, --json FILE                 also write the rows as JSON
   --plan-only                     print the planner's choice per size (and rank count), simulate nothing
-The library's MIXCCL_* settings (chunk size, pieces, lanes, call headers) apply as in a run.
+The library's MIXCCL_* settings (chunk size, pieces, lanes, call headers) apply as in a run;
+MIXCCL_TLS charges TLS's CPU cost per byte to the links it encrypts.
 Sizes are nccl-tests' (all_gather: the whole output); data type float, op sum.";
 
 struct Args {
@@ -261,9 +262,13 @@ fn network(a: &Args) -> Result<Network, String> {
     match &a.topo {
         Some(path) => {
             let t = Topology::load(std::path::Path::new(path)).map_err(|e| e.to_string())?;
-            Ok(Network::from_topology(t))
+            Ok(Network::from_topology(t).with_tls(a.settings.config.tls))
         }
-        None => a.cluster.build().map_err(|e| e.to_string()),
+        None => a
+            .cluster
+            .build()
+            .map(|n| n.with_tls(a.settings.config.tls))
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -363,7 +368,10 @@ fn scale(a: &Args) -> Result<(), String> {
             n *= 2;
             continue;
         }
-        let net = c.build().map_err(|e| e.to_string())?;
+        let net = c
+            .build()
+            .map_err(|e| e.to_string())?
+            .with_tls(a.settings.config.tls);
         let sim = Simulator::new(net, a.settings.clone());
         if a.plan_only {
             let picks: Vec<String> = a

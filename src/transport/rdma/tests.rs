@@ -32,6 +32,8 @@ fn two_ranks(config: &Config, same_host: bool) -> Vec<Result<Links>> {
                         nsocks: 2,
                         socket_buffer: 0,
                         same_host: &[false, false],
+                        tls: None,
+                        encrypt: &[],
                         deadline,
                     },
                     &l,

@@ -7,7 +7,9 @@
 //! communicators sharing one listener (a communicator and those shrunk from it)
 //! share.
 
+use super::link::TlsSessions;
 use super::mesh::{read_hello, remaining, tune_socket, DataHello, Pending, DATA_HELLO_LEN};
+use super::tls::{self, TlsContext, TlsStream};
 use super::{connect_retry, TcpLink};
 use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
@@ -36,8 +38,9 @@ struct AcceptState {
     pending: Vec<Pending>,
     /// Tokens of the communicators using this listener; others are refused.
     live: Vec<[u8; 16]>,
-    /// Admitted sockets by (token, sender rank): the rank addressed and one slot per lane.
-    arrived: HashMap<([u8; 16], u32), (u32, Vec<Option<TcpStream>>)>,
+    /// Admitted sockets by (token, sender rank): the rank addressed and one slot per
+    /// lane, with its TLS session where the sender opened one.
+    arrived: HashMap<([u8; 16], u32), ArrivedLanes>,
 }
 
 impl Acceptor {
@@ -73,8 +76,8 @@ impl Acceptor {
     }
 
     /// Accepts what the listener has and reads the handshakes that have arrived,
-    /// without blocking.
-    fn pump(&self, me: usize) -> Result<()> {
+    /// without blocking; `ctx` answers senders that open TLS.
+    fn pump(&self, me: usize, ctx: Option<&TlsContext>) -> Result<()> {
         let mut st = self.state();
         loop {
             match self.listener.accept() {
@@ -93,6 +96,7 @@ impl Acceptor {
                         stream,
                         from,
                         buf: Vec::with_capacity(DATA_HELLO_LEN),
+                        tls: None,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -108,11 +112,28 @@ impl Acceptor {
         }
         let mut i = 0;
         while i < st.pending.len() {
-            match read_hello(&mut st.pending[i]) {
+            match read_hello(&mut st.pending[i], ctx) {
                 Ok(None) => i += 1,
                 Ok(Some(h)) => {
-                    let p = st.pending.swap_remove(i);
-                    if let Err(why) = st.admit(&h, p.stream) {
+                    let mut p = st.pending.swap_remove(i);
+                    if let Some(t) = &mut p.tls {
+                        // The connecting rank waits for this before going on; whether
+                        // the link had to be encrypted is checked when a call takes it.
+                        let fd = p.stream.as_raw_fd();
+                        if let Err(e) = t.queue(&[tls::ADMITTED]).and_then(|_| t.flush(fd)) {
+                            log_warn!(
+                                Some(me),
+                                "rejected connection from {}: sending the TLS ack: {e}",
+                                p.from
+                            );
+                            continue;
+                        }
+                    }
+                    let arrived = Arrived {
+                        stream: p.stream,
+                        tls: p.tls,
+                    };
+                    if let Err(why) = st.admit(&h, arrived) {
                         log_warn!(Some(me), "rejected connection from {}: {why}", p.from);
                     }
                 }
@@ -126,7 +147,7 @@ impl Acceptor {
     }
 
     /// The lanes `from` opened to rank `to` for `token` once all have arrived.
-    fn take(&self, token: [u8; 16], from: usize, to: usize) -> Option<Vec<TcpStream>> {
+    fn take(&self, token: [u8; 16], from: usize, to: usize) -> Option<Vec<Arrived>> {
         let mut st = self.state();
         let key = (token, from as u32);
         let (addressed, lanes) = st.arrived.get(&key)?;
@@ -140,17 +161,25 @@ impl Acceptor {
     fn poll_fds(&self) -> Vec<libc::pollfd> {
         let st = self.state();
         let mut fds = vec![sys::pollfd(self.listener.as_raw_fd(), libc::POLLIN)];
-        fds.extend(
-            st.pending
-                .iter()
-                .map(|p| sys::pollfd(p.stream.as_raw_fd(), libc::POLLIN)),
-        );
+        fds.extend(st.pending.iter().map(|p| {
+            let events = p.tls.as_ref().map_or(libc::POLLIN, TlsStream::events);
+            sys::pollfd(p.stream.as_raw_fd(), events)
+        }));
         fds
     }
 }
 
+/// The rank a sender addressed and its lanes, one slot each, as they arrive.
+type ArrivedLanes = (u32, Vec<Option<Arrived>>);
+
+/// An admitted socket and its TLS session, if the sender opened one.
+struct Arrived {
+    stream: TcpStream,
+    tls: Option<TlsStream>,
+}
+
 impl AcceptState {
-    fn admit(&mut self, h: &DataHello, stream: TcpStream) -> std::result::Result<(), String> {
+    fn admit(&mut self, h: &DataHello, stream: Arrived) -> std::result::Result<(), String> {
         if !self.live.contains(&h.token) {
             return Err("wrong communicator token".into());
         }
@@ -190,19 +219,32 @@ pub(crate) struct LazySpec<'a> {
     pub socket_buffer: usize,
     /// `same_host[p]`: rank p has this rank's host identity.
     pub same_host: &'a [bool],
+    /// This rank's TLS certificates (`MIXCCL_TLS` not off).
+    pub tls: Option<&'a TlsContext>,
+    /// `encrypt[p]`: the link to rank p must carry TLS (`tls::encrypted_peers`).
+    pub encrypt: &'a [bool],
     pub deadline: Instant,
     /// Set from another thread to give up (`AbortHandle`).
     pub abort: &'a AtomicBool,
 }
 
 impl LazySpec<'_> {
-    fn buffer_for(&self, peer: usize) -> usize {
+    /// SO_SNDBUF/SO_RCVBUF for socket `s` to `peer`, as `MeshSpec::buffer_for`: the
+    /// setting if given, else `LOCAL_SOCKET_BUFFER` on this host, and to other hosts
+    /// the kernel's autotuning unless the bandwidth-delay product needs more (`bdp`).
+    fn buffer_for(&self, peer: usize, s: &TcpStream) -> usize {
         match self.socket_buffer {
             0 if self.same_host.get(peer).copied().unwrap_or(false) => {
                 super::mesh::LOCAL_SOCKET_BUFFER
             }
+            0 => super::bdp::buffer_for_socket(s, self.nsocks),
             b => b,
         }
+    }
+
+    /// Whether the link to `peer` must carry TLS.
+    fn encrypts(&self, peer: usize) -> bool {
+        self.encrypt.get(peer).copied().unwrap_or(false)
     }
 }
 
@@ -241,6 +283,7 @@ pub(crate) fn connect_peers(
     let mut out = Vec::with_capacity(peers.len());
     for &peer in peers.iter().filter(|&&p| p < me) {
         let mut socks = Vec::with_capacity(lanes);
+        let mut sessions = Vec::new();
         for lane in 0..lanes {
             let addr = spec.addrs[peer];
             let mut s = connect_retry(addr, spec.deadline).map_err(|e| match e {
@@ -262,38 +305,70 @@ pub(crate) fn connect_peers(
                 lane: lane as u16,
                 lanes: lanes as u16,
             };
-            s.set_write_timeout(Some(remaining(spec.deadline)))
-                .and_then(|_| s.write_all(&hello.encode()))
-                .map_err(|e| Error::io(format!("sending the handshake to rank {peer}"), e))?;
-            tune_socket(&s, spec.buffer_for(peer))
+            match spec.tls.filter(|_| spec.encrypts(peer)) {
+                Some(ctx) => {
+                    let what = format!("rank {peer} at {addr}");
+                    let t = tls::connect(ctx, &s, &hello.encode(), spec.deadline, &what)?;
+                    sessions.push(Some(t));
+                }
+                None => {
+                    s.set_write_timeout(Some(remaining(spec.deadline)))
+                        .and_then(|_| s.write_all(&hello.encode()))
+                        .map_err(|e| {
+                            Error::io(format!("sending the handshake to rank {peer}"), e)
+                        })?;
+                    sessions.push(None);
+                }
+            }
+            tune_socket(&s, spec.buffer_for(peer, &s))
                 .map_err(|e| Error::io(format!("configuring the socket to rank {peer}"), e))?;
             socks.push(s);
         }
-        log_info!(Some(me), "connected rank {peer} over tcp on first use");
-        out.push(link(peer, socks));
+        let tls_lanes: Option<Vec<TlsStream>> = sessions.into_iter().collect();
+        log_info!(
+            Some(me),
+            "connected rank {peer} over tcp{} on first use",
+            if tls_lanes.is_some() { " with TLS" } else { "" }
+        );
+        out.push(link(peer, socks, tls_lanes));
     }
     let mut waiting: Vec<usize> = peers.iter().copied().filter(|&p| p > me).collect();
     loop {
-        acceptor.pump(me)?;
+        acceptor.pump(me, spec.tls)?;
         let mut i = 0;
         while i < waiting.len() {
             let peer = waiting[i];
             match acceptor.take(spec.token, peer, me) {
-                Some(socks) if socks.len() != lanes => {
+                Some(arrived) if arrived.len() != lanes => {
                     return Err(Error::invalid(format!(
                         "rank {peer} uses MIXCCL_NSOCKS={} but rank {me} uses {}",
-                        socks.len().saturating_sub(1),
+                        arrived.len().saturating_sub(1),
                         spec.nsocks
                     )));
                 }
-                Some(socks) => {
-                    for s in &socks {
-                        tune_socket(s, spec.buffer_for(peer)).map_err(|e| {
+                Some(arrived) => {
+                    let over_tls = arrived.iter().all(|a| a.tls.is_some());
+                    if spec.encrypts(peer) && !over_tls {
+                        return Err(Error::invalid(format!(
+                            "rank {peer} connected to rank {me} without TLS, but MIXCCL_TLS \
+                             encrypts this link (is MIXCCL_TLS set on rank {peer}?)"
+                        )));
+                    }
+                    let (mut socks, mut sessions) = (Vec::new(), Vec::new());
+                    for a in arrived {
+                        tune_socket(&a.stream, spec.buffer_for(peer, &a.stream)).map_err(|e| {
                             Error::io(format!("configuring the socket from rank {peer}"), e)
                         })?;
+                        socks.push(a.stream);
+                        sessions.push(a.tls);
                     }
-                    log_info!(Some(me), "accepted rank {peer} over tcp on first use");
-                    out.push(link(peer, socks));
+                    let tls_lanes: Option<Vec<TlsStream>> = sessions.into_iter().collect();
+                    log_info!(
+                        Some(me),
+                        "accepted rank {peer} over tcp{} on first use",
+                        if tls_lanes.is_some() { " with TLS" } else { "" }
+                    );
+                    out.push(link(peer, socks, tls_lanes));
                     waiting.swap_remove(i);
                 }
                 None => i += 1,
@@ -322,12 +397,17 @@ pub(crate) fn connect_peers(
     }
 }
 
-fn link(peer: usize, mut socks: Vec<TcpStream>) -> TcpLink {
+fn link(peer: usize, mut socks: Vec<TcpStream>, tls: Option<Vec<TlsStream>>) -> TcpLink {
     let control = socks.pop().expect("nsocks + 1 sockets");
+    let tls = tls.map(|mut lanes| {
+        let control = lanes.pop().expect("nsocks + 1 sessions");
+        Box::new(TlsSessions { lanes, control })
+    });
     TcpLink {
         peer,
         socks,
         control,
         ctl: ControlReader::default(),
+        tls,
     }
 }

@@ -1,8 +1,12 @@
 //! The TCP handshake: every rank listens; a rank connects `nsocks` sockets (plus a
 //! control socket) to a lower rank, which admits them after checking their hello
-//! (magic, version, token, ranks, lane). Communicators connect on first use
-//! (`lazy`); the eager mesh of every pair at once is kept for the transport tests.
+//! (magic, version, token, ranks, lane; TLS first where `MIXCCL_TLS` says). Communicators
+//! connect on first use (`lazy`); the eager mesh of every pair at once is kept for the
+//! transport tests.
 
+#[cfg(test)]
+use super::link::TlsSessions;
+use super::tls::{self, TlsContext, TlsStream};
 #[cfg(test)]
 use super::TcpLink;
 #[cfg(test)]
@@ -18,7 +22,6 @@ use std::io::{self, Read};
 #[cfg(test)]
 use std::net::TcpListener;
 use std::net::{SocketAddr, TcpStream};
-#[cfg(test)]
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -93,6 +96,10 @@ pub(crate) struct MeshSpec<'a> {
     /// `same_host[p]`: rank p has this rank's host identity (over TCP only when shared
     /// memory is off).
     pub same_host: &'a [bool],
+    /// This rank's TLS certificates (`MIXCCL_TLS` not off).
+    pub tls: Option<&'a TlsContext>,
+    /// `encrypt[p]`: the link to rank p must carry TLS (`tls::encrypted_peers`).
+    pub encrypt: &'a [bool],
     pub deadline: Instant,
 }
 
@@ -109,12 +116,18 @@ impl MeshSpec<'_> {
         self.nsocks + 1
     }
 
-    /// SO_SNDBUF/SO_RCVBUF for sockets to `peer`: the setting if given, else
-    /// [`LOCAL_SOCKET_BUFFER`] on this host and the kernel's autotuning (0) to other
-    /// hosts, whose bandwidth-delay product may be far larger.
-    fn buffer_for(&self, peer: usize) -> usize {
+    /// Whether the link to `peer` must carry TLS.
+    fn encrypts(&self, peer: usize) -> bool {
+        self.encrypt.get(peer).copied().unwrap_or(false)
+    }
+
+    /// SO_SNDBUF/SO_RCVBUF for socket `s` to `peer`: the setting if given, else
+    /// [`LOCAL_SOCKET_BUFFER`] on this host, and to other hosts the kernel's
+    /// autotuning (0) unless the bandwidth-delay product needs more (`bdp`).
+    fn buffer_for(&self, peer: usize, s: &TcpStream) -> usize {
         match self.socket_buffer {
             0 if self.same_host.get(peer).copied().unwrap_or(false) => LOCAL_SOCKET_BUFFER,
+            0 => super::bdp::buffer_for_socket(s, self.nsocks),
             b => b,
         }
     }
@@ -131,6 +144,9 @@ pub(crate) fn connect_mesh(
     let n = spec.addrs.len();
     let me = spec.rank;
     let mut socks: Vec<Vec<Option<TcpStream>>> = (0..n)
+        .map(|_| (0..spec.sockets()).map(|_| None).collect())
+        .collect();
+    let mut tls_slots: Vec<Vec<Option<TlsStream>>> = (0..n)
         .map(|_| (0..spec.sockets()).map(|_| None).collect())
         .collect();
     for (peer, lanes) in socks
@@ -155,20 +171,41 @@ pub(crate) fn connect_mesh(
                 lane: lane as u16,
                 lanes: spec.sockets() as u16,
             };
-            s.set_write_timeout(Some(remaining(spec.deadline)))
-                .and_then(|_| s.write_all(&hello.encode()))
-                .map_err(|e| Error::io(format!("sending the handshake to rank {peer}"), e))?;
-            tune_socket(&s, spec.buffer_for(peer))
+            match spec.tls.filter(|_| spec.encrypts(peer)) {
+                Some(ctx) => {
+                    let what = format!("rank {peer} at {}", spec.addrs[peer]);
+                    tls_slots[peer][lane] = Some(tls::connect(
+                        ctx,
+                        &s,
+                        &hello.encode(),
+                        spec.deadline,
+                        &what,
+                    )?);
+                }
+                None => s
+                    .set_write_timeout(Some(remaining(spec.deadline)))
+                    .and_then(|_| s.write_all(&hello.encode()))
+                    .map_err(|e| Error::io(format!("sending the handshake to rank {peer}"), e))?,
+            }
+            tune_socket(&s, spec.buffer_for(peer, &s))
                 .map_err(|e| Error::io(format!("configuring the socket to rank {peer}"), e))?;
             *slot = Some(s);
         }
     }
-    accept_peers(spec, listener, &mut socks)?;
+    accept_peers(spec, listener, &mut socks, &mut tls_slots)?;
     Ok(socks
         .into_iter()
+        .zip(tls_slots)
         .enumerate()
-        .map(|(peer, lanes)| {
+        .map(|(peer, (lanes, tls_lanes))| {
             (spec.use_tcp[peer]).then(|| {
+                let tls = tls_lanes
+                    .into_iter()
+                    .collect::<Option<Vec<TlsStream>>>()
+                    .map(|mut lanes| {
+                        let control = lanes.pop().expect("sockets() is nsocks + 1");
+                        Box::new(TlsSessions { lanes, control })
+                    });
                 let mut socks: Vec<TcpStream> = lanes
                     .into_iter()
                     .map(|s| s.expect("every lane connected"))
@@ -179,6 +216,7 @@ pub(crate) fn connect_mesh(
                     socks,
                     control,
                     ctl: ControlReader::default(),
+                    tls,
                 }
             })
         })
@@ -231,6 +269,8 @@ pub(super) struct Pending {
     pub stream: TcpStream,
     pub from: SocketAddr,
     pub buf: Vec<u8>,
+    /// The caller opened with a TLS ClientHello: the hello arrives through it.
+    pub tls: Option<TlsStream>,
 }
 
 #[cfg(test)]
@@ -238,8 +278,12 @@ fn accept_peers(
     spec: &MeshSpec<'_>,
     listener: &TcpListener,
     socks: &mut [Vec<Option<TcpStream>>],
+    tls_slots: &mut [Vec<Option<TlsStream>>],
 ) -> Result<()> {
     let me = spec.rank;
+    // Why connections were refused, for the timeout's message (TLS failures name no
+    // rank: the hello comes after the handshake).
+    let mut refused: Vec<String> = Vec::new();
     let n = spec.addrs.len();
     let missing = |socks: &[Vec<Option<TcpStream>>]| -> Vec<usize> {
         (me + 1..n)
@@ -258,17 +302,23 @@ fn accept_peers(
         }
         if Instant::now() >= spec.deadline {
             return Err(Error::Timeout {
-                op: "init: waiting for connections from higher ranks".into(),
+                op: if refused.is_empty() {
+                    "init: waiting for connections from higher ranks".into()
+                } else {
+                    format!(
+                        "init: waiting for connections from higher ranks (refused: {})",
+                        refused.join("; ")
+                    )
+                },
                 waiting_for: left,
                 after: start.elapsed(),
             });
         }
         let mut fds = vec![sys::pollfd(listener.as_raw_fd(), libc::POLLIN)];
-        fds.extend(
-            pending
-                .iter()
-                .map(|p| sys::pollfd(p.stream.as_raw_fd(), libc::POLLIN)),
-        );
+        fds.extend(pending.iter().map(|p| {
+            let events = p.tls.as_ref().map_or(libc::POLLIN, TlsStream::events);
+            sys::pollfd(p.stream.as_raw_fd(), events)
+        }));
         sys::poll(
             &mut fds,
             remaining(spec.deadline).min(Duration::from_millis(200)),
@@ -291,6 +341,7 @@ fn accept_peers(
                         stream,
                         from,
                         buf: Vec::with_capacity(DATA_HELLO_LEN),
+                        tls: None,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -300,41 +351,108 @@ fn accept_peers(
         }
         let mut i = 0;
         while i < pending.len() {
-            match read_hello(&mut pending[i]) {
+            match read_hello(&mut pending[i], spec.tls) {
                 Ok(None) => i += 1,
                 Ok(Some(hello)) => {
-                    let p = pending.swap_remove(i);
-                    match admit(spec, &hello, socks) {
+                    let mut p = pending.swap_remove(i);
+                    match admit(spec, &hello, socks, p.tls.is_some()) {
                         Ok(()) => {
-                            tune_socket(&p.stream, spec.buffer_for(hello.from as usize)).map_err(
-                                |e| {
+                            if let Some(t) = &mut p.tls {
+                                // The connecting rank waits for this before going on.
+                                let fd = p.stream.as_raw_fd();
+                                if let Err(e) = t.queue(&[tls::ADMITTED]).and_then(|_| t.flush(fd))
+                                {
+                                    refuse(
+                                        &mut refused,
+                                        me,
+                                        p.from,
+                                        format!("sending the TLS ack: {e}"),
+                                    );
+                                    continue;
+                                }
+                            }
+                            tune_socket(&p.stream, spec.buffer_for(hello.from as usize, &p.stream))
+                                .map_err(|e| {
                                     Error::io(
                                         format!("configuring the socket from rank {}", hello.from),
                                         e,
                                     )
-                                },
-                            )?;
+                                })?;
                             socks[hello.from as usize][hello.lane as usize] = Some(p.stream);
+                            tls_slots[hello.from as usize][hello.lane as usize] = p.tls;
                         }
-                        Err(why) => {
-                            log_warn!(Some(me), "rejected connection from {}: {why}", p.from)
-                        }
+                        Err(why) => refuse(&mut refused, me, p.from, why),
                     }
                 }
                 Err(why) => {
                     let p = pending.swap_remove(i);
-                    log_warn!(Some(me), "rejected connection from {}: {why}", p.from);
+                    let who = rank_hint(spec, p.from);
+                    refuse(&mut refused, me, p.from, format!("{who}{why}"));
                 }
             }
         }
     }
 }
 
-pub(super) fn read_hello(p: &mut Pending) -> std::result::Result<Option<DataHello>, String> {
+/// Logs a refused connection and keeps the first few reasons for the timeout.
+#[cfg(test)]
+fn refuse(refused: &mut Vec<String>, me: usize, from: SocketAddr, why: String) {
+    log_warn!(Some(me), "rejected connection from {from}: {why}");
+    if refused.len() < 4 {
+        refused.push(format!("{from}: {why}"));
+    }
+}
+
+/// "(rank r) " when the address is a higher rank's host, for messages about
+/// connections refused before their hello named the rank.
+#[cfg(test)]
+fn rank_hint(spec: &MeshSpec<'_>, from: SocketAddr) -> String {
+    let ranks: Vec<String> = (spec.rank + 1..spec.addrs.len())
+        .filter(|&r| spec.addrs[r].ip() == from.ip())
+        .map(|r| r.to_string())
+        .collect();
+    match ranks.len() {
+        0 => String::new(),
+        1 => format!("(rank {}) ", ranks[0]),
+        _ => format!("(one of ranks {}) ", ranks.join(", ")),
+    }
+}
+
+pub(super) fn read_hello(
+    p: &mut Pending,
+    ctx: Option<&TlsContext>,
+) -> std::result::Result<Option<DataHello>, String> {
     let mut chunk = [0u8; DATA_HELLO_LEN];
     let want = DATA_HELLO_LEN - p.buf.len();
+    if let Some(t) = &mut p.tls {
+        let fd = p.stream.as_raw_fd();
+        t.handshake_step(fd).map_err(|e| e.to_string())?;
+        if t.is_handshaking() {
+            return Ok(None);
+        }
+        return match t.recv(fd, &mut chunk[..want]).map_err(|e| e.to_string())? {
+            None => Err("closed the TLS connection before its hello".into()),
+            Some(k) => {
+                p.buf.extend_from_slice(&chunk[..k]);
+                if p.buf.len() < DATA_HELLO_LEN {
+                    return Ok(None);
+                }
+                let b: &[u8; DATA_HELLO_LEN] = p.buf[..].try_into().expect("full hello");
+                DataHello::decode(b).map(Some)
+            }
+        };
+    }
     match p.stream.read(&mut chunk[..want]) {
         Ok(0) => Err("closed before completing the handshake".into()),
+        Ok(k) if p.buf.is_empty() && chunk[0] == tls::TLS_HANDSHAKE_BYTE => {
+            let Some(ctx) = ctx else {
+                return Err("opened TLS, but MIXCCL_TLS is off on this rank".into());
+            };
+            let mut t = TlsStream::new(ctx.server().map_err(|e| e.to_string())?);
+            t.feed(&chunk[..k]).map_err(|e| e.to_string())?;
+            p.tls = Some(t);
+            read_hello(p, Some(ctx))
+        }
         Ok(k) => {
             p.buf.extend_from_slice(&chunk[..k]);
             if p.buf.len() < DATA_HELLO_LEN {
@@ -360,6 +478,7 @@ fn admit(
     spec: &MeshSpec<'_>,
     h: &DataHello,
     socks: &[Vec<Option<TcpStream>>],
+    over_tls: bool,
 ) -> std::result::Result<(), String> {
     let n = spec.addrs.len();
     if h.token != spec.token {
@@ -376,6 +495,12 @@ fn admit(
         return Err(format!(
             "claims rank {from}, expected one of {}..{n}",
             spec.rank + 1
+        ));
+    }
+    if spec.encrypts(from) && !over_tls {
+        return Err(format!(
+            "rank {from} connected without TLS, but MIXCCL_TLS encrypts this link \
+             (is MIXCCL_TLS set on rank {from}?)"
         ));
     }
     if h.lanes as usize != spec.sockets() {
@@ -396,8 +521,9 @@ fn admit(
     }
     log_info!(
         Some(spec.rank),
-        "connected rank {from} lane {} over tcp",
-        h.lane
+        "connected rank {from} lane {} over tcp{}",
+        h.lane,
+        if over_tls { " with TLS" } else { "" }
     );
     Ok(())
 }
