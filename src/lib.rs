@@ -46,7 +46,7 @@ mod wire;
 
 pub use bootstrap::launcher::{LaunchEnv, Rendezvous};
 pub use bootstrap::unique_id::UniqueId;
-pub use comm::{AbortHandle, Communicator, Transfer, TransferMem};
+pub use comm::{displacements, split_by_weight, AbortHandle, Communicator, Transfer, TransferMem};
 pub use config::{AlgoOverride, Algorithm, Collective, Config, NetTransport};
 pub use debug::DebugLevel;
 pub use device::MemRef;

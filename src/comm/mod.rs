@@ -9,15 +9,18 @@
 //! - `run`: a call's plan (memoised), its pieces and its run through the executor.
 //! - `board`: the host board's gather and the cross-memory read probe.
 //! - `stage`: collectives on buffers in any memory, staged through pinned host memory.
+//! - `uneven`: the uneven ("v") collectives, whose blocks differ in size by rank.
 
 mod board;
 mod construct;
 mod measure;
 mod run;
 mod stage;
+mod uneven;
 mod validate;
 
 pub use stage::TransferMem;
+pub use uneven::{displacements, split_by_weight};
 
 use crate::algo::{self, Call};
 use crate::bootstrap;
