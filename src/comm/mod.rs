@@ -8,11 +8,13 @@
 //! - `validate`: argument checks (buffer lengths, ranks, roots, peers).
 //! - `run`: a call's plan (memoised), its pieces and its run through the executor.
 //! - `board`: the host board's gather and the cross-memory read probe.
+//! - `fp8`: fp8 reductions, run in f32 and rounded once.
 //! - `stage`: collectives on buffers in any memory, staged through pinned host memory.
 //! - `uneven`: the uneven ("v") collectives, whose blocks differ in size by rank.
 
 mod board;
 mod construct;
+mod fp8;
 mod measure;
 mod run;
 mod stage;
@@ -66,6 +68,9 @@ pub struct Communicator {
     last_plan: Option<(Call, Algorithm, std::sync::Arc<algo::Schedule>)>,
     /// The host's board, when every rank is on this host (`transport::board`).
     board: Option<Arc<crate::transport::board::Board>>,
+    /// The type call headers name while an fp8 reduction runs widened to f32
+    /// (`fp8`), so ranks passing different fp8 formats still mismatch.
+    header_dtype: Option<DataType>,
 }
 
 /// One transfer of a [`Communicator::group`] call.
@@ -179,6 +184,9 @@ impl Communicator {
         recv: &mut [u8],
     ) -> Result<()> {
         let count = self.count_of(coll, dtype, root, send.map(<[u8]>::len), recv.len())?;
+        if let Some(fmt) = dtype.fp8().filter(|_| fp8::reduces(coll)) {
+            return self.widened(coll, dtype, fmt, op, root, send, recv);
+        }
         self.launch(coll, dtype, op, count, root, send, recv)
     }
 

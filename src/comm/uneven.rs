@@ -214,6 +214,33 @@ impl Communicator {
                 counts[self.rank]
             )));
         }
+        if let Some(fmt) = dtype.fp8() {
+            // Accumulate in f32 and round once, as the even reductions (`comm::fp8`).
+            let wide_send = send.map(|s| super::fp8::widen(fmt, s));
+            let mut wide_recv = super::fp8::widen(fmt, recv);
+            self.header_dtype = Some(dtype);
+            let r = self.reduce_scatter_v_raw(
+                DataType::F32,
+                op,
+                wide_send.as_deref(),
+                &mut wide_recv,
+                counts,
+                displs,
+            );
+            self.header_dtype = None;
+            r?;
+            let (off, len) = if send.is_some() {
+                (0, recv.len())
+            } else {
+                blocks[self.rank]
+            };
+            super::fp8::narrow(
+                fmt,
+                &wide_recv[off * 4..(off + len) * 4],
+                &mut recv[off..off + len],
+            );
+            return Ok(());
+        }
         let max = blocks.iter().map(|b| b.1).max().unwrap_or(0);
         let algo = self.uneven_algo(Collective::ReduceScatter, max);
         let c = self.call(Collective::ReduceScatter, dtype, op, 0, 0, send.is_none());

@@ -82,6 +82,22 @@ macro_rules! with_element {
                 type $T = half::bf16;
                 $body
             }
+            DataType::F8E4M3 => {
+                type $T = mixccl::F8E4M3;
+                $body
+            }
+            DataType::F8E5M2 => {
+                type $T = mixccl::F8E5M2;
+                $body
+            }
+            DataType::F8E4M3Fnuz => {
+                type $T = mixccl::F8E4M3Fnuz;
+                $body
+            }
+            DataType::F8E5M2Fnuz => {
+                type $T = mixccl::F8E5M2Fnuz;
+                $body
+            }
         }
     };
 }
