@@ -34,11 +34,13 @@ ncclResult_t mixcclUniqueIdFromHex(const char* hex, ncclUniqueId* id);
  * zero, exponent bias one more than OCP's). ncclFloat8e4m3 / ncclFloat8e5m2 are the
  * OCP formats NVIDIA uses (e4m3 max 448, e5m2 max 57344); e4m3fnuz max 240,
  * e5m2fnuz max 57344. Ranks passing different fp8 formats to one call fail with
- * ncclInvalidUsage (a mismatch), never a converted result. Reductions of fp8
- * accumulate in fp32 and round once to nearest-even, saturating to the format's
- * max for finite inputs; NaN stays NaN (see docs/algorithms.md). */
-#define mixcclFloat8e4m3fnuz ((ncclDataType_t)64)
-#define mixcclFloat8e5m2fnuz ((ncclDataType_t)65)
+ * ncclInvalidUsage (a mismatch), never a converted result. Reductions of fp8 in
+ * host memory accumulate in fp32 and round once to nearest-even, saturating to the
+ * format's max (e4m3 and FNUZ also saturate infinities; e5m2 keeps them); NaN stays
+ * NaN (see docs/algorithms.md). */
+#define MIXCCL_DATA_TYPE(v) ((ncclDataType_t)(v))
+#define mixcclFloat8e4m3fnuz MIXCCL_DATA_TYPE(64)
+#define mixcclFloat8e5m2fnuz MIXCCL_DATA_TYPE(65)
 
 /* Uneven collectives: block sizes differ by rank. Counts and displacements are in
  * elements, nranks of each, and must agree on every rank (recvcounts of

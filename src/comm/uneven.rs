@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 impl Communicator {
     /// Byte ranges `(offset, len)` of `nranks` blocks of `dtype` with element `counts`
-    /// and `displs` inside a buffer of `buf_len` bytes; `disjoint` rejects blocks that
-    /// share a byte (blocks that are written).
+    /// and `displs` inside a buffer of `buf_len` bytes (empty blocks may have any
+    /// displacement); `disjoint` rejects blocks that share a byte (blocks that are
+    /// written).
     fn v_blocks(
         &self,
         what: &str,
@@ -48,6 +49,8 @@ impl Communicator {
                 .zip(d.checked_mul(e))
                 .and_then(|(len, off)| Some((off, len, off.checked_add(len)?)));
             match range {
+                // An empty block may point anywhere: it is never touched.
+                _ if c == 0 => blocks.push((0, 0)),
                 Some((off, len, end)) if end <= buf_len => blocks.push((off, len)),
                 _ => {
                     return Err(Error::invalid(format!(
