@@ -257,7 +257,7 @@ fn different_fp8_formats_are_a_mismatch() {
                         d,
                         ReduceOp::Sum,
                         Some(&out.clone()),
-                        &mut vec![0u8; 6],
+                        &mut [0u8; 6],
                         &[6, 6, 6],
                         &[0, 6, 12],
                     ),
