@@ -22,10 +22,12 @@ pub(super) fn reduces(coll: Collective) -> bool {
 
 /// The f32 bytes of fp8 `bytes`.
 pub(super) fn widen(fmt: Format, bytes: &[u8]) -> Vec<u8> {
-    bytes
-        .iter()
-        .flat_map(|b| fmt.decode(*b).to_le_bytes())
-        .collect()
+    let lut: [f32; 256] = std::array::from_fn(|b| fmt.decode(b as u8));
+    let mut out = Vec::with_capacity(bytes.len() * 4);
+    for b in bytes {
+        out.extend_from_slice(&lut[usize::from(*b)].to_le_bytes());
+    }
+    out
 }
 
 /// `out[i]` = f32 `wide[4i..]` rounded to the format.
