@@ -49,6 +49,54 @@ ncclResult_t mixcclCommShrinkVendors(ncclComm_t comm, const char* const* vendors
     int nVendors, ncclComm_t* newcomm);
 /* ---- end of elastic communicators ---- */
 
+/* mixccl's own data types, outside NCCL's ncclDataType_t range (0..ncclNumTypes):
+ * the FNUZ fp8 formats AMD MI300 uses (no infinities, one NaN 0x80, no negative
+ * zero, exponent bias one more than OCP's). ncclFloat8e4m3 / ncclFloat8e5m2 are the
+ * OCP formats NVIDIA uses (e4m3 max 448, e5m2 max 57344); e4m3fnuz max 240,
+ * e5m2fnuz max 57344. Ranks passing different fp8 formats to one call fail with
+ * ncclInvalidUsage (a mismatch), never a converted result. Reductions of fp8 in
+ * host memory accumulate in fp32 and round once to nearest-even, saturating to the
+ * format's max (e4m3 and FNUZ also saturate infinities; e5m2 keeps them); NaN stays
+ * NaN (see docs/algorithms.md). */
+#define MIXCCL_DATA_TYPE(v) ((ncclDataType_t)(v))
+#define mixcclFloat8e4m3fnuz MIXCCL_DATA_TYPE(64)
+#define mixcclFloat8e5m2fnuz MIXCCL_DATA_TYPE(65)
+
+/* Uneven collectives: block sizes differ by rank. Counts and displacements are in
+ * elements, nranks of each, and must agree on every rank (recvcounts of
+ * AllGatherV, sendcounts of ReduceScatterV; for AlltoAllV, what rank i sends rank j
+ * is what j expects from i): ranks that disagree fail with a mismatch naming the
+ * rank, never with wrong data. They run at once (host-synchronously after the
+ * stream, not inside ncclGroupStart/End) on the ring, direct or pairwise schedule
+ * the planner picks; device buffers are staged through host memory.
+ *
+ * AllGatherV: rank p's sendcount (= recvcounts[p]) elements land at
+ *   recvbuff + displs[p]; in place when sendbuff == recvbuff + displs[rank]. */
+ncclResult_t mixcclAllGatherV(const void* sendbuff, size_t sendcount, void* recvbuff,
+                              const size_t recvcounts[], const size_t displs[],
+                              ncclDataType_t datatype, ncclComm_t comm, cudaStream_t stream);
+
+/* ReduceScatterV: block p (sendcounts[p] elements at sendbuff + displs[p]) is
+ * reduced over ranks into rank p's recvbuff (recvcount = sendcounts[rank]); in place
+ * when recvbuff == sendbuff + displs[rank]. Built-in ops only. */
+ncclResult_t mixcclReduceScatterV(const void* sendbuff, const size_t sendcounts[],
+                                  const size_t displs[], void* recvbuff, size_t recvcount,
+                                  ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm,
+                                  cudaStream_t stream);
+
+/* AlltoAllV: sendcounts[p] elements at sendbuff + sdispls[p] go to rank p; rank p's
+ * block (recvcounts[p] elements) lands at recvbuff + rdispls[p]. Out of place only. */
+ncclResult_t mixcclAlltoAllV(const void* sendbuff, const size_t sendcounts[],
+                             const size_t sdispls[], void* recvbuff, const size_t recvcounts[],
+                             const size_t rdispls[], ncclDataType_t datatype, ncclComm_t comm,
+                             cudaStream_t stream);
+
+/* Splits total into n shares in proportion to weights[n], identically on every
+ * rank (integer arithmetic, largest remainders, ties to the lower index); the shares
+ * sum to total. All-zero weights split evenly. */
+ncclResult_t mixcclSplitByWeight(size_t total, const uint64_t weights[], size_t n,
+                                 size_t shares[]);
+
 #ifdef __cplusplus
 } /* end extern "C" */
 #endif

@@ -45,6 +45,23 @@ pub(crate) struct CallHeader {
     pub bytes_from_you: u64,
 }
 
+/// Top bit of a header's `count`: the call is an uneven ("v") collective and the rest
+/// of `count` is a digest of its per-rank counts ([`counts_digest`]). No even call
+/// has 2^63 elements, so the wire layout stays as it was.
+pub(crate) const UNEVEN: u64 = 1 << 63;
+
+/// FNV-1a (64 bits) of per-rank counts, with [`UNEVEN`] set: the `count` an uneven
+/// call's header carries, equal on ranks that agree about every count.
+pub(crate) fn counts_digest(counts: &[usize]) -> u64 {
+    let h = counts
+        .iter()
+        .flat_map(|c| (*c as u64).to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    h | UNEVEN
+}
+
 /// FNV-1a, 32 bits.
 pub(crate) fn fnv32(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| {
@@ -95,6 +112,11 @@ impl CallHeader {
         match self.coll {
             Collective::SendRecv => {}
             Collective::Barrier => return s,
+            _ if self.count & UNEVEN != 0 => s.push_str(&format!(
+                " (uneven, counts digest {:#x}, {}",
+                self.count & !UNEVEN,
+                self.dtype
+            )),
             _ => s.push_str(&format!(" ({} x {}", self.count, self.dtype)),
         }
         if reduces(self.coll) {
@@ -126,6 +148,9 @@ impl CallHeader {
             return Some("data type");
         }
         if data && theirs.count != self.count {
+            if (theirs.count | self.count) & UNEVEN != 0 {
+                return Some("per-rank counts");
+            }
             return Some("count");
         }
         if reduces(self.coll) && theirs.op != self.op {

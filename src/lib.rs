@@ -46,11 +46,15 @@ mod wire;
 
 pub use bootstrap::launcher::{LaunchEnv, Rendezvous};
 pub use bootstrap::unique_id::UniqueId;
-pub use comm::{AbortHandle, Communicator, Island, RevokeHandle, Transfer, TransferMem};
+pub use comm::{
+    displacements, split_by_weight, AbortHandle, Communicator, Island, RevokeHandle, Transfer,
+    TransferMem,
+};
 pub use config::{AlgoOverride, Algorithm, Collective, Config, NetTransport, TlsPolicy};
 pub use debug::DebugLevel;
 pub use device::MemRef;
-pub use element::{DataType, Element};
+pub use element::fp8::{F8E4M3Fnuz, F8E5M2Fnuz, F8E4M3, F8E5M2};
+pub use element::{fp8, DataType, Element};
 pub use error::{DeviceError, Error, Result};
 pub use reduce::ReduceOp;
 pub use topo::Topology;

@@ -106,6 +106,38 @@ pub fn reduce_bytes(dtype: DataType, op: ReduceOp, dst: &mut [u8], src: &[u8]) {
         DataType::F32 => reduce_as::<f32>(op, dst, src),
         DataType::F64 => reduce_as::<f64>(op, dst, src),
         DataType::BF16 => reduce_as::<bf16>(op, dst, src),
+        DataType::F8E4M3 | DataType::F8E5M2 | DataType::F8E4M3Fnuz | DataType::F8E5M2Fnuz => {
+            fp8_apply(dtype, dst, src, |d, s| reduce_as::<f32>(op, d, s))
+        }
+    }
+}
+
+/// fp8 through f32: decodes `dst` (and `src`) block by block, applies `f` to the f32
+/// values (`f(dst, src)`, `src` empty when `src` is), and encodes `dst` back, rounding
+/// once per call (see `element::fp8`).
+fn fp8_apply(dtype: DataType, dst: &mut [u8], src: &[u8], f: impl Fn(&mut [u8], &[u8])) {
+    let Some(fmt) = dtype.fp8() else { return };
+    // 256 decodes per call instead of one per element.
+    let lut: [f32; 256] = std::array::from_fn(|b| fmt.decode(b as u8));
+    let mut d32 = [0f32; WIDEN_BLOCK];
+    let mut s32 = [0f32; WIDEN_BLOCK];
+    for (i, dchunk) in dst.chunks_mut(WIDEN_BLOCK).enumerate() {
+        let n = dchunk.len();
+        for (x, b) in d32.iter_mut().zip(dchunk.iter()) {
+            *x = lut[usize::from(*b)];
+        }
+        let schunk = src.get(i * WIDEN_BLOCK..i * WIDEN_BLOCK + n).unwrap_or(&[]);
+        for (x, b) in s32.iter_mut().zip(schunk) {
+            *x = lut[usize::from(*b)];
+        }
+        let sn = if schunk.is_empty() { 0 } else { n };
+        f(
+            bytemuck::cast_slice_mut(&mut d32[..n]),
+            bytemuck::cast_slice(&s32[..sn]),
+        );
+        for (b, x) in dchunk.iter_mut().zip(&d32[..n]) {
+            *b = fmt.encode(*x);
+        }
     }
 }
 
@@ -135,6 +167,9 @@ pub fn finish_avg(dtype: DataType, dst: &mut [u8], nranks: usize) {
         DataType::F32 => divide_as::<f32>(dst, nranks),
         DataType::F64 => divide_as::<f64>(dst, nranks),
         DataType::BF16 => divide_as::<bf16>(dst, nranks),
+        DataType::F8E4M3 | DataType::F8E5M2 | DataType::F8E4M3Fnuz | DataType::F8E5M2Fnuz => {
+            fp8_apply(dtype, dst, &[], |d, _| divide_as::<f32>(d, nranks))
+        }
     }
 }
 

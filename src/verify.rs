@@ -76,7 +76,8 @@ fn wrap_to(dtype: DataType, x: i128) -> i128 {
         DataType::U32 => x as u32 as i128,
         DataType::I64 => x as i64 as i128,
         DataType::U64 => x as u64 as i128,
-        DataType::F16 | DataType::F32 | DataType::F64 | DataType::BF16 => x,
+        // Floats, fp8 included, pass through.
+        _ => x,
     }
 }
 
@@ -116,6 +117,8 @@ pub fn expected_reduce(dtype: DataType, op: ReduceOp, nranks: usize, index: usiz
 fn avg_tolerance(dtype: DataType) -> f64 {
     match dtype {
         DataType::F16 | DataType::BF16 => 1e-2,
+        DataType::F8E4M3 | DataType::F8E4M3Fnuz => 0.0625,
+        DataType::F8E5M2 | DataType::F8E5M2Fnuz => 0.125,
         DataType::F32 => 1e-6,
         _ => 1e-12,
     }

@@ -104,7 +104,8 @@ pub(crate) struct CollCall {
 pub(crate) fn dtype_of(v: c_int) -> Outcome<DataType> {
     DataType::from_nccl(v).ok_or_else(|| {
         Failure::invalid(format!(
-            "datatype {v} is not an ncclDataType_t (0..=9, ncclInt8..ncclBfloat16)"
+            "datatype {v} is not an ncclDataType_t (0..=11, ncclInt8..ncclFloat8e5m2) nor \
+             mixcclFloat8e4m3fnuz (64) or mixcclFloat8e5m2fnuz (65)"
         ))
     })
 }
@@ -614,7 +615,7 @@ mod tests {
         );
         assert!(CollCall::new(Kind::AllReduce, &c, c.facts().unwrap(), args(0, 0, 0)).is_ok());
         let mut a = args(8, 0x1000, 1);
-        a.dtype = 10;
+        a.dtype = 12;
         assert!(CollCall::new(Kind::AllReduce, &c, c.facts().unwrap(), a).is_err());
         a.dtype = 0;
         a.op = 5;

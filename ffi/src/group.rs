@@ -55,6 +55,11 @@ pub(crate) fn start() -> Outcome {
     Ok(())
 }
 
+/// Whether this thread has a group open (calls are being recorded).
+pub(crate) fn open() -> bool {
+    GROUP.with(|g| g.borrow().depth > 0)
+}
+
 /// `ncclGroupEnd`.
 pub(crate) fn end() -> Outcome<Progress> {
     let (calls, error) = GROUP

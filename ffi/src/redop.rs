@@ -106,6 +106,12 @@ pub(crate) fn scaled_copy(dtype: DataType, input: &[u8], scalar: Scalar) -> Outc
         }
         DataType::F32 => scale::<f32>(&mut out, &s, |a, b| a * b),
         DataType::F64 => scale::<f64>(&mut out, &s, |a, b| a * b),
+        // fp8: the product in f32, rounded once to the format.
+        DataType::F8E4M3 | DataType::F8E5M2 | DataType::F8E4M3Fnuz | DataType::F8E5M2Fnuz => {
+            if let Some(f) = dtype.fp8() {
+                scale::<u8>(&mut out, &s, |a, b| f.encode(f.decode(a) * f.decode(b)))
+            }
+        }
     }
     Ok(out)
 }
@@ -161,12 +167,16 @@ mod tests {
             DataType::BF16 => as_t::<bf16>(values),
             DataType::F32 => as_t::<f32>(values),
             DataType::F64 => as_t::<f64>(values),
+            DataType::F8E4M3 => as_t::<mixccl::F8E4M3>(values),
+            DataType::F8E5M2 => as_t::<mixccl::F8E5M2>(values),
+            DataType::F8E4M3Fnuz => as_t::<mixccl::F8E4M3Fnuz>(values),
+            DataType::F8E5M2Fnuz => as_t::<mixccl::F8E5M2Fnuz>(values),
         }
     }
 
     #[test]
     fn scaling_covers_every_dtype_unaligned() {
-        for d in DataType::ALL {
+        for d in DataType::EVERY {
             let mut s = [0u8; 8];
             s[..d.size()].copy_from_slice(&enc(d, &[3.0]));
             let mut input = vec![0xAB];

@@ -39,6 +39,16 @@ DTYPES = {
     torch.float64: 8,
     torch.bfloat16: 9,
 }
+# fp8: NCCL's values for the OCP formats, mixccl's own (outside NCCL's range) for the
+# FNUZ formats AMD MI300 uses; ranks passing different formats get a mismatch.
+for _name, _value in (
+    ("float8_e4m3fn", 10),
+    ("float8_e5m2", 11),
+    ("float8_e4m3fnuz", 64),
+    ("float8_e5m2fnuz", 65),
+):
+    if hasattr(torch, _name):
+        DTYPES[getattr(torch, _name)] = _value
 # Unsigned 32/64-bit tensors exist in recent torch versions only.
 if hasattr(torch, "uint32"):
     DTYPES[torch.uint32] = 3
@@ -108,6 +118,7 @@ def load():
         )
     c_int, c_size_t, vp = ctypes.c_int, ctypes.c_size_t, ctypes.c_void_p
     comm_p = ctypes.POINTER(vp)
+    sizes = ctypes.POINTER(c_size_t)
     sig = {
         "ncclGetUniqueId": [ctypes.POINTER(UniqueId)],
         "ncclCommInitRank": [comm_p, c_int, UniqueId, c_int],
@@ -122,6 +133,9 @@ def load():
         "ncclAlltoAll": [vp, vp, c_size_t, c_int, vp, vp],
         "ncclSend": [vp, c_size_t, c_int, c_int, vp, vp],
         "ncclRecv": [vp, c_size_t, c_int, c_int, vp, vp],
+        "mixcclAllGatherV": [vp, c_size_t, vp, sizes, sizes, c_int, vp, vp],
+        "mixcclReduceScatterV": [vp, sizes, sizes, vp, c_size_t, c_int, c_int, vp, vp],
+        "mixcclAlltoAllV": [vp, sizes, sizes, vp, sizes, sizes, c_int, vp, vp],
         "ncclGroupStart": [],
         "ncclGroupEnd": [],
     }
@@ -141,3 +155,17 @@ def describe(lib, code, comm):
     name = RESULT_NAMES.get(code, f"ncclResult {code}")
     detail = lib.ncclGetLastError(comm) or b""
     return name, detail.decode(errors="replace")
+
+
+def size_array(values):
+    """A C array of size_t (counts or displacements of the uneven calls)."""
+    return (ctypes.c_size_t * len(values))(*values)
+
+
+def displacements(counts):
+    """Blocks laid end to end: the prefix sums of `counts`."""
+    out, at = [], 0
+    for c in counts:
+        out.append(at)
+        at += c
+    return out

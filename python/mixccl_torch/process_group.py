@@ -562,6 +562,8 @@ class ProcessGroupMixccl(dist.ProcessGroup):
         outs = _one(output_tensors, "allgather")
         if len(outs) != self._size:
             raise ValueError(f"allgather needs {self._size} output tensors, got {len(outs)}")
+        if any(o.numel() != inp.numel() for o in outs):
+            return self._allgather_v(output_tensors, outs, inp)
         src = _Buffer(inp)
         flat = torch.empty((self._size,) + tuple(inp.shape), dtype=inp.dtype, device=inp.device)
         dst = _Buffer(flat)
@@ -578,6 +580,38 @@ class ProcessGroupMixccl(dist.ProcessGroup):
                 o.copy_(flat[i].view(o.shape))
 
         return self._submit("allgather", launch, finish, output_tensors, (src, dst))
+
+    def _allgather_v(self, result, outs, inp):
+        """all_gather into outputs of different sizes: mixcclAllGatherV."""
+        if outs[self._rank].numel() != inp.numel():
+            raise ValueError(
+                f"allgather output {self._rank} holds {outs[self._rank].numel()} elements "
+                f"but this rank's input {inp.numel()}"
+            )
+        src = _Buffer(inp)
+        per = 2 if inp.is_complex() else 1
+        counts = [o.numel() * per for o in outs]
+        flat = torch.empty(sum(o.numel() for o in outs), dtype=inp.dtype, device=inp.device)
+        dst = _Buffer(flat)
+        c_counts = _lib.size_array(counts)
+        c_displs = _lib.size_array(_lib.displacements(counts))
+        comm, lib = self._comm, self._lib
+
+        def launch(stream):
+            self._check(
+                lib.mixcclAllGatherV(
+                    src.ptr, src.count, dst.ptr, c_counts, c_displs, src.dtype, comm, stream
+                ),
+                "mixcclAllGatherV",
+            )
+
+        def finish():
+            at = 0
+            for o in outs:
+                o.copy_(flat[at : at + o.numel()].view(o.shape))
+                at += o.numel()
+
+        return self._submit("allgather", launch, finish, result, (src, dst))
 
     def _reduce_scatter_base(self, output, input, opts=None):
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM, input)
@@ -601,8 +635,36 @@ class ProcessGroupMixccl(dist.ProcessGroup):
         ins = _one(input_tensors, "reduce_scatter")
         if len(ins) != self._size:
             raise ValueError(f"reduce_scatter needs {self._size} inputs, got {len(ins)}")
+        if any(i.numel() != out.numel() for i in ins):
+            return self._reduce_scatter_v(output_tensors, out, ins, opts)
         flat = torch.stack([i.reshape(out.shape) for i in ins])
         return self._reduce_scatter_base(out, flat, opts)
+
+    def _reduce_scatter_v(self, result, out, ins, opts):
+        """reduce_scatter of inputs of different sizes: mixcclReduceScatterV."""
+        op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM, out)
+        if ins[self._rank].numel() != out.numel():
+            raise ValueError(
+                f"reduce_scatter input {self._rank} holds {ins[self._rank].numel()} elements "
+                f"but the output {out.numel()}"
+            )
+        flat = torch.cat([i.reshape(-1) for i in ins])
+        src, dst = _Buffer(flat), _Buffer(out)
+        per = 2 if out.is_complex() else 1
+        counts = [i.numel() * per for i in ins]
+        c_counts = _lib.size_array(counts)
+        c_displs = _lib.size_array(_lib.displacements(counts))
+        comm, lib = self._comm, self._lib
+
+        def launch(stream):
+            self._check(
+                lib.mixcclReduceScatterV(
+                    src.ptr, c_counts, c_displs, dst.ptr, dst.count, dst.dtype, op, comm, stream
+                ),
+                "mixcclReduceScatterV",
+            )
+
+        return self._submit("reduce_scatter", launch, dst.copy_back, result, (src, dst))
 
     def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts=None):
         n = self._size
@@ -619,9 +681,31 @@ class ProcessGroupMixccl(dist.ProcessGroup):
                 )
 
             return self._submit("alltoall", launch, dst.copy_back, [output], (src, dst))
-        ins = list(torch.split(input, list(input_split_sizes) or input.shape[0] // n))
-        outs = list(torch.split(output, list(output_split_sizes) or output.shape[0] // n))
-        return self._pairwise("alltoall", outs, ins, [output])
+        # Uneven splits along dim 0: mixcclAlltoAllV, counts in elements.
+        in_splits = list(input_split_sizes) or [input.shape[0] // n] * n
+        out_splits = list(output_split_sizes) or [output.shape[0] // n] * n
+        if len(in_splits) != n or len(out_splits) != n:
+            raise ValueError(f"alltoall needs {n} split sizes per side")
+        if sum(in_splits) != input.shape[0] or sum(out_splits) != output.shape[0]:
+            raise ValueError("alltoall split sizes must add up to the tensors' first dimension")
+        src, dst = _Buffer(input), _Buffer(output)
+        in_row = src.count // max(input.shape[0], 1)
+        out_row = dst.count // max(output.shape[0], 1)
+        sc = [s * in_row for s in in_splits]
+        rc = [s * out_row for s in out_splits]
+        arrays = [_lib.size_array(a) for a in (sc, _lib.displacements(sc), rc, _lib.displacements(rc))]
+        comm, lib = self._comm, self._lib
+
+        def launch(stream):
+            self._check(
+                lib.mixcclAlltoAllV(
+                    src.ptr, arrays[0], arrays[1], dst.ptr, arrays[2], arrays[3], src.dtype,
+                    comm, stream,
+                ),
+                "mixcclAlltoAllV",
+            )
+
+        return self._submit("alltoall", launch, dst.copy_back, [output], (src, dst))
 
     def alltoall(self, output_tensors, input_tensors, opts=None):
         return self._pairwise("alltoall", output_tensors, input_tensors, output_tensors)

@@ -396,8 +396,59 @@ def fake_device(rank, world):
 
 OUT = None  # this rank's result file (main sets it)
 
+def uneven(rank, world):
+    """Uneven all_gather / reduce_scatter / all_to_all_single (the mixccl*V calls)
+    and fp8 tensors, against references each rank computes from every rank's input."""
+    ck = Checker()
+    sizes = [(2, 0, 5, 1)[r % 4] + r // 4 for r in range(world)]
+    for dtype in (torch.float32, torch.int64, torch.bfloat16):
+        ins = [values(r, sizes[r], dtype) for r in range(world)]
+        outs = [torch.zeros(sizes[r], dtype=dtype) for r in range(world)]
+        dist.all_gather(outs, ins[rank].clone())
+        for r in range(world):
+            ck.same(f"all_gather uneven {dtype} from {r}", outs[r], ins[r])
+        for name in ("sum", "max"):
+            blocks = [[values(r, sizes[j], dtype, j) for j in range(world)] for r in range(world)]
+            out = torch.zeros(sizes[rank], dtype=dtype)
+            dist.reduce_scatter(out, [b.clone() for b in blocks[rank]], op=OPS[name])
+            want = reference(name, [blocks[r][rank] for r in range(world)], dtype)
+            ck.same(f"reduce_scatter uneven {name} {dtype}", out, want)
+        # all_to_all_single: rank i sends (i + 2j) % 3 rows of 4 to rank j.
+        rows = lambda i, j: (i + 2 * j) % 3  # noqa: E731
+        send_splits = [rows(rank, j) for j in range(world)]
+        recv_splits = [rows(i, rank) for i in range(world)]
+        inp = torch.cat([
+            (torch.arange(rows(rank, j) * 4) + 100 * rank + 10 * j).to(dtype).view(-1, 4)
+            for j in range(world)
+        ])
+        out = torch.zeros(sum(recv_splits), 4, dtype=dtype)
+        dist.all_to_all_single(out, inp, recv_splits, send_splits)
+        want = torch.cat([
+            (torch.arange(rows(i, rank) * 4) + 100 * i + 10 * rank).to(dtype).view(-1, 4)
+            for i in range(world)
+        ])
+        ck.same(f"all_to_all_single uneven {dtype}", out, want)
+    for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
+        if not hasattr(torch, name):
+            continue
+        dtype = getattr(torch, name)
+        ins = [values(r, 1031, torch.float64) for r in range(world)]
+        for op in ("sum", "max", "min"):
+            t = ins[rank].to(dtype)
+            dist.all_reduce(t, op=OPS[op])
+            want = reference(op, ins, torch.float64).to(dtype)
+            ck.same(f"all_reduce {op} {name}", t.view(torch.uint8), want.view(torch.uint8))
+        outs = [torch.zeros(sizes[r], dtype=dtype) for r in range(world)]
+        dist.all_gather(outs, ins[rank][: sizes[rank]].to(dtype))
+        for r in range(world):
+            ck.same(f"all_gather uneven {name} from {r}", outs[r].view(torch.uint8),
+                    ins[r][: sizes[r]].to(dtype).view(torch.uint8))
+    return {"checked": ck.checked, "failures": ck.failures}
+
+
 SCENARIOS = {
     "collectives": collectives,
+    "uneven": uneven,
     "ddp": ddp,
     "killed_peer": killed_peer,
     "silent_peer": silent_peer,

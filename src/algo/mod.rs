@@ -15,6 +15,7 @@ mod pairwise;
 mod ring;
 pub(crate) use ring::owned_blocks;
 pub(crate) mod tree;
+pub(crate) mod uneven;
 
 use crate::config::{Algorithm, Collective};
 use crate::element::DataType;

@@ -215,6 +215,7 @@ impl Communicator {
             staging: Default::default(),
             last_plan: None,
             board: None,
+            header_dtype: None,
         })
     }
 

@@ -10,19 +10,24 @@
 //! - `validate`: argument checks (buffer lengths, ranks, roots, peers).
 //! - `run`: a call's plan (memoised), its pieces and its run through the executor.
 //! - `board`: adopting the host's board and the cross-memory read probe.
+//! - `fp8`: fp8 reductions, run in f32 and rounded once.
 //! - `stage`: collectives on buffers in any memory, staged through pinned host memory.
+//! - `uneven`: the uneven ("v") collectives, whose blocks differ in size by rank.
 
 mod board;
 mod construct;
 mod elastic;
+mod fp8;
 mod lazy;
 mod measure;
 mod run;
 mod stage;
+mod uneven;
 mod validate;
 
 pub use elastic::{Island, RevokeHandle};
 pub use stage::TransferMem;
+pub use uneven::{displacements, split_by_weight};
 
 use crate::algo::{self, Call};
 use crate::bootstrap;
@@ -70,6 +75,9 @@ pub struct Communicator {
     last_plan: Option<(Call, Algorithm, std::sync::Arc<algo::Schedule>)>,
     /// The host's board, when every rank is on this host (`transport::board`).
     board: Option<Arc<crate::transport::board::Board>>,
+    /// The type call headers name while an fp8 reduction runs widened to f32
+    /// (`fp8`), so ranks passing different fp8 formats still mismatch.
+    header_dtype: Option<DataType>,
 }
 
 /// One transfer of a [`Communicator::group`] call.
@@ -184,6 +192,9 @@ impl Communicator {
         recv: &mut [u8],
     ) -> Result<()> {
         let count = self.count_of(coll, dtype, root, send.map(<[u8]>::len), recv.len())?;
+        if let Some(fmt) = dtype.fp8().filter(|_| fp8::reduces(coll)) {
+            return self.widened(coll, dtype, fmt, op, root, send, recv);
+        }
         self.launch(coll, dtype, op, count, root, send, recv)
     }
 

@@ -196,7 +196,7 @@ impl Communicator {
         let header = self.config.check_calls.then(|| CallHeader {
             seq: self.seq,
             coll: meta.coll,
-            dtype: meta.dtype,
+            dtype: self.header_dtype.unwrap_or(meta.dtype),
             op: meta.op,
             count: meta.count as u64,
             root: meta.root as u32,

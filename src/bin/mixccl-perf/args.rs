@@ -21,7 +21,12 @@ usage: mixccl-perf <allreduce|allgather|broadcast|reduce|reducescatter|alltoall|
   -c, --check <0|1>          check results, printing #wrong (default 1)
   -o, --op <op>              sum, prod, max, min, avg or all (default sum)
   -d, --datatype <type>      int8 uint8 int32 uint32 int64 uint64 half float double bfloat16,
-                             or all (default float)
+                             f8e4m3 f8e5m2 f8e4m3fnuz f8e5m2fnuz, or all (the ten non-fp8
+                             types; default float)
+      --skew <k>             allgather, reducescatter, alltoall: run the uneven (v) call
+                             with rank p's block in proportion to 1 + (k-1) p/(n-1), so
+                             the largest is k times the smallest (split_by_weight); the
+                             size column is still the total over ranks
   -r, --root <rank>          root of broadcast and reduce (default 0)
   -J, --json <file>          also write the results as JSON
       --np <n>               start n local ranks; otherwise join the job described by the
@@ -97,6 +102,8 @@ pub struct Args {
     pub topo: bool,
     /// `--shrink-on-loss`: after losing one rank, shrink and run a checked all-reduce.
     pub shrink_on_loss: bool,
+    /// `--skew k`: run the uneven call, largest block k times the smallest.
+    pub skew: Option<u64>,
 }
 
 /// What the command line asks for.
@@ -149,6 +156,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
     let mut seed = 1u64;
     let mut topo = false;
     let mut shrink_on_loss = false;
+    let mut skew = None;
     let mut child_args = Vec::new();
 
     let mut i = 0;
@@ -213,6 +221,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
             "bind" => 'B',
             "device" => 'D',
             "seed" => 'S',
+            "skew" => 'K',
             _ => return Err(format!("unknown flag {arg:?}")),
         };
         let consumed_next = inline.is_none();
@@ -281,6 +290,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
                     })?)
                 }
             }
+            'K' => skew = Some(parse_count(flag, &value, 1)? as u64),
             'B' => {
                 bind = match value.as_str() {
                     "block" => true,
@@ -318,6 +328,18 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         (None, Some(s)) => Step::Bytes(s),
         (None, None) => Step::Factor(2),
     };
+    if skew.is_some()
+        && (soak
+            || !matches!(
+                collective,
+                Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll
+            ))
+    {
+        return Err(format!(
+            "--skew applies to allgather, reducescatter and alltoall, not {}",
+            if soak { "soak" } else { collective.name() }
+        ));
+    }
     if let Some(n) = np {
         if matches!(collective, Collective::Broadcast | Collective::Reduce) && root >= n {
             return Err(format!("root {root} is not a rank of --np {n}"));
@@ -343,6 +365,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         seed,
         topo,
         shrink_on_loss,
+        skew,
     }))
 }
 
@@ -389,6 +412,30 @@ mod tests {
         assert!(args("allreduce --np 4 --bind spread")
             .unwrap_err()
             .contains("block or none"));
+    }
+
+    #[test]
+    fn skew_and_fp8_types() {
+        let a = args("allgather --skew 3 -d f8e4m3fnuz").unwrap();
+        assert_eq!(a.skew, Some(3));
+        assert_eq!(a.dtypes, vec![DataType::F8E4M3Fnuz]);
+        assert_eq!(
+            a.child_args,
+            vec!["allgather", "--skew", "3", "-d", "f8e4m3fnuz"]
+        );
+        for d in ["f8e4m3", "f8e5m2", "f8e4m3fnuz", "f8e5m2fnuz"] {
+            assert_eq!(
+                args(&format!("allreduce -d {d}")).unwrap().dtypes[0].name(),
+                d
+            );
+        }
+        assert!(args("allreduce --skew 3")
+            .unwrap_err()
+            .contains("--skew applies"));
+        assert!(args("alltoall --skew 0").is_err());
+        let c = crate::bench::skewed_counts(1200, 3, 3);
+        assert_eq!(c.iter().sum::<usize>(), 1200);
+        assert_eq!(c[2], 3 * c[0]);
     }
 
     #[test]

@@ -80,6 +80,20 @@ pub struct Call {
     pub check: bool,
     /// The runtime whose device memory holds the buffers (None: host vectors).
     pub device: Option<Vendor>,
+    /// `--skew k`: the uneven (v) call, rank p's block in proportion to
+    /// `(n-1) + (k-1) p` (host buffers only).
+    pub skew: Option<u64>,
+}
+
+/// Per-rank block counts of a skewed call: `total` elements split in proportion to
+/// `(n-1) + (k-1) p`, so the largest block is `k` times the smallest (up to
+/// rounding); identical on every rank.
+pub fn skewed_counts(total: usize, nranks: usize, k: u64) -> Vec<usize> {
+    let n = nranks as u64;
+    let weights: Vec<u64> = (0..n)
+        .map(|p| (n - 1).max(1) + (k.max(1) - 1) * p)
+        .collect();
+    mixccl::split_by_weight(total, &weights)
 }
 
 /// What one phase measured on this rank.
@@ -107,15 +121,26 @@ struct Bench<'a, T> {
     recv: Vec<T>,
     /// With `--device`: device copies of `send` and `recv`, which the calls use.
     device: Option<(DeviceMemory, DeviceMemory)>,
+    /// With `--skew`: every rank's block count and where it starts.
+    skew: Option<(Vec<usize>, Vec<usize>)>,
 }
 
 impl<'a, T: Element> Bench<'a, T> {
     fn new(comm: &'a mut Communicator, call: Call, in_place: bool) -> Result<Self> {
         let (rank, nranks, count) = (comm.rank(), comm.nranks(), call.count);
         let blocks = blocks_per_size(call.collective, nranks);
-        let (send_len, recv_len) = match call.collective {
-            Collective::AllGather => (count, count * nranks),
-            Collective::ReduceScatter => (count * nranks, count),
+        let skew = call.skew.map(|k| {
+            let counts = skewed_counts(count * nranks, nranks, k);
+            let displs = mixccl::displacements(&counts);
+            (counts, displs)
+        });
+        let (send_len, recv_len) = match (&skew, call.collective) {
+            (Some((c, _)), Collective::AllGather) => (c[rank], count * nranks),
+            (Some((c, _)), Collective::ReduceScatter) => (count * nranks, c[rank]),
+            // Skewed all-to-all: rank j gets a block of its own size from every rank.
+            (Some((c, _)), _) => (count * nranks, c[rank] * nranks),
+            (None, Collective::AllGather) => (count, count * nranks),
+            (None, Collective::ReduceScatter) => (count * nranks, count),
             _ => (count * blocks, count * blocks),
         };
         let zero = T::from_f64(0.0);
@@ -140,6 +165,7 @@ impl<'a, T: Element> Bench<'a, T> {
             send,
             recv,
             device,
+            skew,
         })
     }
 
@@ -208,6 +234,11 @@ impl<'a, T: Element> Bench<'a, T> {
         }
         let buf = &mut self.recv;
         match self.call.collective {
+            Collective::AllGather if self.skew.is_some() => {
+                let (c, d) = self.skew.as_ref().expect("skewed");
+                buf.fill(poison);
+                fill(&mut buf[d[rank]..][..c[rank]], op, rank, 0);
+            }
             Collective::AllGather => {
                 buf.fill(poison);
                 fill(&mut buf[rank * count..][..count], op, rank, 0);
@@ -224,6 +255,23 @@ impl<'a, T: Element> Bench<'a, T> {
         let Call { op, root, .. } = self.call;
         let (rank, n) = (self.rank, self.nranks);
         let comm = &mut *self.comm;
+        if let Some((c, d)) = &self.skew {
+            let (send, recv) = (&self.send[..], &mut self.recv[..]);
+            let in_place = self.in_place;
+            return match self.call.collective {
+                Collective::AllGather if in_place => comm.all_gather_v_in_place(recv, c, d),
+                Collective::AllGather => comm.all_gather_v(send, recv, c, d),
+                Collective::ReduceScatter if in_place => {
+                    comm.reduce_scatter_v_in_place(recv, c, d, op)
+                }
+                Collective::ReduceScatter => comm.reduce_scatter_v(send, recv, c, d, op),
+                _ => {
+                    let mine = vec![c[rank]; n];
+                    let at = mixccl::displacements(&mine);
+                    comm.all_to_all_v(send, c, d, recv, &mine, &at)
+                }
+            };
+        }
         if self.in_place {
             let buf = &mut self.recv[..];
             return match self.call.collective {
@@ -256,6 +304,27 @@ impl<'a, T: Element> Bench<'a, T> {
         let (rank, n, count, root) = (self.rank, self.nranks, self.call.count, self.call.root);
         let (dt, op) = (T::DTYPE, self.data_op());
         let out = &self.recv[..];
+        if let Some((c, d)) = &self.skew {
+            return match self.call.collective {
+                Collective::AllGather => {
+                    let owner = |k: usize| d.iter().rposition(|s| *s <= k).unwrap_or(0);
+                    count_wrong(out, |k| input_value(dt, op, owner(k), k - d[owner(k)]), op)
+                }
+                Collective::ReduceScatter => {
+                    let out = if self.in_place {
+                        &out[d[rank]..][..c[rank]]
+                    } else {
+                        out
+                    };
+                    count_wrong(out, |k| expected_reduce(dt, op, n, d[rank] + k), op)
+                }
+                // Block p came from rank p, which sent its elements d[rank].. to us.
+                _ => {
+                    let b = c[rank].max(1);
+                    count_wrong(out, |k| input_value(dt, op, k / b, d[rank] + k % b), op)
+                }
+            };
+        }
         match self.call.collective {
             Collective::AllReduce => count_wrong(out, |k| expected_reduce(dt, op, n, k), op),
             Collective::Reduce if rank == root => {

@@ -4,7 +4,7 @@
 use crate::args::{Args, Step};
 use crate::bench::{self, Call, PhaseResult};
 use crate::report::{self, Phase, Row};
-use mixccl::{Communicator, DataType, ReduceOp, Result};
+use mixccl::{Collective, Communicator, DataType, ReduceOp, Result};
 use std::io::Write;
 
 /// Requested sizes from `min` to `max` inclusive, before rounding. A factor step
@@ -82,6 +82,22 @@ macro_rules! with_element {
                 type $T = half::bf16;
                 $body
             }
+            DataType::F8E4M3 => {
+                type $T = mixccl::F8E4M3;
+                $body
+            }
+            DataType::F8E5M2 => {
+                type $T = mixccl::F8E5M2;
+                $body
+            }
+            DataType::F8E4M3Fnuz => {
+                type $T = mixccl::F8E4M3Fnuz;
+                $body
+            }
+            DataType::F8E5M2Fnuz => {
+                type $T = mixccl::F8E5M2Fnuz;
+                $body
+            }
         }
     };
 }
@@ -117,6 +133,7 @@ fn run_row(
         warmup: args.warmup,
         check: args.check,
         device: args.device,
+        skew: args.skew,
     };
     let factor = bench::bus_factor(coll, n);
     let mut phase = |in_place: bool| -> Result<Phase> {
@@ -125,11 +142,12 @@ fn run_row(
         Ok(Phase::new(size, seconds, factor, wrong))
     };
     let out_of_place = phase(false)?;
-    let in_place = if bench::has_in_place(coll) {
-        Some(phase(true)?)
-    } else {
-        None
-    };
+    let in_place =
+        if bench::has_in_place(coll) && !(args.skew.is_some() && coll == Collective::AllToAll) {
+            Some(phase(true)?)
+        } else {
+            None
+        };
     Ok(Row {
         size,
         count,

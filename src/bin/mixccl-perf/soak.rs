@@ -61,6 +61,7 @@ fn draw(rng: &mut Rng, nranks: usize, max_bytes: usize) -> (Call, DataType, bool
         warmup: 0,
         check: true,
         device: None,
+        skew: None,
     };
     let in_place = bench::has_in_place(collective) && rng.below(2) == 1;
     (call, dtype, in_place)
