@@ -36,6 +36,7 @@ impl Communicator {
         comm.caps.host_read = comm.probe_host_read()?;
         comm.adopt_board();
         super::measure::establish(&mut comm, probes)?;
+        comm.form_islands()?;
         Ok(comm)
     }
 
@@ -205,6 +206,7 @@ impl Communicator {
             staging: Default::default(),
             last_plan: None,
             board: None,
+            islands: None,
         })
     }
 

@@ -9,9 +9,12 @@
 //! - `run`: a call's plan (memoised), its pieces and its run through the executor.
 //! - `board`: the host board's gather and the cross-memory read probe.
 //! - `stage`: collectives on buffers in any memory, staged through pinned host memory.
+//! - `island`: islands of one host and vendor, whose phases run in the vendor's own
+//!   collective library (`ccl`).
 
 mod board;
 mod construct;
+mod island;
 mod measure;
 mod run;
 mod stage;
@@ -63,6 +66,8 @@ pub struct Communicator {
     last_plan: Option<(Call, Algorithm, std::sync::Arc<algo::Schedule>)>,
     /// The host's board, when every rank is on this host (`transport::board`).
     board: Option<Arc<crate::transport::board::Board>>,
+    /// The islands formed at init, when any did (`island`).
+    islands: Option<Box<island::Islands>>,
 }
 
 /// One transfer of a [`Communicator::group`] call.
@@ -176,6 +181,17 @@ impl Communicator {
         recv: &mut [u8],
     ) -> Result<()> {
         let count = self.count_of(coll, dtype, root, send.map(<[u8]>::len), recv.len())?;
+        if self.island_route(coll, dtype, op) {
+            let host = crate::device::MemoryKind::Host;
+            // SAFETY: host slices, borrowed for the call (recv exclusively).
+            let (s, r) = unsafe {
+                (
+                    send.map(|s| crate::MemRef::with_kind(s.as_ptr(), s.len(), host)),
+                    crate::MemRef::with_kind(recv.as_ptr(), recv.len(), host),
+                )
+            };
+            return self.island_call(coll, dtype, op, root, count, s, r);
+        }
         self.launch(coll, dtype, op, count, root, send, recv)
     }
 
