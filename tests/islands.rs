@@ -68,23 +68,30 @@ fn spawn(sides: &[Side], rank: usize, port: u16, mode: &str, nccl: &Path) -> std
         Side::Acl => "acl",
         Side::Host => "none",
     };
-    cmd.args(["--ignored", "--exact", "island_rank", "--nocapture", "--test-threads=1"])
-        .env("ISLAND_MODE", mode)
-        .env("MIXCCL_RANK", rank.to_string())
-        .env("MIXCCL_NRANKS", sides.len().to_string())
-        .env("MIXCCL_ROOT", format!("127.0.0.1:{port}"))
-        .env("MIXCCL_JOB_ID", format!("islands-{port}"))
-        .env("MIXCCL_TIMEOUT", "60")
-        .env("MIXCCL_DEBUG", "INFO")
-        .env("MIXCCL_DEVICES", devices)
-        .env("MIXCCL_CUDA_LIB", &s.cuda)
-        .env("MIXCCL_ACL_LIB", &s.acl)
-        .env("MIXCCL_NCCL_LIB", nccl)
-        .env("MIXCCL_HCCL_LIB", &s.hccl)
-        .env("STUB_CCL_TIMEOUT_S", "60")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "island_rank",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("ISLAND_MODE", mode)
+    .env("MIXCCL_RANK", rank.to_string())
+    .env("MIXCCL_NRANKS", sides.len().to_string())
+    .env("MIXCCL_ROOT", format!("127.0.0.1:{port}"))
+    .env("MIXCCL_JOB_ID", format!("islands-{port}"))
+    .env("MIXCCL_TIMEOUT", "60")
+    .env("MIXCCL_DEBUG", "INFO")
+    .env("MIXCCL_DEVICES", devices)
+    .env("MIXCCL_CUDA_LIB", &s.cuda)
+    .env("MIXCCL_ACL_LIB", &s.acl)
+    .env("MIXCCL_NCCL_LIB", nccl)
+    .env("MIXCCL_HCCL_LIB", &s.hccl)
+    .env("STUB_CCL_TIMEOUT_S", "60")
+    .env("MIXCCL_ISLANDS", if mode == "off" { "0" } else { "1" })
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     cmd.spawn().expect("start a rank")
 }
 
@@ -141,7 +148,11 @@ fn assert_all_ok(results: &[(bool, String, String)]) {
         .enumerate()
         .filter(|(_, (ok, out, _))| !*ok || !out.contains("RANK DONE"))
         .map(|(r, (_, out, err))| {
-            format!("rank {r} failed\nstdout:\n{}\nstderr:\n{}", tail(out), tail(err))
+            format!(
+                "rank {r} failed\nstdout:\n{}\nstderr:\n{}",
+                tail(out),
+                tail(err)
+            )
         })
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
@@ -157,11 +168,15 @@ fn two_vendor_islands_and_a_host_rank() {
         assert!(
             out.contains("island: nccl over ranks [0, 3]")
                 && out.contains("island: hccl over ranks [1, 4]")
-                && out.contains("outside islands: ranks [2]"),
+                && out.contains("outside islands: ranks [2]")
+                && out.contains("outside islands: rank 2: no device runtime"),
             "rank {r} describes other islands:\n{out}"
         );
         if sides[r] == Host {
-            assert!(err.contains("left out: no device runtime loaded"), "rank {r}:\n{err}");
+            assert!(
+                err.contains("left out: no device runtime loaded"),
+                "rank {r}:\n{err}"
+            );
             continue;
         }
         // Every island collective ran in the native library: all-reduce (also for
@@ -183,7 +198,10 @@ fn one_island_spanning_the_communicator() {
     let results = run_ranks(&sides, "full", &stubs().nccl);
     assert_all_ok(&results);
     for (r, (_, out, _)) in results.iter().enumerate() {
-        assert!(out.contains("island: nccl over ranks [0, 1, 2]"), "rank {r}:\n{out}");
+        assert!(
+            out.contains("island: nccl over ranks [0, 1, 2]"),
+            "rank {r}:\n{out}"
+        );
         // Without other groups, reduce-scatter and all-gather are the native calls.
         for name in ["all_reduce", "reduce_scatter", "all_gather", "broadcast"] {
             assert!(count(out, name) > 0, "rank {r}: no native {name}:\n{out}");
@@ -204,13 +222,42 @@ fn unusable_libraries_form_no_island() {
         let results = run_ranks(&sides, "quick", lib);
         assert_all_ok(&results);
         for (r, (_, out, err)) in results.iter().enumerate() {
-            assert!(!out.contains("island:"), "rank {r} formed an island with {lib:?}:\n{out}");
+            assert!(
+                !out.contains("island:"),
+                "rank {r} formed an island with {lib:?}:\n{out}"
+            );
+            assert!(
+                out.contains("islands: none formed")
+                    && out.contains("outside islands: rank 0: its nccl library could not be used")
+                    && out.contains("outside islands: rank 2: no device runtime"),
+                "rank {r} does not describe the ranks left out:\n{out}"
+            );
             if sides[r] == Side::Cuda {
                 assert!(
                     err.contains("left out") && err.contains(why),
                     "rank {r} does not say why ({why}) with {lib:?}:\n{err}"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn islands_off_keeps_the_ordinary_path() {
+    let sides = [Side::Cuda, Side::Cuda, Side::Host];
+    let results = run_ranks(&sides, "off", &stubs().nccl);
+    assert_all_ok(&results);
+    for (r, (_, out, _)) in results.iter().enumerate() {
+        assert!(
+            !out.contains("island:") && !out.contains("islands:"),
+            "rank {r} describes islands though they are off:\n{out}"
+        );
+        if sides[r] == Side::Cuda {
+            assert_eq!(
+                count(out, "init"),
+                0,
+                "rank {r} made a native communicator:\n{out}"
+            );
         }
     }
 }
@@ -235,7 +282,11 @@ fn dead_island_member_is_peer_lost_everywhere() {
         "rank 0 did not abort its native communicator:\n{}",
         results[0].1
     );
-    assert!(results[0].1.contains("rank 1"), "rank 0 names the dead member:\n{}", results[0].1);
+    assert!(
+        results[0].1.contains("rank 1"),
+        "rank 0 names the dead member:\n{}",
+        results[0].1
+    );
 }
 
 // ---- a rank's body ------------------------------------------------------------
@@ -396,7 +447,15 @@ fn check_type<T: Element>(comm: &mut Communicator, place: Place, count: usize) -
             let got = out.get::<T>();
             let wrong = verify::count_wrong(&got, |i| verify::input_value(dt, op, root, i), op);
             if wrong > 0 {
-                errs.push(fail(&format!("broadcast root {root}"), r, dt, op, count, in_place, wrong));
+                errs.push(fail(
+                    &format!("broadcast root {root}"),
+                    r,
+                    dt,
+                    op,
+                    count,
+                    in_place,
+                    wrong,
+                ));
             }
         }
     }
@@ -416,7 +475,14 @@ fn print_counts(comm_vendor: Option<Vendor>) {
     let path = std::env::var(var).expect("library variable");
     // SAFETY: the stub library, already loaded by mixccl (or loadable); its
     // stubCclCount has the declared signature.
-    let names = ["init", "all_reduce", "reduce_scatter", "all_gather", "broadcast", "abort"];
+    let names = [
+        "init",
+        "all_reduce",
+        "reduce_scatter",
+        "all_gather",
+        "broadcast",
+        "abort",
+    ];
     let counts: Vec<String> = match unsafe { libloading::Library::new(&path) } {
         Ok(lib) => {
             type CountFn = unsafe extern "C" fn(*const std::ffi::c_char) -> std::ffi::c_long;
@@ -476,20 +542,26 @@ fn island_rank() {
     // Every rank makes the same calls: device buffers where it has a device, then
     // host buffers (island members copy them to the device for the native phases).
     let places = [vendor.map_or(Place::Host, Place::Device), Place::Host];
-    let counts: &[usize] = if mode == "quick" { &[5] } else { &[1, 37] };
+    let quick = mode != "full";
+    let counts: &[usize] = if quick { &[5] } else { &[1, 37] };
     let mut errs = Vec::new();
     for &place in &places {
         for &count in counts {
             errs.extend(crate::for_each_type!(check_type(&mut comm, place, count)));
-            if mode == "quick" {
+            if quick {
                 break;
             }
         }
-        if mode == "quick" {
+        if quick {
             break;
         }
     }
     print_counts(vendor);
-    assert!(errs.is_empty(), "rank {r}: {} checks failed:\n{}", errs.len(), errs.join("\n"));
+    assert!(
+        errs.is_empty(),
+        "rank {r}: {} checks failed:\n{}",
+        errs.len(),
+        errs.join("\n")
+    );
     println!("RANK DONE");
 }

@@ -80,9 +80,8 @@ impl Cncl {
     }
 
     fn code(&self, dtype: DataType) -> Result<c_int> {
-        dtype_code(dtype).ok_or_else(|| {
-            call_error(Library::Cncl, "type", -1, format!("{dtype} not offered"))
-        })
+        dtype_code(dtype)
+            .ok_or_else(|| call_error(Library::Cncl, "type", -1, format!("{dtype} not offered")))
     }
 }
 
@@ -217,16 +216,23 @@ impl Ccl for Cncl {
                 stream as Queue,
             )
         };
-        self.check(&format!("cnclBroadcast({count} x {dtype}, root {root})"), rc)
+        self.check(
+            &format!("cnclBroadcast({count} x {dtype}, root {root})"),
+            rc,
+        )
     }
 
     fn abort(&self, comm: CommHandle) -> Result<()> {
         // SAFETY: a communicator of this library; abort is safe from any thread.
-        self.check("cnclAbortComm", unsafe { (self.api.abort_comm)(comm as Comm) })
+        self.check("cnclAbortComm", unsafe {
+            (self.api.abort_comm)(comm as Comm)
+        })
     }
 
     fn destroy(&self, comm: CommHandle) -> Result<()> {
         // SAFETY: a communicator of this library with no call in flight.
-        self.check("cnclFreeComm", unsafe { (self.api.free_comm)(comm as Comm) })
+        self.check("cnclFreeComm", unsafe {
+            (self.api.free_comm)(comm as Comm)
+        })
     }
 }

@@ -114,7 +114,10 @@ impl Ccl for Hccl {
         let rc = unsafe {
             (self.api.comm_init_root_info)(nranks as u32, info.as_ptr(), rank as u32, &mut comm)
         };
-        self.check(&format!("HcclCommInitRootInfo(rank {rank} of {nranks})"), rc)?;
+        self.check(
+            &format!("HcclCommInitRootInfo(rank {rank} of {nranks})"),
+            rc,
+        )?;
         Ok(comm as usize)
     }
 
@@ -215,7 +218,10 @@ impl Ccl for Hccl {
                 stream as Stream,
             )
         };
-        self.check(&format!("HcclBroadcast({count} x {dtype}, root {root})"), rc)
+        self.check(
+            &format!("HcclBroadcast({count} x {dtype}, root {root})"),
+            rc,
+        )
     }
 
     fn abort(&self, comm: CommHandle) -> Result<()> {

@@ -51,7 +51,11 @@ pub(crate) struct Nccl {
 impl Nccl {
     /// Binds `lib`'s entry points in `handle` (`nccl*`, or `mccl*` for MCCL).
     pub(crate) fn bind(kind: Library, handle: Lib) -> Result<Nccl> {
-        let prefix = if kind == Library::Mccl { "mccl" } else { "nccl" };
+        let prefix = if kind == Library::Mccl {
+            "mccl"
+        } else {
+            "nccl"
+        };
         // SAFETY: the declared signatures are nccl.h's (mccl.h copies them).
         let api = unsafe { Api::bind(&handle, prefix) }.map_err(|e| super::load_error(kind, e))?;
         Ok(Nccl {
@@ -81,9 +85,7 @@ impl Ccl for Nccl {
     }
 
     fn unique_id(&self) -> Result<Vec<u8>> {
-        let mut id = UniqueId {
-            internal: [0; 128],
-        };
+        let mut id = UniqueId { internal: [0; 128] };
         // SAFETY: `id` is a valid out-pointer of the declared layout.
         self.check("GetUniqueId", unsafe { (self.api.get_unique_id)(&mut id) })?;
         Ok(id.internal.to_vec())
@@ -91,14 +93,13 @@ impl Ccl for Nccl {
 
     fn init(&self, id: &[u8], nranks: usize, rank: usize, device: i32) -> Result<CommHandle> {
         let _ = device; // NCCL uses the calling thread's current device.
-        let mut uid = UniqueId {
-            internal: [0; 128],
-        };
+        let mut uid = UniqueId { internal: [0; 128] };
         let n = id.len().min(128);
         uid.internal[..n].copy_from_slice(&id[..n]);
         let mut comm: Comm = std::ptr::null_mut();
         // SAFETY: `comm` is a valid out-pointer; the id is passed by value.
-        let rc = unsafe { (self.api.comm_init_rank)(&mut comm, nranks as c_int, uid, rank as c_int) };
+        let rc =
+            unsafe { (self.api.comm_init_rank)(&mut comm, nranks as c_int, uid, rank as c_int) };
         self.check(&format!("CommInitRank(rank {rank} of {nranks})"), rc)?;
         Ok(comm as usize)
     }
@@ -208,6 +209,8 @@ impl Ccl for Nccl {
 
     fn destroy(&self, comm: CommHandle) -> Result<()> {
         // SAFETY: a communicator of this library with no call in flight.
-        self.check("CommDestroy", unsafe { (self.api.comm_destroy)(comm as Comm) })
+        self.check("CommDestroy", unsafe {
+            (self.api.comm_destroy)(comm as Comm)
+        })
     }
 }

@@ -80,6 +80,21 @@ pub(crate) struct Islands {
     member: Option<Member>,
     /// The representatives' communicator (on representatives, with two groups or more).
     reps: Option<Box<Communicator>>,
+    /// Why each rank outside an island is outside, for `describe_islands`.
+    left_out: Vec<String>,
+}
+
+impl Islands {
+    /// Islands that did not form: the communicator keeps its ordinary path.
+    fn none(left_out: Vec<String>) -> Box<Islands> {
+        Box::new(Islands {
+            groups: Vec::new(),
+            group_of: Vec::new(),
+            member: None,
+            reps: None,
+            left_out,
+        })
+    }
 }
 
 /// A call as the island phases see it.
@@ -134,7 +149,10 @@ fn pid_gone(pid: u32) -> bool {
     }
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -153,16 +171,18 @@ impl Communicator {
         let offer = local_offer();
         let ok = offer.ccl.is_ok();
         let mine = [
-            offer
-                .vendor
-                .map_or(-1, |(v, _)| Vendor::ALL.iter().position(|&x| x == v).unwrap_or(0) as i64),
+            offer.vendor.map_or(-1, |(v, _)| {
+                Vendor::ALL.iter().position(|&x| x == v).unwrap_or(0) as i64
+            }),
             i64::from(ok),
             i64::from(std::process::id()),
         ];
         let mut all = vec![0i64; 3 * n];
         self.all_gather(&mine, &mut all)?;
         let vendor_of = |r: usize| -> Option<Vendor> {
-            usize::try_from(all[3 * r]).ok().and_then(|v| Vendor::ALL.get(v).copied())
+            usize::try_from(all[3 * r])
+                .ok()
+                .and_then(|v| Vendor::ALL.get(v).copied())
         };
         // Ranks of one host and vendor whose library loaded, by (host, vendor).
         let mut candidates: std::collections::BTreeMap<(usize, Vendor), Vec<usize>> =
@@ -180,6 +200,28 @@ impl Communicator {
                 }
             }
         }
+        let why_out = |r: usize, island_of: &[Option<(Vec<usize>, Library)>]| {
+            if island_of[r].is_some() {
+                return None;
+            }
+            Some(match vendor_of(r) {
+                None => format!("rank {r}: no device runtime"),
+                Some(v) if all[3 * r + 1] == 0 => format!(
+                    "rank {r}: its {} library could not be used (its INFO log says why)",
+                    Library::for_vendor(v)
+                ),
+                Some(v) if candidates.get(&(hosts[r], v)).is_some_and(|m| m.len() >= 2) => {
+                    format!(
+                        "rank {r}: a member of its {} island failed to join",
+                        Library::for_vendor(v)
+                    )
+                }
+                Some(v) => format!(
+                    "rank {r}: no other {v} rank on its host has {}",
+                    Library::for_vendor(v)
+                ),
+            })
+        };
         match (&offer.ccl, &island_of[me]) {
             (Err(why), _) => log_info!(Some(me), "islands: rank {me} left out: {why}"),
             (Ok(c), None) => log_info!(
@@ -193,6 +235,8 @@ impl Communicator {
         }
         if island_of.iter().all(Option::is_none) {
             log_info!(Some(me), "islands: none formed");
+            let left_out = (0..n).filter_map(|r| why_out(r, &island_of)).collect();
+            self.islands = Some(Islands::none(left_out));
             return Ok(());
         }
         // The native communicator of this rank's island.
@@ -226,7 +270,10 @@ impl Communicator {
                     });
                 }
                 Err(e) => {
-                    log_info!(Some(me), "islands: rank {me} could not join its {lib} island: {e}");
+                    log_info!(
+                        Some(me),
+                        "islands: rank {me} could not join its {lib} island: {e}"
+                    );
                     init_ok = false;
                 }
             }
@@ -268,8 +315,10 @@ impl Communicator {
             }
             groups.push(Group { members, library });
         }
+        let left_out: Vec<String> = (0..n).filter_map(|r| why_out(r, &island_of)).collect();
         if groups.iter().all(|g| g.library.is_none()) {
             log_info!(Some(me), "islands: none formed (a member failed to join)");
+            self.islands = Some(Islands::none(left_out));
             return Ok(());
         }
         if me == 0 {
@@ -313,6 +362,7 @@ impl Communicator {
             group_of,
             member,
             reps,
+            left_out,
         }));
         Ok(())
     }
@@ -354,12 +404,17 @@ impl Communicator {
             }
         }
         let len = u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]) as usize;
-        c.init(&msg[5..5 + len.min(ID_MSG - 5)], members.len(), index, device)
+        c.init(
+            &msg[5..5 + len.min(ID_MSG - 5)],
+            members.len(),
+            index,
+            device,
+        )
     }
 
     /// Does this call go through the islands?
     pub(super) fn island_route(&self, coll: Collective, dtype: DataType, op: ReduceOp) -> bool {
-        let Some(is) = &self.islands else {
+        let Some(is) = self.islands.as_deref().filter(|is| !is.groups.is_empty()) else {
             return false;
         };
         let reduces = match coll {
@@ -406,18 +461,28 @@ impl Communicator {
             nranks: self.nranks,
         };
         let r = is.run(call, send, recv, self.config.timeout, &self.abort);
-        self.islands = Some(is);
         if let Err(e) = &r {
             self.failed = Some(e.clone());
+            // Closing the representatives' links tells the other groups now rather
+            // than at their timeout.
+            is.reps = None;
         }
+        self.islands = Some(is);
         r
     }
 
-    /// Lines saying which islands formed (empty when none), for `mixccl-perf --topo`.
+    /// Lines saying which islands formed and why each other rank is outside them
+    /// (empty when islands are off or the communicator has one rank), for
+    /// `mixccl-perf --topo`.
     pub fn describe_islands(&self) -> Vec<String> {
         let Some(is) = &self.islands else {
             return Vec::new();
         };
+        if is.groups.is_empty() {
+            let mut out = vec!["islands: none formed".to_string()];
+            out.extend(is.left_out.iter().map(|w| format!("outside islands: {w}")));
+            return out;
+        }
         let mut out: Vec<String> = is
             .groups
             .iter()
@@ -435,6 +500,7 @@ impl Communicator {
         if !alone.is_empty() {
             out.push(format!("outside islands: ranks {alone:?}"));
         }
+        out.extend(is.left_out.iter().map(|w| format!("outside islands: {w}")));
         out
     }
 }
@@ -468,7 +534,7 @@ fn read(m: MemRef) -> Result<Vec<u8>> {
 
 /// Copies `src` into `dst` (same length, any kinds), through the host.
 fn copy(src: MemRef, dst: MemRef) -> Result<()> {
-    if src.len() == 0 || (src.addr() == dst.addr() && src.kind() == dst.kind()) {
+    if src.is_empty() || (src.addr() == dst.addr() && src.kind() == dst.kind()) {
         return Ok(());
     }
     dst.write_from(&read(src)?)
@@ -541,7 +607,12 @@ impl Islands {
     /// The representatives' all-gather of each group's blocks (`own`: this group's,
     /// in member order), returned as the whole result in rank order.
     fn gather_groups(&mut self, own: Vec<u8>, block: usize, nranks: usize) -> Result<Vec<u8>> {
-        let widest = self.groups.iter().map(|g| g.members.len()).max().unwrap_or(1);
+        let widest = self
+            .groups
+            .iter()
+            .map(|g| g.members.len())
+            .max()
+            .unwrap_or(1);
         let mut padded = own;
         padded.resize(widest * block, 0);
         let mut all = vec![0u8; self.groups.len() * widest * block];
@@ -571,7 +642,13 @@ impl Islands {
         let crossing = self.groups.len() > 1;
         let m = self.member.as_mut().expect("run_member on a member");
         let (vendor, device) = (m.vendor, m.device);
-        let mine = |b: &MemRef| b.kind() == MemoryKind::Device { vendor, index: device };
+        let mine = |b: &MemRef| {
+            b.kind()
+                == MemoryKind::Device {
+                    vendor,
+                    index: device,
+                }
+        };
         match c.coll {
             Collective::AllReduce => {
                 let len = c.count * e;
@@ -613,7 +690,9 @@ impl Islands {
                 if crossing {
                     if lead {
                         let d = dev_ref(out, len, vendor, device);
-                        self.reps(|r| r.collective_mem(c.coll, c.dtype, c.op, root_group, None, d))?;
+                        self.reps(|r| {
+                            r.collective_mem(c.coll, c.dtype, c.op, root_group, None, d)
+                        })?;
                     }
                     if root_group != g {
                         self.native_bcast(out, c.count, c.dtype, 0, timeout, abort)?;
