@@ -130,7 +130,7 @@ fn run_ranks(sides: &[Side], mode: &str, nccl: &Path) -> Vec<(bool, String, Stri
 fn count(out: &str, name: &str) -> i64 {
     let line = out
         .lines()
-        .find(|l| l.starts_with("COUNTS"))
+        .find_map(|l| l.find("COUNTS").map(|at| &l[at..]))
         .unwrap_or_else(|| panic!("no COUNTS line in {out}"));
     line.split_whitespace()
         .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
