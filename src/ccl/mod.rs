@@ -33,7 +33,7 @@ use std::sync::{Mutex, OnceLock};
 pub(crate) type CommHandle = usize;
 
 /// A symbol only mixccl's own C library exports: a library that has it is mixccl.
-const MIXCCL_MARKER: &str = "mixcclCommInitFromEnv";
+const MARKER_SYMBOL: &str = "mixcclCommInitFromEnv";
 
 /// A vendor collective library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -229,11 +229,11 @@ fn open(lib: Library) -> Result<&'static dyn Ccl> {
     let src = Source::from_env(lib.lib_env(), lib.sonames());
     let handle = Lib::open(&src).map_err(|e| load_error(lib, e))?;
     // SAFETY: a probe for a symbol's presence; the pointer is never called.
-    if unsafe { handle.symbol::<unsafe extern "C" fn()>(MIXCCL_MARKER) }.is_ok() {
+    if unsafe { handle.symbol::<unsafe extern "C" fn()>(MARKER_SYMBOL) }.is_ok() {
         return Err(Error::Device {
             vendor: lib.name(),
             error: DeviceError::NotLoaded(format!(
-                "{} is mixccl itself (it exports {MIXCCL_MARKER}), not the vendor's {}; \
+                "{} is mixccl itself (it exports {MARKER_SYMBOL}), not the vendor's {}; \
                  set {} to the vendor library",
                 handle.name,
                 lib.name(),
