@@ -4,9 +4,14 @@
 //!
 //! - host staging: the planner's algorithm over all `H x V x D` ranks, simulated on
 //!   the cluster's links, plus one device-to-host and one host-to-device copy;
-//! - bridging: the island's all-reduce ([`IslandLink::all_reduce`]), the copy out,
-//!   the planner's algorithm over the `H x V` representatives (simulated), the copy
-//!   in, the island's broadcast ([`IslandLink::broadcast`]).
+//! - bridging as the library runs it (leader form): the island's all-reduce
+//!   ([`IslandLink::all_reduce`]), the copy out, the planner's algorithm over the
+//!   `H x V` representatives (simulated), the copy in, the island's broadcast
+//!   ([`IslandLink::broadcast`]);
+//! - bridging in shard form (not yet in the library): the island's reduce-scatter,
+//!   the copy out of one shard, `D` all-reduces of a shard each over one member per
+//!   island (simulated as one, each host's network link shared `D` ways), the copy
+//!   in, the island's all-gather.
 //!
 //! The island phases are the alpha-beta model of the library's ring, not simulated
 //! transfers: the simulator does not model NVLink or HCCS.
@@ -52,6 +57,8 @@ pub struct IslandRow {
     pub reps_s: f64,
     /// The algorithm the representatives run.
     pub reps_algo: String,
+    /// Bridging in shard form: seconds in all.
+    pub shard_s: f64,
 }
 
 /// The planner's all-reduce of `bytes` on `cluster`, simulated: seconds and algorithm.
@@ -63,8 +70,16 @@ fn planned(cluster: &Cluster, settings: &Settings, bytes: usize) -> Result<(f64,
 
 /// Both ways, for each of `sizes` (bytes per rank).
 pub fn compare(case: &IslandCase, settings: &Settings, sizes: &[usize]) -> Result<Vec<IslandRow>> {
-    let all = Cluster::new(case.hosts, case.vendors * case.devices, case.intra, case.inter);
+    let all = Cluster::new(
+        case.hosts,
+        case.vendors * case.devices,
+        case.intra,
+        case.inter,
+    );
     let reps = Cluster::new(case.hosts, case.vendors, case.intra, case.inter);
+    let mut shared = case.inter;
+    shared.bw_gbs /= case.devices as f64;
+    let shards = Cluster::new(case.hosts, case.vendors, case.intra, shared);
     let mut rows = Vec::new();
     for &bytes in sizes {
         let b = bytes as f64;
@@ -77,6 +92,15 @@ pub fn compare(case: &IslandCase, settings: &Settings, sizes: &[usize]) -> Resul
         } else {
             (0.0, Algorithm::Ring)
         };
+        let shard = bytes.div_ceil(case.devices);
+        let shard_reps = if case.hosts * case.vendors > 1 {
+            planned(&shards, settings, shard)?.0
+        } else {
+            0.0
+        };
+        let shard_s = 2.0 * case.island.reduce_scatter(case.devices, b)
+            + 2.0 * shard as f64 / (case.pcie_gbs * 1e9)
+            + shard_reps;
         rows.push(IslandRow {
             bytes,
             staged_s: staged + copies,
@@ -85,6 +109,7 @@ pub fn compare(case: &IslandCase, settings: &Settings, sizes: &[usize]) -> Resul
             native_s: native,
             reps_s,
             reps_algo: reps_algo.name().to_string(),
+            shard_s,
         });
     }
     Ok(rows)
@@ -121,7 +146,11 @@ mod tests {
         let b = (64 << 20) as f64;
         // 14 steps of 8 us, 14/8 of the bytes at 300 GB/s; then 7 steps and the bytes.
         let native = 14.0 * 8e-6 + 14.0 / 8.0 * b / 300e9 + 7.0 * 8e-6 + b / 300e9;
-        assert!((r.native_s - native).abs() < 1e-12, "{} vs {native}", r.native_s);
+        assert!(
+            (r.native_s - native).abs() < 1e-12,
+            "{} vs {native}",
+            r.native_s
+        );
         assert!((r.bridged_s - (native + 2.0 * b / 25e9 + r.reps_s)).abs() < 1e-12);
     }
 
@@ -136,7 +165,8 @@ mod tests {
         let l = t.island_link("hccl").unwrap();
         assert_eq!((l.alpha_us, l.bw_gbs), (3.0, 77.0));
         assert_eq!(t.island_link("nccl"), IslandLink::default_for("nccl"));
-        json["island_links"] = serde_json::json!([{"library": "xccl", "alpha_us": 3.0, "bw_gbs": 7.0}]);
+        json["island_links"] =
+            serde_json::json!([{"library": "xccl", "alpha_us": 3.0, "bw_gbs": 7.0}]);
         assert!(Topology::from_json(&json.to_string()).is_err());
     }
 }

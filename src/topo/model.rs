@@ -103,6 +103,12 @@ impl IslandLink {
         steps * self.alpha_us * 1e-6 + steps / m as f64 * bytes / (self.bw_gbs * 1e9)
     }
 
+    /// Seconds for a ring reduce-scatter (or all-gather) of `bytes` in all over `m`
+    /// devices.
+    pub fn reduce_scatter(&self, m: usize, bytes: f64) -> f64 {
+        self.all_reduce(m, bytes) / 2.0
+    }
+
     /// Seconds for a pipelined broadcast of `bytes` over `m` devices.
     pub fn broadcast(&self, m: usize, bytes: f64) -> f64 {
         if m < 2 {
