@@ -162,6 +162,16 @@ fn run_np(coll: &str, np: usize, sweep: &Sweep, link: Transport) -> Vec<Value> {
     assert_eq!(report["nranks"], np, "{what}");
     assert_eq!(report["check"], true, "{what}");
     assert_eq!(report["out_of_bounds"], 0, "{what}");
+    // All ranks share this host: the copy bound was measured (docs/algorithms.md).
+    if np > 1 {
+        let rate = report["copy_rate_gbps"].as_f64().expect("copy rate");
+        let bound = report["copy_bound_busbw_gbps"].as_f64().expect("bound");
+        assert!(rate > 0.0 && rate.is_finite(), "{what}: copy rate {rate}");
+        assert!(
+            (bound - 2.0 * rate / np as f64).abs() < 1e-9 * rate,
+            "{what}"
+        );
+    }
     let rows = report["rows"].as_array().expect("rows").clone();
     let expected = sweep.expected_rows(coll, np);
     let got: Vec<(usize, usize, String, String)> = rows

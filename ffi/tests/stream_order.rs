@@ -114,61 +114,47 @@ fn calls_are_ordered_on_the_callers_streams_on_every_vendor() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Runs fault case `case` on two ranks (`mems` their runtimes, `env` extra variables)
+/// and checks that rank 0's report contains `expect`.
+fn fault_case(name: &str, case: &str, mems: &[&str], env: &[(&str, &str)], expect: &str) {
+    let (dir, exe) = program(name);
+    let runs = run_case(&dir, &exe, case, mems, env);
+    assert!(runs[0].output.contains(expect), "{}", runs[0].output);
+    eprint!("{}", runs[0].output);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn a_killed_peer_releases_the_held_stream_and_the_error_latches() {
-    let (dir, exe) = program("stream-killed");
     // A timeout far beyond the deadline: only the peer loss can release the stream.
-    let runs = run_case(
-        &dir,
-        &exe,
+    fault_case(
+        "stream-killed",
         "killed",
         &["hip", "cuda"],
         &[("MIXCCL_TIMEOUT", "600")],
+        "stream released",
     );
-    assert!(
-        runs[0].output.contains("stream released"),
-        "{}",
-        runs[0].output
-    );
-    eprint!("{}", runs[0].output);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_silent_peer_releases_the_held_stream_after_the_timeout() {
-    let (dir, exe) = program("stream-silent");
-    let runs = run_case(
-        &dir,
-        &exe,
+    fault_case(
+        "stream-silent",
         "silent",
         &["musa", "acl"],
         &[("MIXCCL_TIMEOUT", "3")],
+        "stream released",
     );
-    assert!(
-        runs[0].output.contains("stream released"),
-        "{}",
-        runs[0].output
-    );
-    eprint!("{}", runs[0].output);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn abort_releases_every_held_stream() {
-    let (dir, exe) = program("stream-abort");
     // A timeout far beyond the deadline: only the abort can release the streams.
-    let runs = run_case(
-        &dir,
-        &exe,
+    fault_case(
+        "stream-abort",
         "abort",
         &["cnrt", "cuda"],
         &[("MIXCCL_TIMEOUT", "600")],
+        "abort released both streams",
     );
-    assert!(
-        runs[0].output.contains("abort released both streams"),
-        "{}",
-        runs[0].output
-    );
-    eprint!("{}", runs[0].output);
-    let _ = std::fs::remove_dir_all(dir);
 }

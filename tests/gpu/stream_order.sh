@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 15's figures on a machine with an NVIDIA GPU, torch (CUDA build) and its NCCL,
 # all processes on GPU 0; under 8 minutes. Needs, built beforehand and carried over:
-#   target/release/libmixccl.so, target/release/libnccl.so.2   (cargo build --release -p mixccl-ffi)
+#   target/release/libmixccl.so, target/release/libnccl.so (SONAME libnccl.so.2)
+#   (`cargo build --release`: the default members include mixccl-ffi and mixccl-nccl)
 # Usage: tests/gpu/stream_order.sh [BIN (default target/release)] [OUT (default /tmp/stream_order)]
 # (a) C ABI: ncclAllReduce on a stream busy with a kernel returns in under 100 us,
 #     results correct after synchronize (2 and 4 processes);
@@ -29,7 +30,7 @@ for np in 2 4; do
 done
 for np in 2 4; do
     TEST_PORT=29610 TEST_LABEL=gloo$np run "$PY" "$HERE/torch_gpu.py" ddp gloo "$np"
-    TEST_PORT=29611 TEST_LABEL=nccl$np LD_PRELOAD="$BIN/libnccl.so.2" \
+    TEST_PORT=29611 TEST_LABEL=nccl$np LD_PRELOAD="$BIN/libnccl.so" \
         run "$PY" "$HERE/torch_gpu.py" ddp nccl "$np"
     run "$PY" "$HERE/torch_gpu.py" compare "gloo$np" "nccl$np"
     TEST_PORT=29612 TEST_LABEL=mixccl$np run "$PY" "$HERE/torch_gpu.py" ddp mixccl "$np"

@@ -12,6 +12,7 @@
 
 mod args;
 mod bench;
+mod copybound;
 mod launch;
 mod recover;
 mod report;
@@ -138,12 +139,24 @@ fn run_rank(args: &Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Host buffers only: device copies are not bounded by the host's memcpy rate.
+    let bound = match args.device {
+        None => copybound::measure(&mut comm).unwrap_or_else(|e| {
+            eprintln!("mixccl-perf: rank {rank}: copy bound not measured: {e}");
+            None
+        }),
+        Some(_) => None,
+    };
     drop(comm);
+    if let Some(b) = &bound {
+        println!("{}", b.line(&rows));
+    }
 
     if rank == 0 {
         if let Some(path) = &args.json {
-            let text = serde_json::to_string_pretty(&report::json(args, nranks, &rows))
-                .expect("the report is plain JSON values");
+            let text =
+                serde_json::to_string_pretty(&report::json(args, nranks, &rows, bound.as_ref()))
+                    .expect("the report is plain JSON values");
             if let Err(e) = std::fs::write(path, text + "\n") {
                 eprintln!("mixccl-perf: cannot write {}: {e}", path.display());
                 return ExitCode::from(1);

@@ -2,6 +2,7 @@
 //! its summary lines, and the JSON report. Pure formatting; no communication.
 
 use crate::args::{Args, Step};
+use crate::copybound::CopyBound;
 use mixccl::{DataType, ReduceOp};
 
 /// One phase (out-of-place or in-place) of one row, aggregated over ranks.
@@ -219,17 +220,24 @@ pub fn describe_wrong(collective: &str, r: &Row) -> String {
     )
 }
 
-fn phase_json(p: &Phase) -> serde_json::Value {
+fn phase_json(p: &Phase, bound: Option<&CopyBound>) -> serde_json::Value {
     serde_json::json!({
         "time_us": p.time_us,
         "algbw_gbps": p.algbw_gbps,
         "busbw_gbps": p.busbw_gbps,
+        "copy_fraction": bound.map(|b| b.fraction(p.busbw_gbps)),
         "wrong": p.wrong,
     })
 }
 
-/// The JSON report: parameters, one object per row, and the summary.
-pub fn json(args: &Args, nranks: usize, rows: &[Row]) -> serde_json::Value {
+/// The JSON report: parameters, one object per row, and the summary; with the copy
+/// bound where it was measured (each phase's busbw as a fraction of it).
+pub fn json(
+    args: &Args,
+    nranks: usize,
+    rows: &[Row],
+    bound: Option<&CopyBound>,
+) -> serde_json::Value {
     let objects: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -239,8 +247,8 @@ pub fn json(args: &Args, nranks: usize, rows: &[Row]) -> serde_json::Value {
                 "type": r.dtype.name(),
                 "redop": r.redop_name(),
                 "root": r.root_value(),
-                "out_of_place": phase_json(&r.out_of_place),
-                "in_place": r.in_place.as_ref().map(phase_json),
+                "out_of_place": phase_json(&r.out_of_place, bound),
+                "in_place": r.in_place.as_ref().map(|p| phase_json(p, bound)),
             })
         })
         .collect();
@@ -255,6 +263,9 @@ pub fn json(args: &Args, nranks: usize, rows: &[Row]) -> serde_json::Value {
         "rows": objects,
         "out_of_bounds": rows.iter().map(Row::wrong).sum::<u64>(),
         "avg_busbw_gbps": avg_busbw(rows),
+        "copy_rate_gbps": bound.map(|b| b.rate_gbps),
+        "copy_threads": bound.map(|b| b.threads),
+        "copy_bound_busbw_gbps": bound.map(CopyBound::busbw_gbps),
     })
 }
 
@@ -380,7 +391,7 @@ mod tests {
             panic!("parse failed")
         };
         assert_eq!(args.collective, Collective::SendRecv);
-        let v = json(&args, 2, &[row(false, None)]);
+        let v = json(&args, 2, &[row(false, None)], None);
         assert_eq!(v["collective"], "sendrecv");
         assert_eq!(v["nranks"], 2);
         assert_eq!(v["check"], false);
