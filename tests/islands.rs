@@ -193,6 +193,28 @@ fn two_vendor_islands_and_a_host_rank() {
 }
 
 #[test]
+fn equal_islands_all_reduce_in_shards() {
+    use Side::*;
+    let sides = [Cuda, Acl, Acl, Cuda];
+    let results = run_ranks(&sides, "full", &stubs().nccl);
+    assert_all_ok(&results);
+    for (r, (_, out, _)) in results.iter().enumerate() {
+        assert!(
+            out.contains("island: nccl over ranks [0, 3]")
+                && out.contains("island: hccl over ranks [1, 2]"),
+            "rank {r}:\n{out}"
+        );
+        // All-reduce is the shard form: one native reduce-scatter and all-gather per
+        // call (2 placements x 2 counts x 10 types x 2 x 4 ops), besides the
+        // all-gathers of the all-gather calls (2 x 2 x 10 x 2).
+        assert_eq!(count(out, "reduce_scatter"), 320, "rank {r}:\n{out}");
+        assert_eq!(count(out, "all_gather"), 320 + 80, "rank {r}:\n{out}");
+        // Only reduce-scatter calls (leader form) still use the native all-reduce.
+        assert_eq!(count(out, "all_reduce"), 320, "rank {r}:\n{out}");
+    }
+}
+
+#[test]
 fn one_island_spanning_the_communicator() {
     let sides = [Side::Cuda, Side::Cuda, Side::Cuda];
     let results = run_ranks(&sides, "full", &stubs().nccl);

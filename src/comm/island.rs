@@ -17,7 +17,11 @@
 //! op (all ranks decide alike, from the call alone); anything else keeps the
 //! ordinary path. The phases (see docs/algorithms.md, "Islands"):
 //! - all-reduce: island all-reduce (native), representatives' all-reduce, island
-//!   broadcast from the representative (native);
+//!   broadcast from the representative (native); when every rank is in an island
+//!   and the islands have one size `m`, the shard form instead: island
+//!   reduce-scatter (native), all-reduce of each shard over the members at the same
+//!   position in every island (one communicator per position, split at init),
+//!   island all-gather (native);
 //! - broadcast: the root's island broadcast, representatives' broadcast, the other
 //!   islands' broadcast;
 //! - all-gather: island all-gather (native), representatives' all-gather of their
@@ -80,6 +84,10 @@ pub(crate) struct Islands {
     member: Option<Member>,
     /// The representatives' communicator (on representatives, with two groups or more).
     reps: Option<Box<Communicator>>,
+    /// When every group is an island of one size `m` (and there are two or more):
+    /// the communicator of the members at this rank's position in every island, over
+    /// which all-reduce runs one shard in `m` (the shard form).
+    shards: Option<Box<Communicator>>,
     /// Why each rank outside an island is outside, for `describe_islands`.
     left_out: Vec<String>,
 }
@@ -92,6 +100,7 @@ impl Islands {
             group_of: Vec::new(),
             member: None,
             reps: None,
+            shards: None,
             left_out,
         })
     }
@@ -357,11 +366,31 @@ impl Communicator {
         } else {
             None
         };
+        // The shard form needs every rank in an island and the islands of one size.
+        let size = groups[0].members.len();
+        let uniform = groups.len() > 1
+            && groups
+                .iter()
+                .all(|g| g.library.is_some() && g.members.len() == size);
+        let shards = match (&member, uniform) {
+            (Some(m), true) => {
+                let saved = self.config.islands;
+                self.config.islands = false;
+                let r = self.split(Some(m.index as u32), me as i64);
+                self.config.islands = saved;
+                r?.map(|mut c| {
+                    c.abort = self.abort.clone();
+                    Box::new(c)
+                })
+            }
+            _ => None,
+        };
         self.islands = Some(Box::new(Islands {
             groups,
             group_of,
             member,
             reps,
+            shards,
             left_out,
         }));
         Ok(())
@@ -466,6 +495,7 @@ impl Communicator {
             // Closing the representatives' links tells the other groups now rather
             // than at their timeout.
             is.reps = None;
+            is.shards = None;
         }
         self.islands = Some(is);
         r
@@ -650,6 +680,9 @@ impl Islands {
                 }
         };
         match c.coll {
+            Collective::AllReduce if self.shards.is_some() => {
+                self.shard_all_reduce(c, send, recv, timeout, abort)
+            }
             Collective::AllReduce => {
                 let len = c.count * e;
                 let out = m.on_device(0, recv, mine(&recv), send.is_none())?;
@@ -767,6 +800,75 @@ impl Islands {
             }
             _ => Err(Error::Internal(format!("{} through the islands", c.coll))),
         }
+    }
+
+    /// All-reduce in shard form: native reduce-scatter into a shard of `count / m`
+    /// elements (rounded up, the input padded where `m` does not divide it), the
+    /// shard all-reduced with the same member of every other island, native
+    /// all-gather.
+    fn shard_all_reduce(
+        &mut self,
+        c: Call,
+        send: Option<MemRef>,
+        recv: MemRef,
+        timeout: Duration,
+        abort: &AtomicBool,
+    ) -> Result<()> {
+        let e = c.dtype.size();
+        let m = self.member.as_mut().expect("shard_all_reduce on a member");
+        let size = self.groups[self.group_of[c.rank]].members.len();
+        let (vendor, device) = (m.vendor, m.device);
+        let mine = |b: &MemRef| {
+            b.kind()
+                == MemoryKind::Device {
+                    vendor,
+                    index: device,
+                }
+        };
+        let shard = c.count.div_ceil(size);
+        let (count, dtype, op) = (c.count, c.dtype, c.op);
+        let input = send.unwrap_or(recv);
+        // Input and output with `size * shard` elements of room on this device.
+        let exact = shard * size == count;
+        let inp = if exact {
+            m.on_device(1, input, mine(&input), true)?
+        } else {
+            let a = m.scratch(1, size * shard * e)?;
+            copy(input, dev_ref(a, count * e, vendor, device))?;
+            a
+        };
+        let out = if exact {
+            m.on_device(0, recv, mine(&recv), false)?
+        } else {
+            m.scratch(0, size * shard * e)?
+        };
+        let part = m.scratch(2, shard * e)?;
+        m.native(timeout, abort, |ccl, comm, s| {
+            // SAFETY: `inp` holds `size` shards, `part` one.
+            unsafe { ccl.reduce_scatter(comm, inp, part, shard, dtype, op, s) }
+        })?;
+        let d = dev_ref(part, shard * e, vendor, device);
+        // The shard communicator's ranks: this position's member of every island,
+        // in rank order.
+        let index = m.index;
+        let mut peers: Vec<usize> = self.groups.iter().map(|g| g.members[index]).collect();
+        peers.sort_unstable();
+        let shards = self.shards.as_deref_mut().expect("shard communicator");
+        shards
+            .collective_mem(Collective::AllReduce, dtype, op, 0, None, d)
+            .map_err(|err| match err {
+                Error::PeerLost { rank, reason } => Error::PeerLost {
+                    rank: peers.get(rank).copied().unwrap_or(rank),
+                    reason: format!("{reason} (its shard of an island all-reduce)"),
+                },
+                err => err,
+            })?;
+        let m = self.member.as_mut().expect("shard_all_reduce on a member");
+        m.native(timeout, abort, |ccl, comm, s| {
+            // SAFETY: `part` holds a shard, `out` `size` shards.
+            unsafe { ccl.all_gather(comm, part, out, shard, dtype, s) }
+        })?;
+        copy(dev_ref(out, count * e, vendor, device), recv)
     }
 
     /// Native in-place broadcast of `count` elements at device `addr` from member `root`.

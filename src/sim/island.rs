@@ -8,7 +8,8 @@
 //!   ([`IslandLink::all_reduce`]), the copy out, the planner's algorithm over the
 //!   `H x V` representatives (simulated), the copy in, the island's broadcast
 //!   ([`IslandLink::broadcast`]);
-//! - bridging in shard form (not yet in the library): the island's reduce-scatter,
+//! - bridging in shard form (the library's all-reduce when every rank is in an
+//!   island of one size): the island's reduce-scatter,
 //!   the copy out of one shard, `D` all-reduces of a shard each over one member per
 //!   island (simulated as one, each host's network link shared `D` ways), the copy
 //!   in, the island's all-gather.

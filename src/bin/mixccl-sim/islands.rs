@@ -14,7 +14,7 @@ usage: mixccl-sim islands --hosts H [--vendors V] [--devices D] [--island LIB[:A
   host staging (the planner's algorithm over all ranks) against bridging (the island's
   library inside each host's vendor group, the planner's algorithm over one
   representative per island), and bridging in shard form (island reduce-scatter, one
-  all-reduce per shard across islands, island all-gather; not yet in the library).
+  all-reduce per shard across islands, island all-gather).
   --island: the library's cost (default nccl with its
   assumed figures; LIB alone takes that library's defaults); --pcie-gbs: host<->device
   copy rate (default 25); links as for the other commands (default shm:5,32 and rdma:4,400).";
