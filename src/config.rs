@@ -340,7 +340,7 @@ mod tests {
         assert_eq!(
             c.must_agree(),
             "MIXCCL_CHUNK_SIZE=524288\nMIXCCL_NSOCKS=2\nMIXCCL_TLS=off\nMIXCCL_DIRECT_MAX_BYTES=16384\n\
-             MIXCCL_SHM_DISABLE=0\nMIXCCL_BOARD_BYTES=nonzero\nMIXCCL_SHM_CMA=0\n\
+             MIXCCL_SHM_DISABLE=0\nMIXCCL_ISLANDS=1\nMIXCCL_BOARD_BYTES=nonzero\nMIXCCL_SHM_CMA=0\n\
              MIXCCL_ALGO=auto\nMIXCCL_CHECK_CALLS=1\nMIXCCL_PIPELINE_BYTES=8388608\n\
              MIXCCL_TOPO_FILE=unset\nMIXCCL_TOPO_PROBE=1\nMIXCCL_NET=IB-or-auto"
         );

@@ -23,6 +23,7 @@
 mod algo;
 mod bootstrap;
 mod call;
+mod ccl;
 mod comm;
 mod config;
 mod copy;

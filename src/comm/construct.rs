@@ -37,6 +37,7 @@ impl Communicator {
         comm.caps.host_read = comm.probe_host_read()?;
         comm.adopt_board();
         super::measure::establish(&mut comm, probes)?;
+        comm.form_islands()?;
         Ok(comm)
     }
 
@@ -216,6 +217,7 @@ impl Communicator {
             last_plan: None,
             board: None,
             header_dtype: None,
+            islands: None,
         })
     }
 

@@ -13,11 +13,14 @@
 //! - `fp8`: fp8 reductions, run in f32 and rounded once.
 //! - `stage`: collectives on buffers in any memory, staged through pinned host memory.
 //! - `uneven`: the uneven ("v") collectives, whose blocks differ in size by rank.
+//! - `island`: islands of one host and vendor, whose phases run in the vendor's own
+//!   collective library (`ccl`).
 
 mod board;
 mod construct;
 mod elastic;
 mod fp8;
+mod island;
 mod lazy;
 mod measure;
 mod run;
@@ -78,6 +81,8 @@ pub struct Communicator {
     /// The type call headers name while an fp8 reduction runs widened to f32
     /// (`fp8`), so ranks passing different fp8 formats still mismatch.
     header_dtype: Option<DataType>,
+    /// The islands formed at init, when any did (`island`).
+    islands: Option<Box<island::Islands>>,
 }
 
 /// One transfer of a [`Communicator::group`] call.
@@ -194,6 +199,17 @@ impl Communicator {
         let count = self.count_of(coll, dtype, root, send.map(<[u8]>::len), recv.len())?;
         if let Some(fmt) = dtype.fp8().filter(|_| fp8::reduces(coll)) {
             return self.widened(coll, dtype, fmt, op, root, send, recv);
+        }
+        if self.island_route(coll, dtype, op) {
+            let host = crate::device::MemoryKind::Host;
+            // SAFETY: host slices, borrowed for the call (recv exclusively).
+            let (s, r) = unsafe {
+                (
+                    send.map(|s| crate::MemRef::with_kind(s.as_ptr(), s.len(), host)),
+                    crate::MemRef::with_kind(recv.as_ptr(), recv.len(), host),
+                )
+            };
+            return self.island_call(coll, dtype, op, root, count, s, r);
         }
         self.launch(coll, dtype, op, count, root, send, recv)
     }

@@ -176,6 +176,9 @@ impl Communicator {
                 )));
             }
         }
+        if self.island_route(coll, dtype, op) {
+            return self.island_call(coll, dtype, op, root, count, send, recv);
+        }
         if !send.is_some_and(|s| s.is_device()) && !recv.is_device() {
             // SAFETY: both are host memory (MemRef's contract) and do not overlap.
             let input = send.map(|s| unsafe { host_piece(&s, 0, s.len()) });

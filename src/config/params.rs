@@ -214,6 +214,11 @@ config_params! {
     shm_disable: bool = false,
         "MIXCCL_SHM_DISABLE", Flag, agree yes,
         "TCP between ranks of one host";
+    /// Let ranks of one host and one vendor run the phases inside their island with
+    /// the vendor's own collective library (NCCL, RCCL, HCCL, CNCL, MCCL).
+    islands: bool = true,
+        "MIXCCL_ISLANDS", Flag, agree yes,
+        "vendor collective libraries inside islands of one host and vendor";
     /// Bytes of each shared-memory ring, per direction and peer (rounded up to 64).
     shm_buffer: usize = 1 << 20,
         "MIXCCL_SHM_BUFFER", Size { min: 4 << 10, max: 1 << 30, zero: false, round: 64 }, agree no,
@@ -341,6 +346,41 @@ pub(crate) const ELSEWHERE: &[Elsewhere] = &[
         default: "all",
         doc: Doc::Table,
         help: "device runtimes to try: cuda,hip,musa,acl,cnrt or none",
+    },
+    Elsewhere {
+        name: "MIXCCL_NCCL_LIB",
+        read_by: "ccl",
+        default: "libnccl.so.2",
+        doc: Doc::Readme,
+        help: "NCCL library an island loads",
+    },
+    Elsewhere {
+        name: "MIXCCL_RCCL_LIB",
+        read_by: "ccl",
+        default: "librccl.so.1",
+        doc: Doc::Readme,
+        help: "RCCL library an island loads",
+    },
+    Elsewhere {
+        name: "MIXCCL_HCCL_LIB",
+        read_by: "ccl",
+        default: "libhccl.so",
+        doc: Doc::Readme,
+        help: "HCCL library an island loads",
+    },
+    Elsewhere {
+        name: "MIXCCL_CNCL_LIB",
+        read_by: "ccl",
+        default: "libcncl.so",
+        doc: Doc::Readme,
+        help: "CNCL library an island loads",
+    },
+    Elsewhere {
+        name: "MIXCCL_MCCL_LIB",
+        read_by: "ccl",
+        default: "libmccl.so",
+        doc: Doc::Readme,
+        help: "MCCL library an island loads",
     },
     Elsewhere {
         name: "MIXCCL_CUDA_LIB",
@@ -614,7 +654,7 @@ mod tests {
             );
             assert!(!p.help.is_empty(), "{} has no help", p.name);
         }
-        assert_eq!(all.iter().filter(|p| p.in_config).count(), 29);
+        assert_eq!(all.iter().filter(|p| p.in_config).count(), 30);
         let row = |name: &str| all.iter().find(|p| p.name == name).unwrap();
         let n = row("MIXCCL_NSOCKS");
         assert_eq!(

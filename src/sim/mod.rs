@@ -18,10 +18,12 @@
 
 mod compile;
 mod engine;
+mod island;
 mod net;
 mod report;
 
 pub use engine::{Cache, HostModel};
+pub use island::{compare as compare_islands, IslandCase, IslandRow};
 pub use net::{parse_link, Cluster, Network, TLS_NS_PER_BYTE};
 pub use report::{bus_factor, chart, Row, Series};
 

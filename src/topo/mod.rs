@@ -7,7 +7,7 @@
 pub(crate) mod model;
 pub(crate) mod probe;
 
-pub use model::{Host, LinkClass, LinkCost, Pods, Topology};
+pub use model::{Host, IslandLink, LinkClass, LinkCost, Pods, Topology};
 pub use probe::{DeviceInfo, Nic, RankProbe, RdmaPort};
 
 use crate::config::Config;

@@ -59,6 +59,65 @@ const TCP_ALPHA_US: f64 = 40.0;
 const TCP_DEFAULT_MBPS: u64 = 10_000;
 const RDMA_ALPHA_US: f64 = 4.0;
 
+/// What a vendor's collective library costs inside an island (ranks of one host and
+/// vendor, see `comm/island.rs`): its all-reduce's bus bandwidth and its latency per
+/// step, for the planner and `mixccl-sim islands`. Defaults per library are assumed
+/// figures for current 8-device hosts (not measured by mixccl); a model file's
+/// `island_links` overrides them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IslandLink {
+    /// The library: `nccl`, `rccl`, `hccl`, `cncl` or `mccl`.
+    pub library: String,
+    /// Latency of one step in microseconds (alpha).
+    pub alpha_us: f64,
+    /// Bus bandwidth per device in GB/s (1/beta).
+    pub bw_gbs: f64,
+}
+
+impl IslandLink {
+    /// The assumed figures for `library`: NCCL over NVLink 4 (H100/H200), RCCL over
+    /// Infinity Fabric (MI300X), HCCL over HCCS (Ascend 910B), CNCL over MLU-Link,
+    /// MCCL over MTLink.
+    pub fn default_for(library: &str) -> Option<IslandLink> {
+        let (alpha_us, bw_gbs) = match library {
+            "nccl" => (8.0, 300.0),
+            "rccl" => (10.0, 150.0),
+            "hccl" => (15.0, 100.0),
+            "cncl" => (20.0, 50.0),
+            "mccl" => (20.0, 60.0),
+            _ => return None,
+        };
+        Some(IslandLink {
+            library: library.to_string(),
+            alpha_us,
+            bw_gbs,
+        })
+    }
+
+    /// Seconds for a ring all-reduce of `bytes` over `m` devices.
+    pub fn all_reduce(&self, m: usize, bytes: f64) -> f64 {
+        if m < 2 {
+            return 0.0;
+        }
+        let steps = 2.0 * (m as f64 - 1.0);
+        steps * self.alpha_us * 1e-6 + steps / m as f64 * bytes / (self.bw_gbs * 1e9)
+    }
+
+    /// Seconds for a ring reduce-scatter (or all-gather) of `bytes` in all over `m`
+    /// devices.
+    pub fn reduce_scatter(&self, m: usize, bytes: f64) -> f64 {
+        self.all_reduce(m, bytes) / 2.0
+    }
+
+    /// Seconds for a pipelined broadcast of `bytes` over `m` devices.
+    pub fn broadcast(&self, m: usize, bytes: f64) -> f64 {
+        if m < 2 {
+            return 0.0;
+        }
+        (m as f64 - 1.0) * self.alpha_us * 1e-6 + bytes / (self.bw_gbs * 1e9)
+    }
+}
+
 /// One host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Host {
@@ -100,6 +159,10 @@ pub struct Topology {
     /// it load as one pod).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<Pods>,
+    /// The vendor libraries' costs inside islands, where they differ from
+    /// [`IslandLink::default_for`] (optional).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub island_links: Vec<IslandLink>,
     #[serde(skip)]
     host_of: Vec<usize>,
     #[serde(skip)]
@@ -119,11 +182,22 @@ impl Topology {
             hosts,
             probes,
             pods: None,
+            island_links: Vec::new(),
             host_of: Vec::new(),
             pod_of: Vec::new(),
         };
         t.index()?;
         Ok(t)
+    }
+
+    /// The cost of `library` inside an island: the model file's figures, else the
+    /// library's defaults (`None` for an unknown library).
+    pub fn island_link(&self, library: &str) -> Option<IslandLink> {
+        self.island_links
+            .iter()
+            .find(|l| l.library == library)
+            .cloned()
+            .or_else(|| IslandLink::default_for(library))
     }
 
     /// This model with its hosts grouped into `pods` (checked: every host in exactly
@@ -140,6 +214,16 @@ impl Topology {
                 "topology: version {} is not supported (1)",
                 self.version
             )));
+        }
+        for l in &self.island_links {
+            let ok = |x: f64| x.is_finite() && x > 0.0;
+            if IslandLink::default_for(&l.library).is_none() || !ok(l.alpha_us) || !ok(l.bw_gbs) {
+                return Err(Error::invalid(format!(
+                    "topology: island link {:?} needs a library (nccl, rccl, hccl, cncl, \
+                     mccl), a positive alpha_us and bw_gbs",
+                    l.library
+                )));
+            }
         }
         let n: usize = self.hosts.iter().map(|h| h.ranks.len()).sum();
         if n == 0 || n > crate::wire::MAX_RANKS {

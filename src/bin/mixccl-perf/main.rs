@@ -118,6 +118,9 @@ fn run_rank(args: &Args) -> ExitCode {
     if args.topo {
         if let (0, Some(t)) = (rank, comm.topology()) {
             print_topology(t, comm.config());
+            for line in comm.describe_islands() {
+                println!("# {line}");
+            }
         }
         return ExitCode::SUCCESS;
     }

@@ -9,12 +9,16 @@ use mixccl::sim::{
 };
 use mixccl::{Algorithm, Collective, Config, Topology};
 use std::process::ExitCode;
+
+mod islands;
 use std::time::Instant;
 
 const USAGE: &str = "\
 usage: mixccl-sim <collective> TOPOLOGY [-b size] [-e size] [-f factor] [-J file] [flags]
        mixccl-sim scale <collective> CLUSTER --min-ranks N --max-ranks N --sizes s,s,..
                   [--svg-dir DIR] [--name NAME] [-J file] [flags]
+       mixccl-sim islands --hosts H [--vendors V] [--devices D] [--island LIB[:ALPHA_US,GBS]] ..
+                  (bridging vendor islands against host staging; mixccl-sim islands --help)
 
 TOPOLOGY is a JSON model (the format MIXCCL_TOPO_FILE reads) or a generated CLUSTER:
   --topo FILE                     the JSON model
@@ -446,6 +450,9 @@ fn human(b: usize) -> String {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("islands") {
+        return islands::main(&argv[1..]);
+    }
     let args = match parse(&argv) {
         Ok(Some(a)) => a,
         Ok(None) => {
