@@ -1,6 +1,7 @@
 //! TLS through the public API: ranks joined by `Communicator::init` with
 //! `MIXCCL_TLS=all` (shared memory off, so every link is TCP and encrypted) compute
-//! right, and a rank whose policy differs makes every rank fail naming the setting.
+//! right, a rank whose policy differs makes every rank fail naming the setting, and a
+//! certificate of another CA fails init on both ranks (the bootstrap carries TLS too).
 //! The failure modes of the handshake itself (stranger CA, expired certificate,
 //! wrong key, plaintext peer) and the byte tap are tested at the mesh
 //! (`cargo test --lib tls`).
@@ -115,4 +116,49 @@ fn a_rank_without_tls_fails_every_rank_by_name() {
     for (rank, e) in errors.iter().enumerate() {
         assert!(e.contains("MIXCCL_TLS"), "rank {rank}: {e}");
     }
+}
+
+/// Rank 1's certificate is signed by another CA: its TLS handshake with the root
+/// (rank 0) fails at init, rank 1 naming the TLS reason and rank 0 told by the
+/// root's failure report, both within the timeout.
+#[test]
+fn a_certificate_of_another_ca_fails_init_on_both_ranks() {
+    let dir = std::env::temp_dir().join(format!("mixccl-tls-ca-{}", std::process::id()));
+    let (files, ca) = certificates(&dir.join("good"), 2);
+    let (strangers, _) = certificates(&dir.join("other"), 2);
+    let mut configs = [tls_config(&files, &ca, 0), tls_config(&strangers, &ca, 1)];
+    for c in &mut configs {
+        c.timeout = Duration::from_secs(4);
+    }
+    let id = root(&configs[0]);
+    let start = std::time::Instant::now();
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = configs
+            .iter()
+            .enumerate()
+            .map(|(rank, config)| {
+                let (id, config) = (&id, config.clone());
+                s.spawn(move || match Communicator::init(rank, 2, id, config) {
+                    Ok(_) => "init succeeded".to_string(),
+                    Err(e) => e.to_string(),
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    // The root gives up 4 s after the first hello; ranks allow it 5 s more to say so.
+    assert!(
+        start.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        start.elapsed()
+    );
+    for (rank, e) in errors.iter().enumerate() {
+        assert!(e.contains("TLS"), "rank {rank}: {e}");
+    }
+    assert!(
+        errors[0].contains("[1]"),
+        "rank 0 names rank 1: {}",
+        errors[0]
+    );
 }

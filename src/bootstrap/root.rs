@@ -203,6 +203,11 @@ impl Root {
                     Err(why) => {
                         let p = pending.swap_remove(i);
                         log_warn!(None, "bootstrap root: closed {}: {why}", p.from);
+                        // A failed TLS handshake (certificate, key, CA) names no rank
+                        // yet; the failure report carries it to the ranks that joined.
+                        if p.tls.is_some() && self.refused.len() < MAX_REFUSED {
+                            self.refused.push(format!("{} failed TLS: {why}", p.from));
+                        }
                     }
                 }
             }

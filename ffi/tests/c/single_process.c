@@ -91,7 +91,7 @@ static void bad_arguments(ncclComm_t c) {
   int n = 0;
   ncclComm_t sub = NULL;
   ncclRedOp_t op;
-  EXPECT(ncclAllReduce(s, r, 4, (ncclDataType_t)10, ncclSum, c, NULL), ncclInvalidArgument, "datatype 10");
+  EXPECT(ncclAllReduce(s, r, 4, (ncclDataType_t)12, ncclSum, c, NULL), ncclInvalidArgument, "datatype 12");
   EXPECT(ncclAllReduce(s, r, 4, (ncclDataType_t)-1, ncclSum, c, NULL), ncclInvalidArgument, "datatype -1");
   EXPECT(ncclAllReduce(s, r, 4, ncclFloat, (ncclRedOp_t)5, c, NULL), ncclInvalidArgument, "op 5");
   EXPECT(ncclAllReduce(s, r, 4, ncclFloat, (ncclRedOp_t)-3, c, NULL), ncclInvalidArgument, "op -3");
