@@ -69,7 +69,7 @@
  *  - Not provided (ncclInvalidUsage, ncclGetLastError says why; nothing is written):
  *    the device API (ncclDevCommCreate, device pointers of windows), one-sided
  *    ncclPutSignal / ncclSignal / ncclWaitSignal.
- *    The 8-bit float types are ncclInvalidArgument. Not declared at all: NCCL 2.30's
+ *    Not declared at all: NCCL 2.30's
  *    parameter API (ncclParamBind, ncclParamGet*, ncclParamDumpAll) and the deprecated
  *    ncclResetDebugInit.
  *
@@ -439,7 +439,8 @@ typedef enum {
   ncclFloat64 = 8,
   ncclDouble = 8,
   ncclBfloat16 = 9,
-  /* 8-bit floats: declared as NCCL does; mixccl returns ncclInvalidArgument. */
+  /* 8-bit floats (OCP formats, NVIDIA's): reductions accumulate in fp32 and round
+   * once; mixccl.h adds AMD's FNUZ formats. */
   ncclFloat8e4m3 = 10,
   ncclFloat8e5m2 = 11,
   ncclNumTypes = 12
