@@ -308,3 +308,31 @@ fn pods_travel_in_the_model() {
     c.pod_link = None;
     assert!(c.build().is_err());
 }
+
+#[test]
+fn random_clusters_stay_within_their_limits_and_repeat_by_seed() {
+    let shape = Shape::default();
+    let (mut pods, mut slow, mut big) = (0, 0, 0);
+    for seed in 0..400u64 {
+        let c = Cluster::random(&mut Rng::new(seed), &shape);
+        assert!((2..=2048).contains(&c.hosts), "{seed}: {}", c.summary());
+        assert!(
+            (1..=8).contains(&c.ranks_per_host),
+            "{seed}: {}",
+            c.summary()
+        );
+        let ratio = c.intra.bw_gbs / c.inter.bw_gbs;
+        assert!((1.0..=50.0).contains(&ratio), "{seed}: {ratio}");
+        for a in [c.intra.alpha_us, c.inter.alpha_us] {
+            assert!((1.0..=20.0).contains(&a), "{seed}: alpha {a}");
+        }
+        pods += usize::from(c.pods > 1);
+        slow += usize::from(c.slow_fraction > 0.0);
+        big += usize::from(c.hosts > 256);
+        c.build().unwrap_or_else(|e| panic!("{seed}: {e}"));
+        let again = Cluster::random(&mut Rng::new(seed), &shape);
+        assert_eq!(c.summary(), again.summary());
+    }
+    // Every option turns up.
+    assert!(pods > 40 && slow > 40 && big > 40, "{pods} {slow} {big}");
+}
