@@ -345,6 +345,36 @@ fn tree_crossings(t: &Topology, shape: crate::algo::tree::Shape) -> usize {
     up.into_iter().flatten().max().unwrap_or(0)
 }
 
+/// Seconds of alpha on the longest way (summing each link's alpha, the pods' uplink's
+/// where it crosses pods) from a rank up to the root of `shape`.
+fn tree_path_alpha(t: &Topology, shape: crate::algo::tree::Shape) -> f64 {
+    let n = t.nranks();
+    let hop = |a: usize, b: usize| {
+        t.link(a, b).alpha_us * 1e-6 + t.crossing(a, b).map_or(0.0, |u| u.alpha_us * 1e-6)
+    };
+    let mut up: Vec<Option<f64>> = vec![None; n];
+    let mut path = Vec::new();
+    for r in 0..n {
+        let mut x = r;
+        while up[x].is_none() {
+            path.push(x);
+            match shape.links(n, x).0 {
+                Some(p) => x = p,
+                None => {
+                    up[x] = Some(0.0);
+                    path.pop();
+                    break;
+                }
+            }
+        }
+        while let Some(y) = path.pop() {
+            let p = shape.links(n, y).0.expect("not the root");
+            up[y] = Some(up[p].expect("set above") + hop(y, p));
+        }
+    }
+    up.into_iter().flatten().fold(0.0, f64::max)
+}
+
 /// Estimated seconds for `coll` with `algo` on `bytes` per rank, or `None` when `algo`
 /// is not a candidate here.
 pub(crate) fn estimate(
@@ -408,7 +438,7 @@ pub(crate) fn estimate(
             (1.0, 0.0, reduced)
         }
         (AllReduce, Tree) => {
-            let (mut depth, mut xmax) = (0usize, 0usize);
+            let (mut depth, mut xmax, mut path) = (0usize, 0usize, 0.0f64);
             let trees = if bytes <= crate::algo::tree::SINGLE_TREE_MAX_BYTES {
                 1
             } else {
@@ -424,6 +454,7 @@ pub(crate) fn estimate(
                 }
                 depth = depth.max(tree_depth(shape, n));
                 xmax = xmax.max(tree_crossings(t, shape));
+                path = path.max(tree_path_alpha(t, shape));
             }
             // The chunks do not stream through the trees: a lane runs its messages
             // in order, so a chunk's way down (after the round trip to the root)
@@ -440,9 +471,10 @@ pub(crate) fn estimate(
             let x = xmax as f64;
             let uplink = t.pods.as_ref().map_or(0.0, |p| c / (p.uplink.bw_gbs * 1e9));
             let trip =
-                d * (c / load.slowest_bw() + 2.0 * c / (REDUCE_GBS * 1e9) + 2.0 * msg) + x * uplink;
-            cross = 2.0 * x * rounds;
-            (2.0 * d * rounds, rounds * trip, 0.0)
+                d * (2.0 * c / load.slowest_bw() + 2.0 * c / (REDUCE_GBS * 1e9)) + x * uplink;
+            // Alpha: each link's own on the longest way, up and down (a level
+            // inside a host costs its alpha, not the slowest link's).
+            return Some(rounds * (2.0 * path + trip) + load.seconds());
         }
         (Broadcast | Reduce, Tree) => {
             let shape = crate::algo::tree::Shape::Rooted(0);
@@ -452,10 +484,13 @@ pub(crate) fn estimate(
                 }
             }
             let depth = tree_depth(shape, n) as f64;
-            cross = tree_crossings(t, shape) as f64;
             let fill = depth * chunk.min(s) / load.slowest_bw();
             let reduced = if coll == Reduce { 2.0 * s } else { 0.0 };
-            (depth, fill + depth * msg, reduced)
+            // Alpha: each link's own on the longest way down, no cost per message
+            // (mixccl-sim judge: both had the tree up to 2x too slow at small sizes).
+            return Some(
+                tree_path_alpha(t, shape) + fill + load.seconds() + reduced / (REDUCE_GBS * 1e9),
+            );
         }
         (Broadcast | Reduce, Chain) => {
             // The first chunk pays every hop's alpha and transfer; the others follow
@@ -484,7 +519,13 @@ pub(crate) fn estimate(
             if hn < 2 || hn == n {
                 return None;
             }
-            return Some(hier(t, coll, s, msg));
+            // A call split into pieces (`Config::piece_elems`) overlaps one piece's
+            // phases with the next's.
+            let piece = config
+                .pipeline_bytes
+                .max(n.saturating_mul(config.chunk_bytes).saturating_mul(2));
+            let pieces = config.pipeline_bytes > 0 && coll == AllReduce && bytes >= piece;
+            return Some(hier(t, coll, s, pieces));
         }
         (AllToAll, Pairwise) => {
             if n <= DIRECT_MAX_RANKS {
@@ -591,33 +632,56 @@ fn tree_depth(shape: crate::algo::tree::Shape, n: usize) -> usize {
         .unwrap_or(0)
 }
 
-/// The hierarchical estimate: every phase's latency, and the bandwidth of the slower
-/// of the host and network phases (chunks flow from one phase into the next, so they
-/// overlap) plus the pipeline's fill.
-fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
+/// The hierarchical estimate: the latency of the phases on the critical path, and the
+/// phases' bandwidth one after the other as `mixccl-sim` runs them (issue 18: the
+/// overlap of the host and network phases assumed before was up to 1.3x too fast).
+fn hier(t: &Topology, coll: Collective, s: f64, pieces: bool) -> f64 {
     let hn = t.hosts.len() as f64;
     let nf = t.nranks() as f64;
     let nch = t.hosts.iter().map(|h| h.ranks.len()).min().unwrap_or(1) as f64;
-    let mut intra = 0.0f64;
+    let red = REDUCE_GBS * 1e9;
+    // Per phase inside the hosts, the busiest rank's seconds (its port moves `bw`, its
+    // reductions `red`): the first phase (to owners) and the last (from owners).
+    // (No cost per message: the engine sends to every peer on a lane of its own;
+    // mixccl-sim judge found it doubling the estimate of small calls.)
+    let (mut first, mut last, mut reduce_in) = (0.0f64, 0.0f64, 0.0f64);
     let mut alpha_in = 0.0f64;
     for h in &t.hosts {
         let l = h.ranks.len() as f64;
-        let bw = h.intra.bw_gbs * 1e9;
-        // Bytes the busiest rank of the host sends or receives inside it, both intra phases.
-        let local = match coll {
-            // Reduce to owners: a rank sends the blocks it does not own (all of S if it
-            // owns none), an owner receives (L-1) S/C; the finish mirrors it.
-            Collective::AllReduce => {
-                let out = if l > nch { s } else { s * (nch - 1.0) / nch };
-                2.0 * out.max((l - 1.0) * s / nch)
-            }
-            // Blocks to local peers, then foreign blocks from the owners.
-            _ => (l - 1.0) * s / nf + (nf - l) * s / nf * ((l - 1.0) / nch).max(1.0),
-        };
-        if l > 1.0 {
-            intra = intra.max(local / bw + (l - 2.0).max(0.0) * msg);
-            alpha_in = alpha_in.max(h.intra.alpha_us * 1e-6);
+        if l < 2.0 {
+            continue;
         }
+        let bw = h.intra.bw_gbs * 1e9;
+        // What a non-owner hands over (all of it where some ranks own no channel).
+        let share = if l > nch { 1.0 } else { (nch - 1.0) / nch };
+        let (a, b) = match coll {
+            // Reduce to owners: a rank sends the blocks it does not own, an owner
+            // receives and reduces (L-1) S/C; the finish mirrors it.
+            Collective::AllReduce => {
+                let into = (l - 1.0) * s / nch;
+                reduce_in = reduce_in.max(into);
+                (
+                    (share * s / bw).max(into / bw.min(red)),
+                    (share * s).max(into) / bw,
+                )
+            }
+            // Blocks to local peers, then the foreign blocks from their owners.
+            Collective::AllGather => (
+                (l - 1.0) * s / nf / bw,
+                (nf - l) * s / nf * share.max((l - 1.0) / nch) / bw,
+            ),
+            // Every block reduced onto its owner, then the finished ones to their ranks.
+            _ => {
+                let into = (l - 1.0) * s / nch;
+                (
+                    (share * s / bw).max(into / bw.min(red)),
+                    (l / nch - 1.0).max(0.0) * s / nf / bw,
+                )
+            }
+        };
+        first = first.max(a);
+        last = last.max(b);
+        alpha_in = alpha_in.max(h.intra.alpha_us * 1e-6);
     }
     // Across hosts: each host's link carries the ring's share of the whole buffer.
     let f = if coll == Collective::AllReduce {
@@ -661,17 +725,41 @@ fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
         let most = pod_out.iter().copied().fold(0.0, f64::max);
         inter = inter.max(most / (pods.uplink.bw_gbs * 1e9));
     }
-    let reduced = match coll {
-        Collective::AllGather => 0.0,
-        _ => s,
+    // The ring in steps: a step moves a piece of S/(H C) per owner over the NICs,
+    // and in the reduce-scatter steps also reduces it.
+    let nsteps = hn - 1.0;
+    let step = inter / (f * nsteps);
+    let rs_step = step.max(s / (hn * nch) / red);
+    let phases = match coll {
+        // The owners forward the blocks in host order, not as they arrive: a host's
+        // forwarding waits for the block that comes last, so all of it but the last
+        // step's follows the ring; the peers' blocks go out beside the ring.
+        // (mixccl-sim judge, seed 18 case 17: 8x4 hosts, shm 6.23 GB/s, tcp 3.12
+        // GB/s, 4 MiB: simulated 1730 us; the overlap of both phases estimated 1296.)
+        Collective::AllGather => first.max((nsteps - 1.0) * step) + step.max(last),
+        // The ring waits for the first phase (its first blocks are reduced last) and
+        // the last waits for the ring: the phases follow one another (with 1 MiB
+        // chunks a block is one or a few chunks, which leaves little to overlap).
+        // Pieces in flight at once: the slowest of the phases, and half the host
+        // phases' (mixccl-sim: 2x2 hosts, shm 1.98 GB/s, tcp 1.25 GB/s, 256 MiB in 32
+        // pieces: simulated 268 ms, the phases one after the other 352 ms).
+        // An owner's reductions, of both its phases, share its one rate.
+        _ if pieces => {
+            let ring = f * nsteps * rs_step.max(step);
+            let reductions = reduce_in / red + nsteps / hn * s / nch / red;
+            ring.max(first + last).max(reductions) + 0.5 * ring.min(first + last)
+        }
+        _ => first + f * nsteps * rs_step.max(step) + last,
     };
-    let fill = intra.min(inter) / (hn * nch).max(1.0);
-    2.0 * alpha_in
-        + f * (hn - 1.0) * alpha_x
-        + crossings * pod_alpha(t)
-        + intra.max(inter)
-        + fill
-        + reduced / (REDUCE_GBS * 1e9)
+    // Intra alphas on the critical path: all_gather's first phase runs beside the
+    // ring; reduce_scatter's last phase is a copy where every rank owns a channel.
+    let uneven = t.hosts.iter().any(|h| h.ranks.len() as f64 > nch);
+    let hops_in = match coll {
+        Collective::AllGather => 1.0,
+        Collective::ReduceScatter => 1.0 + f64::from(u8::from(uneven)),
+        _ => 2.0,
+    };
+    hops_in * alpha_in + f * (hn - 1.0) * alpha_x + crossings * pod_alpha(t) + phases
 }
 
 #[cfg(test)]
