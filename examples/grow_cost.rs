@@ -36,7 +36,7 @@ fn main() {
                         *grow_id.lock().unwrap() = Some(comm.grow_id().expect("grow id"));
                     }
                     ready.wait();
-                    let gid = grow_id.lock().unwrap().clone().expect("grow id set");
+                    let gid = (*grow_id.lock().unwrap()).expect("grow id set");
                     let start = Instant::now();
                     let mut grown = comm.grow(n, &gid).expect("grow");
                     let grew = start.elapsed();
@@ -46,7 +46,7 @@ fn main() {
             let (config, grow_id, ready) = (config.clone(), grow_id.clone(), ready.clone());
             hs.push(s.spawn(move || {
                 ready.wait();
-                let gid = grow_id.lock().unwrap().clone().expect("grow id set");
+                let gid = (*grow_id.lock().unwrap()).expect("grow id set");
                 let start = Instant::now();
                 let mut grown = Communicator::join_grown(n - 1, n, &gid, config).expect("join");
                 let grew = start.elapsed();

@@ -288,11 +288,6 @@ impl<'a> Load<'a> {
         self.alpha = self.alpha.max(self.t.link(a, b).alpha_us * 1e-6);
     }
 
-    /// The fraction of messages so far that crossed pods.
-    fn crossed(&self) -> f64 {
-        self.crossings as f64 / self.messages.max(1) as f64
-    }
-
     /// Seconds the busiest link needs for its bytes.
     fn seconds(&self) -> f64 {
         let mut worst = 0.0f64;
@@ -386,6 +381,36 @@ fn tree_crossings(t: &Topology, shape: crate::algo::tree::Shape) -> usize {
     up.into_iter().flatten().max().unwrap_or(0)
 }
 
+/// Seconds of alpha on the longest way (summing each link's alpha, the pods' uplink's
+/// where it crosses pods) from a rank up to the root of `shape`.
+fn tree_path_alpha(t: &Topology, shape: crate::algo::tree::Shape) -> f64 {
+    let n = t.nranks();
+    let hop = |a: usize, b: usize| {
+        t.link(a, b).alpha_us * 1e-6 + t.crossing(a, b).map_or(0.0, |u| u.alpha_us * 1e-6)
+    };
+    let mut up: Vec<Option<f64>> = vec![None; n];
+    let mut path = Vec::new();
+    for r in 0..n {
+        let mut x = r;
+        while up[x].is_none() {
+            path.push(x);
+            match shape.links(n, x).0 {
+                Some(p) => x = p,
+                None => {
+                    up[x] = Some(0.0);
+                    path.pop();
+                    break;
+                }
+            }
+        }
+        while let Some(y) = path.pop() {
+            let p = shape.links(n, y).0.expect("not the root");
+            up[y] = Some(up[p].expect("set above") + hop(y, p));
+        }
+    }
+    up.into_iter().flatten().fold(0.0, f64::max)
+}
+
 /// Estimated seconds for `coll` with `algo` on `bytes` per rank, or `None` when `algo`
 /// is not a candidate here.
 pub(crate) fn estimate(
@@ -423,28 +448,9 @@ pub(crate) fn estimate(
         * 0.2e-6;
     // Message steps that cross pods (each pays the uplink's alpha on top).
     let mut cross = 0.0;
-    // Transfers and reductions, where the algorithm overlaps them (else their sum).
-    let mut overlapped = None;
     let (steps, extra, reduced) = match (coll, algo) {
         (AllReduce | AllGather | ReduceScatter, Ring) => {
-            let f = if coll == AllReduce { 2.0 } else { 1.0 };
-            for r in 0..n {
-                load.add(r, (r + 1) % n, f * (nf - 1.0) / nf * s);
-            }
-            let steps = f * (nf - 1.0);
-            cross = steps * load.crossed();
-            // The chunks of the reduce-scatter half are reduced as they arrive, so
-            // that half takes the longer of its transfer and its reduction, not their
-            // sum (mixccl-sim: 256 MiB on 64 ranks, ring 58.1 ms against the sum's
-            // 65.4 and the overlap's 60.0; see the planner tests).
-            let half = load.seconds() / f;
-            let reduction = if coll == AllGather {
-                0.0
-            } else {
-                (nf - 1.0) / nf * s / (REDUCE_GBS * 1e9)
-            };
-            overlapped = Some(half.max(reduction) + (f - 1.0) * half);
-            (steps, 0.0, 0.0)
+            return Some(ring(t, coll, s, chunk));
         }
         (AllReduce, Direct) | (AllGather, Direct) => {
             if s > config.direct_max_bytes as f64 || n > DIRECT_MAX_RANKS {
@@ -462,10 +468,13 @@ pub(crate) fn estimate(
                 0.0
             };
             cross = if load.crossings > 0 { 1.0 } else { 0.0 };
-            (1.0, (nf - 2.0) * msg, reduced)
+            // Every message is in flight at once: no cost per message beyond its
+            // bytes (mixccl-sim judge: 104 ranks, 416 B all_gather, simulated 17 us
+            // where a cost per message estimated 178).
+            (1.0, 0.0, reduced)
         }
         (AllReduce, Tree) => {
-            let (mut depth, mut xmax) = (0usize, 0usize);
+            let (mut depth, mut xmax, mut path) = (0usize, 0usize, 0.0f64);
             let trees = if bytes <= crate::algo::tree::SINGLE_TREE_MAX_BYTES {
                 1
             } else {
@@ -481,6 +490,7 @@ pub(crate) fn estimate(
                 }
                 depth = depth.max(tree_depth(shape, n));
                 xmax = xmax.max(tree_crossings(t, shape));
+                path = path.max(tree_path_alpha(t, shape));
             }
             // The chunks do not stream through the trees: a lane runs its messages
             // in order, so a chunk's way down (after the round trip to the root)
@@ -497,9 +507,10 @@ pub(crate) fn estimate(
             let x = xmax as f64;
             let uplink = t.pods.as_ref().map_or(0.0, |p| c / (p.uplink.bw_gbs * 1e9));
             let trip =
-                d * (c / load.slowest_bw() + 2.0 * c / (REDUCE_GBS * 1e9) + 2.0 * msg) + x * uplink;
-            cross = 2.0 * x * rounds;
-            (2.0 * d * rounds, rounds * trip, 0.0)
+                d * (2.0 * c / load.slowest_bw() + 2.0 * c / (REDUCE_GBS * 1e9)) + x * uplink;
+            // Alpha: each link's own on the longest way, up and down (a level
+            // inside a host costs its alpha, not the slowest link's).
+            return Some(rounds * (2.0 * path + trip) + load.seconds());
         }
         (Broadcast | Reduce, Tree) => {
             let shape = crate::algo::tree::Shape::Rooted(0);
@@ -509,25 +520,48 @@ pub(crate) fn estimate(
                 }
             }
             let depth = tree_depth(shape, n) as f64;
-            cross = tree_crossings(t, shape) as f64;
             let fill = depth * chunk.min(s) / load.slowest_bw();
             let reduced = if coll == Reduce { 2.0 * s } else { 0.0 };
-            (depth, fill + depth * msg, reduced)
+            // Alpha: each link's own on the longest way down, no cost per message
+            // (mixccl-sim judge: both had the tree up to 2x too slow at small sizes).
+            return Some(
+                tree_path_alpha(t, shape) + fill + load.seconds() + reduced / (REDUCE_GBS * 1e9),
+            );
         }
         (Broadcast | Reduce, Chain) => {
+            // The first chunk pays every hop's alpha and transfer; the others follow
+            // it at the slowest hop's pace. (The slowest hop for all of them, as
+            // estimated before, was 1.5x the simulated time where most hops are
+            // inside hosts: 5x4 hosts, 4 MiB, simulated 3.18 ms, estimated 4.70.)
+            let c = chunk.min(s);
+            let k = (s / chunk).ceil().max(1.0);
+            let (mut first, mut slowest) = (0.0f64, 0.0f64);
             for r in 0..n - 1 {
-                load.add(r, r + 1, s);
+                let l = t.link(r, r + 1);
+                let (mut alpha, mut bw) = (l.alpha_us * 1e-6, l.bw_gbs * 1e9);
+                if let Some(u) = t.crossing(r, r + 1) {
+                    alpha += u.alpha_us * 1e-6;
+                    bw = bw.min(u.bw_gbs * 1e9);
+                }
+                if coll == Reduce {
+                    bw = bw.min(REDUCE_GBS * 1e9);
+                }
+                first += alpha + c / bw;
+                slowest = slowest.max(c / bw);
             }
-            let fill = (nf - 2.0) * chunk.min(s) / load.slowest_bw();
-            cross = load.crossings as f64;
-            let reduced = if coll == Reduce { s } else { 0.0 };
-            (nf - 1.0, fill, reduced)
+            return Some(first + (k - 1.0) * slowest);
         }
         (AllReduce | AllGather | ReduceScatter, Hier) => {
             if hn < 2 || hn == n {
                 return None;
             }
-            return Some(hier(t, coll, s, msg));
+            // A call split into pieces (`Config::piece_elems`) overlaps one piece's
+            // phases with the next's.
+            let piece = config
+                .pipeline_bytes
+                .max(n.saturating_mul(config.chunk_bytes).saturating_mul(2));
+            let pieces = config.pipeline_bytes > 0 && coll == AllReduce && bytes >= piece;
+            return Some(hier(t, coll, s, pieces));
         }
         (AllToAll, Pairwise) => {
             if n <= PAIRWISE_LOAD_MAX_RANKS {
@@ -584,8 +618,13 @@ pub(crate) fn estimate(
                 steps += 2.0;
                 load.seconds() / 2.0
             };
-            overlapped = Some(before + gather);
-            (steps, 0.0, 0.0)
+            // One host: no pod crossings; the copies overlap nothing after them.
+            let alpha = if load.alpha > 0.0 {
+                load.alpha
+            } else {
+                t.link(0, 1).alpha_us * 1e-6
+            };
+            return Some(steps * alpha + before + gather);
         }
         _ => return None,
     };
@@ -598,8 +637,71 @@ pub(crate) fn estimate(
         steps * alpha
             + cross * pod_alpha(t)
             + extra
-            + overlapped.unwrap_or_else(|| load.seconds() + reduced / (REDUCE_GBS * 1e9)),
+            + load.seconds()
+            + reduced / (REDUCE_GBS * 1e9),
     )
+}
+
+/// The ring: the longer of its bandwidth bound and its latency chain.
+///
+/// - Bandwidth: the busiest link's bytes; the chunks of the reduce-scatter half are
+///   reduced as they arrive, so that half takes the longer of its transfer and its
+///   reduction, not their sum (mixccl-sim: 256 MiB on 64 ranks, ring 58.1 ms against
+///   the sum's 65.4 and the overlap's 60.0; see the planner tests).
+/// - Latency: a block moves one hop per step, from rank `r` to `r + 1` once `r` has
+///   it, so over the `f (n - 1)` steps the call takes the mean hop's alpha and chunk
+///   time per step (the mean, not the largest: the hops alternate; a rank's lane
+///   that is slower than that holds the chain up, which the bandwidth bound covers),
+///   plus the other chunks of the last block. mixccl-sim (`mixccl-sim judge`) found
+///   the sum of the largest alpha per step and the bandwidth 2x too slow on hosts
+///   of 8 ranks behind one 25 Gbit/s NIC (144x8, 64 MiB: simulated 43.9 ms, that
+///   sum 88.3 ms): the NIC's transfers hide the cheap shared-memory hops.
+fn ring(t: &Topology, coll: Collective, s: f64, chunk: f64) -> f64 {
+    let n = t.nranks();
+    let nf = n as f64;
+    let f = if coll == Collective::AllReduce {
+        2.0
+    } else {
+        1.0
+    };
+    let mut load = Load::new(t);
+    for r in 0..n {
+        load.add(r, (r + 1) % n, f * (nf - 1.0) / nf * s);
+    }
+    let half = load.seconds() / f;
+    let reduce = REDUCE_GBS * 1e9;
+    let reduction = if coll == Collective::AllGather {
+        0.0
+    } else {
+        (nf - 1.0) / nf * s / reduce
+    };
+    let bound = half.max(reduction) + (f - 1.0) * half;
+    // A step moves one block of S/n per rank, in chunks.
+    let block = s / nf;
+    let c = chunk.min(block);
+    let k = (block / chunk).ceil().max(1.0);
+    let (mut hop_move, mut hop_reduce, mut slowest) = (0.0f64, 0.0f64, f64::INFINITY);
+    for r in 0..n {
+        let next = (r + 1) % n;
+        let l = t.link(r, next);
+        let (mut alpha, mut bw) = (l.alpha_us * 1e-6, l.bw_gbs * 1e9);
+        if let Some(u) = t.crossing(r, next) {
+            alpha += u.alpha_us * 1e-6;
+            bw = bw.min(u.bw_gbs * 1e9);
+        }
+        hop_move += alpha + c / bw;
+        hop_reduce += alpha + c / bw.min(reduce);
+        slowest = slowest.min(bw);
+    }
+    let (hop_move, hop_reduce) = (hop_move / nf, hop_reduce / nf);
+    let reducing = if coll == Collective::AllGather {
+        0.0
+    } else {
+        nf - 1.0
+    };
+    let moving = f * (nf - 1.0) - reducing;
+    let chain = reducing * hop_reduce + moving * hop_move + (k - 1.0) * c / slowest;
+    chain.max(bound + hop_move)
 }
 
 /// Levels below the root of the deepest rank.
@@ -617,33 +719,56 @@ fn tree_depth(shape: crate::algo::tree::Shape, n: usize) -> usize {
         .unwrap_or(0)
 }
 
-/// The hierarchical estimate: every phase's latency, and the bandwidth of the slower
-/// of the host and network phases (chunks flow from one phase into the next, so they
-/// overlap) plus the pipeline's fill.
-fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
+/// The hierarchical estimate: the latency of the phases on the critical path, and the
+/// phases' bandwidth one after the other as `mixccl-sim` runs them (issue 18: the
+/// overlap of the host and network phases assumed before was up to 1.3x too fast).
+fn hier(t: &Topology, coll: Collective, s: f64, pieces: bool) -> f64 {
     let hn = t.hosts.len() as f64;
     let nf = t.nranks() as f64;
     let nch = t.hosts.iter().map(|h| h.ranks.len()).min().unwrap_or(1) as f64;
-    let mut intra = 0.0f64;
+    let red = REDUCE_GBS * 1e9;
+    // Per phase inside the hosts, the busiest rank's seconds (its port moves `bw`, its
+    // reductions `red`): the first phase (to owners) and the last (from owners).
+    // (No cost per message: the engine sends to every peer on a lane of its own;
+    // mixccl-sim judge found it doubling the estimate of small calls.)
+    let (mut first, mut last, mut reduce_in) = (0.0f64, 0.0f64, 0.0f64);
     let mut alpha_in = 0.0f64;
     for h in &t.hosts {
         let l = h.ranks.len() as f64;
-        let bw = h.intra.bw_gbs * 1e9;
-        // Bytes the busiest rank of the host sends or receives inside it, both intra phases.
-        let local = match coll {
-            // Reduce to owners: a rank sends the blocks it does not own (all of S if it
-            // owns none), an owner receives (L-1) S/C; the finish mirrors it.
-            Collective::AllReduce => {
-                let out = if l > nch { s } else { s * (nch - 1.0) / nch };
-                2.0 * out.max((l - 1.0) * s / nch)
-            }
-            // Blocks to local peers, then foreign blocks from the owners.
-            _ => (l - 1.0) * s / nf + (nf - l) * s / nf * ((l - 1.0) / nch).max(1.0),
-        };
-        if l > 1.0 {
-            intra = intra.max(local / bw + (l - 2.0).max(0.0) * msg);
-            alpha_in = alpha_in.max(h.intra.alpha_us * 1e-6);
+        if l < 2.0 {
+            continue;
         }
+        let bw = h.intra.bw_gbs * 1e9;
+        // What a non-owner hands over (all of it where some ranks own no channel).
+        let share = if l > nch { 1.0 } else { (nch - 1.0) / nch };
+        let (a, b) = match coll {
+            // Reduce to owners: a rank sends the blocks it does not own, an owner
+            // receives and reduces (L-1) S/C; the finish mirrors it.
+            Collective::AllReduce => {
+                let into = (l - 1.0) * s / nch;
+                reduce_in = reduce_in.max(into);
+                (
+                    (share * s / bw).max(into / bw.min(red)),
+                    (share * s).max(into) / bw,
+                )
+            }
+            // Blocks to local peers, then the foreign blocks from their owners.
+            Collective::AllGather => (
+                (l - 1.0) * s / nf / bw,
+                (nf - l) * s / nf * share.max((l - 1.0) / nch) / bw,
+            ),
+            // Every block reduced onto its owner, then the finished ones to their ranks.
+            _ => {
+                let into = (l - 1.0) * s / nch;
+                (
+                    (share * s / bw).max(into / bw.min(red)),
+                    (l / nch - 1.0).max(0.0) * s / nf / bw,
+                )
+            }
+        };
+        first = first.max(a);
+        last = last.max(b);
+        alpha_in = alpha_in.max(h.intra.alpha_us * 1e-6);
     }
     // Across hosts: each host's link carries the ring's share of the whole buffer.
     let f = if coll == Collective::AllReduce {
@@ -687,17 +812,41 @@ fn hier(t: &Topology, coll: Collective, s: f64, msg: f64) -> f64 {
         let most = pod_out.iter().copied().fold(0.0, f64::max);
         inter = inter.max(most / (pods.uplink.bw_gbs * 1e9));
     }
-    let reduced = match coll {
-        Collective::AllGather => 0.0,
-        _ => s,
+    // The ring in steps: a step moves a piece of S/(H C) per owner over the NICs,
+    // and in the reduce-scatter steps also reduces it.
+    let nsteps = hn - 1.0;
+    let step = inter / (f * nsteps);
+    let rs_step = step.max(s / (hn * nch) / red);
+    let phases = match coll {
+        // The owners forward the blocks in host order, not as they arrive: a host's
+        // forwarding waits for the block that comes last, so all of it but the last
+        // step's follows the ring; the peers' blocks go out beside the ring.
+        // (mixccl-sim judge, seed 18 case 17: 8x4 hosts, shm 6.23 GB/s, tcp 3.12
+        // GB/s, 4 MiB: simulated 1730 us; the overlap of both phases estimated 1296.)
+        Collective::AllGather => first.max((nsteps - 1.0) * step) + step.max(last),
+        // The ring waits for the first phase (its first blocks are reduced last) and
+        // the last waits for the ring: the phases follow one another (with 1 MiB
+        // chunks a block is one or a few chunks, which leaves little to overlap).
+        // Pieces in flight at once: the slowest of the phases, and half the host
+        // phases' (mixccl-sim: 2x2 hosts, shm 1.98 GB/s, tcp 1.25 GB/s, 256 MiB in 32
+        // pieces: simulated 268 ms, the phases one after the other 352 ms).
+        // An owner's reductions, of both its phases, share its one rate.
+        _ if pieces => {
+            let ring = f * nsteps * rs_step.max(step);
+            let reductions = reduce_in / red + nsteps / hn * s / nch / red;
+            ring.max(first + last).max(reductions) + 0.5 * ring.min(first + last)
+        }
+        _ => first + f * nsteps * rs_step.max(step) + last,
     };
-    let fill = intra.min(inter) / (hn * nch).max(1.0);
-    2.0 * alpha_in
-        + f * (hn - 1.0) * alpha_x
-        + crossings * pod_alpha(t)
-        + intra.max(inter)
-        + fill
-        + reduced / (REDUCE_GBS * 1e9)
+    // Intra alphas on the critical path: all_gather's first phase runs beside the
+    // ring; reduce_scatter's last phase is a copy where every rank owns a channel.
+    let uneven = t.hosts.iter().any(|h| h.ranks.len() as f64 > nch);
+    let hops_in = match coll {
+        Collective::AllGather => 1.0,
+        Collective::ReduceScatter => 1.0 + f64::from(u8::from(uneven)),
+        _ => 2.0,
+    };
+    hops_in * alpha_in + f * (hn - 1.0) * alpha_x + crossings * pod_alpha(t) + phases
 }
 
 #[cfg(test)]
@@ -1047,14 +1196,15 @@ mod tests {
             est(&two, Collective::AllGather, Algorithm::Publish, big),
             None
         );
-        // 4 ranks, 4 MiB blocks at 5 us and 4 GB/s: the ring takes 3 steps and
-        // 12 MiB through each rank; the board 1 step and the same bytes; the reads
-        // 2 steps and half the time for their single copy.
+        // 4 ranks, 4 MiB blocks at 5 us and 4 GB/s: the board takes 1 step and
+        // 12 MiB through each rank; the reads 2 steps and half the time for their
+        // single copy; the ring (estimated by `ring`, the longer of its latency chain
+        // and its bandwidth bound) 3 steps and at least the same bytes.
         let ring = est(&one, Collective::AllGather, Algorithm::Ring, big).unwrap();
         let board = est(&one, Collective::AllGather, Algorithm::Publish, big).unwrap();
         let cma = est(&one, Collective::AllGather, Algorithm::HostRead, big).unwrap();
         let copy = 3.0 * big as f64 / 4e9;
-        assert!((ring - (15e-6 + copy)).abs() < 1e-9, "{ring}");
+        assert!(ring >= 15e-6 + copy && ring > board, "{ring}");
         assert!((board - (5e-6 + copy)).abs() < 1e-9, "{board}");
         assert!((cma - (10e-6 + copy / 2.0)).abs() < 1e-9, "{cma}");
     }

@@ -170,40 +170,54 @@ pub(crate) fn lower(
     headers: bool,
     lanes: impl Fn(usize) -> Option<usize>,
 ) -> Result<Lowered, usize> {
-    // Lane counts, looked up once per peer the schedule talks to.
-    let mut lane_count: Vec<Option<usize>> = vec![None; nranks];
+    // The peers the schedule talks to, ascending; per-peer tables below are indexed
+    // by a peer's place here (not by rank: lowering every rank of a large call with
+    // tables of `nranks` entries each cost the simulator O(nranks^2)).
+    let mut known: Vec<usize> = schedule
+        .ops
+        .iter()
+        .filter_map(transfer)
+        .map(|(peer, _, _)| peer)
+        .collect();
+    known.sort_unstable();
+    known.dedup();
+    let place = |peer: usize| known.binary_search(&peer).expect("a known peer");
+    // Lane counts, looked up once per peer the schedule talks to, in op order.
+    let mut looked: Vec<Option<usize>> = vec![None; known.len()];
     for (peer, _, _) in schedule.ops.iter().filter_map(transfer) {
         if peer >= nranks {
             return Err(peer);
         }
-        if lane_count[peer].is_none() {
-            lane_count[peer] = Some(lanes(peer).ok_or(peer)?.max(1));
+        let i = place(peer);
+        if looked[i].is_none() {
+            looked[i] = Some(lanes(peer).ok_or(peer)?.max(1));
         }
     }
-    let mut ops = Vec::with_capacity(schedule.ops.len() + if headers { 2 * nranks } else { 0 });
+    let lane_count: Vec<usize> = looked.into_iter().map(|c| c.unwrap_or(1)).collect();
+    let mut ops =
+        Vec::with_capacity(schedule.ops.len() + if headers { 2 * known.len() } else { 0 });
     let mut peers = Vec::new();
     if headers {
         // Bytes this call sends to and expects from each peer.
-        let (mut to, mut from) = (vec![None::<u64>; nranks], vec![None::<u64>; nranks]);
+        let (mut to, mut from) = (vec![0u64; known.len()], vec![0u64; known.len()]);
         for (peer, dir, len) in schedule.ops.iter().filter_map(transfer) {
             let total = if dir == Direction::Send {
                 &mut to
             } else {
                 &mut from
             };
-            *total[peer].get_or_insert(0) += len as u64;
+            total[place(peer)] += len as u64;
         }
         // Headers go both ways between every pair that exchanges data in either
-        // direction, so a rank that only sends (a broadcast root) checks too.
-        let rank = rank.min(nranks);
-        for p in (rank..nranks)
-            .chain(0..rank)
-            .filter(|&p| to[p].is_some() || from[p].is_some())
-        {
+        // direction, so a rank that only sends (a broadcast root) checks too. In
+        // rank order from this rank on, wrapping round.
+        let first = known.partition_point(|&p| p < rank.min(nranks));
+        for i in (first..known.len()).chain(0..first) {
+            let p = known[i];
             peers.push(HeaderPeer {
                 peer: p,
-                to: to[p].unwrap_or(0),
-                from: from[p].unwrap_or(0),
+                to: to[i],
+                from: from[i],
             });
             ops.extend(header_ops(p));
         }
@@ -219,8 +233,8 @@ pub(crate) fn lower(
     let mut moved = 0;
     // Per (peer, direction): data ops seen so far, and the index in `lane_list` of
     // each of its lanes.
-    let mut counters = vec![0usize; 2 * nranks];
-    let mut slots: Vec<Vec<u32>> = vec![Vec::new(); 2 * nranks];
+    let mut counters = vec![0usize; 2 * known.len()];
+    let mut slots: Vec<Vec<u32>> = vec![Vec::new(); 2 * known.len()];
     let mut board: Vec<BoardLane> = Vec::new();
     let mut board_moved = 0;
     for (i, op) in ops.iter().enumerate() {
@@ -241,14 +255,14 @@ pub(crate) fn lower(
             continue;
         };
         moved += len;
-        let key = 2 * peer + usize::from(dir == Direction::Send);
+        let key = 2 * place(peer) + usize::from(dir == Direction::Send);
         // Headers go first on lane 0 and are not counted, so the first data op
         // follows its header on the same lane and a small one can travel with it.
         let lane = if i < nheader {
             0
         } else {
             counters[key] += 1;
-            (counters[key] - 1) % lane_count[peer].expect("looked up above")
+            (counters[key] - 1) % lane_count[key / 2]
         };
         let slot = &mut slots[key];
         if slot.len() <= lane {

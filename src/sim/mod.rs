@@ -19,13 +19,17 @@
 mod compile;
 mod engine;
 mod island;
+pub mod judge;
 mod net;
 mod report;
 
 pub use engine::{Cache, HostModel};
 pub use island::{compare as compare_islands, IslandCase, IslandRow};
-pub use net::{parse_link, Cluster, Network, TLS_NS_PER_BYTE};
+pub use net::{parse_link, Cluster, Network, Rng, Shape, TLS_NS_PER_BYTE};
 pub use report::{bus_factor, chart, Row, Series};
+
+/// How a [`Row`]'s result begins where [`Settings::prune`] skipped the algorithm.
+pub const SKIPPED: &str = "not simulated (the planner would not pick it; --algos to force)";
 
 use crate::algo::{build, Call};
 use crate::config::{Algorithm, Collective, Config};
@@ -33,6 +37,27 @@ use crate::element::DataType;
 use crate::error::{Error, Result};
 use crate::reduce::ReduceOp;
 use compile::{compile, Program};
+
+/// The default of [`Settings::prune`]: the planner's estimates of the algorithms it
+/// weighs stay within this factor of their simulated times where they matter
+/// (`mixccl-sim judge` prints the worst), so an algorithm estimated at more than this
+/// many times the pick cannot be the fastest.
+pub const PRUNE: f64 = 4.0;
+
+/// Seconds of CPU this thread has used (0 where the clock cannot be read).
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call, and
+    // CLOCK_THREAD_CPUTIME_ID is a clock every Linux and macOS libc provides.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
 
 /// How a simulation runs, beyond the network.
 #[derive(Debug, Clone)]
@@ -63,6 +88,11 @@ pub struct Settings {
     /// scaled alike, and extended per host (an approximation with a bound,
     /// `Outcome::extrapolated_hosts`).
     pub sample_ranks: usize,
+    /// [`Simulator::sweep`] skips an algorithm whose planner estimate is more than
+    /// this many times the estimate of the planner's pick (the planner would never
+    /// pick it there; the issue-18 sweep spent 504 s on direct at 256 MiB); `None`
+    /// simulates every algorithm asked for.
+    pub prune: Option<f64>,
 }
 
 impl Default for Settings {
@@ -76,6 +106,7 @@ impl Default for Settings {
             sample_pieces: None,
             extrapolate: true,
             sample_ranks: 4096,
+            prune: Some(PRUNE),
         }
     }
 }
@@ -594,17 +625,65 @@ impl Simulator {
         }))
     }
 
-    /// One table row per size: each of `algos` simulated (or why it could not be),
-    /// the planner's choice and the simulated best.
+    /// Of `algos`, those [`Settings::prune`] skips for a call of `size` bytes, each
+    /// with its estimate over the estimate of the planner's pick (`INFINITY` where
+    /// the planner does not weigh it at all). The pick itself is never skipped.
+    pub fn skipped(
+        &self,
+        coll: Collective,
+        size: usize,
+        algos: &[Algorithm],
+    ) -> Vec<(Algorithm, f64)> {
+        let Some(factor) = self.settings.prune else {
+            return Vec::new();
+        };
+        let bytes = self.planned_bytes(coll, size);
+        let c = &self.settings.config;
+        let (pick, best) = crate::plan::cheapest(&self.net.topo, c, coll, bytes);
+        if !(best > 0.0 && best.is_finite()) {
+            return Vec::new();
+        }
+        algos
+            .iter()
+            .filter(|&&a| a != pick)
+            .filter_map(|&a| {
+                let ratio = crate::plan::estimate(&self.net.topo, c, coll, a, bytes)
+                    .map_or(f64::INFINITY, |e| e / best);
+                (ratio > factor).then_some((a, ratio))
+            })
+            .collect()
+    }
+
+    /// One table row per size: each of `algos` simulated (or why it was not: it
+    /// could not be, or [`Simulator::skipped`] skips it), the planner's choice, the
+    /// simulated best and the CPU time each simulation took.
     pub fn sweep(&self, coll: Collective, sizes: &[usize], algos: &[Algorithm]) -> Vec<Row> {
         sizes
             .iter()
             .map(|&size| {
+                let skipped = self.skipped(coll, size, algos);
+                let mut cpu = Vec::new();
                 let results = algos
                     .iter()
-                    .map(|&a| (a, self.run(coll, a, size).map_err(|e| e.to_string())))
+                    .map(|&a| {
+                        if let Some((_, r)) = skipped.iter().find(|(x, _)| *x == a) {
+                            let why = if r.is_finite() {
+                                format!("estimated {r:.1}x the planner's pick")
+                            } else {
+                                "not weighed by the planner here".to_string()
+                            };
+                            return (a, Err(format!("{SKIPPED}: {why}")));
+                        }
+                        let t0 = thread_cpu_seconds();
+                        let r = self.run(coll, a, size).map_err(|e| e.to_string());
+                        cpu.push((a.name().to_string(), thread_cpu_seconds() - t0));
+                        (a, r)
+                    })
                     .collect();
-                Row::new(coll, self.nranks(), size, results, self.planner(coll, size))
+                let mut row =
+                    Row::new(coll, self.nranks(), size, results, self.planner(coll, size));
+                row.cpu = cpu;
+                row
             })
             .collect()
     }

@@ -247,3 +247,148 @@ mod tls_cost_tests {
         assert!((pods.pod_link.unwrap().bw_gbs - up).abs() < 1e-12);
     }
 }
+
+/// A small deterministic generator (splitmix64): the same seed gives the same
+/// clusters on every machine and every run.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x6d69_7863_636c_5f31)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+    }
+
+    /// Log-uniform in `[lo, hi]`.
+    pub fn log(&mut self, lo: f64, hi: f64) -> f64 {
+        lo * (hi / lo).powf(self.unit())
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.unit() < p
+    }
+}
+
+/// The limits of [`Cluster::random`].
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Fewest and most hosts (drawn log-uniform between them).
+    pub hosts: (usize, usize),
+    /// Fewest and most ranks per host (uniform).
+    pub ranks_per_host: (usize, usize),
+    /// At most this many ranks: hosts are drawn again (at most 2,048 x 8 = 16,384).
+    pub max_ranks: usize,
+}
+
+impl Default for Shape {
+    fn default() -> Shape {
+        Shape {
+            hosts: (2, 2048),
+            ranks_per_host: (1, 8),
+            max_ranks: 16384,
+        }
+    }
+}
+
+impl Cluster {
+    /// A random cluster from `rng` within `shape`: hosts log-uniform, ranks per host
+    /// uniform; NICs of 10, 25, 100, 200 or 400 Gbit/s (TCP below 100, RDMA from
+    /// it); shared memory 1-50x the NIC's bandwidth (log-uniform); every alpha
+    /// 1-20 us; in a quarter of clusters 2, 4 or 8 pods (as the hosts divide) whose
+    /// uplinks carry 1/16 to 1x of their hosts' NICs together; in a quarter, slow
+    /// NICs (one host, a quarter or half of them, spread evenly) at 1/2 to 1/10 of
+    /// the others' bandwidth.
+    pub fn random(rng: &mut Rng, shape: &Shape) -> Cluster {
+        let (lo, hi) = shape.ranks_per_host;
+        let ranks_per_host = rng.range(lo.max(1), hi.max(lo.max(1)));
+        let most = (shape.max_ranks / ranks_per_host).clamp(1, shape.hosts.1.max(1));
+        let least = shape.hosts.0.clamp(1, most);
+        let mut hosts = rng.log(least as f64, most as f64 + 0.999).floor() as usize;
+        hosts = hosts.clamp(least, most);
+        let gbit = [10.0, 25.0, 100.0, 200.0, 400.0][rng.range(0, 4)];
+        let class = if gbit < 100.0 {
+            LinkClass::Tcp
+        } else {
+            LinkClass::Rdma
+        };
+        let inter = LinkCost {
+            class,
+            alpha_us: rng.log(1.0, 20.0),
+            bw_gbs: gbit / 8.0,
+            measured: false,
+        };
+        let intra = LinkCost {
+            class: LinkClass::Shm,
+            alpha_us: rng.log(1.0, 20.0),
+            bw_gbs: inter.bw_gbs * rng.log(1.0, 50.0),
+            measured: false,
+        };
+        let mut c = Cluster::new(hosts, ranks_per_host, intra, inter);
+        if rng.chance(0.25) {
+            let options: Vec<usize> = [2, 4, 8]
+                .into_iter()
+                .filter(|p| hosts % p == 0 && hosts / p >= 1)
+                .collect();
+            if !options.is_empty() {
+                let pods = options[rng.range(0, options.len() - 1)];
+                let share = rng.log(1.0 / 16.0, 1.0);
+                c.pods = pods;
+                c.pod_link = Some(LinkCost {
+                    class: LinkClass::Tcp,
+                    alpha_us: rng.log(1.0, 20.0),
+                    bw_gbs: inter.bw_gbs * (hosts / pods) as f64 * share,
+                    measured: false,
+                });
+            }
+        }
+        if rng.chance(0.25) {
+            c.slow_fraction = [1.0 / hosts as f64, 0.25, 0.5][rng.range(0, 2)];
+            c.slow_gbs = inter.bw_gbs / rng.log(2.0, 10.0);
+        }
+        c
+    }
+
+    /// One line: `64x4 shm 3.2us 120.0GB/s, rdma 4.1us 50.0GB/s, 2 pods ...`.
+    pub fn summary(&self) -> String {
+        let link = |l: &LinkCost| format!("{} {:.1}us {:.2}GB/s", l.class, l.alpha_us, l.bw_gbs);
+        let mut s = format!(
+            "{}x{} intra {}, net {}",
+            self.hosts,
+            self.ranks_per_host,
+            link(&self.intra),
+            link(&self.inter)
+        );
+        if self.pods > 1 {
+            if let Some(p) = &self.pod_link {
+                s += &format!(", {} pods uplink {}", self.pods, link(p));
+            }
+        }
+        if self.slow_fraction > 0.0 {
+            s += &format!(
+                ", slow NICs {:.3} of hosts at {:.2}GB/s",
+                self.slow_fraction, self.slow_gbs
+            );
+        }
+        s
+    }
+}

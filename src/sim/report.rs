@@ -32,6 +32,9 @@ pub struct Row {
     pub best: Option<String>,
     /// Simulated time of the planner's choice over the best's (1 = the planner is right).
     pub planner_over_best: Option<f64>,
+    /// CPU seconds each simulated algorithm took (not in the JSON: it varies).
+    #[serde(skip)]
+    pub cpu: Vec<(String, f64)>,
 }
 
 impl Row {
@@ -71,6 +74,7 @@ impl Row {
             planner: planner.name().into(),
             best: best.map(|b| b.0.name().to_string()),
             planner_over_best: ratio,
+            cpu: Vec::new(),
         }
     }
 

@@ -13,8 +13,15 @@ use std::process::ExitCode;
 mod islands;
 use std::time::Instant;
 
+mod judge;
+
 const USAGE: &str = "\
 usage: mixccl-sim <collective> TOPOLOGY [-b size] [-e size] [-f factor] [-J file] [flags]
+       mixccl-sim judge [--seed S] [--cases N] [--max-ranks N] [--jobs J] [--worst K]
+                  [--prune X] [--quiet]
+                  the planner against the simulated best on N random clusters of seed S
+                  (default 1, 100; at most N ranks, default 16384; J threads, default 1):
+                  a line per case, the K worst (default 10), the share within 10%
        mixccl-sim scale <collective> CLUSTER --min-ranks N --max-ranks N --sizes s,s,..
                   [--svg-dir DIR] [--name NAME] [-J file] [flags]
        mixccl-sim islands --hosts H [--vendors V] [--devices D] [--island LIB[:ALPHA_US,GBS]] ..
@@ -43,7 +50,11 @@ TOPOLOGY is a JSON model (the format MIXCCL_TOPO_FILE reads) or a generated CLUS
                                   than the calibrated rates (default none)
 Flags:
   -b, -e, -f                      sizes as nccl-tests (default 32M, 32M, 2; K, M, G suffixes)
-  --algos a,b,..                  simulate only these algorithms
+  --algos a,b,..                  simulate only these algorithms (all of them: no --prune)
+  --prune X                       skip an algorithm whose planner estimate is over X times
+                                  the planner's pick's (default 4; 0 simulates all); a note
+                                  under the row names what was skipped, and one the CPU
+                                  seconds each simulation took
   --reduce-gbs X                  reduction rate per rank, GB/s (default the planner's 5)
   --no-fold                       simulate every rank even where one period would do
   --no-extrapolate                simulate every chunk of a long tree or chain pipeline
@@ -81,6 +92,11 @@ struct Args {
 /// Comment lines under a table line: why an algorithm could not be simulated, and
 /// which results are extended from smaller calls.
 fn notes(row: &Row) {
+    if !row.cpu.is_empty() {
+        let each: Vec<String> = row.cpu.iter().map(|(a, t)| format!("{a} {t:.2}")).collect();
+        let total: f64 = row.cpu.iter().map(|(_, t)| t).sum();
+        println!("#   cpu: {total:.2} s ({})", each.join(", "));
+    }
     for (name, r) in &row.results {
         match r {
             Err(e) => println!("#   {name}: {e}"),
@@ -194,6 +210,10 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
                         .collect::<Result<_, _>>()?,
                 )
             }
+            "--prune" => {
+                let x: f64 = number(flag, v)?;
+                a.settings.prune = (x > 0.0).then_some(x);
+            }
             "--reduce-gbs" => a.settings.reduce_gbs = number(flag, v)?,
             "--same-core" => {
                 let x: f64 = number(flag, v)?;
@@ -223,6 +243,10 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
             "--name" => a.name = v.clone(),
             _ => return Err(format!("unknown flag '{flag}'")),
         }
+    }
+    if a.algos.is_some() {
+        // Asked for by name: simulated whatever the planner thinks of them.
+        a.settings.prune = None;
     }
     if let Some(g) = slow_gbit {
         a.cluster.slow_gbs = g / 8.0;
@@ -452,6 +476,19 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("islands") {
         return islands::main(&argv[1..]);
+    }
+    if argv.first().map(String::as_str) == Some("judge") {
+        return match judge::main(&argv[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(judge::Failure::Usage(e)) => {
+                eprintln!("mixccl-sim judge: {e}\n\n{USAGE}");
+                ExitCode::from(2)
+            }
+            Err(judge::Failure::Run(e)) => {
+                eprintln!("mixccl-sim judge: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let args = match parse(&argv) {
         Ok(Some(a)) => a,
