@@ -56,6 +56,27 @@ fn root(config: &Config) -> UniqueId {
     UniqueId::bind_with(lo, config).expect("bind the bootstrap root")
 }
 
+/// Inits one rank per config on `id` at once; each rank's error text (or "init
+/// succeeded").
+fn init_errors(configs: &[Config], id: &UniqueId) -> Vec<String> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = configs
+            .iter()
+            .enumerate()
+            .map(|(rank, config)| {
+                let config = config.clone();
+                s.spawn(
+                    move || match Communicator::init(rank, configs.len(), id, config) {
+                        Ok(_) => "init succeeded".to_string(),
+                        Err(e) => e.to_string(),
+                    },
+                )
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 #[test]
 fn ranks_over_tls_reduce_right() {
     let dir = std::env::temp_dir().join(format!("mixccl-tls-{}", std::process::id()));
@@ -98,20 +119,7 @@ fn a_rank_without_tls_fails_every_rank_by_name() {
         c.timeout = Duration::from_secs(5);
     }
     let id = root(&configs[0]);
-    let errors: Vec<String> = std::thread::scope(|s| {
-        let hs: Vec<_> = configs
-            .iter()
-            .enumerate()
-            .map(|(rank, config)| {
-                let (id, config) = (&id, config.clone());
-                s.spawn(move || match Communicator::init(rank, 2, id, config) {
-                    Ok(_) => "init succeeded".to_string(),
-                    Err(e) => e.to_string(),
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let errors = init_errors(&configs, &id);
     let _ = std::fs::remove_dir_all(&dir);
     for (rank, e) in errors.iter().enumerate() {
         assert!(e.contains("MIXCCL_TLS"), "rank {rank}: {e}");
@@ -132,20 +140,7 @@ fn a_certificate_of_another_ca_fails_init_on_both_ranks() {
     }
     let id = root(&configs[0]);
     let start = std::time::Instant::now();
-    let errors: Vec<String> = std::thread::scope(|s| {
-        let hs: Vec<_> = configs
-            .iter()
-            .enumerate()
-            .map(|(rank, config)| {
-                let (id, config) = (&id, config.clone());
-                s.spawn(move || match Communicator::init(rank, 2, id, config) {
-                    Ok(_) => "init succeeded".to_string(),
-                    Err(e) => e.to_string(),
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let errors = init_errors(&configs, &id);
     let _ = std::fs::remove_dir_all(&dir);
     // The root gives up 4 s after the first hello; ranks allow it 5 s more to say so.
     assert!(

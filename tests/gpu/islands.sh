@@ -16,7 +16,7 @@ set -u
 BIN=${1:-target/release}
 PERF="$BIN/mixccl-perf"
 [ -n "${2:-}" ] && export MIXCCL_NCCL_LIB="$2"
-export MIXCCL_TIMEOUT=120 MIXCCL_SOCKET_IFNAME=lo
+export MIXCCL_TIMEOUT=${MIXCCL_TIMEOUT:-120} MIXCCL_SOCKET_IFNAME=lo
 fails=0
 note() { printf '\n=== %s\n' "$*"; }
 perf() { # runs mixccl-perf; fails on a non-zero exit or wrong elements

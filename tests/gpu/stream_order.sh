@@ -17,12 +17,12 @@ export TEST_OUT=${2:-/tmp/stream_order}
 mkdir -p "$TEST_OUT"
 HERE=$(cd "$(dirname "$0")" && pwd)
 export PYTHONPATH="$HERE/../../python${PYTHONPATH:+:$PYTHONPATH}"
-export MIXCCL_LIB="$BIN/libmixccl.so" MIXCCL_SOCKET_IFNAME=lo MIXCCL_TIMEOUT=120
+export MIXCCL_LIB="$BIN/libmixccl.so" MIXCCL_SOCKET_IFNAME=lo MIXCCL_TIMEOUT=${MIXCCL_TIMEOUT:-120}
 PY=${PYTHON:-python3}
 fails=0
 run() {
     echo "--- $*"
-    timeout 240 "$@" || { echo "!!! FAILED: $*"; fails=$((fails + 1)); }
+    timeout "${STEP_TIMEOUT:-240}" "$@" || { echo "!!! FAILED: $*"; fails=$((fails + 1)); }
 }
 nvidia-smi -L || { echo "no GPU visible"; exit 2; }
 for np in 2 4; do

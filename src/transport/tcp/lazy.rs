@@ -229,17 +229,10 @@ pub(crate) struct LazySpec<'a> {
 }
 
 impl LazySpec<'_> {
-    /// SO_SNDBUF/SO_RCVBUF for socket `s` to `peer`, as `MeshSpec::buffer_for`: the
-    /// setting if given, else `LOCAL_SOCKET_BUFFER` on this host, and to other hosts
-    /// the kernel's autotuning unless the bandwidth-delay product needs more (`bdp`).
+    /// SO_SNDBUF/SO_RCVBUF for socket `s` to `peer` (`mesh::socket_buffer_for`).
     fn buffer_for(&self, peer: usize, s: &TcpStream) -> usize {
-        match self.socket_buffer {
-            0 if self.same_host.get(peer).copied().unwrap_or(false) => {
-                super::mesh::LOCAL_SOCKET_BUFFER
-            }
-            0 => super::bdp::buffer_for_socket(s, self.nsocks),
-            b => b,
-        }
+        let local = self.same_host.get(peer).copied().unwrap_or(false);
+        super::mesh::socket_buffer_for(self.socket_buffer, local, self.nsocks, s)
     }
 
     /// Whether the link to `peer` must carry TLS.

@@ -121,15 +121,27 @@ impl MeshSpec<'_> {
         self.encrypt.get(peer).copied().unwrap_or(false)
     }
 
-    /// SO_SNDBUF/SO_RCVBUF for socket `s` to `peer`: the setting if given, else
-    /// [`LOCAL_SOCKET_BUFFER`] on this host, and to other hosts the kernel's
-    /// autotuning (0) unless the bandwidth-delay product needs more (`bdp`).
+    /// SO_SNDBUF/SO_RCVBUF for socket `s` to `peer` ([`socket_buffer_for`]).
     fn buffer_for(&self, peer: usize, s: &TcpStream) -> usize {
-        match self.socket_buffer {
-            0 if self.same_host.get(peer).copied().unwrap_or(false) => LOCAL_SOCKET_BUFFER,
-            0 => super::bdp::buffer_for_socket(s, self.nsocks),
-            b => b,
-        }
+        let local = self.same_host.get(peer).copied().unwrap_or(false);
+        socket_buffer_for(self.socket_buffer, local, self.nsocks, s)
+    }
+}
+
+/// SO_SNDBUF/SO_RCVBUF for socket `s`: `setting` (`MIXCCL_SOCKET_BUFFER`) if not 0,
+/// else [`LOCAL_SOCKET_BUFFER`] to a peer on this host (`local`), and to other hosts
+/// the kernel's autotuning (0) unless the bandwidth-delay product of `nsocks`
+/// streams needs more (`bdp`).
+pub(super) fn socket_buffer_for(
+    setting: usize,
+    local: bool,
+    nsocks: usize,
+    s: &TcpStream,
+) -> usize {
+    match setting {
+        0 if local => LOCAL_SOCKET_BUFFER,
+        0 => super::bdp::buffer_for_socket(s, nsocks),
+        b => b,
     }
 }
 
