@@ -18,6 +18,7 @@
 use crate::cast::RawBuf;
 use crate::comm::{Facts, Shared};
 use crate::redop::{scaled_copy, OpSpec};
+use crate::staging::Region;
 use crate::status::{Failure, Outcome};
 use crate::stream::CallerStream;
 use mixccl::device::{MemoryKind, StreamHandle};
@@ -271,6 +272,42 @@ impl CollCall {
         }
     }
 
+    /// The buffers the call touches, with what it reads and writes of each (for
+    /// staging on the caller's stream, `staging`).
+    pub fn regions(&self) -> Vec<Region> {
+        let written = |out: RawBuf| (out.len > 0).then(|| (out.addr - self.recv.addr, out.len));
+        match self.send {
+            // In place: the one buffer is read whole, and written where the result lands.
+            None => vec![Region {
+                device: self.recv,
+                copy_in: true,
+                copy_out: written(self.in_place_output()),
+            }],
+            Some(send) => vec![
+                Region {
+                    device: send,
+                    copy_in: true,
+                    copy_out: None,
+                },
+                Region {
+                    device: self.recv,
+                    copy_in: false,
+                    copy_out: written(self.recv),
+                },
+            ],
+        }
+    }
+
+    /// The same call on other buffers: `map` gives each buffer's replacement (of the
+    /// same length).
+    pub fn with_buffers(&self, map: impl Fn(RawBuf) -> RawBuf) -> CollCall {
+        CollCall {
+            send: self.send.map(&map),
+            recv: map(self.recv),
+            ..*self
+        }
+    }
+
     /// The caller's stream if the call touches device memory (see [`device_stream`]).
     pub fn device_stream(&self) -> Outcome<Option<CallerStream>> {
         let bufs: Vec<RawBuf> = self.send.into_iter().chain([self.recv]).collect();
@@ -395,6 +432,15 @@ impl P2p {
 }
 
 impl P2p {
+    /// The buffer, read by a send and written by a receive (see [`CollCall::regions`]).
+    pub fn region(&self) -> Region {
+        Region {
+            device: self.buf,
+            copy_in: self.send,
+            copy_out: (!self.send).then_some((0, self.buf.len)),
+        }
+    }
+
     /// The caller's stream if the buffer is device memory.
     pub fn device_stream(&self) -> Outcome<Option<CallerStream>> {
         device_stream(&[self.buf], self.stream)
@@ -453,7 +499,7 @@ pub(crate) fn run_p2p(comm: &mut Communicator, p2p: &[P2p], wait: StreamWait) ->
 }
 
 /// Rejects a group where a receive buffer overlaps any other buffer (sends may share).
-fn check_disjoint(p2p: &[P2p]) -> Outcome {
+pub(crate) fn check_disjoint(p2p: &[P2p]) -> Outcome {
     let mut bufs: Vec<&P2p> = p2p.iter().filter(|t| t.buf.len > 0).collect();
     bufs.sort_by_key(|t| t.buf.addr);
     let (mut any_end, mut recv_end) = (0usize, 0usize);

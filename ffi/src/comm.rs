@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub holds: Holds,
     /// PreMulSum ops made for this communicator.
     pub ops: Mutex<OpTable>,
+    /// Pinned buffers of stream-ordered calls on device memory.
+    pub staging: crate::staging::Pool,
 }
 
 impl Shared {
@@ -109,6 +111,7 @@ impl Shared {
             launch: launch_from_env().unwrap_or_default(),
             holds: Holds::default(),
             ops: Mutex::new(OpTable::default()),
+            staging: Default::default(),
         }
     }
 

@@ -23,9 +23,11 @@
 //! caller's buffers must then stay valid until `ncclCommGetAsyncError` leaves
 //! `ncclInProgress`.
 
-use crate::coll::{run_p2p, CollCall, P2p, StreamWait};
+use crate::cast::RawBuf;
+use crate::coll::{check_disjoint, run_p2p, CollCall, P2p, StreamWait};
 use crate::comm::Shared;
 use crate::env::Launch;
+use crate::staging::{self, Region};
 use crate::status::{code, Failure, Outcome, Progress};
 use crate::stream::{self, CallerStream, Marks, Ticket};
 use std::cell::RefCell;
@@ -36,6 +38,34 @@ use std::sync::Arc;
 pub(crate) enum Pending {
     Coll(CollCall),
     P2p(P2p),
+}
+
+impl Pending {
+    /// The buffers the call touches (see [`CollCall::regions`]).
+    pub fn regions(&self) -> Vec<Region> {
+        match self {
+            Pending::Coll(c) => c.regions(),
+            Pending::P2p(t) => vec![t.region()],
+        }
+    }
+
+    /// The same call on other buffers (see [`CollCall::with_buffers`]).
+    pub fn with_buffers(&self, map: impl Fn(RawBuf) -> RawBuf) -> Pending {
+        match self {
+            Pending::Coll(c) => Pending::Coll(c.with_buffers(map)),
+            Pending::P2p(t) => Pending::P2p(P2p {
+                buf: map(t.buf),
+                ..*t
+            }),
+        }
+    }
+
+    fn device_stream(&self) -> Outcome<Option<CallerStream>> {
+        match self {
+            Pending::Coll(x) => x.device_stream(),
+            Pending::P2p(t) => t.device_stream(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -205,11 +235,7 @@ fn ordered_streams(comm: &Shared, calls: &[Pending]) -> Outcome<Option<Vec<Calle
     }
     let mut streams = Vec::new();
     for call in calls {
-        let s = match call {
-            Pending::Coll(x) => x.device_stream()?,
-            Pending::P2p(t) => t.device_stream()?,
-        };
-        if let Some(s) = s.filter(|s| !streams.contains(s)) {
+        if let Some(s) = call.device_stream()?.filter(|s| !streams.contains(s)) {
             streams.push(s);
         }
     }
@@ -244,11 +270,36 @@ fn enqueue_ordered(comm: &Arc<Shared>, calls: &[Pending]) -> Outcome<bool> {
             s.abort();
         }
     });
+    // Device buffers are staged through pinned memory by copies on the caller's
+    // streams around the hold (`staging`); the progress thread runs host calls.
+    let p2p: Vec<P2p> = calls
+        .iter()
+        .filter_map(|c| match c {
+            Pending::P2p(t) => Some(*t),
+            Pending::Coll(_) => None,
+        })
+        .collect();
+    check_disjoint(&p2p)?;
+    let with_streams = calls
+        .iter()
+        .map(|c| Ok((*c, c.device_stream()?)))
+        .collect::<Outcome<Vec<_>>>()?;
+    if !staging::on_stream_devices(&with_streams)? {
+        return Ok(false);
+    }
+    let (host_calls, staged) = comm.staging.stage_in(&with_streams)?;
     let Ok(mut marks) = stream::enqueue(&streams, &ticket) else {
+        // The copies in are queued; the buffers go back behind a fence all the same.
+        let _ = comm.staging.stage_out(staged.without_copies_out());
         return Ok(false);
     };
     comm.holds.add(&ticket);
-    let (c, t, calls) = (comm.clone(), ticket.clone(), calls.to_vec());
+    if let Err(f) = comm.staging.stage_out(staged) {
+        // The holds are queued: the unit must still run (or be released) to free the
+        // streams; the failure is the call's.
+        comm.latch(f.code, &f.message);
+    }
+    let (c, t, calls) = (comm.clone(), ticket.clone(), host_calls);
     let pushed = comm.push_ordered(move || {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_ordered(&c, &calls, &mut marks, &t)

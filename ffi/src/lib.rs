@@ -25,5 +25,6 @@ mod island;
 mod memory;
 mod queue;
 mod redop;
+mod staging;
 mod status;
 mod stream;

@@ -207,7 +207,8 @@ pub(crate) fn supported(v: Vendor) -> bool {
 /// Events made for ready marks and free again, per device.
 static EVENTS: Mutex<Vec<(Vendor, i32, EventHandle)>> = Mutex::new(Vec::new());
 
-fn take_event(d: &dyn Device, index: i32) -> mixccl::Result<EventHandle> {
+/// An event of device `index` from the pool, or a new one.
+pub(crate) fn take_event(d: &dyn Device, index: i32) -> mixccl::Result<EventHandle> {
     let pooled = {
         let mut pool = EVENTS.lock().unwrap_or_else(|e| e.into_inner());
         let at = pool
@@ -218,6 +219,18 @@ fn take_event(d: &dyn Device, index: i32) -> mixccl::Result<EventHandle> {
     match pooled {
         Some(e) => Ok(e),
         None => d.create_event(index),
+    }
+}
+
+/// Gives an event back to the pool if it has completed; destroys it otherwise.
+pub(crate) fn put_event(d: &dyn Device, index: i32, e: EventHandle) {
+    if d.event_done(index, e).unwrap_or(false) {
+        EVENTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((d.vendor(), index, e));
+    } else {
+        let _ = d.destroy_event(index, e);
     }
 }
 

@@ -114,6 +114,31 @@ fn calls_are_ordered_on_the_callers_streams_on_every_vendor() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn device_wide_synchronisation_between_calls_does_not_deadlock() {
+    // PyTorch's allocator calls cudaMalloc/cudaFree while calls are in flight; on a
+    // GPU those wait for every stream, held ones included (STUB_IMPLICIT_SYNC=1
+    // models it). A timeout far beyond the deadline: a deadlock fails the test.
+    let (dir, exe) = program("stream-allocs");
+    for mems in [&["cuda", "cuda"][..], &["cuda", "cuda", "cuda"][..]] {
+        let runs = run_case(
+            &dir,
+            &exe,
+            "allocs",
+            mems,
+            &[("STUB_IMPLICIT_SYNC", "1"), ("MIXCCL_TIMEOUT", "600")],
+        );
+        for (r, run) in runs.iter().enumerate() {
+            assert!(
+                run.output.contains("stream_order allocs OK"),
+                "rank {r}: {}",
+                run.output
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Runs fault case `case` on two ranks (`mems` their runtimes, `env` extra variables)
 /// and checks that rank 0's report contains `expect`.
 fn fault_case(name: &str, case: &str, mems: &[&str], env: &[(&str, &str)], expect: &str) {

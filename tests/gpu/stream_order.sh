@@ -25,10 +25,11 @@ run() {
     timeout "${STEP_TIMEOUT:-240}" "$@" || { echo "!!! FAILED: $*"; fails=$((fails + 1)); }
 }
 nvidia-smi -L || { echo "no GPU visible"; exit 2; }
-for np in 2 4; do
+# ABI_NPS / DDP_NPS: the rank counts of (a) and of (b)-(d) (default "2 4").
+for np in ${ABI_NPS-2 4}; do
     TEST_PORT=$((29600 + np)) run "$PY" "$HERE/torch_gpu.py" abi "$np"
 done
-for np in 2 4; do
+for np in ${DDP_NPS-2 4}; do
     TEST_PORT=29610 TEST_LABEL=gloo$np run "$PY" "$HERE/torch_gpu.py" ddp gloo "$np"
     TEST_PORT=29611 TEST_LABEL=nccl$np LD_PRELOAD="$BIN/libnccl.so" \
         run "$PY" "$HERE/torch_gpu.py" ddp nccl "$np"

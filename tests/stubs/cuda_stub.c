@@ -11,6 +11,8 @@
  * - Streams run their work (async copies, host functions, event records and
  *   waits) in order on a worker thread each (devmem.h); cuEventQuery answers
  *   CUDA_ERROR_NOT_READY until the work before the event's last record has run.
+ * - STUB_IMPLICIT_SYNC=1 makes cuMemAlloc, cuMemFree, cuMemAllocHost and
+ *   cuMemFreeHost device-wide synchronisation points (dm_device_sync).
  * STUB_CUDA_DEVICES (default 2) sets the device count. -DOMIT_STREAM_PRIMITIVES builds
  * it without events and cuLaunchHostFunc (a driver older than the shim wants). */
 #include "devmem.h"
@@ -199,17 +201,20 @@ CUresult cuLaunchHostFunc(CUstream s, CUhostFn fn, void *userData) {
 
 CUresult cuMemAllocHost_v2(void **p, size_t n) {
     NEED_CTX();
+    dm_device_sync();
     *p = dm_alloc_pinned(n);
     return *p ? OK : OUT_OF_MEMORY;
 }
 
 CUresult cuMemFreeHost(void *p) {
     NEED_CTX();
+    dm_device_sync();
     return dm_free("cuMemFreeHost", p, 1);
 }
 
 CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n) {
     NEED_CTX();
+    dm_device_sync();
     if (n == 0) return INVALID_VALUE;
     void *d = dm_alloc(n, current_device());
     if (!d) return OUT_OF_MEMORY;
@@ -219,6 +224,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n) {
 
 CUresult cuMemFree_v2(CUdeviceptr p) {
     NEED_CTX();
+    dm_device_sync();
     return dm_free("cuMemFree", (void *)(uintptr_t)p, 0);
 }
 

@@ -238,6 +238,7 @@ struct dm_item {
     void *arg;
     struct dm_event *ev;
     uint64_t seq;
+    uint64_t gseq; /* position among the items of all streams */
     struct dm_item *next;
 };
 
@@ -255,6 +256,18 @@ struct dm_stream {
 static pthread_mutex_t dm_q_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t dm_q_cond = PTHREAD_COND_INITIALIZER;
 static struct dm_stream dm_default_stream = {DM_STREAM_MAGIC, 1, 0, NULL, NULL, 0, 0, 0};
+
+/* Device-wide synchronisation points (STUB_IMPLICIT_SYNC=1), as the CUDA guide's
+ * "implicit synchronization" describes for memory allocation and free: the call
+ * returns once every item queued on any stream before it has run, and items queued
+ * on any stream while it waits start only after it returns. A host function that
+ * waits for device work queued after it then deadlocks, as it does on a GPU. */
+#define DM_MAX_STREAMS 4096
+static struct dm_stream *dm_streams[DM_MAX_STREAMS]; /* every stream with a worker */
+static int dm_nstreams;
+static uint64_t dm_gseq;      /* items queued so far, on all streams */
+static uint64_t dm_sync_seq;  /* while dm_syncing: items numbered above it wait */
+static int dm_syncing;
 
 static struct dm_stream *dm_stream_of(const char *call, void *s) {
     struct dm_stream *st = s ? (struct dm_stream *)s : &dm_default_stream;
@@ -283,7 +296,7 @@ static void *dm_worker(void *p) {
             pthread_cond_wait(&dm_q_cond, &dm_q_lock);
             continue;
         }
-        if (it->kind == DM_WAIT && it->ev->done < it->seq) {
+        if ((it->kind == DM_WAIT && it->ev->done < it->seq) || (dm_syncing && it->gseq > dm_sync_seq)) {
             pthread_cond_wait(&dm_q_cond, &dm_q_lock);
             continue;
         }
@@ -311,7 +324,10 @@ static void dm_push_locked(struct dm_stream *st, struct dm_item *it) {
         if (pthread_create(&t, NULL, dm_worker, st) != 0) dm_die("stream", "cannot start the stream worker", st);
         pthread_detach(t);
         st->started = 1;
+        if (dm_nstreams == DM_MAX_STREAMS) dm_die("stream", "too many streams", st);
+        dm_streams[dm_nstreams++] = st;
     }
+    it->gseq = ++dm_gseq;
     it->next = NULL;
     if (st->tail) st->tail->next = it; else st->head = it;
     st->tail = it;
@@ -349,6 +365,26 @@ __attribute__((unused)) static void dm_enqueue_host_fn(struct dm_stream *st, voi
 static void dm_sync(struct dm_stream *st) {
     pthread_mutex_lock(&dm_q_lock);
     while (st->head) pthread_cond_wait(&dm_q_cond, &dm_q_lock);
+    pthread_mutex_unlock(&dm_q_lock);
+}
+
+/* A device-wide synchronisation point when STUB_IMPLICIT_SYNC=1 (see dm_streams). */
+__attribute__((unused)) static void dm_device_sync(void) {
+    const char *on = getenv("STUB_IMPLICIT_SYNC");
+    if (!on || strcmp(on, "1") != 0) return;
+    pthread_mutex_lock(&dm_q_lock);
+    uint64_t upto = dm_gseq;
+    if (!dm_syncing || upto > dm_sync_seq) dm_sync_seq = upto;
+    dm_syncing++;
+    for (;;) {
+        int busy = 0;
+        for (int i = 0; i < dm_nstreams && !busy; i++)
+            busy = dm_streams[i]->head && dm_streams[i]->head->gseq <= upto;
+        if (!busy) break;
+        pthread_cond_wait(&dm_q_cond, &dm_q_lock);
+    }
+    dm_syncing--;
+    pthread_cond_broadcast(&dm_q_cond);
     pthread_mutex_unlock(&dm_q_lock);
 }
 

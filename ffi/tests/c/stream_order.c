@@ -24,6 +24,11 @@
  *           after MIXCCL_TIMEOUT with the error latched as above.
  *   abort   (2 ranks) rank 1 stays silent; rank 0 holds one stream in a call waiting
  *           for it and another behind a gate; ncclCommAbort releases both.
+ *   allocs  (any number of ranks, cuda, STUB_IMPLICIT_SYNC=1) what PyTorch's caching
+ *           allocator does between calls: a device allocation and a free (device-wide
+ *           synchronisation points) right after each call is enqueued, with the call
+ *           still waiting for its peers. Each call must still complete and be right
+ *           (the library must queue no device work that the held stream waits for).
  * TEST_RANK, TEST_NRANKS, TEST_ID_FILE: as mixed.c; TEST_DONE_FILE: rank 0 creates it
  * when done, and a silent rank 1 waits for it (60 s at most).
  */
@@ -639,6 +644,53 @@ static void case_abort(void) {
   say_done();
 }
 
+/* Calls followed at once by a device allocation and a free, as a framework's allocator
+ * makes them: all-reduce in and out of place, all-gather, broadcast, a send/recv ring. */
+static void case_allocs(void) {
+  void* s = new_stream();
+  size_t n = N;
+  float *h_in = pinned(n), *h_out = pinned(n * nranks);
+  void *d_in = dev_alloc(n * 4), *d_out = dev_alloc(n * 4 * nranks);
+  for (int salt = 1; salt <= 4; salt++) {
+    fill(h_in, n, rank, salt);
+    upload(d_in, h_in, n, s);
+    CHECK(ncclAllReduce(d_in, d_out, n, ncclFloat32, ncclSum, comm, s));
+    dev_free(dev_alloc(1 << 20)); /* while the call may still wait for its peers */
+    CHECK(ncclAllReduce(d_out, d_out, n, ncclFloat32, ncclSum, comm, s));
+    dev_free(dev_alloc(4096));
+    download(h_out, d_out, n, s);
+    sync_stream(s);
+    for (size_t i = 0; i < n; i++) {
+      float want = sum_of(i, salt) * (float)nranks;
+      if (h_out[i] != want) fail("all-reduce twice, pass %d: element %zu is %g, expected %g", salt, i, h_out[i], want);
+      checks++;
+    }
+    CHECK(ncclAllGather(d_in, d_out, n, ncclFloat32, comm, s));
+    dev_free(dev_alloc(8192));
+    download(h_out, d_out, n * nranks, s);
+    sync_stream(s);
+    for (int r = 0; r < nranks; r++)
+      for (size_t i = 0; i < n; i++) {
+        float want = value(r, i, salt);
+        if (h_out[r * n + i] != want) fail("all-gather, pass %d: block %d element %zu is %g, expected %g", salt, r, i, h_out[r * n + i], want);
+        checks++;
+      }
+    CHECK(ncclBroadcast(d_in, d_out, n, ncclFloat32, 0, comm, s));
+    dev_free(dev_alloc(4096));
+    CHECK(ncclGroupStart());
+    CHECK(ncclSend(d_in, n, ncclFloat32, (rank + 1) % nranks, comm, s));
+    CHECK(ncclRecv((float*)d_out + n, n, ncclFloat32, (rank + nranks - 1) % nranks, comm, s));
+    CHECK(ncclGroupEnd());
+    dev_free(dev_alloc(4096));
+    download(h_out, d_out, n * 2, s);
+    sync_stream(s);
+    expect("broadcast", h_out, n, from_root, salt);
+    expect("send/recv ring", h_out + n, n, from_prev, salt);
+  }
+  dev_free(d_in);
+  dev_free(d_out);
+}
+
 int main(void) {
   ncclUniqueId id;
   const char* which = getenv("TEST_CASE");
@@ -653,7 +705,8 @@ int main(void) {
   if (strcmp(which, "order") == 0) case_order();
   else if (strcmp(which, "killed") == 0 || strcmp(which, "silent") == 0) lost_peer(which);
   else if (strcmp(which, "abort") == 0) case_abort();
-  else fail("TEST_CASE=%s: expected order, killed, silent or abort", which);
+  else if (strcmp(which, "allocs") == 0) case_allocs();
+  else fail("TEST_CASE=%s: expected order, killed, silent, abort or allocs", which);
   if (comm) CHECK(ncclCommDestroy(comm));
   printf("rank %d of %d (%s): stream_order %s OK, %ld checks\n", rank, nranks, mem, which, checks);
   return 0;
