@@ -472,6 +472,12 @@ def main():
         sys.stdout.flush()
         os._exit(0)
     dist.destroy_process_group()
+    # Skip the interpreter's teardown: under load it once ended a rank that had saved
+    # its results with SIGABRT ("terminate called without an active exception", from
+    # libstdc++ at exit; cause not found), which is not what these tests check.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
