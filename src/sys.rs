@@ -112,6 +112,19 @@ pub(crate) fn recv_nowait(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>
     }
 }
 
+/// Connections a listener queues before it accepts them: `listen` again with the
+/// kernel's cap (`net.core.somaxconn`, 4096 by default), where the standard library
+/// asks for 128. A thousand ranks dialling one bootstrap root at once overflow 128,
+/// and each refused SYN is retried after 1, 3, 7 s.
+pub(crate) const LISTEN_BACKLOG: i32 = 4096;
+
+/// Raises the accept queue of a listening socket to [`LISTEN_BACKLOG`] (the kernel
+/// caps it at `net.core.somaxconn`).
+pub(crate) fn widen_backlog(listener: &impl AsRawFd) -> io::Result<()> {
+    // A second listen on a listening socket only changes its backlog (listen(2)).
+    syscall!(listen(listener.as_raw_fd(), LISTEN_BACKLOG)).map(|_| ())
+}
+
 /// Sets an integer socket option.
 pub(crate) fn setsockopt_int(
     fd: &impl AsRawFd,
@@ -493,4 +506,41 @@ pub(crate) fn raise_nofile(soft: u64) -> io::Result<()> {
 /// How many descriptors this process has open (entries of /proc/self/fd), if known.
 pub(crate) fn open_fds() -> Option<usize> {
     std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Instant;
+
+    #[test]
+    fn a_widened_listener_queues_hundreds_of_connections_before_accepting() {
+        let cap: i32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if cap < 400 {
+            eprintln!("skipped: net.core.somaxconn is {cap}");
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("loopback listener");
+        widen_backlog(&listener).expect("listen again");
+        let addr = listener.local_addr().unwrap();
+        // The standard library's 128 would drop SYNs past about 129 unaccepted
+        // connections, and the kernel retries those only after a second.
+        let start = Instant::now();
+        let conns: Vec<TcpStream> = (0..300)
+            .map(|i| {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+            })
+            .collect();
+        assert_eq!(conns.len(), 300);
+        assert!(
+            start.elapsed() < Duration::from_millis(900),
+            "300 connections took {:?}: some waited for a SYN retry",
+            start.elapsed()
+        );
+    }
 }

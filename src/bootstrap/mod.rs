@@ -325,6 +325,8 @@ pub(crate) fn join(
     };
     let listener = TcpListener::bind(SocketAddr::new(local_ip, 0))
         .map_err(|e| Error::io(format!("binding a data listener on {local_ip}"), e))?;
+    crate::sys::widen_backlog(&listener)
+        .map_err(|e| Error::io("widening the data listener's accept queue", e))?;
     let listen = listener
         .local_addr()
         .map_err(|e| Error::io("reading the data listener address", e))?;

@@ -32,6 +32,8 @@ pub(crate) fn spawn(addr: SocketAddr, token: [u8; 16], config: &Config) -> Resul
     let tls = TlsContext::from_config(config)?.map(|ctx| (ctx, config.tls));
     let listener = TcpListener::bind(addr)
         .map_err(|e| Error::io(format!("binding the bootstrap root on {addr}"), e))?;
+    sys::widen_backlog(&listener)
+        .map_err(|e| Error::io("widening the bootstrap root's accept queue", e))?;
     let bound = listener
         .local_addr()
         .map_err(|e| Error::io("reading the root address", e))?;

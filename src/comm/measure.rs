@@ -45,10 +45,19 @@ pub(super) fn establish(comm: &mut Communicator, probes: Vec<RankProbe>) -> Resu
         refine(comm, &mut t)?;
         comm.set_topology(t.clone());
     }
-    // Ranks must plan alike: compare the model's fingerprint everywhere.
+    // Ranks must plan alike: compare the model's fingerprint everywhere. The largest
+    // fingerprint and the largest complement (the smallest) are this rank's own on
+    // every rank exactly when all agree: one max-all-reduce (a tree, log n steps)
+    // checks it; only a mismatch (seen on every rank then) pays for the all-gather
+    // (a ring, n steps) that names the rank.
     let mine = [t.fingerprint()];
-    let mut all = vec![0u64; nranks];
-    comm.all_gather(&mine, &mut all)?;
+    let mut bounds = [mine[0], !mine[0]];
+    comm.all_reduce_in_place(&mut bounds, ReduceOp::Max)?;
+    let agreed = bounds == [mine[0], !mine[0]];
+    let mut all = vec![mine[0]; nranks];
+    if !agreed {
+        comm.all_gather(&mine, &mut all)?;
+    }
     if let Some((peer, theirs)) = all.iter().enumerate().find(|(_, f)| **f != mine[0]) {
         return Err(Error::Mismatch {
             rank,
