@@ -76,6 +76,16 @@ pub enum Error {
         error: DeviceError,
     },
 
+    /// A peer's transport handshake or connection data did not decode (another
+    /// protocol version, a stranger's bytes, a field out of range).
+    #[error("rank {peer}: {error}")]
+    Transport {
+        /// The rank whose bytes they were.
+        peer: usize,
+        /// What was wrong with them.
+        error: TransportError,
+    },
+
     /// A broken invariant inside mixccl (a bug): please report it with the message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -157,3 +167,38 @@ impl std::fmt::Display for DeviceError {
 }
 
 impl std::error::Error for DeviceError {}
+
+/// Why bytes a transport received in a handshake (a hello, an offer, RDMA connection
+/// data) were refused. Decoding never panics; each decoder returns one of these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The bytes do not start with this transport's magic.
+    #[error("bad magic")]
+    BadMagic,
+    /// The sender speaks another wire protocol version.
+    #[error("protocol version {0}")]
+    Version(u16),
+    /// The message ended before byte `at`.
+    #[error("truncated at byte {at}")]
+    Truncated {
+        /// Where the bytes ran out.
+        at: usize,
+    },
+    /// A message of the wrong length.
+    #[error("{what} of {got} bytes (expected {want})")]
+    Length {
+        /// Which message.
+        what: &'static str,
+        /// Its length.
+        got: usize,
+        /// The length it must have.
+        want: String,
+    },
+    /// A field outside what the protocol allows; says which and its value.
+    #[error("{0}")]
+    Field(String),
+    /// A message kind this build does not know.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+}

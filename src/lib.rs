@@ -56,6 +56,6 @@ pub use debug::DebugLevel;
 pub use device::MemRef;
 pub use element::fp8::{F8E4M3Fnuz, F8E5M2Fnuz, F8E4M3, F8E5M2};
 pub use element::{fp8, DataType, Element};
-pub use error::{DeviceError, Error, Result};
+pub use error::{DeviceError, Error, Result, TransportError};
 pub use reduce::ReduceOp;
 pub use topo::Topology;

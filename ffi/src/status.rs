@@ -80,7 +80,8 @@ pub(crate) fn code_of(e: &mixccl::Error) -> c_int {
     match e {
         InvalidArgument(_) | InvalidUniqueId(_) => code::INVALID_ARGUMENT,
         Timeout { .. } => code::TIMEOUT,
-        PeerLost { .. } => code::REMOTE_ERROR,
+        // A peer's bytes that do not decode are the peer's fault, as NCCL's remote error.
+        PeerLost { .. } | Transport { .. } => code::REMOTE_ERROR,
         // A mismatched call is the application's mistake; so is using a communicator
         // it aborted itself.
         Mismatch { .. } | Aborted | Revoked { .. } => code::INVALID_USAGE,

@@ -4,8 +4,9 @@
 //! transport appends its own fields after these (TCP: lane and lanes; shm: ring
 //! capacity) and picks its magic (`MXDATA`, `MXSHM`, `MXRDMA`), so the bytes on
 //! the wire are what each transport always sent. Decoding never panics: a
-//! stranger's bytes are an error string for the caller to log.
+//! stranger's bytes are a [`TransportError`] for the caller to log or return.
 
+use crate::error::TransportError;
 use crate::wire::PROTOCOL_VERSION;
 
 /// Bytes of the preamble: magic and protocol version.
@@ -23,13 +24,13 @@ pub(crate) fn preamble(magic: &[u8; 8]) -> [u8; PREAMBLE_LEN] {
 }
 
 /// Checks that `b` starts with the preamble of `magic` at this protocol version.
-pub(crate) fn check_preamble(magic: &[u8; 8], b: &[u8]) -> Result<(), String> {
+pub(crate) fn check_preamble(magic: &[u8; 8], b: &[u8]) -> Result<(), TransportError> {
     if b.len() < PREAMBLE_LEN || &b[..8] != magic {
-        return Err("bad magic".into());
+        return Err(TransportError::BadMagic);
     }
     let v = u16::from_le_bytes([b[8], b[9]]);
     if v != PROTOCOL_VERSION {
-        return Err(format!("protocol version {v}"));
+        return Err(TransportError::Version(v));
     }
     Ok(())
 }
@@ -55,10 +56,14 @@ impl Hello {
     }
 
     /// Reads the hello with `magic` from the first [`HELLO_LEN`] bytes of `b`.
-    pub(crate) fn decode(magic: &[u8; 8], b: &[u8]) -> Result<Hello, String> {
+    pub(crate) fn decode(magic: &[u8; 8], b: &[u8]) -> Result<Hello, TransportError> {
         check_preamble(magic, b)?;
         if b.len() < HELLO_LEN {
-            return Err(format!("hello of {} bytes (expected {HELLO_LEN})", b.len()));
+            return Err(TransportError::Length {
+                what: "hello",
+                got: b.len(),
+                want: HELLO_LEN.to_string(),
+            });
         }
         let u32at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         Ok(Hello {
@@ -104,14 +109,32 @@ mod tests {
             to: 2,
         }
         .encode(MAGIC, &mut b);
-        assert_eq!(Hello::decode(b"MXOTHER\0", &b), Err("bad magic".into()));
+        assert_eq!(
+            Hello::decode(b"MXOTHER\0", &b),
+            Err(TransportError::BadMagic)
+        );
         let mut old = b;
         old[8..10].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
         assert_eq!(
             Hello::decode(MAGIC, &old),
-            Err(format!("protocol version {}", PROTOCOL_VERSION + 1))
+            Err(TransportError::Version(PROTOCOL_VERSION + 1))
         );
-        assert!(Hello::decode(MAGIC, &b[..HELLO_LEN - 1]).is_err());
+        assert_eq!(
+            Hello::decode(MAGIC, &b[..HELLO_LEN - 1]),
+            Err(TransportError::Length {
+                what: "hello",
+                got: HELLO_LEN - 1,
+                want: HELLO_LEN.to_string()
+            })
+        );
+        assert_eq!(
+            Hello::decode(MAGIC, &b).map_err(|e| e.to_string()),
+            Ok(Hello {
+                token: [1; 16],
+                from: 1,
+                to: 2
+            })
+        );
         assert!(check_preamble(MAGIC, &b[..5]).is_err());
         crate::fuzz::mutations(&b, 20_000, |m| {
             let _ = Hello::decode(MAGIC, m);

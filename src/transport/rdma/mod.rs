@@ -194,9 +194,7 @@ pub(crate) fn upgrade(
     let mut first_err = None;
     for (p, s, mut v, msg) in mine {
         let body = recv_frame(&s, wire::MAX_MESSAGE, spec.deadline, p)?;
-        let theirs = Message::decode(&body).map_err(|why| {
-            Error::Bootstrap(format!("rank {p} sent bad RDMA connection data: {why}"))
-        })?;
+        let theirs = Message::decode(&body).map_err(|error| Error::Transport { peer: p, error })?;
         let mut verdict = decide(rank, p, &msg, &theirs);
         if verdict == Verdict::Rdma {
             if let (Some(v), Message::Offer(o)) = (v.as_mut(), &theirs) {

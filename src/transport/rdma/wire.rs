@@ -16,6 +16,7 @@
 //! `transport::hello`'s preamble; the token and ranks need not travel again, as the
 //! TCP socket carrying this was admitted by its own hello.
 
+use crate::error::TransportError;
 use crate::transport::hello;
 
 /// Longest decline reason carried.
@@ -124,7 +125,7 @@ impl Message {
 
     /// Decodes one whole message. Never panics; allocates only after the count it
     /// sizes by is bounded and matches the bytes present.
-    pub(crate) fn decode(b: &[u8]) -> Result<Message, String> {
+    pub(crate) fn decode(b: &[u8]) -> Result<Message, TransportError> {
         let mut r = Reader { b, at: 0 };
         hello::check_preamble(MAGIC, r.take(hello::PREAMBLE_LEN)?)?;
         let msg = match r.u8()? {
@@ -132,21 +133,23 @@ impl Message {
                 let link_layer = r.u8()?;
                 let mtu = r.u8()?;
                 let lid = r.u16()?;
-                let gid: [u8; 16] = r.take(16)?.try_into().map_err(|_| "gid")?;
+                let gid: [u8; 16] = r.take(16)?.try_into().expect("take gave 16 bytes");
                 let slot_bytes = r.u32()?;
                 let slots = r.u16()?;
                 let addr = r.u64()?;
                 let rkey = r.u32()?;
                 let n = r.u16()? as usize;
                 if !(1..=MAX_QPS).contains(&n) {
-                    return Err(format!("{n} queue pairs (expected 1..={MAX_QPS})"));
+                    return Err(TransportError::Field(format!(
+                        "{n} queue pairs (expected 1..={MAX_QPS})"
+                    )));
                 }
                 if r.left() != 8 * n {
-                    return Err(format!(
-                        "{} bytes for {n} queue pairs (expected {})",
-                        r.left(),
-                        8 * n
-                    ));
+                    return Err(TransportError::Length {
+                        what: "queue pair addresses",
+                        got: r.left(),
+                        want: format!("{} for {n} queue pairs", 8 * n),
+                    });
                 }
                 let mut qps = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -156,10 +159,12 @@ impl Message {
                     });
                 }
                 if !(1..=5).contains(&mtu) {
-                    return Err(format!("MTU code {mtu}"));
+                    return Err(TransportError::Field(format!("MTU code {mtu}")));
                 }
                 if slot_bytes == 0 || slot_bytes > 1 << 30 || slots == 0 {
-                    return Err(format!("staging of {slots} slots of {slot_bytes} bytes"));
+                    return Err(TransportError::Field(format!(
+                        "staging of {slots} slots of {slot_bytes} bytes"
+                    )));
                 }
                 Message::Offer(Offer {
                     link_layer,
@@ -176,14 +181,20 @@ impl Message {
             1 => {
                 let n = r.u16()? as usize;
                 if n > MAX_REASON || r.left() != n {
-                    return Err(format!("decline reason of {n} bytes"));
+                    return Err(TransportError::Field(format!(
+                        "decline reason of {n} bytes"
+                    )));
                 }
                 Message::Decline(String::from_utf8_lossy(r.take(n)?).into_owned())
             }
-            k => return Err(format!("unknown message kind {k}")),
+            k => return Err(TransportError::UnknownKind(k)),
         };
         if r.left() != 0 {
-            return Err(format!("{} trailing bytes", r.left()));
+            return Err(TransportError::Length {
+                what: "message",
+                got: b.len(),
+                want: format!("{} without trailing bytes", r.at),
+            });
         }
         Ok(msg)
     }
@@ -198,27 +209,27 @@ impl<'a> Reader<'a> {
     fn left(&self) -> usize {
         self.b.len() - self.at
     }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], TransportError> {
         let s = self
             .b
             .get(self.at..self.at.saturating_add(n))
-            .ok_or_else(|| format!("truncated at byte {}", self.at))?;
+            .ok_or(TransportError::Truncated { at: self.at })?;
         self.at += n;
         Ok(s)
     }
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8, TransportError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, String> {
+    fn u16(&mut self) -> Result<u16, TransportError> {
         let s = self.take(2)?;
         Ok(u16::from_le_bytes([s[0], s[1]]))
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, TransportError> {
         let mut a = [0u8; 4];
         a.copy_from_slice(self.take(4)?);
         Ok(u32::from_le_bytes(a))
     }
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, TransportError> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
@@ -281,16 +292,30 @@ mod tests {
         for cut in 0..good.len() {
             assert!(Message::decode(&good[..cut]).is_err(), "cut at {cut}");
         }
+        assert_eq!(
+            Message::decode(&good[..HEADER]),
+            Err(TransportError::Truncated { at: HEADER })
+        );
         let mut extra = good.clone();
         extra.push(0);
-        assert!(Message::decode(&extra).is_err());
+        assert!(matches!(
+            Message::decode(&extra),
+            Err(TransportError::Length { .. })
+        ));
         let mut many = good.clone();
         let at = HEADER + OFFER_FIXED - 2;
         many[at..at + 2].copy_from_slice(&u16::MAX.to_le_bytes());
-        assert!(Message::decode(&many).unwrap_err().contains("queue pairs"));
-        let mut zero = good;
+        let e = Message::decode(&many).unwrap_err();
+        assert!(
+            matches!(&e, TransportError::Field(f) if f.contains("queue pairs")),
+            "{e:?}"
+        );
+        let mut zero = good.clone();
         zero[at..at + 2].copy_from_slice(&0u16.to_le_bytes());
         assert!(Message::decode(&zero).is_err());
+        let mut kind = good;
+        kind[HEADER - 1] = 9;
+        assert_eq!(Message::decode(&kind), Err(TransportError::UnknownKind(9)));
     }
 
     /// Fuzzing without a dependency: a fixed-seed xorshift feeds the decoder random

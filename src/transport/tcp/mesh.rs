@@ -11,7 +11,7 @@ use super::tls::{self, TlsContext, TlsStream};
 use super::TcpLink;
 #[cfg(test)]
 use crate::debug::{log_info, log_warn};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransportError};
 #[cfg(test)]
 use crate::header::ControlReader;
 use crate::sys;
@@ -69,7 +69,7 @@ impl DataHello {
         b
     }
 
-    fn decode(b: &[u8; DATA_HELLO_LEN]) -> std::result::Result<DataHello, String> {
+    fn decode(b: &[u8; DATA_HELLO_LEN]) -> std::result::Result<DataHello, TransportError> {
         let who = Hello::decode(DATA_MAGIC, b)?;
         let u16at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         Ok(DataHello {
@@ -450,7 +450,7 @@ pub(super) fn read_hello(
                     return Ok(None);
                 }
                 let b: &[u8; DATA_HELLO_LEN] = p.buf[..].try_into().expect("full hello");
-                DataHello::decode(b).map(Some)
+                DataHello::decode(b).map(Some).map_err(|e| e.to_string())
             }
         };
     }
@@ -471,7 +471,7 @@ pub(super) fn read_hello(
                 return Ok(None);
             }
             let b: &[u8; DATA_HELLO_LEN] = p.buf[..].try_into().expect("full hello");
-            DataHello::decode(b).map(Some)
+            DataHello::decode(b).map(Some).map_err(|e| e.to_string())
         }
         Err(e)
             if matches!(
