@@ -27,7 +27,7 @@ use crate::cast::RawBuf;
 use crate::coll::{check_disjoint, run_p2p, CollCall, P2p, StreamWait};
 use crate::comm::Shared;
 use crate::env::Launch;
-use crate::staging::{self, Region};
+use crate::staging::Region;
 use crate::status::{code, Failure, Outcome, Progress};
 use crate::stream::{self, CallerStream, Marks, Ticket};
 use std::cell::RefCell;
@@ -225,17 +225,27 @@ fn run_one(comm: &Shared, calls: &[Pending]) -> Outcome {
     run_calls(comm, calls, StreamWait::Host)
 }
 
-/// The distinct caller streams of a unit that is to be stream-ordered: None when
-/// `MIXCCL_LAUNCH=sync`, when no call touches device memory, when its device buffers
-/// lie on more than one device, or when the runtime lacks events (the unit is
-/// host-synchronous then).
-fn ordered_streams(comm: &Shared, calls: &[Pending]) -> Outcome<Option<Vec<CallerStream>>> {
+/// Each call of a unit with its caller stream (None: host buffers only).
+type WithStreams = Vec<(Pending, Option<CallerStream>)>;
+
+/// The distinct caller streams of a unit that is to be stream-ordered, and each call
+/// with its stream: None when `MIXCCL_LAUNCH=sync`, when no call touches device
+/// memory, when its device buffers lie on more than one device, or when the runtime
+/// lacks events (the unit is host-synchronous then).
+fn ordered_streams(
+    comm: &Shared,
+    calls: &[Pending],
+) -> Outcome<Option<(Vec<CallerStream>, WithStreams)>> {
     if comm.launch != Launch::Stream {
         return Ok(None);
     }
+    let with_streams = calls
+        .iter()
+        .map(|c| Ok((*c, c.device_stream()?)))
+        .collect::<Outcome<WithStreams>>()?;
     let mut streams = Vec::new();
-    for call in calls {
-        if let Some(s) = call.device_stream()?.filter(|s| !streams.contains(s)) {
+    for (_, s) in &with_streams {
+        if let Some(s) = s.filter(|s| !streams.contains(s)) {
             streams.push(s);
         }
     }
@@ -246,14 +256,14 @@ fn ordered_streams(comm: &Shared, calls: &[Pending]) -> Outcome<Option<Vec<Calle
     if streams.is_empty() || !one_device || !stream::supported(streams[0].vendor) {
         return Ok(None);
     }
-    Ok(Some(streams))
+    Ok(Some((streams, with_streams)))
 }
 
 /// Enqueues a unit on its caller streams and the progress thread, and returns true;
 /// false when it is not stream-ordered (see [`ordered_streams`]; also when tying it
 /// to a stream failed, which leaves nothing queued there).
 fn enqueue_ordered(comm: &Arc<Shared>, calls: &[Pending]) -> Outcome<bool> {
-    let Some(streams) = ordered_streams(comm, calls)? else {
+    let Some((streams, with_streams)) = ordered_streams(comm, calls)? else {
         return Ok(false);
     };
     let weak = Arc::downgrade(comm);
@@ -280,14 +290,9 @@ fn enqueue_ordered(comm: &Arc<Shared>, calls: &[Pending]) -> Outcome<bool> {
         })
         .collect();
     check_disjoint(&p2p)?;
-    let with_streams = calls
-        .iter()
-        .map(|c| Ok((*c, c.device_stream()?)))
-        .collect::<Outcome<Vec<_>>>()?;
-    if !staging::on_stream_devices(&with_streams)? {
+    let Some((host_calls, staged)) = comm.staging.stage_in(&with_streams)? else {
         return Ok(false);
-    }
-    let (host_calls, staged) = comm.staging.stage_in(&with_streams)?;
+    };
     let Ok(mut marks) = stream::enqueue(&streams, &ticket) else {
         // The copies in are queued; the buffers go back behind a fence all the same.
         let _ = comm.staging.stage_out(staged.without_copies_out());

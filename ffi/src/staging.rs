@@ -77,11 +77,13 @@ struct Slot {
 }
 
 impl Slot {
+    /// Have the copies of the last unit that used it run?
+    fn idle(&self) -> bool {
+        self.fence.as_ref().map_or(true, |f| f.passed())
+    }
+
     fn free_for(&self, s: &CallerStream, len: usize) -> bool {
-        self.vendor == s.vendor
-            && self.index == s.index
-            && self.mem.len() >= len
-            && self.fence.as_ref().map_or(true, |f| f.passed())
+        self.vendor == s.vendor && self.index == s.index && self.mem.len() >= len && self.idle()
     }
 }
 
@@ -137,11 +139,29 @@ impl Pool {
 
     /// Stages `calls` (each with its caller stream): takes a pinned buffer per device
     /// buffer, queues the copies in on the call's stream, and returns the calls
-    /// rewritten to the pinned buffers. Nothing is queued on an error.
+    /// rewritten to the pinned buffers. Nothing is queued on an error, nor when a
+    /// device buffer lies off its call's stream's device (`Ok(None)`: the copies run
+    /// on that stream, so such a unit stays host-synchronous).
     pub fn stage_in(
         &self,
         calls: &[(Pending, Option<CallerStream>)],
-    ) -> Outcome<(Vec<Pending>, Staged)> {
+    ) -> Outcome<Option<(Vec<Pending>, Staged)>> {
+        // Each buffer is located once: device buffers to stage, per call.
+        let mut device_regions = Vec::with_capacity(calls.len());
+        for (call, stream) in calls {
+            let mut regions = Vec::new();
+            if let Some(s) = stream {
+                for r in call.regions().into_iter().filter(|r| r.device.len > 0) {
+                    if let MemoryKind::Device { vendor, index } = r.device.mem()?.kind() {
+                        if (vendor, index) != (s.vendor, s.index) {
+                            return Ok(None);
+                        }
+                        regions.push(r);
+                    }
+                }
+            }
+            device_regions.push(regions);
+        }
         let mut staged = Staged {
             taken: Vec::new(),
             outs: Vec::new(),
@@ -149,7 +169,7 @@ impl Pool {
         };
         let mut ins = Vec::new();
         let mut host_calls = Vec::with_capacity(calls.len());
-        for (call, stream) in calls {
+        for ((call, stream), regions) in calls.iter().zip(device_regions) {
             let Some(s) = stream else {
                 host_calls.push(*call);
                 continue;
@@ -158,10 +178,7 @@ impl Pool {
                 staged.streams.push(*s);
             }
             let mut map = Vec::new();
-            for r in call.regions() {
-                if r.device.len == 0 || !is_device(r.device)? {
-                    continue;
-                }
+            for r in regions {
                 let mut slot = match self.take(s, r.device.len) {
                     Ok(slot) => slot,
                     Err(e) => {
@@ -200,7 +217,7 @@ impl Pool {
                 return Err(e.into());
             }
         }
-        Ok((host_calls, staged))
+        Ok(Some((host_calls, staged)))
     }
 
     /// Queues the copies out after the unit's holds, then a fence on each stream,
@@ -258,12 +275,10 @@ impl Drop for Pool {
         let slots = std::mem::take(self.slots.get_mut().unwrap_or_else(|e| e.into_inner()));
         let end = std::time::Instant::now() + DRAIN_LIMIT;
         for slot in slots {
-            let mut passed = slot.fence.as_ref().map_or(true, |f| f.passed());
-            while !passed && std::time::Instant::now() < end {
+            while !slot.idle() && std::time::Instant::now() < end {
                 std::thread::sleep(std::time::Duration::from_micros(200));
-                passed = slot.fence.as_ref().map_or(true, |f| f.passed());
             }
-            if passed {
+            if slot.idle() {
                 drop(slot);
             } else {
                 std::mem::forget(slot.mem);
@@ -274,24 +289,3 @@ impl Drop for Pool {
 
 /// How long dropping a pool waits for copies still queued on callers' streams.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Does every device buffer of `calls` lie on its call's stream's device? (The copies
-/// run on that stream; a call mixing devices stays host-synchronous.)
-pub(crate) fn on_stream_devices(calls: &[(Pending, Option<CallerStream>)]) -> Outcome<bool> {
-    for (call, stream) in calls {
-        let Some(s) = stream else { continue };
-        for r in call.regions().iter().filter(|r| r.device.len > 0) {
-            if let MemoryKind::Device { vendor, index } = r.device.mem()?.kind() {
-                if (vendor, index) != (s.vendor, s.index) {
-                    return Ok(false);
-                }
-            }
-        }
-    }
-    Ok(true)
-}
-
-/// Is `b` device memory (which needs staging)?
-fn is_device(b: RawBuf) -> Outcome<bool> {
-    Ok(matches!(b.mem()?.kind(), MemoryKind::Device { .. }))
-}

@@ -94,6 +94,15 @@ fn run_case(
     runs
 }
 
+/// [`run_case`], then checks that every rank reported the case OK.
+fn run_case_ok(dir: &Path, exe: &Path, case: &str, mems: &[&str], env: &[(&str, &str)]) {
+    let runs = run_case(dir, exe, case, mems, env);
+    let ok = format!("stream_order {case} OK");
+    for (r, run) in runs.iter().enumerate() {
+        assert!(run.output.contains(&ok), "rank {r}: {}", run.output);
+    }
+}
+
 #[test]
 fn calls_are_ordered_on_the_callers_streams_on_every_vendor() {
     let (dir, exe) = program("stream-order");
@@ -102,14 +111,7 @@ fn calls_are_ordered_on_the_callers_streams_on_every_vendor() {
         &[][..],
         &[("MIXCCL_LAUNCH", "sync"), ("TEST_SYNC", "1")][..],
     ] {
-        let runs = run_case(&dir, &exe, "order", &mems, env);
-        for (r, run) in runs.iter().enumerate() {
-            assert!(
-                run.output.contains("stream_order order OK"),
-                "rank {r}: {}",
-                run.output
-            );
-        }
+        run_case_ok(&dir, &exe, "order", &mems, env);
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -121,20 +123,13 @@ fn device_wide_synchronisation_between_calls_does_not_deadlock() {
     // models it). A timeout far beyond the deadline: a deadlock fails the test.
     let (dir, exe) = program("stream-allocs");
     for mems in [&["cuda", "cuda"][..], &["cuda", "cuda", "cuda"][..]] {
-        let runs = run_case(
+        run_case_ok(
             &dir,
             &exe,
             "allocs",
             mems,
             &[("STUB_IMPLICIT_SYNC", "1"), ("MIXCCL_TIMEOUT", "600")],
         );
-        for (r, run) in runs.iter().enumerate() {
-            assert!(
-                run.output.contains("stream_order allocs OK"),
-                "rank {r}: {}",
-                run.output
-            );
-        }
     }
     let _ = std::fs::remove_dir_all(dir);
 }

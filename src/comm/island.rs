@@ -187,23 +187,17 @@ impl Communicator {
             i64::from(std::process::id()),
         ];
         // Communicators on host memory alone have no device runtime on any rank: one
-        // max-all-reduce (a tree, log n steps) says so without the all-gather below (a
-        // ring, n steps; 1.4 s of a 512-rank init on 2 cores).
+        // max-all-reduce (a tree, log n steps) says so, and then every rank's offer is
+        // known without the all-gather (a ring, n steps; 1.4 s of a 512-rank init on 2
+        // cores): no vendor, so nothing below forms.
         let mut any_vendor = [mine[0]];
         self.all_reduce_in_place(&mut any_vendor, ReduceOp::Max)?;
-        if any_vendor[0] < 0 {
-            if let Err(why) = &offer.ccl {
-                log_info!(Some(me), "islands: rank {me} left out: {why}");
-            }
-            log_info!(Some(me), "islands: none formed");
-            let left_out = (0..n)
-                .map(|r| format!("rank {r}: no device runtime"))
-                .collect();
-            self.islands = Some(Islands::none(left_out));
-            return Ok(());
-        }
         let mut all = vec![0i64; 3 * n];
-        self.all_gather(&mine, &mut all)?;
+        if any_vendor[0] < 0 {
+            all.iter_mut().step_by(3).for_each(|v| *v = -1);
+        } else {
+            self.all_gather(&mine, &mut all)?;
+        }
         let vendor_of = |r: usize| -> Option<Vendor> {
             usize::try_from(all[3 * r])
                 .ok()

@@ -53,18 +53,17 @@ pub(super) fn establish(comm: &mut Communicator, probes: Vec<RankProbe>) -> Resu
     let mine = [t.fingerprint()];
     let mut bounds = [mine[0], !mine[0]];
     comm.all_reduce_in_place(&mut bounds, ReduceOp::Max)?;
-    let agreed = bounds == [mine[0], !mine[0]];
-    let mut all = vec![mine[0]; nranks];
-    if !agreed {
+    if bounds != [mine[0], !mine[0]] {
+        let mut all = vec![0u64; nranks];
         comm.all_gather(&mine, &mut all)?;
-    }
-    if let Some((peer, theirs)) = all.iter().enumerate().find(|(_, f)| **f != mine[0]) {
-        return Err(Error::Mismatch {
-            rank,
-            theirs: format!("a topology model with fingerprint {:016x}", mine[0]),
-            peer,
-            ours: format!("one with fingerprint {theirs:016x}"),
-        });
+        if let Some((peer, theirs)) = all.iter().enumerate().find(|(_, f)| **f != mine[0]) {
+            return Err(Error::Mismatch {
+                rank,
+                theirs: format!("a topology model with fingerprint {:016x}", mine[0]),
+                peer,
+                ours: format!("one with fingerprint {theirs:016x}"),
+            });
+        }
     }
     // The bands cost ~100 plans each: computed only when they are printed.
     if crate::debug::level() >= crate::debug::DebugLevel::Info {
