@@ -198,6 +198,40 @@ fn a_rank_claimed_twice_is_refused_and_the_grow_completes() {
     assert!(msg.contains("duplicate rank"), "{msg}");
 }
 
+/// A joiner that comes after the grow is complete is told at once that the grow is
+/// over (its root has stopped listening), not left retrying until the timeout: the
+/// other ordering of a rank claimed twice.
+#[test]
+fn a_joiner_after_the_grow_is_told_it_is_over() {
+    let cfg = config(false);
+    let id = loopback_id(&cfg);
+    let grow_id = Mailbox::new();
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            let (cfg, id, grow_id) = (cfg.clone(), &id, &grow_id);
+            s.spawn(move || {
+                let mut big = if t < 2 {
+                    let comm = Communicator::init(t, 2, id, cfg).unwrap();
+                    if t == 0 {
+                        grow_id.post(comm.grow_id().unwrap());
+                    }
+                    comm.grow(3, &grow_id.wait()).unwrap()
+                } else {
+                    Communicator::join_grown(2, 3, &grow_id.wait(), cfg).unwrap()
+                };
+                all_reduce_ok(&mut big, "grown");
+            });
+        }
+    });
+    let late = Communicator::join_grown(2, 3, &grow_id.wait(), cfg).unwrap_err();
+    assert!(matches!(late, Error::Bootstrap(_)), "{late:?}");
+    let msg = late.to_string();
+    assert!(
+        msg.contains("grow is over") && msg.contains("duplicate rank"),
+        "{msg}"
+    );
+}
+
 /// Revoke on rank 1 while every rank is inside a 64 MiB all-reduce: every rank's
 /// call returns `Revoked` naming rank 1, later calls too, and an empty shrink gives
 /// a communicator that runs right.

@@ -172,6 +172,26 @@ fn u32_at(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"))
 }
 
+/// A grow id's root listened from the moment the id was made (`grow_id`), so a
+/// refused connection means that grow is over (complete, or failed): this rank came
+/// late or claimed a rank someone else took. Said at once rather than retried until
+/// the timeout, as a first-time root that may not be up yet is.
+/// `None`: not refused, but not connected either; the ordinary retrying connect
+/// takes over.
+fn grow_root_connect(root: SocketAddr, timeout: Duration) -> Result<Option<TcpStream>> {
+    match TcpStream::connect_timeout(&root, timeout) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(Error::Bootstrap(format!(
+                "the root of this grow at {root} refused the connection: that grow is \
+                 over (complete or failed); was this rank late, or a duplicate rank? \
+                 get a new id with grow_id (ncclCommGetUniqueId) for another grow"
+            )))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
 /// Sends our hello to the root and waits for the table (or the root's verdict).
 fn rendezvous(
     id: &UniqueId,
@@ -183,14 +203,21 @@ fn rendezvous(
 ) -> Result<Vec<RankInfo>> {
     let root = id.root_addr();
     let start = Instant::now();
-    let mut s = tcp::connect_retry(root, start + timeout).map_err(|e| match e {
-        Error::Timeout { after, .. } => Error::Timeout {
-            op: format!("init: reaching the bootstrap root at {root}"),
-            waiting_for: vec![],
-            after,
-        },
-        e => e,
-    })?;
+    let first = match id.grow_parent() {
+        Some(_) => grow_root_connect(root, timeout)?,
+        None => None,
+    };
+    let mut s = match first {
+        Some(s) => s,
+        None => tcp::connect_retry(root, start + timeout).map_err(|e| match e {
+            Error::Timeout { after, .. } => Error::Timeout {
+                op: format!("init: reaching the bootstrap root at {root}"),
+                waiting_for: vec![],
+                after,
+            },
+            e => e,
+        })?,
+    };
     let mut hello = Vec::with_capacity(HELLO_HEADER + info.len());
     hello.extend_from_slice(HELLO_MAGIC);
     hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
