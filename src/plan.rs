@@ -364,8 +364,15 @@ fn tree_longest(
 /// Seconds of the first `c` bytes' way from the root of `shape` down to the last
 /// rank: per link its alpha and the chunk's transfer, at the link's bandwidth shared
 /// with the parent's other children over the same kind of link (it sends to all of
-/// them at once).
-fn tree_fill(t: &Topology, shape: crate::algo::tree::Shape, c: f64) -> f64 {
+/// them at once) and, of `k` chunks, with those the link's other lanes carry at the
+/// same time (see [`lanes_ahead`]).
+fn tree_fill(
+    t: &Topology,
+    config: &Config,
+    shape: crate::algo::tree::Shape,
+    c: f64,
+    k: f64,
+) -> f64 {
     let n = t.nranks();
     tree_longest(t, shape, |r, p| {
         let inside = t.host_of(r) == t.host_of(p);
@@ -382,8 +389,16 @@ fn tree_fill(t: &Topology, shape: crate::algo::tree::Shape, c: f64) -> f64 {
             alpha += u.alpha_us * 1e-6;
             bw = bw.min(u.bw_gbs * 1e9);
         }
-        alpha + share * c / bw
+        alpha + share * lanes_ahead(t, config, p, r, k) * c / bw
     })
+}
+
+/// Chunks of `k` that a link from `a` to `b` moves at once: one per lane, the k-th
+/// on lane `k % lanes`, sharing the link's bandwidth, so the first chunk crosses a
+/// link of two lanes at half its bandwidth when a second follows (mixccl-sim judge:
+/// a chain over 389x1 hosts, 32 MiB, simulated 9.3 ms, 5.2 with one chunk at a time).
+fn lanes_ahead(t: &Topology, config: &Config, a: usize, b: usize, k: f64) -> f64 {
+    k.min(lanes(t, config, a, b) as f64).max(1.0)
 }
 
 /// Estimated seconds for `coll` with `algo` on `bytes` per rank, or `None` when `algo`
@@ -498,7 +513,7 @@ pub(crate) fn estimate(
                         load.add(p, r, s / nt);
                     }
                 }
-                let down = tree_fill(t, shape, c);
+                let down = tree_fill(t, config, shape, c, 1.0);
                 let up = tree_longest(t, shape, |r, p| {
                     let l = t.link(r, p);
                     let (mut alpha, mut bw) = (l.alpha_us * 1e-6, l.bw_gbs * 1e9);
@@ -540,7 +555,7 @@ pub(crate) fn estimate(
             // simulated time, 151x3 hosts, 8 KiB, simulated 77 us, estimated 196).
             let k = (s / chunk).ceil().max(1.0);
             return Some(
-                tree_fill(t, shape, chunk.min(s))
+                tree_fill(t, config, shape, chunk.min(s), k)
                     + load.seconds() * (k - 1.0) / k
                     + reduced / (REDUCE_GBS * 1e9),
             );
@@ -552,9 +567,12 @@ pub(crate) fn estimate(
             // inside hosts: 5x4 hosts, 4 MiB, simulated 3.18 ms, estimated 4.70.)
             let c = chunk.min(s);
             let k = (s / chunk).ceil().max(1.0);
-            let (mut first, mut slowest) = (0.0f64, 0.0f64);
+            // A hop of several lanes moves as many chunks at once, the first among
+            // them (see `lanes_ahead`).
+            let (mut first, mut slowest, mut ahead) = (0.0f64, 0.0f64, 1.0f64);
             for r in 0..n - 1 {
                 let l = t.link(r, r + 1);
+                let w = lanes_ahead(t, config, r, r + 1, k);
                 let (mut alpha, mut bw) = (l.alpha_us * 1e-6, l.bw_gbs * 1e9);
                 if let Some(u) = t.crossing(r, r + 1) {
                     alpha += u.alpha_us * 1e-6;
@@ -563,10 +581,12 @@ pub(crate) fn estimate(
                 if coll == Reduce {
                     bw = bw.min(REDUCE_GBS * 1e9);
                 }
-                first += alpha + c / bw;
-                slowest = slowest.max(c / bw);
+                first += alpha + w * c / bw;
+                if c / bw > slowest {
+                    (slowest, ahead) = (c / bw, w);
+                }
             }
-            return Some(first + (k - 1.0) * slowest);
+            return Some(first + (k - ahead) * slowest);
         }
         (AllReduce | AllGather | ReduceScatter, Hier) => {
             if hn < 2 || hn == n {
@@ -578,7 +598,7 @@ pub(crate) fn estimate(
                 .pipeline_bytes
                 .max(n.saturating_mul(config.chunk_bytes).saturating_mul(2));
             let pieces = config.pipeline_bytes > 0 && coll == AllReduce && bytes >= piece;
-            return Some(hier(t, coll, s, pieces));
+            return Some(hier(t, coll, s, chunk, pieces));
         }
         (AllToAll, Pairwise) => {
             if n <= PAIRWISE_LOAD_MAX_RANKS {
@@ -756,7 +776,7 @@ fn trees_block(t: &Topology, config: &Config, trees: usize) -> bool {
 /// The hierarchical estimate: the latency of the phases on the critical path, and the
 /// phases' bandwidth one after the other as `mixccl-sim` runs them (issue 18: the
 /// overlap of the host and network phases assumed before was up to 1.3x too fast).
-fn hier(t: &Topology, coll: Collective, s: f64, pieces: bool) -> f64 {
+fn hier(t: &Topology, coll: Collective, s: f64, chunk: f64, pieces: bool) -> f64 {
     let hn = t.hosts.len() as f64;
     let nf = t.nranks() as f64;
     let nch = t.hosts.iter().map(|h| h.ranks.len()).min().unwrap_or(1) as f64;
@@ -816,6 +836,7 @@ fn hier(t: &Topology, coll: Collective, s: f64, pieces: bool) -> f64 {
     // of the ring's links cross pods.
     let mut pod_out = vec![0.0f64; t.npods()];
     let mut cross = vec![false; t.hosts.len()];
+    let mut link_bw = Vec::with_capacity(t.hosts.len());
     for (i, h) in t.hosts.iter().enumerate() {
         let j = (i + 1) % t.hosts.len();
         let next = &t.hosts[j];
@@ -825,6 +846,7 @@ fn hier(t: &Topology, coll: Collective, s: f64, pieces: bool) -> f64 {
             _ => (nf - next.ranks.len() as f64) * s / nf,
         };
         let bw = h.net.bw_gbs.min(next.net.bw_gbs) * 1e9;
+        link_bw.push(bw);
         inter = inter.max(bytes / bw);
         alpha_x = alpha_x.max(h.net.alpha_us.max(next.net.alpha_us) * 1e-6);
         if t.pod_of(i) != t.pod_of(j) {
@@ -869,6 +891,26 @@ fn hier(t: &Topology, coll: Collective, s: f64, pieces: bool) -> f64 {
             let ring = f * nsteps * rs_step.max(step);
             let reductions = reduce_in / red + nsteps / hn * s / nch / red;
             ring.max(first + last).max(reductions) + 0.5 * ring.min(first + last)
+        }
+        // A reduce-scatter step sends what the step before received and reduced:
+        // a sub-block's reduction and its transfer follow one another, overlapped
+        // only chunk by chunk (mixccl-sim judge, seed 12 case 293: 149x2 hosts, 128
+        // MiB, sub-blocks of one chunk: simulated 39.4 ms, estimated 27.5 with
+        // the longer of the two per step; the ring, 28.2 ms, was right).
+        // Per link its own transfer (the channels share the NICs); the slowest
+        // link's pace still bounds every step (slow NICs: the others' steps wait).
+        Collective::ReduceScatter => {
+            let sub = s / (hn * nch);
+            let (reduce, m) = (sub / red, (sub / chunk).ceil().max(1.0));
+            let chain = link_bw
+                .iter()
+                .map(|&bw| {
+                    let move_ = sub * nch / bw;
+                    move_.max(reduce) + move_.min(reduce) / m
+                })
+                .sum::<f64>()
+                / hn;
+            first + nsteps * step.max(chain) + last
         }
         _ => first + f * nsteps * rs_step.max(step) + last,
     };
