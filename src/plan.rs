@@ -1038,6 +1038,41 @@ mod tests {
         );
     }
 
+    /// `hosts` hosts of one rank each, costed as [`cluster`]'s.
+    fn one_rank_per_host(hosts: usize) -> Topology {
+        let eight = cluster(hosts);
+        let hosts = eight
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(h, host)| crate::topo::Host {
+                ranks: vec![h],
+                ..host.clone()
+            })
+            .collect();
+        Topology::new(hosts, Vec::new()).unwrap()
+    }
+
+    /// With one rank per host every link of the double tree is a network link of
+    /// two lanes, each tree's chunks have a lane of their own and stream
+    /// (mixccl-sim, 64x1 hosts, 8 MiB: tree 3.52 ms, estimated 2.95; ring 2.32 ms,
+    /// picked); with 8 ranks per host one-lane
+    /// shared-memory links carry one tree's way up and the other's way down.
+    #[test]
+    fn the_trees_stream_where_their_links_have_two_lanes() {
+        let c = Config::default();
+        let t = one_rank_per_host(64);
+        assert!(!trees_block(&t, &c, 2));
+        assert!(trees_block(&cluster(64), &c, 2));
+        let est = |a| estimate(&t, &c, Collective::AllReduce, a, 8 << 20).unwrap();
+        let tree = est(Algorithm::Tree);
+        assert!((tree / 3.52e-3 - 1.0).abs() < 0.2, "{tree}");
+        assert_eq!(
+            cheapest(&t, &c, Collective::AllReduce, 8 << 20).0,
+            Algorithm::Ring
+        );
+    }
+
     /// `hosts` hosts x 8 ranks as `cluster_512`, in two pods joined by 100 Gbit/s
     /// uplinks with 5 ms of latency (the two-pod cluster of docs/scaling.md).
     fn two_pods(hosts: usize) -> Topology {
