@@ -157,3 +157,64 @@ fn a_certificate_of_another_ca_fails_init_on_both_ranks() {
         errors[0]
     );
 }
+
+/// `init_scalable` through two roots, every connection under `MIXCCL_TLS=all` (the
+/// ranks' hellos, and root 1's slice to root 0) reduces right; a root 1 whose policy
+/// would send its slice in plaintext is refused by root 0, and its ranks say so.
+#[test]
+fn two_roots_over_tls_reduce_right_and_a_plaintext_root_is_refused() {
+    let dir = std::env::temp_dir().join(format!("mixccl-tls-roots-{}", std::process::id()));
+    let (files, ca) = certificates(&dir, 4);
+    let ids = [
+        root(&tls_config(&files, &ca, 0)),
+        root(&tls_config(&files, &ca, 2)),
+    ];
+    let sums: Vec<Result<f32, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|rank| {
+                let (ids, config) = (&ids, tls_config(&files, &ca, rank));
+                s.spawn(move || {
+                    let mut comm = Communicator::init_scalable(rank, 4, ids, config)
+                        .map_err(|e| e.to_string())?;
+                    let mut x = [rank as f32 + 1.0];
+                    comm.all_reduce_in_place(&mut x, ReduceOp::Sum)
+                        .map_err(|e| e.to_string())?;
+                    Ok(x[0])
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(sums, vec![Ok(10.0); 4]);
+
+    // Root 1 and its ranks under cross-host: on loopback that is plaintext.
+    let plain = |rank: usize| Config {
+        timeout: Duration::from_secs(3),
+        tls: TlsPolicy::CrossHost,
+        ..tls_config(&files, &ca, rank)
+    };
+    let strict = |rank: usize| Config {
+        timeout: Duration::from_secs(3),
+        ..tls_config(&files, &ca, rank)
+    };
+    let ids = [root(&strict(0)), root(&plain(2))];
+    let errs: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|rank| {
+                let config = if rank < 2 { strict(rank) } else { plain(rank) };
+                let ids = &ids;
+                s.spawn(
+                    move || match Communicator::init_scalable(rank, 4, ids, config) {
+                        Ok(_) => "init succeeded".to_string(),
+                        Err(e) => e.to_string(),
+                    },
+                )
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    for (rank, e) in errs.iter().enumerate() {
+        assert!(e.contains("without TLS"), "rank {rank}: {e}");
+    }
+}

@@ -9,14 +9,18 @@
 //! `"MXTABLE\0" nranks:u32 entry*`, an entry being `len:u32 info:[len]` or, for a rank
 //! whose info past its 19-byte address equals rank `ref`'s (ref earlier),
 //! `0xffffffff ref:u32 address:[19]`; or at its deadline with
-//! `"MXFAIL\0\0" count:u32 missing:u32* len:u32 reason:[len]`. Every length is
-//! bounded before anything is allocated.
+//! `"MXFAIL\0\0" count:u32 missing:u32* len:u32 reason:[len]`; a rank the root
+//! refuses (duplicate, other nranks, other ids) gets `"MXREFUSE" len:u32
+//! reason:[len]` at once. With several ids (`ncclCommInitRankScalable`) a rank
+//! joins root `scalable::root_of(rank)` and the roots exchange their slices of the
+//! table (`scalable`). Every length is bounded before anything is allocated.
 
 pub(crate) mod host;
 pub mod launcher;
 pub(crate) mod limits;
 pub(crate) use launcher::LaunchEnv;
 pub(crate) mod root;
+pub(crate) mod scalable;
 pub mod unique_id;
 
 use crate::config::Config;
@@ -29,6 +33,7 @@ use crate::transport::tcp::{self, tls, LazySpec};
 use crate::transport::{Link, Links};
 use crate::wire::{MAX_RANKS, PROTOCOL_VERSION};
 use crate::UniqueId;
+use scalable::Scale;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
@@ -39,6 +44,7 @@ use std::time::{Duration, Instant};
 pub(crate) const HELLO_MAGIC: &[u8; 8] = b"MXHELLO\0";
 pub(crate) const TABLE_MAGIC: &[u8; 8] = b"MXTABLE\0";
 pub(crate) const FAIL_MAGIC: &[u8; 8] = b"MXFAIL\0\0";
+pub(crate) const REFUSE_MAGIC: &[u8; 8] = b"MXREFUSE";
 pub(crate) const HELLO_HEADER: usize = 8 + 2 + 16 + 4 + 4 + 4;
 /// Bytes of the listen address that open every encoded [`RankInfo`].
 pub(crate) const ADDR_LEN: usize = 19;
@@ -192,24 +198,34 @@ fn grow_root_connect(root: SocketAddr, timeout: Duration) -> Result<Option<TcpSt
     }
 }
 
-/// Sends our hello to the root and waits for the table (or the root's verdict).
+/// Sends our hello to the root (`scale.index` of `scale.nroots`) and waits for the
+/// table (or the root's verdict).
 fn rendezvous(
     id: &UniqueId,
+    scale: &Scale,
     rank: usize,
     nranks: usize,
     info: &[u8],
     timeout: Duration,
     tls: Option<&tls::TlsContext>,
 ) -> Result<Vec<RankInfo>> {
-    let root = id.root_addr();
+    let addr = id.root_addr();
+    // Errors name the root: its address, and which id when there are several.
+    let root = match scale.nroots {
+        1 => addr.to_string(),
+        k => format!(
+            "{addr} (root {} of {k}, commIds[{}])",
+            scale.index, scale.index
+        ),
+    };
     let start = Instant::now();
     let first = match id.grow_parent() {
-        Some(_) => grow_root_connect(root, timeout)?,
+        Some(_) => grow_root_connect(addr, timeout)?,
         None => None,
     };
     let mut s = match first {
         Some(s) => s,
-        None => tcp::connect_retry(root, start + timeout).map_err(|e| match e {
+        None => tcp::connect_retry(addr, start + timeout).map_err(|e| match e {
             Error::Timeout { after, .. } => Error::Timeout {
                 op: format!("init: reaching the bootstrap root at {root}"),
                 waiting_for: vec![],
@@ -218,13 +234,20 @@ fn rendezvous(
             e => e,
         })?,
     };
-    let mut hello = Vec::with_capacity(HELLO_HEADER + info.len());
-    hello.extend_from_slice(HELLO_MAGIC);
+    let mut hello = Vec::with_capacity(HELLO_HEADER + scalable::SCALE_EXT + info.len());
+    let several = scale.nroots > 1;
+    hello.extend_from_slice(match several {
+        true => scalable::SCALE_HELLO_MAGIC,
+        false => HELLO_MAGIC,
+    });
     hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     hello.extend_from_slice(&id.token());
     hello.extend_from_slice(&(rank as u32).to_le_bytes());
     hello.extend_from_slice(&(nranks as u32).to_le_bytes());
     hello.extend_from_slice(&(info.len() as u32).to_le_bytes());
+    if several {
+        scale.encode(&mut hello);
+    }
     hello.extend_from_slice(info);
     // MIXCCL_TLS covers this connection too (`tls::bootstrap_encrypts`).
     let mut session = match tls {
@@ -254,8 +277,10 @@ fn rendezvous(
             Some(t) => tls::read_exact_by(t, fd, buf, deadline),
             None => read_exact_by(s, buf, deadline),
         };
-    // The root gives up `timeout` after the first hello; allow it time to say so.
-    let deadline = Instant::now() + timeout + Duration::from_secs(5);
+    // The root gives up `timeout` after the first hello; allow it time to say so
+    // (with several roots, root 0 answers the others after its own deadline).
+    let slack = Duration::from_secs(if several { 10 } else { 5 });
+    let deadline = Instant::now() + timeout + slack;
     let lost = |e: std::io::Error| -> Error {
         if e.kind() == std::io::ErrorKind::TimedOut {
             Error::Timeout {
@@ -270,6 +295,14 @@ fn rendezvous(
     let mut head = [0u8; 12];
     read_exact_by(&mut s, &mut head, deadline).map_err(lost)?;
     let count = u32_at(&head, 8) as usize;
+    if &head[..8] == REFUSE_MAGIC {
+        let mut why = vec![0u8; count.min(MAX_INFO)];
+        read_exact_by(&mut s, &mut why, deadline).map_err(lost)?;
+        return Err(Error::Bootstrap(format!(
+            "the bootstrap root at {root} refused rank {rank}: {}",
+            String::from_utf8_lossy(&why)
+        )));
+    }
     if &head[..8] == FAIL_MAGIC {
         if count > MAX_RANKS {
             return Err(Error::Bootstrap(
@@ -334,14 +367,33 @@ fn rendezvous(
     Ok(table)
 }
 
-/// Takes rank `rank` of `nranks` from a unique id to a link with every peer.
+/// Takes rank `rank` of `nranks` from its unique ids to a link with every peer:
+/// one id (one root), or several (`ncclCommInitRankScalable`: every rank passes
+/// the same ids in the same order; rank `r` joins the root of
+/// `ids[scalable::root_of(r)]`). `ids[0]` names the communicator (its token).
 pub(crate) fn join(
     rank: usize,
     nranks: usize,
-    id: &UniqueId,
+    ids: &[UniqueId],
     config: &Config,
 ) -> Result<(Links, IpAddr, Rejoin, Vec<RankProbe>)> {
     let start = Instant::now();
+    let (id, scale) = match ids {
+        [] => return Err(Error::invalid("init: no unique id")),
+        [id] => (id, Scale::SINGLE),
+        [first, ..] => {
+            let nroots = ids.len();
+            let index = scalable::root_of(rank, nranks, nroots);
+            let scale = Scale {
+                nroots,
+                index,
+                digest: scalable::digest(ids),
+                first: Some(*first),
+            };
+            (&ids[index], scale)
+        }
+    };
+    let token = ids[0].token();
     // MIXCCL_NET=IB on a rank without RDMA, or too few descriptors, fail here,
     // before anyone waits for this rank.
     rdma::require(config)?;
@@ -361,7 +413,7 @@ pub(crate) fn join(
     let shm_listener = if config.shm_disable {
         None
     } else {
-        Some(shm::listen(&id.token(), rank)?)
+        Some(shm::listen(&token, rank)?)
     };
     let host = host::host_id();
     let info = RankInfo {
@@ -374,6 +426,7 @@ pub(crate) fn join(
         .filter(|_| tls::bootstrap_encrypts(config.tls, id.root_addr().ip()));
     let table = rendezvous(
         id,
+        &scale,
         rank,
         nranks,
         &info.encode(),
@@ -402,14 +455,14 @@ pub(crate) fn join(
         info.host
     );
     let acceptor = Arc::new(tcp::Acceptor::new(listener)?);
-    acceptor.register(id.token());
+    acceptor.register(token);
     let rejoin = Rejoin {
         acceptor,
         shm_listener: shm_listener.map(Arc::new),
         table,
         host: info.host,
-        token: id.token(),
-        name_token: id.token(),
+        token,
+        name_token: token,
         names: (0..nranks).collect(),
         generation: 0,
         tls: tls::TlsContext::from_config(config)?,

@@ -1,11 +1,20 @@
 //! The root rendezvous: a thread that admits each rank's hello (magic, version,
 //! token, rank in range, no duplicate), then sends every rank the address table
 //! (repeated infos sent once, [`encode_table`]) and closes every connection.
-//! Strangers are closed and logged; if ranks are missing at the deadline (timeout
-//! after the first hello), every joined rank is told which ones.
+//! Strangers are closed and logged; a rank refused (duplicate, other nranks or
+//! ids) is told why at once; if ranks are missing at the deadline (timeout after
+//! the first hello), every joined rank is told which ones. One of several roots
+//! (`scalable`) gathers its slice only: root 0 also takes the other roots' slices
+//! and answers them with the table; the others send theirs to root 0 and pass
+//! its answer on. The thread, and with it every socket, ends after the table.
 
+use crate::bootstrap::scalable::{
+    self, encode_slice, parse_slice, Scale, Slice, FULL_MAGIC, SCALE_HELLO_HEADER,
+    SCALE_HELLO_MAGIC, SLICE_MAGIC,
+};
 use crate::bootstrap::{
-    ADDR_LEN, FAIL_MAGIC, HELLO_HEADER, HELLO_MAGIC, MAX_INFO, REF_MARK, TABLE_MAGIC,
+    self, ADDR_LEN, FAIL_MAGIC, HELLO_HEADER, HELLO_MAGIC, MAX_INFO, REFUSE_MAGIC, REF_MARK,
+    TABLE_MAGIC,
 };
 use crate::config::{Config, TlsPolicy};
 use crate::debug::{log_info, log_warn};
@@ -13,8 +22,10 @@ use crate::error::{Error, Result};
 use crate::sys;
 use crate::transport::tcp::tls::{self, TlsContext, TlsStream};
 use crate::wire::{MAX_RANKS, PROTOCOL_VERSION};
+use crate::UniqueId;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +74,21 @@ struct Joined {
     tls: Option<TlsStream>,
 }
 
+/// Another root's slice, held by root 0 until the table goes back to it.
+struct PeerRoot {
+    stream: TcpStream,
+    tls: Option<TlsStream>,
+    infos: Vec<Vec<u8>>,
+}
+
+/// What the first hello (or slice) fixed, and every later one must repeat.
+struct Mode {
+    nranks: usize,
+    scale: Scale,
+    /// The ranks this root gathers (all of them with one root).
+    slice: Range<usize>,
+}
+
 struct Root {
     token: [u8; 16],
     /// This rank's certificates and `MIXCCL_TLS`, when not off.
@@ -70,8 +96,11 @@ struct Root {
     timeout: Duration,
     /// Why ranks were refused (at most `MAX_REFUSED`), for the failure report.
     refused: Vec<String>,
-    nranks: Option<usize>,
+    mode: Option<Mode>,
+    /// This root's slice, by rank - `slice.start`.
     joined: Vec<Option<Joined>>,
+    /// Root 0 of several: the other roots' slices, by root index (0 unused).
+    peers: Vec<Option<PeerRoot>>,
 }
 
 /// What the root makes of a complete hello.
@@ -80,18 +109,56 @@ struct Hello {
     rank: usize,
     nranks: usize,
     info: Vec<u8>,
+    scale: Scale,
 }
 
-/// Parses a hello from `buf`: `Ok(None)` if more bytes are needed.
-fn parse_hello(buf: &[u8], token: &[u8; 16]) -> std::result::Result<Option<Hello>, String> {
-    if buf.len() < HELLO_HEADER {
-        if !HELLO_MAGIC.starts_with(&buf[..buf.len().min(8)]) {
+/// A complete message on a connection to the root.
+#[derive(Debug)]
+enum Incoming {
+    Hello(Hello),
+    Slice(Slice),
+}
+
+/// Parses what a connection sent so far: `Ok(Err(more))` if at least `more`
+/// bytes are still needed.
+fn parse(
+    buf: &[u8],
+    token: &[u8; 16],
+) -> std::result::Result<std::result::Result<Incoming, usize>, String> {
+    if buf.len() < 8 {
+        let opens = |m: &[u8; 8]| m.starts_with(buf);
+        if !opens(HELLO_MAGIC) && !opens(SCALE_HELLO_MAGIC) && !opens(SLICE_MAGIC) {
             return Err("bad magic".into());
         }
-        return Ok(None);
+        return Ok(Err(8 - buf.len()));
     }
-    if &buf[..8] != HELLO_MAGIC {
+    if &buf[..8] == SLICE_MAGIC {
+        return match parse_slice(buf, token) {
+            Err(more) => Ok(Err(more)),
+            Ok(Ok(s)) => Ok(Ok(Incoming::Slice(s))),
+            Ok(Err(why)) => Err(why),
+        };
+    }
+    Ok(parse_hello(buf, token)?.map(Incoming::Hello))
+}
+
+/// Parses a hello (plain or to one of several roots) from `buf`: `Ok(Err(more))`
+/// if at least `more` bytes are still needed.
+fn parse_hello(
+    buf: &[u8],
+    token: &[u8; 16],
+) -> std::result::Result<std::result::Result<Hello, usize>, String> {
+    let scalable = buf.starts_with(SCALE_HELLO_MAGIC);
+    if !scalable && !HELLO_MAGIC.starts_with(&buf[..buf.len().min(8)]) {
         return Err("bad magic".into());
+    }
+    let header = if scalable {
+        SCALE_HELLO_HEADER
+    } else {
+        HELLO_HEADER
+    };
+    if buf.len() < header {
+        return Ok(Err(header - buf.len()));
     }
     let version = u16::from_le_bytes([buf[8], buf[9]]);
     if version != PROTOCOL_VERSION {
@@ -113,13 +180,19 @@ fn parse_hello(buf: &[u8], token: &[u8; 16]) -> std::result::Result<Option<Hello
     if len > MAX_INFO {
         return Err(format!("info of {len} bytes exceeds {MAX_INFO}"));
     }
-    if buf.len() < HELLO_HEADER + len {
-        return Ok(None);
+    let scale = match scalable {
+        true => Scale::decode(&buf[HELLO_HEADER..header])
+            .map_err(|why| format!("rank {rank}: {why}"))?,
+        false => Scale::SINGLE,
+    };
+    if buf.len() < header + len {
+        return Ok(Err(header + len - buf.len()));
     }
-    Ok(Some(Hello {
+    Ok(Ok(Hello {
         rank,
         nranks,
-        info: buf[HELLO_HEADER..HELLO_HEADER + len].to_vec(),
+        info: buf[header..header + len].to_vec(),
+        scale,
     }))
 }
 
@@ -130,23 +203,49 @@ impl Root {
             tls,
             timeout,
             refused: Vec::new(),
-            nranks: None,
+            mode: None,
             joined: Vec::new(),
+            peers: Vec::new(),
         }
     }
 
+    /// Ranks of this root's slice that have not joined.
     fn missing(&self) -> Vec<usize> {
-        (0..self.nranks.unwrap_or(0))
-            .filter(|r| self.joined[*r].is_none())
+        let Some(m) = &self.mode else {
+            return Vec::new();
+        };
+        m.slice
+            .clone()
+            .filter(|r| self.joined[r - m.slice.start].is_none())
             .collect()
+    }
+
+    /// Root 0 of several: the roots whose slice has not come.
+    fn missing_roots(&self) -> Vec<usize> {
+        (1..self.peers.len())
+            .filter(|&i| self.peers[i].is_none())
+            .collect()
+    }
+
+    /// "root i of k", or "the root" with one.
+    fn name(&self) -> String {
+        match &self.mode {
+            Some(m) if m.scale.nroots > 1 => {
+                format!("root {} of {}", m.scale.index, m.scale.nroots)
+            }
+            _ => "the root".into(),
+        }
     }
 
     fn serve(mut self, listener: TcpListener) {
         let mut deadline = Instant::now() + self.timeout;
         let mut pending: Vec<Pending> = Vec::new();
         loop {
-            if self.nranks.is_some() && self.missing().is_empty() {
-                self.send_table();
+            if self.mode.is_some() && self.missing().is_empty() && self.missing_roots().is_empty() {
+                match self.mode.as_ref().map_or(0, |m| m.scale.index) {
+                    0 => self.send_table(),
+                    _ => self.exchange(),
+                }
                 return;
             }
             let now = Instant::now();
@@ -177,29 +276,47 @@ impl Root {
                             p.from
                         );
                     }
-                    Ok(Some(hello)) => {
+                    Ok(Some(incoming)) => {
                         let p = pending.swap_remove(i);
                         let required = self.tls.as_ref().is_some_and(|(_, policy)| {
                             tls::bootstrap_encrypts(*policy, p.from.ip())
                         });
+                        let who = match &incoming {
+                            Incoming::Hello(h) => format!("rank {}", h.rank),
+                            Incoming::Slice(s) => format!("root {} of {}", s.index, s.nroots),
+                        };
                         if required && p.tls.is_none() {
                             let why = format!(
-                                "rank {} at {} was refused: it connected without TLS, but \
-                                 MIXCCL_TLS={} at the root encrypts it (is MIXCCL_TLS set on rank {}?)",
-                                hello.rank,
+                                "{who} at {} was refused: it connected without TLS, but \
+                                 MIXCCL_TLS={} at the root encrypts it (is MIXCCL_TLS set on {who}?)",
                                 p.from,
                                 self.tls.as_ref().map_or("off", |(_, policy)| policy.name()),
-                                hello.rank
                             );
                             log_warn!(None, "bootstrap root: {why}");
-                            refuse_plain(p.stream, hello.rank, &why, self.timeout);
+                            match &incoming {
+                                Incoming::Hello(h) => {
+                                    refuse_plain(p.stream, h.rank, &why, self.timeout)
+                                }
+                                // A root reads refusals (`ask_root0`).
+                                Incoming::Slice(_) => {
+                                    let mut stream = p.stream;
+                                    let _ = send(&mut stream, None, &refusal(&why), self.timeout);
+                                }
+                            }
                             if self.refused.len() < MAX_REFUSED {
                                 self.refused.push(why);
                             }
                             continue;
                         }
-                        if let Err(why) = self.admit(p.stream, p.tls, hello, &mut deadline) {
-                            log_warn!(None, "bootstrap root: refused {}: {why}", p.from);
+                        let admitted = match incoming {
+                            Incoming::Hello(h) => self.admit(p.stream, p.tls, h, &mut deadline),
+                            Incoming::Slice(s) => {
+                                self.admit_slice(p.stream, p.tls, s, &mut deadline)
+                            }
+                        };
+                        if let Err((why, stream, tls)) = admitted {
+                            log_warn!(None, "bootstrap root: refused {who} at {}: {why}", p.from);
+                            self.refuse(stream, tls, &who, &why);
                         }
                     }
                     Err(why) => {
@@ -241,16 +358,12 @@ impl Root {
         }
     }
 
-    fn progress(&self, p: &mut Pending) -> std::result::Result<Option<Hello>, String> {
-        let mut chunk = [0u8; 1024];
+    fn progress(&self, p: &mut Pending) -> std::result::Result<Option<Incoming>, String> {
+        let mut chunk = [0u8; 4096];
         loop {
-            let want = match parse_hello(&p.buf, &self.token)? {
-                Some(h) => return Ok(Some(h)),
-                None if p.buf.len() < HELLO_HEADER => HELLO_HEADER - p.buf.len(),
-                None => {
-                    HELLO_HEADER + u32::from_le_bytes(p.buf[34..38].try_into().expect("4")) as usize
-                        - p.buf.len()
-                }
+            let want = match parse(&p.buf, &self.token)? {
+                Ok(m) => return Ok(Some(m)),
+                Err(more) => more,
             };
             let take = want.min(chunk.len());
             if let Some(t) = &mut p.tls {
@@ -290,38 +403,103 @@ impl Root {
         }
     }
 
+    /// Fixes this root's mode from the first message, or checks a later one
+    /// (`who` sent it) against it.
+    fn adopt(
+        &mut self,
+        who: &str,
+        nranks: usize,
+        scale: Scale,
+        deadline: &mut Instant,
+    ) -> std::result::Result<(), String> {
+        let Some(m) = &self.mode else {
+            let slice = scalable::slice(scale.index, nranks, scale.nroots);
+            self.joined = slice.clone().map(|_| None).collect();
+            if scale.index == 0 && scale.nroots > 1 {
+                self.peers = (0..scale.nroots).map(|_| None).collect();
+            }
+            self.mode = Some(Mode {
+                nranks,
+                scale,
+                slice,
+            });
+            // The clock for missing ranks starts with the first rank that arrives.
+            *deadline = Instant::now() + self.timeout;
+            return Ok(());
+        };
+        let ids = |n: usize| match n {
+            1 => "1 id (ncclCommInitRank, or nId 1)".to_string(),
+            n => format!("{n} ids"),
+        };
+        if m.nranks != nranks {
+            return Err(format!(
+                "{who} says nranks {nranks}, earlier ranks said {}",
+                m.nranks
+            ));
+        }
+        if m.scale.nroots != scale.nroots {
+            return Err(format!(
+                "{who} came with {}, earlier ranks with {}: every rank must pass the \
+                 same ids (nId) in the same order",
+                ids(scale.nroots),
+                ids(m.scale.nroots)
+            ));
+        }
+        if m.scale.digest != scale.digest {
+            return Err(format!(
+                "{who}'s {} differ from the earlier ranks' (other ids, or another \
+                 order): every rank must pass the same ids in the same order",
+                ids(scale.nroots)
+            ));
+        }
+        if m.scale.index != scale.index {
+            return Err(format!(
+                "{who} came to this root as root {} of {}, earlier ranks as root {}: \
+                 is one id listed twice?",
+                scale.index, scale.nroots, m.scale.index
+            ));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::result_large_err)]
     fn admit(
         &mut self,
         stream: TcpStream,
         tls: Option<TlsStream>,
         h: Hello,
         deadline: &mut Instant,
-    ) -> std::result::Result<(), String> {
-        match self.nranks {
-            None => {
-                self.nranks = Some(h.nranks);
-                self.joined = (0..h.nranks).map(|_| None).collect();
-                // The clock for missing ranks starts with the first rank that arrives.
-                *deadline = Instant::now() + self.timeout;
-            }
-            Some(n) if n != h.nranks => {
-                return Err(format!(
-                    "rank {} says nranks {}, earlier ranks said {n}",
-                    h.rank, h.nranks
-                ))
-            }
-            Some(_) => {}
+    ) -> std::result::Result<(), (String, TcpStream, Option<TlsStream>)> {
+        let who = format!("rank {}", h.rank);
+        if let Err(why) = self.adopt(&who, h.nranks, h.scale, deadline) {
+            return Err((why, stream, tls));
         }
-        if self.joined[h.rank].is_some() {
-            return Err(format!("rank {} already joined (duplicate rank)", h.rank));
+        let m = self.mode.as_ref().expect("adopted");
+        if !m.slice.contains(&h.rank) {
+            let why = format!(
+                "rank {} belongs to root {}, not to {}",
+                h.rank,
+                scalable::root_of(h.rank, m.nranks, m.scale.nroots),
+                self.name()
+            );
+            return Err((why, stream, tls));
+        }
+        let at = h.rank - m.slice.start;
+        if self.joined[at].is_some() {
+            return Err((
+                format!("rank {} already joined (duplicate rank)", h.rank),
+                stream,
+                tls,
+            ));
         }
         log_info!(
             None,
-            "bootstrap root: rank {} of {} joined",
+            "bootstrap {}: rank {} of {} joined",
+            self.name(),
             h.rank,
             h.nranks
         );
-        self.joined[h.rank] = Some(Joined {
+        self.joined[at] = Some(Joined {
             stream,
             info: h.info,
             tls,
@@ -329,65 +507,291 @@ impl Root {
         Ok(())
     }
 
+    /// Root 0 of several takes root `s.index`'s slice.
+    #[allow(clippy::result_large_err)]
+    fn admit_slice(
+        &mut self,
+        stream: TcpStream,
+        tls: Option<TlsStream>,
+        s: Slice,
+        deadline: &mut Instant,
+    ) -> std::result::Result<(), (String, TcpStream, Option<TlsStream>)> {
+        let who = format!("root {} of {}", s.index, s.nroots);
+        let scale = Scale {
+            nroots: s.nroots,
+            index: 0,
+            digest: s.digest,
+            first: None,
+        };
+        if let Err(why) = self.adopt(&who, s.nranks, scale, deadline) {
+            return Err((why, stream, tls));
+        }
+        if self.peers[s.index].is_some() {
+            return Err((format!("{who} sent its slice twice"), stream, tls));
+        }
+        log_info!(
+            None,
+            "bootstrap root 0 of {}: {who} sent its {} ranks",
+            s.nroots,
+            s.infos.len()
+        );
+        self.peers[s.index] = Some(PeerRoot {
+            stream,
+            tls,
+            infos: s.infos,
+        });
+        Ok(())
+    }
+
+    /// Tells `who` why it is refused (through its TLS session if it has one), then
+    /// closes its connection; the reason is kept for the failure report.
+    fn refuse(&mut self, mut stream: TcpStream, tls: Option<TlsStream>, who: &str, why: &str) {
+        let msg = refusal(why);
+        let sent = send(
+            &mut stream,
+            tls,
+            &msg,
+            self.timeout.min(Duration::from_secs(5)),
+        );
+        if let Err(e) = sent {
+            log_warn!(None, "bootstrap root: could not tell {who} why: {e}");
+        }
+        if self.refused.len() < MAX_REFUSED {
+            self.refused.push(format!("{who} was refused: {why}"));
+        }
+    }
+
     fn broadcast(&mut self, msg: &[u8]) {
+        let first = self.mode.as_ref().map_or(0, |m| m.slice.start);
+        let timeout = self.timeout;
         for (r, j) in self.joined.iter_mut().enumerate() {
             if let Some(j) = j {
-                let sent = match &mut j.tls {
-                    Some(t) => tls::write_all_by(
-                        t,
-                        j.stream.as_raw_fd(),
-                        msg,
-                        Instant::now() + self.timeout,
-                    ),
-                    None => j
-                        .stream
-                        .set_nonblocking(false)
-                        .and_then(|_| j.stream.set_write_timeout(Some(self.timeout)))
-                        .and_then(|_| j.stream.write_all(msg)),
-                };
-                if let Err(e) = sent {
-                    log_warn!(None, "bootstrap root: could not send to rank {r}: {e}");
+                if let Err(e) = send_ref(&mut j.stream, j.tls.as_mut(), msg, timeout) {
+                    log_warn!(
+                        None,
+                        "bootstrap root: could not send to rank {}: {e}",
+                        first + r
+                    );
                 }
             }
         }
     }
 
+    /// Root 0 (or the only root): the table to its ranks and, framed, to the
+    /// other roots.
     fn send_table(&mut self) {
-        let n = self.joined.len();
-        let infos: Vec<&[u8]> = self.joined.iter().flatten().map(|j| &j.info[..]).collect();
+        let n = self.mode.as_ref().map_or(0, |m| m.nranks);
+        let infos: Vec<&[u8]> = self
+            .joined
+            .iter()
+            .flatten()
+            .map(|j| &j.info[..])
+            .chain(
+                self.peers
+                    .iter()
+                    .flatten()
+                    .flat_map(|p| p.infos.iter().map(|i| &i[..])),
+            )
+            .collect();
         let msg = encode_table(&infos);
         let start = Instant::now();
         self.broadcast(&msg);
+        self.answer_roots(&msg);
         log_info!(
             None,
-            "bootstrap root: sent the table ({} bytes) to {n} ranks in {:.1} ms",
+            "bootstrap {}: sent the table ({} bytes) to {n} ranks in {:.1} ms",
+            self.name(),
             msg.len(),
             start.elapsed().as_secs_f64() * 1e3
         );
     }
 
+    /// Root 0 of several: `msg` (the table or the failure report) to every root
+    /// that sent its slice, for its ranks.
+    fn answer_roots(&mut self, msg: &[u8]) {
+        let framed = frame(msg);
+        let timeout = self.timeout;
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            if let Some(p) = p {
+                if let Err(e) = send_ref(&mut p.stream, p.tls.as_mut(), &framed, timeout) {
+                    log_warn!(None, "bootstrap root 0: could not send to root {i}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Root `i > 0` of several, its slice complete: sends it to root 0 and hands
+    /// root 0's answer (the table, or why the rendezvous failed) to its ranks.
+    fn exchange(&mut self) {
+        let m = self.mode.as_ref().expect("a slice is complete");
+        let (index, nroots) = (m.scale.index, m.scale.nroots);
+        let first = m
+            .scale
+            .first
+            .expect("a scalable hello carries the first id");
+        let slice = Slice {
+            digest: m.scale.digest,
+            nranks: m.nranks,
+            nroots,
+            index,
+            infos: self
+                .joined
+                .iter()
+                .flatten()
+                .map(|j| j.info.clone())
+                .collect(),
+        };
+        let start = Instant::now();
+        let msg = match self.ask_root0(&first, &slice) {
+            Ok(msg) => msg,
+            Err(why) => {
+                let why = format!(
+                    "root {index} of {nroots} got no table from root 0 at {} (commIds[0]): {why}",
+                    first.root_addr()
+                );
+                log_warn!(None, "bootstrap {why}");
+                failure(&[], &why)
+            }
+        };
+        self.broadcast(&msg);
+        log_info!(
+            None,
+            "bootstrap root {index} of {nroots}: root 0 answered, sent {} bytes to {} ranks in {:.1} ms",
+            msg.len(),
+            self.joined.len(),
+            start.elapsed().as_secs_f64() * 1e3
+        );
+    }
+
+    fn ask_root0(&self, first: &UniqueId, slice: &Slice) -> std::result::Result<Vec<u8>, String> {
+        let addr = first.root_addr();
+        let deadline = Instant::now() + self.timeout;
+        let mut s =
+            crate::transport::tcp::connect_retry(addr, deadline).map_err(|e| e.to_string())?;
+        let mut t = match &self.tls {
+            Some((ctx, policy)) if tls::bootstrap_encrypts(*policy, addr.ip()) => Some(
+                tls::client_handshake(ctx, &s, deadline, &format!("root 0 at {addr}"))
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        send_ref(
+            &mut s,
+            t.as_mut(),
+            &encode_slice(&first.token(), slice),
+            left,
+        )
+        .map_err(|e| format!("sending the slice: {e}"))?;
+        // Root 0 waits for the other roots up to its own deadline; allow it to say so.
+        let deadline = deadline + Duration::from_secs(5);
+        let fd = s.as_raw_fd();
+        let mut read = |s: &mut TcpStream, buf: &mut [u8]| match &mut t {
+            Some(t) => tls::read_exact_by(t, fd, buf, deadline),
+            None => bootstrap::read_exact_by(s, buf, deadline),
+        };
+        let mut head = [0u8; 12];
+        read(&mut s, &mut head).map_err(|e| format!("waiting for the table: {e}"))?;
+        let len = u32::from_le_bytes(head[8..12].try_into().expect("4")) as usize;
+        if &head[..8] == REFUSE_MAGIC {
+            let mut why = vec![0u8; len.min(MAX_INFO)];
+            read(&mut s, &mut why).map_err(|e| format!("reading its refusal: {e}"))?;
+            return Err(format!(
+                "it refused this root: {}",
+                String::from_utf8_lossy(&why)
+            ));
+        }
+        if &head[..8] != FULL_MAGIC || len > scalable::max_full(slice.nranks) {
+            return Err(format!("it sent an invalid answer ({len} bytes)"));
+        }
+        let mut msg = vec![0u8; len];
+        read(&mut s, &mut msg).map_err(|e| format!("reading the table: {e}"))?;
+        Ok(msg)
+    }
+
     fn send_failure(&mut self) {
-        let missing = self.missing();
-        if self.nranks.is_none() {
+        let Some(m) = &self.mode else {
             log_warn!(
                 None,
                 "bootstrap root: no rank joined within {:?}; giving up",
                 self.timeout
             );
             return;
+        };
+        let (nranks, nroots) = (m.nranks, m.scale.nroots);
+        let mut missing = self.missing();
+        let roots = self.missing_roots();
+        for &i in &roots {
+            missing.extend(scalable::slice(i, nranks, nroots));
         }
         log_warn!(
             None,
-            "bootstrap root: ranks {missing:?} did not join within {:?}",
+            "bootstrap {}: ranks {missing:?} did not join within {:?}",
+            self.name(),
             self.timeout
         );
         let mut reason = format!("ranks {missing:?} did not join");
+        if !roots.is_empty() {
+            reason.push_str(&format!(
+                " (roots {roots:?} of {nroots} sent no slice to root 0: a rank of theirs \
+                 is missing, or the root behind that id is gone)"
+            ));
+        }
         for why in &self.refused {
             reason.push_str("; ");
             reason.push_str(why);
         }
-        self.broadcast(&failure(&missing, &reason));
+        let msg = failure(&missing, &reason);
+        self.broadcast(&msg);
+        self.answer_roots(&msg);
     }
+}
+
+/// Writes `msg` to a rank or root by `timeout`, through `tls` when it has a session.
+fn send_ref(
+    stream: &mut TcpStream,
+    tls: Option<&mut TlsStream>,
+    msg: &[u8],
+    timeout: Duration,
+) -> io::Result<()> {
+    match tls {
+        Some(t) => tls::write_all_by(t, stream.as_raw_fd(), msg, Instant::now() + timeout),
+        None => stream
+            .set_nonblocking(false)
+            .and_then(|_| stream.set_write_timeout(Some(timeout)))
+            .and_then(|_| stream.write_all(msg)),
+    }
+}
+
+fn send(
+    stream: &mut TcpStream,
+    mut tls: Option<TlsStream>,
+    msg: &[u8],
+    timeout: Duration,
+) -> io::Result<()> {
+    send_ref(stream, tls.as_mut(), msg, timeout)
+}
+
+/// `MXFULL len msg`: root 0's answer to another root.
+fn frame(msg: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(12 + msg.len());
+    b.extend_from_slice(FULL_MAGIC);
+    b.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+    b.extend_from_slice(msg);
+    b
+}
+
+/// `MXREFUSE len reason`: why this one connection is refused (the rendezvous
+/// goes on without it).
+fn refusal(why: &str) -> Vec<u8> {
+    let mut end = why.len().min(MAX_INFO);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut b = REFUSE_MAGIC.to_vec();
+    b.extend_from_slice(&(end as u32).to_le_bytes());
+    b.extend_from_slice(&why.as_bytes()[..end]);
+    b
 }
 
 /// Most refusals the root keeps to explain a failed rendezvous.
@@ -500,8 +904,8 @@ mod tests {
     fn hello_parsing_checks_every_field() {
         let t = [9u8; 16];
         let ok = hello(t, 1, 4, b"abc");
-        assert!(parse_hello(&ok[..10], &t).unwrap().is_none());
-        assert!(parse_hello(&ok[..HELLO_HEADER + 1], &t).unwrap().is_none());
+        assert!(parse_hello(&ok[..10], &t).unwrap().is_err());
+        assert!(parse_hello(&ok[..HELLO_HEADER + 1], &t).unwrap().is_err());
         let h = parse_hello(&ok, &t).unwrap().unwrap();
         assert_eq!((h.rank, h.nranks, h.info.as_slice()), (1, 4, &b"abc"[..]));
         assert!(parse_hello(b"GET / HTTP/1.1\r\n", &t).is_err());
@@ -518,11 +922,56 @@ mod tests {
     }
 
     #[test]
+    fn scalable_hellos_carry_their_root_and_slices_parse_beside_hellos() {
+        let t = [9u8; 16];
+        let first = UniqueId::from_parts([5; 16], "127.0.0.1:9".parse().unwrap());
+        let scale = Scale {
+            nroots: 3,
+            index: 2,
+            digest: 0xabc,
+            first: Some(first),
+        };
+        let mut b = hello(t, 4, 5, b"");
+        b[..8].copy_from_slice(SCALE_HELLO_MAGIC);
+        scale.encode(&mut b);
+        b.extend_from_slice(b"info");
+        b[34..38].copy_from_slice(&4u32.to_le_bytes());
+        for cut in 0..b.len() {
+            assert!(
+                matches!(parse(&b[..cut], &t), Ok(Err(k)) if k > 0),
+                "cut {cut}"
+            );
+        }
+        match parse(&b, &t).unwrap().unwrap() {
+            Incoming::Hello(h) => {
+                assert_eq!((h.rank, h.nranks, h.scale), (4, 5, scale));
+                assert_eq!(h.info, b"info");
+            }
+            other => panic!("{other:?}"),
+        }
+        let slice = Slice {
+            digest: 1,
+            nranks: 5,
+            nroots: 3,
+            index: 1,
+            infos: vec![vec![1], vec![2, 2]],
+        };
+        assert!(matches!(
+            parse(&encode_slice(&t, &slice), &t),
+            Ok(Ok(Incoming::Slice(s))) if s.infos == slice.infos
+        ));
+        // A root index past the count is refused.
+        let mut wrong = b.clone();
+        wrong[HELLO_HEADER + 4] = 3;
+        assert!(parse(&wrong, &t).is_err());
+    }
+
+    #[test]
     fn hello_parsing_survives_mutated_input() {
         let t = [9u8; 16];
         let mut parsed = 0;
         crate::fuzz::mutations(&hello(t, 1, 4, b"listen=1.2.3.4"), 30_000, |b| {
-            if let Ok(Some(h)) = parse_hello(b, &t) {
+            if let Ok(Ok(h)) = parse_hello(b, &t) {
                 assert!(h.rank < h.nranks && h.info.len() <= b.len());
                 parsed += 1;
             }

@@ -20,6 +20,41 @@ impl Communicator {
     /// joined and all links are up, or fails with `Error::Timeout` naming the missing
     /// ranks once `config.timeout` has passed.
     pub fn init(rank: usize, nranks: usize, id: &UniqueId, config: Config) -> Result<Self> {
+        Communicator::init_scalable(rank, nranks, std::slice::from_ref(id), config)
+    }
+
+    /// Joins the communicator of `ids` as `rank` of `nranks` through several roots,
+    /// like NCCL 2.23's `ncclCommInitRankScalable`: every rank passes the same ids
+    /// in the same order, each made by [`UniqueId::new`] (which starts its root) on
+    /// some rank; rank `r` joins the root of one id (NCCL's rule: contiguous slices,
+    /// the first `nranks % ids.len()` one rank larger), so each root serves about
+    /// `nranks / ids.len()` ranks, and root 0 gathers the other roots' slices. One
+    /// id is [`Communicator::init`]. A rank whose ids differ (another count, other
+    /// ids, another order) is refused with an error saying so; a root that never
+    /// answers fails the ranks that wait on it once `config.timeout` has passed.
+    pub fn init_scalable(
+        rank: usize,
+        nranks: usize,
+        ids: &[UniqueId],
+        config: Config,
+    ) -> Result<Self> {
+        if ids.is_empty() || ids.len() > nranks.max(1) {
+            return Err(Error::invalid(format!(
+                "init: {} unique ids for {nranks} ranks: expected 1..={} (at most one \
+                 root per rank)",
+                ids.len(),
+                nranks.max(1)
+            )));
+        }
+        if let Some((i, j)) = (0..ids.len())
+            .flat_map(|i| (i + 1..ids.len()).map(move |j| (i, j)))
+            .find(|&(i, j)| ids[i] == ids[j])
+        {
+            return Err(Error::invalid(format!(
+                "init: ids {i} and {j} are the same id: each root needs its own (one \
+                 UniqueId::new / ncclGetUniqueId per id)"
+            )));
+        }
         if nranks == 0 {
             return Err(Error::invalid("nranks must be at least 1"));
         }
@@ -29,7 +64,7 @@ impl Communicator {
         for line in config.describe() {
             log_info!(Some(rank), "config {line}");
         }
-        let (links, local_ip, rejoin, probes) = bootstrap::join(rank, nranks, id, &config)?;
+        let (links, local_ip, rejoin, probes) = bootstrap::join(rank, nranks, ids, &config)?;
         // Network links are made on first use (`Communicator::connect_for`).
         let mut comm = Communicator::assemble(rank, links, config, None, true)?;
         comm.local_ip = Some(local_ip);
