@@ -323,10 +323,14 @@ ncclResult_t  ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniq
 ncclResult_t pncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
     ncclComm_t* newcomm, ncclConfig_t* config);
 
-/* ncclCommInitRankConfig with nId unique ids (NCCL spreads the rendezvous over
- * several roots). Every rank must pass the same nId ids in the same order. mixccl's
- * rendezvous needs one root: every rank joins through commIds[0]; the roots behind
- * the other ids stay idle. */
+/* ncclCommInitRankConfig with nId unique ids, one rendezvous root behind each
+ * (each from ncclGetUniqueId, on any rank): every rank must pass the same nId ids
+ * in the same order. Rank r joins the root of one id (NCCL's rule: contiguous
+ * slices of nranks / nId ranks, the first nranks % nId roots one rank more); the
+ * roots exchange their slices through the root of commIds[0]. 1 <= nId <= nranks.
+ * A rank whose ids differ (another nId, other ids, another order) is refused with
+ * a message saying so; a root that never answers fails its ranks after
+ * MIXCCL_TIMEOUT. */
 ncclResult_t  ncclCommInitRankScalable(ncclComm_t* newcomm, int nranks, int myrank, int nId,
     ncclUniqueId* commIds, ncclConfig_t* config);
 ncclResult_t pncclCommInitRankScalable(ncclComm_t* newcomm, int nranks, int myrank, int nId,

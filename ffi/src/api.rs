@@ -338,7 +338,8 @@ nccl_api! {
         })
     }
 
-    /// Joins a communicator through the first of `n_id` ids.
+    /// Joins a communicator through the roots of its `n_id` ids (each rank meets
+    /// one root; the roots exchange their slices of the rank table).
     fn ncclCommInitRankScalable(
         newcomm: *mut CommPtr,
         nranks: c_int,
@@ -347,8 +348,14 @@ nccl_api! {
         comm_ids: *mut NcclUniqueId,
         config: *mut NcclConfig,
     ) -> c_int {
-        let id = || compat::first_id(nranks, n_id, comm_ids);
-        init_rank_config("ncclCommInitRankScalable", newcomm, nranks, id, myrank, config)
+        guard_progress("ncclCommInitRankScalable", || {
+            cast::write(newcomm, "comm", std::ptr::null_mut())?;
+            let nonblocking = cast::read_config(config)?.is_some_and(|c| c.blocking == 0);
+            let (shared, progress) =
+                compat::init_scalable(nranks, myrank, n_id, comm_ids, nonblocking)?;
+            cast::write(newcomm, "comm", cast::new_handle(shared))?;
+            Ok(progress)
+        })
     }
 
     /// A static string for each result code.

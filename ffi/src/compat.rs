@@ -5,7 +5,7 @@
 //! - `ncclGather` / `ncclScatter`: one group of `ncclSend` / `ncclRecv` made through
 //!   the exported functions, so they are ordered, grouped, queued (nonblocking) and
 //!   stream-ordered exactly like the caller's own sends and receives.
-//! - `ncclCommInitRankScalable`: the first of the ids (mixccl's rendezvous has one root).
+//! - `ncclCommInitRankScalable`: `Communicator::init_scalable`, one root per id.
 //! - `ncclCommSuspend` / `ncclCommResume` / `ncclCommMemStats`: a flag on the
 //!   communicator (`comm::Shared`); mixccl holds no device memory to release or count.
 //! - Windows (`ncclCommWindowRegister`, ...): a registry of (communicator, address,
@@ -23,6 +23,7 @@ use crate::coll::dtype_of;
 use crate::comm::Shared;
 use crate::group;
 use crate::status::{code, last_error, Failure, Outcome, Progress};
+use mixccl::{Communicator, UniqueId};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, c_void, CStr};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -216,19 +217,59 @@ fn run_group(
     }
 }
 
-/// `ncclCommInitRankScalable`'s ids: the first, after checking `n_id` and the array.
-pub(crate) fn first_id(
+/// `ncclCommInitRankScalable`'s arguments checked and its `n_id` ids decoded.
+pub(crate) fn scalable_ids(
     nranks: c_int,
+    myrank: c_int,
     n_id: c_int,
     ids: *const NcclUniqueId,
-) -> Outcome<NcclUniqueId> {
-    if n_id < 1 || n_id > nranks.max(1) {
+) -> Outcome<Vec<UniqueId>> {
+    if nranks < 1 || myrank < 0 || myrank >= nranks {
         return Err(Failure::invalid(format!(
-            "nId = {n_id}: expected 1..={} (at most one id per rank)",
-            nranks.max(1)
+            "nranks = {nranks}, myrank = {myrank}: expected nranks >= 1 and myrank in 0..nranks"
         )));
     }
-    cast::read(ids, "commIds")
+    if n_id < 1 || n_id > nranks {
+        return Err(Failure::invalid(format!(
+            "nId = {n_id}: expected 1..={nranks} (at most one id per rank)"
+        )));
+    }
+    if ids.is_null() {
+        return Err(Failure::invalid("commIds is NULL"));
+    }
+    // `wrapping_add` stays in safe code; `cast::read` does the one read.
+    (0..n_id as usize)
+        .map(|i| {
+            let id = cast::read(ids.wrapping_add(i), "commIds")?;
+            UniqueId::from_bytes(&id.bytes()).map_err(|e| {
+                Failure::from(mixccl::Error::InvalidUniqueId(format!("commIds[{i}]: {e}")))
+            })
+        })
+        .collect()
+}
+
+/// `ncclCommInitRankScalable`: joins as `myrank` of `nranks` through the roots of
+/// all `n_id` ids (`Communicator::init_scalable`); with `nonblocking`, in the
+/// background like `ncclCommInitRankConfig`.
+pub(crate) fn init_scalable(
+    nranks: c_int,
+    myrank: c_int,
+    n_id: c_int,
+    ids: *const NcclUniqueId,
+    nonblocking: bool,
+) -> Outcome<(Arc<Shared>, Progress)> {
+    let ids = scalable_ids(nranks, myrank, n_id, ids)?;
+    let (nranks, rank) = (nranks as usize, myrank as usize);
+    let config = crate::env::config_from_env()?;
+    let device = crate::comm::current_device();
+    if nonblocking {
+        let timeout = config.timeout;
+        let make = move || Ok(Communicator::init_scalable(rank, nranks, &ids, config)?);
+        let shared = Shared::start(device, timeout, &format!("init-r{rank}"), make)?;
+        return Ok((shared, Progress::InProgress));
+    }
+    let comm = Communicator::init_scalable(rank, nranks, &ids, config)?;
+    Ok((Shared::new(comm, device), Progress::Done))
 }
 
 /// `ncclCommSuspend`.
@@ -484,25 +525,22 @@ mod tests {
     }
 
     #[test]
-    fn scalable_init_takes_the_first_id() {
+    fn scalable_init_checks_its_arguments_and_every_id() {
         let ids = [
             NcclUniqueId::from_bytes(&[7; 128]),
             NcclUniqueId::from_bytes(&[9; 128]),
         ];
-        assert_eq!(first_id(4, 2, ids.as_ptr()).unwrap().bytes(), [7; 128]);
-        let code_of = |r: Outcome<NcclUniqueId>| r.err().map(|f| f.code);
-        assert_eq!(
-            code_of(first_id(4, 0, ids.as_ptr())),
-            Some(code::INVALID_ARGUMENT)
-        );
-        assert_eq!(
-            code_of(first_id(1, 2, ids.as_ptr())),
-            Some(code::INVALID_ARGUMENT)
-        );
-        assert_eq!(
-            code_of(first_id(4, 1, std::ptr::null())),
-            Some(code::INVALID_ARGUMENT)
-        );
+        let message_of = |r: Outcome<Vec<UniqueId>>| {
+            let f = r.expect_err("refused");
+            assert_eq!(f.code, code::INVALID_ARGUMENT);
+            f.message
+        };
+        assert!(message_of(scalable_ids(4, 0, 0, ids.as_ptr())).contains("nId = 0"));
+        assert!(message_of(scalable_ids(1, 0, 2, ids.as_ptr())).contains("nId = 2"));
+        assert!(message_of(scalable_ids(4, 4, 1, ids.as_ptr())).contains("myrank = 4"));
+        assert!(message_of(scalable_ids(4, 0, 1, std::ptr::null())).contains("NULL"));
+        // Bytes that are no mixccl id are named by their place in the array.
+        assert!(message_of(scalable_ids(4, 0, 2, ids.as_ptr())).contains("commIds[0]"));
     }
 
     fn simulate() -> (crate::status::Outcome, f32) {

@@ -2,8 +2,9 @@
  * One process: ncclCommInitAll with a thread per rank, bad arguments (documented
  * codes, a reason in ncclGetLastError, the communicator still usable), error strings,
  * configs, memory, split, one thread driving every rank through a group,
- * ncclCommAbort ending a call blocked on another thread, and one thread creating and
- * driving three nonblocking ranks (init, a group across them, polling).
+ * ncclCommAbort ending a call blocked on another thread, one thread creating and
+ * driving three nonblocking ranks (init, a group across them, polling), and five
+ * nonblocking ranks joined by ncclCommInitRankScalable through two ids (two roots).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
@@ -318,6 +319,45 @@ static void one_thread_drives_nonblocking_ranks(void) {
   count_check();
 }
 
+/* ncclCommInitRankScalable with 2 ids (2 roots) on 5 nonblocking ranks of one
+ * thread: ranks 0-2 join the first root, 3-4 the second (NCCL's slices), the roots
+ * exchange their slices; one grouped all-reduce is checked. Bad nId and NULL ids
+ * are refused at once. */
+static void two_roots_drive_scalable_ranks(void) {
+  ncclUniqueId ids[2];
+  ncclComm_t nb[5], c = NULL;
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  int32_t x[5], y[5];
+  int i, n = 0, r = -1;
+  config.blocking = 0;
+  CHECK(ncclGetUniqueId(&ids[0]));
+  CHECK(ncclGetUniqueId(&ids[1]));
+  EXPECT(ncclCommInitRankScalable(&c, 5, 0, 0, ids, NULL), ncclInvalidArgument, "nId = 0");
+  EXPECT(ncclCommInitRankScalable(&c, 1, 0, 2, ids, NULL), ncclInvalidArgument, "nId = 2");
+  EXPECT(ncclCommInitRankScalable(&c, 5, 0, 2, NULL, NULL), ncclInvalidArgument, "commIds is NULL");
+  EXPECT(ncclCommInitRankScalable(&c, 5, 5, 2, ids, NULL), ncclInvalidArgument, "myrank = 5");
+  for (i = 0; i < 5; i++)
+    EXPECT(ncclCommInitRankScalable(&nb[i], 5, i, 2, ids, &config), ncclInProgress, "");
+  for (i = 0; i < 5; i++)
+    if (settle(nb[i]) != ncclSuccess) fail("scalable init of rank %d", i);
+  for (i = 0; i < 5; i++) {
+    CHECK(ncclCommCount(nb[i], &n));
+    CHECK(ncclCommUserRank(nb[i], &r));
+    if (n != 5 || r != i) fail("scalable comm %d says rank %d of %d", i, r, n);
+    x[i] = 10 * (i + 1);
+    y[i] = -1;
+  }
+  CHECK(ncclGroupStart());
+  for (i = 0; i < 5; i++) CHECK(ncclAllReduce(&x[i], &y[i], 1, ncclInt32, ncclSum, nb[i], NULL));
+  EXPECT(ncclGroupEnd(), ncclInProgress, "");
+  for (i = 0; i < 5; i++) {
+    if (settle(nb[i]) != ncclSuccess) fail("scalable all-reduce on rank %d", i);
+    if (y[i] != 150) fail("scalable all-reduce on rank %d: %d, expected 150", i, (int)y[i]);
+  }
+  for (i = 0; i < 5; i++) CHECK(ncclCommDestroy(nb[i]));
+  count_check();
+}
+
 int main(void) {
   pthread_t threads[NRANKS], blocked;
   int i, n = 0;
@@ -329,6 +369,7 @@ int main(void) {
 
   init_checks();
   one_thread_drives_nonblocking_ranks();
+  two_roots_drive_scalable_ranks();
   CHECK(ncclCommInitAll(comms, NRANKS, devlist));
   for (i = 0; i < NRANKS; i++)
     if (pthread_create(&threads[i], NULL, rank_main, (void*)(intptr_t)i) != 0) fail("pthread_create");
