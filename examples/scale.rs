@@ -8,7 +8,8 @@
 //!
 //! prints one line per process and a summary: max init seconds, sockets per rank
 //! (max over processes of sockets / P), RSS per rank in MiB, wrong results.
-//! `SCALE_SMALL_ONLY=1` runs the 8 B all-reduce only.
+//! `SCALE_SMALL_ONLY=1` runs the 8 B all-reduce only. `SCALE_ROOTS=K` joins through
+//! K unique ids (K roots, `Communicator::init_scalable`), all started by the parent.
 
 use mixccl::{Communicator, Config, ReduceOp, UniqueId};
 use std::process::Command;
@@ -69,14 +70,15 @@ fn calls(comm: &mut Communicator) -> mixccl::Result<usize> {
     Ok(wrong)
 }
 
-fn child(n: usize, per: usize, base: usize, id: UniqueId) {
+fn child(n: usize, per: usize, base: usize, ids: Vec<UniqueId>) {
+    let ids = Arc::new(ids);
     let gate = Arc::new(Barrier::new(per));
     let threads: Vec<_> = (base..base + per)
         .map(|rank| {
-            let gate = gate.clone();
+            let (gate, ids) = (gate.clone(), ids.clone());
             std::thread::spawn(move || {
                 let t = Instant::now();
-                let mut comm = Communicator::init(rank, n, &id, Config::from_env()?)?;
+                let mut comm = Communicator::init_scalable(rank, n, &ids, Config::from_env()?)?;
                 let init = t.elapsed().as_secs_f64();
                 if rank == base {
                     eprintln!("rank {rank}: init done in {init:.2} s");
@@ -121,19 +123,29 @@ fn main() {
             n,
             per,
             base.parse().expect("SCALE_BASE"),
-            id.parse().expect("SCALE_ID"),
+            id.split(',')
+                .map(|i| i.parse().expect("SCALE_ID"))
+                .collect(),
         );
         return;
     }
     assert!(n % per == 0, "N must be a multiple of P");
-    let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).expect("root");
+    let roots: usize = std::env::var("SCALE_ROOTS").map_or(1, |k| k.parse().expect("SCALE_ROOTS"));
+    let ids: Vec<String> = (0..roots)
+        .map(|_| {
+            UniqueId::bind("127.0.0.1:0".parse().unwrap())
+                .expect("root")
+                .to_string()
+        })
+        .collect();
+    let id = ids.join(",");
     let start = Instant::now();
     let kids: Vec<_> = (0..n / per)
         .map(|k| {
             Command::new(&args[0])
                 .args([n.to_string(), per.to_string()])
                 .env("SCALE_BASE", (k * per).to_string())
-                .env("SCALE_ID", id.to_string())
+                .env("SCALE_ID", &id)
                 .output_spawn()
         })
         .collect();
@@ -161,7 +173,7 @@ fn main() {
         }
     }
     println!(
-        "ranks {n} per_process {per}: init_max {init:.2} s, sockets/rank {socks:.1}, \
+        "ranks {n} per_process {per} roots {roots}: init_max {init:.2} s, sockets/rank {socks:.1}, \
          rss/rank {rss:.1} MiB, max linked peers {peers}, wrong {wrong}, failed processes \
          {failed}, wall {:.1} s",
         start.elapsed().as_secs_f64()
