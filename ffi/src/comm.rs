@@ -616,16 +616,9 @@ pub(crate) fn init_rank(
 ) -> Outcome<(Arc<Shared>, Progress)> {
     let (nranks, rank) = ranks(nranks, rank)?;
     let id = UniqueId::from_bytes(id)?;
-    let config = config_from_env()?;
-    let device = current_device();
-    if nonblocking {
-        let timeout = config.timeout;
-        let make = move || Ok(Communicator::init(rank, nranks, &id, config)?);
-        let shared = Shared::start(device, timeout, &format!("init-r{rank}"), make)?;
-        return Ok((shared, Progress::InProgress));
-    }
-    let comm = Communicator::init(rank, nranks, &id, config)?;
-    Ok((Shared::new(comm, device), Progress::Done))
+    make_comm(nonblocking, &format!("init-r{rank}"), move |config| {
+        Communicator::init(rank, nranks, &id, config)
+    })
 }
 
 /// `ncclCommGrow` for a new rank (comm NULL): joins as `rank` of `nranks`.
@@ -637,16 +630,27 @@ pub(crate) fn join_grown(
 ) -> Outcome<(Arc<Shared>, Progress)> {
     let (nranks, rank) = ranks(nranks, rank)?;
     let id = UniqueId::from_bytes(id)?;
+    make_comm(nonblocking, &format!("grow-r{rank}"), move |config| {
+        Communicator::join_grown(rank, nranks, &id, config)
+    })
+}
+
+/// Makes a communicator with `make` and the environment's config, on the calling
+/// thread's current device: at once, or (`nonblocking`) in the background on a
+/// thread named `label`, as `ncclCommInitRankConfig` does with a nonblocking config.
+pub(crate) fn make_comm(
+    nonblocking: bool,
+    label: &str,
+    make: impl FnOnce(mixccl::Config) -> mixccl::Result<Communicator> + Send + 'static,
+) -> Outcome<(Arc<Shared>, Progress)> {
     let config = config_from_env()?;
     let device = current_device();
     if nonblocking {
         let timeout = config.timeout;
-        let make = move || Ok(Communicator::join_grown(rank, nranks, &id, config)?);
-        let shared = Shared::start(device, timeout, &format!("grow-r{rank}"), make)?;
+        let shared = Shared::start(device, timeout, label, move || Ok(make(config)?))?;
         return Ok((shared, Progress::InProgress));
     }
-    let comm = Communicator::join_grown(rank, nranks, &id, config)?;
-    Ok((Shared::new(comm, device), Progress::Done))
+    Ok((Shared::new(make(config)?, device), Progress::Done))
 }
 
 /// The calling thread's current device in the first loaded device runtime (what

@@ -260,16 +260,9 @@ pub(crate) fn init_scalable(
 ) -> Outcome<(Arc<Shared>, Progress)> {
     let ids = scalable_ids(nranks, myrank, n_id, ids)?;
     let (nranks, rank) = (nranks as usize, myrank as usize);
-    let config = crate::env::config_from_env()?;
-    let device = crate::comm::current_device();
-    if nonblocking {
-        let timeout = config.timeout;
-        let make = move || Ok(Communicator::init_scalable(rank, nranks, &ids, config)?);
-        let shared = Shared::start(device, timeout, &format!("init-r{rank}"), make)?;
-        return Ok((shared, Progress::InProgress));
-    }
-    let comm = Communicator::init_scalable(rank, nranks, &ids, config)?;
-    Ok((Shared::new(comm, device), Progress::Done))
+    crate::comm::make_comm(nonblocking, &format!("init-r{rank}"), move |config| {
+        Communicator::init_scalable(rank, nranks, &ids, config)
+    })
 }
 
 /// `ncclCommSuspend`.
