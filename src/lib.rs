@@ -27,6 +27,7 @@ mod ccl;
 mod comm;
 mod config;
 mod copy;
+mod cpu;
 mod debug;
 pub mod device;
 mod element;

@@ -334,6 +334,13 @@ pub(crate) struct Elsewhere {
 /// Every `MIXCCL_*` variable read outside `Config`.
 pub(crate) const ELSEWHERE: &[Elsewhere] = &[
     Elsewhere {
+        name: "MIXCCL_NT_STORES",
+        read_by: "cpu",
+        default: "auto",
+        doc: Doc::Table,
+        help: "non-temporal stores for large outputs: auto (probed), on, off",
+    },
+    Elsewhere {
         name: "MIXCCL_HOST_ID",
         read_by: "bootstrap::host",
         default: "auto",

@@ -22,8 +22,6 @@ use crate::transport::{Direction, Link};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Bytes of staging per lane for receive-and-reduce (fits in L2 with its destination).
-const STAGING_BYTES: usize = 256 << 10;
 /// Longest single sleep, so an abort is noticed quickly.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// Longest single sleep on the board's bell: the peers' control channels (which do
@@ -39,8 +37,6 @@ const SPIN_MAX_BYTES: usize = 1 << 20;
 const LOCAL_BUDGET: usize = 1 << 20;
 /// Sends up to this size that follow each other on a lane are gathered into one.
 const GATHER_BYTES: usize = 16 << 10;
-/// Bytes per step of an out-of-place receive-and-reduce.
-const REDUCE_BLOCK: usize = 16 << 10;
 
 /// What one [`Progress::step`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +87,8 @@ impl<'a> Progress<'a> {
         st.board.clear();
         st.board.resize(low.board.len(), (0, 0));
         while st.staging.len() < low.nstaging {
-            st.staging.push(vec![0u64; STAGING_BYTES / 8]);
+            st.staging
+                .push(vec![0u64; crate::cpu::tuning().staging_bytes / 8]);
         }
         st.waits.clear();
         st.waits.extend_from_slice(&low.waits);
@@ -498,7 +495,8 @@ fn reduce_into(
     // Copy `acc` and reduce into `dst` a block at a time, so the block stays in L1
     // between the two passes.
     let (a, d) = bufs.pair(acc, dst);
-    let block = REDUCE_BLOCK - REDUCE_BLOCK % cx.dtype.size();
+    let block = crate::cpu::tuning().reduce_block;
+    let block = block - block % cx.dtype.size();
     for ((a, d), x) in a
         .chunks(block)
         .zip(d.chunks_mut(block))
