@@ -275,8 +275,9 @@ impl Simulator {
     }
 
     /// The programs of ranks `0..P` when the machine repeats every `P` ranks and the
-    /// built programs of ranks `r` and `r + P` agree (peers shifted by `P`) for every
-    /// `r < P`; `None` when they do not.
+    /// built programs of ranks `r` and `r + kP` agree (peers shifted by `kP`) for every
+    /// `r < P` and the sampled periods `k` (the first two, the middle one and the
+    /// last); `None` when they do not.
     ///
     /// Folding is exact for the ring and hierarchical algorithms: their schedules are
     /// invariant under a rotation by `P` ranks (whole hosts) when blocks are equal, and
@@ -305,9 +306,27 @@ impl Simulator {
         for r in 1..p {
             folded.push(self.program(coll, algo, count, r)?);
         }
-        for (r, prog) in folded.iter().enumerate() {
-            if self.program(coll, algo, count, r + p)?.shifted(p, n) != *prog {
-                return Ok(None);
+        // Rank r + P alone is not enough: a hierarchical all_reduce of fewer elements
+        // per channel than hosts leaves the later ring sub-blocks empty, and hosts 0
+        // and 1 then run the same ops in the same order while the hosts whose
+        // sub-blocks are empty do not (102x6 hosts, 256 B: folded 66 us, every rank
+        // 430 us). So periods across the whole ring are compared too: the second,
+        // the middle one and the last (a sample, not every period, which would cost
+        // what folding saves).
+        let periods = n / p;
+        let mut ks = vec![1, 2, periods / 2, periods - 1];
+        ks.retain(|&k| k >= 1 && k < periods);
+        ks.sort_unstable();
+        ks.dedup();
+        for k in ks {
+            for (r, prog) in folded.iter().enumerate() {
+                if self
+                    .program(coll, algo, count, r + k * p)?
+                    .shifted(k * p, n)
+                    != *prog
+                {
+                    return Ok(None);
+                }
             }
         }
         Ok(Some(folded))
