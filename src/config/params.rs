@@ -336,9 +336,9 @@ pub(crate) const ELSEWHERE: &[Elsewhere] = &[
     Elsewhere {
         name: "MIXCCL_NT_STORES",
         read_by: "cpu",
-        default: "auto",
+        default: "on",
         doc: Doc::Table,
-        help: "non-temporal stores for large outputs: auto (probed), on, off",
+        help: "non-temporal stores for large outputs: on, off",
     },
     Elsewhere {
         name: "MIXCCL_HOST_ID",

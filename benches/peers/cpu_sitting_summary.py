@@ -1,0 +1,44 @@
+"""Medians and ranges of a benches/peers/cpu_sitting.sh run: python3 cpu_sitting_summary.py OUT"""
+import glob,re,statistics as st,sys
+D=sys.argv[1] if len(sys.argv) > 1 else '/tmp/s23'
+def mx(f,size):
+    # returns (time_oop, busbw_oop, time_ip, busbw_ip)
+    for l in open(f):
+        p=l.split()
+        if p and p[0]==str(size) and len(p)>=13:
+            return float(p[5]),float(p[7]),float(p[9]),float(p[11])
+def mpi(f,section,size):
+    sec=None
+    for l in open(f):
+        if l.startswith('# MPI_Allreduce'): sec='ar'
+        elif l.startswith('# MPI_Allgather'): sec='ag'
+        p=l.split()
+        if sec==section and p and p[0]==str(size) and 'skipped' not in l:
+            return float(p[2]),float(p[4])
+def gloo(f):
+    for l in open(f):
+        p=l.split()
+        if p and p[0]=='33554432': return float(p[2]),float(p[4])
+reps=sorted(set(re.findall(r'_(\d+)\.txt',' '.join(glob.glob(D+'/mx_allreduce_*.txt')))))
+def med(xs): return st.median(xs), min(xs), max(xs)
+def show(name, xs, fmt='%.2f'):
+    m,a,b=med(xs); print(f"{name:45s} median {fmt%m}  range {fmt%a}-{fmt%b}  n={len(xs)}")
+R=[r for r in reps]
+show('mixccl shm allreduce 32M busbw oop', [mx(f'{D}/mx_allreduce_{r}.txt',33554432)[1] for r in R])
+show('mixccl shm allreduce 32M busbw ip', [mx(f'{D}/mx_allreduce_{r}.txt',33554432)[3] for r in R])
+show('mixccl shm allreduce 32M ring256K oop', [mx(f'{D}/mx_allreduce_ring256k_{r}.txt',33554432)[1] for r in R])
+show('mixccl shm allreduce 32M ring256K ip', [mx(f'{D}/mx_allreduce_ring256k_{r}.txt',33554432)[3] for r in R])
+show('ompi shm allreduce 32M busbw', [mpi(f'{D}/mpishm_{r}.txt','ar',33554432)[1] for r in R])
+show('mixccl shm allgather 32M busbw oop', [mx(f'{D}/mx_allgather_{r}.txt',33554432)[1] for r in R])
+show('mixccl shm allgather 32M busbw ip', [mx(f'{D}/mx_allgather_{r}.txt',33554432)[3] for r in R])
+for nt in ['on','off']:
+    show(f'mixccl allgather 32M NT={nt} oop', [mx(f'{D}/mx_allgather_nt{nt}_{r}.txt',33554432)[1] for r in R])
+    show(f'mixccl allgather 32M NT={nt} ip', [mx(f'{D}/mx_allgather_nt{nt}_{r}.txt',33554432)[3] for r in R])
+show('ompi shm allgather 32M busbw', [mpi(f'{D}/mpishm_{r}.txt','ag',33554432)[1] for r in R])
+show('mixccl shm allreduce 8B time us oop', [mx(f'{D}/mx_allreduce_{r}.txt',8)[0] for r in R])
+show('mixccl shm allreduce 8B time us ip', [mx(f'{D}/mx_allreduce_{r}.txt',8)[2] for r in R])
+show('ompi shm allreduce 8B time us', [mpi(f'{D}/mpishm_{r}.txt','ar',8)[0] for r in R])
+show('mixccl tcp allreduce 32M busbw oop', [mx(f'{D}/mxtcp_allreduce_{r}.txt',33554432)[1] for r in R])
+show('mixccl tcp allreduce 32M busbw ip', [mx(f'{D}/mxtcp_allreduce_{r}.txt',33554432)[3] for r in R])
+show('ompi tcp allreduce 32M busbw', [mpi(f'{D}/mpitcp_{r}.txt','ar',33554432)[1] for r in R])
+show('gloo allreduce 32M busbw', [gloo(f'{D}/gloo_{r}.txt')[1] for r in R])
