@@ -52,8 +52,8 @@ fn all_reduce_ok(comm: &mut Communicator, what: &str) {
 }
 
 /// `old` members grow to `new`: results right on the grown communicator and on the
-/// parent, which every member still holds.
-fn grow(old: usize, new: usize, shm: bool) {
+/// parent, which every member still holds. Returns the grow id that was used.
+fn grow(old: usize, new: usize, shm: bool) -> UniqueId {
     let cfg = config(shm);
     let id = loopback_id(&cfg);
     let grow_id = Mailbox::new();
@@ -83,6 +83,7 @@ fn grow(old: usize, new: usize, shm: bool) {
             });
         }
     });
+    grow_id.wait()
 }
 
 #[test]
@@ -203,27 +204,8 @@ fn a_rank_claimed_twice_is_refused_and_the_grow_completes() {
 /// other ordering of a rank claimed twice.
 #[test]
 fn a_joiner_after_the_grow_is_told_it_is_over() {
-    let cfg = config(false);
-    let id = loopback_id(&cfg);
-    let grow_id = Mailbox::new();
-    std::thread::scope(|s| {
-        for t in 0..3 {
-            let (cfg, id, grow_id) = (cfg.clone(), &id, &grow_id);
-            s.spawn(move || {
-                let mut big = if t < 2 {
-                    let comm = Communicator::init(t, 2, id, cfg).unwrap();
-                    if t == 0 {
-                        grow_id.post(comm.grow_id().unwrap());
-                    }
-                    comm.grow(3, &grow_id.wait()).unwrap()
-                } else {
-                    Communicator::join_grown(2, 3, &grow_id.wait(), cfg).unwrap()
-                };
-                all_reduce_ok(&mut big, "grown");
-            });
-        }
-    });
-    let late = Communicator::join_grown(2, 3, &grow_id.wait(), cfg).unwrap_err();
+    let grow_id = grow(2, 3, false);
+    let late = Communicator::join_grown(2, 3, &grow_id, config(false)).unwrap_err();
     assert!(matches!(late, Error::Bootstrap(_)), "{late:?}");
     let msg = late.to_string();
     assert!(
