@@ -174,6 +174,22 @@ pub(crate) fn read_exact_by(
     Ok(())
 }
 
+/// Checks the version and token that follow the 8-byte magic of every message to a
+/// root (a rank's hello, a root's slice): `Err` says which is wrong.
+fn version_and_token(buf: &[u8], token: &[u8; 16]) -> std::result::Result<(), String> {
+    let version = u16::from_le_bytes([buf[8], buf[9]]);
+    if version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {version}, expected {PROTOCOL_VERSION}"
+        ));
+    }
+    if &buf[10..26] != token {
+        return Err("wrong token (not this communicator)".into());
+    }
+    Ok(())
+}
+
+/// The little-endian `u32` at byte `i` of `b`.
 fn u32_at(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"))
 }

@@ -21,7 +21,7 @@ use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::transport::tcp::tls::{self, TlsContext, TlsStream};
-use crate::wire::{MAX_RANKS, PROTOCOL_VERSION};
+use crate::wire::MAX_RANKS;
 use crate::UniqueId;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -160,16 +160,8 @@ fn parse_hello(
     if buf.len() < header {
         return Ok(Err(header - buf.len()));
     }
-    let version = u16::from_le_bytes([buf[8], buf[9]]);
-    if version != PROTOCOL_VERSION {
-        return Err(format!(
-            "protocol version {version}, expected {PROTOCOL_VERSION}"
-        ));
-    }
-    if &buf[10..26] != token {
-        return Err("wrong token (not this communicator)".into());
-    }
-    let u32at = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().expect("4 bytes")) as usize;
+    bootstrap::version_and_token(buf, token)?;
+    let u32at = |i: usize| bootstrap::u32_at(buf, i) as usize;
     let (rank, nranks, len) = (u32at(26), u32at(30), u32at(34));
     if nranks == 0 || nranks > MAX_RANKS {
         return Err(format!("nranks {nranks} out of range"));
@@ -545,11 +537,11 @@ impl Root {
 
     /// Tells `who` why it is refused (through its TLS session if it has one), then
     /// closes its connection; the reason is kept for the failure report.
-    fn refuse(&mut self, mut stream: TcpStream, tls: Option<TlsStream>, who: &str, why: &str) {
+    fn refuse(&mut self, mut stream: TcpStream, mut tls: Option<TlsStream>, who: &str, why: &str) {
         let msg = refusal(why);
         let sent = send(
             &mut stream,
-            tls,
+            tls.as_mut(),
             &msg,
             self.timeout.min(Duration::from_secs(5)),
         );
@@ -566,7 +558,7 @@ impl Root {
         let timeout = self.timeout;
         for (r, j) in self.joined.iter_mut().enumerate() {
             if let Some(j) = j {
-                if let Err(e) = send_ref(&mut j.stream, j.tls.as_mut(), msg, timeout) {
+                if let Err(e) = send(&mut j.stream, j.tls.as_mut(), msg, timeout) {
                     log_warn!(
                         None,
                         "bootstrap root: could not send to rank {}: {e}",
@@ -613,7 +605,7 @@ impl Root {
         let timeout = self.timeout;
         for (i, p) in self.peers.iter_mut().enumerate() {
             if let Some(p) = p {
-                if let Err(e) = send_ref(&mut p.stream, p.tls.as_mut(), &framed, timeout) {
+                if let Err(e) = send(&mut p.stream, p.tls.as_mut(), &framed, timeout) {
                     log_warn!(None, "bootstrap root 0: could not send to root {i}: {e}");
                 }
             }
@@ -676,7 +668,7 @@ impl Root {
             _ => None,
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        send_ref(
+        send(
             &mut s,
             t.as_mut(),
             &encode_slice(&first.token(), slice),
@@ -748,7 +740,7 @@ impl Root {
 }
 
 /// Writes `msg` to a rank or root by `timeout`, through `tls` when it has a session.
-fn send_ref(
+fn send(
     stream: &mut TcpStream,
     tls: Option<&mut TlsStream>,
     msg: &[u8],
@@ -763,15 +755,6 @@ fn send_ref(
     }
 }
 
-fn send(
-    stream: &mut TcpStream,
-    mut tls: Option<TlsStream>,
-    msg: &[u8],
-    timeout: Duration,
-) -> io::Result<()> {
-    send_ref(stream, tls.as_mut(), msg, timeout)
-}
-
 /// `MXFULL len msg`: root 0's answer to another root.
 fn frame(msg: &[u8]) -> Vec<u8> {
     let mut b = Vec::with_capacity(12 + msg.len());
@@ -781,16 +764,22 @@ fn frame(msg: &[u8]) -> Vec<u8> {
     b
 }
 
-/// `MXREFUSE len reason`: why this one connection is refused (the rendezvous
-/// goes on without it).
-fn refusal(why: &str) -> Vec<u8> {
+/// `why` cut to at most `MAX_INFO` bytes, at a character boundary.
+fn reason_bytes(why: &str) -> &[u8] {
     let mut end = why.len().min(MAX_INFO);
     while !why.is_char_boundary(end) {
         end -= 1;
     }
+    &why.as_bytes()[..end]
+}
+
+/// `MXREFUSE len reason`: why this one connection is refused (the rendezvous
+/// goes on without it).
+fn refusal(why: &str) -> Vec<u8> {
+    let why = reason_bytes(why);
     let mut b = REFUSE_MAGIC.to_vec();
-    b.extend_from_slice(&(end as u32).to_le_bytes());
-    b.extend_from_slice(&why.as_bytes()[..end]);
+    b.extend_from_slice(&(why.len() as u32).to_le_bytes());
+    b.extend_from_slice(why);
     b
 }
 
@@ -799,11 +788,7 @@ const MAX_REFUSED: usize = 16;
 
 /// `MXFAIL count missing* len reason`, the reason cut to `MAX_INFO` bytes.
 fn failure(missing: &[usize], reason: &str) -> Vec<u8> {
-    let mut end = reason.len().min(MAX_INFO);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let reason = &reason.as_bytes()[..end];
+    let reason = reason_bytes(reason);
     let mut msg = Vec::new();
     msg.extend_from_slice(FAIL_MAGIC);
     msg.extend_from_slice(&(missing.len() as u32).to_le_bytes());
@@ -818,10 +803,8 @@ fn failure(missing: &[usize], reason: &str) -> Vec<u8> {
 /// Tells a rank that came in plaintext why it is refused (in plaintext: it has no
 /// TLS session), then closes its connection.
 fn refuse_plain(mut stream: TcpStream, rank: usize, why: &str, timeout: Duration) {
-    let sent = stream
-        .set_nonblocking(false)
-        .and_then(|_| stream.set_write_timeout(Some(timeout.min(Duration::from_secs(5)))))
-        .and_then(|_| stream.write_all(&failure(&[rank], why)));
+    let limit = timeout.min(Duration::from_secs(5));
+    let sent = send(&mut stream, None, &failure(&[rank], why), limit);
     if let Err(e) = sent {
         log_warn!(None, "bootstrap root: could not tell rank {rank} why: {e}");
     }
@@ -857,6 +840,7 @@ pub(crate) fn encode_table(infos: &[&[u8]]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::PROTOCOL_VERSION;
 
     fn hello(token: [u8; 16], rank: u32, nranks: u32, info: &[u8]) -> Vec<u8> {
         let mut b = HELLO_MAGIC.to_vec();

@@ -94,7 +94,7 @@ impl Scale {
 
     /// Decodes the `SCALE_EXT` bytes after a scalable hello's header.
     pub(crate) fn decode(b: &[u8]) -> Result<Scale, String> {
-        let u32at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4")) as usize;
+        let u32at = |i: usize| super::u32_at(b, i) as usize;
         let (nroots, index) = (u32at(0), u32at(4));
         if !(2..=MAX_RANKS).contains(&nroots) || index >= nroots {
             return Err(format!("root {index} of {nroots} out of range"));
@@ -149,17 +149,13 @@ pub(crate) fn parse_slice(
         return Err(SLICE_HEADER - buf.len());
     }
     let bad = |why: String| Ok(Err(why));
-    let version = u16::from_le_bytes([buf[8], buf[9]]);
-    if version != PROTOCOL_VERSION {
+    if let Err(why) = super::version_and_token(buf, token) {
         return bad(format!(
-            "a root's slice in protocol version {version}, expected {PROTOCOL_VERSION}"
+            "a root's slice: {why} (the token is the first id's)"
         ));
     }
-    if &buf[10..26] != token {
-        return bad("a slice with the wrong token (not this communicator's first id)".into());
-    }
     let digest = u64::from_le_bytes(buf[26..34].try_into().expect("8"));
-    let u32at = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().expect("4")) as usize;
+    let u32at = |i: usize| super::u32_at(buf, i) as usize;
     let (nranks, nroots, index, count) = (u32at(34), u32at(38), u32at(42), u32at(46));
     if nranks == 0 || nranks > MAX_RANKS || nroots < 2 || nroots > nranks || index >= nroots {
         return bad(format!(
