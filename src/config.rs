@@ -117,6 +117,12 @@ impl TlsPolicy {
     }
 }
 
+/// Parses a flag variable read outside `Config` as `Config`'s flags are (1, true, yes
+/// or 0, false, no); the error names `var` and what it takes.
+pub(crate) fn parse_flag(var: &str, v: &str) -> crate::error::Result<bool> {
+    kind::Kind::parse(&kind::Flag, var, v)
+}
+
 /// Parses a byte count with an optional K/M/G suffix (powers of 1024).
 pub fn parse_bytes(s: &str) -> Option<usize> {
     let s = s.trim();

@@ -7,28 +7,15 @@
 /// from cache right after).
 const STREAM_MIN: usize = 256 << 10;
 
-/// Copies `src` into `dst` (equal lengths): with non-temporal stores
-/// ([`copy_nontemporal`]) from [`STREAM_MIN`] bytes where this CPU gains by them
-/// (`cpu::streaming_pays`, decided once per process), else `copy_from_slice`.
+/// Copies `src` into `dst` (equal lengths) with non-temporal stores on x86-64 (SSE2,
+/// part of the base instruction set) from [`STREAM_MIN`] bytes where they are on
+/// (`cpu::streaming_pays`), ending with a store fence so the bytes are ordered before
+/// any later store (a flag another process reads); elsewhere, and for short copies,
+/// `copy_from_slice`.
 pub(crate) fn copy_streaming(dst: &mut [u8], src: &[u8]) {
     assert_eq!(dst.len(), src.len(), "copy_streaming needs equal lengths");
-    if dst.len() >= STREAM_MIN && crate::cpu::streaming_pays() {
-        copy_nontemporal(dst, src);
-    } else {
-        dst.copy_from_slice(src);
-    }
-}
-
-/// Copies `src` into `dst` (equal lengths) with non-temporal stores on x86-64 (SSE2,
-/// part of the base instruction set), whatever the length, ending with a store fence
-/// so the bytes are ordered before any later store (a flag another process reads);
-/// elsewhere `copy_from_slice`.
-pub(crate) fn copy_nontemporal(dst: &mut [u8], src: &[u8]) {
-    assert_eq!(dst.len(), src.len(), "copy_nontemporal needs equal lengths");
-    #[cfg(not(target_arch = "x86_64"))]
-    dst.copy_from_slice(src);
     #[cfg(target_arch = "x86_64")]
-    {
+    if dst.len() >= STREAM_MIN && crate::cpu::streaming_pays() {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
         let head = dst.as_ptr().align_offset(16).min(dst.len());
         dst[..head].copy_from_slice(&src[..head]);
@@ -57,7 +44,9 @@ pub(crate) fn copy_nontemporal(dst: &mut [u8], src: &[u8]) {
         }
         let done = head + lines * 64;
         dst[done..].copy_from_slice(&src[done..]);
+        return;
     }
+    dst.copy_from_slice(src);
 }
 
 #[cfg(test)]
@@ -77,23 +66,21 @@ mod tests {
             (16, 1 << 20),
             (7, (1 << 20) + 1),
         ] {
-            for copy in [copy_streaming, copy_nontemporal] {
-                let mut dst = vec![0u8; len + 32];
-                copy(&mut dst[off..off + len], &src[off..off + len]);
-                assert_eq!(
-                    &dst[off..off + len],
-                    &src[off..off + len],
-                    "offset {off} length {len}"
-                );
-                assert!(
-                    dst[..off].iter().all(|&b| b == 0),
-                    "wrote before the destination"
-                );
-                assert!(
-                    dst[off + len..].iter().all(|&b| b == 0),
-                    "wrote after the destination"
-                );
-            }
+            let mut dst = vec![0u8; len + 32];
+            copy_streaming(&mut dst[off..off + len], &src[off..off + len]);
+            assert_eq!(
+                &dst[off..off + len],
+                &src[off..off + len],
+                "offset {off} length {len}"
+            );
+            assert!(
+                dst[..off].iter().all(|&b| b == 0),
+                "wrote before the destination"
+            );
+            assert!(
+                dst[off + len..].iter().all(|&b| b == 0),
+                "wrote after the destination"
+            );
         }
     }
 }

@@ -6,7 +6,7 @@
 //! - cache sizes come from the kernel (`/sys/devices/system/cpu/cpu0/cache`), and
 //!   the block sizes of receive-and-reduce follow them ([`Tuning`]);
 //! - non-temporal stores for a collective's large outputs are on (x86-64) unless
-//!   `MIXCCL_NT_STORES=off`: a probe of copy rates was tried and chose wrong
+//!   `MIXCCL_NT_STORES=0`: a probe of copy rates was tried and chose wrong
 //!   ([`streaming_pays`]).
 //!
 //! Every choice is logged once at INFO, with where it came from.
@@ -90,22 +90,9 @@ fn read_caches(dir: &std::path::Path) -> Option<Caches> {
     })
 }
 
-/// sysfs sizes: `48K`, `1024K`, `32768K`, `2M`, or bytes.
+/// A sysfs cache size (`48K`, `32768K`, `2M`, or bytes); a zero size is none.
 fn parse_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => s.split_at(i),
-        None => (s, ""),
-    };
-    let n: usize = digits.parse().ok()?;
-    let shift = match unit.trim() {
-        "" => 0,
-        "K" | "k" => 10,
-        "M" => 20,
-        "G" => 30,
-        _ => return None,
-    };
-    n.checked_mul(1 << shift).filter(|&n| n > 0)
+    crate::config::parse_bytes(s).filter(|&n| n > 0)
 }
 
 /// The block sizes that follow the caches.
@@ -152,21 +139,21 @@ pub(crate) fn tuning() -> Tuning {
 }
 
 /// Are non-temporal stores used for a collective's large output copies? Yes on
-/// x86-64 unless `MIXCCL_NT_STORES=off` (read once per process).
+/// x86-64 unless `MIXCCL_NT_STORES=0` (read once per process, a flag like the others).
 ///
 /// Not probed: a single-thread probe (ordinary against non-temporal copies over 1.5x
 /// the last-level cache) preferred ordinary copies here (24 against 14 GB/s) while the
-/// 4-rank all-gather it decides ran 29-40% faster with non-temporal stores
+/// 4-rank all-gather it decides ran 15-40% faster with non-temporal stores
 /// (docs/performance.md, "Choices that follow the CPU"): what a copy costs alone says
 /// little of what it costs beside the other ranks' copies on the same memory.
 pub(crate) fn streaming_pays() -> bool {
     static PAYS: OnceLock<bool> = OnceLock::new();
     *PAYS.get_or_init(|| {
-        let v = std::env::var("MIXCCL_NT_STORES").ok();
-        let on = nt_stores_from(v.as_deref()).unwrap_or_else(|bad| {
-            log_warn!(None, "MIXCCL_NT_STORES={bad:?} is not on or off; using on");
-            true
-        }) && cfg!(target_arch = "x86_64");
+        let on =
+            nt_stores_from(crate::config::env("MIXCCL_NT_STORES").as_deref()).unwrap_or_else(|e| {
+                log_warn!(None, "{e}; non-temporal stores stay on");
+                true
+            }) && cfg!(target_arch = "x86_64");
         log_info!(
             None,
             "cpu: non-temporal stores {} for large collective outputs",
@@ -176,12 +163,11 @@ pub(crate) fn streaming_pays() -> bool {
     })
 }
 
-/// `MIXCCL_NT_STORES`'s value: on (also unset or empty) or off; the text otherwise.
-fn nt_stores_from(v: Option<&str>) -> Result<bool, String> {
-    match v.map(str::trim) {
-        None | Some("" | "on" | "1" | "yes" | "true") => Ok(true),
-        Some("off" | "0" | "no" | "false") => Ok(false),
-        Some(other) => Err(other.to_string()),
+/// `MIXCCL_NT_STORES`'s value: 1 (also unset or blank) or 0, as every flag is read.
+fn nt_stores_from(v: Option<&str>) -> crate::error::Result<bool> {
+    match v.filter(|v| !v.trim().is_empty()) {
+        None => Ok(true),
+        Some(v) => crate::config::parse_flag("MIXCCL_NT_STORES", v),
     }
 }
 
@@ -260,10 +246,12 @@ mod tests {
 
     #[test]
     fn nt_stores_setting_parses() {
-        assert_eq!(nt_stores_from(None), Ok(true));
-        assert_eq!(nt_stores_from(Some("on")), Ok(true));
-        assert_eq!(nt_stores_from(Some(" off ")), Ok(false));
-        assert_eq!(nt_stores_from(Some("0")), Ok(false));
-        assert_eq!(nt_stores_from(Some("auto")), Err("auto".into()));
+        assert!(nt_stores_from(None).unwrap());
+        assert!(nt_stores_from(Some(" ")).unwrap());
+        assert!(nt_stores_from(Some("1")).unwrap());
+        assert!(!nt_stores_from(Some(" 0 ")).unwrap());
+        assert!(!nt_stores_from(Some("no")).unwrap());
+        let e = nt_stores_from(Some("auto")).unwrap_err().to_string();
+        assert!(e.contains("MIXCCL_NT_STORES") && e.contains("auto"), "{e}");
     }
 }

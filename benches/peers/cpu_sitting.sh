@@ -15,7 +15,7 @@ for r in 1 2 3 4 5; do
     ./target/release/mixccl-perf $coll --np 4 -b 8 -e 8 -n 20 -w 5 > $OUT/mx_${coll}_$r.txt 2>&1
     ./target/release/mixccl-perf $coll --np 4 -b 32M -e 32M -n 20 -w 5 >> $OUT/mx_${coll}_$r.txt 2>&1
   done
-  for nt in on off; do
+  for nt in 1 0; do
     MIXCCL_NT_STORES=$nt ./target/release/mixccl-perf allgather --np 4 -b 32M -e 32M -n 20 -w 5 > $OUT/mx_allgather_nt${nt}_$r.txt 2>&1
   done
   MIXCCL_SHM_BUFFER=256K ./target/release/mixccl-perf allreduce --np 4 -b 32M -e 32M -n 20 -w 5 > $OUT/mx_allreduce_ring256k_$r.txt 2>&1

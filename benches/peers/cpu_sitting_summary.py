@@ -31,7 +31,7 @@ show('mixccl shm allreduce 32M ring256K ip', [mx(f'{D}/mx_allreduce_ring256k_{r}
 show('ompi shm allreduce 32M busbw', [mpi(f'{D}/mpishm_{r}.txt','ar',33554432)[1] for r in R])
 show('mixccl shm allgather 32M busbw oop', [mx(f'{D}/mx_allgather_{r}.txt',33554432)[1] for r in R])
 show('mixccl shm allgather 32M busbw ip', [mx(f'{D}/mx_allgather_{r}.txt',33554432)[3] for r in R])
-for nt in ['on','off']:
+for nt in ['1', '0']:
     show(f'mixccl allgather 32M NT={nt} oop', [mx(f'{D}/mx_allgather_nt{nt}_{r}.txt',33554432)[1] for r in R])
     show(f'mixccl allgather 32M NT={nt} ip', [mx(f'{D}/mx_allgather_nt{nt}_{r}.txt',33554432)[3] for r in R])
 show('ompi shm allgather 32M busbw', [mpi(f'{D}/mpishm_{r}.txt','ag',33554432)[1] for r in R])

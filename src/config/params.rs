@@ -336,9 +336,9 @@ pub(crate) const ELSEWHERE: &[Elsewhere] = &[
     Elsewhere {
         name: "MIXCCL_NT_STORES",
         read_by: "cpu",
-        default: "on",
+        default: "1",
         doc: Doc::Table,
-        help: "non-temporal stores for large outputs: on, off",
+        help: "non-temporal stores for large outputs: 1 or 0",
     },
     Elsewhere {
         name: "MIXCCL_HOST_ID",
