@@ -330,6 +330,18 @@ fn pod_alpha(t: &Topology) -> f64 {
     t.pods.as_ref().map_or(0.0, |p| p.uplink.alpha_us * 1e-6)
 }
 
+/// A link's alpha (seconds) and bandwidth (bytes/s) from `a` to `b`, with the pods'
+/// uplink's alpha added and its bandwidth as a bound where the link crosses pods.
+fn hop(t: &Topology, a: usize, b: usize) -> (f64, f64) {
+    let l = t.link(a, b);
+    let (mut alpha, mut bw) = (l.alpha_us * 1e-6, l.bw_gbs * 1e9);
+    if let Some(u) = t.crossing(a, b) {
+        alpha += u.alpha_us * 1e-6;
+        bw = bw.min(u.bw_gbs * 1e9);
+    }
+    (alpha, bw)
+}
+
 /// Seconds of the longest way from the root of `shape` down to a rank, summing
 /// `hop(child, parent)` over its links.
 fn tree_longest(
@@ -383,12 +395,7 @@ fn tree_fill(
             .filter(|&&k| (t.host_of(k) == t.host_of(p)) == inside)
             .count()
             .max(1) as f64;
-        let l = t.link(p, r);
-        let (mut alpha, mut bw) = (l.alpha_us * 1e-6, l.bw_gbs * 1e9);
-        if let Some(u) = t.crossing(p, r) {
-            alpha += u.alpha_us * 1e-6;
-            bw = bw.min(u.bw_gbs * 1e9);
-        }
+        let (alpha, bw) = hop(t, p, r);
         alpha + share * lanes_ahead(t, config, p, r, k) * c / bw
     })
 }
@@ -515,12 +522,7 @@ pub(crate) fn estimate(
                 }
                 let down = tree_fill(t, config, shape, c, 1.0);
                 let up = tree_longest(t, shape, |r, p| {
-                    let l = t.link(r, p);
-                    let (mut alpha, mut bw) = (l.alpha_us * 1e-6, l.bw_gbs * 1e9);
-                    if let Some(u) = t.crossing(r, p) {
-                        alpha += u.alpha_us * 1e-6;
-                        bw = bw.min(u.bw_gbs * 1e9);
-                    }
+                    let (alpha, bw) = hop(t, r, p);
                     alpha + c / bw + 2.0 * c / red
                 });
                 trip = trip.max(up + down);
@@ -571,13 +573,8 @@ pub(crate) fn estimate(
             // them (see `lanes_ahead`).
             let (mut first, mut slowest, mut ahead) = (0.0f64, 0.0f64, 1.0f64);
             for r in 0..n - 1 {
-                let l = t.link(r, r + 1);
                 let w = lanes_ahead(t, config, r, r + 1, k);
-                let (mut alpha, mut bw) = (l.alpha_us * 1e-6, l.bw_gbs * 1e9);
-                if let Some(u) = t.crossing(r, r + 1) {
-                    alpha += u.alpha_us * 1e-6;
-                    bw = bw.min(u.bw_gbs * 1e9);
-                }
+                let (alpha, mut bw) = hop(t, r, r + 1);
                 if coll == Reduce {
                     bw = bw.min(REDUCE_GBS * 1e9);
                 }
@@ -720,12 +717,7 @@ fn ring(t: &Topology, coll: Collective, s: f64, chunk: f64) -> f64 {
     let (mut hop_move, mut hop_reduce, mut slowest) = (0.0f64, 0.0f64, f64::INFINITY);
     for r in 0..n {
         let next = (r + 1) % n;
-        let l = t.link(r, next);
-        let (mut alpha, mut bw) = (l.alpha_us * 1e-6, l.bw_gbs * 1e9);
-        if let Some(u) = t.crossing(r, next) {
-            alpha += u.alpha_us * 1e-6;
-            bw = bw.min(u.bw_gbs * 1e9);
-        }
+        let (alpha, bw) = hop(t, r, next);
         hop_move += alpha + c / bw;
         hop_reduce += alpha + c / bw.min(reduce);
         slowest = slowest.min(bw);
