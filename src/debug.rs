@@ -90,6 +90,17 @@ pub(crate) fn log(lvl: DebugLevel, rank: Option<usize>, msg: std::fmt::Arguments
     write_line(&line);
 }
 
+/// Is per-call detail (`MIXCCL_DEBUG=TRACE`) logged? For the C ABI crate, which
+/// logs through [`trace_line`].
+pub fn trace_enabled() -> bool {
+    level() >= DebugLevel::Trace
+}
+
+/// Writes one TRACE line in the usual shape, if TRACE is enabled.
+pub fn trace_line(rank: Option<usize>, msg: std::fmt::Arguments<'_>) {
+    log(DebugLevel::Trace, rank, msg);
+}
+
 /// Writes `line` to fd 2 in one write(2), as NCCL does, so lines from ranks sharing
 /// a terminal or pipe never cut into each other (`eprintln!` writes each piece of
 /// its format separately). A line up to PIPE_BUF (4 KiB) is atomic on a pipe.

@@ -53,7 +53,7 @@ pub use comm::{
     TransferMem,
 };
 pub use config::{AlgoOverride, Algorithm, Collective, Config, NetTransport, TlsPolicy};
-pub use debug::DebugLevel;
+pub use debug::{trace_enabled, trace_line, DebugLevel};
 pub use device::MemRef;
 pub use element::fp8::{F8E4M3Fnuz, F8E5M2Fnuz, F8E4M3, F8E5M2};
 pub use element::{fp8, DataType, Element};

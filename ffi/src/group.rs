@@ -32,6 +32,7 @@ use crate::status::{code, Failure, Outcome, Progress};
 use crate::stream::{self, CallerStream, Marks, Ticket};
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A call that can wait for a group.
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +76,60 @@ struct Group {
     error: Option<Failure>,
 }
 
+/// Where the caller's time of one stream-ordered call goes, logged at TRACE
+/// (`MIXCCL_DEBUG=TRACE`): microseconds per phase of the enqueue, so the return time
+/// of a call on a busy stream can be taken apart on a real GPU.
+#[derive(Clone, Copy)]
+struct Laps {
+    last: Instant,
+    /// (phase, microseconds) so far; at most [`Laps::MAX`].
+    laps: [(&'static str, u32); Laps::MAX],
+    n: usize,
+}
+
+impl Laps {
+    const MAX: usize = 8;
+
+    /// A clock started now, or None unless TRACE is on.
+    fn start() -> Option<Laps> {
+        mixccl::trace_enabled().then(|| Laps {
+            last: Instant::now(),
+            laps: [("", 0); Laps::MAX],
+            n: 0,
+        })
+    }
+
+    /// Ends the phase `what`.
+    fn lap(mut self, what: &'static str) -> Laps {
+        let now = Instant::now();
+        if self.n < Laps::MAX {
+            let us = now.duration_since(self.last).as_micros();
+            self.laps[self.n] = (what, u32::try_from(us).unwrap_or(u32::MAX));
+            self.n += 1;
+        }
+        self.last = now;
+        self
+    }
+
+    fn log(&self, rank: usize) {
+        let phases: Vec<String> = self.laps[..self.n]
+            .iter()
+            .map(|(w, us)| format!("{w} {us}"))
+            .collect();
+        let total: u32 = self.laps[..self.n].iter().map(|(_, us)| us).sum();
+        mixccl::trace_line(
+            Some(rank),
+            format_args!(
+                "stream-ordered enqueue: {total} us ({} us)",
+                phases.join(", ")
+            ),
+        );
+    }
+}
+
 thread_local! {
+    /// The validation lap of the call being submitted (TRACE only).
+    static CALL_LAPS: std::cell::Cell<Option<Laps>> = const { std::cell::Cell::new(None) };
     static GROUP: RefCell<Group> = RefCell::new(Group::default());
 }
 
@@ -158,7 +212,9 @@ pub(crate) fn end_without_running() -> Outcome<Option<Vec<GroupCall>>> {
 /// Runs the call `make` validates now, or records it if this thread has a group open.
 /// A validation failure inside a group is also kept for `ncclGroupEnd`.
 pub(crate) fn submit(make: impl FnOnce() -> Outcome<(Arc<Shared>, Pending)>) -> Outcome<Progress> {
+    let laps = Laps::start();
     let made = make();
+    CALL_LAPS.with(|c| c.set(laps.map(|l| l.lap("validate"))));
     let deferred = GROUP.with(|g| {
         let mut g = g.borrow_mut();
         if g.depth == 0 {
@@ -263,9 +319,12 @@ fn ordered_streams(
 /// false when it is not stream-ordered (see [`ordered_streams`]; also when tying it
 /// to a stream failed, which leaves nothing queued there).
 fn enqueue_ordered(comm: &Arc<Shared>, calls: &[Pending]) -> Outcome<bool> {
+    let mut laps = CALL_LAPS.with(|c| c.take()).or_else(Laps::start);
+    let mut lap = |what| laps = laps.map(|l| l.lap(what));
     let Some((streams, with_streams)) = ordered_streams(comm, calls)? else {
         return Ok(false);
     };
+    lap("locate");
     let weak = Arc::downgrade(comm);
     let timeout = comm.timeout();
     let ticket = Ticket::new(timeout, move || {
@@ -293,17 +352,20 @@ fn enqueue_ordered(comm: &Arc<Shared>, calls: &[Pending]) -> Outcome<bool> {
     let Some((host_calls, staged)) = comm.staging.stage_in(&with_streams)? else {
         return Ok(false);
     };
+    lap("copy in");
     let Ok(mut marks) = stream::enqueue(&streams, &ticket) else {
         // The copies in are queued; the buffers go back behind a fence all the same.
         let _ = comm.staging.stage_out(staged.without_copies_out());
         return Ok(false);
     };
     comm.holds.add(&ticket);
+    lap("mark and hold");
     if let Err(f) = comm.staging.stage_out(staged) {
         // The holds are queued: the unit must still run (or be released) to free the
         // streams; the failure is the call's.
         comm.latch(f.code, &f.message);
     }
+    lap("copy out and fence");
     let (c, t, calls) = (comm.clone(), ticket.clone(), host_calls);
     let pushed = comm.push_ordered(move || {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -320,6 +382,9 @@ fn enqueue_ordered(comm: &Arc<Shared>, calls: &[Pending]) -> Outcome<bool> {
     });
     if pushed.is_err() {
         ticket.finish();
+    }
+    if let Some(l) = laps {
+        l.lap("queue").log(comm.facts().map_or(0, |f| f.rank));
     }
     pushed.map(|()| true)
 }

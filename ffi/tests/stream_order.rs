@@ -117,6 +117,41 @@ fn calls_are_ordered_on_the_callers_streams_on_every_vendor() {
 }
 
 #[test]
+fn trace_takes_the_callers_time_apart() {
+    // MIXCCL_DEBUG=TRACE logs, per stream-ordered call, where the caller's time went
+    // (the figure a real GPU's return time is taken apart with).
+    let (dir, exe) = program("stream-order-trace");
+    let runs = run_case(
+        &dir,
+        &exe,
+        "allocs",
+        &["cuda", "cuda"],
+        &[("MIXCCL_DEBUG", "TRACE"), ("STUB_IMPLICIT_SYNC", "1")],
+    );
+    for (r, run) in runs.iter().enumerate() {
+        let line = run
+            .output
+            .lines()
+            .find(|l| l.contains("stream-ordered enqueue:"))
+            .unwrap_or_else(|| panic!("rank {r}: no enqueue trace in {}", run.output));
+        for phase in [
+            "validate",
+            "locate",
+            "copy in",
+            "mark and hold",
+            "copy out and fence",
+            "queue",
+        ] {
+            assert!(
+                line.contains(&format!("{phase} ")),
+                "rank {r}: {phase} missing: {line}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn device_wide_synchronisation_between_calls_does_not_deadlock() {
     // PyTorch's allocator calls cudaMalloc/cudaFree while calls are in flight; on a
     // GPU those wait for every stream, held ones included (STUB_IMPLICIT_SYNC=1

@@ -6,6 +6,9 @@ an NVIDIA GPU and torch (CUDA build). Every rank uses GPU 0.
     python torch_gpu.py ddp BACKEND NP    (b)/(c)/(d) 20 DDP steps; prints the step time
                                           and saves the parameters for comparison
     python torch_gpu.py compare A B       parameters of two ddp runs agree within 1e-5
+    python torch_gpu.py floor             the driver's own cost of what (a) queues per
+                                          call (event record, host function, two 4 MiB
+                                          copies), each timed alone on a busy stream
 
 The library is MIXCCL_LIB (libmixccl.so) for `abi`; `ddp nccl` runs torch's own nccl
 backend on whatever libnccl.so.2 the loader finds (LD_PRELOAD the mixccl build).
@@ -81,6 +84,45 @@ def abi(world):
         sys.exit(1)
 
 
+def floor():
+    """Median microseconds of each driver call a stream-ordered call makes on the
+    caller's thread, timed alone from Python on a stream busy with a kernel."""
+    cu = ctypes.CDLL("libcuda.so.1")
+    vp, c_size_t = ctypes.c_void_p, ctypes.c_size_t
+    torch.cuda.set_device(0)
+    n = 1 << 20
+    x = torch.ones(n, device="cuda")
+    pinned = torch.empty(n, pin_memory=True)
+    stream = torch.cuda.Stream()
+    s = vp(stream.cuda_stream)
+    ev = vp()
+    assert cu.cuEventCreate(ctypes.byref(ev), 2) == 0  # CU_EVENT_DISABLE_TIMING
+    host_fn = ctypes.CFUNCTYPE(None, vp)(lambda _: None)
+    cu.cuMemcpyDtoHAsync_v2.argtypes = [vp, ctypes.c_uint64, c_size_t, vp]
+    cu.cuMemcpyHtoDAsync_v2.argtypes = [ctypes.c_uint64, vp, c_size_t, vp]
+    ops = {
+        "cuEventRecord": lambda: cu.cuEventRecord(ev, s),
+        "cuLaunchHostFunc": lambda: cu.cuLaunchHostFunc(s, host_fn, None),
+        "cuMemcpyDtoHAsync 4 MiB": lambda: cu.cuMemcpyDtoHAsync_v2(
+            pinned.data_ptr(), x.data_ptr(), 4 * n, s),
+        "cuMemcpyHtoDAsync 4 MiB": lambda: cu.cuMemcpyHtoDAsync_v2(
+            x.data_ptr(), pinned.data_ptr(), 4 * n, s),
+        "nothing (ctypes and timing)": lambda: 0,
+    }
+    times = {k: [] for k in ops}
+    for _ in range(10):
+        with torch.cuda.stream(stream):
+            torch.cuda._sleep(200_000_000)
+        for k, f in ops.items():
+            t0 = time.perf_counter()
+            rc = f()
+            times[k].append(time.perf_counter() - t0)
+            assert rc == 0, f"{k} returned {rc}"
+        stream.synchronize()
+    for k, v in times.items():
+        print(f"floor: {k}: median {statistics.median(v) * 1e6:.1f} us")
+
+
 class Net(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -141,5 +183,7 @@ if __name__ == "__main__":
         ddp(sys.argv[2], int(sys.argv[3]))
     elif what == "compare":
         compare(sys.argv[2], sys.argv[3])
+    elif what == "floor":
+        floor()
     else:
         sys.exit(__doc__)
