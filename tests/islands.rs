@@ -89,6 +89,10 @@ fn spawn(sides: &[Side], rank: usize, port: u16, mode: &str, nccl: &Path) -> std
     .env("MIXCCL_HCCL_LIB", &s.hccl)
     .env("STUB_CCL_TIMEOUT_S", "60")
     .env("MIXCCL_ISLANDS", if mode == "off" { "0" } else { "1" })
+    .env(
+        "MIXCCL_ISLAND_MIN_RANKS",
+        if mode == "lone" { "1" } else { "2" },
+    )
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -228,6 +232,34 @@ fn one_island_spanning_the_communicator() {
         for name in ["all_reduce", "reduce_scatter", "all_gather", "broadcast"] {
             assert!(count(out, name) > 0, "rank {r}: no native {name}:\n{out}");
         }
+    }
+}
+
+#[test]
+fn lone_ranks_use_their_library_when_allowed() {
+    // MIXCCL_ISLAND_MIN_RANKS=1 (how the real NCCL is exercised on a one-GPU machine):
+    // a rank alone with its vendor is an island of one; two equal islands all-reduce
+    // in shards, so every phase inside an island is a native call.
+    let sides = [Side::Cuda, Side::Acl];
+    let results = run_ranks(&sides, "lone", &stubs().nccl);
+    assert_all_ok(&results);
+    for (r, (_, out, _)) in results.iter().enumerate() {
+        assert!(
+            out.contains("island: nccl over ranks [0]")
+                && out.contains("island: hccl over ranks [1]"),
+            "rank {r}:\n{out}"
+        );
+        for name in ["reduce_scatter", "all_gather", "broadcast"] {
+            assert!(count(out, name) > 0, "rank {r}: no native {name}:\n{out}");
+        }
+        assert_eq!(count(out, "init"), 1, "rank {r}: one native communicator");
+    }
+    // The default (2) leaves a lone rank out, saying why.
+    let results = run_ranks(&sides, "quick", &stubs().nccl);
+    assert_all_ok(&results);
+    for (r, (_, out, _)) in results.iter().enumerate() {
+        assert!(out.contains("islands: none formed"), "rank {r}:\n{out}");
+        assert_eq!(count(out, "init"), 0, "rank {r}: no native communicator");
     }
 }
 

@@ -191,7 +191,7 @@ impl Communicator {
         // known without the all-gather (a ring, n steps; 1.4 s of a 512-rank init on 2
         // cores): no vendor, so nothing below forms.
         let mut any_vendor = [mine[0]];
-        self.all_reduce_in_place(&mut any_vendor, ReduceOp::Max)?;
+        self.init_all_reduce(&mut any_vendor, ReduceOp::Max)?;
         let mut all = vec![0i64; 3 * n];
         if any_vendor[0] < 0 {
             all.iter_mut().step_by(3).for_each(|v| *v = -1);
@@ -211,9 +211,10 @@ impl Communicator {
                 candidates.entry((hosts[r], v)).or_default().push(r);
             }
         }
+        let min_ranks = self.config.island_min_ranks;
         let mut island_of: Vec<Option<(Vec<usize>, Library)>> = vec![None; n];
         for ((_, v), members) in &candidates {
-            if members.len() >= 2 {
+            if members.len() >= min_ranks {
                 for &r in members {
                     island_of[r] = Some((members.clone(), Library::for_vendor(*v)));
                 }
@@ -229,7 +230,11 @@ impl Communicator {
                     "rank {r}: its {} library could not be used (its INFO log says why)",
                     Library::for_vendor(v)
                 ),
-                Some(v) if candidates.get(&(hosts[r], v)).is_some_and(|m| m.len() >= 2) => {
+                Some(v)
+                    if candidates
+                        .get(&(hosts[r], v))
+                        .is_some_and(|m| m.len() >= min_ranks) =>
+                {
                     format!(
                         "rank {r}: a member of its {} island failed to join",
                         Library::for_vendor(v)

@@ -219,6 +219,12 @@ config_params! {
     islands: bool = true,
         "MIXCCL_ISLANDS", Flag, agree yes,
         "vendor collective libraries inside islands of one host and vendor";
+    /// The fewest ranks an island may have. 1 lets a rank alone on its host use its
+    /// vendor's library (no gain, but it runs the library: a check on a one-GPU
+    /// machine, where NCCL refuses two ranks on one device).
+    island_min_ranks: usize = 2,
+        "MIXCCL_ISLAND_MIN_RANKS", Int { min: 1, max: 1 << 20 }, agree yes,
+        "fewest ranks an island may have (1: a lone rank uses its vendor library too)";
     /// Bytes of each shared-memory ring, per direction and peer (rounded up to 64).
     shm_buffer: usize = 1 << 20,
         "MIXCCL_SHM_BUFFER", Size { min: 4 << 10, max: 1 << 30, zero: false, round: 64 }, agree no,

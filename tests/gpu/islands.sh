@@ -10,7 +10,9 @@
 #    each element checked; INFO lines show the island and its library;
 # 3. the same with MIXCCL_ISLANDS=0 (host staging), for the GB/s beside it;
 # 4. on a machine with one GPU, two ranks on it: NCCL refuses the duplicate GPU, the
-#    island dissolves, INFO says why, and the results stay right.
+#    island dissolves, INFO says why, and the results stay right;
+# 5. on one GPU, MIXCCL_ISLAND_MIN_RANKS=1 and two emulated hosts: each rank is an
+#    island of one whose phases run in the real NCCL; results checked.
 # Prints "ISLANDS GPU: PASS" or "ISLANDS GPU: FAIL (n)" last; exits non-zero on failure.
 set -u
 BIN=${1:-target/release}
@@ -57,6 +59,34 @@ else
     echo "$LAST_LOG" | grep -E 'could not join|none formed|left out' | head -n 5
     echo "$LAST_LOG" | grep -q 'none formed' \
         || { echo "!!! expected no island on one GPU"; fails=$((fails + 1)); }
+fi
+
+if [ "$ngpu" -lt 2 ]; then
+    note "5. lone islands: MIXCCL_ISLAND_MIN_RANKS=1, each rank alone on an emulated host"
+    # NCCL allows one rank per GPU, so on one GPU each rank is an island of one that
+    # runs its phases (reduce-scatter, all-gather, broadcast) in the real NCCL on the
+    # device, and mixccl bridges the two islands over TCP.
+    lone() { # lone COLL TYPES MAXSIZE: two ranks joined through MIXCCL_ROOT, each its own host
+        local port=$((29700 + RANDOM % 200)) r
+        for r in 0 1; do
+            NCCL_DEBUG=VERSION MIXCCL_HOST_ID=lone-gpu-host-$r MIXCCL_ISLAND_MIN_RANKS=1 MIXCCL_DEBUG=INFO \
+                MIXCCL_RANK=$r MIXCCL_NRANKS=2 MIXCCL_ROOT=127.0.0.1:$port \
+                MIXCCL_JOB_ID=lone-$port timeout 300 "$PERF" "$1" --device "${DEVICE:-cuda}" \
+                -b 4 -e "$3" -f 4 -d "$2" -n 3 -w 1 >"/tmp/lone_$r.log" 2>&1 &
+        done
+        local bad=0
+        wait %1 || bad=1
+        wait %2 || bad=1
+        grep -E 'NCCL version|island:|islands:|^ +[0-9]' /tmp/lone_0.log | tail -n 18
+        if [ $bad -ne 0 ] || ! grep -q 'Out of bounds values : 0 OK' /tmp/lone_0.log; then
+            echo "!!! FAILED: lone islands, $1"; tail -n 5 /tmp/lone_[01].log
+            fails=$((fails + 1))
+        fi
+        grep -q 'nccl island of ranks \[0\]' /tmp/lone_0.log \
+            || { echo "!!! no lone nccl island on rank 0"; fails=$((fails + 1)); }
+    }
+    lone allreduce all 16M
+    for c in allgather reducescatter broadcast; do lone "$c" float 4M; done
 fi
 
 note "topology and islands (--topo)"
