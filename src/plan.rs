@@ -595,7 +595,7 @@ pub(crate) fn estimate(
                 .pipeline_bytes
                 .max(n.saturating_mul(config.chunk_bytes).saturating_mul(2));
             let pieces = config.pipeline_bytes > 0 && coll == AllReduce && bytes >= piece;
-            return Some(hier(t, coll, s, chunk, pieces));
+            return Some(hier(t, config, coll, s, pieces));
         }
         (AllToAll, Pairwise) => {
             if n <= PAIRWISE_LOAD_MAX_RANKS {
@@ -765,10 +765,61 @@ fn trees_block(t: &Topology, config: &Config, trees: usize) -> bool {
         .any(|(&(a, b), &w)| w == 3 && lanes(t, config, a, b) < 2)
 }
 
+/// Seconds a ring of `hops` steps over links of unequal pace (a step of link `i`:
+/// its alpha and `step[i].1` seconds of bytes) loses where a link can run the next
+/// step's messages beside the current ones (lanes to spare). A link fed by a faster
+/// one gets its second block while the first is still going out (the feeder's step,
+/// `e` with its alpha, is shorter than the link's bytes, `d`); the two share the
+/// link, so the first leaves `d - e` late, and they go on as a pair: each further
+/// link of a run of slow ones holds the first back again, by what is left of its
+/// bytes once the second follows (about two of the feeder's steps behind), where the
+/// link after it is slow too and waits for it. The latest of the ring's starts.
+/// (mixccl-sim judge, seed 22 case 491: all_gather of 1 MiB on 9x2 hosts, NICs of
+/// hosts 1, 3, 5 and 7 at 0.35 GB/s, the others 1.25: hier simulated 3755 us, 2757
+/// with every NIC slow and 2757 with one lane per link; estimated 2726 without this.)
+fn ring_lag(step: &[(f64, f64)], hops: usize) -> f64 {
+    let m = step.len();
+    if m < 2 || hops < 1 {
+        return 0.0;
+    }
+    // Per feeder pace: prefix sums over the ring laid out three times of each link's
+    // hold-up where the links before and after it are held up too (a link fed by a
+    // fast one starts a pair afresh).
+    let mut sums: Vec<(f64, Vec<f64>)> = Vec::new();
+    let mut worst = 0.0f64;
+    for i in 0..m {
+        let (alpha, bytes) = step[(i + m - 1) % m];
+        let (e, d) = (alpha + bytes, step[i].1);
+        if e >= d {
+            continue;
+        }
+        let at = match sums.iter().position(|(x, _)| *x == e) {
+            Some(at) => at,
+            None => {
+                let held = |j: usize| (step[j % m].1 - 2.0 * e).max(0.0);
+                let mut prefix = vec![0.0f64; 3 * m + 1];
+                for j in 0..3 * m {
+                    let inside = held(j + m - 1) > 0.0 && held(j + 1) > 0.0;
+                    let h = if inside { held(j) } else { 0.0 };
+                    prefix[j + 1] = prefix[j] + h;
+                }
+                sums.push((e, prefix));
+                sums.len() - 1
+            }
+        };
+        let prefix = &sums[at].1;
+        // Links i+1 ..= i+hops-2: those whose next link is still on the way.
+        let (from, to) = (i + 1, (i + hops.min(2 * m)).saturating_sub(1).max(i + 1));
+        worst = worst.max(d - e + prefix[to] - prefix[from]);
+    }
+    worst
+}
+
 /// The hierarchical estimate: the latency of the phases on the critical path, and the
 /// phases' bandwidth one after the other as `mixccl-sim` runs them (issue 18: the
 /// overlap of the host and network phases assumed before was up to 1.3x too fast).
-fn hier(t: &Topology, coll: Collective, s: f64, chunk: f64, pieces: bool) -> f64 {
+fn hier(t: &Topology, config: &Config, coll: Collective, s: f64, pieces: bool) -> f64 {
+    let chunk = config.chunk_bytes as f64;
     let hn = t.hosts.len() as f64;
     let nf = t.nranks() as f64;
     let nch = t.hosts.iter().map(|h| h.ranks.len()).min().unwrap_or(1) as f64;
@@ -829,6 +880,8 @@ fn hier(t: &Topology, coll: Collective, s: f64, chunk: f64, pieces: bool) -> f64
     let mut pod_out = vec![0.0f64; t.npods()];
     let mut cross = vec![false; t.hosts.len()];
     let mut link_bw = Vec::with_capacity(t.hosts.len());
+    // Per ring link, one of its steps: its alpha and the seconds of its bytes.
+    let mut link_step = Vec::with_capacity(t.hosts.len());
     for (i, h) in t.hosts.iter().enumerate() {
         let j = (i + 1) % t.hosts.len();
         let next = &t.hosts[j];
@@ -840,7 +893,10 @@ fn hier(t: &Topology, coll: Collective, s: f64, chunk: f64, pieces: bool) -> f64
         let bw = h.net.bw_gbs.min(next.net.bw_gbs) * 1e9;
         link_bw.push(bw);
         inter = inter.max(bytes / bw);
-        alpha_x = alpha_x.max(h.net.alpha_us.max(next.net.alpha_us) * 1e-6);
+        let alpha = h.net.alpha_us.max(next.net.alpha_us) * 1e-6;
+        alpha_x = alpha_x.max(alpha);
+        let steps = f * (t.hosts.len() - 1) as f64;
+        link_step.push((alpha, bytes / steps / bw));
         if t.pod_of(i) != t.pod_of(j) {
             pod_out[t.pod_of(i)] += bytes;
             cross[i] = true;
@@ -865,6 +921,22 @@ fn hier(t: &Topology, coll: Collective, s: f64, chunk: f64, pieces: bool) -> f64
     let nsteps = hn - 1.0;
     let step = inter / (f * nsteps);
     let rs_step = step.max(s / (hn * nch) / red);
+    // A step's messages per channel: where they leave a link's lanes to spare, the
+    // next step's go out beside them (see `ring_lag`).
+    let most = t.hosts.iter().map(|h| h.ranks.len()).max().unwrap_or(1) as f64;
+    let messages = match coll {
+        Collective::AllGather => (most / nch).ceil() * (s / nf / chunk).ceil(),
+        _ => (s / (hn * nch) / chunk).ceil(),
+    };
+    let spare = (0..t.hosts.len()).all(|i| {
+        let j = (i + 1) % t.hosts.len();
+        messages < lanes(t, config, t.hosts[i].ranks[0], t.hosts[j].ranks[0]) as f64
+    });
+    let lag = if spare && !pieces {
+        ring_lag(&link_step, hops)
+    } else {
+        0.0
+    };
     let phases = match coll {
         // The owners forward the blocks in host order, not as they arrive: a host's
         // forwarding waits for the block that comes last, so all of it but the last
@@ -914,7 +986,7 @@ fn hier(t: &Topology, coll: Collective, s: f64, chunk: f64, pieces: bool) -> f64
         Collective::ReduceScatter => 1.0 + f64::from(u8::from(uneven)),
         _ => 2.0,
     };
-    hops_in * alpha_in + f * (hn - 1.0) * alpha_x + crossings * pod_alpha(t) + phases
+    hops_in * alpha_in + f * (hn - 1.0) * alpha_x + crossings * pod_alpha(t) + phases + lag
 }
 
 #[cfg(test)]
@@ -1148,6 +1220,61 @@ mod tests {
         assert_eq!(pick(&t, 16 << 20), Algorithm::Hier);
         let t = cluster(256);
         assert_eq!(pick(&t, 256 << 20), Algorithm::Hier);
+    }
+
+    /// 9 hosts x 2 ranks over shared memory (3.37 us, 16.66 GB/s) and TCP (3.45 us,
+    /// 1.25 GB/s), the NICs of `slow` at 0.346 GB/s (mixccl-sim judge, seed 22 case
+    /// 491, with hosts 1, 3, 5 and 7 slow).
+    fn nine_by_two(slow: &[usize]) -> Topology {
+        use crate::topo::{Host, LinkClass, LinkCost};
+        let cost = |class, alpha_us, bw_gbs| LinkCost {
+            class,
+            alpha_us,
+            bw_gbs,
+            measured: false,
+        };
+        let hosts = (0..9)
+            .map(|h| Host {
+                name: format!("h{h}"),
+                ranks: vec![2 * h, 2 * h + 1],
+                intra: cost(LinkClass::Shm, 3.37, 16.66),
+                net: cost(
+                    LinkClass::Tcp,
+                    3.45,
+                    if slow.contains(&h) { 0.346 } else { 1.25 },
+                ),
+            })
+            .collect();
+        Topology::new(hosts, Vec::new()).unwrap()
+    }
+
+    /// A hierarchical all_gather whose ring runs from a fast link into slow ones:
+    /// mixccl-sim finds 3755 us for 1 MiB with every second NIC slow (hosts 1, 3, 5
+    /// and 7) but 2757 us with every NIC slow, and 2757 us either way with one lane
+    /// per link; the estimate was 2726 for both and picked hier over the ring
+    /// (simulated 2882 us, estimated 2946). Now the ring is picked.
+    #[test]
+    fn a_fast_link_into_slow_ones_holds_the_ring_up() {
+        let c = Config::default();
+        let bytes = 1048608 / 18;
+        let near = |x: f64, sim: f64| (x / sim - 1.0).abs() < 0.1;
+        let half = nine_by_two(&[1, 3, 5, 7]);
+        let hier = |t: &Topology| estimate(t, &c, Collective::AllGather, Algorithm::Hier, bytes);
+        assert!(near(hier(&half).unwrap(), 3755e-6), "{:?}", hier(&half));
+        let all = nine_by_two(&(0..9).collect::<Vec<_>>());
+        assert!(near(hier(&all).unwrap(), 2757e-6), "{:?}", hier(&all));
+        assert_eq!(
+            cheapest(&half, &c, Collective::AllGather, bytes).0,
+            Algorithm::Ring
+        );
+        // Links of equal pace lose nothing; one fast link into a slow one loses the
+        // difference; a run of slow links loses more on each.
+        let (a, d) = (1e-6, 100e-6);
+        assert_eq!(ring_lag(&[(a, d); 6], 5), 0.0);
+        let one = ring_lag(&[(a, 10e-6), (a, d), (a, d), (a, 10e-6)], 3);
+        assert!((one - (d - 11e-6)).abs() < 1e-12, "{one}");
+        let run = ring_lag(&[(a, 10e-6), (a, d), (a, d), (a, d), (a, d)], 4);
+        assert!(run > one, "{run} {one}");
     }
 
     /// One host of `n` ranks over shared memory of `alpha_us` and `bw_gbs`.
