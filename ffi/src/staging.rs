@@ -19,10 +19,11 @@
 //! deadlock that only the timeout ends (seen with torch DDP on an H200).
 //!
 //! Pinned buffers come from a pool per communicator, allocated on the caller's thread
-//! and freed only with the communicator; a buffer is taken again once the fence
-//! recorded after its unit's copies out has completed. After a failed or aborted
-//! call the copy out still runs: the output then holds unspecified bytes (the input,
-//! partial results, or earlier contents of the pinned buffer).
+//! and freed only with the communicator; a buffer is taken again at once by a unit on
+//! the stream its last unit ran on alone (stream order separates the two), and by any
+//! other once the fence recorded after its unit's copies out has completed. After a
+//! failed or aborted call the copy out still runs: the output then holds unspecified
+//! bytes (the input, partial results, or earlier contents of the pinned buffer).
 
 use crate::cast::RawBuf;
 use crate::group::Pending;
@@ -82,8 +83,23 @@ impl Slot {
         self.fence.as_ref().map_or(true, |f| f.passed())
     }
 
+    /// Can a unit on `s` use it for `len` bytes? Without waiting for its fence when its
+    /// last unit ran on `s` alone: the new unit's copy in is queued on `s` after that
+    /// unit's copy out, and the progress thread touches the buffer only after the new
+    /// unit's ready mark, so stream order keeps the two apart (and saves a query of
+    /// the fence per call on the caller's thread).
     fn free_for(&self, s: &CallerStream, len: usize) -> bool {
-        self.vendor == s.vendor && self.index == s.index && self.mem.len() >= len && self.idle()
+        self.vendor == s.vendor
+            && self.index == s.index
+            && self.mem.len() >= len
+            && (self.last_on(s) || self.idle())
+    }
+
+    /// Was the last unit that used it on stream `s` alone?
+    fn last_on(&self, s: &CallerStream) -> bool {
+        self.fence
+            .as_ref()
+            .is_some_and(|f| matches!(f.events.as_slice(), [(only, _, _)] if only == s))
     }
 }
 
