@@ -191,7 +191,7 @@ impl Communicator {
         // known without the all-gather (a ring, n steps; 1.4 s of a 512-rank init on 2
         // cores): no vendor, so nothing below forms.
         let mut any_vendor = [mine[0]];
-        self.init_all_reduce(&mut any_vendor, ReduceOp::Max)?;
+        self.all_reduce_in_place(&mut any_vendor, ReduceOp::Max)?;
         let mut all = vec![0i64; 3 * n];
         if any_vendor[0] < 0 {
             all.iter_mut().step_by(3).for_each(|v| *v = -1);
