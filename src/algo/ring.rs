@@ -76,25 +76,47 @@ pub(crate) fn owned_blocks(count: usize, nranks: usize, esize: usize) -> Vec<(us
 
 /// Appends the ring all_reduce's reduce-scatter (n > 1); returns the block this rank
 /// then owns.
+///
+/// Only the last step's sums belong in the output; the earlier ones are partial sums
+/// that the next step sends on and nothing reads again. They go to two scratch slots
+/// of a block each, used in turn (step k writes slot k % 2 while step k's sends read
+/// slot (k - 1) % 2), not to the output: out of place, writing them there cost a
+/// read-for-ownership and a write-back of each block, 16 blocks of memory traffic per
+/// rank and call with 4 ranks against 13 in place (12 and 11 now; docs/algorithms.md).
+/// The slots are the same bytes in every call and piece, so they can stay in the
+/// last-level cache. A slot is reused two steps later, once the sends that read it
+/// have gone (the executor orders the two by region), which still lets a step's
+/// receives run up to a block ahead of its sends.
 fn reduce_scatter_half(c: &Call, s: &mut Schedule) -> usize {
     let (n, e) = (c.nranks, c.esize());
     let out = |off, len| Region::new(Buf::Output, off, len);
     let (next, prev) = ring_peers(c);
     let blk = |b: usize| block(c.count, n, b, e);
+    // Block 0 is the longest (blocks differ by at most one element).
+    let slot_len = blk(0).1;
+    let slot = |k: usize, len: usize| Region::new(Buf::Scratch, (k % 2) * slot_len, len);
+    if n > 2 {
+        s.scratch = s.scratch.max(slot_len * (n - 2).min(2));
+    }
     // Reduce-scatter: step k sends block r-k, receives and reduces block r-k-1.
     for k in 0..n - 1 {
         let (ss, se) = blk(back(c, k));
         let src = if k == 0 {
             c.own(ss, se - ss)
         } else {
-            out(ss, se - ss)
+            slot(k - 1, se - ss)
         };
         s.sliced(se - ss, c.chunk, |o, l| Op::Send {
             peer: next,
             src: src.sub(o, l),
         });
         let (rs, re) = blk(back(c, k + 1));
-        let (acc, dst) = (c.own(rs, re - rs), out(rs, re - rs));
+        let acc = c.own(rs, re - rs);
+        let dst = if k == n - 2 {
+            out(rs, re - rs)
+        } else {
+            slot(k, re - rs)
+        };
         s.sliced(re - rs, c.chunk, |o, l| Op::RecvReduce {
             peer: prev,
             acc: acc.sub(o, l),
