@@ -104,10 +104,14 @@ pub(crate) struct MeshSpec<'a> {
 }
 
 /// Socket buffers towards peers on this host unless `MIXCCL_SOCKET_BUFFER` says
-/// otherwise: small enough that bytes are still in cache when the peer reads them
-/// (4 ranks over loopback, 32 MiB all-reduce: 12% more bandwidth than the kernel's
-/// autotuning, which grows buffers to megabytes).
-pub(crate) const LOCAL_SOCKET_BUFFER: usize = 512 << 10;
+/// otherwise: small, so a sender soon waits for its peer to read. Measured with 4
+/// ranks on a 2-core AMD EPYC shared with other jobs (load average 6-8), 32 MiB
+/// all-reduce: 64 KiB ran 2-3x the bandwidth of 512 KiB (the previous choice) and
+/// 1.3x that of 32 KiB; all-gather and 128 KiB-8 MiB all-reduce gained alike. On an
+/// idle machine (4 ranks pinned to 2 cores of a Xeon) it costs about 10% against
+/// 512 KiB (docs/performance.md, "Choices that follow the CPU"), which had run 12%
+/// faster than the kernel's autotuning (buffers grown to megabytes) on an idle EPYC.
+pub(crate) const LOCAL_SOCKET_BUFFER: usize = 64 << 10;
 
 #[cfg(test)]
 impl MeshSpec<'_> {
