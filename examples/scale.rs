@@ -7,7 +7,9 @@
 //!     MIXCCL_SHM_DISABLE=1 cargo run --example scale -- 256 16
 //!
 //! prints one line per process and a summary: max init seconds, sockets per rank
-//! (max over processes of sockets / P), RSS per rank in MiB, wrong results.
+//! (max over processes of sockets / P), RSS per rank in MiB, shared-memory rings per
+//! rank right after init and after the calls (max over ranks), mapped shared-memory
+//! segments per rank (`memfd:mixccl` mappings / P), wrong results.
 //! `SCALE_SMALL_ONLY=1` runs the 8 B all-reduce only. `SCALE_ROOTS=K` joins through
 //! K unique ids (K roots, `Communicator::init_scalable`), all started by the parent.
 
@@ -28,6 +30,19 @@ fn sockets() -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// Shared-memory segments this process has mapped (rings and the host's board).
+fn shm_maps() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .map(|m| m.lines().filter(|l| l.contains("memfd:mixccl")).count())
+        .unwrap_or(0)
+}
+
+/// This rank's links over shared memory.
+fn shm_links(comm: &Communicator) -> usize {
+    let shm = |c: &&mixccl::transport::LinkClass| **c == mixccl::transport::LinkClass::Shm;
+    comm.link_classes().iter().flatten().filter(shm).count()
 }
 
 fn rss_kib() -> usize {
@@ -80,6 +95,7 @@ fn child(n: usize, per: usize, base: usize, ids: Vec<UniqueId>) {
                 let t = Instant::now();
                 let mut comm = Communicator::init_scalable(rank, n, &ids, Config::from_env()?)?;
                 let init = t.elapsed().as_secs_f64();
+                let shm_init = shm_links(&comm);
                 if rank == base {
                     eprintln!("rank {rank}: init done in {init:.2} s");
                 }
@@ -87,31 +103,39 @@ fn child(n: usize, per: usize, base: usize, ids: Vec<UniqueId>) {
                 // Count while every communicator of this process is alive.
                 gate.wait();
                 let counted = if rank == base {
-                    Some((sockets(), rss_kib()))
+                    Some((sockets(), rss_kib(), shm_maps()))
                 } else {
                     None
                 };
                 gate.wait();
                 let peers = comm.link_classes().iter().flatten().count();
-                Ok::<_, mixccl::Error>((init, wrong, counted, peers))
+                let shm = (shm_init, shm_links(&comm));
+                Ok::<_, mixccl::Error>((init, wrong, counted, peers, shm))
             })
         })
         .collect();
     let (mut init, mut wrong, mut socks, mut rss, mut peers) = (0f64, 0, 0, 0, 0);
+    let (mut maps, mut shm_init, mut shm_after) = (0, 0, 0);
     for t in threads {
-        let (i, w, c, p) = t.join().expect("rank thread").unwrap_or_else(|e| {
+        let (i, w, c, p, s) = t.join().expect("rank thread").unwrap_or_else(|e| {
             eprintln!("rank failed: {e}");
             std::process::exit(1)
         });
         init = init.max(i);
         wrong += w;
         peers = peers.max(p);
-        if let Some((s, r)) = c {
+        shm_init = shm_init.max(s.0);
+        shm_after = shm_after.max(s.1);
+        if let Some((s, r, m)) = c {
             socks = s;
             rss = r;
+            maps = m;
         }
     }
-    println!("proc base {base}: init_max_s {init:.3} sockets {socks} rss_kib {rss} max_peers {peers} wrong {wrong}");
+    println!(
+        "proc base {base}: init_max_s {init:.3} sockets {socks} rss_kib {rss} max_peers {peers} \
+         shm_init {shm_init} shm_after {shm_after} shm_maps {maps} wrong {wrong}"
+    );
 }
 
 fn main() {
@@ -151,6 +175,7 @@ fn main() {
         .collect();
     let (mut init, mut socks, mut rss, mut peers, mut wrong, mut failed) =
         (0f64, 0f64, 0f64, 0, 0usize, 0);
+    let (mut shm_init, mut shm_after, mut maps) = (0, 0, 0f64);
     for k in kids {
         let out = k.wait_with_output().expect("child");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -170,12 +195,16 @@ fn main() {
             rss = f64::max(rss, val("rss_kib") / per as f64 / 1024.0);
             peers = peers.max(val("max_peers") as usize);
             wrong += val("wrong") as usize;
+            shm_init = shm_init.max(val("shm_init") as usize);
+            shm_after = shm_after.max(val("shm_after") as usize);
+            maps = f64::max(maps, val("shm_maps") / per as f64);
         }
     }
     println!(
         "ranks {n} per_process {per} roots {roots}: init_max {init:.2} s, sockets/rank {socks:.1}, \
-         rss/rank {rss:.1} MiB, max linked peers {peers}, wrong {wrong}, failed processes \
-         {failed}, wall {:.1} s",
+         rss/rank {rss:.1} MiB, max linked peers {peers}, shm rings/rank {shm_init} at init \
+         {shm_after} after, shm maps/rank {maps:.1}, wrong {wrong}, failed processes {failed}, \
+         wall {:.1} s",
         start.elapsed().as_secs_f64()
     );
 }

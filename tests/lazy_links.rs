@@ -1,11 +1,13 @@
-//! Network links made on first use (issue 17): a communicator that only runs ring
-//! algorithms links each rank to its two ring neighbours and nobody else; a peer
-//! that dies before anyone connected to it is named by the next rank that needs
-//! it, within `MIXCCL_TIMEOUT`, whichever end dials; shrink and split work after
-//! lazy links; a rank short of file descriptors fails at init naming the limit.
+//! Links made on first use (issue 17), over TCP and over shared memory: a
+//! communicator that only runs ring algorithms links each rank to its two ring
+//! neighbours and nobody else; a peer that dies before anyone connected to it is named by the next rank
+//! that needs it, within `MIXCCL_TIMEOUT`, whichever end dials (over shared memory:
+//! whichever end offers); shrink and split work after lazy links; a rank short of
+//! file descriptors fails at init naming the limit.
 
 mod util;
 
+use mixccl::transport::LinkClass;
 use mixccl::{AlgoOverride, Communicator, Config, Error, ReduceOp, UniqueId};
 use std::collections::BTreeSet;
 use std::sync::Barrier;
@@ -13,9 +15,18 @@ use std::time::{Duration, Instant};
 
 fn tcp_config(algo: &str, timeout_s: u64) -> Config {
     Config {
-        timeout: Duration::from_secs(timeout_s),
         shm_disable: true,
+        ..shm_config(algo, timeout_s)
+    }
+}
+
+/// Shared memory between the ranks (all on this host), small rings and board.
+fn shm_config(algo: &str, timeout_s: u64) -> Config {
+    Config {
+        timeout: Duration::from_secs(timeout_s),
         topo_probe: false,
+        shm_buffer: 64 << 10,
+        board_bytes: 64 << 10,
         algo: AlgoOverride::parse(algo).expect("algo override"),
         ..Config::default()
     }
@@ -32,8 +43,29 @@ fn linked(comm: &Communicator) -> BTreeSet<usize> {
 
 #[test]
 fn ring_algorithms_link_only_ring_neighbours() {
+    ring_links_only_neighbours(tcp_config(
+        "allreduce:ring;allgather:ring;broadcast:chain",
+        60,
+    ));
+}
+
+/// The shared-memory rings of a host are made on first use too: one per ring
+/// neighbour, none to the other 13 ranks of the host.
+#[test]
+fn shm_ring_algorithms_link_only_ring_neighbours() {
+    ring_links_only_neighbours(shm_config(
+        "allreduce:ring;allgather:ring;broadcast:chain",
+        60,
+    ));
+}
+
+fn ring_links_only_neighbours(config: Config) {
     let n = 16;
-    let config = tcp_config("allreduce:ring;allgather:ring;broadcast:chain", 60);
+    let class = if config.shm_disable {
+        LinkClass::Tcp
+    } else {
+        LinkClass::Shm
+    };
     let results = util::bootstrapped_ranks(n, config, |comm| {
         let r = comm.rank();
         let mut v: Vec<u64> = (0..1000).map(|i| (i * r) as u64).collect();
@@ -47,12 +79,20 @@ fn ring_algorithms_link_only_ring_neighbours() {
         let mut b = vec![if r == 5 { 9u8 } else { 0 }; 4096];
         comm.broadcast_in_place(&mut b, 5).unwrap();
         let broadcast_ok = b.iter().all(|x| *x == 9);
-        (r, reduced_ok && gathered_ok && broadcast_ok, linked(comm))
+        let classes: std::collections::HashSet<LinkClass> =
+            comm.link_classes().into_iter().flatten().collect();
+        (
+            r,
+            reduced_ok && gathered_ok && broadcast_ok,
+            linked(comm),
+            classes,
+        )
     });
-    for (r, ok, peers) in results {
+    for (r, ok, peers, classes) in results {
         assert!(ok, "rank {r}: wrong result");
         let want: BTreeSet<usize> = [(r + 1) % n, (r + n - 1) % n].into();
         assert_eq!(peers, want, "rank {r} links");
+        assert_eq!(classes, [class].into(), "rank {r} link classes");
     }
 }
 
@@ -62,9 +102,19 @@ fn ring_algorithms_link_only_ring_neighbours() {
 /// naming rank 2, within the timeout.
 #[test]
 fn a_never_connected_dead_peer_is_named_within_the_timeout() {
-    let timeout = 3;
+    never_connected_dead_peer_is_named(tcp_config("allreduce:ring;allgather:ring", 3));
+}
+
+/// As above over shared memory: rank 0 waits for rank 2's offer, rank 4 offers to
+/// rank 2's listener, which is gone.
+#[test]
+fn a_never_connected_dead_shm_peer_is_named_within_the_timeout() {
+    never_connected_dead_peer_is_named(shm_config("allreduce:ring;allgather:ring", 3));
+}
+
+fn never_connected_dead_peer_is_named(config: Config) {
+    let timeout = config.timeout.as_secs();
     let n = 5;
-    let config = tcp_config("allreduce:ring;allgather:ring", timeout);
     let id = UniqueId::bind_with("127.0.0.1:0".parse().unwrap(), &config).unwrap();
     let gone = Barrier::new(n);
     let results: Vec<_> = std::thread::scope(|s| {
@@ -112,7 +162,17 @@ fn a_never_connected_dead_peer_is_named_within_the_timeout() {
 
 #[test]
 fn shrink_and_split_work_after_lazy_links() {
-    let config = tcp_config("allreduce:ring;allgather:ring", 30);
+    shrink_and_split_work(tcp_config("allreduce:ring;allgather:ring", 30));
+}
+
+/// Over shared memory, with the host's board handed out again by the shrunk
+/// communicator's rank 0.
+#[test]
+fn shrink_and_split_work_after_lazy_shm_links() {
+    shrink_and_split_work(shm_config("allreduce:ring;allgather:ring", 30));
+}
+
+fn shrink_and_split_work(config: Config) {
     let results = util::bootstrapped_ranks(6, config, |comm| {
         let r = comm.rank();
         let mut v = vec![1.0f32; 1000];

@@ -1,7 +1,8 @@
 //! Bootstrap: the unique id, the root rendezvous that hands out the address table,
 //! and [`join`], which takes a rank from "I have an id" to "I can reach every
-//! peer": shared-memory links to this host's peers at once, network links on first
-//! use ([`Rejoin::connect`]). Nothing here runs a collective.
+//! peer": every link, shared memory or network, is made when a call first needs it
+//! ([`Rejoin::connect`]); at init only the host's board is handed out, when all
+//! ranks share one host. Nothing here runs a collective.
 //!
 //! Wire (all integers little-endian): a rank sends the root
 //! `"MXHELLO\0" version:u16 token:[16] rank:u32 nranks:u32 len:u32 info:[len]`;
@@ -27,8 +28,9 @@ use crate::config::Config;
 use crate::debug::log_info;
 use crate::error::{Error, Result};
 use crate::topo::RankProbe;
+use crate::transport::board::Board;
 use crate::transport::rdma::{self, RdmaSpec};
-use crate::transport::shm::{self, ShmSpec};
+use crate::transport::shm::{self, ShmAcceptor, ShmSpec};
 use crate::transport::tcp::{self, tls, LazySpec};
 use crate::transport::{Link, Links};
 use crate::wire::{MAX_RANKS, PROTOCOL_VERSION};
@@ -36,7 +38,6 @@ use crate::UniqueId;
 use scalable::Scale;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixListener;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -345,10 +346,18 @@ fn rendezvous(
     }
     let mut table = Vec::with_capacity(nranks);
     let mut blobs: Vec<Vec<u8>> = Vec::with_capacity(nranks);
+    // Bytes of the table on the wire, and how many entries came whole.
+    let (mut wire, mut whole) = (head.len(), 0);
     for r in 0..nranks {
         let mut len = [0u8; 4];
         read_exact_by(&mut s, &mut len, deadline).map_err(lost)?;
         let len = u32::from_le_bytes(len);
+        wire += 4 + if len == REF_MARK {
+            4 + ADDR_LEN
+        } else {
+            len as usize
+        };
+        whole += usize::from(len != REF_MARK);
         let blob = if len == REF_MARK {
             // Same as an earlier rank's info but for the address.
             let mut head = [0u8; 4 + ADDR_LEN];
@@ -380,6 +389,12 @@ fn rendezvous(
                 .map_err(|why| Error::Bootstrap(format!("bad info for rank {r}: {why}")))?,
         );
     }
+    log_info!(
+        Some(rank),
+        "bootstrap table: {nranks} ranks in {wire} bytes ({whole} whole entries, {} \
+         copies of an earlier one with another address)",
+        nranks - whole
+    );
     Ok(table)
 }
 
@@ -392,7 +407,7 @@ pub(crate) fn join(
     nranks: usize,
     ids: &[UniqueId],
     config: &Config,
-) -> Result<(Links, IpAddr, Rejoin, Vec<RankProbe>)> {
+) -> Result<Joined> {
     let start = Instant::now();
     let (id, scale) = match ids {
         [] => return Err(Error::invalid("init: no unique id")),
@@ -426,7 +441,7 @@ pub(crate) fn join(
         .local_addr()
         .map_err(|e| Error::io("reading the data listener address", e))?;
     // Bound before the rendezvous, so peers that learn we exist can reach us.
-    let shm_listener = if config.shm_disable {
+    let shm = if config.shm_disable {
         None
     } else {
         Some(shm::listen(&token, rank)?)
@@ -472,9 +487,16 @@ pub(crate) fn join(
     );
     let acceptor = Arc::new(tcp::Acceptor::new(listener)?);
     acceptor.register(token);
+    // What stays of the table is what links and shrinks need: addresses and hosts.
+    // The probes (now in `probes`) and settings (checked) were most of its bytes.
+    let mut table = table;
+    for t in &mut table {
+        t.agree = String::new();
+        t.probe = String::new();
+    }
     let rejoin = Rejoin {
         acceptor,
-        shm_listener: shm_listener.map(Arc::new),
+        shm: shm.map(Arc::new),
         table,
         host: info.host,
         token,
@@ -483,8 +505,25 @@ pub(crate) fn join(
         generation: 0,
         tls: tls::TlsContext::from_config(config)?,
     };
-    let links = rejoin.mesh(rank, config)?;
-    Ok((links, local_ip, rejoin, probes))
+    let board = rejoin.share_board(rank, config)?;
+    Ok(Joined {
+        links: (0..nranks).map(|_| None).collect(),
+        board,
+        local_ip,
+        rejoin,
+        probes,
+    })
+}
+
+/// What [`join`] hands the communicator: no links yet (each is made on first use),
+/// the host's board when every rank shares this host, the address this rank
+/// listens on, what it keeps to connect and shrink, and every rank's probe.
+pub(crate) struct Joined {
+    pub links: Links,
+    pub board: Option<Arc<Board>>,
+    pub local_ip: IpAddr,
+    pub rejoin: Rejoin,
+    pub probes: Vec<RankProbe>,
 }
 
 /// Each rank's pod from `MIXCCL_TOPO_FILE` when `MIXCCL_TLS=cross-pod` and the model
@@ -512,7 +551,9 @@ pub(crate) struct Rejoin {
     /// The data listener and the connections it admitted ahead of their first use,
     /// shared with the communicators shrunk from this one.
     acceptor: Arc<tcp::Acceptor>,
-    shm_listener: Option<Arc<UnixListener>>,
+    /// The shared-memory listener and the offers it admitted (shared likewise);
+    /// `None` with `MIXCCL_SHM_DISABLE`.
+    shm: Option<Arc<ShmAcceptor>>,
     /// Rank info of this communicator's ranks, by rank.
     table: Vec<RankInfo>,
     host: String,
@@ -534,50 +575,60 @@ impl Rejoin {
         self.token
     }
 
-    /// This communicator's links made at init: shared memory to the peers of this
-    /// host (all of them, now); every other peer's link is `None` until a call first
-    /// needs it ([`Rejoin::connect`]).
-    fn mesh(&self, rank: usize, config: &Config) -> Result<Links> {
-        let nranks = self.table.len();
-        let same_host: Vec<bool> = self
-            .table
-            .iter()
-            .enumerate()
-            .map(|(p, t)| p != rank && self.shm_listener.is_some() && t.host == self.host)
-            .collect();
-        let deadline = Instant::now() + config.timeout;
-        let mut shm_links = match &self.shm_listener {
-            Some(l) => shm::connect_host_peers(
-                &ShmSpec {
-                    rank,
-                    token: self.token,
-                    name_token: self.name_token,
-                    names: &self.names,
-                    same_host: &same_host,
-                    capacity: config.shm_buffer,
-                    zero_copy: config.shm_zero_copy,
-                    board_bytes: config.board_bytes,
-                    deadline,
-                },
-                l,
-            )?,
-            None => Vec::new(),
-        };
-        Ok((0..nranks)
-            .map(|p| {
-                shm_links
-                    .get_mut(p)
-                    .and_then(Option::take)
-                    .map(|s| Box::new(s) as Box<dyn Link>)
-            })
-            .collect())
+    /// Whether every rank of this communicator is on this rank's host and reached
+    /// through shared memory (the links it would make, made or not).
+    pub(crate) fn all_on_shm(&self) -> bool {
+        self.shm.is_some() && self.table.iter().all(|t| t.host == self.host)
     }
 
-    /// Connects `rank` to those of `peers` it has no link to yet, over TCP (moved to
-    /// RDMA where both ends can), the first time a call needs them. The peers'
-    /// schedules name this rank in the same call, so they connect at the same time;
-    /// one that never answers (dead, never connected) is named in `Error::Timeout`
-    /// once `config.timeout` has passed.
+    /// `same_host[p]`: rank `p` (not `rank`) is reached through shared memory.
+    fn shm_peers(&self, rank: usize) -> Vec<bool> {
+        self.table
+            .iter()
+            .enumerate()
+            .map(|(p, t)| p != rank && self.shm.is_some() && t.host == self.host)
+            .collect()
+    }
+
+    /// The shared-memory spec of `rank` with `same_host` (from [`Rejoin::shm_peers`]).
+    fn shm_spec<'a>(
+        &'a self,
+        rank: usize,
+        same_host: &'a [bool],
+        config: &Config,
+        deadline: Instant,
+    ) -> ShmSpec<'a> {
+        ShmSpec {
+            rank,
+            token: self.token,
+            name_token: self.name_token,
+            names: &self.names,
+            same_host,
+            capacity: config.shm_buffer,
+            zero_copy: config.shm_zero_copy,
+            board_bytes: config.board_bytes,
+            deadline,
+        }
+    }
+
+    /// The host's board, when every rank of this communicator is on this host with
+    /// shared memory, 2 to 64 of them, and `MIXCCL_BOARD_BYTES` is not 0: rank 0
+    /// hands it to every rank (`shm::share_board`). Collective, at init and shrink.
+    fn share_board(&self, rank: usize, config: &Config) -> Result<Option<Arc<Board>>> {
+        let Some(shm) = &self.shm else {
+            return Ok(None);
+        };
+        let same_host = self.shm_peers(rank);
+        let spec = self.shm_spec(rank, &same_host, config, Instant::now() + config.timeout);
+        shm::share_board(&spec, shm, &AtomicBool::new(false))
+    }
+
+    /// Connects `rank` to those of `peers` it has no link to yet, the first time a
+    /// call needs them: over shared memory to this host's peers (unless
+    /// `MIXCCL_SHM_DISABLE`), over TCP (moved to RDMA where both ends can) to the
+    /// others. The peers' schedules name this rank in the same call, so they connect
+    /// at the same time; one that never answers (dead, never connected) is named in
+    /// `Error::Timeout` once `config.timeout` has passed.
     pub(crate) fn connect(
         &self,
         rank: usize,
@@ -597,6 +648,29 @@ impl Rejoin {
         new.sort_unstable();
         new.dedup();
         let deadline = Instant::now() + config.timeout;
+        // Shared memory first: every offer is sent before this rank waits for
+        // anything, so no rank's wait for an offer depends on its TCP peers.
+        let shm_peer = self.shm_peers(rank);
+        if let Some(shm) = &self.shm {
+            let local: Vec<usize> = new.iter().copied().filter(|&p| shm_peer[p]).collect();
+            if !local.is_empty() {
+                let spec = self.shm_spec(rank, &shm_peer, config, deadline);
+                let (made, result) = shm::connect_peers(&spec, shm, &local, abort);
+                for l in made {
+                    let p = l.peer();
+                    log_info!(
+                        Some(rank),
+                        "rank {rank} -> rank {p} via shm (1 lane), connected on first use"
+                    );
+                    links[p] = Some(Box::new(l));
+                }
+                result?;
+                new.retain(|&p| !shm_peer[p]);
+                if new.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
         let addrs: Vec<SocketAddr> = self.table.iter().map(|t| t.listen).collect();
         let host_peer: Vec<bool> = self.table.iter().map(|t| t.host == self.host).collect();
         let encrypt = tls::encrypted_peers(
@@ -655,15 +729,16 @@ impl Rejoin {
         Ok(())
     }
 
-    /// The links and rejoin state of the communicator of every rank but `excluded`
-    /// (sorted, without `rank`), in which `rank` becomes its index among the
-    /// survivors. Every survivor must call this with the same list.
+    /// The links (none yet: each is made on first use), host board and rejoin state
+    /// of the communicator of every rank but `excluded` (sorted, without `rank`), in
+    /// which `rank` becomes its index among the survivors. Every survivor must call
+    /// this with the same list.
     pub(crate) fn shrink(
         &self,
         rank: usize,
         excluded: &[usize],
         config: &Config,
-    ) -> Result<(usize, Links, Rejoin)> {
+    ) -> Result<(usize, Links, Option<Arc<Board>>, Rejoin)> {
         let survivors: Vec<usize> = (0..self.table.len())
             .filter(|r| !excluded.contains(r))
             .collect();
@@ -687,9 +762,12 @@ impl Rejoin {
         token[..8].copy_from_slice(&fnv(1).to_le_bytes());
         token[8..].copy_from_slice(&fnv(2).to_le_bytes());
         self.acceptor.register(token);
+        if let Some(shm) = &self.shm {
+            shm.register(token);
+        }
         let child = Rejoin {
             acceptor: self.acceptor.clone(),
-            shm_listener: self.shm_listener.clone(),
+            shm: self.shm.clone(),
             table: survivors.iter().map(|&r| self.table[r].clone()).collect(),
             host: self.host.clone(),
             token,
@@ -698,15 +776,19 @@ impl Rejoin {
             generation: self.generation + 1,
             tls: self.tls.clone(),
         };
-        let links = child.mesh(new_rank, config)?;
-        Ok((new_rank, links, child))
+        let board = child.share_board(new_rank, config)?;
+        let links = (0..child.table.len()).map(|_| None).collect();
+        Ok((new_rank, links, board, child))
     }
 }
 
 impl Drop for Rejoin {
     fn drop(&mut self) {
-        // Connections for this communicator that no call took are closed.
+        // Connections and offers for this communicator that no call took are closed.
         self.acceptor.forget(self.token);
+        if let Some(shm) = &self.shm {
+            shm.forget(self.token);
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! What a communicator sets up when all its ranks share a host: keeping the host's
-//! board that the shared-memory links brought (the executor runs the board ops of
+//! board that rank 0 handed out at init (the executor runs the board ops of
 //! a schedule on it), and probing whether every rank can read every other's memory
 //! (for the schedules' cross-memory reads).
 
@@ -7,15 +7,17 @@ use super::{Communicator, Transfer};
 use crate::debug::log_info;
 use crate::error::Result;
 use crate::reduce::ReduceOp;
+use crate::transport::board::Board;
 use crate::transport::LinkClass;
+use std::sync::Arc;
 
 impl Communicator {
-    /// Keeps the host's board that the shared-memory links brought, if any. Every rank
-    /// has one or none does: rank 0 creates it exactly when all ranks are on its host
-    /// with shared memory and the board on (must-agree settings), and a rank that
-    /// could not map it failed to connect.
-    pub(super) fn adopt_board(&mut self) {
-        self.board = self.links.iter().flatten().find_map(|l| l.board());
+    /// Keeps the host's board that rank 0 handed out at init (`bootstrap::join`), if
+    /// any. Every rank has one or none does: rank 0 creates it exactly when all ranks
+    /// are on its host with shared memory and the board on (must-agree settings), and
+    /// a rank that could not map it failed init.
+    pub(super) fn adopt_board(&mut self, board: Option<Arc<Board>>) {
+        self.board = board;
         self.caps.publish = self.board.is_some();
     }
 
@@ -27,12 +29,17 @@ impl Communicator {
         if !self.config.shm_cma {
             return Ok(false);
         }
+        // Links are made on first use: a communicator from init asks what its links
+        // would be; one over given links has them all.
         let eligible = self.nranks > 1
-            && self
-                .links
-                .iter()
-                .flatten()
-                .all(|l| l.class() == LinkClass::Shm);
+            && match &self.rejoin {
+                Some(r) => r.all_on_shm(),
+                None => self
+                    .links
+                    .iter()
+                    .flatten()
+                    .all(|l| l.class() == LinkClass::Shm),
+            };
         let mut ok = [u8::from(eligible)];
         self.all_reduce_in_place(&mut ok, ReduceOp::Min)?;
         if ok[0] == 0 {

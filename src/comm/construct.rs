@@ -64,14 +64,14 @@ impl Communicator {
         for line in config.describe() {
             log_info!(Some(rank), "config {line}");
         }
-        let (links, local_ip, rejoin, probes) = bootstrap::join(rank, nranks, ids, &config)?;
-        // Network links are made on first use (`Communicator::connect_for`).
-        let mut comm = Communicator::assemble(rank, links, config, None, true)?;
-        comm.local_ip = Some(local_ip);
-        comm.rejoin = Some(rejoin);
+        let joined = bootstrap::join(rank, nranks, ids, &config)?;
+        // Links are made on first use (`Communicator::connect_for`).
+        let mut comm = Communicator::assemble(rank, joined.links, config, None, true)?;
+        comm.local_ip = Some(joined.local_ip);
+        comm.rejoin = Some(joined.rejoin);
         comm.caps.host_read = comm.probe_host_read()?;
-        comm.adopt_board();
-        super::measure::establish(&mut comm, probes)?;
+        comm.adopt_board(joined.board);
+        super::measure::establish(&mut comm, joined.probes)?;
         comm.form_islands()?;
         Ok(comm)
     }
@@ -101,7 +101,7 @@ impl Communicator {
                  cannot reconnect",
             )
         })?;
-        let (rank, links, child) = rejoin.shrink(self.rank, &excluded, &self.config)?;
+        let (rank, links, board, child) = rejoin.shrink(self.rank, &excluded, &self.config)?;
         log_info!(
             Some(self.rank),
             "shrink: rank {} -> rank {rank} of {} (excluded {excluded:?})",
@@ -113,7 +113,7 @@ impl Communicator {
         let mut comm = Communicator::assemble(rank, links, self.config.clone(), topo, true)?;
         comm.local_ip = self.local_ip;
         comm.rejoin = Some(child);
-        comm.adopt_board();
+        comm.adopt_board(board);
         Ok(comm)
     }
 

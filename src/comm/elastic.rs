@@ -70,13 +70,20 @@ impl Communicator {
         self.revoked.load(Ordering::SeqCst) || matches!(self.failed, Some(Error::Revoked { .. }))
     }
 
-    /// What a call stopped by the abort flag returns: `Revoked` (and every peer is
-    /// told) when a revoke set the flag, else `e`.
+    /// What a call stopped by the abort flag returns: `Revoked` (and every linked
+    /// peer is told) when a revoke set the flag, else `e`; a revoke heard from a
+    /// peer is passed on to the linked peers.
     pub(super) fn stop_error(&mut self, e: Error) -> Error {
         if matches!(e, Error::Aborted) && self.revoked.load(Ordering::SeqCst) {
             let e = Error::Revoked { rank: self.rank };
             self.tell_peers(&e);
             return e;
+        }
+        // Links are made on first use, so the revoking rank may have no link to some
+        // members: each rank that hears of a revoke passes it on once, over its own
+        // links, which join every member the call linked.
+        if matches!(e, Error::Revoked { .. }) && !self.revoked.swap(true, Ordering::SeqCst) {
+            self.tell_peers(&e);
         }
         e
     }

@@ -1,6 +1,16 @@
-//! Connecting the shared-memory links of a host: each rank's listener in the
-//! abstract namespace, the lower rank's offer (region, doorbells, and the host's
-//! board) behind a hello naming the communicator and both ranks, and its checks.
+//! Connecting shared-memory links on first use: each rank's listener in the abstract
+//! namespace and the offers it admitted ([`ShmAcceptor`]); the lower rank's offer of
+//! a pair (region and doorbells) behind a hello naming the communicator and both
+//! ranks, and its checks; and the host's board, which rank 0 hands to every rank at
+//! init (a message of its own, not a link).
+//!
+//! As over TCP (`transport::tcp::lazy`), a pair connects when a call first names
+//! it on both ends: the lower rank offers as soon as its call needs the higher one,
+//! the higher rank takes the offer from its acceptor when its own call needs the
+//! lower one. Both schedules name each other in the same call, so neither end sends
+//! anything extra. Offers that arrive before the higher rank needs them wait,
+//! admitted, in the acceptor, which the communicators sharing one listener (a
+//! communicator and those shrunk from it) share.
 
 use super::link::{ShmLink, HEADER};
 use crate::debug::{log_info, log_warn};
@@ -8,15 +18,21 @@ use crate::error::{Error, Result};
 use crate::sys::{self, EventFd, SharedMap};
 use crate::transport::board::{self, Board};
 use crate::transport::hello::{Hello, HELLO_LEN};
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A pair's ring offer.
 const HELLO_MAGIC: &[u8; 8] = b"MXSHM\0\0\0";
-/// Bytes of an offer: the hello, then the ring capacity (u64).
+/// Rank 0's hand-out of the host's board.
+const BOARD_MAGIC: &[u8; 8] = b"MXSHMBRD";
+/// Bytes of an offer: the hello, then the ring capacity (a board: its ring bytes),
+/// as a u64.
 const OFFER_LEN: usize = HELLO_LEN + 8;
 
 /// The abstract Unix socket name of `rank`'s shm listener for the communicator `token`.
@@ -26,18 +42,29 @@ fn listener_name(token: &[u8; 16], rank: usize) -> Vec<u8> {
 }
 
 /// Binds this rank's shm listener (abstract namespace: per network namespace, gone
-/// with the process).
-pub(crate) fn listen(token: &[u8; 16], rank: usize) -> Result<UnixListener> {
+/// with the process) and admits offers for `token` on it.
+pub(crate) fn listen(token: &[u8; 16], rank: usize) -> Result<ShmAcceptor> {
     let addr = UnixAddr::from_abstract_name(listener_name(token, rank))
         .map_err(|e| Error::io("naming the shared-memory listener", e))?;
-    UnixListener::bind_addr(&addr).map_err(|e| {
+    let listener = UnixListener::bind_addr(&addr).map_err(|e| {
         Error::io(
             format!(
                 "binding the shared-memory listener of rank {rank} (is rank {rank} running twice?)"
             ),
             e,
         )
-    })
+    })?;
+    // Up to a host's every peer offers at once (the direct algorithm's first call).
+    sys::widen_backlog(&listener).map_err(|e| Error::io("widening the shm listener", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("shm listener", e))?;
+    let acceptor = ShmAcceptor {
+        listener,
+        state: Mutex::new(AcceptState::default()),
+    };
+    acceptor.register(*token);
+    Ok(acceptor)
 }
 
 /// What a rank needs to build its shm links.
@@ -59,22 +86,63 @@ pub(crate) struct ShmSpec<'a> {
     pub deadline: Instant,
 }
 
-/// The offer's fixed bytes (`transport::hello`), then the ring capacity.
-fn hello(spec: &ShmSpec<'_>, to: usize) -> [u8; OFFER_LEN] {
+/// The offer's fixed bytes (`transport::hello`) with `magic`, then `size`.
+fn hello(spec: &ShmSpec<'_>, magic: &[u8; 8], to: usize, size: usize) -> [u8; OFFER_LEN] {
     let mut b = [0u8; OFFER_LEN];
     let who = Hello {
         token: spec.token,
         from: spec.rank as u32,
         to: to as u32,
     };
-    who.encode(HELLO_MAGIC, &mut b);
-    b[HELLO_LEN..].copy_from_slice(&(spec.capacity as u64).to_le_bytes());
+    who.encode(magic, &mut b);
+    b[HELLO_LEN..].copy_from_slice(&(size as u64).to_le_bytes());
     b
 }
 
-/// Creates the shared region for `peer` (> this rank) and sends it over, with the
-/// host's board when this rank created one.
-fn offer(spec: &ShmSpec<'_>, peer: usize, board: Option<&OwnedFd>) -> Result<ShmLink> {
+/// Connects to `peer`'s listener, retrying while it is not there yet (a rank that
+/// has not bound it) until `spec.deadline`; a peer that died before it was ever
+/// connected is named in the timeout.
+fn dial(spec: &ShmSpec<'_>, peer: usize, abort: &AtomicBool) -> Result<UnixStream> {
+    let addr = UnixAddr::from_abstract_name(listener_name(&spec.name_token, spec.names[peer]))
+        .map_err(|e| Error::io(format!("naming rank {peer}'s shared-memory listener"), e))?;
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match UnixStream::connect_addr(&addr) {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if Instant::now() < spec.deadline
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                    ) =>
+            {
+                if abort.load(Ordering::SeqCst) {
+                    return Err(Error::Aborted);
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) if Instant::now() >= spec.deadline => {
+                log_warn!(Some(spec.rank), "shm connect to rank {peer}: {e}");
+                return Err(Error::Timeout {
+                    op: format!("connecting shared memory to rank {peer}"),
+                    waiting_for: vec![peer],
+                    after: start.elapsed(),
+                });
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("connecting shared memory to rank {peer}"),
+                    e,
+                ))
+            }
+        }
+    }
+}
+
+/// Creates the shared region for `peer` (> this rank) and sends it over.
+fn offer(spec: &ShmSpec<'_>, peer: usize, abort: &AtomicBool) -> Result<ShmLink> {
     let cap = spec.capacity;
     let ctx = |what: &str| format!("{what} for the shared-memory link to rank {peer}");
     let fd = sys::memfd("mixccl", 2 * (HEADER + cap))
@@ -85,36 +153,9 @@ fn offer(spec: &ShmSpec<'_>, peer: usize, board: Option<&OwnedFd>) -> Result<Shm
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return Err(Error::io(ctx("creating doorbells"), e)),
     };
-    let addr = UnixAddr::from_abstract_name(listener_name(&spec.name_token, spec.names[peer]))
-        .map_err(|e| Error::io(ctx("naming the listener"), e))?;
-    let mut pause = Duration::from_millis(1);
-    let sock = loop {
-        match UnixStream::connect_addr(&addr) {
-            Ok(s) => break s,
-            Err(e)
-                if Instant::now() < spec.deadline
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
-                    ) =>
-            {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Err(e) if Instant::now() >= spec.deadline => {
-                log_warn!(Some(spec.rank), "shm connect to rank {peer}: {e}");
-                return Err(Error::Timeout {
-                    op: format!("init: connecting shared memory to rank {peer}"),
-                    waiting_for: vec![peer],
-                    after: Duration::ZERO,
-                });
-            }
-            Err(e) => return Err(Error::io(ctx("connecting"), e)),
-        }
-    };
-    let mut fds = vec![fd.as_raw_fd(), mine.as_raw_fd(), theirs.as_raw_fd()];
-    fds.extend(board.map(|b| b.as_raw_fd()));
-    sys::send_with_fds(sock.as_raw_fd(), &hello(spec, peer), &fds)
+    let sock = dial(spec, peer, abort)?;
+    let fds = [fd.as_raw_fd(), mine.as_raw_fd(), theirs.as_raw_fd()];
+    sys::send_with_fds(sock.as_raw_fd(), &hello(spec, HELLO_MAGIC, peer, cap), &fds)
         .map_err(|e| Error::io(ctx("sending the region"), e))?;
     log_info!(
         Some(spec.rank),
@@ -143,6 +184,209 @@ const OFFER_WAIT: Duration = Duration::from_secs(5);
 /// is dropped (an intruder cannot make the listener hold unbounded descriptors).
 const MAX_PENDING: usize = 256;
 
+/// What an offer brings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    /// A pair's rings.
+    Ring,
+    /// The host's board.
+    Board,
+}
+
+/// A whole offer, its hello checked for a live token, not yet taken by a call.
+struct Arrived {
+    sock: UnixStream,
+    hello: Hello,
+    size: usize,
+    fds: Vec<OwnedFd>,
+}
+
+/// A rank's shared-memory listener and the offers it admitted that no call has
+/// taken yet.
+pub(crate) struct ShmAcceptor {
+    listener: UnixListener,
+    state: Mutex<AcceptState>,
+}
+
+#[derive(Default)]
+struct AcceptState {
+    pending: Vec<Pending>,
+    /// Tokens of the communicators using this listener; others' offers are refused.
+    live: Vec<[u8; 16]>,
+    /// Admitted offers by (kind, token, sender rank).
+    arrived: HashMap<(Kind, [u8; 16], u32), Arrived>,
+}
+
+impl ShmAcceptor {
+    fn state(&self) -> std::sync::MutexGuard<'_, AcceptState> {
+        // A panic elsewhere cannot leave the map half-updated in a way that matters.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits offers carrying `token` from now on.
+    pub(crate) fn register(&self, token: [u8; 16]) {
+        let mut st = self.state();
+        if !st.live.contains(&token) {
+            st.live.push(token);
+        }
+    }
+
+    /// Refuses `token` from now on and closes what arrived for it.
+    pub(crate) fn forget(&self, token: [u8; 16]) {
+        let mut st = self.state();
+        st.live.retain(|t| *t != token);
+        st.arrived.retain(|k, _| k.1 != token);
+    }
+
+    /// Accepts what the listener has and reads the offers that have arrived, without
+    /// blocking. Bad offers are closed and logged; none is read until it has
+    /// something to say, so silent or slow intruders cannot hold up the real ones.
+    fn pump(&self, me: usize) -> Result<()> {
+        let mut st = self.state();
+        loop {
+            match self.listener.accept() {
+                Ok((sock, _)) => {
+                    if sock.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if st.pending.len() >= MAX_PENDING {
+                        st.pending.remove(0);
+                        log_warn!(Some(me), "dropped the oldest of {MAX_PENDING} connections waiting to offer shared memory");
+                    }
+                    st.pending.push(Pending {
+                        sock,
+                        hello: [0u8; OFFER_LEN],
+                        have: 0,
+                        fds: Vec::new(),
+                        since: Instant::now(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("accepting a shared-memory connection", e)),
+            }
+        }
+        let mut k = 0;
+        while k < st.pending.len() {
+            let verdict = match read_offer(&mut st.pending[k]) {
+                Ok(false) if st.pending[k].since.elapsed() > OFFER_WAIT => {
+                    Err(format!("no offer after {OFFER_WAIT:?}"))
+                }
+                v => v,
+            };
+            match verdict {
+                Ok(false) => k += 1,
+                Ok(true) => {
+                    let p = st.pending.swap_remove(k);
+                    if let Err(why) = st.admit(p) {
+                        log_warn!(Some(me), "rejected a shared-memory offer: {why}");
+                    }
+                }
+                Err(why) => {
+                    st.pending.swap_remove(k);
+                    log_warn!(Some(me), "rejected a shared-memory offer: {why}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The offer of `kind` that rank `from` sent for `token`, once all of it is here.
+    fn take(&self, kind: Kind, token: [u8; 16], from: usize) -> Option<Arrived> {
+        self.state().arrived.remove(&(kind, token, from as u32))
+    }
+
+    fn poll_fds(&self) -> Vec<libc::pollfd> {
+        let st = self.state();
+        let mut fds = vec![sys::pollfd(self.listener.as_raw_fd(), libc::POLLIN)];
+        fds.extend(
+            st.pending
+                .iter()
+                .map(|p| sys::pollfd(p.sock.as_raw_fd(), libc::POLLIN)),
+        );
+        fds
+    }
+
+    /// Waits until each of `from` has sent its offer of `kind` for `spec.token` and
+    /// hands each to `take` as it arrives; names those still missing at
+    /// `spec.deadline`.
+    fn wait_for(
+        &self,
+        spec: &ShmSpec<'_>,
+        kind: Kind,
+        from: &[usize],
+        abort: &AtomicBool,
+        mut take: impl FnMut(usize, Arrived) -> Result<()>,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let mut waiting = from.to_vec();
+        loop {
+            self.pump(spec.rank)?;
+            let mut i = 0;
+            while i < waiting.len() {
+                match self.take(kind, spec.token, waiting[i]) {
+                    Some(a) => take(waiting.swap_remove(i), a)?,
+                    None => i += 1,
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if abort.load(Ordering::SeqCst) {
+                return Err(Error::Aborted);
+            }
+            if Instant::now() >= spec.deadline {
+                waiting.sort_unstable();
+                return Err(Error::Timeout {
+                    op: format!(
+                        "rank {} waiting for {}",
+                        spec.rank,
+                        match kind {
+                            Kind::Ring => "shared-memory offers on first use",
+                            Kind::Board => "the host's board from rank 0",
+                        }
+                    ),
+                    waiting_for: waiting,
+                    after: start.elapsed(),
+                });
+            }
+            let mut fds = self.poll_fds();
+            let left = spec.deadline.saturating_duration_since(Instant::now());
+            sys::poll(&mut fds, left.min(Duration::from_millis(100)))
+                .map_err(|e| Error::io("polling the shm listener", e))?;
+        }
+    }
+}
+
+impl AcceptState {
+    /// Files a whole offer under its sender, if its token is live.
+    fn admit(&mut self, p: Pending) -> std::result::Result<(), String> {
+        let (who, kind) = match Hello::decode(HELLO_MAGIC, &p.hello) {
+            Ok(h) => (h, Kind::Ring),
+            Err(_) => (
+                Hello::decode(BOARD_MAGIC, &p.hello).map_err(|e| format!("{e} in the offer"))?,
+                Kind::Board,
+            ),
+        };
+        if !self.live.contains(&who.token) {
+            return Err("wrong communicator token".into());
+        }
+        let key = (kind, who.token, who.from);
+        if self.arrived.contains_key(&key) {
+            return Err(format!("duplicate offer from rank {}", who.from));
+        }
+        let size = u64::from_le_bytes(p.hello[HELLO_LEN..].try_into().expect("8")) as usize;
+        let arrived = Arrived {
+            sock: p.sock,
+            hello: who,
+            size,
+            fds: p.fds,
+        };
+        self.arrived.insert(key, arrived);
+        Ok(())
+    }
+}
+
 /// Reads what has arrived of `p`'s offer without blocking. `Ok(true)`: all of it.
 fn read_offer(p: &mut Pending) -> std::result::Result<bool, String> {
     let (n, fds) = match sys::recv_with_fds(p.sock.as_raw_fd(), &mut p.hello[p.have..], 4) {
@@ -162,49 +406,27 @@ fn read_offer(p: &mut Pending) -> std::result::Result<bool, String> {
     Ok(p.have == OFFER_LEN)
 }
 
-/// Checks a whole offer and maps the region it brought.
-fn take_offer(
-    spec: &ShmSpec<'_>,
-    p: Pending,
-    have: &[Option<ShmLink>],
-) -> std::result::Result<(ShmLink, Option<Board>), String> {
-    let Pending {
+/// Checks a lower rank's whole ring offer and maps the region it brought.
+fn take_offer(spec: &ShmSpec<'_>, a: Arrived) -> std::result::Result<ShmLink, String> {
+    let Arrived {
         sock,
-        hello: b,
+        hello: who,
+        size: cap,
         mut fds,
-        ..
-    } = p;
+    } = a;
     // The offer's descriptors travel with its bytes; the socket stays open as the
     // link's liveness channel.
     let _ = sock.set_nonblocking(false);
-    let who = Hello::decode(HELLO_MAGIC, &b).map_err(|e| format!("{e} in the offer"))?;
-    if who.token != spec.token {
-        return Err("wrong communicator token".into());
-    }
     let (from, to) = (who.from as usize, who.to as usize);
-    let cap = u64::from_le_bytes(b[HELLO_LEN..].try_into().expect("8")) as usize;
     if to != spec.rank || from >= spec.rank || !spec.same_host.get(from).copied().unwrap_or(false) {
         return Err(format!("unexpected offer from rank {from} to rank {to}"));
     }
-    if have[from].is_some() {
-        return Err(format!("duplicate offer from rank {from}"));
-    }
-    // Rank 0 hands out the host's board with its offers when every rank is here.
-    let with_board = from == 0 && board_ranks(spec).is_some();
-    let want = if with_board { 4 } else { 3 };
-    if cap == 0 || cap % 64 != 0 || cap > 1 << 30 || fds.len() != want {
+    if cap == 0 || cap % 64 != 0 || cap > 1 << 30 || fds.len() != 3 {
         return Err(format!(
-            "bad ring size {cap} or {} descriptors (expected {want})",
+            "bad ring size {cap} or {} descriptors (expected 3)",
             fds.len()
         ));
     }
-    let board = match with_board.then(|| fds.pop()).flatten() {
-        Some(b) => Some(
-            Board::open(&b, spec.same_host.len(), spec.rank)
-                .map_err(|e| format!("the host board: {e}"))?,
-        ),
-        None => None,
-    };
     let theirs = EventFd::from_owned(fds.pop().expect("3 fds"));
     let mine = EventFd::from_owned(fds.pop().expect("3 fds"));
     let fd: OwnedFd = fds.pop().expect("3 fds");
@@ -225,7 +447,7 @@ fn take_offer(
     let mut link = ShmLink::new(from, map, cap, false, theirs, mine, sock);
     link.zero_copy = spec.zero_copy;
     link.peer_pid = sys::peer_pid(link.alive.as_raw_fd()).ok();
-    Ok((link, board))
+    Ok(link)
 }
 
 /// The number of ranks sharing a board, when there is one: every rank of the
@@ -238,120 +460,119 @@ fn board_ranks(spec: &ShmSpec<'_>) -> Option<usize> {
     .then_some(n)
 }
 
-/// Builds shm links to every same-host peer: offers regions to higher ranks, accepts
-/// offers from lower ones on `listener`. Bad offers are closed and logged.
+/// Connects the shared-memory links to `peers` (same-host ranks this rank has no
+/// link to yet): offers regions to the higher ones, then takes the lower ones'
+/// offers as they arrive. Every peer's call names this rank too, so each lower peer
+/// offers without being asked; one that never does (dead, or never calling) is named
+/// in `Error::Timeout` at `spec.deadline`. The links made come back even when the
+/// wait fails: after an abort (a revoke) they are how the peers get told.
+pub(crate) fn connect_peers(
+    spec: &ShmSpec<'_>,
+    acceptor: &ShmAcceptor,
+    peers: &[usize],
+    abort: &AtomicBool,
+) -> (Vec<ShmLink>, Result<()>) {
+    let mut links = Vec::with_capacity(peers.len());
+    for &peer in peers.iter().filter(|&&p| p > spec.rank) {
+        match offer(spec, peer, abort) {
+            Ok(l) => links.push(l),
+            Err(e) => return (links, Err(e)),
+        }
+    }
+    let lower: Vec<usize> = peers.iter().copied().filter(|&p| p < spec.rank).collect();
+    let take = |from: usize, a: Arrived, links: &mut Vec<ShmLink>| {
+        let link = take_offer(spec, a).map_err(|why| {
+            Error::Bootstrap(format!(
+                "rank {from}'s shared-memory offer to rank {}: {why}",
+                spec.rank
+            ))
+        })?;
+        links.push(link);
+        Ok(())
+    };
+    let waited = acceptor.wait_for(spec, Kind::Ring, &lower, abort, |from, a| {
+        take(from, a, &mut links)
+    });
+    if waited.is_err() {
+        // The offers already here become links too (the peers that sent them wait on
+        // this rank now).
+        for &from in &lower {
+            // Those taken already are no longer there.
+            if let Some(a) = acceptor.take(Kind::Ring, spec.token, from) {
+                let _ = take(from, a, &mut links);
+            }
+        }
+    }
+    (links, waited)
+}
+
+/// Links to every same-host peer at once, by rank (for tests of the links).
+#[cfg(test)]
 pub(crate) fn connect_host_peers(
     spec: &ShmSpec<'_>,
-    listener: &UnixListener,
+    acceptor: &ShmAcceptor,
 ) -> Result<Vec<Option<ShmLink>>> {
-    let n = spec.same_host.len();
-    let mut links: Vec<Option<ShmLink>> = (0..n).map(|_| None).collect();
-    // Rank 0 creates the host's board and offers it along.
-    let mut board: Option<Board> = None;
-    let mut board_fd = None;
-    if let (Some(nb), 0) = (board_ranks(spec), spec.rank) {
-        let (b, fd) = Board::create(nb, spec.board_bytes, 0)
+    let peers: Vec<usize> = (0..spec.same_host.len())
+        .filter(|&p| p != spec.rank && spec.same_host[p])
+        .collect();
+    let mut out: Vec<Option<ShmLink>> = (0..spec.same_host.len()).map(|_| None).collect();
+    let (links, made) = connect_peers(spec, acceptor, &peers, &AtomicBool::new(false));
+    made?;
+    for l in links {
+        let p = l.peer;
+        out[p] = Some(l);
+    }
+    Ok(out)
+}
+
+/// The host's board, when every rank of the communicator is on this host (2 to
+/// `board::MAX_RANKS` of them) and the board is on: rank 0 creates it and hands it
+/// to each rank over that rank's listener; the others wait for it. Collective: every
+/// rank calls it at init, none of them with links yet.
+pub(crate) fn share_board(
+    spec: &ShmSpec<'_>,
+    acceptor: &ShmAcceptor,
+    abort: &AtomicBool,
+) -> Result<Option<Arc<Board>>> {
+    let Some(n) = board_ranks(spec) else {
+        return Ok(None);
+    };
+    if spec.rank == 0 {
+        let (b, fd) = Board::create(n, spec.board_bytes, 0)
             .map_err(|e| Error::io("creating the host's shared board", e))?;
-        board = Some(b);
-        board_fd = Some(fd);
-    }
-    for (peer, slot) in links.iter_mut().enumerate().skip(spec.rank + 1) {
-        if spec.same_host[peer] {
-            *slot = Some(offer(spec, peer, board_fd.as_ref())?);
+        for peer in 1..n {
+            // The message and its descriptor wait in the peer's socket after we close.
+            let sock = dial(spec, peer, abort)?;
+            sys::send_with_fds(
+                sock.as_raw_fd(),
+                &hello(spec, BOARD_MAGIC, peer, spec.board_bytes),
+                &[fd.as_raw_fd()],
+            )
+            .map_err(|e| Error::io(format!("handing the host's board to rank {peer}"), e))?;
         }
-    }
-    drop(board_fd);
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::io("shm listener", e))?;
-    let start = Instant::now();
-    let mut pending: Vec<Pending> = Vec::new();
-    loop {
-        let missing: Vec<usize> = (0..spec.rank)
-            .filter(|&p| spec.same_host[p] && links[p].is_none())
-            .collect();
-        if missing.is_empty() {
-            if let Some(b) = &board {
-                log_info!(
-                    Some(spec.rank),
-                    "host board: {} rings of {} B (all-gather writes each block once)",
-                    n,
-                    b.ring_bytes()
-                );
-            }
-            if let Some(b) = board.map(Arc::new) {
-                for l in links.iter_mut().flatten() {
-                    l.board = Some(b.clone());
-                }
-            }
-            return Ok(links);
-        }
-        if Instant::now() >= spec.deadline {
-            return Err(Error::Timeout {
-                op: "init: waiting for shared-memory offers".into(),
-                waiting_for: missing,
-                after: start.elapsed(),
-            });
-        }
-        // Take every waiting connection; none is read until it has something to say,
-        // so silent or slow intruders cannot hold up the real offers.
-        loop {
-            match listener.accept() {
-                Ok((sock, _)) => {
-                    if sock.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    if pending.len() >= MAX_PENDING {
-                        pending.remove(0);
-                        log_warn!(Some(spec.rank), "dropped the oldest of {MAX_PENDING} connections waiting to offer shared memory");
-                    }
-                    pending.push(Pending {
-                        sock,
-                        hello: [0u8; OFFER_LEN],
-                        have: 0,
-                        fds: Vec::new(),
-                        since: Instant::now(),
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("accepting a shared-memory connection", e)),
-            }
-        }
-        let mut fds = vec![sys::pollfd(listener.as_raw_fd(), libc::POLLIN)];
-        fds.extend(
-            pending
-                .iter()
-                .map(|p| sys::pollfd(p.sock.as_raw_fd(), libc::POLLIN)),
+        log_info!(
+            Some(spec.rank),
+            "host board: {n} rings of {} B (all-gather writes each block once)",
+            b.ring_bytes()
         );
-        let left = spec.deadline.saturating_duration_since(Instant::now());
-        sys::poll(&mut fds, left.min(Duration::from_millis(100)))
-            .map_err(|e| Error::io("polling the shm listener", e))?;
-        let mut k = 0;
-        for f in &fds[1..] {
-            let p = &mut pending[k];
-            let verdict = if f.revents != 0 {
-                read_offer(p)
-            } else if p.since.elapsed() > OFFER_WAIT {
-                Err(format!("no offer after {OFFER_WAIT:?}"))
-            } else {
-                Ok(false)
-            };
-            match verdict {
-                Ok(false) => k += 1,
-                Ok(true) => match take_offer(spec, pending.remove(k), &links) {
-                    Ok((link, b)) => {
-                        let p = link.peer;
-                        links[p] = Some(link);
-                        board = board.or(b);
-                    }
-                    Err(why) => log_warn!(Some(spec.rank), "rejected a shared-memory offer: {why}"),
-                },
-                Err(why) => {
-                    pending.remove(k);
-                    log_warn!(Some(spec.rank), "rejected a shared-memory offer: {why}");
-                }
-            }
-        }
+        return Ok(Some(Arc::new(b)));
     }
+    let mut board = None;
+    acceptor.wait_for(spec, Kind::Board, &[0], abort, |_, a| {
+        let bad = |why: String| Error::Bootstrap(format!("rank 0's host board: {why}"));
+        if a.hello.to as usize != spec.rank || a.size != spec.board_bytes || a.fds.len() != 1 {
+            return Err(bad(format!(
+                "sent to rank {} with rings of {} B and {} descriptors (expected rank {}, \
+                 {} B, 1)",
+                a.hello.to,
+                a.size,
+                a.fds.len(),
+                spec.rank,
+                spec.board_bytes
+            )));
+        }
+        board = Some(Board::open(&a.fds[0], n, spec.rank).map_err(bad)?);
+        Ok(())
+    })?;
+    Ok(board.map(Arc::new))
 }

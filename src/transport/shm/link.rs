@@ -4,12 +4,10 @@
 use crate::error::{Error, Result};
 use crate::header::{ControlFrames, ControlReader, GOODBYE};
 use crate::sys::{self, EventFd, SharedMap};
-use crate::transport::board::Board;
 use crate::transport::{Direction, Link, LinkClass, WaitHandle};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes of a ring's control words ([`RingHeader`]), before its data.
@@ -88,8 +86,6 @@ pub struct ShmLink {
     pub(super) zero_copy: bool,
     /// The peer's process id (SO_PEERCRED), for cross-memory reads.
     pub(super) peer_pid: Option<i32>,
-    /// The host's board, when every rank of the communicator is on this host.
-    pub(super) board: Option<Arc<Board>>,
     // Keeps the rings mapped; declared last so it is dropped after them.
     _map: SharedMap,
 }
@@ -127,7 +123,6 @@ impl ShmLink {
             last_check: Instant::now(),
             zero_copy: true,
             peer_pid: None,
-            board: None,
             _map: map,
         }
     }
@@ -337,10 +332,6 @@ impl Link for ShmLink {
 
     fn class(&self) -> LinkClass {
         LinkClass::Shm
-    }
-
-    fn board(&self) -> Option<Arc<Board>> {
-        self.board.clone()
     }
 }
 

@@ -1,9 +1,9 @@
 //! Shared-memory transport for peers on the same host.
 //!
-//! Per pair of ranks, the lower rank creates one memfd holding two single-producer,
-//! single-consumer byte rings (one per direction) and two eventfd doorbells, and
-//! hands all three to the higher rank over a Unix socket in the abstract namespace
-//! (SCM_RIGHTS). Nothing ever has a name in /dev/shm, so a normal exit, an error
+//! Per pair of ranks, the first time a call needs that pair, the lower rank creates
+//! one memfd holding two single-producer, single-consumer byte rings (one per
+//! direction) and two eventfd doorbells, and hands all three to the higher rank over
+//! a Unix socket in the abstract namespace (SCM_RIGHTS). Nothing ever has a name in /dev/shm, so a normal exit, an error
 //! and a SIGKILL all leave nothing behind. The Unix socket stays open as a liveness
 //! channel: when the peer process dies, it reads EOF, which becomes `PeerLost`.
 //!
@@ -15,12 +15,15 @@
 //! last). A waiting side polls its doorbell; the executor spins briefly first.
 //!
 //! - `link`: [`ShmLink`], the rings, doorbells and liveness channel.
-//! - `connect`: the listener, the offer and its hello, and connecting a host's peers.
+//! - `connect`: the listener and the offers it admitted, the offer and its hello,
+//!   connecting peers on first use, and handing out the host's board.
 
 mod connect;
 mod link;
 
-pub(crate) use connect::{connect_host_peers, listen, ShmSpec};
+#[cfg(test)]
+pub(crate) use connect::connect_host_peers;
+pub(crate) use connect::{connect_peers, listen, share_board, ShmAcceptor, ShmSpec};
 pub use link::ShmLink;
 
 #[cfg(test)]
