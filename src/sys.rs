@@ -381,6 +381,30 @@ impl SharedMap {
         })
     }
 
+    /// Maps `len` bytes of `fd` shared without populating them: each page is faulted
+    /// in on first touch. For a region most of which a rank may never touch (the
+    /// host's board: every rank's ring, mapped by every rank).
+    pub(crate) fn on_demand(fd: &OwnedFd, len: usize) -> io::Result<SharedMap> {
+        // SAFETY: a fresh MAP_SHARED mapping of a file we own; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedMap {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
     /// Start of the mapping.
     pub(crate) fn ptr(&self) -> *mut u8 {
         self.ptr

@@ -4,8 +4,8 @@
 //! rings (transport::shm) every hop writes and reads it again.
 //!
 //! The lowest rank of the host creates the region (a memfd, so nothing is left in
-//! /dev/shm) and hands it out with its shared-memory link offers; every link of a rank
-//! holds the same `Arc<Board>`. Layout: a header line (magic, ranks, ring bytes); per
+//! /dev/shm) and hands it to every rank at init (`transport::shm::share_board`);
+//! each rank maps it on demand (pages fault in when a call first touches them). Layout: a header line (magic, ranks, ring bytes); per
 //! rank i a control block: its ring's `tail` (written by i), its wait word (`bell` and
 //! `sleeping`, i sleeps on it) and one `head` per reader j (written by j), each on its
 //! own cache line; then one data ring of `cap` bytes per rank.
@@ -78,7 +78,10 @@ impl Board {
     ) -> std::io::Result<(Board, OwnedFd)> {
         let len = region_len(nranks, cap);
         let fd = sys::memfd("mixccl-board", len)?;
-        let map = SharedMap::new(&fd, len)?;
+        // Not populated: every rank maps all n rings, so populating cost n x n x cap
+        // of page-table work at init (64 ranks of 8 MiB rings: seconds), for pages a
+        // call may never touch.
+        let map = SharedMap::on_demand(&fd, len)?;
         let b = Board {
             map,
             nranks,
@@ -103,7 +106,7 @@ impl Board {
         if len < LINE {
             return Err(format!("board of {len} bytes"));
         }
-        let map = SharedMap::new(fd, len).map_err(|e| format!("mapping the board: {e}"))?;
+        let map = SharedMap::on_demand(fd, len).map_err(|e| format!("mapping the board: {e}"))?;
         let mut b = Board {
             map,
             nranks,
