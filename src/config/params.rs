@@ -667,7 +667,7 @@ mod tests {
             );
             assert!(!p.help.is_empty(), "{} has no help", p.name);
         }
-        assert_eq!(all.iter().filter(|p| p.in_config).count(), 30);
+        assert_eq!(all.iter().filter(|p| p.in_config).count(), 31);
         let row = |name: &str| all.iter().find(|p| p.name == name).unwrap();
         let n = row("MIXCCL_NSOCKS");
         assert_eq!(
