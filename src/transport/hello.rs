@@ -9,6 +9,30 @@
 use crate::error::TransportError;
 use crate::wire::PROTOCOL_VERSION;
 
+/// The communicator tokens a listener admits connections for (a listener serves a
+/// communicator and those shrunk or split from it).
+#[derive(Debug, Default)]
+pub(crate) struct LiveTokens(Vec<[u8; 16]>);
+
+impl LiveTokens {
+    /// Admits `token` from now on.
+    pub(crate) fn register(&mut self, token: [u8; 16]) {
+        if !self.0.contains(&token) {
+            self.0.push(token);
+        }
+    }
+
+    /// Refuses `token` from now on.
+    pub(crate) fn forget(&mut self, token: [u8; 16]) {
+        self.0.retain(|t| *t != token);
+    }
+
+    /// Is `token` admitted?
+    pub(crate) fn contains(&self, token: &[u8; 16]) -> bool {
+        self.0.contains(token)
+    }
+}
+
 /// Bytes of the preamble: magic and protocol version.
 pub(crate) const PREAMBLE_LEN: usize = 8 + 2;
 

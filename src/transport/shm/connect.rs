@@ -17,7 +17,7 @@ use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
 use crate::sys::{self, EventFd, SharedMap};
 use crate::transport::board::{self, Board};
-use crate::transport::hello::{Hello, HELLO_LEN};
+use crate::transport::hello::{Hello, LiveTokens, HELLO_LEN};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -212,7 +212,7 @@ pub(crate) struct ShmAcceptor {
 struct AcceptState {
     pending: Vec<Pending>,
     /// Tokens of the communicators using this listener; others' offers are refused.
-    live: Vec<[u8; 16]>,
+    live: LiveTokens,
     /// Admitted offers by (kind, token, sender rank).
     arrived: HashMap<(Kind, [u8; 16], u32), Arrived>,
 }
@@ -225,16 +225,13 @@ impl ShmAcceptor {
 
     /// Admits offers carrying `token` from now on.
     pub(crate) fn register(&self, token: [u8; 16]) {
-        let mut st = self.state();
-        if !st.live.contains(&token) {
-            st.live.push(token);
-        }
+        self.state().live.register(token);
     }
 
     /// Refuses `token` from now on and closes what arrived for it.
     pub(crate) fn forget(&self, token: [u8; 16]) {
         let mut st = self.state();
-        st.live.retain(|t| *t != token);
+        st.live.forget(token);
         st.arrived.retain(|k, _| k.1 != token);
     }
 

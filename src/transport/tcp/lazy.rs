@@ -15,6 +15,7 @@ use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
 use crate::header::ControlReader;
 use crate::sys;
+use crate::transport::hello::LiveTokens;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -37,7 +38,7 @@ pub(crate) struct Acceptor {
 struct AcceptState {
     pending: Vec<Pending>,
     /// Tokens of the communicators using this listener; others are refused.
-    live: Vec<[u8; 16]>,
+    live: LiveTokens,
     /// Admitted sockets by (token, sender rank): the rank addressed and one slot per
     /// lane, with its TLS session where the sender opened one.
     arrived: HashMap<([u8; 16], u32), ArrivedLanes>,
@@ -62,16 +63,13 @@ impl Acceptor {
 
     /// Admits connections carrying `token` from now on.
     pub(crate) fn register(&self, token: [u8; 16]) {
-        let mut st = self.state();
-        if !st.live.contains(&token) {
-            st.live.push(token);
-        }
+        self.state().live.register(token);
     }
 
     /// Refuses `token` from now on and closes what arrived for it.
     pub(crate) fn forget(&self, token: [u8; 16]) {
         let mut st = self.state();
-        st.live.retain(|t| *t != token);
+        st.live.forget(token);
         st.arrived.retain(|k, _| k.0 != token);
     }
 
