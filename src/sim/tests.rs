@@ -103,6 +103,18 @@ fn same_input_same_output() {
     assert_eq!(a, b);
 }
 
+/// Simulators of `net` with the default settings and with folding off.
+fn folded_and_not(net: Network) -> (Simulator, Simulator) {
+    let unfolded = Settings {
+        fold: false,
+        ..Settings::default()
+    };
+    (
+        Simulator::new(net.clone(), Settings::default()),
+        Simulator::new(net, unfolded),
+    )
+}
+
 /// A hierarchical all_reduce with fewer elements per channel than hosts leaves the
 /// later ring sub-blocks empty, so the hosts do not all run alike although hosts 0
 /// and 1 do: mixccl-sim judge, seed 21 case 218 (102x6 hosts, 256 B), simulated 66
@@ -117,14 +129,7 @@ fn empty_ring_sub_blocks_do_not_fold() {
     )
     .build()
     .unwrap();
-    let unfolded = Settings {
-        fold: false,
-        ..Settings::default()
-    };
-    let (f, u) = (
-        Simulator::new(net.clone(), Settings::default()),
-        Simulator::new(net, unfolded),
-    );
+    let (f, u) = folded_and_not(net);
     let a = f.run(Collective::AllReduce, Algorithm::Hier, 256).unwrap();
     let b = u.run(Collective::AllReduce, Algorithm::Hier, 256).unwrap();
     assert_eq!(a.simulated_ranks, 612);
@@ -136,14 +141,7 @@ fn empty_ring_sub_blocks_do_not_fold() {
 fn folding_is_exact() {
     let net = mixed_cluster();
     assert_eq!(net.period(), Some(8));
-    let unfolded = Settings {
-        fold: false,
-        ..Settings::default()
-    };
-    let (f, u) = (
-        Simulator::new(net.clone(), Settings::default()),
-        Simulator::new(net, unfolded),
-    );
+    let (f, u) = folded_and_not(net);
     // Equal blocks fold (the hierarchical schedule only while a channel's block is
     // one chunk: past that, rotated rings cut their chunks differently, which the
     // check sees); unequal blocks fall back to every rank.
