@@ -359,39 +359,27 @@ unsafe impl Send for SharedMap {}
 impl SharedMap {
     /// Maps `len` bytes of `fd` shared.
     pub(crate) fn new(fd: &OwnedFd, len: usize) -> io::Result<SharedMap> {
-        // SAFETY: a fresh MAP_SHARED mapping of a file we own; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                // Populate now: first-touch faults on ring pages would otherwise cost
-                // microseconds per page inside collectives.
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(SharedMap {
-            ptr: ptr.cast(),
-            len,
-        })
+        // Populate now: first-touch faults on ring pages would otherwise cost
+        // microseconds per page inside collectives.
+        SharedMap::map(fd, len, libc::MAP_SHARED | libc::MAP_POPULATE)
     }
 
     /// Maps `len` bytes of `fd` shared without populating them: each page is faulted
     /// in on first touch. For a region most of which a rank may never touch (the
     /// host's board: every rank's ring, mapped by every rank).
     pub(crate) fn on_demand(fd: &OwnedFd, len: usize) -> io::Result<SharedMap> {
-        // SAFETY: a fresh MAP_SHARED mapping of a file we own; the result is checked.
+        SharedMap::map(fd, len, libc::MAP_SHARED)
+    }
+
+    /// Maps `len` bytes of `fd` read-write with mmap `flags` (MAP_SHARED and more).
+    fn map(fd: &OwnedFd, len: usize, flags: libc::c_int) -> io::Result<SharedMap> {
+        // SAFETY: a fresh mapping of a file we own; the result is checked.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                flags,
                 fd.as_raw_fd(),
                 0,
             )
