@@ -128,7 +128,8 @@ impl Laps {
 }
 
 thread_local! {
-    /// The validation lap of the call being submitted (TRACE only).
+    /// The validation lap of the call being dispatched (TRACE only; set by `submit`
+    /// around its dispatch, taken by `enqueue_ordered`).
     static CALL_LAPS: std::cell::Cell<Option<Laps>> = const { std::cell::Cell::new(None) };
     static GROUP: RefCell<Group> = RefCell::new(Group::default());
 }
@@ -214,7 +215,7 @@ pub(crate) fn end_without_running() -> Outcome<Option<Vec<GroupCall>>> {
 pub(crate) fn submit(make: impl FnOnce() -> Outcome<(Arc<Shared>, Pending)>) -> Outcome<Progress> {
     let laps = Laps::start();
     let made = make();
-    CALL_LAPS.with(|c| c.set(laps.map(|l| l.lap("validate"))));
+    let laps = laps.map(|l| l.lap("validate"));
     let deferred = GROUP.with(|g| {
         let mut g = g.borrow_mut();
         if g.depth == 0 {
@@ -232,7 +233,12 @@ pub(crate) fn submit(make: impl FnOnce() -> Outcome<(Arc<Shared>, Pending)>) -> 
     if deferred {
         return Ok(Progress::Done);
     }
-    dispatch(vec![(comm, vec![call])])
+    // Only this call's enqueue may take its validation lap: one left behind would be
+    // read by a later group's enqueue as its own.
+    CALL_LAPS.with(|c| c.set(laps));
+    let r = dispatch(vec![(comm, vec![call])]);
+    CALL_LAPS.with(|c| c.set(None));
+    r
 }
 
 /// Sends each communicator's unit on its way: stream-ordered, queued (nonblocking
