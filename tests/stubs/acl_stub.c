@@ -26,6 +26,8 @@
  *   inside aclrtProcessReport(timeout ms; ACL_ERROR_RT_REPORT_TIMEOUT 507012 when
  *   none came; ACL_ERROR_RT_THREAD_SUBSCRIBE 107012 for a thread with no stream);
  *   with ACL_CALLBACK_BLOCK the stream waits until the callback has returned.
+ * - stubLaunchHostFunc and stubCopyNow (not ACL's): what the stub HCCL queues its
+ *   collectives with (see there).
  * - aclGetRecentErrMsg returns the calling thread's last failure's text, then clears it.
  * - STUB_FAIL (devmem.h): aclrtMalloc/aclrtMallocHost fail with
  *   ACL_ERROR_RT_MEMORY_ALLOCATION (207001), aclrtSynchronizeStream with
@@ -328,6 +330,24 @@ aclError aclrtProcessReport(int32_t timeout) {
             return fail(ACL_ERROR_RT_REPORT_TIMEOUT, "%s", "EE9999: no callback reported before the timeout");
         }
     }
+}
+
+/* Test-only entry points for the stub HCCL (hccl_stub.c), which models a library
+ * that enqueues its own work on the caller's stream: fn(arg) queued on stream `s`
+ * (NULL: the default stream) with no subscription or device rules (HCCL's own
+ * tasks need neither), and a copy that runs at once outside every stream, for use
+ * inside such a function (dir 1 host to device, 2 device to host). 0 on success. */
+int stubLaunchHostFunc(void *s, void (*fn)(void *), void *arg) {
+    need_init("stubLaunchHostFunc");
+    if (!fn) return ACL_ERROR_INVALID_PARAM;
+    dm_enqueue_host_fn(dm_stream_of("stubLaunchHostFunc", s), fn, arg);
+    return ACL_SUCCESS;
+}
+
+int stubCopyNow(void *dst, const void *src, size_t n, int dir) {
+    need_init("stubCopyNow");
+    return dm_copy_now(dir == 1 ? "stubCopyNow(host to device)" : "stubCopyNow(device to host)", dst, src, n, dir)
+               ? ACL_ERROR_INVALID_PARAM : ACL_SUCCESS;
 }
 
 aclError aclrtMallocHost(void **p, size_t n) {

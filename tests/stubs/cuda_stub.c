@@ -13,6 +13,8 @@
  *   CUDA_ERROR_NOT_READY until the work before the event's last record has run.
  * - STUB_IMPLICIT_SYNC=1 makes cuMemAlloc, cuMemFree, cuMemAllocHost and
  *   cuMemFreeHost device-wide synchronisation points (dm_device_sync).
+ * - stubLaunchHostFunc and stubCopyNow (not CUDA's): what the stub NCCL queues
+ *   its collectives with (see there).
  * STUB_CUDA_DEVICES (default 2) sets the device count. -DOMIT_STREAM_PRIMITIVES builds
  * it without events and cuLaunchHostFunc (a driver older than the shim wants). */
 #include "devmem.h"
@@ -198,6 +200,22 @@ CUresult cuLaunchHostFunc(CUstream s, CUhostFn fn, void *userData) {
     return OK;
 }
 #endif
+
+/* Test-only entry points for the stub NCCL (nccl_stub.c), which models a library
+ * that enqueues its own work on the caller's stream: fn(arg) queued on stream `s`
+ * (NULL: the default stream) with no context or driver-version rules, and a copy
+ * that runs at once outside every stream, for use inside such a function (dir 1
+ * host to device, 2 device to host). 0 on success. */
+int stubLaunchHostFunc(void *s, void (*fn)(void *), void *arg) {
+    if (!fn) return INVALID_VALUE;
+    dm_enqueue_host_fn(dm_stream_of("stubLaunchHostFunc", s), fn, arg);
+    return OK;
+}
+
+int stubCopyNow(void *dst, const void *src, size_t n, int dir) {
+    return dm_copy_now(dir == 1 ? "stubCopyNow(host to device)" : "stubCopyNow(device to host)", dst, src, n, dir)
+               ? INVALID_VALUE : OK;
+}
 
 CUresult cuMemAllocHost_v2(void **p, size_t n) {
     NEED_CTX();

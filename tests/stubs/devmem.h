@@ -361,6 +361,25 @@ __attribute__((unused)) static void dm_enqueue_host_fn(struct dm_stream *st, voi
     pthread_mutex_unlock(&dm_q_lock);
 }
 
+/* Copies n bytes now, through the alias, outside every stream: dir 1 host to
+ * device, 2 device to host (ACL's and cudaMemcpyKind's numbers). For a stub
+ * collective library's work running inside a host function on a stream worker,
+ * where the stream's own copies cannot be used (they would queue behind the host
+ * function itself). Misuse aborts as it does for the queued copies. 0, or -1 for
+ * another dir. */
+__attribute__((unused)) static int dm_copy_now(const char *call, void *dst, const void *src, size_t n, int dir) {
+    if (dir != 1 && dir != 2) return -1;
+    if (n == 0) return 0;
+    if (dir == 1) {
+        dm_host_range(call, src, n);
+        memcpy(dm_dev_range(call, dst, n), src, n);
+    } else {
+        dm_host_range(call, dst, n);
+        memcpy(dst, dm_dev_range(call, src, n), n);
+    }
+    return 0;
+}
+
 /* Waits until every item queued on the stream so far has run. */
 static void dm_sync(struct dm_stream *st) {
     pthread_mutex_lock(&dm_q_lock);
