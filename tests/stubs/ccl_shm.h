@@ -10,7 +10,22 @@
  * is aborted or another member aborted its own (the segment's `dead` flag). Every
  * entry point counts its calls; `stubCclCount(name)` returns a count, so tests can
  * prove which phases went through the library. STUB_FAIL=name1,name2 makes the
- * named entry points fail. */
+ * named entry points fail.
+ *
+ * Collectives are stream-ordered, as the real libraries' are: a call checks its
+ * arguments (errors returned at once) and queues one host function on the caller's
+ * stream (the runtime's stubLaunchHostFunc), which runs the collective when the
+ * stream reaches it, copying with the runtime's stubCopyNow, and holds the stream
+ * until every member's work has arrived. A failure there (abort, a member gone, a
+ * barrier timeout) cannot be returned: it is kept as the communicator's async error
+ * (ncclCommGetAsyncError, HcclGetCommAsyncError) and marks the segment dead, so the
+ * other members stop too. STUB_CCL_SYNC=1 (or a runtime without those two entry
+ * points) runs them host-synchronously instead, on the caller's thread, through the
+ * stream's own copies: the stream is synchronised before and after, and failures
+ * are returned.
+ *
+ * A communicator is freed by the last of its owner (destroy) and its queued host
+ * functions, so destroy never unmaps a segment that queued work still touches. */
 #ifndef STUB_CCL_SHM_H
 #define STUB_CCL_SHM_H
 #define _GNU_SOURCE
@@ -46,11 +61,19 @@ struct ccl_comm {
     size_t map_len;
     int rank, nranks;
     _Atomic int aborted;
+    _Atomic int async_rc; /* 0, or -1: a queued collective failed */
+    _Atomic int refs;     /* the owner, plus each call or queued collective in flight */
 };
 
-/* How the library reaches device memory: set by each stub. */
+/* How the library reaches device memory: set by each stub. Through the stream
+ * (host-synchronous mode): */
 static int (*ccl_to_host)(void *dst, const void *dev, size_t n, void *stream);
 static int (*ccl_to_dev)(void *dev, const void *src, size_t n, void *stream);
+/* Stream-ordered mode (the runtime's stubLaunchHostFunc and stubCopyNow; NULL when
+ * the runtime lacks them): */
+static int (*ccl_launch)(void *stream, void (*fn)(void *), void *arg);
+static int (*ccl_copy_now)(void *dst, const void *src, size_t n, int dir);
+enum { DIR_TO_DEV = 1, DIR_TO_HOST = 2 };
 
 static _Atomic long ccl_counts[8];
 static const char *ccl_names[8] = {"init", "all_reduce", "reduce_scatter", "all_gather", "broadcast", "abort", "destroy", "unique_id"};
@@ -141,6 +164,7 @@ static struct ccl_comm *ccl_join(const char *name, int nranks, int rank) {
     c->map_len = len;
     c->rank = rank;
     c->nranks = nranks;
+    c->refs = 1;
     c->hdr->nranks = nranks;
     atomic_fetch_add(&c->hdr->joined, 1);
     double end = ccl_now() + ccl_timeout();
@@ -248,18 +272,44 @@ static void ccl_reduce(void *acc, const void *in, size_t n, int t, int op) {
 
 enum { K_AR, K_RS, K_AG, K_BC };
 
+/* One collective call, as made. */
+struct ccl_op {
+    struct ccl_comm *c;
+    int kind;
+    const void *send;
+    void *recv;
+    size_t count;
+    int t, op, root;
+    void *stream;
+    int now; /* copy with ccl_copy_now (inside a host function), not on the stream */
+};
+
+static size_t ccl_in_bytes(const struct ccl_op *o) {
+    size_t e = ccl_size(o->t);
+    return o->kind == K_RS ? (size_t)o->c->nranks * o->count * e : o->count * e;
+}
+
+static int ccl_in(const struct ccl_op *o, void *dst, const void *dev, size_t n) {
+    return o->now ? ccl_copy_now(dst, dev, n, DIR_TO_HOST) : ccl_to_host(dst, dev, n, o->stream);
+}
+
+static int ccl_out(const struct ccl_op *o, void *dev, const void *src, size_t n) {
+    return o->now ? ccl_copy_now(dev, src, n, DIR_TO_DEV) : ccl_to_dev(dev, src, n, o->stream);
+}
+
 /* One collective: `in_bytes` from `send` into this member's slot, a barrier, this
  * member's `out_bytes` computed into `recv`, a barrier. 0, or -1 (failed), -2 (too
  * large for a slot). */
-static int ccl_run(struct ccl_comm *c, int kind, const void *send, void *recv, size_t count,
-                   int t, int op, int root, void *stream) {
-    size_t e = ccl_size(t), n = (size_t)c->nranks;
-    size_t in_bytes = kind == K_AR ? count * e : kind == K_RS ? n * count * e : count * e;
+static int ccl_run(const struct ccl_op *o) {
+    struct ccl_comm *c = o->c;
+    int kind = o->kind, t = o->t;
+    size_t count = o->count, e = ccl_size(t), n = (size_t)c->nranks;
+    size_t in_bytes = ccl_in_bytes(o);
     size_t out_bytes = kind == K_AG ? n * count * e : count * e;
     if (in_bytes > c->slot) return -2;
     if (atomic_load(&c->aborted) || atomic_load(&c->hdr->dead)) return -1;
     unsigned char *mine = c->slots + (size_t)c->rank * c->slot;
-    if ((kind != K_BC || c->rank == root) && in_bytes && ccl_to_host(mine, send, in_bytes, stream) != 0) return -1;
+    if ((kind != K_BC || c->rank == o->root) && in_bytes && ccl_in(o, mine, o->send, in_bytes) != 0) return -1;
     if (ccl_barrier(c) != 0) return -1;
     unsigned char *out = malloc(out_bytes ? out_bytes : 1);
     switch (kind) {
@@ -267,46 +317,129 @@ static int ccl_run(struct ccl_comm *c, int kind, const void *send, void *recv, s
     case K_RS: {
         size_t off = kind == K_RS ? (size_t)c->rank * count * e : 0;
         memcpy(out, c->slots + off, out_bytes);
-        for (size_t r = 1; r < n; r++) ccl_reduce(out, c->slots + r * c->slot + off, count, t, op);
+        for (size_t r = 1; r < n; r++) ccl_reduce(out, c->slots + r * c->slot + off, count, t, o->op);
         break;
     }
     case K_AG:
         for (size_t r = 0; r < n; r++) memcpy(out + r * count * e, c->slots + r * c->slot, count * e);
         break;
     case K_BC:
-        memcpy(out, c->slots + (size_t)root * c->slot, out_bytes);
+        memcpy(out, c->slots + (size_t)o->root * c->slot, out_bytes);
         break;
     }
-    int rc = out_bytes ? ccl_to_dev(recv, out, out_bytes, stream) : 0;
+    int rc = out_bytes ? ccl_out(o, o->recv, out, out_bytes) : 0;
     free(out);
     if (rc != 0) return -1;
     return ccl_barrier(c) != 0 ? -1 : 0;
 }
 
+static void ccl_hold(struct ccl_comm *c) { atomic_fetch_add(&c->refs, 1); }
+
+/* Drops one reference; the last unmaps the segment and frees the communicator. */
+static void ccl_release(struct ccl_comm *c) {
+    if (atomic_fetch_sub(&c->refs, 1) == 1) {
+        munmap(c->hdr, c->map_len);
+        free(c);
+    }
+}
+
+static int ccl_sync_mode(void) {
+    const char *s = getenv("STUB_CCL_SYNC");
+    return (s && strcmp(s, "1") == 0) || !ccl_launch || !ccl_copy_now;
+}
+
+/* A queued collective, run by the stream's worker when the stream reaches it. It
+ * touches no stream: its copies go through ccl_copy_now. */
+static void ccl_queued(void *arg) {
+    struct ccl_op *o = arg;
+    struct ccl_comm *c = o->c;
+    if (ccl_run(o) != 0) {
+        int none = 0;
+        atomic_compare_exchange_strong(&c->async_rc, &none, -1);
+        atomic_store(&c->hdr->dead, 1); /* the other members stop instead of timing out */
+    }
+    free(o);
+    ccl_release(c);
+}
+
+/* Makes call `o` after its library checked the type, op and root: 0 (queued, or
+ * done when host-synchronous), -1 (failed) or -2 (too large for a slot). */
+static int ccl_submit(struct ccl_op o) {
+    struct ccl_comm *c = o.c;
+    if (ccl_in_bytes(&o) > c->slot) return -2;
+    if (ccl_sync_mode()) {
+        ccl_hold(c);
+        o.now = 0;
+        int rc = ccl_run(&o);
+        ccl_release(c);
+        return rc;
+    }
+    /* Known dead already: say so now rather than only through the async error. */
+    if (atomic_load(&c->aborted) || atomic_load(&c->hdr->dead)) return -1;
+    struct ccl_op *q = malloc(sizeof *q);
+    if (!q) return -1;
+    *q = o;
+    q->now = 1;
+    ccl_hold(c);
+    if (ccl_launch(o.stream, ccl_queued, q) != 0) {
+        free(q);
+        ccl_release(c);
+        return -1;
+    }
+    return 0;
+}
+
+/* 0, or -1 when a queued collective of `c` failed. */
+static int ccl_async_error(struct ccl_comm *c) { return atomic_load(&c->async_rc); }
+
 static inline void ccl_abort(struct ccl_comm *c) {
     atomic_fetch_add(&ccl_counts[C_ABORT], 1);
     atomic_store(&c->aborted, 1);
     atomic_store(&c->hdr->dead, 1);
-    /* Left mapped: another thread may still be inside a call on it. */
+    /* Left mapped and never freed: another thread may still be inside a call on it,
+     * and queued work ends at once now that `aborted` is set. */
 }
 
+/* Frees `c` once its queued collectives have run: waits for them (bounded by
+ * STUB_CCL_TIMEOUT_S, as the real libraries flush a communicator's work at
+ * destroy); past that, aborts them and leaves the unmap to the last one. */
 static inline void ccl_destroy(struct ccl_comm *c) {
     atomic_fetch_add(&ccl_counts[C_DESTROY], 1);
-    munmap(c->hdr, c->map_len);
-    free(c);
+    double end = ccl_now() + ccl_timeout();
+    while (atomic_load(&c->refs) > 1 && ccl_now() < end) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    if (atomic_load(&c->refs) > 1) {
+        fprintf(stderr, "ccl stub: rank %d: destroyed with collectives still queued; aborting them\n", c->rank);
+        atomic_store(&c->aborted, 1);
+        atomic_store(&c->hdr->dead, 1);
+    }
+    ccl_release(c);
 }
 
 /* Opens the stub runtime this library runs on (the path in `var`) and returns
- * symbol `name` of it. */
-static void *ccl_runtime_sym(const char *var, const char *name) {
+ * symbol `name` of it, or NULL when it lacks one. */
+static void *ccl_runtime_sym_or_null(const char *var, const char *name) {
     static void *lib;
     if (!lib) {
         const char *path = getenv(var);
         lib = path ? dlopen(path, RTLD_NOW | RTLD_LOCAL) : NULL;
         if (!lib) { fprintf(stderr, "ccl stub: cannot open the runtime named by %s\n", var); abort(); }
     }
-    void *f = dlsym(lib, name);
+    return dlsym(lib, name);
+}
+
+/* As ccl_runtime_sym_or_null, aborting when the runtime lacks `name`. */
+static void *ccl_runtime_sym(const char *var, const char *name) {
+    void *f = ccl_runtime_sym_or_null(var, name);
     if (!f) { fprintf(stderr, "ccl stub: runtime lacks %s\n", name); abort(); }
     return f;
+}
+
+/* Finds the runtime's entry points for stream-ordered collectives. */
+static void ccl_bind_stream_order(const char *var) {
+    ccl_launch = (int (*)(void *, void (*)(void *), void *))ccl_runtime_sym_or_null(var, "stubLaunchHostFunc");
+    ccl_copy_now = (int (*)(void *, const void *, size_t, int))ccl_runtime_sym_or_null(var, "stubCopyNow");
 }
 #endif

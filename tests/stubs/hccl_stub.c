@@ -1,6 +1,8 @@
 /* A stub HCCL (libhccl.so's API, the part mixccl uses) over the stub ACL runtime
  * named by MIXCCL_ACL_LIB: collectives really run across the island's processes
- * (ccl_shm.h). HCCL numbers types and ops its own way; it broadcasts in place. */
+ * (ccl_shm.h), queued on the caller's stream (STUB_CCL_SYNC=1: host-synchronous);
+ * HcclGetCommAsyncError reports a queued one's failure. HCCL numbers types and ops
+ * its own way; it broadcasts in place. */
 #include "ccl_shm.h"
 
 #define ROOT_INFO_BYTES 4108
@@ -72,6 +74,7 @@ HcclResult HcclGetRootInfo(void *info) {
 HcclResult HcclCommInitRootInfo(uint32_t nranks, const void *info, uint32_t rank, HcclComm *comm) {
     ccl_to_host = to_host;
     ccl_to_dev = to_dev;
+    ccl_bind_stream_order("MIXCCL_ACL_LIB");
     if (ccl_should_fail("HcclCommInitRootInfo")) return E_INTERNAL;
     if (rank >= nranks) return E_PARA;
     char name[128];
@@ -83,37 +86,53 @@ HcclResult HcclCommInitRootInfo(uint32_t nranks, const void *info, uint32_t rank
 
 static HcclResult result(int rc) { return rc == 0 ? SUCCESS : rc == -2 ? E_PARA : E_REMOTE; }
 
+/* Queues the collective on stream s (see ccl_shm.h); checked here first. */
+static HcclResult submit(HcclComm c, int kind, const void *send, void *recv, uint64_t count, int t, int op,
+                         int root, void *s) {
+    if (!c) return E_PARA;
+    return result(ccl_submit((struct ccl_op){c, kind, send, recv, count, t, op, root, s, 0}));
+}
+
 HcclResult HcclAllReduce(void *send, void *recv, uint64_t count, int t, int op, HcclComm c, void *s) {
     atomic_fetch_add(&ccl_counts[C_AR], 1);
     if (ccl_should_fail("HcclAllReduce")) return E_INTERNAL;
     if (type_of(t) == T_NONE || op < 0 || op > 3) return E_PARA;
-    return result(ccl_run(c, K_AR, send, recv, count, type_of(t), op, 0, s));
+    return submit(c, K_AR, send, recv, count, type_of(t), op, 0, s);
 }
 
 HcclResult HcclReduceScatter(void *send, void *recv, uint64_t count, int t, int op, HcclComm c, void *s) {
     atomic_fetch_add(&ccl_counts[C_RS], 1);
     if (ccl_should_fail("HcclReduceScatter")) return E_INTERNAL;
     if (type_of(t) == T_NONE || op < 0 || op > 3) return E_PARA;
-    return result(ccl_run(c, K_RS, send, recv, count, type_of(t), op, 0, s));
+    return submit(c, K_RS, send, recv, count, type_of(t), op, 0, s);
 }
 
 HcclResult HcclAllGather(void *send, void *recv, uint64_t count, int t, HcclComm c, void *s) {
     atomic_fetch_add(&ccl_counts[C_AG], 1);
     if (ccl_should_fail("HcclAllGather")) return E_INTERNAL;
     if (type_of(t) == T_NONE) return E_PARA;
-    return result(ccl_run(c, K_AG, send, recv, count, type_of(t), OP_SUM, 0, s));
+    return submit(c, K_AG, send, recv, count, type_of(t), OP_SUM, 0, s);
 }
 
 HcclResult HcclBroadcast(void *buf, uint64_t count, int t, uint32_t root, HcclComm c, void *s) {
     atomic_fetch_add(&ccl_counts[C_BC], 1);
     if (ccl_should_fail("HcclBroadcast")) return E_INTERNAL;
-    if (type_of(t) == T_NONE || (int)root >= c->nranks) return E_PARA;
-    return result(ccl_run(c, K_BC, buf, buf, count, type_of(t), OP_SUM, (int)root, s));
+    if (type_of(t) == T_NONE || !c || (int)root >= c->nranks) return E_PARA;
+    return submit(c, K_BC, buf, buf, count, type_of(t), OP_SUM, (int)root, s);
+}
+
+/* HCCL's documented signature: *asyncError is HCCL_E_REMOTE once a collective
+ * queued on `c` failed, else HCCL_SUCCESS. */
+HcclResult HcclGetCommAsyncError(HcclComm c, HcclResult *asyncError) {
+    if (!c || !asyncError) return E_PARA;
+    *asyncError = result(ccl_async_error(c));
+    return SUCCESS;
 }
 
 HcclResult HcclCommDestroy(HcclComm c) {
     /* mixccl also calls this to stop a hung call (HCCL has no abort): wake this
-     * process's calls on it and leave the segment mapped (a stub may leak it). */
+     * process's calls and queued collectives on it and leave the segment mapped
+     * (a stub may leak it). */
     atomic_fetch_add(&ccl_counts[C_DESTROY], 1);
     atomic_store(&c->aborted, 1);
     return SUCCESS;

@@ -1,6 +1,7 @@
 /* A stub NCCL (libnccl.so.2's API, the part mixccl uses) over the stub CUDA runtime
  * named by MIXCCL_CUDA_LIB: collectives really run across the island's processes
- * (ccl_shm.h). Built with -DPRETEND_MIXCCL it also exports mixccl's own marker
+ * (ccl_shm.h), queued on the caller's stream (STUB_CCL_SYNC=1: host-synchronous);
+ * ncclCommGetAsyncError reports a queued one's failure. Built with -DPRETEND_MIXCCL it also exports mixccl's own marker
  * symbol, to check that mixccl refuses to bridge to itself. */
 #include "ccl_shm.h"
 
@@ -50,6 +51,7 @@ static int to_dev(void *dev, const void *src, size_t n, void *s) { return with_c
 static void setup(void) {
     ccl_to_host = to_host;
     ccl_to_dev = to_dev;
+    ccl_bind_stream_order("MIXCCL_CUDA_LIB");
 }
 
 const char *ncclGetErrorString(ncclResult_t rc) {
@@ -85,32 +87,46 @@ static int type_ok(int t) { return t >= T_I8 && t <= T_BF16; }
 
 static ncclResult_t result(int rc) { return rc == 0 ? SUCCESS : rc == -2 ? INVALID_ARGUMENT : REMOTE_ERROR; }
 
+/* Queues the collective on stream s (see ccl_shm.h); checked here first. */
+static ncclResult_t submit(ncclComm_t c, int kind, const void *send, void *recv, size_t count, int t, int op,
+                           int root, cudaStream_t s) {
+    if (!c) return INVALID_ARGUMENT;
+    return result(ccl_submit((struct ccl_op){c, kind, send, recv, count, t, op, root, s, 0}));
+}
+
 ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, int t, int op, ncclComm_t c, cudaStream_t s) {
     atomic_fetch_add(&ccl_counts[C_AR], 1);
     if (ccl_should_fail("ncclAllReduce")) return INTERNAL_ERROR;
     if (!type_ok(t) || op < 0 || op > 3) return INVALID_ARGUMENT;
-    return result(ccl_run(c, K_AR, send, recv, count, t, op, 0, s));
+    return submit(c, K_AR, send, recv, count, t, op, 0, s);
 }
 
 ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t count, int t, int op, ncclComm_t c, cudaStream_t s) {
     atomic_fetch_add(&ccl_counts[C_RS], 1);
     if (ccl_should_fail("ncclReduceScatter")) return INTERNAL_ERROR;
     if (!type_ok(t) || op < 0 || op > 3) return INVALID_ARGUMENT;
-    return result(ccl_run(c, K_RS, send, recv, count, t, op, 0, s));
+    return submit(c, K_RS, send, recv, count, t, op, 0, s);
 }
 
 ncclResult_t ncclAllGather(const void *send, void *recv, size_t count, int t, ncclComm_t c, cudaStream_t s) {
     atomic_fetch_add(&ccl_counts[C_AG], 1);
     if (ccl_should_fail("ncclAllGather")) return INTERNAL_ERROR;
     if (!type_ok(t)) return INVALID_ARGUMENT;
-    return result(ccl_run(c, K_AG, send, recv, count, t, OP_SUM, 0, s));
+    return submit(c, K_AG, send, recv, count, t, OP_SUM, 0, s);
 }
 
 ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, int t, int root, ncclComm_t c, cudaStream_t s) {
     atomic_fetch_add(&ccl_counts[C_BC], 1);
     if (ccl_should_fail("ncclBroadcast")) return INTERNAL_ERROR;
-    if (!type_ok(t) || root < 0 || root >= c->nranks) return INVALID_ARGUMENT;
-    return result(ccl_run(c, K_BC, send, recv, count, t, OP_SUM, root, s));
+    if (!type_ok(t) || !c || root < 0 || root >= c->nranks) return INVALID_ARGUMENT;
+    return submit(c, K_BC, send, recv, count, t, OP_SUM, root, s);
+}
+
+/* The first failure of a collective queued on `c` (ncclRemoteError), or ncclSuccess. */
+ncclResult_t ncclCommGetAsyncError(ncclComm_t c, ncclResult_t *asyncError) {
+    if (!c || !asyncError) return INVALID_ARGUMENT;
+    *asyncError = result(ccl_async_error(c));
+    return SUCCESS;
 }
 
 ncclResult_t ncclCommAbort(ncclComm_t c) { ccl_abort(c); return SUCCESS; }
