@@ -10,7 +10,9 @@
 //!   libraries' counts show the island phases ran in them;
 //! - one island spanning the communicator (the native call alone);
 //! - a missing, a broken and a mixccl-made library: no island, INFO says why, results right;
-//! - an island member that dies: `PeerLost` on every survivor, native communicator aborted.
+//! - an island member that dies: `PeerLost` on every survivor, native communicator aborted;
+//! - the stub libraries queue their collectives on the caller's stream, as the real
+//!   ones do (`tests/stubs/ccl_order_check.c`).
 
 mod util;
 
@@ -341,6 +343,60 @@ fn dead_island_member_is_peer_lost_everywhere() {
         "rank 0 names the dead member:\n{}",
         results[0].1
     );
+}
+
+/// The stub libraries themselves are stream-ordered, as NCCL and HCCL are: a call
+/// queues its collective on the caller's stream and returns, the stream runs it
+/// once it gets there, an abort drains it at once, destroy waits for it, and
+/// STUB_CCL_SYNC=1 brings back the host-synchronous call (`tests/stubs/ccl_order_check.c`
+/// checks each, on two ranks in threads; run here for NCCL and HCCL).
+#[test]
+fn stub_collectives_are_stream_ordered() {
+    let s = stubs();
+    let dir = s.nccl.parent().expect("the stub directory");
+    let exe = dir.join("ccl_order_check");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stubs/ccl_order_check.c");
+    let status = Command::new("cc")
+        .args(["-O1", "-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "building {src:?} failed");
+    for lib in ["nccl", "hccl"] {
+        let mut child = Command::new(&exe)
+            .arg(lib)
+            .env("MIXCCL_CUDA_LIB", &s.cuda)
+            .env("MIXCCL_NCCL_LIB", &s.nccl)
+            .env("MIXCCL_ACL_LIB", &s.acl)
+            .env("MIXCCL_HCCL_LIB", &s.hccl)
+            .env("STUB_CCL_TIMEOUT_S", "30")
+            .env_remove("STUB_CCL_SYNC")
+            .env_remove("STUB_FAIL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ccl_order_check");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("try_wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("ccl_order_check output");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success() && stdout.contains("ccl order check OK"),
+            "ccl_order_check {lib}: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status
+        );
+    }
 }
 
 // ---- a rank's body ------------------------------------------------------------
