@@ -5,12 +5,15 @@
 //! ranks share one host. Nothing here runs a collective.
 //!
 //! Wire (all integers little-endian): a rank sends the root
-//! `"MXHELLO\0" version:u16 token:[16] rank:u32 nranks:u32 len:u32 info:[len]`;
-//! once all ranks are in, the root answers each with
+//! `"MXHELLT\0" version:u16 token:[16] rank:u32 nranks:u32 len:u32 tree:u16 info:[len]`
+//! (`tree`: the port of its tree listener, `tree.rs`; builds before the tree sent
+//! `"MXHELLO\0"` without it, refused by name); once all ranks are in, the table
 //! `"MXTABLE\0" nranks:u32 entry*`, an entry being `len:u32 info:[len]` or, for a rank
 //! whose info past its 19-byte address equals rank `ref`'s (ref earlier),
-//! `0xffffffff ref:u32 address:[19]`; or at its deadline with
-//! `"MXFAIL\0\0" count:u32 missing:u32* len:u32 reason:[len]`; a rank the root
+//! `0xffffffff ref:u32 address:[19]`, goes down a tree of the ranks (`tree`: the
+//! root sends it to a few ranks, tells the others which rank it comes from, and
+//! each rank passes it on to its children); or, at its deadline, the root answers
+//! each with `"MXFAIL\0\0" count:u32 missing:u32* len:u32 reason:[len]`; a rank the root
 //! refuses (duplicate, other nranks, other ids) gets `"MXREFUSE" len:u32
 //! reason:[len]` at once. With several ids (`ncclCommInitRankScalable`) a rank
 //! joins root `scalable::root_of(rank)` and the roots exchange their slices of the
@@ -22,9 +25,10 @@ pub(crate) mod limits;
 pub(crate) use launcher::LaunchEnv;
 pub(crate) mod root;
 pub(crate) mod scalable;
+pub(crate) mod tree;
 pub mod unique_id;
 
-use crate::config::Config;
+use crate::config::{Config, TlsPolicy};
 use crate::debug::log_info;
 use crate::error::{Error, Result};
 use crate::topo::RankProbe;
@@ -42,7 +46,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A rank's hello as builds before the bootstrap tree sent it (refused by name).
 pub(crate) const HELLO_MAGIC: &[u8; 8] = b"MXHELLO\0";
+/// A rank's hello with the port of its tree listener (`tree`).
+pub(crate) const TREE_HELLO_MAGIC: &[u8; 8] = b"MXHELLT\0";
 pub(crate) const TABLE_MAGIC: &[u8; 8] = b"MXTABLE\0";
 pub(crate) const FAIL_MAGIC: &[u8; 8] = b"MXFAIL\0\0";
 pub(crate) const REFUSE_MAGIC: &[u8; 8] = b"MXREFUSE";
@@ -215,8 +222,18 @@ fn grow_root_connect(root: SocketAddr, timeout: Duration) -> Result<Option<TcpSt
     }
 }
 
+/// How a rank reaches the root and takes the table in: TLS to the root (when
+/// the policy encrypts its address), and its tree listener with the certificates
+/// and policy it answers a parent with (`tree`).
+struct Ends<'a> {
+    root_tls: Option<&'a tls::TlsContext>,
+    tree: &'a TcpListener,
+    tree_tls: Option<(&'a tls::TlsContext, TlsPolicy)>,
+}
+
 /// Sends our hello to the root (`scale.index` of `scale.nroots`) and waits for the
-/// table (or the root's verdict).
+/// table (or the root's verdict): from the root itself, or from this rank's parent
+/// in the tree of the root's slice; then passes it on to this rank's children.
 fn rendezvous(
     id: &UniqueId,
     scale: &Scale,
@@ -224,7 +241,7 @@ fn rendezvous(
     nranks: usize,
     info: &[u8],
     timeout: Duration,
-    tls: Option<&tls::TlsContext>,
+    ends: &Ends,
 ) -> Result<Vec<RankInfo>> {
     let addr = id.root_addr();
     // Errors name the root: its address, and which id when there are several.
@@ -251,11 +268,16 @@ fn rendezvous(
             e => e,
         })?,
     };
-    let mut hello = Vec::with_capacity(HELLO_HEADER + scalable::SCALE_EXT + info.len());
+    let tree_port = ends
+        .tree
+        .local_addr()
+        .map_err(|e| Error::io("reading the tree listener address", e))?
+        .port();
+    let mut hello = Vec::with_capacity(HELLO_HEADER + scalable::SCALE_EXT + 2 + info.len());
     let several = scale.nroots > 1;
     hello.extend_from_slice(match several {
-        true => scalable::SCALE_HELLO_MAGIC,
-        false => HELLO_MAGIC,
+        true => scalable::SCALE_TREE_HELLO_MAGIC,
+        false => TREE_HELLO_MAGIC,
     });
     hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     hello.extend_from_slice(&id.token());
@@ -265,9 +287,10 @@ fn rendezvous(
     if several {
         scale.encode(&mut hello);
     }
+    hello.extend_from_slice(&tree_port.to_le_bytes());
     hello.extend_from_slice(info);
     // MIXCCL_TLS covers this connection too (`tls::bootstrap_encrypts`).
-    let mut session = match tls {
+    let mut session = match ends.root_tls {
         Some(ctx) => Some(tls::client_handshake(
             ctx,
             &s,
@@ -339,34 +362,94 @@ fn rendezvous(
             after: start.elapsed(),
         });
     }
-    if &head[..8] != TABLE_MAGIC || count != nranks {
+    // This rank's place in the tree of its root's slice.
+    let ours = scalable::slice(scale.index, nranks, scale.nroots);
+    let pos = rank - ours.start;
+    let token = id.token();
+    let (msg, from) = if &head[..8] == tree::TREE_MAGIC {
+        let msg = tree::read_rest(&head, &token, nranks, |buf| {
+            read_exact_by(&mut s, buf, deadline).map_err(lost)
+        })
+        .map_err(|e| match e {
+            Error::Bootstrap(why) => Error::Bootstrap(format!("the root at {root}: {why}")),
+            e => e,
+        })?;
+        (msg, format!("the root at {root}"))
+    } else if &head[..8] == tree::VIA_MAGIC {
+        let expected = tree::parent(pos).map(|p| ours.start + p);
+        if expected != Some(count) {
+            return Err(Error::Bootstrap(format!(
+                "the root at {root} named rank {count} as rank {rank}'s parent in the \
+                 bootstrap tree, not {expected:?}"
+            )));
+        }
+        // The root is done with this rank; the table comes from its parent.
+        drop(session);
+        drop(s);
+        let inbox = tree::Inbox {
+            rank,
+            nranks,
+            token,
+            tls: ends.tree_tls,
+        };
+        let msg = tree::from_parent(ends.tree, &inbox, Instant::now() + timeout)?
+            .ok_or_else(|| tree::parent_silent(rank, ours.start, pos, start.elapsed()))?;
+        (msg, format!("rank {count}"))
+    } else {
         return Err(Error::Bootstrap(format!(
-            "root at {root} sent an invalid table header (nranks {count}, expected {nranks})"
+            "root at {root} sent an invalid answer ({:?}, expected the table for {nranks} \
+             ranks)",
+            String::from_utf8_lossy(&head[..8])
+        )));
+    };
+    if msg.first != ours.start || msg.ports.len() != ours.len() {
+        return Err(Error::Bootstrap(format!(
+            "{from} sent the tree of ranks {}..{}, expected {ours:?}",
+            msg.first,
+            msg.first + msg.ports.len()
         )));
     }
+    let (table, whole) = decode_table(msg.table(), nranks)
+        .map_err(|why| Error::Bootstrap(format!("{from} sent a bad table: {why}")))?;
+    log_info!(
+        Some(rank),
+        "bootstrap table: {nranks} ranks in {} bytes ({whole} whole entries, {} \
+         copies of an earlier one with another address), from {from} after {:.1} ms",
+        msg.table().len(),
+        nranks - whole,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    tree::forward(rank, &msg, &table, ends.tree_tls, Instant::now() + timeout)?;
+    Ok(table)
+}
+
+/// Decodes an `MXTABLE` message of `nranks` entries (`root::encode_table`), and
+/// says how many entries came whole rather than as copies of an earlier one.
+fn decode_table(b: &[u8], nranks: usize) -> std::result::Result<(Vec<RankInfo>, usize), String> {
+    if b.len() < 12 || &b[..8] != TABLE_MAGIC || u32_at(b, 8) as usize != nranks {
+        return Err(format!("an invalid table header (expected {nranks} ranks)"));
+    }
+    let mut at = 12;
+    let mut take = |n: usize| -> std::result::Result<&[u8], String> {
+        let part = b
+            .get(at..at + n)
+            .ok_or_else(|| format!("the table ends after {} bytes", b.len()))?;
+        at += n;
+        Ok(part)
+    };
     let mut table = Vec::with_capacity(nranks);
     let mut blobs: Vec<Vec<u8>> = Vec::with_capacity(nranks);
-    // Bytes of the table on the wire, and how many entries came whole.
-    let (mut wire, mut whole) = (head.len(), 0);
+    let mut whole = 0;
     for r in 0..nranks {
-        let mut len = [0u8; 4];
-        read_exact_by(&mut s, &mut len, deadline).map_err(lost)?;
-        let len = u32::from_le_bytes(len);
-        wire += 4 + if len == REF_MARK {
-            4 + ADDR_LEN
-        } else {
-            len as usize
-        };
-        whole += usize::from(len != REF_MARK);
+        let len = u32_at(take(4)?, 0);
         let blob = if len == REF_MARK {
             // Same as an earlier rank's info but for the address.
-            let mut head = [0u8; 4 + ADDR_LEN];
-            read_exact_by(&mut s, &mut head, deadline).map_err(lost)?;
-            let first = u32_at(&head, 0) as usize;
+            let head = take(4 + ADDR_LEN)?;
+            let first = u32_at(head, 0) as usize;
             let Some(earlier) = blobs.get(first).filter(|b| b.len() >= ADDR_LEN) else {
-                return Err(Error::Bootstrap(format!(
-                    "root sent rank {r}'s info as a copy of rank {first}'s, which it has not sent"
-                )));
+                return Err(format!(
+                    "rank {r}'s info is a copy of rank {first}'s, which it has not sent"
+                ));
             };
             let mut blob = head[4..].to_vec();
             blob.extend_from_slice(&earlier[ADDR_LEN..]);
@@ -374,28 +457,18 @@ fn rendezvous(
         } else {
             let len = len as usize;
             if len > MAX_INFO {
-                return Err(Error::Bootstrap(format!(
-                    "root sent {len} bytes of info for rank {r}"
-                )));
+                return Err(format!("{len} bytes of info for rank {r}"));
             }
-            let mut blob = vec![0u8; len];
-            read_exact_by(&mut s, &mut blob, deadline).map_err(lost)?;
-            blob
+            whole += 1;
+            take(len)?.to_vec()
         };
+        table.push(RankInfo::decode(&blob).map_err(|why| format!("rank {r}: {why}"))?);
         blobs.push(blob);
-        let blob = &blobs[r];
-        table.push(
-            RankInfo::decode(blob)
-                .map_err(|why| Error::Bootstrap(format!("bad info for rank {r}: {why}")))?,
-        );
     }
-    log_info!(
-        Some(rank),
-        "bootstrap table: {nranks} ranks in {wire} bytes ({whole} whole entries, {} \
-         copies of an earlier one with another address)",
-        nranks - whole
-    );
-    Ok(table)
+    if at != b.len() {
+        return Err(format!("{} bytes after the last rank", b.len() - at));
+    }
+    Ok((table, whole))
 }
 
 /// Takes rank `rank` of `nranks` from its unique ids to a link with every peer:
@@ -453,8 +526,21 @@ pub(crate) fn join(
         host,
         agree: config.must_agree(),
     };
-    let tls_ctx = tls::TlsContext::from_config(config)?
-        .filter(|_| tls::bootstrap_encrypts(config.tls, id.root_addr().ip()));
+    let tls_ctx = tls::TlsContext::from_config(config)?;
+    // The table comes down the tree to this listener; closed once it has.
+    let tree_listener = TcpListener::bind(SocketAddr::new(local_ip, 0)).map_err(|e| {
+        Error::io(
+            format!("binding the bootstrap tree listener on {local_ip}"),
+            e,
+        )
+    })?;
+    let ends = Ends {
+        root_tls: tls_ctx
+            .as_deref()
+            .filter(|_| tls::bootstrap_encrypts(config.tls, id.root_addr().ip())),
+        tree: &tree_listener,
+        tree_tls: tls_ctx.as_deref().map(|ctx| (ctx, config.tls)),
+    };
     let table = rendezvous(
         id,
         &scale,
@@ -462,8 +548,9 @@ pub(crate) fn join(
         nranks,
         &info.encode(),
         config.timeout,
-        tls_ctx.as_deref(),
+        &ends,
     )?;
+    drop(tree_listener);
     check_agreement(rank, &info.agree, &table)?;
     let probes = table
         .iter()

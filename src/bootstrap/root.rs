@@ -1,6 +1,8 @@
 //! The root rendezvous: a thread that admits each rank's hello (magic, version,
-//! token, rank in range, no duplicate), then sends every rank the address table
-//! (repeated infos sent once, [`encode_table`]) and closes every connection.
+//! token, rank in range, no duplicate), then hands out the address table (repeated
+//! infos sent once, [`encode_table`]) down the tree of its ranks (`tree`: the table
+//! to the first few, to every other rank the rank it gets it from) and closes every
+//! connection.
 //! Strangers are closed and logged; a rank refused (duplicate, other nranks or
 //! ids) is told why at once; if ranks are missing at the deadline (timeout after
 //! the first hello), every joined rank is told which ones. One of several roots
@@ -9,12 +11,12 @@
 //! its answer on. The thread, and with it every socket, ends after the table.
 
 use crate::bootstrap::scalable::{
-    self, encode_slice, parse_slice, Scale, Slice, FULL_MAGIC, SCALE_HELLO_HEADER,
-    SCALE_HELLO_MAGIC, SLICE_MAGIC,
+    self, encode_slice, parse_slice, Scale, Slice, FULL_MAGIC, SCALE_EXT, SCALE_HELLO_MAGIC,
+    SCALE_TREE_HELLO_MAGIC, SLICE_MAGIC,
 };
 use crate::bootstrap::{
-    self, ADDR_LEN, FAIL_MAGIC, HELLO_HEADER, HELLO_MAGIC, MAX_INFO, REFUSE_MAGIC, REF_MARK,
-    TABLE_MAGIC,
+    self, tree, ADDR_LEN, FAIL_MAGIC, HELLO_HEADER, HELLO_MAGIC, MAX_INFO, REFUSE_MAGIC, REF_MARK,
+    TABLE_MAGIC, TREE_HELLO_MAGIC,
 };
 use crate::config::{Config, TlsPolicy};
 use crate::debug::{log_info, log_warn};
@@ -59,19 +61,88 @@ pub(crate) fn spawn(addr: SocketAddr, token: [u8; 16], config: &Config) -> Resul
     Ok(bound)
 }
 
-struct Pending {
-    stream: TcpStream,
-    from: SocketAddr,
-    buf: Vec<u8>,
+/// A connection whose first message is still arriving (at a root, or at a rank's
+/// tree listener).
+pub(crate) struct Pending {
+    pub stream: TcpStream,
+    pub from: SocketAddr,
+    pub buf: Vec<u8>,
     since: Instant,
-    /// The rank opened TLS: its hello arrives through it.
-    tls: Option<TlsStream>,
+    /// The sender opened TLS: its message arrives through it.
+    pub tls: Option<TlsStream>,
+}
+
+impl Pending {
+    pub(crate) fn new(stream: TcpStream, from: SocketAddr) -> Pending {
+        Pending {
+            stream,
+            from,
+            buf: Vec::new(),
+            since: Instant::now(),
+            tls: None,
+        }
+    }
+}
+
+/// Reads what `p` has sent (without blocking) until `parse` finds a complete
+/// message in `p.buf`; `parse` answers `Ok(Err(more))` while at least `more` bytes
+/// are missing. A sender that opens TLS is answered with `ctx` (refused when
+/// `None`). `Ok(None)`: not complete yet.
+pub(crate) fn receive<T>(
+    p: &mut Pending,
+    ctx: Option<&TlsContext>,
+    parse: impl Fn(&[u8]) -> std::result::Result<std::result::Result<T, usize>, String>,
+) -> std::result::Result<Option<T>, String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        let want = match parse(&p.buf)? {
+            Ok(m) => return Ok(Some(m)),
+            Err(more) => more,
+        };
+        let take = want.min(chunk.len());
+        if let Some(t) = &mut p.tls {
+            let fd = p.stream.as_raw_fd();
+            t.handshake_step(fd).map_err(|e| e.to_string())?;
+            if t.is_handshaking() {
+                return Ok(None);
+            }
+            match t.recv(fd, &mut chunk[..take]).map_err(|e| e.to_string())? {
+                None => return Err("closed the TLS connection before its message".into()),
+                Some(0) => return Ok(None),
+                Some(k) => p.buf.extend_from_slice(&chunk[..k]),
+            }
+            continue;
+        }
+        match p.stream.read(&mut chunk[..take]) {
+            Ok(0) => return Err("closed before completing its message".into()),
+            Ok(k) if p.buf.is_empty() && chunk[0] == tls::TLS_HANDSHAKE_BYTE => {
+                let Some(ctx) = ctx else {
+                    return Err("opened TLS, but MIXCCL_TLS is off here".into());
+                };
+                let mut t = TlsStream::new(ctx.server().map_err(|e| e.to_string())?);
+                t.feed(&chunk[..k]).map_err(|e| e.to_string())?;
+                p.tls = Some(t);
+            }
+            Ok(k) => p.buf.extend_from_slice(&chunk[..k]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
 }
 
 struct Joined {
     stream: TcpStream,
     info: Vec<u8>,
     tls: Option<TlsStream>,
+    /// Its tree listener's port.
+    tree: u16,
 }
 
 /// Another root's slice, held by root 0 until the table goes back to it.
@@ -110,6 +181,8 @@ struct Hello {
     nranks: usize,
     info: Vec<u8>,
     scale: Scale,
+    /// The port of the rank's tree listener; `None` from a build before the tree.
+    tree: Option<u16>,
 }
 
 /// A complete message on a connection to the root.
@@ -126,8 +199,7 @@ fn parse(
     token: &[u8; 16],
 ) -> std::result::Result<std::result::Result<Incoming, usize>, String> {
     if buf.len() < 8 {
-        let opens = |m: &[u8; 8]| m.starts_with(buf);
-        if !opens(HELLO_MAGIC) && !opens(SCALE_HELLO_MAGIC) && !opens(SLICE_MAGIC) {
+        if !HELLOS.iter().any(|(m, ..)| m.starts_with(buf)) && !SLICE_MAGIC.starts_with(buf) {
             return Err("bad magic".into());
         }
         return Ok(Err(8 - buf.len()));
@@ -142,21 +214,35 @@ fn parse(
     Ok(parse_hello(buf, token)?.map(Incoming::Hello))
 }
 
+/// The hellos: magic, whether it is to one of several roots, whether it carries
+/// a tree port. The two without a port come from builds before the bootstrap tree:
+/// parsed, to be refused by name.
+const HELLOS: [(&[u8; 8], bool, bool); 4] = [
+    (TREE_HELLO_MAGIC, false, true),
+    (SCALE_TREE_HELLO_MAGIC, true, true),
+    (HELLO_MAGIC, false, false),
+    (SCALE_HELLO_MAGIC, true, false),
+];
+
 /// Parses a hello (plain or to one of several roots) from `buf`: `Ok(Err(more))`
 /// if at least `more` bytes are still needed.
 fn parse_hello(
     buf: &[u8],
     token: &[u8; 16],
 ) -> std::result::Result<std::result::Result<Hello, usize>, String> {
-    let scalable = buf.starts_with(SCALE_HELLO_MAGIC);
-    if !scalable && !HELLO_MAGIC.starts_with(&buf[..buf.len().min(8)]) {
+    let opened = &buf[..buf.len().min(8)];
+    if !HELLOS.iter().any(|(m, ..)| m.starts_with(opened)) {
         return Err("bad magic".into());
     }
-    let header = if scalable {
-        SCALE_HELLO_HEADER
-    } else {
-        HELLO_HEADER
-    };
+    if buf.len() < 8 {
+        return Ok(Err(8 - buf.len()));
+    }
+    let &(_, scalable, tree) = HELLOS
+        .iter()
+        .find(|(m, ..)| &m[..] == opened)
+        .expect("one magic matches all 8 bytes");
+    let ext = HELLO_HEADER + if scalable { SCALE_EXT } else { 0 };
+    let header = ext + if tree { 2 } else { 0 };
     if buf.len() < header {
         return Ok(Err(header - buf.len()));
     }
@@ -173,10 +259,12 @@ fn parse_hello(
         return Err(format!("info of {len} bytes exceeds {MAX_INFO}"));
     }
     let scale = match scalable {
-        true => Scale::decode(&buf[HELLO_HEADER..header])
-            .map_err(|why| format!("rank {rank}: {why}"))?,
+        true => {
+            Scale::decode(&buf[HELLO_HEADER..ext]).map_err(|why| format!("rank {rank}: {why}"))?
+        }
         false => Scale::SINGLE,
     };
+    let tree = tree.then(|| u16::from_le_bytes([buf[ext], buf[ext + 1]]));
     if buf.len() < header + len {
         return Ok(Err(header + len - buf.len()));
     }
@@ -185,6 +273,7 @@ fn parse_hello(
         nranks,
         info: buf[header..header + len].to_vec(),
         scale,
+        tree,
     }))
 }
 
@@ -336,13 +425,7 @@ impl Root {
                         );
                         continue;
                     }
-                    pending.push(Pending {
-                        stream,
-                        from,
-                        buf: Vec::new(),
-                        since: Instant::now(),
-                        tls: None,
-                    });
+                    pending.push(Pending::new(stream, from));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
@@ -351,48 +434,8 @@ impl Root {
     }
 
     fn progress(&self, p: &mut Pending) -> std::result::Result<Option<Incoming>, String> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            let want = match parse(&p.buf, &self.token)? {
-                Ok(m) => return Ok(Some(m)),
-                Err(more) => more,
-            };
-            let take = want.min(chunk.len());
-            if let Some(t) = &mut p.tls {
-                let fd = p.stream.as_raw_fd();
-                t.handshake_step(fd).map_err(|e| e.to_string())?;
-                if t.is_handshaking() {
-                    return Ok(None);
-                }
-                match t.recv(fd, &mut chunk[..take]).map_err(|e| e.to_string())? {
-                    None => return Err("closed the TLS connection before its hello".into()),
-                    Some(0) => return Ok(None),
-                    Some(k) => p.buf.extend_from_slice(&chunk[..k]),
-                }
-                continue;
-            }
-            match p.stream.read(&mut chunk[..take]) {
-                Ok(0) => return Err("closed before completing its hello".into()),
-                Ok(k) if p.buf.is_empty() && chunk[0] == tls::TLS_HANDSHAKE_BYTE => {
-                    let Some((ctx, _)) = &self.tls else {
-                        return Err("opened TLS, but MIXCCL_TLS is off at the root".into());
-                    };
-                    let mut t = TlsStream::new(ctx.server().map_err(|e| e.to_string())?);
-                    t.feed(&chunk[..k]).map_err(|e| e.to_string())?;
-                    p.tls = Some(t);
-                }
-                Ok(k) => p.buf.extend_from_slice(&chunk[..k]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    return Ok(None)
-                }
-                Err(e) => return Err(format!("read failed: {e}")),
-            }
-        }
+        let ctx = self.tls.as_ref().map(|(ctx, _)| &**ctx);
+        receive(p, ctx, |buf| parse(buf, &self.token))
     }
 
     /// Fixes this root's mode from the first message, or checks a later one
@@ -476,6 +519,14 @@ impl Root {
             );
             return Err((why, stream, tls));
         }
+        let Some(tree) = h.tree else {
+            let why = format!(
+                "rank {} sent a hello without a tree port (an older mixccl): this root \
+                 passes the table down a tree of ranks; run one mixccl on every rank",
+                h.rank
+            );
+            return Err((why, stream, tls));
+        };
         let at = h.rank - m.slice.start;
         if self.joined[at].is_some() {
             return Err((
@@ -495,6 +546,7 @@ impl Root {
             stream,
             info: h.info,
             tls,
+            tree,
         });
         Ok(())
     }
@@ -587,15 +639,52 @@ impl Root {
             .collect();
         let msg = encode_table(&infos);
         let start = Instant::now();
-        self.broadcast(&msg);
         self.answer_roots(&msg);
+        let sent = self.distribute(&msg);
         log_info!(
             None,
-            "bootstrap {}: sent the table ({} bytes) to {n} ranks in {:.1} ms",
+            "bootstrap {}: table of {n} ranks ({} bytes) sent down the tree: {sent} bytes \
+             to its {} ranks in {:.1} ms",
             self.name(),
             msg.len(),
+            self.joined.len(),
             start.elapsed().as_secs_f64() * 1e3
         );
+    }
+
+    /// Hands `table` (an `MXTABLE` message) to this root's ranks through the tree
+    /// (`tree`): the whole tree message to the first `FANOUT`, to each of the others
+    /// the rank it gets it from. Returns the bytes sent.
+    fn distribute(&mut self, table: &[u8]) -> usize {
+        let first = self.mode.as_ref().map_or(0, |m| m.slice.start);
+        let ports: Vec<u16> = self
+            .joined
+            .iter()
+            .map(|j| j.as_ref().map_or(0, |j| j.tree))
+            .collect();
+        let msg = tree::encode(&self.token, first, &ports, table);
+        let timeout = self.timeout;
+        let mut sent = 0;
+        for (pos, j) in self.joined.iter_mut().enumerate() {
+            let Some(j) = j else { continue };
+            let via;
+            let bytes = match tree::parent(pos) {
+                None => &msg[..],
+                Some(p) => {
+                    via = tree::via(first + p);
+                    &via[..]
+                }
+            };
+            match send(&mut j.stream, j.tls.as_mut(), bytes, timeout) {
+                Ok(()) => sent += bytes.len(),
+                Err(e) => log_warn!(
+                    None,
+                    "bootstrap root: could not send to rank {}: {e}",
+                    first + pos
+                ),
+            }
+        }
+        sent
     }
 
     /// Root 0 of several: `msg` (the table or the failure report) to every root
@@ -645,10 +734,17 @@ impl Root {
                 failure(&[], &why)
             }
         };
-        self.broadcast(&msg);
+        let sent = match msg.starts_with(TABLE_MAGIC) {
+            true => self.distribute(&msg),
+            false => {
+                self.broadcast(&msg);
+                msg.len() * self.joined.len()
+            }
+        };
         log_info!(
             None,
-            "bootstrap root {index} of {nroots}: root 0 answered, sent {} bytes to {} ranks in {:.1} ms",
+            "bootstrap root {index} of {nroots}: root 0 answered ({} bytes), sent {sent} bytes \
+             to {} ranks in {:.1} ms",
             msg.len(),
             self.joined.len(),
             start.elapsed().as_secs_f64() * 1e3
@@ -813,8 +909,8 @@ fn refuse_plain(mut stream: TcpStream, rank: usize, why: &str, timeout: Duration
 /// The table message: `MXTABLE nranks` and per rank either `len:u32 info:[len]`
 /// or, when its info past the address (`ADDR_LEN` bytes) equals an earlier
 /// rank's, `REF_MARK ref:u32 address:[ADDR_LEN]`: ranks of one host and settings
-/// send the same host, settings and probe, so the table (which the root sends
-/// to every rank: n^2 bytes in all) shrinks from ~630 to ~27 bytes per rank.
+/// send the same host, settings and probe, so the table (which every rank
+/// receives: n^2 bytes in all, over the tree) shrinks from ~630 to ~27 bytes per rank.
 pub(crate) fn encode_table(infos: &[&[u8]]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(12 + infos.len() * 32);
     msg.extend_from_slice(TABLE_MAGIC);
@@ -948,6 +1044,28 @@ mod tests {
         let mut wrong = b.clone();
         wrong[HELLO_HEADER + 4] = 3;
         assert!(parse(&wrong, &t).is_err());
+    }
+
+    #[test]
+    fn tree_hellos_carry_their_port_and_older_hellos_parse_without() {
+        let t = [9u8; 16];
+        let old = hello(t, 1, 4, b"abc");
+        let mut new = old[..HELLO_HEADER].to_vec();
+        new[..8].copy_from_slice(TREE_HELLO_MAGIC);
+        new.extend_from_slice(&4321u16.to_le_bytes());
+        new.extend_from_slice(b"abc");
+        for cut in 0..new.len() {
+            assert!(matches!(parse_hello(&new[..cut], &t), Ok(Err(k)) if k > 0));
+        }
+        let h = parse_hello(&new, &t).unwrap().unwrap();
+        assert_eq!(
+            (h.rank, h.tree, h.info.as_slice()),
+            (1, Some(4321), &b"abc"[..])
+        );
+        // A build before the tree: parsed, so that the root can say why it refuses it.
+        let h = parse_hello(&old, &t).unwrap().unwrap();
+        assert_eq!((h.rank, h.tree, h.info.as_slice()), (1, None, &b"abc"[..]));
+        assert!(parse_hello(b"MXHELLX\0", &t).is_err());
     }
 
     #[test]

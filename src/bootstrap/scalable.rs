@@ -4,11 +4,12 @@
 //! messages the roots exchange. Root `i` gathers the hellos of its contiguous slice
 //! of ranks; every root but 0 then sends its slice to root 0 (`MXSLICE`), root 0
 //! sends the whole table back (`MXFULL`, framing the very bytes a rank reads:
-//! the table or the failure report), and each root hands it to its own ranks. A
-//! root holds sockets for its slice only (about n / nroots), none once it is done.
+//! the table or the failure report), and each root hands it to its own ranks
+//! (the table down a tree of its slice's ranks, `tree`). A root holds sockets
+//! for its slice only (about n / nroots), none once it is done.
 //!
 //! Wire (little-endian): a rank's hello to root `i` of several is the plain hello
-//! with magic `"MXHELLS\0"` and, between the header and the info,
+//! with magic `"MXHELST\0"` and, between the header and the tree port,
 //! `nroots:u32 index:u32 digest:u64 first:[128]` (`digest` hashes every id in
 //! order; `first` is `ids[0]`, whose root gathers the slices). A slice:
 //! `"MXSLICE\0" version:u16 token:[16] digest:u64 nranks:u32 nroots:u32
@@ -16,13 +17,16 @@
 //! Owns no sockets; the serve loop is `root.rs`, the rank's side `mod.rs`.
 
 use crate::bootstrap::unique_id::fnv1a;
-use crate::bootstrap::{HELLO_HEADER, MAX_INFO};
+use crate::bootstrap::MAX_INFO;
 use crate::wire::{MAX_RANKS, PROTOCOL_VERSION};
 use crate::UniqueId;
 use std::ops::Range;
 
-/// Opens a rank's hello to one of several roots.
+/// Opens a rank's hello to one of several roots, as builds before the bootstrap
+/// tree sent it (refused by name).
 pub(crate) const SCALE_HELLO_MAGIC: &[u8; 8] = b"MXHELLS\0";
+/// Opens a rank's hello to one of several roots with its tree port (`tree`).
+pub(crate) const SCALE_TREE_HELLO_MAGIC: &[u8; 8] = b"MXHELST\0";
 /// Opens a root's slice of the table, sent to root 0.
 pub(crate) const SLICE_MAGIC: &[u8; 8] = b"MXSLICE\0";
 /// Opens root 0's answer to a root: `len:u32` and the message for its ranks.
@@ -198,9 +202,6 @@ pub(crate) fn parse_slice(
 pub(crate) fn max_full(nranks: usize) -> usize {
     12 + nranks * (8 + MAX_INFO) + 4 * nranks + 8 + MAX_INFO
 }
-
-/// The plain header length plus the scalable extension, for `parse_hello`.
-pub(crate) const SCALE_HELLO_HEADER: usize = HELLO_HEADER + SCALE_EXT;
 
 #[cfg(test)]
 mod tests {
