@@ -49,8 +49,8 @@ mod wire;
 pub use bootstrap::launcher::{LaunchEnv, Rendezvous};
 pub use bootstrap::unique_id::UniqueId;
 pub use comm::{
-    displacements, split_by_weight, AbortHandle, Communicator, Island, RevokeHandle, Transfer,
-    TransferMem,
+    displacements, split_by_weight, AbortHandle, Communicator, CrossPhase, CrossRegion, Island,
+    IslandPlanner, IslandSteps, NativeCall, RevokeHandle, Transfer, TransferMem,
 };
 pub use config::{AlgoOverride, Algorithm, Collective, Config, NetTransport, TlsPolicy};
 pub use debug::{trace_enabled, trace_line, DebugLevel};

@@ -35,6 +35,10 @@
 //! the communicator's timeout aborts the native communicator, and the call fails
 //! with `PeerLost`, `Aborted` or `Timeout` (latched like any failure).
 
+mod steps;
+
+pub use steps::{CrossPhase, CrossRegion, IslandPlanner, IslandSteps, NativeCall};
+
 use super::Communicator;
 use crate::ccl::{self, Ccl, CommHandle, Library};
 use crate::config::Collective;
@@ -59,21 +63,93 @@ struct Group {
     library: Option<Library>,
 }
 
+/// This rank's native communicator, shared between the communicator's own island
+/// calls (`Member`) and stream-ordered callers (`IslandPlanner`, `island_stream`).
+pub(crate) struct NativeComm {
+    pub(crate) ccl: &'static dyn Ccl,
+    /// `None` once aborted.
+    comm: Mutex<Option<CommHandle>>,
+    /// Position in the island.
+    pub(crate) index: usize,
+    pub(crate) vendor: Vendor,
+    pub(crate) device: i32,
+    /// The other members' (rank, pid), watched during native calls (empty when
+    /// their processes cannot be seen from here).
+    pub(crate) peers: Vec<(usize, u32)>,
+    /// The caller stream that the last stream-ordered native call was queued on:
+    /// native calls on another stream (or this communicator's own) first wait for it,
+    /// so every member issues its calls to the library in one order.
+    pub(crate) last_stream: Mutex<Option<StreamHandle>>,
+}
+
+impl NativeComm {
+    /// The live handle, or an error once aborted.
+    pub(crate) fn handle(&self) -> Result<CommHandle> {
+        self.comm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ok_or_else(|| {
+                Error::Internal(format!("the {} communicator was aborted", self.ccl.kind()))
+            })
+    }
+
+    /// Aborts the native communicator (once; safe from any thread).
+    pub(crate) fn abort(&self) {
+        if let Some(c) = self.comm.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = self.ccl.abort(c);
+        }
+    }
+
+    /// Why a native call running since `start` must stop now, if it must: the
+    /// communicator's abort flag, a member process gone, or `timeout` passed.
+    pub(crate) fn stop_reason(
+        &self,
+        start: Instant,
+        timeout: Duration,
+        abort: &AtomicBool,
+    ) -> Option<Error> {
+        if abort.load(Ordering::SeqCst) {
+            Some(Error::Aborted)
+        } else if let Some(&(rank, pid)) = self.peers.iter().find(|(_, p)| pid_gone(*p)) {
+            Some(Error::PeerLost {
+                rank,
+                reason: format!(
+                    "island member process {pid} is gone; {} communicator aborted",
+                    self.ccl.kind()
+                ),
+            })
+        } else if start.elapsed() > timeout {
+            Some(Error::Timeout {
+                op: format!("{} island call", self.ccl.kind()),
+                waiting_for: self.peers.iter().map(|p| p.0).collect(),
+                after: start.elapsed(),
+            })
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for NativeComm {
+    fn drop(&mut self) {
+        if let Some(c) = self
+            .comm
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = self.ccl.destroy(c);
+        }
+    }
+}
+
 /// This rank's side of its island.
 struct Member {
-    ccl: &'static dyn Ccl,
-    /// `None` once aborted.
-    comm: Option<CommHandle>,
-    /// Position in the island.
-    index: usize,
-    vendor: Vendor,
-    device: i32,
+    nc: std::sync::Arc<NativeComm>,
+    /// This communicator's own stream for its host-synchronous island calls.
     stream: StreamHandle,
     /// Device buffers for calls whose buffers are elsewhere, by slot.
     scratch: Vec<Option<DeviceMemory>>,
-    /// The other members' (rank, pid), watched during native calls (empty when
-    /// their processes cannot be seen from here).
-    peers: Vec<(usize, u32)>,
 }
 
 /// The islands of a communicator, equal on every rank but for `member` and `reps`.
@@ -283,14 +359,17 @@ impl Communicator {
                         peers.clear();
                     }
                     member = Some(Member {
-                        ccl: *c,
-                        comm: Some(comm),
-                        index,
-                        vendor,
-                        device,
+                        nc: std::sync::Arc::new(NativeComm {
+                            ccl: *c,
+                            comm: Mutex::new(Some(comm)),
+                            index,
+                            vendor,
+                            device,
+                            peers,
+                            last_stream: Mutex::new(None),
+                        }),
                         stream,
                         scratch: Vec::new(),
-                        peers,
                     });
                 }
                 Err(e) => {
@@ -316,12 +395,10 @@ impl Communicator {
         }
         if island_of[me].is_none() {
             if let Some(m) = member.take() {
-                if let Some(c) = m.comm {
-                    let _ = m.ccl.abort(c);
-                }
+                m.nc.abort();
                 let _ = Runtimes::global()
-                    .get(m.vendor)
-                    .and_then(|d| d.destroy_stream(m.device, m.stream));
+                    .get(m.nc.vendor)
+                    .and_then(|d| d.destroy_stream(m.nc.device, m.stream));
             }
         }
         let mut groups: Vec<Group> = Vec::new();
@@ -360,11 +437,11 @@ impl Communicator {
             log_info!(
                 Some(me),
                 "islands: rank {me} is member {} of a {} island ({}), device {}:{}",
-                m.index,
-                m.ccl.kind(),
-                m.ccl.path(),
-                m.vendor,
-                m.device
+                m.nc.index,
+                m.nc.ccl.kind(),
+                m.nc.ccl.path(),
+                m.nc.vendor,
+                m.nc.device
             );
         }
         // The representatives' communicator, made without islands of its own.
@@ -391,7 +468,7 @@ impl Communicator {
             (Some(m), true) => {
                 let saved = self.config.islands;
                 self.config.islands = false;
-                let r = self.split(Some(m.index as u32), me as i64);
+                let r = self.split(Some(m.nc.index as u32), me as i64);
                 self.config.islands = saved;
                 r?.map(|mut c| {
                     c.abort = self.abort.clone();
@@ -458,18 +535,9 @@ impl Communicator {
 
     /// Does this call go through the islands?
     pub(super) fn island_route(&self, coll: Collective, dtype: DataType, op: ReduceOp) -> bool {
-        let Some(is) = self.islands.as_deref().filter(|is| !is.groups.is_empty()) else {
-            return false;
-        };
-        let reduces = match coll {
-            Collective::AllReduce | Collective::ReduceScatter => Some(op),
-            Collective::AllGather | Collective::Broadcast => None,
-            _ => return false,
-        };
-        is.groups
-            .iter()
-            .filter_map(|g| g.library)
-            .all(|l| l.supports(dtype, reduces))
+        self.islands
+            .as_deref()
+            .is_some_and(|is| routes(&is.groups, coll, dtype, op))
     }
 
     /// Runs a call the islands take (see [`Communicator::island_route`]); `count` as
@@ -550,15 +618,47 @@ impl Communicator {
     }
 }
 
+/// Does a call of `coll` with `dtype` and `op` go through `groups` (alike on every
+/// rank: from the call alone)?
+fn routes(groups: &[Group], coll: Collective, dtype: DataType, op: ReduceOp) -> bool {
+    if groups.is_empty() {
+        return false;
+    }
+    let reduces = match coll {
+        Collective::AllReduce | Collective::ReduceScatter => Some(op),
+        Collective::AllGather | Collective::Broadcast => None,
+        _ => return false,
+    };
+    groups
+        .iter()
+        .filter_map(|g| g.library)
+        .all(|l| l.supports(dtype, reduces))
+}
+
+impl Islands {
+    /// Who is where, for planning a call into steps.
+    fn layout(&self, rank: usize) -> steps::Layout {
+        let size = self.groups.first().map_or(0, |g| g.members.len());
+        steps::Layout {
+            groups: self.groups.clone(),
+            group_of: self.group_of.clone(),
+            rank,
+            shard_form: self.groups.len() > 1
+                && self
+                    .groups
+                    .iter()
+                    .all(|g| g.library.is_some() && g.members.len() == size),
+        }
+    }
+}
+
 impl Drop for Islands {
     fn drop(&mut self) {
         if let Some(m) = &self.member {
-            if let Some(c) = m.comm {
-                let _ = m.ccl.destroy(c);
-            }
+            // The native communicator goes with the last holder of `m.nc`.
             let _ = Runtimes::global()
-                .get(m.vendor)
-                .and_then(|d| d.destroy_stream(m.device, m.stream));
+                .get(m.nc.vendor)
+                .and_then(|d| d.destroy_stream(m.nc.device, m.stream));
         }
     }
 }
@@ -686,7 +786,7 @@ impl Islands {
         let lead = self.groups[g].members[0] == c.rank;
         let crossing = self.groups.len() > 1;
         let m = self.member.as_mut().expect("run_member on a member");
-        let (vendor, device) = (m.vendor, m.device);
+        let (vendor, device) = (m.nc.vendor, m.nc.device);
         let mine = |b: &MemRef| {
             b.kind()
                 == MemoryKind::Device {
@@ -817,10 +917,9 @@ impl Islands {
         }
     }
 
-    /// All-reduce in shard form: native reduce-scatter into a shard of `count / m`
-    /// elements (rounded up, the input padded where `m` does not divide it), the
-    /// shard all-reduced with the same member of every other island, native
-    /// all-gather.
+    /// All-reduce in shard form, as the steps of `steps::Layout::steps` (the same
+    /// messages as a stream-ordered caller's): buffers off this member's device go
+    /// through scratch slots 1 (input) and 0 (output).
     fn shard_all_reduce(
         &mut self,
         c: Call,
@@ -829,10 +928,9 @@ impl Islands {
         timeout: Duration,
         abort: &AtomicBool,
     ) -> Result<()> {
-        let e = c.dtype.size();
+        let layout = self.layout(c.rank);
         let m = self.member.as_mut().expect("shard_all_reduce on a member");
-        let size = self.groups[self.group_of[c.rank]].members.len();
-        let (vendor, device) = (m.vendor, m.device);
+        let (vendor, device) = (m.nc.vendor, m.nc.device);
         let mine = |b: &MemRef| {
             b.kind()
                 == MemoryKind::Device {
@@ -840,50 +938,16 @@ impl Islands {
                     index: device,
                 }
         };
-        let shard = c.count.div_ceil(size);
-        let (count, dtype, op) = (c.count, c.dtype, c.op);
-        let input = send.unwrap_or(recv);
-        // Input and output with `size * shard` elements of room on this device.
-        let exact = shard * size == count;
-        let inp = if exact {
-            m.on_device(1, input, mine(&input), true)?
-        } else {
-            let a = m.scratch(1, size * shard * e)?;
-            copy(input, dev_ref(a, count * e, vendor, device))?;
-            a
+        let inp = match send {
+            Some(s) => Some(m.on_device(1, s, mine(&s), true)?),
+            None => None,
         };
-        let out = if exact {
-            m.on_device(0, recv, mine(&recv), false)?
-        } else {
-            m.scratch(0, size * shard * e)?
-        };
-        let part = m.scratch(2, shard * e)?;
-        m.native(timeout, abort, |ccl, comm, s| {
-            // SAFETY: `inp` holds `size` shards, `part` one.
-            unsafe { ccl.reduce_scatter(comm, inp, part, shard, dtype, op, s) }
-        })?;
-        let d = dev_ref(part, shard * e, vendor, device);
-        // The shard communicator's ranks: this position's member of every island,
-        // in rank order.
-        let index = m.index;
-        let mut peers: Vec<usize> = self.groups.iter().map(|g| g.members[index]).collect();
-        peers.sort_unstable();
-        let shards = self.shards.as_deref_mut().expect("shard communicator");
-        shards
-            .collective_mem(Collective::AllReduce, dtype, op, 0, None, d)
-            .map_err(|err| match err {
-                Error::PeerLost { rank, reason } => Error::PeerLost {
-                    rank: peers.get(rank).copied().unwrap_or(rank),
-                    reason: format!("{reason} (its shard of an island all-reduce)"),
-                },
-                err => err,
-            })?;
-        let m = self.member.as_mut().expect("shard_all_reduce on a member");
-        m.native(timeout, abort, |ccl, comm, s| {
-            // SAFETY: `part` holds a shard, `out` `size` shards.
-            unsafe { ccl.all_gather(comm, part, out, shard, dtype, s) }
-        })?;
-        copy(dev_ref(out, count * e, vendor, device), recv)
+        let out = m.on_device(0, recv, mine(&recv), send.is_none())?;
+        let steps = layout
+            .steps(c, inp, out, |slot, len| m.scratch(slot, len))?
+            .ok_or_else(|| Error::Internal("an island all-reduce without steps".into()))?;
+        self.run_steps(&steps, timeout, abort)?;
+        copy(dev_ref(out, recv.len(), vendor, device), recv)
     }
 
     /// Native in-place broadcast of `count` elements at device `addr` from member `root`.
@@ -916,7 +980,7 @@ impl Member {
             }
         }
         self.scratch[slot] = None;
-        let d = DeviceMemory::new(self.vendor, Some(self.device), len.max(256))?;
+        let d = DeviceMemory::new(self.nc.vendor, Some(self.nc.device), len.max(256))?;
         let a = d.addr();
         self.scratch[slot] = Some(d);
         Ok(a)
@@ -930,7 +994,7 @@ impl Member {
         }
         let a = self.scratch(slot, b.len())?;
         if fill {
-            copy(b, dev_ref(a, b.len(), self.vendor, self.device))?;
+            copy(b, dev_ref(a, b.len(), self.nc.vendor, self.nc.device))?;
         }
         Ok(a)
     }
@@ -943,50 +1007,39 @@ impl Member {
         abort: &AtomicBool,
         f: impl FnOnce(&dyn Ccl, CommHandle, StreamHandle) -> Result<()>,
     ) -> Result<()> {
-        let comm = self.comm.ok_or_else(|| {
-            Error::Internal(format!("the {} communicator was aborted", self.ccl.kind()))
-        })?;
-        let dev = Runtimes::global().get(self.vendor)?;
-        let (ccl, peers, stream, device) = (self.ccl, &self.peers, self.stream, self.device);
+        let nc = &*self.nc;
+        let comm = nc.handle()?;
+        let dev = Runtimes::global().get(nc.vendor)?;
+        let (stream, device) = (self.stream, nc.device);
+        // Stream-ordered calls before this one went to the library on a caller's
+        // stream: they come first.
+        let last = nc
+            .last_stream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(s) = last.filter(|s| *s != stream) {
+            dev.synchronize(device, s)?;
+        }
         let done = AtomicBool::new(false);
         let fired: Mutex<Option<Error>> = Mutex::new(None);
         let result = std::thread::scope(|scope| {
             scope.spawn(|| {
                 let start = Instant::now();
                 while !done.load(Ordering::Acquire) {
-                    let why = if abort.load(Ordering::SeqCst) {
-                        Some(Error::Aborted)
-                    } else if let Some(&(rank, pid)) = peers.iter().find(|(_, p)| pid_gone(*p)) {
-                        Some(Error::PeerLost {
-                            rank,
-                            reason: format!(
-                                "island member process {pid} is gone; {} communicator aborted",
-                                ccl.kind()
-                            ),
-                        })
-                    } else if start.elapsed() > timeout {
-                        Some(Error::Timeout {
-                            op: format!("{} island call", ccl.kind()),
-                            waiting_for: peers.iter().map(|p| p.0).collect(),
-                            after: start.elapsed(),
-                        })
-                    } else {
-                        None
-                    };
-                    if let Some(e) = why {
+                    if let Some(e) = nc.stop_reason(start, timeout, abort) {
                         *fired.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                        let _ = ccl.abort(comm);
+                        nc.abort();
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
             });
-            let r = f(ccl, comm, stream).and_then(|_| dev.synchronize(device, stream));
+            let r = f(nc.ccl, comm, stream).and_then(|_| dev.synchronize(device, stream));
             done.store(true, Ordering::Release);
             r
         });
         if let Some(e) = fired.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            self.comm = None;
             return Err(e);
         }
         result

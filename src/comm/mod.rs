@@ -29,6 +29,7 @@ mod uneven;
 mod validate;
 
 pub use elastic::{Island, RevokeHandle};
+pub use island::{CrossPhase, CrossRegion, IslandPlanner, IslandSteps, NativeCall};
 pub use stage::TransferMem;
 pub use uneven::{displacements, split_by_weight};
 
