@@ -84,6 +84,22 @@ pub(crate) struct Args {
     pub stream: usize,
 }
 
+/// A collective as the communicator's island route sees it ([`CollCall::island_form`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IslandForm {
+    pub coll: Collective,
+    pub dtype: DataType,
+    /// The op the communicator runs (a scaled sum runs as a sum of a scaled copy).
+    pub op: ReduceOp,
+    /// A `ncclRedOpCreatePreMulSum` op: the input is scaled on the host first.
+    pub scaled: bool,
+    pub root: usize,
+    /// Elements, per block for all-gather and reduce-scatter.
+    pub count: usize,
+    pub send: Option<RawBuf>,
+    pub recv: RawBuf,
+}
+
 /// A validated collective call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CollCall {
@@ -270,6 +286,36 @@ impl CollCall {
             Kind::ReduceScatter => Collective::ReduceScatter,
             Kind::AllToAll => Collective::AllToAll,
         }
+    }
+
+    /// The call as the communicator's island route sees it (None for the
+    /// collectives that never go through islands).
+    pub fn island_form(&self) -> Option<IslandForm> {
+        let e = self.dtype.size().max(1);
+        let n = self.nranks.max(1);
+        let count = match self.kind {
+            Kind::AllReduce | Kind::Broadcast => self.recv.len / e,
+            Kind::AllGather => self.recv.len / e / n,
+            Kind::ReduceScatter => match self.send {
+                Some(_) => self.recv.len / e,
+                None => self.recv.len / e / n,
+            },
+            Kind::Reduce | Kind::AllToAll => return None,
+        };
+        let (op, scaled) = match self.op {
+            OpSpec::Builtin(op) => (op, false),
+            OpSpec::PreMulSum(_) => (ReduceOp::Sum, true),
+        };
+        Some(IslandForm {
+            coll: self.collective(),
+            dtype: self.dtype,
+            op,
+            scaled,
+            root: self.root,
+            count,
+            send: self.send,
+            recv: self.recv,
+        })
     }
 
     /// The buffers the call touches, with what it reads and writes of each (for

@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     pub ops: Mutex<OpTable>,
     /// Pinned buffers of stream-ordered calls on device memory.
     pub staging: crate::staging::Pool,
+    /// This rank's island, when it is a member of one (`native`).
+    island: OnceLock<mixccl::IslandPlanner>,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Shared {
             holds: Holds::default(),
             ops: Mutex::new(OpTable::default()),
             staging: Default::default(),
+            island: OnceLock::new(),
         }
     }
 
@@ -143,6 +146,9 @@ impl Shared {
         }
         let _ = self.abort.set(handle);
         let _ = self.revoke.set(comm.revoke_handle());
+        if let Some(p) = comm.island_planner() {
+            let _ = self.island.set(p);
+        }
         let _ = self.facts.set(Facts {
             rank: comm.rank(),
             nranks: comm.nranks(),
@@ -152,6 +158,11 @@ impl Shared {
         if self.aborted.load(Ordering::SeqCst) {
             self.abort();
         }
+    }
+
+    /// This rank's island planner, when it is an island member.
+    pub fn island_planner(&self) -> Option<&mixccl::IslandPlanner> {
+        self.island.get()
     }
 
     /// Whether calls on this communicator run in the background.
@@ -380,6 +391,10 @@ impl Shared {
         self.holds.release_all();
         if let Some(h) = self.abort.get() {
             h.abort();
+        }
+        // Native calls queued on callers' streams end now too.
+        if let Some(p) = self.island.get() {
+            p.abort();
         }
     }
 

@@ -345,6 +345,14 @@ fn enqueue_ordered(comm: &Arc<Shared>, calls: &[Pending]) -> Outcome<bool> {
             s.abort();
         }
     });
+    // An island member's calls that may go through its island queue the native
+    // calls on the caller's stream (`native`), or run host-synchronously: never on
+    // the progress thread.
+    if let Some(planner) = comm.island_planner() {
+        if crate::native::touches_islands(planner, calls) {
+            return crate::native::enqueue(comm, planner, calls, &streams, ticket);
+        }
+    }
     // Device buffers are staged through pinned memory by copies on the caller's
     // streams around the hold (`staging`); the progress thread runs host calls.
     let p2p: Vec<P2p> = calls

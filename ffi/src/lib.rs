@@ -23,6 +23,7 @@ mod ext;
 mod group;
 mod island;
 mod memory;
+mod native;
 mod queue;
 mod redop;
 mod staging;

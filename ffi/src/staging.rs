@@ -236,6 +236,60 @@ impl Pool {
         Ok(Some((host_calls, staged)))
     }
 
+    /// Stages raw device `regions` on `s` (an island call's host phase, `native`):
+    /// a pinned buffer per region, the copies in queued on `s`; returns the pinned
+    /// addresses in region order.
+    pub fn stage_regions(
+        &self,
+        s: &CallerStream,
+        regions: &[Region],
+    ) -> Outcome<(Vec<usize>, Staged)> {
+        let mut staged = Staged {
+            taken: Vec::new(),
+            outs: Vec::new(),
+            streams: vec![*s],
+        };
+        let mut hosts = Vec::with_capacity(regions.len());
+        for r in regions {
+            let mut slot = match self.take(s, r.device.len) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    self.give_back(std::mem::take(&mut staged.taken), None);
+                    return Err(e);
+                }
+            };
+            let host = slot.mem.as_mut_ptr() as usize;
+            staged.taken.push(slot);
+            if let Some((off, len)) = r.copy_out.filter(|(_, len)| *len > 0) {
+                staged.outs.push((*s, r.device.addr + off, host + off, len));
+            }
+            hosts.push(host);
+        }
+        let d = Runtimes::global().get(s.vendor)?;
+        for (r, &host) in regions.iter().zip(&hosts) {
+            if !r.copy_in || r.device.len == 0 {
+                continue;
+            }
+            // SAFETY: `r.device` is device memory of `len` bytes on this device (the
+            // caller's buffer or the island's scratch); `host` a pinned buffer of at
+            // least `len` bytes that this unit owns until its fence passes.
+            let c = unsafe {
+                d.copy_to_host(
+                    s.index,
+                    host as *mut u8,
+                    r.device.addr,
+                    r.device.len,
+                    s.stream,
+                )
+            };
+            if let Err(e) = c {
+                self.give_back(std::mem::take(&mut staged.taken), None);
+                return Err(e.into());
+            }
+        }
+        Ok((hosts, staged))
+    }
+
     /// Queues the copies out after the unit's holds, then a fence on each stream,
     /// and returns the buffers to the pool behind the fence.
     pub fn stage_out(&self, staged: Staged) -> Outcome {

@@ -243,6 +243,17 @@ pub(crate) struct Marks {
 }
 
 impl Marks {
+    /// Has every earlier item on every caller stream finished? (Never blocks.)
+    pub fn poll(&mut self) -> mixccl::Result<bool> {
+        for (s, d, e) in &self.marks {
+            if !d.event_done(s.index, *e)? {
+                return Ok(false);
+            }
+        }
+        self.all_done = true;
+        Ok(true)
+    }
+
     /// Waits until every earlier item on every caller stream has finished: polls the
     /// events, at most `limit`; gives up at once when `stop()` says so.
     pub fn wait(&mut self, limit: Duration, stop: impl Fn() -> bool) -> Outcome {
@@ -297,6 +308,23 @@ impl Drop for Marks {
             }
         }
     }
+}
+
+/// Marks on `streams` (an event recorded on each), without holds: what the island
+/// calls' watch polls for the native calls queued before them (`native`).
+pub(crate) fn marks_on(streams: &[CallerStream]) -> mixccl::Result<Marks> {
+    let rt = Runtimes::global();
+    let mut marks = Marks {
+        marks: Vec::with_capacity(streams.len()),
+        all_done: false,
+    };
+    for s in streams {
+        let d = rt.get(s.vendor)?;
+        let e = take_event(d, s.index)?;
+        marks.marks.push((*s, d, e));
+        d.record_event(s.index, e, s.stream)?;
+    }
+    Ok(marks)
 }
 
 /// Ties a unit to `streams`: records a ready mark on each, then launches a hold of

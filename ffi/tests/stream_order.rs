@@ -213,3 +213,70 @@ fn abort_releases_every_held_stream() {
         "abort released both streams",
     );
 }
+
+/// The native call count `name` on a rank's `NATIVE` line.
+fn native(out: &str, name: &str) -> i64 {
+    let line = out
+        .lines()
+        .find(|l| l.contains(" NATIVE "))
+        .unwrap_or_else(|| panic!("no NATIVE line in {out}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {line}"))
+}
+
+#[test]
+fn island_calls_queue_the_native_library_on_the_callers_stream() {
+    // Stub NCCL and HCCL run their collectives on the caller's stream (a host
+    // function), so a call behind a gate only returns if mixccl queues the native
+    // calls at enqueue; the counts prove they went through the library.
+    let (dir, exe) = program("stream-islands");
+    let nccl = build_stub(&dir, "nccl");
+    let hccl = build_stub(&dir, "hccl");
+    let libs = [
+        ("MIXCCL_NCCL_LIB", nccl.to_str().expect("utf-8 path")),
+        ("MIXCCL_HCCL_LIB", hccl.to_str().expect("utf-8 path")),
+        ("STUB_CCL_TIMEOUT_S", "60"),
+    ];
+    // One island spanning the communicator; two equal islands of two vendors (the
+    // shard form); an island and a rank of another host (the representatives' form).
+    let cases: [(&[&str], &str); 3] = [
+        (&["cuda", "cuda"], "a,a"),
+        (&["cuda", "acl", "acl", "cuda"], "a,a,a,a"),
+        (&["cuda", "cuda", "cuda"], "a,a,b"),
+    ];
+    for (mems, hosts) in cases {
+        let mut env = libs.to_vec();
+        env.push(("TEST_HOSTS", hosts));
+        let runs = run_case(&dir, &exe, "islands", mems, &env);
+        for (r, run) in runs.iter().enumerate() {
+            let what = format!("{mems:?} on hosts {hosts}, rank {r}:\n{}", run.output);
+            assert!(run.output.contains("stream_order islands OK"), "{what}");
+            let lone = hosts.split(',').nth(r) == Some("b");
+            if lone {
+                continue;
+            }
+            assert!(native(&run.output, "all_reduce") > 0, "{what}");
+            assert!(native(&run.output, "broadcast") > 0, "{what}");
+            assert!(native(&run.output, "all_gather") > 0, "{what}");
+            assert_eq!(native(&run.output, "abort"), 0, "{what}");
+            if mems.len() == 4 {
+                // The shard form: 7 and N elements leave each member a shard.
+                assert!(native(&run.output, "reduce_scatter") > 0, "{what}");
+            }
+        }
+    }
+    // What PyTorch's allocator does between calls (device-wide synchronisation
+    // points while calls wait for peers) must not deadlock an island either: the
+    // native calls are queued at enqueue, never behind a hold (a timeout beyond the
+    // deadline: a deadlock fails the test).
+    let mut env = libs.to_vec();
+    env.extend([
+        ("TEST_HOSTS", "a,a,a,a"),
+        ("STUB_IMPLICIT_SYNC", "1"),
+        ("MIXCCL_TIMEOUT", "600"),
+    ]);
+    run_case_ok(&dir, &exe, "allocs", &["cuda", "acl", "acl", "cuda"], &env);
+    let _ = std::fs::remove_dir_all(dir);
+}

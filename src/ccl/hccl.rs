@@ -31,6 +31,7 @@ crate::foreign::foreign_api! {
         all_gather: "HcclAllGather" => fn(*mut c_void, *mut c_void, u64, c_int, Comm, Stream) -> HcclResult;
         broadcast: "HcclBroadcast" => fn(*mut c_void, u64, c_int, u32, Comm, Stream) -> HcclResult;
         comm_destroy: "HcclCommDestroy" => fn(Comm) -> HcclResult;
+        get_comm_async_error: "HcclGetCommAsyncError" => fn(Comm, *mut HcclResult) -> HcclResult;
         get_error_string: "HcclGetErrorString" => fn(HcclResult) -> *const c_char;
     }
 }
@@ -225,6 +226,17 @@ impl Ccl for Hccl {
             &format!("HcclBroadcast({count} x {dtype}, root {root})"),
             rc,
         )
+    }
+
+    fn async_error(&self, comm: CommHandle) -> Result<()> {
+        let mut state: HcclResult = 0;
+        // SAFETY: a communicator of this library; `state` is a valid out-pointer.
+        let rc = unsafe { (self.api.get_comm_async_error)(comm as Comm, &mut state) };
+        self.check("HcclGetCommAsyncError", rc)?;
+        match state {
+            0 => Ok(()),
+            e => self.check("a call on the stream (HcclGetCommAsyncError)", e),
+        }
     }
 
     fn abort(&self, comm: CommHandle) -> Result<()> {

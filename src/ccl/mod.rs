@@ -199,6 +199,14 @@ pub(crate) trait Ccl: Send + Sync {
         stream: StreamHandle,
     ) -> Result<()>;
 
+    /// The error a call of `comm` ended in on its stream, if any: the library's
+    /// queued work cannot return one, so a caller checks after the stream has run
+    /// it (`ncclCommGetAsyncError`). Libraries without such a query report none.
+    fn async_error(&self, comm: CommHandle) -> Result<()> {
+        let _ = comm;
+        Ok(())
+    }
+
     /// Stops every call in flight on `comm` and frees it (safe from any thread).
     fn abort(&self, comm: CommHandle) -> Result<()>;
 

@@ -36,6 +36,7 @@ crate::foreign::foreign_api! {
         all_gather: "AllGather" => fn(*const c_void, *mut c_void, usize, c_int, Comm, Stream) -> NcclResult;
         broadcast: "Broadcast" => fn(*const c_void, *mut c_void, usize, c_int, c_int, Comm, Stream) -> NcclResult;
         comm_abort: "CommAbort" => fn(Comm) -> NcclResult;
+        comm_get_async_error: "CommGetAsyncError" => fn(Comm, *mut NcclResult) -> NcclResult;
         comm_destroy: "CommDestroy" => fn(Comm) -> NcclResult;
         get_error_string: "GetErrorString" => fn(NcclResult) -> *const c_char;
     }
@@ -200,6 +201,18 @@ impl Ccl for Nccl {
             )
         };
         self.check(&format!("Broadcast({count} x {dtype}, root {root})"), rc)
+    }
+
+    fn async_error(&self, comm: CommHandle) -> Result<()> {
+        let mut state: NcclResult = 0;
+        // SAFETY: a communicator of this library; `state` is a valid out-pointer.
+        let rc = unsafe { (self.api.comm_get_async_error)(comm as Comm, &mut state) };
+        self.check("CommGetAsyncError", rc)?;
+        // ncclInProgress (7): a nonblocking operation still running is no error.
+        match state {
+            0 | 7 => Ok(()),
+            e => self.check("a call on the stream (CommGetAsyncError)", e),
+        }
     }
 
     fn abort(&self, comm: CommHandle) -> Result<()> {

@@ -93,6 +93,13 @@ impl NativeComm {
             })
     }
 
+    /// The error a call queued on a stream ended in (once the stream has run it):
+    /// another member's abort or loss ends this member's calls early, unwritten.
+    pub(crate) fn async_error(&self) -> Result<()> {
+        let c = self.handle()?;
+        self.ccl.async_error(c)
+    }
+
     /// Aborts the native communicator (once; safe from any thread).
     pub(crate) fn abort(&self) {
         if let Some(c) = self.comm.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -1035,7 +1042,9 @@ impl Member {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             });
-            let r = f(nc.ccl, comm, stream).and_then(|_| dev.synchronize(device, stream));
+            let r = f(nc.ccl, comm, stream)
+                .and_then(|_| dev.synchronize(device, stream))
+                .and_then(|_| nc.ccl.async_error(comm));
             done.store(true, Ordering::Release);
             r
         });

@@ -29,10 +29,17 @@
  *           synchronisation points) right after each call is enqueued, with the call
  *           still waiting for its peers. Each call must still complete and be right
  *           (the library must queue no device work that the held stream waits for).
+ *   islands (cuda ranks share the stub NCCL, acl ranks the stub HCCL; TEST_HOSTS
+ *           names each rank's host, comma-separated) island collectives behind a gate:
+ *           all-reduce (float sum out of and in place, int32 max), all-gather (out of
+ *           and in place), broadcast from the last rank, at 0, 1, 7 and N elements;
+ *           then reduce-scatter, without a gate (across islands it runs
+ *           host-synchronously). Prints the native library's call counts.
  * TEST_RANK, TEST_NRANKS, TEST_ID_FILE: as mixed.c; TEST_DONE_FILE: rank 0 creates it
  * when done, and a silent rank 1 waits for it (60 s at most).
  */
 #define _POSIX_C_SOURCE 200809L
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -236,8 +243,14 @@ static void sync_stream(void* s) {
   else VENDOR(cnrtQueueSync(s));
 }
 
+/* The islands case launches its gates with the stub runtime's test-only
+ * stubLaunchHostFunc: an ACL stream needs a report thread for aclrtLaunchCallback,
+ * and mixccl subscribes one only to the streams it launches its own holds on. */
+static int (*stub_launch)(void*, host_fn, void*);
+
 static void launch(void* s, host_fn fn, void* arg) {
-  if (is("cuda")) VENDOR(cuLaunchHostFunc(s, fn, arg));
+  if (stub_launch) VENDOR(stub_launch(s, fn, arg));
+  else if (is("cuda")) VENDOR(cuLaunchHostFunc(s, fn, arg));
   else if (is("hip")) VENDOR(hipLaunchHostFunc(s, fn, arg));
   else if (is("acl")) VENDOR(aclrtLaunchCallback(fn, arg, 1 /* ACL_CALLBACK_BLOCK */, s));
   else if (is("musa")) VENDOR(musaLaunchHostFunc(s, fn, arg));
@@ -691,6 +704,148 @@ static void case_allocs(void) {
   dev_free(d_out);
 }
 
+/* The native library's count of `name` calls in this process (stubCclCount). */
+static long native_count(const char* name) {
+  const char* path = getenv(is("acl") ? "MIXCCL_HCCL_LIB" : "MIXCCL_NCCL_LIB");
+  void* lib = path ? dlopen(path, RTLD_NOW | RTLD_LOCAL) : NULL;
+  long (*count)(const char*) = NULL;
+  if (!lib) fail("cannot open the stub collective library %s", path ? path : "(unset)");
+  *(void**)&count = dlsym(lib, "stubCclCount");
+  if (!count) fail("%s has no stubCclCount", path);
+  long n = count(name);
+  dlclose(lib);
+  return n;
+}
+
+static float max_of(size_t i, int salt) { return value(nranks - 1, i, salt); }
+static float from_last(size_t i, int salt) { return value(nranks - 1, i, salt); }
+
+/* Runs the upload, `call` and the download behind a gate on `s`, and checks. */
+/* `call` behind a gate on `s` (an empty call has no device buffer to order by:
+ * it waits for its stream on the host, so no gate then). */
+#define GATED(what, call)                                                          \
+  do {                                                                             \
+    int saved_ = sync_mode;                                                        \
+    if (n == 0) sync_mode = 1;                                                     \
+    gate_close(&g, s);                                                             \
+    sync_mode = saved_;                                                            \
+    CHECK(call);                                                                   \
+    if (gate_passed(&g) && !sync_mode && n > 0)                                    \
+      fail("%s: the stream passed the gate early", what);                          \
+  } while (0)
+
+static void gate_open_if(struct gate* g, size_t n) {
+  if (n > 0) gate_open(g);
+}
+
+static void case_islands(void) {
+  void* s = new_stream();
+  const size_t counts[] = {0, 1, 7, N};
+  float *h_in = pinned(N * 8), *h_out = pinned(N * 8);
+  void *d_in = dev_alloc(N * 4 * 8), *d_out = dev_alloc(N * 4 * 8);
+  struct gate g;
+  if (nranks > 8) fail("at most 8 ranks");
+  if (is("acl")) {
+    const char* path = getenv("MIXCCL_ACL_LIB");
+    void* lib = path ? dlopen(path, RTLD_NOW | RTLD_LOCAL) : NULL;
+    if (lib) *(void**)&stub_launch = dlsym(lib, "stubLaunchHostFunc");
+    if (!stub_launch) fail("no stubLaunchHostFunc in %s", path ? path : "(unset)");
+  }
+  for (int ci = 0; ci < 4; ci++) {
+    size_t n = counts[ci];
+    int salt = 10 + ci;
+    int32_t* ints = (int32_t*)h_in;
+
+    fill(h_in, n, rank, salt);
+    upload(d_in, h_in, n, s);
+    GATED("all-reduce", ncclAllReduce(d_in, d_out, n, ncclFloat32, ncclSum, comm, s));
+    download(h_out, d_out, n, s);
+    gate_open_if(&g, n);
+    sync_stream(s);
+    gate_check(&g);
+    expect("island all-reduce", h_out, n, sum_of, salt);
+
+    upload(d_out, h_in, n, s);
+    GATED("in-place all-reduce", ncclAllReduce(d_out, d_out, n, ncclFloat32, ncclSum, comm, s));
+    download(h_out, d_out, n, s);
+    gate_open_if(&g, n);
+    sync_stream(s);
+    expect("island in-place all-reduce", h_out, n, sum_of, salt);
+
+    for (size_t i = 0; i < n; i++) ints[i] = (int32_t)value(rank, i, salt);
+    upload(d_out, h_in, n, s);
+    GATED("int32 max", ncclAllReduce(d_out, d_out, n, ncclInt32, ncclMax, comm, s));
+    download(h_out, d_out, n, s);
+    gate_open_if(&g, n);
+    sync_stream(s);
+    for (size_t i = 0; i < n; i++) {
+      int32_t got = ((int32_t*)h_out)[i], want = (int32_t)max_of(i, salt);
+      if (got != want) fail("island int32 max: element %zu is %d, expected %d", i, got, want);
+      checks++;
+    }
+
+    fill(h_in, n, rank, salt);
+    upload(d_in, h_in, n, s);
+    GATED("all-gather", ncclAllGather(d_in, d_out, n, ncclFloat32, comm, s));
+    download(h_out, d_out, n * nranks, s);
+    gate_open_if(&g, n);
+    sync_stream(s);
+    for (int r = 0; r < nranks; r++)
+      for (size_t i = 0; i < n; i++) {
+        if (h_out[r * n + i] != value(r, i, salt))
+          fail("island all-gather of %zu: block %d element %zu is %g", n, r, i, h_out[r * n + i]);
+        checks++;
+      }
+
+    float* own = (float*)d_out + (size_t)rank * n;
+    upload(own, h_in, n, s);
+    GATED("in-place all-gather", ncclAllGather(own, d_out, n, ncclFloat32, comm, s));
+    download(h_out, d_out, n * nranks, s);
+    gate_open_if(&g, n);
+    sync_stream(s);
+    for (int r = 0; r < nranks; r++)
+      for (size_t i = 0; i < n; i++) {
+        if (h_out[r * n + i] != value(r, i, salt))
+          fail("island in-place all-gather of %zu: block %d element %zu is %g", n, r, i, h_out[r * n + i]);
+        checks++;
+      }
+
+    GATED("broadcast", ncclBroadcast(d_in, d_out, n, ncclFloat32, nranks - 1, comm, s));
+    download(h_out, d_out, n, s);
+    gate_open_if(&g, n);
+    sync_stream(s);
+    expect("island broadcast", h_out, n, from_last, salt);
+
+    fill(h_in, n * nranks, rank, salt);
+    upload(d_in, h_in, n * nranks, s);
+    CHECK(ncclReduceScatter(d_in, d_out, n, ncclFloat32, ncclSum, comm, s));
+    download(h_out, d_out, n, s);
+    sync_stream(s);
+    for (size_t i = 0; i < n; i++) {
+      float w = sum_of((size_t)rank * n + i, salt);
+      if (h_out[i] != w) fail("island reduce-scatter of %zu: element %zu is %g, expected %g", n, i, h_out[i], w);
+      checks++;
+    }
+  }
+  printf("rank %d NATIVE all_reduce=%ld reduce_scatter=%ld all_gather=%ld broadcast=%ld abort=%ld\n",
+         rank, native_count("all_reduce"), native_count("reduce_scatter"),
+         native_count("all_gather"), native_count("broadcast"), native_count("abort"));
+  dev_free(d_in);
+  dev_free(d_out);
+}
+
+/* For the islands case: this rank's runtime and host, set before mixccl starts. */
+static void island_env(void) {
+  char hosts[256], *save = NULL, *h;
+  const char* list = getenv("TEST_HOSTS");
+  int r = 0;
+  setenv("MIXCCL_DEVICES", mem, 1);
+  if (!list) return;
+  snprintf(hosts, sizeof hosts, "%s", list);
+  for (h = strtok_r(hosts, ",", &save); h; h = strtok_r(NULL, ",", &save), r++)
+    if (r == rank) setenv("MIXCCL_HOST_ID", h, 1);
+}
+
 int main(void) {
   ncclUniqueId id;
   const char* which = getenv("TEST_CASE");
@@ -699,6 +854,7 @@ int main(void) {
   sync_mode = getenv("TEST_SYNC") != NULL;
   if (getenv("TEST_MEM")) mem = getenv("TEST_MEM");
   if (!which) fail("TEST_CASE is not set");
+  if (strcmp(which, "islands") == 0 || getenv("TEST_HOSTS")) island_env();
   setup_device();
   id = share_id_by_file();
   CHECK(ncclCommInitRank(&comm, nranks, id, rank));
@@ -706,7 +862,8 @@ int main(void) {
   else if (strcmp(which, "killed") == 0 || strcmp(which, "silent") == 0) lost_peer(which);
   else if (strcmp(which, "abort") == 0) case_abort();
   else if (strcmp(which, "allocs") == 0) case_allocs();
-  else fail("TEST_CASE=%s: expected order, killed, silent, abort or allocs", which);
+  else if (strcmp(which, "islands") == 0) case_islands();
+  else fail("TEST_CASE=%s: expected order, killed, silent, abort, allocs or islands", which);
   if (comm) CHECK(ncclCommDestroy(comm));
   printf("rank %d of %d (%s): stream_order %s OK, %ld checks\n", rank, nranks, mem, which, checks);
   return 0;

@@ -535,23 +535,26 @@ impl IslandPlanner {
         unsafe { call.issue(nc.ccl, comm, stream) }
     }
 
-    /// Polls `done` until it says so, watching the island: the communicator's
-    /// `abort` flag, a member process gone or `timeout` aborts the native
-    /// communicator (queued native calls then end at once) and is the error.
+    /// Polls `done` until it says so, watching the island: `aborted()`, a member
+    /// process gone or `timeout` aborts the native communicator (queued native
+    /// calls then end at once) and is the error.
     pub fn watch(
         &self,
         mut done: impl FnMut() -> Result<bool>,
         timeout: Duration,
-        abort: &AtomicBool,
+        aborted: impl Fn() -> bool,
     ) -> Result<()> {
         let nc = &self.inner.nc;
         let start = Instant::now();
         let mut nap = Duration::from_micros(10);
+        let flag = AtomicBool::new(false);
         loop {
             if done()? {
-                return Ok(());
+                // Queued native calls that another member's failure ended early.
+                return nc.async_error();
             }
-            if let Some(e) = nc.stop_reason(start, timeout, abort) {
+            flag.store(aborted(), std::sync::atomic::Ordering::SeqCst);
+            if let Some(e) = nc.stop_reason(start, timeout, &flag) {
                 nc.abort();
                 return Err(e);
             }
