@@ -280,3 +280,32 @@ fn island_calls_queue_the_native_library_on_the_callers_stream() {
     run_case_ok(&dir, &exe, "allocs", &["cuda", "acl", "acl", "cuda"], &env);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_killed_island_member_releases_the_stream_and_the_error_latches() {
+    // Rank 1 of a two-rank NCCL island dies; rank 0's next call, behind a gate, has
+    // only native calls on its stream (the island spans the communicator). The watch
+    // must abort the native communicator so the stream comes back; MIXCCL_TIMEOUT is
+    // beyond the test's deadline, so only the member's loss can release it.
+    let (dir, exe) = program("stream-island-killed");
+    let nccl = build_stub(&dir, "nccl");
+    let env = [
+        ("MIXCCL_NCCL_LIB", nccl.to_str().expect("utf-8 path")),
+        ("STUB_CCL_TIMEOUT_S", "600"),
+        ("TEST_HOSTS", "a,a"),
+        ("MIXCCL_TIMEOUT", "600"),
+    ];
+    let runs = run_case(&dir, &exe, "killed", &["cuda", "cuda"], &env);
+    eprint!("{}", runs[0].output);
+    assert!(
+        runs[0].output.contains("stream released"),
+        "{}",
+        runs[0].output
+    );
+    assert!(
+        runs[0].output.contains("island member process"),
+        "the error names the lost member: {}",
+        runs[0].output
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
