@@ -16,9 +16,8 @@
 //! process gone, the communicator aborted or `MIXCCL_TIMEOUT` aborts the native
 //! communicator, which ends the native calls queued on the caller's stream, and the
 //! error latches. A unit the steps do not cover (several calls, buffers off the
-//! island's device, a reduce-scatter across islands, a scaled op) runs
-//! host-synchronously on the caller's thread, where the communicator runs its own
-//! native calls.
+//! island's device, a scaled op) runs host-synchronously on the caller's thread,
+//! where the communicator runs its own native calls.
 
 use crate::cast::RawBuf;
 use crate::comm::Shared;
@@ -27,7 +26,7 @@ use crate::staging::Region;
 use crate::status::{Failure, Outcome};
 use crate::stream::{self, CallerStream, Ticket};
 use mixccl::device::MemoryKind;
-use mixccl::{IslandPlanner, IslandSteps, MemRef};
+use mixccl::{IslandPlanner, IslandSteps, MemRef, NativeCall};
 use std::sync::Arc;
 
 /// Whether a unit of an island member must not be staged onto the progress thread:
@@ -133,9 +132,7 @@ fn queue_steps(
 ) -> Outcome<(Option<Cross>, stream::Marks)> {
     planner.order_on(s.stream)?;
     for call in &steps.pre {
-        // SAFETY: the call's buffers are the caller's (valid until its stream has
-        // passed the call, nccl.h) or the planner's scratch (kept while it lives).
-        unsafe { planner.queue(call, s.stream) }?;
+        queue(comm, planner, call, s)?;
     }
     let cross = match &steps.cross {
         None => None,
@@ -167,11 +164,20 @@ fn queue_steps(
         }
     };
     for call in &steps.post {
-        // SAFETY: as above.
-        unsafe { planner.queue(call, s.stream) }?;
+        queue(comm, planner, call, s)?;
     }
     let done = stream::marks_on(&[*s])?;
     Ok((cross, done))
+}
+
+/// Queues one step on `s`: a native call, or a device copy through a pinned buffer.
+fn queue(comm: &Shared, planner: &IslandPlanner, call: &NativeCall, s: &CallerStream) -> Outcome {
+    if let Some((src, dst, len)) = call.as_copy() {
+        return comm.staging.copy_through(s, src, dst, len);
+    }
+    // SAFETY: the call's buffers are the caller's (valid until its stream has passed
+    // the call, nccl.h) or the planner's scratch (kept while it lives).
+    Ok(unsafe { planner.queue(call, s.stream) }?)
 }
 
 /// The progress thread's side: the host phase once the stream reaches it, then the

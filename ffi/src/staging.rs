@@ -290,6 +290,23 @@ impl Pool {
         Ok((hosts, staged))
     }
 
+    /// Queues a copy of `len` bytes from device buffer `src` to `dst` on `s`, through
+    /// a pinned buffer (the runtimes copy between device and host only); the buffer
+    /// returns to the pool behind a fence.
+    pub fn copy_through(&self, s: &CallerStream, src: usize, dst: usize, len: usize) -> Outcome {
+        if len == 0 {
+            return Ok(());
+        }
+        let region = Region {
+            device: RawBuf { addr: src, len },
+            copy_in: true,
+            copy_out: None,
+        };
+        let (hosts, mut staged) = self.stage_regions(s, &[region])?;
+        staged.outs.push((*s, dst, hosts[0], len));
+        self.stage_out(staged)
+    }
+
     /// Queues the copies out after the unit's holds, then a fence on each stream,
     /// and returns the buffers to the pool behind the fence.
     pub fn stage_out(&self, staged: Staged) -> Outcome {

@@ -779,7 +779,9 @@ impl Islands {
         Ok(full)
     }
 
-    /// An island member: native phases around the representatives' phase.
+    /// An island member: the call's steps (`steps::Layout::steps`, the same a
+    /// stream-ordered caller queues) on this member's stream; buffers off its device
+    /// go through scratch slots 1 (input) and 0 (output; filled first when in place).
     fn run_member(
         &mut self,
         c: Call,
@@ -788,155 +790,8 @@ impl Islands {
         timeout: Duration,
         abort: &AtomicBool,
     ) -> Result<()> {
-        let e = c.dtype.size();
-        let g = self.group_of[c.rank];
-        let lead = self.groups[g].members[0] == c.rank;
-        let crossing = self.groups.len() > 1;
-        let m = self.member.as_mut().expect("run_member on a member");
-        let (vendor, device) = (m.nc.vendor, m.nc.device);
-        let mine = |b: &MemRef| {
-            b.kind()
-                == MemoryKind::Device {
-                    vendor,
-                    index: device,
-                }
-        };
-        match c.coll {
-            Collective::AllReduce if self.shards.is_some() => {
-                self.shard_all_reduce(c, send, recv, timeout, abort)
-            }
-            Collective::AllReduce => {
-                let len = c.count * e;
-                let out = m.on_device(0, recv, mine(&recv), send.is_none())?;
-                let inp = match send {
-                    Some(s) => m.on_device(1, s, mine(&s), true)?,
-                    None => out,
-                };
-                let (count, dtype, op) = (c.count, c.dtype, c.op);
-                m.native(timeout, abort, |ccl, comm, s| {
-                    // SAFETY: `inp` and `out` are device buffers of `len` bytes.
-                    unsafe { ccl.all_reduce(comm, inp, out, count, dtype, op, s) }
-                })?;
-                if crossing {
-                    if lead {
-                        let d = dev_ref(out, len, vendor, device);
-                        self.reps(|r| r.collective_mem(c.coll, dtype, op, 0, None, d))?;
-                    }
-                    self.native_bcast(out, count, dtype, 0, timeout, abort)?;
-                }
-                copy(dev_ref(out, len, vendor, device), recv)
-            }
-            Collective::Broadcast => {
-                let len = c.count * e;
-                let root_group = self.group_of[c.root];
-                let is_root = c.rank == c.root;
-                let out = m.on_device(0, recv, mine(&recv), is_root && send.is_none())?;
-                if let (true, Some(s)) = (is_root, send) {
-                    copy(s, dev_ref(out, len, vendor, device))?;
-                }
-                if root_group == g {
-                    let idx = self.groups[g]
-                        .members
-                        .iter()
-                        .position(|&r| r == c.root)
-                        .unwrap_or(0);
-                    self.native_bcast(out, c.count, c.dtype, idx, timeout, abort)?;
-                }
-                if crossing {
-                    if lead {
-                        let d = dev_ref(out, len, vendor, device);
-                        self.reps(|r| {
-                            r.collective_mem(c.coll, c.dtype, c.op, root_group, None, d)
-                        })?;
-                    }
-                    if root_group != g {
-                        self.native_bcast(out, c.count, c.dtype, 0, timeout, abort)?;
-                    }
-                }
-                copy(dev_ref(out, len, vendor, device), recv)
-            }
-            Collective::AllGather => {
-                let block = c.count * e;
-                let island = self.groups[g].members.len();
-                let own = send.unwrap_or_else(|| recv.slice(c.rank * block, block));
-                let inp = m.on_device(1, own, mine(&own), true)?;
-                let (count, dtype) = (c.count, c.dtype);
-                if !crossing {
-                    // The island is the communicator: member order is rank order.
-                    let out = m.on_device(0, recv, mine(&recv), false)?;
-                    m.native(timeout, abort, |ccl, comm, s| {
-                        // SAFETY: `inp` holds a block, `out` nranks blocks.
-                        unsafe { ccl.all_gather(comm, inp, out, count, dtype, s) }
-                    })?;
-                    return copy(dev_ref(out, recv.len(), vendor, device), recv);
-                }
-                let gathered = m.scratch(2, island * block)?;
-                m.native(timeout, abort, |ccl, comm, s| {
-                    // SAFETY: `inp` holds a block, `gathered` the island's blocks.
-                    unsafe { ccl.all_gather(comm, inp, gathered, count, dtype, s) }
-                })?;
-                let out = m.on_device(0, recv, mine(&recv), false)?;
-                if lead {
-                    let own = read(dev_ref(gathered, island * block, vendor, device))?;
-                    let full = self.gather_groups(own, block, c.nranks)?;
-                    dev_ref(out, recv.len(), vendor, device).write_from(&full)?;
-                }
-                self.native_bcast(out, c.nranks * c.count, dtype, 0, timeout, abort)?;
-                copy(dev_ref(out, recv.len(), vendor, device), recv)
-            }
-            Collective::ReduceScatter => {
-                let block = c.count * e;
-                let total = c.nranks * block;
-                let input = send.unwrap_or(recv);
-                let inp = m.on_device(1, input, mine(&input), true)?;
-                let (count, dtype, op) = (c.count, c.dtype, c.op);
-                let target = if send.is_some() {
-                    recv
-                } else {
-                    recv.slice(c.rank * block, block)
-                };
-                if !crossing && mine(&target) {
-                    let out = target.addr();
-                    return m.native(timeout, abort, |ccl, comm, s| {
-                        // SAFETY: `inp` holds nranks blocks, `out` one (NCCL's in-place
-                        // layout when they overlap).
-                        unsafe { ccl.reduce_scatter(comm, inp, out, count, dtype, op, s) }
-                    });
-                }
-                let all = m.scratch(2, total)?;
-                let n = c.nranks * c.count;
-                m.native(timeout, abort, |ccl, comm, s| {
-                    // SAFETY: `inp` and `all` hold nranks blocks.
-                    unsafe { ccl.all_reduce(comm, inp, all, n, dtype, op, s) }
-                })?;
-                if crossing {
-                    if lead {
-                        let d = dev_ref(all, total, vendor, device);
-                        self.reps(|r| {
-                            r.collective_mem(Collective::AllReduce, dtype, op, 0, None, d)
-                        })?;
-                    }
-                    self.native_bcast(all, n, dtype, 0, timeout, abort)?;
-                }
-                copy(dev_ref(all + c.rank * block, block, vendor, device), target)
-            }
-            _ => Err(Error::Internal(format!("{} through the islands", c.coll))),
-        }
-    }
-
-    /// All-reduce in shard form, as the steps of `steps::Layout::steps` (the same
-    /// messages as a stream-ordered caller's): buffers off this member's device go
-    /// through scratch slots 1 (input) and 0 (output).
-    fn shard_all_reduce(
-        &mut self,
-        c: Call,
-        send: Option<MemRef>,
-        recv: MemRef,
-        timeout: Duration,
-        abort: &AtomicBool,
-    ) -> Result<()> {
         let layout = self.layout(c.rank);
-        let m = self.member.as_mut().expect("shard_all_reduce on a member");
+        let m = self.member.as_mut().expect("run_member on a member");
         let (vendor, device) = (m.nc.vendor, m.nc.device);
         let mine = |b: &MemRef| {
             b.kind()
@@ -952,26 +807,9 @@ impl Islands {
         let out = m.on_device(0, recv, mine(&recv), send.is_none())?;
         let steps = layout
             .steps(c, inp, out, |slot, len| m.scratch(slot, len))?
-            .ok_or_else(|| Error::Internal("an island all-reduce without steps".into()))?;
+            .ok_or_else(|| Error::Internal(format!("{} through the islands", c.coll)))?;
         self.run_steps(&steps, timeout, abort)?;
         copy(dev_ref(out, recv.len(), vendor, device), recv)
-    }
-
-    /// Native in-place broadcast of `count` elements at device `addr` from member `root`.
-    fn native_bcast(
-        &mut self,
-        addr: usize,
-        count: usize,
-        dtype: DataType,
-        root: usize,
-        timeout: Duration,
-        abort: &AtomicBool,
-    ) -> Result<()> {
-        let m = self.member.as_mut().expect("native_bcast on a member");
-        m.native(timeout, abort, |ccl, comm, s| {
-            // SAFETY: `addr` holds `count` elements of this device.
-            unsafe { ccl.broadcast(comm, addr, addr, count, dtype, root, s) }
-        })
     }
 }
 
@@ -1006,6 +844,23 @@ impl Member {
         Ok(a)
     }
 
+    /// Waits for the caller stream that stream-ordered native calls went to last:
+    /// they come before this communicator's own.
+    fn settle(&mut self) -> Result<()> {
+        let last = self
+            .nc
+            .last_stream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match last.filter(|s| *s != self.stream) {
+            Some(s) => Runtimes::global()
+                .get(self.nc.vendor)?
+                .synchronize(self.nc.device, s),
+            None => Ok(()),
+        }
+    }
+
     /// Runs native call `f` on this member's stream and waits for it, watched: a
     /// member process gone, `abort` or `timeout` aborts the native communicator.
     fn native(
@@ -1014,20 +869,11 @@ impl Member {
         abort: &AtomicBool,
         f: impl FnOnce(&dyn Ccl, CommHandle, StreamHandle) -> Result<()>,
     ) -> Result<()> {
+        self.settle()?;
         let nc = &*self.nc;
         let comm = nc.handle()?;
         let dev = Runtimes::global().get(nc.vendor)?;
         let (stream, device) = (self.stream, nc.device);
-        // Stream-ordered calls before this one went to the library on a caller's
-        // stream: they come first.
-        let last = nc
-            .last_stream
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(s) = last.filter(|s| *s != stream) {
-            dev.synchronize(device, s)?;
-        }
         let done = AtomicBool::new(false);
         let fired: Mutex<Option<Error>> = Mutex::new(None);
         let result = std::thread::scope(|scope| {

@@ -32,9 +32,8 @@
  *   islands (cuda ranks share the stub NCCL, acl ranks the stub HCCL; TEST_HOSTS
  *           names each rank's host, comma-separated) island collectives behind a gate:
  *           all-reduce (float sum out of and in place, int32 max), all-gather (out of
- *           and in place), broadcast from the last rank, at 0, 1, 7 and N elements;
- *           then reduce-scatter, without a gate (across islands it runs
- *           host-synchronously). Prints the native library's call counts.
+ *           and in place), broadcast from the last rank, reduce-scatter, at 0, 1, 7
+ *           and N elements. Prints the native library's call counts.
  * TEST_RANK, TEST_NRANKS, TEST_ID_FILE: as mixed.c; TEST_DONE_FILE: rank 0 creates it
  * when done, and a silent rank 1 waits for it (60 s at most).
  */
@@ -818,8 +817,9 @@ static void case_islands(void) {
 
     fill(h_in, n * nranks, rank, salt);
     upload(d_in, h_in, n * nranks, s);
-    CHECK(ncclReduceScatter(d_in, d_out, n, ncclFloat32, ncclSum, comm, s));
+    GATED("reduce-scatter", ncclReduceScatter(d_in, d_out, n, ncclFloat32, ncclSum, comm, s));
     download(h_out, d_out, n, s);
+    gate_open_if(&g, n);
     sync_stream(s);
     for (size_t i = 0; i < n; i++) {
       float w = sum_of((size_t)rank * n + i, salt);

@@ -22,10 +22,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// One native call of an island on device buffers of this member's device.
+/// One step on this member's device: a native call of the island's library on
+/// device buffers, or a copy between two device buffers (which the runtimes offer
+/// only through the host: HCCL broadcasts in place, so a root's input is copied to
+/// its output first, and a reduce-scatter across islands takes the rank's block out
+/// of the whole result).
 #[derive(Debug, Clone, Copy)]
 pub struct NativeCall {
-    coll: Collective,
+    /// `None`: a copy of `count` bytes from `send` to `recv`.
+    coll: Option<Collective>,
     send: usize,
     recv: usize,
     /// Elements (per member block for all-gather and reduce-scatter).
@@ -37,6 +42,27 @@ pub struct NativeCall {
 }
 
 impl NativeCall {
+    /// A copy of `len` bytes from device buffer `src` to `dst`.
+    fn copy(src: usize, dst: usize, len: usize) -> NativeCall {
+        NativeCall {
+            coll: None,
+            send: src,
+            recv: dst,
+            count: len,
+            dtype: DataType::U8,
+            op: ReduceOp::Sum,
+            root: 0,
+        }
+    }
+
+    /// (source, destination, bytes) when this step is a copy between device
+    /// buffers, which the caller makes (the library is not involved).
+    pub fn as_copy(&self) -> Option<(usize, usize, usize)> {
+        self.coll
+            .is_none()
+            .then_some((self.send, self.recv, self.count))
+    }
+
     /// Queues it on `stream` of the library's communicator `comm`.
     ///
     /// # Safety
@@ -52,13 +78,16 @@ impl NativeCall {
         // SAFETY: the caller's contract.
         unsafe {
             match self.coll {
-                Collective::AllReduce => ccl.all_reduce(comm, s, r, n, t, op, stream),
-                Collective::ReduceScatter => ccl.reduce_scatter(comm, s, r, n, t, op, stream),
-                Collective::AllGather => ccl.all_gather(comm, s, r, n, t, stream),
-                Collective::Broadcast => ccl.broadcast(comm, s, r, n, t, self.root, stream),
-                other => Err(Error::Internal(format!(
+                Some(Collective::AllReduce) => ccl.all_reduce(comm, s, r, n, t, op, stream),
+                Some(Collective::ReduceScatter) => ccl.reduce_scatter(comm, s, r, n, t, op, stream),
+                Some(Collective::AllGather) => ccl.all_gather(comm, s, r, n, t, stream),
+                Some(Collective::Broadcast) => ccl.broadcast(comm, s, r, n, t, self.root, stream),
+                Some(other) => Err(Error::Internal(format!(
                     "{other} is not a native island call"
                 ))),
+                None => Err(Error::Internal(
+                    "a device copy is the caller's, not the library's".into(),
+                )),
             }
         }
     }
@@ -164,7 +193,7 @@ impl Layout {
         let crossing = self.groups.len() > 1;
         let (dtype, op) = (c.dtype, c.op);
         let call = |coll, send, recv, count, root| NativeCall {
-            coll,
+            coll: Some(coll),
             send,
             recv,
             count,
@@ -238,14 +267,13 @@ impl Layout {
             }
             Collective::Broadcast => {
                 let root_group = self.group_of[c.root];
+                if let (true, Some(from)) = (c.rank == c.root, send) {
+                    // HCCL broadcasts in place: the root's input goes to its output.
+                    s.pre.push(NativeCall::copy(from, recv, c.count * e));
+                }
                 if root_group == g {
                     let idx = members.iter().position(|&r| r == c.root).unwrap_or(0);
-                    let from = if c.rank == c.root {
-                        send.unwrap_or(recv)
-                    } else {
-                        recv
-                    };
-                    s.pre.push(call(c.coll, from, recv, c.count, idx));
+                    s.pre.push(call(c.coll, recv, recv, c.count, idx));
                 }
                 if crossing {
                     if lead {
@@ -289,15 +317,36 @@ impl Layout {
                     s.post.push(call(Collective::Broadcast, recv, recv, all, 0));
                 }
             }
-            Collective::ReduceScatter if !crossing => {
+            Collective::ReduceScatter => {
                 let block = c.count * e;
                 let target = if send.is_some() {
                     recv
                 } else {
                     recv + c.rank * block
                 };
-                s.pre
-                    .push(call(c.coll, send.unwrap_or(recv), target, c.count, 0));
+                let inp = send.unwrap_or(recv);
+                if !crossing {
+                    s.pre.push(call(c.coll, inp, target, c.count, 0));
+                    return Ok(Some(s));
+                }
+                // Leader form on the whole input, then the rank's block out of the
+                // whole result.
+                let total = c.nranks * c.count;
+                let all = scratch(2, total * e)?;
+                s.pre.push(call(Collective::AllReduce, inp, all, total, 0));
+                if lead {
+                    s.cross = Some(CrossPhase {
+                        regions: vec![region(all, total * e, true, true)],
+                        ops: vec![CrossOp::RepsAllReduce {
+                            region: 0,
+                            dtype,
+                            op,
+                        }],
+                    });
+                }
+                s.post.push(call(Collective::Broadcast, all, all, total, 0));
+                s.post
+                    .push(NativeCall::copy(all + c.rank * block, target, block));
             }
             _ => return Ok(None),
         }
@@ -373,11 +422,7 @@ impl Islands {
         let m = self.member.as_mut().expect("run_steps on a member");
         let (vendor, device) = (m.nc.vendor, m.nc.device);
         for call in &steps.pre {
-            // SAFETY: the steps' buffers are device memory of this member's device,
-            // of the lengths their calls imply (`Layout::steps`).
-            m.native(timeout, abort, |ccl, comm, s| unsafe {
-                call.issue(ccl, comm, s)
-            })?;
+            m.step(call, timeout, abort)?;
         }
         if let Some(cross) = &steps.cross {
             let bufs: Vec<MemRef> = cross
@@ -389,10 +434,7 @@ impl Islands {
         }
         let m = self.member.as_mut().expect("run_steps on a member");
         for call in &steps.post {
-            // SAFETY: as above.
-            m.native(timeout, abort, |ccl, comm, s| unsafe {
-                call.issue(ccl, comm, s)
-            })?;
+            m.step(call, timeout, abort)?;
         }
         Ok(())
     }
@@ -616,5 +658,23 @@ impl Communicator {
         }
         self.islands = Some(is);
         r
+    }
+}
+
+impl super::Member {
+    /// Runs one step host-synchronously: a native call on this member's stream, or a
+    /// device copy through the host.
+    fn step(&mut self, call: &NativeCall, timeout: Duration, abort: &AtomicBool) -> Result<()> {
+        let (vendor, device) = (self.nc.vendor, self.nc.device);
+        if let Some((src, dst, len)) = call.as_copy() {
+            self.settle()?;
+            let from = dev_ref(src, len, vendor, device);
+            return super::copy(from, dev_ref(dst, len, vendor, device));
+        }
+        // SAFETY: the steps' buffers are device memory of this member's device, of
+        // the lengths their calls imply (`Layout::steps`).
+        self.native(timeout, abort, |ccl, comm, s| unsafe {
+            call.issue(ccl, comm, s)
+        })
     }
 }
