@@ -99,20 +99,24 @@ fn ring_links_only_neighbours(config: Config) {
 /// Ring of 5: ranks 0 and 4 never linked to rank 2. Rank 2 leaves (its
 /// communicator and listener closed); then rank 0 (which would accept rank 2's
 /// connection) and rank 4 (which would dial rank 2) each send to it and must fail
-/// naming rank 2, within the timeout.
+/// naming rank 2: rank 4 (the dialing end) at once, its connection refused
+/// (`PeerLost`), rank 0 when the timeout is up or, sooner, when rank 4's report of
+/// the loss reaches it over their ring link.
 #[test]
 fn a_never_connected_dead_peer_is_named_within_the_timeout() {
     never_connected_dead_peer_is_named(tcp_config("allreduce:ring;allgather:ring", 3));
 }
 
-/// As above over shared memory: rank 0 waits for rank 2's offer, rank 4 offers to
-/// rank 2's listener, which is gone.
+/// As above over shared memory, where the lower rank offers: rank 0 offers to rank
+/// 2's listener, which is gone (`PeerLost` at once), rank 4 waits for rank 2's offer
+/// until the timeout or rank 0's report.
 #[test]
 fn a_never_connected_dead_shm_peer_is_named_within_the_timeout() {
     never_connected_dead_peer_is_named(shm_config("allreduce:ring;allgather:ring", 3));
 }
 
 fn never_connected_dead_peer_is_named(config: Config) {
+    let shm = !config.shm_disable;
     let timeout = config.timeout.as_secs();
     let n = 5;
     let id = UniqueId::bind_with("127.0.0.1:0".parse().unwrap(), &config).unwrap();
@@ -147,9 +151,22 @@ fn never_connected_dead_peer_is_named(config: Config) {
     });
     let results: Vec<_> = results.into_iter().flatten().collect();
     assert_eq!(results.len(), 2);
+    let dialer = if shm { 0 } else { 4 };
     for (r, err, took) in results {
+        if r == dialer {
+            assert!(
+                matches!(&err, Error::PeerLost { rank: 2, .. }),
+                "rank {r}: {err:?}"
+            );
+            assert!(
+                took < Duration::from_secs(timeout),
+                "rank {r} took {took:?}"
+            );
+            continue;
+        }
         assert!(
-            matches!(&err, Error::Timeout { waiting_for, .. } if waiting_for == &[2]),
+            matches!(&err, Error::Timeout { waiting_for, .. } if waiting_for == &[2])
+                || matches!(&err, Error::PeerLost { rank: 2, .. }),
             "rank {r}: {err:?}"
         );
         // A bound on a bounded wait, not a speed figure: timeout plus generous slack.

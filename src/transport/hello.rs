@@ -8,28 +8,175 @@
 
 use crate::error::TransportError;
 use crate::wire::PROTOCOL_VERSION;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// The communicator tokens a listener admits connections for (a listener serves a
-/// communicator and those shrunk or split from it).
+/// communicator and those shrunk or split from it), and the last ones it was told
+/// to forget.
 #[derive(Debug, Default)]
-pub(crate) struct LiveTokens(Vec<[u8; 16]>);
+pub(crate) struct LiveTokens {
+    live: Vec<[u8; 16]>,
+    /// Most recently forgotten last, at most [`FORGOTTEN_KEPT`].
+    forgotten: VecDeque<[u8; 16]>,
+}
+
+/// How many forgotten tokens a listener remembers, to refuse their connections at
+/// once instead of holding them as strangers (a process that shrinks in a loop
+/// forgets one per generation; older ones are merely held, then dropped).
+const FORGOTTEN_KEPT: usize = 64;
+
+/// What a listener knows of a connection's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenState {
+    /// A communicator using this listener: admitted.
+    Live,
+    /// Its communicator was destroyed here: refused.
+    Forgotten,
+    /// Never registered here: a stranger, or a communicator shrunk from one using
+    /// this listener that this rank has not shrunk to yet.
+    Unknown,
+}
 
 impl LiveTokens {
     /// Admits `token` from now on.
     pub(crate) fn register(&mut self, token: [u8; 16]) {
-        if !self.0.contains(&token) {
-            self.0.push(token);
+        self.forgotten.retain(|t| *t != token);
+        if !self.live.contains(&token) {
+            self.live.push(token);
         }
     }
 
     /// Refuses `token` from now on.
     pub(crate) fn forget(&mut self, token: [u8; 16]) {
-        self.0.retain(|t| *t != token);
+        self.live.retain(|t| *t != token);
+        self.forgotten.retain(|t| *t != token);
+        if self.forgotten.len() == FORGOTTEN_KEPT {
+            self.forgotten.pop_front();
+        }
+        self.forgotten.push_back(token);
     }
 
     /// Is `token` admitted?
     pub(crate) fn contains(&self, token: &[u8; 16]) -> bool {
-        self.0.contains(token)
+        self.live.contains(token)
+    }
+
+    /// What this listener knows of `token`.
+    pub(crate) fn state(&self, token: &[u8; 16]) -> TokenState {
+        if self.live.contains(token) {
+            TokenState::Live
+        } else if self.forgotten.contains(token) {
+            TokenState::Forgotten
+        } else {
+            TokenState::Unknown
+        }
+    }
+}
+
+/// Connections whose hello is whole but names a token the listener does not know
+/// yet, held for a while instead of refused: when the survivors of a failure shrink,
+/// one that shrank first may connect to a rank still waiting in the parent
+/// communicator's call, which registers the shrunk communicator's token only when
+/// it shrinks too. Each is admitted once its token is registered, dropped when it is
+/// forgotten or has been held [`stranger_hold`] (by then its sender has timed out
+/// too). At most `max` are held, so a peer that speaks the protocol with made-up
+/// tokens cannot take every descriptor.
+pub(crate) struct Strangers<T> {
+    held: Vec<Stranger<T>>,
+}
+
+struct Stranger<T> {
+    token: [u8; 16],
+    since: Instant,
+    until: Instant,
+    item: T,
+}
+
+impl<T> Default for Strangers<T> {
+    fn default() -> Self {
+        Strangers { held: Vec::new() }
+    }
+}
+
+/// The least time a stranger is held, whatever the waiting call's timeout.
+pub(crate) const STRANGER_MIN_HOLD: Duration = Duration::from_secs(5);
+
+/// How long a listener holds a stranger that arrives while a call waits with
+/// `timeout`: twice that, at least [`STRANGER_MIN_HOLD`]. The call here may have
+/// begun just before the stranger came and wait its whole timeout (for a peer that
+/// died before it ever connected, which its sender saw die at once) before this
+/// rank shrinks too; meanwhile the sender waits up to its own timeout for this
+/// rank. Holding only `timeout` lost the race by a few milliseconds on a loaded
+/// machine (`processes_faults`, `sigkill_during_large_allreduces_then_shrink`).
+pub(crate) fn stranger_hold(timeout: Duration) -> Duration {
+    timeout.saturating_mul(2).max(STRANGER_MIN_HOLD)
+}
+
+/// What [`Strangers::settle`] hands back: those to admit now, and those to drop
+/// with the reason.
+pub(crate) type Settled<T> = (Vec<T>, Vec<(T, String)>);
+
+impl<T> Strangers<T> {
+    /// Holds `item`, whose hello carries `token`, for `hold` from now; hands it back
+    /// when `max` are held already.
+    pub(crate) fn hold(
+        &mut self,
+        token: [u8; 16],
+        hold: Duration,
+        max: usize,
+        item: T,
+    ) -> Result<(), T> {
+        if self.held.len() >= max {
+            return Err(item);
+        }
+        let since = Instant::now();
+        self.held.push(Stranger {
+            token,
+            since,
+            until: since + hold,
+            item,
+        });
+        Ok(())
+    }
+
+    /// Takes out those `tokens` now admits (first, whatever their age), and those to
+    /// drop at `now`: their token forgotten, or their time up.
+    pub(crate) fn settle(&mut self, tokens: &LiveTokens, now: Instant) -> Settled<T> {
+        let (mut admit, mut drop) = (Vec::new(), Vec::new());
+        let mut i = 0;
+        while i < self.held.len() {
+            let s = &self.held[i];
+            let why = match tokens.state(&s.token) {
+                TokenState::Live => None,
+                TokenState::Forgotten => Some("wrong communicator token (destroyed here)".into()),
+                TokenState::Unknown if now >= s.until => Some(format!(
+                    "wrong communicator token (not registered within {:.1} s)",
+                    now.duration_since(s.since).as_secs_f64()
+                )),
+                TokenState::Unknown => {
+                    i += 1;
+                    continue;
+                }
+            };
+            let s = self.held.swap_remove(i);
+            match why {
+                None => admit.push(s.item),
+                Some(why) => drop.push((s.item, why)),
+            }
+        }
+        (admit, drop)
+    }
+
+    /// Drops (closes) those carrying `token`, forgotten now.
+    pub(crate) fn drop_token(&mut self, token: [u8; 16]) {
+        self.held.retain(|s| s.token != token);
+    }
+
+    /// How many are held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.held.len()
     }
 }
 
@@ -163,5 +310,68 @@ mod tests {
         crate::fuzz::mutations(&b, 20_000, |m| {
             let _ = Hello::decode(MAGIC, m);
         });
+    }
+
+    #[test]
+    fn tokens_are_live_forgotten_or_unknown() {
+        let mut t = LiveTokens::default();
+        assert_eq!(t.state(&[1; 16]), TokenState::Unknown);
+        t.register([1; 16]);
+        assert_eq!(t.state(&[1; 16]), TokenState::Live);
+        assert!(t.contains(&[1; 16]));
+        t.forget([1; 16]);
+        assert_eq!(t.state(&[1; 16]), TokenState::Forgotten);
+        assert!(!t.contains(&[1; 16]));
+        // Registered again (a communicator made anew with the same token).
+        t.register([1; 16]);
+        assert_eq!(t.state(&[1; 16]), TokenState::Live);
+        // Only the last FORGOTTEN_KEPT are remembered.
+        for k in 0..=FORGOTTEN_KEPT as u8 {
+            t.forget([k + 10; 16]);
+        }
+        assert_eq!(t.state(&[10; 16]), TokenState::Unknown);
+        assert_eq!(t.state(&[11; 16]), TokenState::Forgotten);
+        assert_eq!(t.forgotten.len(), FORGOTTEN_KEPT);
+        assert_eq!(t.state(&[1; 16]), TokenState::Live);
+    }
+
+    #[test]
+    fn strangers_wait_for_their_token_within_their_time_and_the_cap() {
+        let mut tokens = LiveTokens::default();
+        let mut held: Strangers<u32> = Strangers::default();
+        let long = Duration::from_secs(60);
+        assert_eq!(held.hold([1; 16], long, 3, 1), Ok(()));
+        assert_eq!(held.hold([2; 16], long, 3, 2), Ok(()));
+        assert_eq!(held.hold([3; 16], Duration::ZERO, 3, 3), Ok(()));
+        assert_eq!(held.hold([4; 16], long, 3, 4), Err(4), "over the cap");
+        let now = Instant::now();
+        // Nothing registered: only the one whose time is up goes.
+        let (admit, drop) = held.settle(&tokens, now);
+        assert!(admit.is_empty());
+        assert_eq!(drop.len(), 1);
+        assert_eq!(drop[0].0, 3);
+        assert!(
+            drop[0].1.contains("wrong communicator token"),
+            "{}",
+            drop[0].1
+        );
+        tokens.register([1; 16]);
+        tokens.register([2; 16]);
+        tokens.forget([2; 16]);
+        let (admit, drop) = held.settle(&tokens, now);
+        assert_eq!(admit, vec![1]);
+        assert_eq!(drop.len(), 1);
+        assert_eq!(drop[0].0, 2);
+        assert!(drop[0].1.contains("destroyed"), "{}", drop[0].1);
+        assert_eq!(held.len(), 0);
+        // A registered token is admitted even after its time (no pump in between).
+        held.hold([5; 16], Duration::ZERO, 3, 5).unwrap();
+        tokens.register([5; 16]);
+        assert_eq!(held.settle(&tokens, now + long).0, vec![5]);
+        held.hold([6; 16], long, 3, 6).unwrap();
+        held.drop_token([6; 16]);
+        assert_eq!(held.len(), 0);
+        assert_eq!(stranger_hold(Duration::from_secs(1)), STRANGER_MIN_HOLD);
+        assert_eq!(stranger_hold(long), 2 * long);
     }
 }

@@ -10,14 +10,16 @@
 //! lower one. Both schedules name each other in the same call, so neither end sends
 //! anything extra. Offers that arrive before the higher rank needs them wait,
 //! admitted, in the acceptor, which the communicators sharing one listener (a
-//! communicator and those shrunk from it) share.
+//! communicator and those shrunk from it) share; those for a communicator the
+//! listener does not know yet (shrunk on the sender first) wait there too, for a
+//! while (`hello::Strangers`).
 
 use super::link::{ShmLink, HEADER};
 use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
 use crate::sys::{self, EventFd, SharedMap};
 use crate::transport::board::{self, Board};
-use crate::transport::hello::{Hello, LiveTokens, HELLO_LEN};
+use crate::transport::hello::{stranger_hold, Hello, LiveTokens, Strangers, TokenState, HELLO_LEN};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -99,50 +101,73 @@ fn hello(spec: &ShmSpec<'_>, magic: &[u8; 8], to: usize, size: usize) -> [u8; OF
     b
 }
 
+/// Tries once to connect to `peer`'s listener; `None`: not there (a rank that has
+/// not bound it yet, or one that died).
+fn dial_once(spec: &ShmSpec<'_>, peer: usize) -> Result<Option<UnixStream>> {
+    let addr = UnixAddr::from_abstract_name(listener_name(&spec.name_token, spec.names[peer]))
+        .map_err(|e| Error::io(format!("naming rank {peer}'s shared-memory listener"), e))?;
+    match UnixStream::connect_addr(&addr) {
+        Ok(s) => Ok(Some(s)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::io(
+            format!("connecting shared memory to rank {peer}"),
+            e,
+        )),
+    }
+}
+
+/// The timeout naming `peer`, whose listener did not answer since `start`.
+fn unanswered(spec: &ShmSpec<'_>, peer: usize, start: Instant) -> Error {
+    log_warn!(
+        Some(spec.rank),
+        "shm connect to rank {peer}: its listener is not there"
+    );
+    Error::Timeout {
+        op: format!("connecting shared memory to rank {peer}"),
+        waiting_for: vec![peer],
+        after: start.elapsed(),
+    }
+}
+
 /// Connects to `peer`'s listener, retrying while it is not there yet (a rank that
 /// has not bound it) until `spec.deadline`; a peer that died before it was ever
 /// connected is named in the timeout.
 fn dial(spec: &ShmSpec<'_>, peer: usize, abort: &AtomicBool) -> Result<UnixStream> {
-    let addr = UnixAddr::from_abstract_name(listener_name(&spec.name_token, spec.names[peer]))
-        .map_err(|e| Error::io(format!("naming rank {peer}'s shared-memory listener"), e))?;
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
-        match UnixStream::connect_addr(&addr) {
-            Ok(s) => return Ok(s),
-            Err(e)
-                if Instant::now() < spec.deadline
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
-                    ) =>
-            {
-                if abort.load(Ordering::SeqCst) {
-                    return Err(Error::Aborted);
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Err(e) if Instant::now() >= spec.deadline => {
-                log_warn!(Some(spec.rank), "shm connect to rank {peer}: {e}");
-                return Err(Error::Timeout {
-                    op: format!("connecting shared memory to rank {peer}"),
-                    waiting_for: vec![peer],
-                    after: start.elapsed(),
-                });
-            }
-            Err(e) => {
-                return Err(Error::io(
-                    format!("connecting shared memory to rank {peer}"),
-                    e,
-                ))
-            }
+        if let Some(s) = dial_once(spec, peer)? {
+            return Ok(s);
         }
+        if Instant::now() >= spec.deadline {
+            return Err(unanswered(spec, peer, start));
+        }
+        if abort.load(Ordering::SeqCst) {
+            return Err(Error::Aborted);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
-/// Creates the shared region for `peer` (> this rank) and sends it over.
+/// Creates the shared region for `peer` (> this rank) and sends it over, once its
+/// listener answers.
+#[cfg(test)]
 fn offer(spec: &ShmSpec<'_>, peer: usize, abort: &AtomicBool) -> Result<ShmLink> {
+    let sock = dial(spec, peer, abort)?;
+    offer_on(spec, peer, sock)
+}
+
+/// Creates the shared region for `peer` (> this rank) and sends it over `sock`,
+/// connected to the peer's listener.
+fn offer_on(spec: &ShmSpec<'_>, peer: usize, sock: UnixStream) -> Result<ShmLink> {
     let cap = spec.capacity;
     let ctx = |what: &str| format!("{what} for the shared-memory link to rank {peer}");
     let fd = sys::memfd("mixccl", 2 * (HEADER + cap))
@@ -153,7 +178,6 @@ fn offer(spec: &ShmSpec<'_>, peer: usize, abort: &AtomicBool) -> Result<ShmLink>
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return Err(Error::io(ctx("creating doorbells"), e)),
     };
-    let sock = dial(spec, peer, abort)?;
     let fds = [fd.as_raw_fd(), mine.as_raw_fd(), theirs.as_raw_fd()];
     sys::send_with_fds(sock.as_raw_fd(), &hello(spec, HELLO_MAGIC, peer, cap), &fds)
         .map_err(|e| Error::io(ctx("sending the region"), e))?;
@@ -183,6 +207,11 @@ const OFFER_WAIT: Duration = Duration::from_secs(5);
 /// At most this many connections wait for their offers at once; beyond it the oldest
 /// is dropped (an intruder cannot make the listener hold unbounded descriptors).
 const MAX_PENDING: usize = 256;
+
+/// At most this many whole offers wait for a token not registered yet
+/// (`hello::Strangers`, four descriptors each): one from each of a host's peers,
+/// twice over; more are refused.
+const MAX_STRANGERS: usize = 256;
 
 /// What an offer brings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -215,6 +244,8 @@ struct AcceptState {
     live: LiveTokens,
     /// Admitted offers by (kind, token, sender rank).
     arrived: HashMap<(Kind, [u8; 16], u32), Arrived>,
+    /// Whole offers whose token is not registered yet.
+    strangers: Strangers<Pending>,
 }
 
 impl ShmAcceptor {
@@ -233,13 +264,26 @@ impl ShmAcceptor {
         let mut st = self.state();
         st.live.forget(token);
         st.arrived.retain(|k, _| k.1 != token);
+        st.strangers.drop_token(token);
     }
 
     /// Accepts what the listener has and reads the offers that have arrived, without
     /// blocking. Bad offers are closed and logged; none is read until it has
     /// something to say, so silent or slow intruders cannot hold up the real ones.
-    fn pump(&self, me: usize) -> Result<()> {
-        let mut st = self.state();
+    /// A whole offer for a token not registered yet is held for `hold`; those held
+    /// before are admitted once their token is registered.
+    fn pump(&self, me: usize, hold: Duration) -> Result<()> {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let (ready, dropped) = st.strangers.settle(&st.live, Instant::now());
+        for p in ready {
+            if let Err(why) = st.admit(p) {
+                log_warn!(Some(me), "rejected a shared-memory offer: {why}");
+            }
+        }
+        for (_, why) in dropped {
+            log_warn!(Some(me), "rejected a shared-memory offer: {why}");
+        }
         loop {
             match self.listener.accept() {
                 Ok((sock, _)) => {
@@ -275,8 +319,28 @@ impl ShmAcceptor {
                 Ok(false) => k += 1,
                 Ok(true) => {
                     let p = st.pending.swap_remove(k);
-                    if let Err(why) = st.admit(p) {
-                        log_warn!(Some(me), "rejected a shared-memory offer: {why}");
+                    match decode_offer(&p.hello).map(|(who, _)| who.token) {
+                        Ok(t) if st.live.state(&t) == TokenState::Unknown => {
+                            if st.strangers.hold(t, hold, MAX_STRANGERS, p).is_err() {
+                                log_warn!(
+                                    Some(me),
+                                    "rejected a shared-memory offer: wrong communicator \
+                                     token ({MAX_STRANGERS} offers of unknown tokens held \
+                                     already)"
+                                );
+                            } else {
+                                log_info!(
+                                    Some(me),
+                                    "holding a shared-memory offer: its communicator is \
+                                     not registered here yet"
+                                );
+                            }
+                        }
+                        _ => {
+                            if let Err(why) = st.admit(p) {
+                                log_warn!(Some(me), "rejected a shared-memory offer: {why}");
+                            }
+                        }
                     }
                 }
                 Err(why) => {
@@ -316,9 +380,12 @@ impl ShmAcceptor {
         mut take: impl FnMut(usize, Arrived) -> Result<()>,
     ) -> Result<()> {
         let start = Instant::now();
+        // Offers of a communicator this rank has not joined yet are held as long as
+        // this wait may last.
+        let hold = stranger_hold(spec.deadline.saturating_duration_since(start));
         let mut waiting = from.to_vec();
         loop {
-            self.pump(spec.rank)?;
+            self.pump(spec.rank, hold)?;
             let mut i = 0;
             while i < waiting.len() {
                 match self.take(kind, spec.token, waiting[i]) {
@@ -358,13 +425,7 @@ impl ShmAcceptor {
 impl AcceptState {
     /// Files a whole offer under its sender, if its token is live.
     fn admit(&mut self, p: Pending) -> std::result::Result<(), String> {
-        let (who, kind) = match Hello::decode(HELLO_MAGIC, &p.hello) {
-            Ok(h) => (h, Kind::Ring),
-            Err(_) => (
-                Hello::decode(BOARD_MAGIC, &p.hello).map_err(|e| format!("{e} in the offer"))?,
-                Kind::Board,
-            ),
-        };
+        let (who, kind) = decode_offer(&p.hello)?;
         if !self.live.contains(&who.token) {
             return Err("wrong communicator token".into());
         }
@@ -381,6 +442,16 @@ impl AcceptState {
         };
         self.arrived.insert(key, arrived);
         Ok(())
+    }
+}
+
+/// The hello of a whole offer and what it offers.
+fn decode_offer(b: &[u8; OFFER_LEN]) -> std::result::Result<(Hello, Kind), String> {
+    match Hello::decode(HELLO_MAGIC, b) {
+        Ok(h) => Ok((h, Kind::Ring)),
+        Err(_) => Hello::decode(BOARD_MAGIC, b)
+            .map(|h| (h, Kind::Board))
+            .map_err(|e| format!("{e} in the offer")),
     }
 }
 
@@ -460,9 +531,17 @@ fn board_ranks(spec: &ShmSpec<'_>) -> Option<usize> {
 /// Connects the shared-memory links to `peers` (same-host ranks this rank has no
 /// link to yet): offers regions to the higher ones, then takes the lower ones'
 /// offers as they arrive. Every peer's call names this rank too, so each lower peer
-/// offers without being asked; one that never does (dead, or never calling) is named
-/// in `Error::Timeout` at `spec.deadline`. The links made come back even when the
-/// wait fails: after an abort (a revoke) they are how the peers get told.
+/// offers without being asked; one that never does (dead, or never calling) is
+/// named in `Error::Timeout` at `spec.deadline`.
+///
+/// A higher peer whose listener is gone is gone itself (every rank's listener is
+/// bound before the rendezvous and kept while its process keeps a communicator of
+/// it): the call fails with `Error::PeerLost` naming it, once the other peers are
+/// linked, whose calls wait on this rank. Waiting for it to time out instead would
+/// keep this rank out of its communicator's shrink while the survivors that saw it
+/// die at once wait for this rank in the shrunk one. The links made come back even
+/// when connecting fails: they are how the peers get told (of a loss, or after an
+/// abort, a revoke).
 pub(crate) fn connect_peers(
     spec: &ShmSpec<'_>,
     acceptor: &ShmAcceptor,
@@ -470,37 +549,55 @@ pub(crate) fn connect_peers(
     abort: &AtomicBool,
 ) -> (Vec<ShmLink>, Result<()>) {
     let mut links = Vec::with_capacity(peers.len());
+    let mut lost = None;
     for &peer in peers.iter().filter(|&&p| p > spec.rank) {
-        match offer(spec, peer, abort) {
-            Ok(l) => links.push(l),
+        match dial_once(spec, peer) {
+            Ok(Some(sock)) => match offer_on(spec, peer, sock) {
+                Ok(l) => links.push(l),
+                Err(e) => return (links, Err(e)),
+            },
+            Ok(None) => {
+                let e = Error::PeerLost {
+                    rank: peer,
+                    reason: "its shared-memory listener is gone (first use)".into(),
+                };
+                log_warn!(Some(spec.rank), "{e}");
+                lost.get_or_insert(e);
+            }
             Err(e) => return (links, Err(e)),
         }
     }
     let lower: Vec<usize> = peers.iter().copied().filter(|&p| p < spec.rank).collect();
-    let take = |from: usize, a: Arrived, links: &mut Vec<ShmLink>| {
-        let link = take_offer(spec, a).map_err(|why| {
-            Error::Bootstrap(format!(
-                "rank {from}'s shared-memory offer to rank {}: {why}",
-                spec.rank
-            ))
-        })?;
-        links.push(link);
+    let mut made = acceptor.wait_for(spec, Kind::Ring, &lower, abort, |from, a| {
+        links.push(take_lower(spec, from, a)?);
         Ok(())
-    };
-    let waited = acceptor.wait_for(spec, Kind::Ring, &lower, abort, |from, a| {
-        take(from, a, &mut links)
     });
-    if waited.is_err() {
+    if let (Some(e), Ok(()) | Err(Error::Timeout { .. })) = (lost, &made) {
+        made = Err(e);
+    }
+    if made.is_err() {
         // The offers already here become links too (the peers that sent them wait on
         // this rank now).
         for &from in &lower {
             // Those taken already are no longer there.
             if let Some(a) = acceptor.take(Kind::Ring, spec.token, from) {
-                let _ = take(from, a, &mut links);
+                if let Ok(l) = take_lower(spec, from, a) {
+                    links.push(l);
+                }
             }
         }
     }
-    (links, waited)
+    (links, made)
+}
+
+/// A lower peer's offer, taken: the link it brought.
+fn take_lower(spec: &ShmSpec<'_>, from: usize, a: Arrived) -> Result<ShmLink> {
+    take_offer(spec, a).map_err(|why| {
+        Error::Bootstrap(format!(
+            "rank {from}'s shared-memory offer to rank {}: {why}",
+            spec.rank
+        ))
+    })
 }
 
 /// Links to every same-host peer at once, by rank (for tests of the links).
@@ -572,4 +669,126 @@ pub(crate) fn share_board(
         Ok(())
     })?;
     Ok(board.map(Arc::new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::sync::atomic::AtomicU32;
+
+    /// A token no other test (in this process or another) uses.
+    fn fresh_token() -> [u8; 16] {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let mut t = [0x5a; 16];
+        t[..4].copy_from_slice(&std::process::id().to_le_bytes());
+        t[4..8].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        t
+    }
+
+    /// Rank `rank` of a pair on one host, of the communicator `token`, whose
+    /// listeners are named by `name_token`.
+    fn spec(rank: usize, token: [u8; 16], name_token: [u8; 16]) -> ShmSpec<'static> {
+        ShmSpec {
+            rank,
+            token,
+            name_token,
+            names: &[0, 1],
+            same_host: &[true, true],
+            capacity: 4096,
+            zero_copy: false,
+            board_bytes: 0,
+            deadline: Instant::now() + Duration::from_secs(10),
+        }
+    }
+
+    /// Rank 0's offer to rank 1 for `token`, through the listener named `name`.
+    fn offer_for(token: [u8; 16], name: [u8; 16]) -> ShmLink {
+        offer(&spec(0, token, name), 1, &AtomicBool::new(false)).expect("offer")
+    }
+
+    /// Pumps `a` (holding strangers for `hold`) until `done` or 5 s.
+    fn pump_until(a: &ShmAcceptor, hold: Duration, done: impl Fn(&AcceptState) -> bool) {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            a.pump(1, hold).unwrap();
+            if done(&a.state()) || Instant::now() > end {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the acceptor closed the offering end's socket within `wait`.
+    fn closed_within(link: &ShmLink, wait: Duration) -> bool {
+        let mut s = &link.alive;
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(wait)).unwrap();
+        match s.read(&mut [0u8; 1]) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
+    #[test]
+    fn an_offer_for_a_token_registered_later_is_held_then_admitted() {
+        let name = fresh_token();
+        let shrunk = fresh_token();
+        let l1 = listen(&name, 1).unwrap();
+        let zero = offer_for(shrunk, name);
+        pump_until(&l1, Duration::from_secs(30), |st| st.strangers.len() == 1);
+        assert_eq!(l1.state().strangers.len(), 1, "held");
+        assert!(l1.take(Kind::Ring, shrunk, 0).is_none());
+        assert!(
+            !closed_within(&zero, Duration::from_millis(50)),
+            "held open"
+        );
+        // Rank 1 shrinks too: the offer becomes its link to rank 0.
+        l1.register(shrunk);
+        let one = spec(1, shrunk, name);
+        let (links, made) = connect_peers(&one, &l1, &[0], &AtomicBool::new(false));
+        made.expect("the held offer is taken");
+        assert_eq!(links.len(), 1);
+        assert_eq!(links[0].peer, 0);
+        assert_eq!(l1.state().strangers.len(), 0);
+    }
+
+    #[test]
+    fn offers_of_unknown_tokens_are_dropped_in_time_and_of_forgotten_ones_at_once() {
+        let name = fresh_token();
+        let l1 = listen(&name, 1).unwrap();
+        // Held for 100 ms, then closed by the next pump.
+        let late = offer_for(fresh_token(), name);
+        pump_until(&l1, Duration::from_millis(100), |st| {
+            st.strangers.len() == 1
+        });
+        assert_eq!(l1.state().strangers.len(), 1);
+        std::thread::sleep(Duration::from_millis(150));
+        l1.pump(1, Duration::from_millis(100)).unwrap();
+        assert_eq!(l1.state().strangers.len(), 0);
+        assert!(closed_within(&late, Duration::from_secs(2)), "time up");
+        // Held, then its communicator is destroyed here before it registered.
+        let token = fresh_token();
+        let held = offer_for(token, name);
+        pump_until(&l1, Duration::from_secs(30), |st| st.strangers.len() == 1);
+        assert_eq!(l1.state().strangers.len(), 1);
+        l1.forget(token);
+        assert_eq!(l1.state().strangers.len(), 0);
+        assert!(closed_within(&held, Duration::from_secs(2)), "forgotten");
+        // A token forgotten before its offer arrives is refused at once.
+        let token = fresh_token();
+        l1.register(token);
+        l1.forget(token);
+        let gone = offer_for(token, name);
+        pump_until(&l1, Duration::from_secs(30), |st| st.pending.is_empty());
+        assert_eq!(
+            l1.state().strangers.len(),
+            0,
+            "a forgotten token is not held"
+        );
+        assert!(closed_within(&gone, Duration::from_secs(2)), "refused");
+    }
 }
