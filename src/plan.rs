@@ -46,6 +46,9 @@ pub(crate) struct Capabilities {
     pub topo: Option<Arc<Topology>>,
     /// Ranks per host, from `topo` (the hierarchical algorithms' layout).
     pub hosts: Vec<Vec<usize>>,
+    /// Init is running its own collectives: small all-reduces go over the tree
+    /// ([`choose`]).
+    pub init: bool,
 }
 
 impl Capabilities {
@@ -66,6 +69,17 @@ pub(crate) fn choose(
 ) -> Algorithm {
     if let Some(forced) = config.algo.get(coll) {
         return forced;
+    }
+    // Init's own all-reduces (the model's fingerprint and measured figures, the
+    // islands' vendor code, the final check: a few bytes to a few KiB) run over one
+    // tree, whatever the model: the direct algorithm the planner picks for them up
+    // to DIRECT_MAX_RANKS would link every pair at init, the tree links a rank to
+    // its parent and children only, and calls connect the rest when they need it.
+    if caps.init
+        && coll == Collective::AllReduce
+        && bytes <= crate::algo::tree::SINGLE_TREE_MAX_BYTES
+    {
+        return Algorithm::Tree;
     }
     match &caps.topo {
         Some(t) if t.nranks() == nranks => {
@@ -993,6 +1007,48 @@ fn hier(t: &Topology, config: &Config, coll: Collective, s: f64, pieces: bool) -
 mod tests {
     use super::*;
     use crate::config::AlgoOverride;
+
+    /// Init's own small all-reduces go over the tree, with or without a model and
+    /// whatever it says; larger ones, other collectives, forced algorithms and
+    /// every call after init are planned as before.
+    #[test]
+    fn init_runs_its_small_all_reduces_over_the_tree() {
+        let c = Config::default();
+        let t = Arc::new(one_host(64, 5.0, 4.0));
+        for topo in [None, Some(t)] {
+            let mut caps = Capabilities {
+                topo,
+                ..Capabilities::default()
+            };
+            assert_eq!(
+                choose(&c, &caps, Collective::AllReduce, 16, 64),
+                Algorithm::Direct
+            );
+            caps.init = true;
+            for bytes in [1, 16, 4 << 10] {
+                assert_eq!(
+                    choose(&c, &caps, Collective::AllReduce, bytes, 64),
+                    Algorithm::Tree
+                );
+            }
+            assert_eq!(
+                choose(&c, &caps, Collective::AllGather, 8, 64),
+                Algorithm::Direct
+            );
+            assert_ne!(
+                choose(&c, &caps, Collective::AllReduce, 1 << 20, 64),
+                Algorithm::Tree
+            );
+            let ring = Config {
+                algo: AlgoOverride::parse("allreduce:ring").unwrap(),
+                ..Config::default()
+            };
+            assert_eq!(
+                choose(&ring, &caps, Collective::AllReduce, 16, 64),
+                Algorithm::Ring
+            );
+        }
+    }
 
     #[test]
     fn size_rule_and_override_without_a_model() {

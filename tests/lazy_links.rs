@@ -3,7 +3,8 @@
 //! neighbours and nobody else; a peer that dies before anyone connected to it is named by the next rank
 //! that needs it, within `MIXCCL_TIMEOUT`, whichever end dials (over shared memory:
 //! whichever end offers); shrink and split work after lazy links; a rank short of
-//! file descriptors fails at init naming the limit.
+//! file descriptors fails at init naming the limit; init's own all-reduces run over
+//! the tree, so right after init a rank is linked to its tree neighbours only.
 
 mod util;
 
@@ -94,6 +95,72 @@ fn ring_links_only_neighbours(config: Config) {
         assert_eq!(peers, want, "rank {r} links");
         assert_eq!(classes, [class].into(), "rank {r} link classes");
     }
+}
+
+/// Init's own all-reduces (the model's fingerprint and measured figures, the
+/// islands' vendor code, the final check) go over the tree with the default
+/// algorithms: right after init, before any call, each of 32 ranks over TCP is
+/// linked to at most 2 log2(n) + 2 peers (its tree neighbours, its measurement
+/// partner), not to all 31. The first small all-reduce after init is direct, as
+/// before, and links every pair.
+#[test]
+fn init_links_only_tree_neighbours() {
+    init_links_tree_neighbours(
+        32,
+        Config {
+            shm_disable: true,
+            timeout: Duration::from_secs(60),
+            ..Config::default()
+        },
+    );
+}
+
+/// As above over shared memory (16 ranks of one host, the host's board on).
+#[test]
+fn init_links_only_tree_neighbours_over_shm() {
+    init_links_tree_neighbours(
+        16,
+        Config {
+            timeout: Duration::from_secs(60),
+            ..Config::default()
+        },
+    );
+}
+
+fn init_links_tree_neighbours(n: usize, config: Config) {
+    let tcp = config.shm_disable;
+    let results = util::bootstrapped_ranks(n, config, |comm| {
+        let at_init = linked(comm);
+        let mut v = [comm.rank() as u64];
+        comm.all_reduce_in_place(&mut v, ReduceOp::Sum).unwrap();
+        (comm.rank(), at_init, v[0], linked(comm).len())
+    });
+    let bound = 2 * n.ilog2() as usize + 2;
+    let mut ends = 0;
+    let most = results.iter().map(|t| t.1.len()).max().unwrap_or(0);
+    for (r, at_init, sum, after) in results {
+        assert!(
+            at_init.len() <= bound,
+            "rank {r}: {} peers linked at init (at most {bound}): {at_init:?}",
+            at_init.len()
+        );
+        assert_eq!(sum, (n * (n - 1) / 2) as u64, "rank {r}");
+        if tcp {
+            assert_eq!(
+                after,
+                n - 1,
+                "rank {r}: a small all-reduce links every peer"
+            );
+        }
+        ends += at_init.len();
+    }
+    // A tree has n - 1 edges; the measurement may add one pair.
+    assert!(ends / 2 <= n, "{} pairs linked at init", ends / 2);
+    println!(
+        "{n} ranks ({}): {} pairs linked right after init, at most {most} per rank",
+        if tcp { "tcp" } else { "shm" },
+        ends / 2
+    );
 }
 
 /// Ring of 5: ranks 0 and 4 never linked to rank 2. Rank 2 leaves (its

@@ -71,8 +71,7 @@ impl Communicator {
         comm.rejoin = Some(joined.rejoin);
         comm.caps.host_read = comm.probe_host_read()?;
         comm.adopt_board(joined.board);
-        super::measure::establish(&mut comm, joined.probes)?;
-        comm.form_islands()?;
+        super::measure::init_collectives(&mut comm, joined.probes)?;
         Ok(comm)
     }
 

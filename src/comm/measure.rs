@@ -1,6 +1,9 @@
 //! The topology model a communicator plans with, built at init: from every rank's
 //! probe (or `MIXCCL_TOPO_FILE`), refined by a short measurement, checked equal on
-//! every rank. `topo` owns the model; this runs the collectives that build it.
+//! every rank. `topo` owns the model; this runs the collectives that build it, and
+//! init's others (the islands'), with their small all-reduces over the tree
+//! ([`init_collectives`]): right after init a rank is linked to its tree
+//! neighbours (and its measurement partner) only.
 //!
 //! The measurement replaces probed link costs with measured ones.
 //!
@@ -24,11 +27,23 @@ use crate::reduce::ReduceOp;
 use crate::topo::{self, RankProbe, Topology};
 use std::time::{Duration, Instant};
 
+/// Runs init's own collectives: [`establish`], then the islands. Their small
+/// all-reduces go over the tree (`plan::choose`), so a rank leaves init linked to
+/// its tree neighbours only, and every call after init is planned as usual.
+pub(super) fn init_collectives(comm: &mut Communicator, probes: Vec<RankProbe>) -> Result<()> {
+    comm.caps.init = true;
+    let done = establish(comm, probes).and_then(|()| comm.form_islands());
+    comm.caps.init = false;
+    // A call equal to init's last must not reuse its tree plan.
+    comm.last_plan = None;
+    done
+}
+
 /// Builds the model at init from every rank's probe (or `MIXCCL_TOPO_FILE`), refines
 /// it by measurement unless `MIXCCL_TOPO_PROBE=0`, checks that every rank holds the
 /// same model, hands it to the planner and dumps it if asked. Collective: every rank
 /// calls it right after its links are up.
-pub(super) fn establish(comm: &mut Communicator, probes: Vec<RankProbe>) -> Result<()> {
+fn establish(comm: &mut Communicator, probes: Vec<RankProbe>) -> Result<()> {
     let config = comm.config().clone();
     let (rank, nranks) = (comm.rank(), comm.nranks());
     let start = std::time::Instant::now();
@@ -92,8 +107,9 @@ pub(super) fn establish(comm: &mut Communicator, probes: Vec<RankProbe>) -> Resu
             )
         })?;
     }
-    // An all-reduce with the final model checks that the planner's first real choice
-    // runs on every rank before init returns.
+    // One more all-reduce with the final model: every rank got this far before init
+    // returns (over the tree, as init's others; the planner's own choices are first
+    // run by the first calls, which connect what they need).
     let mut ok = [1u8];
     comm.all_reduce_in_place(&mut ok, ReduceOp::Min)?;
     Ok(())
