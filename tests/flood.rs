@@ -271,12 +271,19 @@ fn job_survives_a_flood(shm: bool) {
         std::thread::sleep(Duration::from_millis(100));
         let ranks: Vec<_> = (0..3)
             .map(|rank| {
-                let (id, config, grow_id, wait_grow_id) =
-                    (&id, config.clone(), &grow_id, &wait_grow_id);
+                let (id, config, grow_id, wait_grow_id, tally) =
+                    (&id, config.clone(), &grow_id, &wait_grow_id, &tally);
                 s.spawn(move || {
                     let mut errs = Vec::new();
                     let mut comm = Communicator::init(rank, 3, id, config.clone())
                         .unwrap_or_else(|e| panic!("shm={shm}: init of rank {rank}: {e}"));
+                    // On a loaded machine the flooders may not have run yet: the calls
+                    // start once they have made their first connections (10 s at most;
+                    // the count is asserted below), so the job really runs under them.
+                    let until = Instant::now() + Duration::from_secs(10);
+                    while tally.connections.load(Ordering::Relaxed) < 10 && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     for _ in 0..CALLS {
                         errs.extend(util::check_all_reduce::<f32>(
                             &mut comm,

@@ -153,6 +153,24 @@ impl Pool {
         })
     }
 
+    /// Takes a pinned buffer for region `r` on `s` into `staged` (its copy out noted)
+    /// and returns its address; on an error gives back everything `staged` took.
+    fn take_into(&self, staged: &mut Staged, s: &CallerStream, r: &Region) -> Outcome<usize> {
+        let mut slot = match self.take(s, r.device.len) {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.give_back(std::mem::take(&mut staged.taken), None);
+                return Err(e);
+            }
+        };
+        let host = slot.mem.as_mut_ptr() as usize;
+        staged.taken.push(slot);
+        if let Some((off, len)) = r.copy_out.filter(|(_, len)| *len > 0) {
+            staged.outs.push((*s, r.device.addr + off, host + off, len));
+        }
+        Ok(host)
+    }
+
     /// Stages `calls` (each with its caller stream): takes a pinned buffer per device
     /// buffer, queues the copies in on the call's stream, and returns the calls
     /// rewritten to the pinned buffers. Nothing is queued on an error, nor when a
@@ -195,20 +213,9 @@ impl Pool {
             }
             let mut map = Vec::new();
             for r in regions {
-                let mut slot = match self.take(s, r.device.len) {
-                    Ok(slot) => slot,
-                    Err(e) => {
-                        self.give_back(std::mem::take(&mut staged.taken), None);
-                        return Err(e);
-                    }
-                };
-                let host = slot.mem.as_mut_ptr() as usize;
-                staged.taken.push(slot);
+                let host = self.take_into(&mut staged, s, &r)?;
                 if r.copy_in {
                     ins.push((*s, host, r.device.addr, r.device.len));
-                }
-                if let Some((off, len)) = r.copy_out.filter(|(_, len)| *len > 0) {
-                    staged.outs.push((*s, r.device.addr + off, host + off, len));
                 }
                 map.push((r.device, host));
             }
@@ -251,19 +258,7 @@ impl Pool {
         };
         let mut hosts = Vec::with_capacity(regions.len());
         for r in regions {
-            let mut slot = match self.take(s, r.device.len) {
-                Ok(slot) => slot,
-                Err(e) => {
-                    self.give_back(std::mem::take(&mut staged.taken), None);
-                    return Err(e);
-                }
-            };
-            let host = slot.mem.as_mut_ptr() as usize;
-            staged.taken.push(slot);
-            if let Some((off, len)) = r.copy_out.filter(|(_, len)| *len > 0) {
-                staged.outs.push((*s, r.device.addr + off, host + off, len));
-            }
-            hosts.push(host);
+            hosts.push(self.take_into(&mut staged, s, r)?);
         }
         let d = Runtimes::global().get(s.vendor)?;
         for (r, &host) in regions.iter().zip(&hosts) {

@@ -310,8 +310,9 @@ impl Drop for Marks {
     }
 }
 
-/// Marks on `streams` (an event recorded on each), without holds: what the island
-/// calls' watch polls for the native calls queued before them (`native`).
+/// Marks on `streams` (an event recorded on each), without holds: the ready marks
+/// of [`enqueue`], and what an island call's watch polls for the native calls
+/// queued before them (`native`). A runtime that cannot make events is remembered.
 pub(crate) fn marks_on(streams: &[CallerStream]) -> mixccl::Result<Marks> {
     let rt = Runtimes::global();
     let mut marks = Marks {
@@ -320,7 +321,7 @@ pub(crate) fn marks_on(streams: &[CallerStream]) -> mixccl::Result<Marks> {
     };
     for s in streams {
         let d = rt.get(s.vendor)?;
-        let e = take_event(d, s.index)?;
+        let e = take_event(d, s.index).inspect_err(|_| unsupported(s.vendor))?;
         marks.marks.push((*s, d, e));
         d.record_event(s.index, e, s.stream)?;
     }
@@ -340,17 +341,7 @@ pub(crate) fn enqueue(streams: &[CallerStream], ticket: &Arc<Ticket>) -> mixccl:
 }
 
 fn try_enqueue(streams: &[CallerStream], ticket: &Arc<Ticket>) -> mixccl::Result<Marks> {
-    let rt = Runtimes::global();
-    let mut marks = Marks {
-        marks: Vec::with_capacity(streams.len()),
-        all_done: false,
-    };
-    for s in streams {
-        let d = rt.get(s.vendor)?;
-        let e = take_event(d, s.index).inspect_err(|_| unsupported(s.vendor))?;
-        marks.marks.push((*s, d, e));
-        d.record_event(s.index, e, s.stream)?;
-    }
+    let marks = marks_on(streams)?;
     // Join the streams before any hold: each hold starts only when every stream has
     // reached the unit, so a running hold never stands between the unit and its
     // start (a runtime that runs host functions one at a time would otherwise let a

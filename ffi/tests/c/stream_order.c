@@ -733,6 +733,16 @@ static float from_last(size_t i, int salt) { return value(nranks - 1, i, salt); 
       fail("%s: the stream passed the gate early", what);                          \
   } while (0)
 
+/* Every rank's block of n elements, in rank order. */
+static void expect_gathered(const char* what, const float* got, size_t n, int salt) {
+  for (int r = 0; r < nranks; r++)
+    for (size_t i = 0; i < n; i++) {
+      if (got[r * n + i] != value(r, i, salt))
+        fail("%s of %zu: block %d element %zu is %g", what, n, r, i, got[r * n + i]);
+      checks++;
+    }
+}
+
 static void gate_open_if(struct gate* g, size_t n) {
   if (n > 0) gate_open(g);
 }
@@ -789,12 +799,7 @@ static void case_islands(void) {
     download(h_out, d_out, n * nranks, s);
     gate_open_if(&g, n);
     sync_stream(s);
-    for (int r = 0; r < nranks; r++)
-      for (size_t i = 0; i < n; i++) {
-        if (h_out[r * n + i] != value(r, i, salt))
-          fail("island all-gather of %zu: block %d element %zu is %g", n, r, i, h_out[r * n + i]);
-        checks++;
-      }
+    expect_gathered("island all-gather", h_out, n, salt);
 
     float* own = (float*)d_out + (size_t)rank * n;
     upload(own, h_in, n, s);
@@ -802,12 +807,7 @@ static void case_islands(void) {
     download(h_out, d_out, n * nranks, s);
     gate_open_if(&g, n);
     sync_stream(s);
-    for (int r = 0; r < nranks; r++)
-      for (size_t i = 0; i < n; i++) {
-        if (h_out[r * n + i] != value(r, i, salt))
-          fail("island in-place all-gather of %zu: block %d element %zu is %g", n, r, i, h_out[r * n + i]);
-        checks++;
-      }
+    expect_gathered("island in-place all-gather", h_out, n, salt);
 
     GATED("broadcast", ncclBroadcast(d_in, d_out, n, ncclFloat32, nranks - 1, comm, s));
     download(h_out, d_out, n, s);
