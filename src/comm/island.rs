@@ -137,6 +137,33 @@ impl NativeComm {
     }
 }
 
+/// How long a call whose member process is gone may still turn out finished: a
+/// member exits once its own part of the last call is done, which can be just before
+/// this rank sees the call's end.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
+
+impl NativeComm {
+    /// For a stop because a member process is gone (`why`): whether the call turns
+    /// out finished within [`EXIT_GRACE`] (`done`), so it is not aborted.
+    pub(crate) fn finished_anyway(
+        &self,
+        why: &Error,
+        mut done: impl FnMut() -> Result<bool>,
+    ) -> bool {
+        if !matches!(why, Error::PeerLost { .. }) {
+            return false;
+        }
+        let end = Instant::now() + EXIT_GRACE;
+        while Instant::now() < end {
+            if done().unwrap_or(false) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+}
+
 impl Drop for NativeComm {
     fn drop(&mut self) {
         if let Some(c) = self
@@ -881,6 +908,9 @@ impl Member {
                 let start = Instant::now();
                 while !done.load(Ordering::Acquire) {
                     if let Some(e) = nc.stop_reason(start, timeout, abort) {
+                        if nc.finished_anyway(&e, || Ok(done.load(Ordering::Acquire))) {
+                            return;
+                        }
                         *fired.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                         nc.abort();
                         return;

@@ -597,6 +597,9 @@ impl IslandPlanner {
             }
             flag.store(aborted(), std::sync::atomic::Ordering::SeqCst);
             if let Some(e) = nc.stop_reason(start, timeout, &flag) {
+                if nc.finished_anyway(&e, &mut done) {
+                    return nc.async_error();
+                }
                 nc.abort();
                 return Err(e);
             }
