@@ -291,17 +291,11 @@ impl CollCall {
     /// The call as the communicator's island route sees it (None for the
     /// collectives that never go through islands).
     pub fn island_form(&self) -> Option<IslandForm> {
-        let e = self.dtype.size().max(1);
-        let n = self.nranks.max(1);
-        let count = match self.kind {
-            Kind::AllReduce | Kind::Broadcast => self.recv.len / e,
-            Kind::AllGather => self.recv.len / e / n,
-            Kind::ReduceScatter => match self.send {
-                Some(_) => self.recv.len / e,
-                None => self.recv.len / e / n,
-            },
-            Kind::Reduce | Kind::AllToAll => return None,
-        };
+        if matches!(self.kind, Kind::Reduce | Kind::AllToAll) {
+            return None;
+        }
+        // The buffer for all-reduce and broadcast, one block for the others.
+        let count = self.planned_bytes().1 / self.dtype.size().max(1);
         let (op, scaled) = match self.op {
             OpSpec::Builtin(op) => (op, false),
             OpSpec::PreMulSum(_) => (ReduceOp::Sum, true),

@@ -113,9 +113,9 @@ impl NativeComm {
         &self,
         start: Instant,
         timeout: Duration,
-        abort: &AtomicBool,
+        aborted: bool,
     ) -> Option<Error> {
-        if abort.load(Ordering::SeqCst) {
+        if aborted {
             Some(Error::Aborted)
         } else if let Some(&(rank, pid)) = self.peers.iter().find(|(_, p)| pid_gone(*p)) {
             Some(Error::PeerLost {
@@ -907,7 +907,7 @@ impl Member {
             scope.spawn(|| {
                 let start = Instant::now();
                 while !done.load(Ordering::Acquire) {
-                    if let Some(e) = nc.stop_reason(start, timeout, abort) {
+                    if let Some(e) = nc.stop_reason(start, timeout, abort.load(Ordering::SeqCst)) {
                         if nc.finished_anyway(&e, || Ok(done.load(Ordering::Acquire))) {
                             return;
                         }

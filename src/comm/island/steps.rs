@@ -589,14 +589,12 @@ impl IslandPlanner {
         let nc = &self.inner.nc;
         let start = Instant::now();
         let mut nap = Duration::from_micros(10);
-        let flag = AtomicBool::new(false);
         loop {
             if done()? {
                 // Queued native calls that another member's failure ended early.
                 return nc.async_error();
             }
-            flag.store(aborted(), std::sync::atomic::Ordering::SeqCst);
-            if let Some(e) = nc.stop_reason(start, timeout, &flag) {
+            if let Some(e) = nc.stop_reason(start, timeout, aborted()) {
                 if nc.finished_anyway(&e, &mut done) {
                     return nc.async_error();
                 }
