@@ -4,7 +4,8 @@
 //! and 32 MiB of L3, the next one with 512 KiB and 8 MiB), so nothing here is a
 //! constant fitted on one of them:
 //! - cache sizes come from the kernel (`/sys/devices/system/cpu/cpu0/cache`), and
-//!   the block sizes of receive-and-reduce follow them ([`Tuning`]);
+//!   the block sizes of receive-and-reduce and the socket buffers to peers on this
+//!   host follow them ([`Tuning`]);
 //! - non-temporal stores for a collective's large outputs are on (x86-64) unless
 //!   `MIXCCL_NT_STORES=0`: a probe of copy rates was tried and chose wrong
 //!   ([`streaming_pays`]).
@@ -104,14 +105,25 @@ pub(crate) struct Tuning {
     /// Bytes per step of an out-of-place receive-and-reduce (copy, then reduce):
     /// half of L1d, so the block is still in L1 for the second pass.
     pub reduce_block: usize,
+    /// SO_SNDBUF/SO_RCVBUF of TCP sockets to peers on this host
+    /// (`MIXCCL_SOCKET_BUFFER=0`): a core's L2, so what a sender has queued is still
+    /// in a cache when the receiver copies it out. Measured with loopback congestion
+    /// control without pacing (`transport::tcp::mesh::LOCAL_CONGESTION`), 4 ranks,
+    /// 32 MiB all-reduce on a 2-core EPYC with 1 MiB of L2 (docs/performance.md,
+    /// "Loopback sockets without pacing"): 512 KiB and 1 MiB ran 1.2x 64 KiB (the
+    /// previous choice, fitted while the kernel's default `bbr` paced the sockets)
+    /// and 2 MiB and 4 MiB fell back.
+    pub local_socket_buffer: usize,
 }
 
 impl Tuning {
     fn describe(&self) -> String {
         format!(
-            "receive staging {} KiB per lane, reduce block {} KiB",
+            "receive staging {} KiB per lane, reduce block {} KiB, socket buffers to this \
+             host {} KiB",
             self.staging_bytes >> 10,
-            self.reduce_block >> 10
+            self.reduce_block >> 10,
+            self.local_socket_buffer >> 10
         )
     }
 }
@@ -129,6 +141,7 @@ pub(crate) fn tuning_of(c: Caches) -> Tuning {
     Tuning {
         staging_bytes: pow2(c.l2 / 4).clamp(64 << 10, 1 << 20),
         reduce_block: pow2(c.l1d / 2).clamp(4 << 10, 64 << 10),
+        local_socket_buffer: pow2(c.l2).clamp(256 << 10, 2 << 20),
     }
 }
 
@@ -232,9 +245,12 @@ mod tests {
             at(32 << 10, 1 << 20),
             Tuning {
                 staging_bytes: 256 << 10,
-                reduce_block: 16 << 10
+                reduce_block: 16 << 10,
+                local_socket_buffer: 1 << 20,
             }
         );
+        assert_eq!(at(48 << 10, 512 << 10).local_socket_buffer, 512 << 10);
+        assert_eq!(at(48 << 10, 1280 << 10).local_socket_buffer, 1 << 20);
         assert_eq!(at(48 << 10, 512 << 10).staging_bytes, 128 << 10);
         assert_eq!(at(48 << 10, 512 << 10).reduce_block, 16 << 10);
         assert_eq!(at(48 << 10, 1280 << 10).staging_bytes, 256 << 10);
@@ -242,6 +258,8 @@ mod tests {
         assert_eq!(at(1 << 10, 16 << 10), at(4 << 10, 64 << 10));
         assert_eq!(at(32 << 20, 64 << 20).staging_bytes, 1 << 20);
         assert_eq!(at(32 << 20, 64 << 20).reduce_block, 64 << 10);
+        assert_eq!(at(1 << 10, 16 << 10).local_socket_buffer, 256 << 10);
+        assert_eq!(at(32 << 20, 64 << 20).local_socket_buffer, 2 << 20);
     }
 
     #[test]

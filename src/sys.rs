@@ -143,6 +143,19 @@ pub(crate) fn setsockopt_int(
     .map(|_| ())
 }
 
+/// Sets the congestion control algorithm of a TCP socket (TCP_CONGESTION) by name.
+pub(crate) fn set_congestion(fd: &impl AsRawFd, name: &str) -> io::Result<()> {
+    // `name` lives for the duration of the call and its length is passed.
+    syscall!(setsockopt(
+        fd.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_CONGESTION,
+        name.as_ptr().cast(),
+        name.len() as libc::socklen_t
+    ))
+    .map(|_| ())
+}
+
 /// The kernel's smoothed round-trip time of a connected TCP socket (TCP_INFO), set
 /// from the connection's handshake before any data moves.
 pub(crate) fn tcp_rtt(fd: &impl AsRawFd) -> io::Result<std::time::Duration> {

@@ -182,11 +182,11 @@ config_params! {
     socket_ifname: Option<String> = None,
         "MIXCCL_SOCKET_IFNAME", Text { none: "auto" }, agree no,
         "interface for sockets";
-    /// SO_SNDBUF/SO_RCVBUF in bytes (0: automatic, 64 KiB to peers on this host, the
-    /// kernel's autotuning to other hosts).
+    /// SO_SNDBUF/SO_RCVBUF in bytes (0: automatic, a core's L2 (256 KiB-2 MiB) to peers
+    /// on this host, the kernel's autotuning to other hosts).
     socket_buffer: usize = 0,
         "MIXCCL_SOCKET_BUFFER", Size::ANY, agree no,
-        "bytes, 0 = 64K on this host, kernel autotuning to others";
+        "bytes, 0 = a core's L2 (256K-2M) on this host, kernel autotuning to others";
     /// TLS 1.3 with mutual authentication on TCP links and the bootstrap's connections:
     /// `off`, `cross-pod` (links between pods of `MIXCCL_TOPO_FILE`'s model),
     /// `cross-host` or `all` (`transport::tcp::tls`).

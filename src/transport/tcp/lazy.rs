@@ -9,7 +9,9 @@
 //! on the sender first) wait there too, for a while (`hello::Strangers`).
 
 use super::link::TlsSessions;
-use super::mesh::{read_hello, remaining, tune_socket, DataHello, Pending, DATA_HELLO_LEN};
+use super::mesh::{
+    read_hello, remaining, tune_socket, DataHello, Pending, SocketTuning, DATA_HELLO_LEN,
+};
 use super::tls::{self, TlsContext, TlsStream};
 use super::{connect_retry, TcpLink};
 use crate::debug::{log_info, log_warn};
@@ -269,10 +271,13 @@ pub(crate) struct LazySpec<'a> {
 }
 
 impl LazySpec<'_> {
-    /// SO_SNDBUF/SO_RCVBUF for socket `s` to `peer` (`mesh::socket_buffer_for`).
-    fn buffer_for(&self, peer: usize, s: &TcpStream) -> usize {
+    /// How socket `s` to `peer` is set up (`mesh::socket_buffer_for`).
+    fn tuning_for(&self, peer: usize, s: &TcpStream) -> SocketTuning {
         let local = self.same_host.get(peer).copied().unwrap_or(false);
-        super::mesh::socket_buffer_for(self.socket_buffer, local, self.nsocks, s)
+        SocketTuning {
+            buffer: super::mesh::socket_buffer_for(self.socket_buffer, local, self.nsocks, s),
+            local,
+        }
     }
 
     /// Whether the link to `peer` must carry TLS.
@@ -393,7 +398,7 @@ fn open_lanes(spec: &LazySpec<'_>, peer: usize, first: TcpStream) -> Result<TcpL
                 sessions.push(None);
             }
         }
-        tune_socket(&s, spec.buffer_for(peer, &s))
+        tune_socket(&s, spec.tuning_for(peer, &s))
             .map_err(|e| Error::io(format!("configuring the socket to rank {peer}"), e))?;
         socks.push(s);
     }
@@ -557,7 +562,7 @@ fn accepted(spec: &LazySpec<'_>, peer: usize, arrived: Vec<Arrived>) -> Result<T
     }
     let (mut socks, mut sessions) = (Vec::new(), Vec::new());
     for a in arrived {
-        tune_socket(&a.stream, spec.buffer_for(peer, &a.stream))
+        tune_socket(&a.stream, spec.tuning_for(peer, &a.stream))
             .map_err(|e| Error::io(format!("configuring the socket from rank {peer}"), e))?;
         socks.push(a.stream);
         sessions.push(a.tls);

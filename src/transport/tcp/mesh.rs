@@ -25,17 +25,43 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-/// Applies the per-socket settings: TCP_NODELAY, optional fixed buffers, non-blocking.
-pub(crate) fn tune_socket(s: &TcpStream, buffer: usize) -> io::Result<()> {
+/// How a data socket to one peer is set up ([`tune_socket`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SocketTuning {
+    /// SO_SNDBUF/SO_RCVBUF in bytes, 0 for the kernel's autotuning.
+    pub buffer: usize,
+    /// The peer has this rank's host identity: the bytes go through loopback.
+    pub local: bool,
+}
+
+/// Congestion control of sockets to peers on this host. The default may pace
+/// (`bbr` does, through a timer per burst when the qdisc is not `fq`); on loopback
+/// nothing is congested, and the pacing timers cost about 6% of a 32 MiB TCP
+/// all-reduce's CPU time on 4 ranks of a 2-core EPYC (docs/performance.md). Reno is
+/// built into every kernel and always allowed to unprivileged processes.
+pub(crate) const LOCAL_CONGESTION: &str = "reno";
+
+/// Applies the per-socket settings: TCP_NODELAY, optional fixed buffers, congestion
+/// control without pacing to a peer on this host (best effort), non-blocking.
+pub(crate) fn tune_socket(s: &TcpStream, t: SocketTuning) -> io::Result<()> {
     s.set_nodelay(true)?;
-    if buffer > 0 {
-        let b = buffer.min(i32::MAX as usize) as i32;
+    if t.buffer > 0 {
+        let b = t.buffer.min(i32::MAX as usize) as i32;
         // SO_*BUFFORCE exceeds net.core.{w,r}mem_max when privileged; fall back otherwise.
         if sys::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, b).is_err() {
             sys::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_SNDBUF, b)?;
         }
         if sys::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, b).is_err() {
             sys::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF, b)?;
+        }
+    }
+    if t.local {
+        if let Err(e) = sys::set_congestion(s, LOCAL_CONGESTION) {
+            crate::debug::log_info!(
+                None,
+                "TCP: congestion control {LOCAL_CONGESTION} refused on a socket to this host \
+                 ({e}); keeping the default"
+            );
         }
     }
     s.set_nonblocking(true)
@@ -103,16 +129,6 @@ pub(crate) struct MeshSpec<'a> {
     pub deadline: Instant,
 }
 
-/// Socket buffers towards peers on this host unless `MIXCCL_SOCKET_BUFFER` says
-/// otherwise: small, so a sender soon waits for its peer to read. Measured with 4
-/// ranks on a 2-core AMD EPYC shared with other jobs (load average 6-8), 32 MiB
-/// all-reduce: 64 KiB ran 2-3x the bandwidth of 512 KiB (the previous choice) and
-/// 1.3x that of 32 KiB; all-gather and 128 KiB-8 MiB all-reduce gained alike. On an
-/// idle machine (4 ranks pinned to 2 cores of a Xeon) it costs about 10% against
-/// 512 KiB (docs/performance.md, "Choices that follow the CPU"), which had run 12%
-/// faster than the kernel's autotuning (buffers grown to megabytes) on an idle EPYC.
-pub(crate) const LOCAL_SOCKET_BUFFER: usize = 64 << 10;
-
 #[cfg(test)]
 impl MeshSpec<'_> {
     /// Sockets per peer: the data lanes and the control connection.
@@ -125,15 +141,19 @@ impl MeshSpec<'_> {
         self.encrypt.get(peer).copied().unwrap_or(false)
     }
 
-    /// SO_SNDBUF/SO_RCVBUF for socket `s` to `peer` ([`socket_buffer_for`]).
-    fn buffer_for(&self, peer: usize, s: &TcpStream) -> usize {
+    /// How socket `s` to `peer` is set up ([`socket_buffer_for`]).
+    fn tuning_for(&self, peer: usize, s: &TcpStream) -> SocketTuning {
         let local = self.same_host.get(peer).copied().unwrap_or(false);
-        socket_buffer_for(self.socket_buffer, local, self.nsocks, s)
+        SocketTuning {
+            buffer: socket_buffer_for(self.socket_buffer, local, self.nsocks, s),
+            local,
+        }
     }
 }
 
 /// SO_SNDBUF/SO_RCVBUF for socket `s`: `setting` (`MIXCCL_SOCKET_BUFFER`) if not 0,
-/// else [`LOCAL_SOCKET_BUFFER`] to a peer on this host (`local`), and to other hosts
+/// else a core's L2 to a peer on this host (`local`; `cpu::Tuning::local_socket_buffer`,
+/// whose doc has the measurements), and to other hosts
 /// the kernel's autotuning (0) unless the bandwidth-delay product of `nsocks`
 /// streams needs more (`bdp`).
 pub(super) fn socket_buffer_for(
@@ -143,7 +163,7 @@ pub(super) fn socket_buffer_for(
     s: &TcpStream,
 ) -> usize {
     match setting {
-        0 if local => LOCAL_SOCKET_BUFFER,
+        0 if local => crate::cpu::tuning().local_socket_buffer,
         0 => super::bdp::buffer_for_socket(s, nsocks),
         b => b,
     }
@@ -203,7 +223,7 @@ pub(crate) fn connect_mesh(
                     .and_then(|_| s.write_all(&hello.encode()))
                     .map_err(|e| Error::io(format!("sending the handshake to rank {peer}"), e))?,
             }
-            tune_socket(&s, spec.buffer_for(peer, &s))
+            tune_socket(&s, spec.tuning_for(peer, &s))
                 .map_err(|e| Error::io(format!("configuring the socket to rank {peer}"), e))?;
             *slot = Some(s);
         }
@@ -387,7 +407,7 @@ fn accept_peers(
                                     continue;
                                 }
                             }
-                            tune_socket(&p.stream, spec.buffer_for(hello.from as usize, &p.stream))
+                            tune_socket(&p.stream, spec.tuning_for(hello.from as usize, &p.stream))
                                 .map_err(|e| {
                                     Error::io(
                                         format!("configuring the socket from rank {}", hello.from),
