@@ -38,7 +38,7 @@ pub(crate) struct SocketTuning {
 /// (`bbr` does, through a timer per burst when the qdisc is not `fq`); on loopback
 /// nothing is congested, and the pacing timers cost about 6% of a 32 MiB TCP
 /// all-reduce's CPU time on 4 ranks of a 2-core EPYC (docs/performance.md). Reno is
-/// built into every kernel and always allowed to unprivileged processes.
+/// built into every kernel and allowed to unprivileged processes by default.
 pub(crate) const LOCAL_CONGESTION: &str = "reno";
 
 /// Applies the per-socket settings: TCP_NODELAY, optional fixed buffers, congestion
