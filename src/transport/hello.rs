@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// communicator and those shrunk or split from it), and the last ones it was told
 /// to forget.
 #[derive(Debug, Default)]
-pub(crate) struct LiveTokens {
+struct LiveTokens {
     live: Vec<[u8; 16]>,
     /// Most recently forgotten last, at most [`FORGOTTEN_KEPT`].
     forgotten: VecDeque<[u8; 16]>,
@@ -40,7 +40,7 @@ pub(crate) enum TokenState {
 
 impl LiveTokens {
     /// Admits `token` from now on.
-    pub(crate) fn register(&mut self, token: [u8; 16]) {
+    fn register(&mut self, token: [u8; 16]) {
         self.forgotten.retain(|t| *t != token);
         if !self.live.contains(&token) {
             self.live.push(token);
@@ -48,7 +48,7 @@ impl LiveTokens {
     }
 
     /// Refuses `token` from now on.
-    pub(crate) fn forget(&mut self, token: [u8; 16]) {
+    fn forget(&mut self, token: [u8; 16]) {
         self.live.retain(|t| *t != token);
         self.forgotten.retain(|t| *t != token);
         if self.forgotten.len() == FORGOTTEN_KEPT {
@@ -58,12 +58,12 @@ impl LiveTokens {
     }
 
     /// Is `token` admitted?
-    pub(crate) fn contains(&self, token: &[u8; 16]) -> bool {
+    fn contains(&self, token: &[u8; 16]) -> bool {
         self.live.contains(token)
     }
 
     /// What this listener knows of `token`.
-    pub(crate) fn state(&self, token: &[u8; 16]) -> TokenState {
+    fn state(&self, token: &[u8; 16]) -> TokenState {
         if self.live.contains(token) {
             TokenState::Live
         } else if self.forgotten.contains(token) {
@@ -74,15 +74,18 @@ impl LiveTokens {
     }
 }
 
-/// Connections whose hello is whole but names a token the listener does not know
-/// yet, held for a while instead of refused: when the survivors of a failure shrink,
-/// one that shrank first may connect to a rank still waiting in the parent
-/// communicator's call, which registers the shrunk communicator's token only when
-/// it shrinks too. Each is admitted once its token is registered, dropped when it is
-/// forgotten or has been held [`stranger_hold`] (by then its sender has timed out
-/// too). At most `max` are held, so a peer that speaks the protocol with made-up
-/// tokens cannot take every descriptor.
-pub(crate) struct Strangers<T> {
+/// What a listener admits: the tokens of the communicators using it ([`LiveTokens`]),
+/// and the connections whose hello is whole but names a token it does not know yet,
+/// held for a while instead of refused ("strangers"): when the survivors of a
+/// failure shrink, one that shrank first may connect to a rank still waiting in the
+/// parent communicator's call, which registers the shrunk communicator's token only
+/// when it shrinks too. Each stranger is admitted once its token is registered,
+/// dropped when it is forgotten or has been held [`stranger_hold`] (by then its
+/// sender has timed out too). At most `max` are held, so a peer that speaks the
+/// protocol with made-up tokens cannot take every descriptor. Both acceptors (TCP
+/// data connections, shared-memory offers) keep one, with their own item type.
+pub(crate) struct Admission<T> {
+    tokens: LiveTokens,
     held: Vec<Stranger<T>>,
 }
 
@@ -93,9 +96,12 @@ struct Stranger<T> {
     item: T,
 }
 
-impl<T> Default for Strangers<T> {
+impl<T> Default for Admission<T> {
     fn default() -> Self {
-        Strangers { held: Vec::new() }
+        Admission {
+            tokens: LiveTokens::default(),
+            held: Vec::new(),
+        }
     }
 }
 
@@ -113,11 +119,32 @@ pub(crate) fn stranger_hold(timeout: Duration) -> Duration {
     timeout.saturating_mul(2).max(STRANGER_MIN_HOLD)
 }
 
-/// What [`Strangers::settle`] hands back: those to admit now, and those to drop
+/// What [`Admission::settle`] hands back: those to admit now, and those to drop
 /// with the reason.
 pub(crate) type Settled<T> = (Vec<T>, Vec<(T, String)>);
 
-impl<T> Strangers<T> {
+impl<T> Admission<T> {
+    /// Admits `token` from now on.
+    pub(crate) fn register(&mut self, token: [u8; 16]) {
+        self.tokens.register(token);
+    }
+
+    /// Refuses `token` from now on, and drops (closes) the strangers carrying it.
+    pub(crate) fn forget(&mut self, token: [u8; 16]) {
+        self.tokens.forget(token);
+        self.held.retain(|s| s.token != token);
+    }
+
+    /// Is `token` admitted?
+    pub(crate) fn contains(&self, token: &[u8; 16]) -> bool {
+        self.tokens.contains(token)
+    }
+
+    /// What this listener knows of `token`.
+    pub(crate) fn state(&self, token: &[u8; 16]) -> TokenState {
+        self.tokens.state(token)
+    }
+
     /// Holds `item`, whose hello carries `token`, for `hold` from now; hands it back
     /// when `max` are held already.
     pub(crate) fn hold(
@@ -140,14 +167,14 @@ impl<T> Strangers<T> {
         Ok(())
     }
 
-    /// Takes out those `tokens` now admits (first, whatever their age), and those to
-    /// drop at `now`: their token forgotten, or their time up.
-    pub(crate) fn settle(&mut self, tokens: &LiveTokens, now: Instant) -> Settled<T> {
+    /// Takes out the strangers whose token is registered now (first, whatever their
+    /// age), and those to drop at `now`: their token forgotten, or their time up.
+    pub(crate) fn settle(&mut self, now: Instant) -> Settled<T> {
         let (mut admit, mut drop) = (Vec::new(), Vec::new());
         let mut i = 0;
         while i < self.held.len() {
             let s = &self.held[i];
-            let why = match tokens.state(&s.token) {
+            let why = match self.tokens.state(&s.token) {
                 TokenState::Live => None,
                 TokenState::Forgotten => Some("wrong communicator token (destroyed here)".into()),
                 TokenState::Unknown if now >= s.until => Some(format!(
@@ -168,14 +195,9 @@ impl<T> Strangers<T> {
         (admit, drop)
     }
 
-    /// Drops (closes) those carrying `token`, forgotten now.
-    pub(crate) fn drop_token(&mut self, token: [u8; 16]) {
-        self.held.retain(|s| s.token != token);
-    }
-
-    /// How many are held.
+    /// How many strangers are held.
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.held.len()
     }
 }
@@ -337,16 +359,15 @@ mod tests {
 
     #[test]
     fn strangers_wait_for_their_token_within_their_time_and_the_cap() {
-        let mut tokens = LiveTokens::default();
-        let mut held: Strangers<u32> = Strangers::default();
+        let mut adm: Admission<u32> = Admission::default();
         let long = Duration::from_secs(60);
-        assert_eq!(held.hold([1; 16], long, 3, 1), Ok(()));
-        assert_eq!(held.hold([2; 16], long, 3, 2), Ok(()));
-        assert_eq!(held.hold([3; 16], Duration::ZERO, 3, 3), Ok(()));
-        assert_eq!(held.hold([4; 16], long, 3, 4), Err(4), "over the cap");
+        assert_eq!(adm.hold([1; 16], long, 3, 1), Ok(()));
+        assert_eq!(adm.hold([2; 16], long, 3, 2), Ok(()));
+        assert_eq!(adm.hold([3; 16], Duration::ZERO, 3, 3), Ok(()));
+        assert_eq!(adm.hold([4; 16], long, 3, 4), Err(4), "over the cap");
         let now = Instant::now();
         // Nothing registered: only the one whose time is up goes.
-        let (admit, drop) = held.settle(&tokens, now);
+        let (admit, drop) = adm.settle(now);
         assert!(admit.is_empty());
         assert_eq!(drop.len(), 1);
         assert_eq!(drop[0].0, 3);
@@ -355,22 +376,27 @@ mod tests {
             "{}",
             drop[0].1
         );
-        tokens.register([1; 16]);
-        tokens.register([2; 16]);
-        tokens.forget([2; 16]);
-        let (admit, drop) = held.settle(&tokens, now);
+        adm.register([1; 16]);
+        assert!(adm.contains(&[1; 16]));
+        // Forgetting a token drops its strangers at once.
+        adm.forget([2; 16]);
+        assert_eq!(adm.held(), 1);
+        assert_eq!(adm.state(&[2; 16]), TokenState::Forgotten);
+        let (admit, drop) = adm.settle(now);
         assert_eq!(admit, vec![1]);
-        assert_eq!(drop.len(), 1);
-        assert_eq!(drop[0].0, 2);
-        assert!(drop[0].1.contains("destroyed"), "{}", drop[0].1);
-        assert_eq!(held.len(), 0);
+        assert!(drop.is_empty());
+        assert_eq!(adm.held(), 0);
         // A registered token is admitted even after its time (no pump in between).
-        held.hold([5; 16], Duration::ZERO, 3, 5).unwrap();
-        tokens.register([5; 16]);
-        assert_eq!(held.settle(&tokens, now + long).0, vec![5]);
-        held.hold([6; 16], long, 3, 6).unwrap();
-        held.drop_token([6; 16]);
-        assert_eq!(held.len(), 0);
+        adm.hold([5; 16], Duration::ZERO, 3, 5).unwrap();
+        adm.register([5; 16]);
+        assert_eq!(adm.settle(now + long).0, vec![5]);
+        // A stranger whose token was forgotten before it came is dropped, named so.
+        adm.forget([6; 16]);
+        adm.hold([6; 16], long, 3, 6).unwrap();
+        let (admit, drop) = adm.settle(now);
+        assert!(admit.is_empty());
+        assert_eq!(drop.len(), 1);
+        assert!(drop[0].1.contains("destroyed"), "{}", drop[0].1);
         assert_eq!(stranger_hold(Duration::from_secs(1)), STRANGER_MIN_HOLD);
         assert_eq!(stranger_hold(long), 2 * long);
     }

@@ -12,14 +12,14 @@
 //! admitted, in the acceptor, which the communicators sharing one listener (a
 //! communicator and those shrunk from it) share; those for a communicator the
 //! listener does not know yet (shrunk on the sender first) wait there too, for a
-//! while (`hello::Strangers`).
+//! while (`hello::Admission`).
 
 use super::link::{ShmLink, HEADER};
 use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
 use crate::sys::{self, EventFd, SharedMap};
 use crate::transport::board::{self, Board};
-use crate::transport::hello::{stranger_hold, Hello, LiveTokens, Strangers, TokenState, HELLO_LEN};
+use crate::transport::hello::{stranger_hold, Admission, Hello, TokenState, HELLO_LEN};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -209,7 +209,7 @@ const OFFER_WAIT: Duration = Duration::from_secs(5);
 const MAX_PENDING: usize = 256;
 
 /// At most this many whole offers wait for a token not registered yet
-/// (`hello::Strangers`, four descriptors each): one from each of a host's peers,
+/// (`hello::Admission`, four descriptors each): one from each of a host's peers,
 /// twice over; more are refused.
 const MAX_STRANGERS: usize = 256;
 
@@ -240,12 +240,11 @@ pub(crate) struct ShmAcceptor {
 #[derive(Default)]
 struct AcceptState {
     pending: Vec<Pending>,
-    /// Tokens of the communicators using this listener; others' offers are refused.
-    live: LiveTokens,
     /// Admitted offers by (kind, token, sender rank).
     arrived: HashMap<(Kind, [u8; 16], u32), Arrived>,
-    /// Whole offers whose token is not registered yet.
-    strangers: Strangers<Pending>,
+    /// Tokens of the communicators using this listener, and the whole hellos whose
+    /// token is not registered yet (`hello::Admission`).
+    admission: Admission<Pending>,
 }
 
 impl ShmAcceptor {
@@ -256,15 +255,14 @@ impl ShmAcceptor {
 
     /// Admits offers carrying `token` from now on.
     pub(crate) fn register(&self, token: [u8; 16]) {
-        self.state().live.register(token);
+        self.state().admission.register(token);
     }
 
     /// Refuses `token` from now on and closes what arrived for it.
     pub(crate) fn forget(&self, token: [u8; 16]) {
         let mut st = self.state();
-        st.live.forget(token);
+        st.admission.forget(token);
         st.arrived.retain(|k, _| k.1 != token);
-        st.strangers.drop_token(token);
     }
 
     /// Accepts what the listener has and reads the offers that have arrived, without
@@ -275,7 +273,7 @@ impl ShmAcceptor {
     fn pump(&self, me: usize, hold: Duration) -> Result<()> {
         let mut guard = self.state();
         let st = &mut *guard;
-        let (ready, dropped) = st.strangers.settle(&st.live, Instant::now());
+        let (ready, dropped) = st.admission.settle(Instant::now());
         for p in ready {
             if let Err(why) = st.admit(p) {
                 log_warn!(Some(me), "rejected a shared-memory offer: {why}");
@@ -320,8 +318,8 @@ impl ShmAcceptor {
                 Ok(true) => {
                     let p = st.pending.swap_remove(k);
                     match decode_offer(&p.hello).map(|(who, _)| who.token) {
-                        Ok(t) if st.live.state(&t) == TokenState::Unknown => {
-                            if st.strangers.hold(t, hold, MAX_STRANGERS, p).is_err() {
+                        Ok(t) if st.admission.state(&t) == TokenState::Unknown => {
+                            if st.admission.hold(t, hold, MAX_STRANGERS, p).is_err() {
                                 log_warn!(
                                     Some(me),
                                     "rejected a shared-memory offer: wrong communicator \
@@ -426,7 +424,7 @@ impl AcceptState {
     /// Files a whole offer under its sender, if its token is live.
     fn admit(&mut self, p: Pending) -> std::result::Result<(), String> {
         let (who, kind) = decode_offer(&p.hello)?;
-        if !self.live.contains(&who.token) {
+        if !self.admission.contains(&who.token) {
             return Err("wrong communicator token".into());
         }
         let key = (kind, who.token, who.from);
@@ -739,8 +737,8 @@ mod tests {
         let shrunk = fresh_token();
         let l1 = listen(&name, 1).unwrap();
         let zero = offer_for(shrunk, name);
-        pump_until(&l1, Duration::from_secs(30), |st| st.strangers.len() == 1);
-        assert_eq!(l1.state().strangers.len(), 1, "held");
+        pump_until(&l1, Duration::from_secs(30), |st| st.admission.held() == 1);
+        assert_eq!(l1.state().admission.held(), 1, "held");
         assert!(l1.take(Kind::Ring, shrunk, 0).is_none());
         assert!(
             !closed_within(&zero, Duration::from_millis(50)),
@@ -753,7 +751,7 @@ mod tests {
         made.expect("the held offer is taken");
         assert_eq!(links.len(), 1);
         assert_eq!(links[0].peer, 0);
-        assert_eq!(l1.state().strangers.len(), 0);
+        assert_eq!(l1.state().admission.held(), 0);
     }
 
     #[test]
@@ -763,20 +761,20 @@ mod tests {
         // Held for 100 ms, then closed by the next pump.
         let late = offer_for(fresh_token(), name);
         pump_until(&l1, Duration::from_millis(100), |st| {
-            st.strangers.len() == 1
+            st.admission.held() == 1
         });
-        assert_eq!(l1.state().strangers.len(), 1);
+        assert_eq!(l1.state().admission.held(), 1);
         std::thread::sleep(Duration::from_millis(150));
         l1.pump(1, Duration::from_millis(100)).unwrap();
-        assert_eq!(l1.state().strangers.len(), 0);
+        assert_eq!(l1.state().admission.held(), 0);
         assert!(closed_within(&late, Duration::from_secs(2)), "time up");
         // Held, then its communicator is destroyed here before it registered.
         let token = fresh_token();
         let held = offer_for(token, name);
-        pump_until(&l1, Duration::from_secs(30), |st| st.strangers.len() == 1);
-        assert_eq!(l1.state().strangers.len(), 1);
+        pump_until(&l1, Duration::from_secs(30), |st| st.admission.held() == 1);
+        assert_eq!(l1.state().admission.held(), 1);
         l1.forget(token);
-        assert_eq!(l1.state().strangers.len(), 0);
+        assert_eq!(l1.state().admission.held(), 0);
         assert!(closed_within(&held, Duration::from_secs(2)), "forgotten");
         // A token forgotten before its offer arrives is refused at once.
         let token = fresh_token();
@@ -785,7 +783,7 @@ mod tests {
         let gone = offer_for(token, name);
         pump_until(&l1, Duration::from_secs(30), |st| st.pending.is_empty());
         assert_eq!(
-            l1.state().strangers.len(),
+            l1.state().admission.held(),
             0,
             "a forgotten token is not held"
         );

@@ -6,7 +6,7 @@
 //! accepting rank needs them wait, admitted, in the [`Acceptor`], which the
 //! communicators sharing one listener (a communicator and those shrunk from it)
 //! share. Those that name a communicator the listener does not know yet (shrunk
-//! on the sender first) wait there too, for a while (`hello::Strangers`).
+//! on the sender first) wait there too, for a while (`hello::Admission`).
 
 use super::link::TlsSessions;
 use super::mesh::{
@@ -18,7 +18,7 @@ use crate::debug::{log_info, log_warn};
 use crate::error::{Error, Result};
 use crate::header::{encode_control, ControlReader};
 use crate::sys;
-use crate::transport::hello::{stranger_hold, LiveTokens, Strangers, TokenState};
+use crate::transport::hello::{stranger_hold, Admission, TokenState};
 use crate::transport::Link;
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 /// sender retries nothing: it is a stranger or it will time out naming us).
 const MAX_PENDING: usize = 1024;
 
-/// Most connections held for a token not registered yet (`hello::Strangers`): a
+/// Most connections held for a token not registered yet (`hello::Admission`): a
 /// rank of 128 may be dialed by 127 peers of a shrunk communicator, a few lanes
 /// each, before it shrinks; more are refused.
 const MAX_STRANGERS: usize = 1024;
@@ -46,13 +46,12 @@ pub(crate) struct Acceptor {
 #[derive(Default)]
 struct AcceptState {
     pending: Vec<Pending>,
-    /// Tokens of the communicators using this listener; others are refused.
-    live: LiveTokens,
     /// Admitted sockets by (token, sender rank): the rank addressed and one slot per
     /// lane, with its TLS session where the sender opened one.
     arrived: HashMap<([u8; 16], u32), ArrivedLanes>,
-    /// Whole handshakes whose token is not registered yet, with the sender's address.
-    strangers: Strangers<(DataHello, Arrived, SocketAddr)>,
+    /// Tokens of the communicators using this listener, and the whole hellos whose
+    /// token is not registered yet (`hello::Admission`).
+    admission: Admission<(DataHello, Arrived, SocketAddr)>,
 }
 
 impl Acceptor {
@@ -74,15 +73,14 @@ impl Acceptor {
 
     /// Admits connections carrying `token` from now on.
     pub(crate) fn register(&self, token: [u8; 16]) {
-        self.state().live.register(token);
+        self.state().admission.register(token);
     }
 
     /// Refuses `token` from now on and closes what arrived for it.
     pub(crate) fn forget(&self, token: [u8; 16]) {
         let mut st = self.state();
-        st.live.forget(token);
+        st.admission.forget(token);
         st.arrived.retain(|k, _| k.0 != token);
-        st.strangers.drop_token(token);
     }
 
     /// Accepts what the listener has and reads the handshakes that have arrived,
@@ -92,7 +90,7 @@ impl Acceptor {
     fn pump(&self, me: usize, ctx: Option<&TlsContext>, hold: Duration) -> Result<()> {
         let mut guard = self.state();
         let st = &mut *guard;
-        let (ready, dropped) = st.strangers.settle(&st.live, Instant::now());
+        let (ready, dropped) = st.admission.settle(Instant::now());
         for (h, arrived, from) in ready {
             if let Err(why) = st.admit(&h, arrived) {
                 log_warn!(Some(me), "rejected connection from {from}: {why}");
@@ -155,10 +153,10 @@ impl Acceptor {
                         stream: p.stream,
                         tls: p.tls,
                     };
-                    if st.live.state(&h.token) == TokenState::Unknown {
+                    if st.admission.state(&h.token) == TokenState::Unknown {
                         let held = (h, arrived, p.from);
                         if let Err((_, _, from)) =
-                            st.strangers.hold(h.token, hold, MAX_STRANGERS, held)
+                            st.admission.hold(h.token, hold, MAX_STRANGERS, held)
                         {
                             log_warn!(
                                 Some(me),
@@ -222,7 +220,7 @@ struct Arrived {
 
 impl AcceptState {
     fn admit(&mut self, h: &DataHello, stream: Arrived) -> std::result::Result<(), String> {
-        if !self.live.contains(&h.token) {
+        if !self.admission.contains(&h.token) {
             return Err("wrong communicator token".into());
         }
         if h.lanes == 0 || h.lane >= h.lanes {
@@ -654,8 +652,8 @@ mod tests {
         let shrunk = [2; 16];
         let mut socks = dial(addr, shrunk, 3, 2);
         let hold = Duration::from_secs(30);
-        pump_until(&a, hold, |st| st.strangers.len() == 2);
-        assert_eq!(a.state().strangers.len(), 2, "both lanes held");
+        pump_until(&a, hold, |st| st.admission.held() == 2);
+        assert_eq!(a.state().admission.held(), 2, "both lanes held");
         assert!(
             a.take(shrunk, 3, 0).is_none(),
             "not admitted before its token"
@@ -670,7 +668,7 @@ mod tests {
         a.pump(0, None, hold).unwrap();
         let lanes = a.take(shrunk, 3, 0).expect("admitted once registered");
         assert_eq!(lanes.len(), 2);
-        assert_eq!(a.state().strangers.len(), 0);
+        assert_eq!(a.state().admission.held(), 0);
     }
 
     #[test]
@@ -678,21 +676,23 @@ mod tests {
         let (a, addr) = acceptor([1; 16]);
         // Held for 100 ms, then closed by the next pump.
         let mut late = dial(addr, [3; 16], 1, 1);
-        pump_until(&a, Duration::from_millis(100), |st| st.strangers.len() == 1);
-        assert_eq!(a.state().strangers.len(), 1);
+        pump_until(&a, Duration::from_millis(100), |st| {
+            st.admission.held() == 1
+        });
+        assert_eq!(a.state().admission.held(), 1);
         std::thread::sleep(Duration::from_millis(150));
         a.pump(0, None, Duration::from_millis(100)).unwrap();
-        assert_eq!(a.state().strangers.len(), 0);
+        assert_eq!(a.state().admission.held(), 0);
         assert!(
             closed_within(&mut late[0], Duration::from_secs(2)),
             "dropped when its time was up"
         );
         // Held, then its communicator is destroyed here before it registered.
         let mut held = dial(addr, [4; 16], 1, 1);
-        pump_until(&a, Duration::from_secs(30), |st| st.strangers.len() == 1);
-        assert_eq!(a.state().strangers.len(), 1);
+        pump_until(&a, Duration::from_secs(30), |st| st.admission.held() == 1);
+        assert_eq!(a.state().admission.held(), 1);
         a.forget([4; 16]);
-        assert_eq!(a.state().strangers.len(), 0);
+        assert_eq!(a.state().admission.held(), 0);
         assert!(
             closed_within(&mut held[0], Duration::from_secs(2)),
             "dropped when its token was forgotten"
@@ -702,10 +702,10 @@ mod tests {
         a.forget([5; 16]);
         let mut gone = dial(addr, [5; 16], 1, 1);
         pump_until(&a, Duration::from_secs(30), |st| {
-            st.pending.is_empty() && st.strangers.len() == 0
+            st.pending.is_empty() && st.admission.held() == 0
         });
         assert_eq!(
-            a.state().strangers.len(),
+            a.state().admission.held(),
             0,
             "a forgotten token is not held"
         );
