@@ -774,20 +774,7 @@ fn wait_handles_fire<T: Transport>() {
             }
         }
         let hs = settled_handles(a, lane, Direction::Send);
-        let mut buf = vec![0u8; 65_536];
-        let mut read = 0;
-        let start = Instant::now();
-        while read < filled {
-            bounded(start, || format!("lane {lane}: read {read} of {filled}"));
-            let k = b
-                .recv_some(lane, &mut buf[..(filled - read).min(65_536)])
-                .expect("recv");
-            for (j, x) in buf[..k].iter().enumerate() {
-                let i = read + j;
-                assert_eq!(*x, chunk[i % chunk.len()], "byte {i} of lane {lane}");
-            }
-            read += k;
-        }
+        read_pattern(b, lane, &chunk, 0, filled);
         assert!(
             !ready(&hs, BOUND).is_empty(),
             "lane {lane}: no send handle ready after the peer read everything"
@@ -799,20 +786,27 @@ fn wait_handles_fire<T: Transport>() {
         let more = a
             .send_some(lane, &chunk[filled % chunk.len()..])
             .expect("send");
-        let start = Instant::now();
-        let mut got = 0;
-        while got < more {
-            bounded(start, || format!("lane {lane}: read {got} of {more} more"));
-            let k = b
-                .recv_some(lane, &mut buf[..(more - got).min(65_536)])
-                .expect("recv");
-            for (j, x) in buf[..k].iter().enumerate() {
-                let i = filled + got + j;
-                assert_eq!(*x, chunk[i % chunk.len()], "byte {i} of lane {lane}");
-            }
-            got += k;
-        }
+        read_pattern(b, lane, &chunk, filled, more);
         assert_drained(b, lane);
+    }
+}
+
+/// Receives `count` bytes on `lane` of `b`, checking each against `chunk` repeated
+/// from stream offset `from`.
+fn read_pattern(b: &mut dyn Link, lane: usize, chunk: &[u8], from: usize, count: usize) {
+    let mut buf = vec![0u8; 65_536];
+    let mut read = 0;
+    let start = Instant::now();
+    while read < count {
+        bounded(start, || format!("lane {lane}: read {read} of {count}"));
+        let k = b
+            .recv_some(lane, &mut buf[..(count - read).min(65_536)])
+            .expect("recv");
+        for (j, x) in buf[..k].iter().enumerate() {
+            let i = from + read + j;
+            assert_eq!(*x, chunk[i % chunk.len()], "byte {i} of lane {lane}");
+        }
+        read += k;
     }
 }
 
