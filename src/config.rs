@@ -456,7 +456,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.socket_ifname.as_deref(), Some(" eth"));
         assert_eq!(c.topo_file, Some(std::path::PathBuf::from("/t.json")));
-        assert_eq!((c.shm_buffer, c.board_bytes), (4160, 65600));
+        assert_eq!((c.shm_buffer, c.board_bytes), (4160, Some(65600)));
         assert_eq!(c.spin, Duration::ZERO);
         assert!(!c.shm_zero_copy);
     }
@@ -501,7 +501,7 @@ mod tests {
             assert!(e.contains(field) && e.contains(var), "{e}");
         }
         let fine = Config {
-            board_bytes: 0,
+            board_bytes: Some(0),
             shm_buffer: 4096,
             chunk_bytes: 64,
             ..Config::default()

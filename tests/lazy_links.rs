@@ -27,7 +27,7 @@ fn shm_config(algo: &str, timeout_s: u64) -> Config {
         timeout: Duration::from_secs(timeout_s),
         topo_probe: false,
         shm_buffer: 64 << 10,
-        board_bytes: 64 << 10,
+        board_bytes: Some(64 << 10),
         algo: AlgoOverride::parse(algo).expect("algo override"),
         ..Config::default()
     }

@@ -693,7 +693,9 @@ impl Rejoin {
             same_host,
             capacity: config.shm_buffer,
             zero_copy: config.shm_zero_copy,
-            board_bytes: config.board_bytes,
+            board_bytes: config
+                .board_bytes
+                .unwrap_or_else(|| crate::cpu::tuning().board_bytes),
             deadline,
         }
     }

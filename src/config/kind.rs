@@ -150,6 +150,37 @@ impl Kind for Size {
     }
 }
 
+/// A [`Size`], or `auto` (`None`): chosen where it is used, from the CPU.
+pub(crate) struct SizeOrAuto(pub Size);
+
+impl Kind for SizeOrAuto {
+    type Value = Option<usize>;
+    fn parse(&self, var: &str, v: &str) -> Result<Option<usize>> {
+        if v.trim().eq_ignore_ascii_case("auto") {
+            return Ok(None);
+        }
+        self.0
+            .parse(var, v)
+            .map(Some)
+            .map_err(|_| bad(var, v, &self.allowed()))
+    }
+    fn show(&self, v: &Option<usize>) -> String {
+        v.map_or("auto".into(), |b| b.to_string())
+    }
+    fn doc(&self, v: &Option<usize>) -> String {
+        v.map_or("auto".into(), fmt_bytes)
+    }
+    fn allowed(&self) -> String {
+        format!("auto, {}", self.0.allowed())
+    }
+    fn check(&self, v: &Option<usize>) -> bool {
+        v.map_or(true, |b| self.0.check(&b))
+    }
+    fn empty_is_default(&self) -> bool {
+        true
+    }
+}
+
 /// An integer in `min..=max`.
 pub(crate) struct Int<T> {
     /// The smallest value allowed.

@@ -9,7 +9,9 @@
 //! together are the complete list that README is checked against and that
 //! unknown variables are matched with.
 
-use super::kind::{Algos, Flag, Int, Kind, Level, Micros, Net, Path, Seconds, Size, Text, Tls};
+use super::kind::{
+    Algos, Flag, Int, Kind, Level, Micros, Net, Path, Seconds, Size, SizeOrAuto, Text, Tls,
+};
 use super::{AlgoOverride, NetTransport, TlsPolicy};
 use crate::debug::DebugLevel;
 use crate::error::{Error, Result};
@@ -236,13 +238,16 @@ config_params! {
         "reduce straight out of the peer's ring";
     /// Bytes of each rank's ring in the host's board (`transport::board`), through
     /// which an all-gather on one host copies each block once per reader (rounded up
-    /// to 64; 0 = no board). Made by rank 0 when every rank is on its host: n rings,
-    /// mapped and prefaulted.
-    board_bytes: usize = 8 << 20,
-        "MIXCCL_BOARD_BYTES", Size { min: 64 << 10, max: 1 << 30, zero: true, round: 64 }, agree
+    /// to 64; 0 = no board; `None`, the default: from the last-level cache,
+    /// `cpu::Tuning::board_bytes`). Made by rank 0 when every rank is on its host: n
+    /// rings.
+    board_bytes: Option<usize> = None,
+        "MIXCCL_BOARD_BYTES",
+        SizeOrAuto(Size { min: 64 << 10, max: 1 << 30, zero: true, round: 64 }),
+        agree
         // Whether there is a board changes the plans; its size is rank 0's.
-        (|b: &usize| if *b == 0 { "0" } else { "nonzero" }.to_string()),
-        "bytes of each rank's ring in the host's board, 0 = none";
+        (|b: &Option<usize>| if *b == Some(0) { "0" } else { "nonzero" }.to_string()),
+        "bytes of each rank's ring in the host's board, 0 = none, auto = from the last-level cache";
     /// Let ranks on one host read each other's buffers directly (process_vm_readv) when
     /// every rank is on one host and the kernel allows it; all-gather then copies each
     /// byte once (off by default: on the 2-core test machine the ring over shared
@@ -677,7 +682,7 @@ mod tests {
         let b = row("MIXCCL_BOARD_BYTES");
         assert_eq!(
             (b.default.as_str(), b.allowed.as_str(), b.must_agree),
-            ("8M", "0, or a size from 64K to 1G", true)
+            ("auto", "auto, 0, or a size from 64K to 1G", true)
         );
         let t = row("MIXCCL_TOPO_FILE");
         assert_eq!((t.ty, t.default.as_str()), ("Option<PathBuf>", "unset"));
