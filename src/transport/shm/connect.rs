@@ -179,8 +179,17 @@ fn offer_on(spec: &ShmSpec<'_>, peer: usize, sock: UnixStream) -> Result<ShmLink
         (Err(e), _) | (_, Err(e)) => return Err(Error::io(ctx("creating doorbells"), e)),
     };
     let fds = [fd.as_raw_fd(), mine.as_raw_fd(), theirs.as_raw_fd()];
-    sys::send_with_fds(sock.as_raw_fd(), &hello(spec, HELLO_MAGIC, peer, cap), &fds)
-        .map_err(|e| Error::io(ctx("sending the region"), e))?;
+    sys::send_with_fds(sock.as_raw_fd(), &hello(spec, HELLO_MAGIC, peer, cap), &fds).map_err(
+        |e| match e.kind() {
+            // The peer died between its listener's accept and this offer (a kill
+            // during a call that makes the link on first use): name it as lost.
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::PeerLost {
+                rank: peer,
+                reason: format!("{}: {e}", ctx("sending the region")),
+            },
+            _ => Error::io(ctx("sending the region"), e),
+        },
+    )?;
     log_info!(
         Some(spec.rank),
         "connected rank {peer} over shm ({cap} B rings)"
@@ -703,6 +712,18 @@ mod tests {
     /// Rank 0's offer to rank 1 for `token`, through the listener named `name`.
     fn offer_for(token: [u8; 16], name: [u8; 16]) -> ShmLink {
         offer(&spec(0, token, name), 1, &AtomicBool::new(false)).expect("offer")
+    }
+
+    #[test]
+    fn an_offer_to_a_peer_gone_after_its_accept_names_it_lost() {
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        drop(theirs);
+        match offer_on(&spec(0, fresh_token(), fresh_token()), 1, mine) {
+            Err(Error::PeerLost { rank: 1, reason }) => {
+                assert!(reason.contains("sending the region"), "{reason}")
+            }
+            other => panic!("expected rank 1 lost, got {:?}", other.map(|_| ())),
+        }
     }
 
     /// Pumps `a` (holding strangers for `hold`) until `done` or 5 s.
