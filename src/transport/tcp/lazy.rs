@@ -10,7 +10,7 @@
 
 use super::link::TlsSessions;
 use super::mesh::{
-    read_hello, remaining, tune_socket, DataHello, Pending, SocketTuning, DATA_HELLO_LEN,
+    open_lane, read_hello, remaining, tune_socket, DataHello, Pending, SocketTuning, DATA_HELLO_LEN,
 };
 use super::tls::{self, TlsContext, TlsStream};
 use super::{connect_retry, TcpLink};
@@ -21,7 +21,7 @@ use crate::sys;
 use crate::transport::hello::{stranger_hold, Admission, TokenState};
 use crate::transport::Link;
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -364,7 +364,7 @@ fn open_lanes(spec: &LazySpec<'_>, peer: usize, first: TcpStream) -> Result<TcpL
             Some(s) => Ok(s),
             None => connect_retry(addr, spec.deadline),
         };
-        let mut s = conn.map_err(|e| match e {
+        let s = conn.map_err(|e| match e {
             Error::Timeout { after, .. } => Error::Timeout {
                 op: format!("connecting to rank {peer} at {addr} (first use)"),
                 waiting_for: vec![peer],
@@ -383,21 +383,14 @@ fn open_lanes(spec: &LazySpec<'_>, peer: usize, first: TcpStream) -> Result<TcpL
             lane: lane as u16,
             lanes: lanes as u16,
         };
-        match spec.tls.filter(|_| spec.encrypts(peer)) {
-            Some(ctx) => {
-                let what = format!("rank {peer} at {addr}");
-                let t = tls::connect(ctx, &s, &hello.encode(), spec.deadline, &what)?;
-                sessions.push(Some(t));
-            }
-            None => {
-                s.set_write_timeout(Some(remaining(spec.deadline)))
-                    .and_then(|_| s.write_all(&hello.encode()))
-                    .map_err(|e| Error::io(format!("sending the handshake to rank {peer}"), e))?;
-                sessions.push(None);
-            }
-        }
-        tune_socket(&s, spec.tuning_for(peer, &s))
-            .map_err(|e| Error::io(format!("configuring the socket to rank {peer}"), e))?;
+        sessions.push(open_lane(
+            &s,
+            &hello,
+            spec.tls.filter(|_| spec.encrypts(peer)),
+            addr,
+            spec.deadline,
+            |s| spec.tuning_for(peer, s),
+        )?);
         socks.push(s);
     }
     let tls_lanes: Option<Vec<TlsStream>> = sessions.into_iter().collect();
@@ -592,7 +585,7 @@ fn link(peer: usize, mut socks: Vec<TcpStream>, tls: Option<Vec<TlsStream>>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
 
     /// An acceptor on a loopback port of its own, admitting `token`.
     fn acceptor(token: [u8; 16]) -> (Acceptor, SocketAddr) {

@@ -16,9 +16,7 @@ use crate::error::{Error, Result, TransportError};
 use crate::header::ControlReader;
 use crate::sys;
 use crate::transport::hello::{Hello, HELLO_LEN};
-#[cfg(test)]
-use std::io::Write;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 #[cfg(test)]
 use std::net::TcpListener;
 use std::net::{SocketAddr, TcpStream};
@@ -65,6 +63,37 @@ pub(crate) fn tune_socket(s: &TcpStream, t: SocketTuning) -> io::Result<()> {
         }
     }
     s.set_nonblocking(true)
+}
+
+/// Opens data lane `hello.lane` to rank `hello.to` at `addr` on the connected `s`:
+/// sends the hello (inside a TLS session where `tls` is given, which comes back),
+/// then applies `tuning(s)`. Both dialers use it: the lazy one on first use, and the
+/// whole mesh of the tests.
+pub(super) fn open_lane(
+    s: &TcpStream,
+    hello: &DataHello,
+    tls: Option<&TlsContext>,
+    addr: SocketAddr,
+    deadline: Instant,
+    tuning: impl FnOnce(&TcpStream) -> SocketTuning,
+) -> Result<Option<TlsStream>> {
+    let peer = hello.to;
+    let session = match tls {
+        Some(ctx) => {
+            let what = format!("rank {peer} at {addr}");
+            Some(tls::connect(ctx, s, &hello.encode(), deadline, &what)?)
+        }
+        None => {
+            let mut w = s;
+            w.set_write_timeout(Some(remaining(deadline)))
+                .and_then(|_| w.write_all(&hello.encode()))
+                .map_err(|e| Error::io(format!("sending the handshake to rank {peer}"), e))?;
+            None
+        }
+    };
+    tune_socket(s, tuning(s))
+        .map_err(|e| Error::io(format!("configuring the socket to rank {peer}"), e))?;
+    Ok(session)
 }
 
 const DATA_MAGIC: &[u8; 8] = b"MXDATA\0\0";
@@ -192,7 +221,7 @@ pub(crate) fn connect_mesh(
         .filter(|(p, _)| spec.use_tcp[*p])
     {
         for (lane, slot) in lanes.iter_mut().enumerate() {
-            let mut s = connect_retry(spec.addrs[peer], spec.deadline).map_err(|e| match e {
+            let s = connect_retry(spec.addrs[peer], spec.deadline).map_err(|e| match e {
                 Error::Timeout { after, .. } => Error::Timeout {
                     op: format!("init: connecting to rank {peer} at {}", spec.addrs[peer]),
                     waiting_for: vec![peer],
@@ -207,24 +236,14 @@ pub(crate) fn connect_mesh(
                 lane: lane as u16,
                 lanes: spec.sockets() as u16,
             };
-            match spec.tls.filter(|_| spec.encrypts(peer)) {
-                Some(ctx) => {
-                    let what = format!("rank {peer} at {}", spec.addrs[peer]);
-                    tls_slots[peer][lane] = Some(tls::connect(
-                        ctx,
-                        &s,
-                        &hello.encode(),
-                        spec.deadline,
-                        &what,
-                    )?);
-                }
-                None => s
-                    .set_write_timeout(Some(remaining(spec.deadline)))
-                    .and_then(|_| s.write_all(&hello.encode()))
-                    .map_err(|e| Error::io(format!("sending the handshake to rank {peer}"), e))?,
-            }
-            tune_socket(&s, spec.tuning_for(peer, &s))
-                .map_err(|e| Error::io(format!("configuring the socket to rank {peer}"), e))?;
+            tls_slots[peer][lane] = open_lane(
+                &s,
+                &hello,
+                spec.tls.filter(|_| spec.encrypts(peer)),
+                spec.addrs[peer],
+                spec.deadline,
+                |s| spec.tuning_for(peer, s),
+            )?;
             *slot = Some(s);
         }
     }
