@@ -104,6 +104,17 @@ pub enum Error {
     },
 }
 
+/// Whether an I/O error on a connection says that its other end is gone (reset,
+/// broken pipe, aborted, end of file): the transports report such errors as
+/// [`Error::PeerLost`] naming the peer, others as [`Error::Io`].
+pub(crate) fn peer_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
+    )
+}
+
 impl Error {
     /// Wraps an `io::Error` with a sentence saying what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {

@@ -180,14 +180,17 @@ fn offer_on(spec: &ShmSpec<'_>, peer: usize, sock: UnixStream) -> Result<ShmLink
     };
     let fds = [fd.as_raw_fd(), mine.as_raw_fd(), theirs.as_raw_fd()];
     sys::send_with_fds(sock.as_raw_fd(), &hello(spec, HELLO_MAGIC, peer, cap), &fds).map_err(
-        |e| match e.kind() {
+        |e| {
             // The peer died between its listener's accept and this offer (a kill
             // during a call that makes the link on first use): name it as lost.
-            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::PeerLost {
-                rank: peer,
-                reason: format!("{}: {e}", ctx("sending the region")),
-            },
-            _ => Error::io(ctx("sending the region"), e),
+            if crate::error::peer_gone(&e) {
+                Error::PeerLost {
+                    rank: peer,
+                    reason: format!("{}: {e}", ctx("sending the region")),
+                }
+            } else {
+                Error::io(ctx("sending the region"), e)
+            }
         },
     )?;
     log_info!(

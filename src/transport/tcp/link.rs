@@ -71,15 +71,13 @@ impl TcpLink {
     }
 
     fn fail(&self, what: &str, e: io::Error) -> Error {
-        match e.kind() {
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::UnexpectedEof => Error::PeerLost {
+        if crate::error::peer_gone(&e) {
+            Error::PeerLost {
                 rank: self.peer,
                 reason: format!("{what}: {e}"),
-            },
-            _ => Error::io(format!("{what} peer rank {}", self.peer), e),
+            }
+        } else {
+            Error::io(format!("{what} peer rank {}", self.peer), e)
         }
     }
 }
